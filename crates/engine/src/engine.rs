@@ -1,0 +1,526 @@
+//! Wires scan, index, transport and the two ends of a mirror into the two things a user runs:
+//! [`push_once`] on the source and [`Server`] on a target. This is the API the agent (and the
+//! tray app) call; neither knows anything about how a mirror works inside.
+//!
+//! A push scans the source once per pass, then runs one session per target concurrently: each
+//! target gets its own plan, all of them read blocks through one shared [`BlockSource`], and a
+//! target that is down, refuses or fails is reported while the others go on. A pass ends with
+//! each target's digest of what it now holds; a target whose digest differs from the source's
+//! (a file changed while it was sent, a block a target could not copy) gets another pass.
+
+use crate::event::{Event, PushReport, Skipped, TargetReport};
+use crate::index::{Durability, Index, IndexError};
+use crate::mirror::plan::{self, Plan};
+use crate::mirror::receive::{ReceiveError, Receiver};
+use crate::mirror::send::{self, BlockSource, SendError};
+use crate::path::STATE_DIR;
+use crate::protocol::{Hash, MAX_ENTRIES_PER_PART, Message};
+use crate::scan::{self, Tree};
+use crate::transport::{self, ConnectOptions, Identity, Listener, Trust};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+use thiserror::Error;
+use tokio::sync::{Semaphore, broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+
+/// Most handshakes in progress at once on a server.
+const MAX_HANDSHAKES: usize = 32;
+/// Target size of one manifest part.
+const MANIFEST_PART_BYTES: usize = 4 << 20;
+
+/// Why a push or a server could not run at all.
+#[derive(Debug, Error)]
+pub enum EngineError {
+    #[error("source folder {path}: {reason}")]
+    Source { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    #[error(transparent)]
+    Receive(#[from] ReceiveError),
+    #[error(transparent)]
+    Transport(#[from] transport::TransportError),
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// One target of a push.
+#[derive(Debug, Clone)]
+pub struct TargetSpec {
+    pub url: String,
+    pub trust: Trust,
+    pub token: String,
+}
+
+/// What to push where.
+#[derive(Debug, Clone)]
+pub struct PushOptions {
+    pub source: PathBuf,
+    pub targets: Vec<TargetSpec>,
+    /// Where the source's index lives (see [`default_state_dir`]).
+    pub state_dir: PathBuf,
+    /// The name the targets log for this source.
+    pub source_name: String,
+    /// Passes before a target that is still not identical is reported as failed.
+    pub passes: u32,
+}
+
+/// RainMaker's data folder: `RAINMAKER_DATA_DIR` if set, else the OS's local data folder.
+pub fn data_dir() -> PathBuf {
+    match std::env::var_os("RAINMAKER_DATA_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => dirs::data_local_dir()
+            .unwrap_or_else(std::env::temp_dir)
+            .join("rainmaker"),
+    }
+}
+
+/// The default index folder of a source folder: one per source, under [`data_dir`].
+pub fn default_state_dir(source: &Path) -> PathBuf {
+    let canonical = source
+        .canonicalize()
+        .unwrap_or_else(|_| source.to_path_buf());
+    let key = crate::hash::block_hash(canonical.to_string_lossy().as_bytes());
+    data_dir().join("sources").join(&hex::encode(key)[..16])
+}
+
+/// The default known-peers file.
+pub fn default_known_peers() -> PathBuf {
+    data_dir().join("known_peers")
+}
+
+/// Scans the source and records what changed in its index.
+fn scan_source(source: &Path, index: &Index) -> Result<scan::Scan, EngineError> {
+    let previous = index.files()?;
+    let scanned = scan::scan(source, &previous).map_err(|e| EngineError::Source {
+        path: e.path,
+        reason: e.reason,
+    })?;
+    index.apply(&scanned.changes, Durability::Immediate)?;
+    Ok(scanned)
+}
+
+/// Mirrors the source to every target once; returns when every target is identical or has
+/// failed. Errors only when nothing could start (no source folder, no index).
+pub async fn push_once(
+    options: &PushOptions,
+    events: &broadcast::Sender<Event>,
+    cancel: &CancellationToken,
+) -> Result<PushReport, EngineError> {
+    let started = Instant::now();
+    let index = Arc::new(Index::open(&options.state_dir.join("index.redb"))?);
+    let blocks = Arc::new(BlockSource::new(options.source.clone()));
+    let mut reports: Vec<TargetReport> = options
+        .targets
+        .iter()
+        .map(|t| TargetReport {
+            url: t.url.clone(),
+            ..TargetReport::default()
+        })
+        .collect();
+    let mut skipped = Vec::new();
+    let mut files = 0;
+    let mut done = vec![false; options.targets.len()];
+    for pass in 1..=options.passes.max(1) {
+        if cancel.is_cancelled() {
+            break;
+        }
+        let (source, idx) = (options.source.clone(), index.clone());
+        let scanned = tokio::task::spawn_blocking(move || scan_source(&source, &idx))
+            .await
+            .map_err(|e| EngineError::Setup(format!("scan failed: {e}")))??;
+        let _ = events.send(Event::Scanned {
+            files: scanned.tree.files.len() as u64,
+            files_hashed: scanned.files_hashed,
+            bytes_hashed: scanned.bytes_hashed,
+        });
+        files = scanned.tree.files.len() as u64;
+        skipped = scanned
+            .problems
+            .iter()
+            .map(|p| Skipped {
+                path: p.path.clone(),
+                reason: p.reason.clone(),
+            })
+            .collect();
+        for problem in &scanned.problems {
+            let _ = events.send(Event::Skipped {
+                path: problem.path.clone(),
+                reason: problem.reason.clone(),
+            });
+        }
+        let tree = Arc::new(scanned.tree);
+        let digest = plan::digest(&tree);
+        let mut sessions = tokio::task::JoinSet::new();
+        for (i, target) in options.targets.iter().enumerate() {
+            if done[i] {
+                continue;
+            }
+            let (target, tree, blocks, events) =
+                (target.clone(), tree.clone(), blocks.clone(), events.clone());
+            let source_name = options.source_name.clone();
+            sessions.spawn(async move {
+                let started = Instant::now();
+                let result = session(&target, &source_name, &tree, &blocks, &events).await;
+                (i, result, started.elapsed().as_secs_f64())
+            });
+        }
+        let joined = tokio::select! {
+            joined = sessions.join_all() => joined,
+            () = cancel.cancelled() => break,
+        };
+        for (i, result, seconds) in joined {
+            let report = &mut reports[i];
+            report.passes = pass;
+            report.seconds += seconds;
+            match result {
+                Ok((outcome, plan, wire)) => {
+                    report.files_sent += outcome.files_done;
+                    report.bytes_changed += outcome.data_bytes;
+                    report.wire_bytes += wire;
+                    if outcome.digest == digest {
+                        done[i] = true;
+                        report.ok = true;
+                        report.error = None;
+                        let _ = events.send(Event::InSync {
+                            target: report.url.clone(),
+                        });
+                    } else {
+                        let why = outcome
+                            .failed
+                            .first()
+                            .map(|(p, r)| {
+                                if r.starts_with(p.as_str()) {
+                                    r.clone()
+                                } else {
+                                    format!("{p}: {r}")
+                                }
+                            })
+                            .unwrap_or_else(|| "the target changed during the mirror".into());
+                        report.error = Some(format!(
+                            "not identical after pass {pass} ({} of {} files failed; first: {why})",
+                            outcome.failed.len(),
+                            plan.files
+                        ));
+                    }
+                }
+                Err(error) => {
+                    // A target that is down or refuses will not be better on a second pass.
+                    done[i] = true;
+                    report.error = Some(error.to_string());
+                }
+            }
+        }
+        if done.iter().all(|d| *d) {
+            break;
+        }
+    }
+    for report in &reports {
+        if let (false, Some(reason)) = (report.ok, &report.error) {
+            let _ = events.send(Event::TargetFailed {
+                target: report.url.clone(),
+                reason: reason.clone(),
+            });
+        }
+    }
+    let all_ok = reports.iter().all(|r| r.ok);
+    Ok(PushReport {
+        ok: all_ok && skipped.is_empty(),
+        partial: all_ok && !skipped.is_empty(),
+        seconds: started.elapsed().as_secs_f64(),
+        files,
+        bytes_read: blocks.bytes_read(),
+        skipped,
+        targets: reports,
+    })
+}
+
+/// One session with one target: connect, fetch its manifest, plan, send.
+async fn session(
+    target: &TargetSpec,
+    source_name: &str,
+    tree: &Arc<Tree>,
+    blocks: &Arc<BlockSource>,
+    events: &broadcast::Sender<Event>,
+) -> Result<(send::Outcome, Plan, u64), SendError> {
+    let mut conn = transport::connect(&ConnectOptions {
+        url: target.url.clone(),
+        trust: target.trust.clone(),
+        token: target.token.clone(),
+        source_name: source_name.to_string(),
+    })
+    .await?;
+    let (theirs, partials) = send::fetch_manifest(&mut conn).await?;
+    let (tree2, blocks2) = (tree.clone(), blocks.clone());
+    let plan = tokio::task::spawn_blocking(move || {
+        plan::plan(&tree2, &theirs, &partials, &mut |path, len| {
+            blocks2.tail_hash(path, len)
+        })
+    })
+    .await
+    .map_err(|e| SendError::Protocol(format!("planning failed: {e}")))?;
+    let _ = events.send(Event::Planned {
+        target: target.url.clone(),
+        files: plan.files,
+        bytes: plan.data_bytes,
+    });
+    let wire = conn.wire_counter();
+    let outcome = send::send_plan(conn, &target.url, &plan, blocks, events).await?;
+    let wire = wire.load(std::sync::atomic::Ordering::Relaxed);
+    Ok((outcome, plan, wire))
+}
+
+/// What a target agent serves.
+#[derive(Debug)]
+pub struct ServeOptions {
+    pub root: PathBuf,
+    pub listen: String,
+    pub token: String,
+    /// Plain ws:// instead of wss (loopback only).
+    pub insecure: bool,
+    /// The name sources see.
+    pub name: String,
+}
+
+/// A target agent, bound and ready.
+#[derive(Debug)]
+pub struct Server {
+    listener: Listener,
+    receiver: Arc<tokio::sync::Mutex<Receiver>>,
+    token: Arc<str>,
+    name: Arc<str>,
+    fingerprint: Option<String>,
+}
+
+impl Server {
+    /// Checks the root, opens its index, loads or creates the TLS identity, and binds.
+    pub async fn bind(options: ServeOptions) -> Result<Server, EngineError> {
+        if options.token.trim().is_empty() {
+            return Err(EngineError::Setup(
+                "the token is empty; put a long random secret in the token file".into(),
+            ));
+        }
+        let root = options.root.clone();
+        let receiver = tokio::task::spawn_blocking(move || Receiver::open(&root))
+            .await
+            .map_err(|e| EngineError::Setup(e.to_string()))??;
+        let identity = if options.insecure {
+            None
+        } else {
+            Some(Identity::load_or_create(
+                &options.root.join(STATE_DIR).join("tls"),
+            )?)
+        };
+        let fingerprint = identity.as_ref().map(Identity::fingerprint);
+        let listener = Listener::bind(&options.listen, identity).await?;
+        Ok(Server {
+            listener,
+            receiver: Arc::new(tokio::sync::Mutex::new(receiver)),
+            token: options.token.into(),
+            name: options.name.into(),
+            fingerprint,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr()
+    }
+
+    /// The certificate fingerprint sources pin (`None` when insecure).
+    pub fn fingerprint(&self) -> Option<&str> {
+        self.fingerprint.as_deref()
+    }
+
+    /// Serves until `cancel` fires; one mirror session into the root at a time.
+    pub async fn run(self, cancel: CancellationToken) -> Result<(), EngineError> {
+        let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+        loop {
+            let incoming = tokio::select! {
+                incoming = self.listener.accept() => incoming,
+                () = cancel.cancelled() => break,
+            };
+            let incoming = match incoming {
+                Ok(incoming) => incoming,
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    continue;
+                }
+            };
+            let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+                tracing::warn!(peer = %incoming.peer_addr(), "too many connections at once; dropped");
+                continue;
+            };
+            let (token, name, receiver, cancel) = (
+                self.token.clone(),
+                self.name.clone(),
+                self.receiver.clone(),
+                cancel.clone(),
+            );
+            tokio::spawn(async move {
+                let peer = incoming.peer_addr();
+                let handshake = incoming.handshake(&token, &name).await;
+                drop(permit);
+                match handshake {
+                    Ok((conn, source)) => {
+                        tracing::info!(%peer, %source, "source connected");
+                        match serve_session(conn, receiver, cancel).await {
+                            Ok(()) => tracing::info!(%peer, %source, "session ended"),
+                            Err(e) => tracing::warn!(%peer, %source, "session aborted: {e}"),
+                        }
+                    }
+                    Err(e) => tracing::warn!(%peer, "refused: {e}"),
+                }
+            });
+        }
+        // Let a session in flight close its files cleanly.
+        let _ = self.receiver.lock().await;
+        Ok(())
+    }
+}
+
+/// Runs one session: the connection's messages go to a blocking worker that owns the
+/// receiver; its replies go back on the connection.
+async fn serve_session(
+    conn: transport::Connection,
+    receiver: Arc<tokio::sync::Mutex<Receiver>>,
+    cancel: CancellationToken,
+) -> Result<(), String> {
+    let (mut sender, mut incoming) = conn.split();
+    let Ok(mut guard) = receiver.try_lock_owned() else {
+        let reason =
+            "another source is mirroring into this folder right now; try again when it ends";
+        let _ = sender
+            .send(&Message::Refused {
+                reason: reason.into(),
+            })
+            .await;
+        sender.close().await;
+        return Err(reason.into());
+    };
+    let (in_tx, mut in_rx) = mpsc::channel::<Message>(64);
+    let (out_tx, mut out_rx) = mpsc::channel::<Message>(64);
+    let worker = tokio::task::spawn_blocking(move || {
+        let result = work(&mut guard, &mut in_rx, &out_tx);
+        guard.close();
+        if let Err(reason) = &result {
+            let _ = out_tx.blocking_send(Message::Refused {
+                reason: reason.clone(),
+            });
+        }
+        result
+    });
+    // Ends the reading side once the worker has nothing more to say.
+    let finished = cancel.child_token();
+    let reading = async move {
+        let result = loop {
+            match incoming.recv().await {
+                Ok(Some(message)) => {
+                    if in_tx.send(message).await.is_err() {
+                        break Ok(());
+                    }
+                }
+                Ok(None) => break Err("the source closed the connection".to_string()),
+                Err(e) => {
+                    let reason = e.to_string();
+                    let _ = in_tx
+                        .send(Message::Refused {
+                            reason: reason.clone(),
+                        })
+                        .await;
+                    break Err(reason);
+                }
+            }
+        };
+        drop(in_tx);
+        result
+    };
+    let reading = async {
+        tokio::select! {
+            r = reading => r,
+            () = finished.cancelled() => Ok(()),
+        }
+    };
+    let writing = async {
+        while let Some(message) = out_rx.recv().await {
+            if sender.send(&message).await.is_err() {
+                break;
+            }
+        }
+        sender.close().await;
+        finished.cancel();
+    };
+    let (read_result, (), worked) = tokio::join!(reading, writing, worker);
+    if cancel.is_cancelled() {
+        return Err("the agent is shutting down".into());
+    }
+    let worked = worked.map_err(|e| e.to_string())?;
+    worked.and(match read_result {
+        Ok(()) => Ok(()),
+        Err(e) if e.contains("closed") => Ok(()),
+        Err(e) => Err(e),
+    })
+}
+
+/// The worker's loop over the session's messages.
+fn work(
+    receiver: &mut Receiver,
+    incoming: &mut mpsc::Receiver<Message>,
+    out: &mpsc::Sender<Message>,
+) -> Result<(), String> {
+    let reply = |m: Message| {
+        out.blocking_send(m)
+            .map_err(|_| "connection lost".to_string())
+    };
+    while let Some(message) = incoming.blocking_recv() {
+        match message {
+            Message::GetManifest => {
+                let (entries, partials) = receiver.manifest().map_err(|e| e.to_string())?;
+                let mut part = Vec::new();
+                let mut bytes = 0;
+                for entry in entries {
+                    let size = entry_size(&entry);
+                    if !part.is_empty()
+                        && (part.len() == MAX_ENTRIES_PER_PART
+                            || bytes + size > MANIFEST_PART_BYTES)
+                    {
+                        reply(Message::ManifestPart {
+                            entries: std::mem::take(&mut part),
+                        })?;
+                        bytes = 0;
+                    }
+                    bytes += size;
+                    part.push(entry);
+                }
+                if !part.is_empty() {
+                    reply(Message::ManifestPart { entries: part })?;
+                }
+                reply(Message::ManifestEnd { partials })?;
+            }
+            Message::Refused { reason } => return Err(reason),
+            message => {
+                let finished = matches!(message, Message::Finish);
+                for r in receiver.handle(message).map_err(|e| e.to_string())? {
+                    reply(r)?;
+                }
+                if finished {
+                    tracing::info!(root = %receiver.root().display(), "mirror finished and verified");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Bytes a manifest entry takes on the wire, roughly (for cutting the manifest in parts).
+fn entry_size(entry: &crate::protocol::Entry) -> usize {
+    match &entry.kind {
+        crate::protocol::EntryKind::Dir => entry.path.len() + 8,
+        crate::protocol::EntryKind::File(meta) => entry.path.len() + 80 + 33 * meta.blocks.len(),
+    }
+}
+
+/// The digest a tree has; for callers that compare folders.
+pub fn tree_digest(tree: &Tree) -> Hash {
+    plan::digest(tree)
+}

@@ -1,0 +1,91 @@
+//! Typed events and reports: what the engine tells the agent's progress bar, its logs, and
+//! (later) the tray app, without knowing which of them is listening.
+//!
+//! Events go out on a bounded broadcast channel: a listener that falls behind loses old
+//! progress events, never slows the mirror.
+
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+/// Something that happened in a push.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// The source folder was scanned.
+    Scanned {
+        files: u64,
+        files_hashed: u64,
+        bytes_hashed: u64,
+    },
+    /// A path could not be read or mirrored; the rest goes on.
+    Skipped { path: String, reason: String },
+    /// A target answered and its plan is known.
+    Planned {
+        target: String,
+        files: u64,
+        bytes: u64,
+    },
+    /// Progress towards one target.
+    Progress {
+        target: String,
+        files_done: u64,
+        files_total: u64,
+        bytes_done: u64,
+        bytes_total: u64,
+    },
+    /// A file could not be written on a target.
+    FileFailed {
+        target: String,
+        path: String,
+        reason: String,
+    },
+    /// A target verified it is identical to the source.
+    InSync { target: String },
+    /// A target failed (down, refused, or not identical after every pass).
+    TargetFailed { target: String, reason: String },
+}
+
+/// Capacity of the event channel.
+pub const EVENT_CAPACITY: usize = 1024;
+
+/// Creates an event channel.
+pub fn channel() -> (broadcast::Sender<Event>, broadcast::Receiver<Event>) {
+    broadcast::channel(EVENT_CAPACITY)
+}
+
+/// What happened to one target in a push.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct TargetReport {
+    pub url: String,
+    pub ok: bool,
+    /// Files whose content was written (new, rewritten or appended).
+    pub files_sent: u64,
+    /// Bytes of file data the target lacked and received (before compression).
+    pub bytes_changed: u64,
+    /// Bytes of messages sent to this target on the wire (after compression, before TLS).
+    pub wire_bytes: u64,
+    pub seconds: f64,
+    pub passes: u32,
+    pub error: Option<String>,
+}
+
+/// What happened in a push.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct PushReport {
+    /// Every target is identical to the source and every source file was read.
+    pub ok: bool,
+    /// Every target is identical to what could be read, but some source paths were skipped.
+    pub partial: bool,
+    pub seconds: f64,
+    pub files: u64,
+    pub bytes_read: u64,
+    pub skipped: Vec<Skipped>,
+    pub targets: Vec<TargetReport>,
+}
+
+/// A source path that was not mirrored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Skipped {
+    pub path: String,
+    pub reason: String,
+}

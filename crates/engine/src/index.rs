@@ -1,0 +1,237 @@
+//! The persistent index of a folder: for every file its quick-check stamp, block hashes and
+//! whole-file hash; on a target also the interrupted transfers and in-place appends that a
+//! crash must resume or roll back.
+//!
+//! The store is [redb]: an embedded key-value store in pure Rust whose copy-on-write B-trees
+//! make every commit atomic and crash-safe (a killed process or a power cut leaves the last
+//! committed state), with no C library to build on Windows, Linux or macOS. SQLite would do
+//! the job too, but it brings a C build and SQL for what is a map from a path to a record.
+//! Records are postcard-encoded.
+//!
+//! Each commit says whether it must be durable at once ([`Durability::Immediate`], used
+//! before writing an append in place) or may ride on the next durable commit
+//! ([`Durability::None`], used for batches of finished files: losing them only costs a
+//! re-hash at the next start, never a wrong answer, because the quick check still runs).
+
+use crate::fs::Stamp;
+use crate::protocol::{FileBegin, Hash};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+pub use redb::Durability;
+
+const FILES: TableDefinition<&str, &[u8]> = TableDefinition::new("files");
+const PARTIALS: TableDefinition<&str, &[u8]> = TableDefinition::new("partials");
+const APPENDS: TableDefinition<&str, &[u8]> = TableDefinition::new("appends");
+
+/// What the index knows about one file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileRecord {
+    pub stamp: Stamp,
+    pub hash: Hash,
+    pub blocks: Vec<Hash>,
+}
+
+/// A new file version being built in a temporary file on the target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartialRecord {
+    /// The version being built (its `reuse` list is not kept).
+    pub begin: FileBegin,
+    /// File name of the temporary file inside the target's `tmp` folder.
+    pub temp_name: String,
+}
+
+/// An append being written in place: a crash rolls the file back to `from_len`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppendRecord {
+    pub from_len: u64,
+    /// The file as it was verified before the append.
+    pub before: FileRecord,
+}
+
+/// One change to the index.
+#[derive(Debug, Clone)]
+pub enum Change {
+    PutFile(String, FileRecord),
+    RemoveFile(String),
+    PutPartial(String, PartialRecord),
+    RemovePartial(String),
+    PutAppend(String, AppendRecord),
+    RemoveAppend(String),
+}
+
+/// An index that could not be opened, read or written.
+#[derive(Debug, Error)]
+#[error("index {path}: {reason}")]
+pub struct IndexError {
+    pub path: PathBuf,
+    pub reason: String,
+}
+
+/// A folder's index, open.
+#[derive(Debug)]
+pub struct Index {
+    db: Database,
+    path: PathBuf,
+}
+
+impl Index {
+    /// Opens the index at `path`, creating it (and its folder) if it does not exist.
+    pub fn open(path: &Path) -> Result<Index, IndexError> {
+        let fail = |reason: String| IndexError {
+            path: path.to_path_buf(),
+            reason,
+        };
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| fail(format!("cannot create its folder: {e}")))?;
+        }
+        let db = Database::create(path).map_err(|e| {
+            fail(format!(
+                "cannot open it ({e}); if it is damaged, delete it and RainMaker will rebuild it"
+            ))
+        })?;
+        let index = Index {
+            db,
+            path: path.to_path_buf(),
+        };
+        index.apply(&[], Durability::Immediate)?;
+        Ok(index)
+    }
+
+    fn error(&self, reason: impl std::fmt::Display) -> IndexError {
+        IndexError {
+            path: self.path.clone(),
+            reason: reason.to_string(),
+        }
+    }
+
+    fn load<T: DeserializeOwned>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+    ) -> Result<BTreeMap<String, T>, IndexError> {
+        let read = self.db.begin_read().map_err(|e| self.error(e))?;
+        let table = read.open_table(table).map_err(|e| self.error(e))?;
+        let mut out = BTreeMap::new();
+        for item in table.iter().map_err(|e| self.error(e))? {
+            let (key, value) = item.map_err(|e| self.error(e))?;
+            let record = postcard::from_bytes(value.value()).map_err(|e| {
+                self.error(format!("a record for {:?} is damaged: {e}", key.value()))
+            })?;
+            out.insert(key.value().to_string(), record);
+        }
+        Ok(out)
+    }
+
+    /// Every file record, by path.
+    pub fn files(&self) -> Result<BTreeMap<String, FileRecord>, IndexError> {
+        self.load(FILES)
+    }
+
+    /// Every interrupted transfer, by path.
+    pub fn partials(&self) -> Result<BTreeMap<String, PartialRecord>, IndexError> {
+        self.load(PARTIALS)
+    }
+
+    /// Every append in flight, by path.
+    pub fn appends(&self) -> Result<BTreeMap<String, AppendRecord>, IndexError> {
+        self.load(APPENDS)
+    }
+
+    /// Applies `changes` in one atomic transaction.
+    pub fn apply(&self, changes: &[Change], durability: Durability) -> Result<(), IndexError> {
+        let mut write = self.db.begin_write().map_err(|e| self.error(e))?;
+        write
+            .set_durability(durability)
+            .map_err(|e| self.error(e))?;
+        {
+            let mut files = write.open_table(FILES).map_err(|e| self.error(e))?;
+            let mut partials = write.open_table(PARTIALS).map_err(|e| self.error(e))?;
+            let mut appends = write.open_table(APPENDS).map_err(|e| self.error(e))?;
+            for change in changes {
+                let result = match change {
+                    Change::PutFile(path, r) => {
+                        files.insert(path.as_str(), encode(r).as_slice()).map(drop)
+                    }
+                    Change::RemoveFile(path) => files.remove(path.as_str()).map(drop),
+                    Change::PutPartial(path, r) => partials
+                        .insert(path.as_str(), encode(r).as_slice())
+                        .map(drop),
+                    Change::RemovePartial(path) => partials.remove(path.as_str()).map(drop),
+                    Change::PutAppend(path, r) => appends
+                        .insert(path.as_str(), encode(r).as_slice())
+                        .map(drop),
+                    Change::RemoveAppend(path) => appends.remove(path.as_str()).map(drop),
+                };
+                result.map_err(|e| self.error(e))?;
+            }
+        }
+        write.commit().map_err(|e| self.error(e))
+    }
+}
+
+fn encode<T: Serialize>(record: &T) -> Vec<u8> {
+    postcard::to_stdvec(record).expect("index records always serialize")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(size: u64) -> FileRecord {
+        FileRecord {
+            stamp: Stamp {
+                size,
+                mtime_ns: 7,
+                file_id: 9,
+                executable: false,
+            },
+            hash: [1; 32],
+            blocks: vec![[2; 32]],
+        }
+    }
+
+    #[test]
+    fn records_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state/index.redb");
+        {
+            let index = Index::open(&path).unwrap();
+            index
+                .apply(
+                    &[
+                        Change::PutFile("a".into(), record(1)),
+                        Change::PutFile("b".into(), record(2)),
+                        Change::RemoveFile("a".into()),
+                        Change::PutAppend(
+                            "b".into(),
+                            AppendRecord {
+                                from_len: 2,
+                                before: record(2),
+                            },
+                        ),
+                    ],
+                    Durability::Immediate,
+                )
+                .unwrap();
+        }
+        let index = Index::open(&path).unwrap();
+        let files = index.files().unwrap();
+        assert_eq!(files.len(), 1, "a removed record stays removed");
+        assert_eq!(files["b"], record(2));
+        assert_eq!(index.appends().unwrap()["b"].from_len, 2);
+        assert!(index.partials().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_damaged_store_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.redb");
+        std::fs::write(&path, b"this is not a database").unwrap();
+        let error = Index::open(&path).unwrap_err();
+        assert!(error.to_string().contains("index.redb"), "{error}");
+    }
+}

@@ -1,0 +1,29 @@
+//! RainMaker's mirror engine: everything that is not a screen or a flag.
+//!
+//! A source folder is mirrored one way to many targets. Each side keeps an index of its
+//! folder; the source asks each target for its manifest, plans what the target lacks, and
+//! streams only those blocks over an authenticated WebSocket; the target verifies every
+//! block and every file before it takes its final name.
+//!
+//! # Layout
+//! - [`protocol`]: message types, version, limits, encode/decode (no I/O).
+//! - [`hash`]: block and file hashing with BLAKE3 (pure over readers and hash lists).
+//! - [`path`]: the check every path from the wire passes before it touches the disk.
+//! - [`fs`]: the one door to the disk: shared-mode reads, temp files, fsync, rename, metadata.
+//! - [`index`]: the persistent, crash-safe index of a folder (redb).
+//! - [`scan`]: walk a folder, quick-check against the index, hash what changed.
+//! - [`transport`]: wss client and server, TLS identity, pinning, token handshake, framing.
+//! - [`mirror`]: the plan (pure), the sender and the receiver of a session.
+//! - [`event`]: typed events and reports for the agent and the tray.
+//! - [`engine`]: wires the above into `push` and `serve`, the API the agent and tray call.
+
+pub mod engine;
+pub mod event;
+pub mod fs;
+pub mod hash;
+pub mod index;
+pub mod mirror;
+pub mod path;
+pub mod protocol;
+pub mod scan;
+pub mod transport;

@@ -1,0 +1,9 @@
+//! The two ends of a mirror session and the plan between them.
+//!
+//! - [`plan`]: what a target lacks, given the source's tree and the target's (pure).
+//! - [`send`]: the source's side: reads each needed block once, feeds every target.
+//! - [`receive`]: the target's side: verifies and applies what arrives, atomically.
+
+pub mod plan;
+pub mod receive;
+pub mod send;

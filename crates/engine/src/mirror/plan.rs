@@ -1,0 +1,444 @@
+//! What a target lacks, given the source's tree and the target's: a pure function from two
+//! trees to a list of operations, tested without disk or network.
+//!
+//! For each source file the plan picks the cheapest way to make the target's copy identical:
+//! nothing; only its time or executable bit; an append from the target's current length when
+//! the target holds a prefix of the source's file; or a new version built from blocks the
+//! target already has anywhere in its tree (renames and copies cost no data), from a partial
+//! temporary file left by an interrupted transfer, and from data for the rest.
+//!
+//! Modification times are compared at 100 ns, the resolution of NTFS, so a mirror between
+//! file systems of different resolutions does not flap.
+
+use crate::hash;
+use crate::index::FileRecord;
+use crate::protocol::{BLOCK_SIZE, Hash, Partial, Reuse};
+use crate::scan::Tree;
+use std::collections::{BTreeMap, HashMap};
+
+/// One step of a plan, in the order it must be applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// Remove a file or a folder with everything in it.
+    Delete(String),
+    Mkdir(String),
+    Send(SendFile),
+    Append(AppendFile),
+    SetMeta {
+        path: String,
+        mtime_ns: i128,
+        executable: bool,
+    },
+}
+
+/// A new version of a file, built in a temporary file on the target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendFile {
+    pub path: String,
+    pub record: FileRecord,
+    pub reuse: Vec<Reuse>,
+    pub resume_blocks: u64,
+    /// Indexes of the blocks whose data must be sent, in order.
+    pub send: Vec<u64>,
+}
+
+/// Growth of a file the target holds a prefix of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppendFile {
+    pub path: String,
+    pub record: FileRecord,
+    pub from_len: u64,
+    pub from_hash: Hash,
+}
+
+impl AppendFile {
+    /// Block hashes from the block holding `from_len` to the end.
+    pub fn tail_blocks(&self) -> &[Hash] {
+        &self.record.blocks[(self.from_len / BLOCK_SIZE) as usize..]
+    }
+}
+
+/// A plan and what it will cost.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub ops: Vec<Op>,
+    /// Bytes of file data that must cross (before compression).
+    pub data_bytes: u64,
+    /// Files whose content will be written.
+    pub files: u64,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+}
+
+/// Modification time at the resolution every supported file system keeps.
+pub fn coarse_mtime(mtime_ns: i128) -> i128 {
+    mtime_ns.div_euclid(100)
+}
+
+/// Plans what `target` lacks to be identical to `source`.
+///
+/// `tail_hash(path, len)` returns the hash of the source file's bytes from the start of the
+/// block holding `len` up to `len` (one partial-block read), or `None` if it cannot be read;
+/// it is asked only when `len` is not a block boundary.
+pub fn plan(
+    source: &Tree,
+    target: &Tree,
+    partials: &[Partial],
+    tail_hash: &mut dyn FnMut(&str, u64) -> Option<Hash>,
+) -> Plan {
+    let mut plan = Plan::default();
+    let mut deletes_first = Vec::new();
+    let mut deletes_last = Vec::new();
+
+    // Type conflicts must go before anything is created in their place.
+    for path in target.files.keys() {
+        if source.dirs.contains(path) {
+            deletes_first.push(path.clone());
+        } else if !source.files.contains_key(path) && !under_deleted(&deletes_first, path) {
+            deletes_last.push(path.clone());
+        }
+    }
+    for dir in target.dirs.iter().rev() {
+        if source.files.contains_key(dir) {
+            deletes_first.push(dir.clone());
+        } else if !source.dirs.contains(dir) {
+            deletes_last.push(dir.clone());
+        }
+    }
+    deletes_first.sort();
+    deletes_first.dedup();
+    plan.ops
+        .extend(deletes_first.iter().cloned().map(Op::Delete));
+
+    for dir in &source.dirs {
+        if !target.dirs.contains(dir) {
+            plan.ops.push(Op::Mkdir(dir.clone()));
+        }
+    }
+
+    let located = locate_blocks(target);
+    let partials: HashMap<&str, &Partial> = partials.iter().map(|p| (p.path.as_str(), p)).collect();
+    for (path, record) in &source.files {
+        let theirs = target
+            .files
+            .get(path)
+            .filter(|_| !target.dirs.contains(path));
+        if let Some(theirs) = theirs
+            && theirs.hash == record.hash
+            && theirs.stamp.size == record.stamp.size
+        {
+            if coarse_mtime(theirs.stamp.mtime_ns) != coarse_mtime(record.stamp.mtime_ns)
+                || theirs.stamp.executable != record.stamp.executable
+            {
+                plan.ops.push(Op::SetMeta {
+                    path: path.clone(),
+                    mtime_ns: record.stamp.mtime_ns,
+                    executable: record.stamp.executable,
+                });
+            }
+            continue;
+        }
+        plan.files += 1;
+        if let Some(theirs) = theirs
+            && is_prefix(path, record, theirs, tail_hash)
+        {
+            plan.data_bytes += record.stamp.size - theirs.stamp.size;
+            plan.ops.push(Op::Append(AppendFile {
+                path: path.clone(),
+                record: record.clone(),
+                from_len: theirs.stamp.size,
+                from_hash: theirs.hash,
+            }));
+            continue;
+        }
+        let resume_blocks = partials
+            .get(path.as_str())
+            .filter(|p| p.hash == record.hash)
+            .map_or(0, |p| p.verified_blocks.min(record.blocks.len() as u64));
+        let mut reuse = Vec::new();
+        let mut send = Vec::new();
+        for (i, block) in record
+            .blocks
+            .iter()
+            .enumerate()
+            .skip(resume_blocks as usize)
+        {
+            let i = i as u64;
+            let same_place = theirs.and_then(|t| t.blocks.get(i as usize)) == Some(block);
+            if same_place {
+                reuse.push(Reuse {
+                    index: i,
+                    from_path: path.clone(),
+                    from_index: i,
+                });
+            } else if let Some((from_path, from_index)) = located.get(block) {
+                reuse.push(Reuse {
+                    index: i,
+                    from_path: (*from_path).to_string(),
+                    from_index: *from_index,
+                });
+            } else {
+                plan.data_bytes += hash::block_len(record.stamp.size, i);
+                send.push(i);
+            }
+        }
+        plan.ops.push(Op::Send(SendFile {
+            path: path.clone(),
+            record: record.clone(),
+            reuse,
+            resume_blocks,
+            send,
+        }));
+    }
+    plan.ops.extend(deletes_last.into_iter().map(Op::Delete));
+    plan
+}
+
+fn under_deleted(deleted: &[String], path: &str) -> bool {
+    deleted.iter().any(|d| {
+        path.len() > d.len() && path.starts_with(d.as_str()) && path.as_bytes()[d.len()] == b'/'
+    })
+}
+
+/// Where on the target each block hash can be found (first occurrence wins).
+fn locate_blocks(target: &Tree) -> HashMap<&Hash, (&str, u64)> {
+    let mut located = HashMap::new();
+    for (path, record) in &target.files {
+        for (i, block) in record.blocks.iter().enumerate() {
+            located.entry(block).or_insert((path.as_str(), i as u64));
+        }
+    }
+    located
+}
+
+/// Whether the target's file is the first `theirs.size` bytes of the source's.
+fn is_prefix(
+    path: &str,
+    ours: &FileRecord,
+    theirs: &FileRecord,
+    tail_hash: &mut dyn FnMut(&str, u64) -> Option<Hash>,
+) -> bool {
+    let len = theirs.stamp.size;
+    if len == 0 || len >= ours.stamp.size {
+        return false;
+    }
+    let whole = (len / BLOCK_SIZE) as usize;
+    if ours.blocks[..whole] != theirs.blocks[..whole.min(theirs.blocks.len())] {
+        return false;
+    }
+    let mut blocks = ours.blocks[..whole].to_vec();
+    if len % BLOCK_SIZE != 0 {
+        match tail_hash(path, len) {
+            Some(tail) => blocks.push(tail),
+            None => return false,
+        }
+    }
+    hash::file_hash(len, &blocks) == theirs.hash
+}
+
+/// A digest of a tree: folders, and files with size, time (at 100 ns), executable bit and hash.
+/// Two trees with the same digest are identical for the mirror.
+pub fn digest(tree: &Tree) -> Hash {
+    let mut hasher = blake3::Hasher::new();
+    for dir in &tree.dirs {
+        hasher.update(b"D");
+        hasher.update(&(dir.len() as u64).to_le_bytes());
+        hasher.update(dir.as_bytes());
+    }
+    for (path, record) in &tree.files {
+        hasher.update(b"F");
+        hasher.update(&(path.len() as u64).to_le_bytes());
+        hasher.update(path.as_bytes());
+        hasher.update(&record.stamp.size.to_le_bytes());
+        hasher.update(&coarse_mtime(record.stamp.mtime_ns).to_le_bytes());
+        hasher.update(&[record.stamp.executable as u8]);
+        hasher.update(&record.hash);
+    }
+    *hasher.finalize().as_bytes()
+}
+
+/// Converts a tree to the entries of a manifest.
+pub fn to_entries(tree: &Tree) -> Vec<crate::protocol::Entry> {
+    use crate::protocol::{Entry, EntryKind, FileMeta};
+    let dirs = tree.dirs.iter().map(|d| Entry {
+        path: d.clone(),
+        kind: EntryKind::Dir,
+    });
+    let files = tree.files.iter().map(|(path, r)| Entry {
+        path: path.clone(),
+        kind: EntryKind::File(FileMeta {
+            size: r.stamp.size,
+            mtime_ns: r.stamp.mtime_ns,
+            executable: r.stamp.executable,
+            hash: r.hash,
+            blocks: r.blocks.clone(),
+        }),
+    });
+    dirs.chain(files).collect()
+}
+
+/// Adds manifest entries to a tree (the source's view of a target).
+pub fn add_entries(tree: &mut Tree, entries: Vec<crate::protocol::Entry>) {
+    use crate::protocol::EntryKind;
+    for entry in entries {
+        match entry.kind {
+            EntryKind::Dir => {
+                tree.dirs.insert(entry.path);
+            }
+            EntryKind::File(meta) => {
+                tree.files.insert(
+                    entry.path,
+                    FileRecord {
+                        stamp: crate::fs::Stamp {
+                            size: meta.size,
+                            mtime_ns: meta.mtime_ns,
+                            file_id: 0,
+                            executable: meta.executable,
+                        },
+                        hash: meta.hash,
+                        blocks: meta.blocks,
+                    },
+                );
+            }
+        }
+    }
+}
+
+/// Files the plan leaves out of `by_path` order checks; used by tests.
+pub fn sent_paths(plan: &Plan) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    for op in &plan.ops {
+        match op {
+            Op::Send(s) => {
+                out.insert(s.path.clone(), s.send.len() as u64);
+            }
+            Op::Append(a) => {
+                out.insert(a.path.clone(), a.record.stamp.size - a.from_len);
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fs::Stamp;
+
+    fn record(bytes: &[u8], mtime_ns: i128) -> FileRecord {
+        let (blocks, n) = hash::hash_blocks(&mut &bytes[..], bytes.len() as u64).unwrap();
+        FileRecord {
+            stamp: Stamp {
+                size: n,
+                mtime_ns,
+                file_id: 0,
+                executable: false,
+            },
+            hash: hash::file_hash(n, &blocks),
+            blocks,
+        }
+    }
+
+    fn data(len: usize, seed: u8) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 9) as u8)
+            .collect()
+    }
+
+    fn tree(files: &[(&str, &[u8])], dirs: &[&str]) -> Tree {
+        Tree {
+            dirs: dirs.iter().map(|d| d.to_string()).collect(),
+            files: files
+                .iter()
+                .map(|(p, b)| (p.to_string(), record(b, 1000)))
+                .collect(),
+        }
+    }
+
+    fn no_tail(_: &str, _: u64) -> Option<Hash> {
+        None
+    }
+
+    #[test]
+    fn identical_trees_need_nothing() {
+        let a = data(300_000, 1);
+        let t = tree(&[("x", &a)], &["d"]);
+        assert!(plan(&t, &t.clone(), &[], &mut no_tail).is_empty());
+        assert_eq!(digest(&t), digest(&t.clone()));
+    }
+
+    #[test]
+    fn an_append_sends_only_the_new_bytes() {
+        let full = data((BLOCK_SIZE * 3 + 500) as usize, 2);
+        let old_len = (BLOCK_SIZE * 2 + 100) as usize;
+        let source = tree(&[("tick", &full)], &[]);
+        let target = tree(&[("tick", &full[..old_len])], &[]);
+        let mut tail = |_: &str, len: u64| {
+            let start = (len - len % BLOCK_SIZE) as usize;
+            Some(hash::block_hash(&full[start..len as usize]))
+        };
+        let plan = plan(&source, &target, &[], &mut tail);
+        assert_eq!(
+            plan.data_bytes,
+            (full.len() - old_len) as u64,
+            "append costs what was appended"
+        );
+        assert!(matches!(&plan.ops[..], [Op::Append(a)] if a.from_len == old_len as u64));
+    }
+
+    #[test]
+    fn a_rename_reuses_the_target_blocks() {
+        let a = data((BLOCK_SIZE * 2) as usize, 3);
+        let source = tree(&[("new/name", &a)], &["new"]);
+        let target = tree(&[("old", &a)], &[]);
+        let plan = plan(&source, &target, &[], &mut no_tail);
+        assert_eq!(plan.data_bytes, 0, "a renamed file costs no data");
+        assert_eq!(
+            plan.ops.last(),
+            Some(&Op::Delete("old".into())),
+            "deletes come last"
+        );
+        assert_eq!(plan.ops[0], Op::Mkdir("new".into()));
+    }
+
+    #[test]
+    fn an_edit_in_the_middle_sends_one_block_and_a_partial_resumes() {
+        let a = data((BLOCK_SIZE * 4) as usize, 4);
+        let mut b = a.clone();
+        b[(BLOCK_SIZE + 5) as usize] ^= 0xff;
+        let source = tree(&[("f", &b)], &[]);
+        let target = tree(&[("f", &a)], &[]);
+        let p = plan(&source, &target, &[], &mut no_tail);
+        assert_eq!(sent_paths(&p)["f"], 1, "only the edited block crosses");
+
+        let partial = Partial {
+            path: "f".into(),
+            hash: source.files["f"].hash,
+            verified_blocks: 3,
+        };
+        let p = plan(&source, &Tree::default(), &[partial], &mut no_tail);
+        assert!(matches!(&p.ops[..], [Op::Send(s)] if s.resume_blocks == 3 && s.send == vec![3]));
+    }
+
+    #[test]
+    fn type_conflicts_are_deleted_first_and_times_only_set_meta() {
+        let a = data(10, 5);
+        let source = tree(&[("x", &a)], &["y"]);
+        let mut target = tree(&[("y", &a)], &["x"]);
+        target.files.get_mut("y").unwrap().stamp.mtime_ns = 5;
+        let p = plan(&source, &target, &[], &mut no_tail);
+        assert_eq!(p.ops[0], Op::Delete("x".into()));
+        assert_eq!(p.ops[1], Op::Delete("y".into()));
+        assert_eq!(p.ops[2], Op::Mkdir("y".into()));
+
+        let mut target = source.clone();
+        target.files.get_mut("x").unwrap().stamp.mtime_ns = 99_999;
+        let p = plan(&source, &target, &[], &mut no_tail);
+        assert!(matches!(&p.ops[..], [Op::SetMeta { .. }]), "{p:?}");
+    }
+}

@@ -1,0 +1,888 @@
+//! The target's end of a mirror session: verifies and applies what the source sends.
+//!
+//! Nothing unverified ever takes a final name. A new version of a file is built in a
+//! temporary file under `ROOT/.rainmaker/tmp`; every block is checked against its BLAKE3 hash
+//! as it arrives, the whole file against the source's file hash at the end, then the file is
+//! fsynced and renamed into place. An append is written in place, but only after the length
+//! it started from is durably recorded in the index, so a crash (or a failed check) rolls the
+//! file back to that verified length.
+//!
+//! Interrupted transfers are resumable: a large file's temporary file and its block list are
+//! recorded, and when the target opens again the temporary file is re-verified block by block;
+//! the verified prefix is offered to the next session so those blocks are not sent again.
+//!
+//! Every path is checked by [`crate::path`] before it touches the disk; a bad path, an
+//! unexpected message or a broken limit aborts the whole session ([`ReceiveError::Refused`]),
+//! while a problem with one file (a block that does not match, a full disk) fails only that
+//! file and is reported to the source.
+
+use crate::fs;
+use crate::hash;
+use crate::index::{
+    AppendRecord, Change, Durability, FileRecord, Index, IndexError, PartialRecord,
+};
+use crate::mirror::plan;
+use crate::path::{self, STATE_DIR};
+use crate::protocol::{Append, BLOCK_SIZE, Entry, FileBegin, Hash, Message, Partial, Payload};
+use crate::scan::{self, Tree};
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+/// Large files keep a resumable record; smaller ones are simply sent again.
+const RESUMABLE_BLOCKS: u64 = 4;
+/// Finished files are committed to the index in batches of this size.
+const BATCH: usize = 256;
+
+/// Why a target cannot receive, or why a session was aborted.
+#[derive(Debug, Error)]
+pub enum ReceiveError {
+    #[error("target folder {path}: {reason}")]
+    Root { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    #[error("{0}")]
+    Refused(String),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ReceiveError {
+    let what = what.into();
+    move |source| ReceiveError::Io { what, source }
+}
+
+/// A file being received.
+#[derive(Debug)]
+enum InFlight {
+    New {
+        begin: FileBegin,
+        temp: File,
+        temp_path: PathBuf,
+        have: Vec<bool>,
+        reused: bool,
+        resumable: bool,
+    },
+    Append {
+        append: Append,
+        file: File,
+        full: PathBuf,
+        before: FileRecord,
+        next_offset: u64,
+    },
+    /// The file failed; its remaining messages are dropped.
+    Failed,
+}
+
+/// A target folder, open for receiving.
+#[derive(Debug)]
+pub struct Receiver {
+    root: PathBuf,
+    tmp: PathBuf,
+    index: Index,
+    tree: Tree,
+    pending: Vec<Change>,
+    flight: HashMap<u64, InFlight>,
+    /// Bytes of file data written (after decompression), for reports and tests.
+    pub bytes_written: u64,
+}
+
+impl Receiver {
+    /// Opens a target folder: it must exist and be writable. Rolls back appends and
+    /// re-verifies temporary files that a crash interrupted.
+    pub fn open(root: &Path) -> Result<Receiver, ReceiveError> {
+        let fail = |reason: String| ReceiveError::Root {
+            path: root.to_path_buf(),
+            reason,
+        };
+        let meta = std::fs::metadata(root)
+            .map_err(|e| fail(format!("{e}; create it first or pass the right --root")))?;
+        if !meta.is_dir() {
+            return Err(fail("it is not a folder".into()));
+        }
+        let state = root.join(STATE_DIR);
+        let tmp = state.join("tmp");
+        std::fs::create_dir_all(&tmp).map_err(|e| {
+            fail(format!(
+                "cannot create {}: {e}; is it writable?",
+                tmp.display()
+            ))
+        })?;
+        let probe = tmp.join(".write-probe");
+        std::fs::write(&probe, b"")
+            .and_then(|()| std::fs::remove_file(&probe))
+            .map_err(|e| fail(format!("it is not writable: {e}")))?;
+        let index = Index::open(&state.join("index.redb"))?;
+        let mut receiver = Receiver {
+            root: root.to_path_buf(),
+            tmp,
+            index,
+            tree: Tree::default(),
+            pending: Vec::new(),
+            flight: HashMap::new(),
+            bytes_written: 0,
+        };
+        receiver.roll_back_appends()?;
+        Ok(receiver)
+    }
+
+    /// The folder this receiver writes into.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn roll_back_appends(&mut self) -> Result<(), ReceiveError> {
+        for (rel, record) in self.index.appends()? {
+            let full = self.root.join(&rel);
+            if let Ok(file) = OpenOptions::new().write(true).open(&full) {
+                let _ = file.set_len(record.from_len);
+                let _ = file.sync_all();
+                let _ = fs::set_mtime(&full, record.before.stamp.mtime_ns);
+            }
+            tracing::warn!(path = %rel, len = record.from_len, "rolled an interrupted append back to its last verified length");
+            self.index
+                .apply(&[Change::RemoveAppend(rel)], Durability::Immediate)?;
+        }
+        Ok(())
+    }
+
+    /// Quick-checks the folder and lists it, with the resumable temporary files.
+    pub fn manifest(&mut self) -> Result<(Vec<Entry>, Vec<Partial>), ReceiveError> {
+        self.flush(Durability::Immediate)?;
+        let previous = self.index.files()?;
+        let scanned = scan::scan(&self.root, &previous).map_err(|e| ReceiveError::Root {
+            path: self.root.clone(),
+            reason: e.reason,
+        })?;
+        for problem in &scanned.problems {
+            tracing::warn!(path = %problem.path, "{}", problem.reason);
+        }
+        self.index.apply(&scanned.changes, Durability::Immediate)?;
+        self.tree = scanned.tree;
+        let partials = self.verify_partials()?;
+        Ok((plan::to_entries(&self.tree), partials))
+    }
+
+    /// Re-verifies every resumable temporary file and removes stray ones.
+    fn verify_partials(&mut self) -> Result<Vec<Partial>, ReceiveError> {
+        let records = self.index.partials()?;
+        let mut keep = Vec::new();
+        let mut out = Vec::new();
+        let mut stale = Vec::new();
+        for (rel, record) in records {
+            let temp_path = self.tmp.join(&record.temp_name);
+            match verified_prefix(&temp_path, &record.begin) {
+                Some(verified) if verified > 0 => {
+                    keep.push(record.temp_name.clone());
+                    out.push(Partial {
+                        path: rel,
+                        hash: record.begin.hash,
+                        verified_blocks: verified,
+                    });
+                }
+                _ => stale.push(Change::RemovePartial(rel)),
+            }
+        }
+        self.index.apply(&stale, Durability::Immediate)?;
+        if let Ok(entries) = std::fs::read_dir(&self.tmp) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if !keep.contains(&name) {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Handles one message from the source; returns the replies. An error aborts the session.
+    pub fn handle(&mut self, message: Message) -> Result<Vec<Message>, ReceiveError> {
+        match message {
+            Message::Mkdir { path } => {
+                let full = path::resolve(&self.root, &path, false).map_err(refused)?;
+                std::fs::create_dir_all(&full)
+                    .map_err(io(format!("cannot create folder {path}")))?;
+                let mut dir = path.as_str();
+                loop {
+                    self.tree.dirs.insert(dir.to_string());
+                    match dir.rfind('/') {
+                        Some(i) => dir = &dir[..i],
+                        None => break,
+                    }
+                }
+                Ok(vec![])
+            }
+            Message::Delete { path } => {
+                self.delete(&path)?;
+                Ok(vec![])
+            }
+            Message::SetMeta {
+                path,
+                mtime_ns,
+                executable,
+            } => {
+                let full = path::resolve(&self.root, &path, false).map_err(refused)?;
+                fs::set_executable(&full, executable)
+                    .map_err(io(format!("cannot set the mode of {path}")))?;
+                fs::set_mtime(&full, mtime_ns)
+                    .map_err(io(format!("cannot set the time of {path}")))?;
+                if let Some(record) = self.tree.files.get_mut(&path)
+                    && let Ok(meta) = std::fs::metadata(&full)
+                {
+                    record.stamp = fs::stamp_of_meta(&meta);
+                    self.pending.push(Change::PutFile(path, record.clone()));
+                }
+                Ok(vec![])
+            }
+            Message::FileBegin(begin) => self.begin(begin),
+            Message::BlockList { id, blocks } => self.block_list(id, blocks),
+            Message::Append(append) => self.begin_append(append),
+            Message::Data {
+                id,
+                offset,
+                payload,
+            } => self.data(id, offset, payload),
+            Message::FileEnd { id } => self.end(id),
+            Message::FileAbort { id, reason } => {
+                tracing::info!(id, %reason, "source abandoned a file");
+                self.discard(id, false);
+                Ok(vec![])
+            }
+            Message::Finish => Ok(vec![Message::Finished {
+                digest: self.finish()?,
+            }]),
+            other => Err(ReceiveError::Refused(format!(
+                "unexpected message from the source: {}",
+                message_name(&other)
+            ))),
+        }
+    }
+
+    fn delete(&mut self, rel: &str) -> Result<(), ReceiveError> {
+        let full = path::resolve(&self.root, rel, true).map_err(refused)?;
+        match std::fs::symlink_metadata(&full) {
+            Ok(meta) if meta.is_dir() => {
+                std::fs::remove_dir_all(&full).map_err(io(format!("cannot delete folder {rel}")))?
+            }
+            Ok(_) => std::fs::remove_file(&full).map_err(io(format!("cannot delete {rel}")))?,
+            Err(_) => {}
+        }
+        let prefix = format!("{rel}/");
+        let gone: Vec<String> = self
+            .tree
+            .files
+            .keys()
+            .filter(|p| *p == rel || p.starts_with(&prefix))
+            .cloned()
+            .collect();
+        for path in gone {
+            self.tree.files.remove(&path);
+            self.pending.push(Change::RemoveFile(path));
+        }
+        self.tree
+            .dirs
+            .retain(|d| d != rel && !d.starts_with(&prefix));
+        Ok(())
+    }
+
+    fn begin(&mut self, begin: FileBegin) -> Result<Vec<Message>, ReceiveError> {
+        let id = begin.id;
+        if self.flight.contains_key(&id) {
+            return Err(ReceiveError::Refused(format!(
+                "file id {id} is already in use"
+            )));
+        }
+        path::resolve(&self.root, &begin.path, true).map_err(refused)?;
+        let temp_name = format!(
+            "{}.part",
+            &hex::encode(hash::block_hash(begin.path.as_bytes()))[..24]
+        );
+        let temp_path = self.tmp.join(&temp_name);
+        let count = hash::block_count(begin.size);
+        let mut have = vec![false; count as usize];
+        let opened = if begin.resume_blocks > 0 {
+            match self.index.partials()?.get(&begin.path) {
+                Some(record)
+                    if record.begin.hash == begin.hash && record.temp_name == temp_name =>
+                {
+                    OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .open(&temp_path)
+                        .and_then(|f| {
+                            f.set_len(begin.resume_blocks * BLOCK_SIZE)?;
+                            Ok(f)
+                        })
+                }
+                _ => Err(std::io::Error::other(
+                    "the interrupted transfer it resumes is gone",
+                )),
+            }
+        } else {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&temp_path)
+        };
+        let temp = match opened {
+            Ok(temp) => temp,
+            Err(e) => {
+                return Ok(self.fail(
+                    id,
+                    &begin.path,
+                    format!("cannot create its temporary file: {e}"),
+                ));
+            }
+        };
+        for h in have.iter_mut().take(begin.resume_blocks as usize) {
+            *h = true;
+        }
+        let resumable = count > RESUMABLE_BLOCKS;
+        self.flight.insert(
+            id,
+            InFlight::New {
+                begin,
+                temp,
+                temp_path,
+                have,
+                reused: false,
+                resumable,
+            },
+        );
+        self.blocks_complete(id)
+    }
+
+    fn block_list(&mut self, id: u64, blocks: Vec<Hash>) -> Result<Vec<Message>, ReceiveError> {
+        match self.flight.get_mut(&id) {
+            Some(InFlight::New { begin, .. }) => {
+                if begin.blocks.len() + blocks.len() > hash::block_count(begin.size) as usize {
+                    return Err(ReceiveError::Refused(format!(
+                        "more block hashes than {} has blocks",
+                        begin.path
+                    )));
+                }
+                begin.blocks.extend(blocks);
+                self.blocks_complete(id)
+            }
+            Some(InFlight::Failed) => Ok(vec![]),
+            _ => Err(ReceiveError::Refused(format!(
+                "block list for unknown file id {id}"
+            ))),
+        }
+    }
+
+    /// Once the block list is whole: record a resumable transfer and copy reused blocks.
+    fn blocks_complete(&mut self, id: u64) -> Result<Vec<Message>, ReceiveError> {
+        let Some(InFlight::New {
+            begin,
+            temp,
+            temp_path,
+            have,
+            reused,
+            resumable,
+        }) = self.flight.get_mut(&id)
+        else {
+            return Ok(vec![]);
+        };
+        if *reused || (begin.blocks.len() as u64) < hash::block_count(begin.size) {
+            return Ok(vec![]);
+        }
+        *reused = true;
+        if *resumable {
+            let mut kept = begin.clone();
+            kept.reuse.clear();
+            let record = PartialRecord {
+                begin: kept,
+                temp_name: temp_path
+                    .file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned(),
+            };
+            self.index.apply(
+                &[Change::PutPartial(begin.path.clone(), record)],
+                Durability::Immediate,
+            )?;
+        }
+        let mut buffer = vec![0u8; BLOCK_SIZE as usize];
+        let mut problem = None;
+        for reuse in &begin.reuse {
+            let index = reuse.index as usize;
+            if have[index] {
+                continue;
+            }
+            let from = path::resolve(&self.root, &reuse.from_path, false).map_err(refused)?;
+            let len = hash::block_len(begin.size, reuse.index) as usize;
+            let got = fs::open_shared(&from)
+                .and_then(|f| fs::read_at(&f, reuse.from_index * BLOCK_SIZE, &mut buffer[..len]));
+            match got {
+                Ok(n) if n == len && hash::block_hash(&buffer[..len]) == begin.blocks[index] => {
+                    fs::write_at(temp, reuse.index * BLOCK_SIZE, &buffer[..len]).map_err(io(
+                        format!("cannot write the temporary file of {}", begin.path),
+                    ))?;
+                    have[index] = true;
+                }
+                _ => {
+                    problem = Some(format!(
+                        "block {} to be copied from {} on the target no longer matches",
+                        reuse.index, reuse.from_path
+                    ));
+                    break;
+                }
+            }
+        }
+        match problem {
+            Some(reason) => {
+                let path = begin.path.clone();
+                Ok(self.fail(id, &path, reason))
+            }
+            None => Ok(vec![]),
+        }
+    }
+
+    fn begin_append(&mut self, append: Append) -> Result<Vec<Message>, ReceiveError> {
+        let id = append.id;
+        if self.flight.contains_key(&id) {
+            return Err(ReceiveError::Refused(format!(
+                "file id {id} is already in use"
+            )));
+        }
+        let full = path::resolve(&self.root, &append.path, false).map_err(refused)?;
+        let Some(before) = self.tree.files.get(&append.path).cloned() else {
+            return Ok(self.fail(
+                id,
+                &append.path,
+                "the target has no such file to append to".into(),
+            ));
+        };
+        let current = std::fs::symlink_metadata(&full).map(|m| fs::stamp_of_meta(&m));
+        let unchanged = matches!(&current, Ok(s) if fs::same_stamp(s, &before.stamp));
+        if before.stamp.size != append.from_len || before.hash != append.from_hash || !unchanged {
+            return Ok(self.fail(
+                id,
+                &append.path,
+                "the target's copy changed since the manifest".into(),
+            ));
+        }
+        self.index.apply(
+            &[Change::PutAppend(
+                append.path.clone(),
+                AppendRecord {
+                    from_len: append.from_len,
+                    before: before.clone(),
+                },
+            )],
+            Durability::Immediate,
+        )?;
+        let file = match OpenOptions::new().read(true).write(true).open(&full) {
+            Ok(file) => file,
+            Err(e) => {
+                self.index.apply(
+                    &[Change::RemoveAppend(append.path.clone())],
+                    Durability::Immediate,
+                )?;
+                return Ok(self.fail(id, &append.path, format!("cannot open it: {e}")));
+            }
+        };
+        let next_offset = append.from_len;
+        self.flight.insert(
+            id,
+            InFlight::Append {
+                append,
+                file,
+                full,
+                before,
+                next_offset,
+            },
+        );
+        Ok(vec![])
+    }
+
+    fn data(
+        &mut self,
+        id: u64,
+        offset: u64,
+        payload: Payload,
+    ) -> Result<Vec<Message>, ReceiveError> {
+        let outcome = match self.flight.get_mut(&id) {
+            None => {
+                return Err(ReceiveError::Refused(format!(
+                    "data for unknown file id {id}"
+                )));
+            }
+            Some(InFlight::Failed) => return Ok(vec![]),
+            Some(InFlight::New {
+                begin, temp, have, ..
+            }) => {
+                let count = hash::block_count(begin.size);
+                if offset % BLOCK_SIZE != 0 || offset / BLOCK_SIZE >= count {
+                    return Err(ReceiveError::Refused(format!(
+                        "data at offset {offset} does not start a block of {}",
+                        begin.path
+                    )));
+                }
+                if (begin.blocks.len() as u64) < count {
+                    return Err(ReceiveError::Refused(format!(
+                        "data for {} before its block list",
+                        begin.path
+                    )));
+                }
+                let index = offset / BLOCK_SIZE;
+                let len = hash::block_len(begin.size, index);
+                match unpack(payload, len) {
+                    Ok(bytes)
+                        if bytes.len() as u64 == len
+                            && hash::block_hash(&bytes) == begin.blocks[index as usize] =>
+                    {
+                        match fs::write_at(temp, offset, &bytes) {
+                            Ok(()) => {
+                                have[index as usize] = true;
+                                self.bytes_written += len;
+                                Ok(())
+                            }
+                            Err(e) => Err((begin.path.clone(), format!("cannot write: {e}"))),
+                        }
+                    }
+                    Ok(_) => Err((
+                        begin.path.clone(),
+                        format!("block {index} does not match its hash"),
+                    )),
+                    Err(reason) => Err((begin.path.clone(), reason)),
+                }
+            }
+            Some(InFlight::Append {
+                append,
+                file,
+                next_offset,
+                ..
+            }) => match unpack(payload, BLOCK_SIZE) {
+                Err(reason) => Err((append.path.clone(), reason)),
+                Ok(bytes) => {
+                    if offset != *next_offset || offset + bytes.len() as u64 > append.size {
+                        return Err(ReceiveError::Refused(format!(
+                            "appended data for {} at offset {offset}, expected {next_offset}",
+                            append.path
+                        )));
+                    }
+                    match fs::write_at(file, offset, &bytes) {
+                        Ok(()) => {
+                            *next_offset += bytes.len() as u64;
+                            self.bytes_written += bytes.len() as u64;
+                            Ok(())
+                        }
+                        Err(e) => Err((append.path.clone(), format!("cannot write: {e}"))),
+                    }
+                }
+            },
+        };
+        match outcome {
+            Ok(()) => Ok(vec![]),
+            Err((path, reason)) => Ok(self.fail(id, &path, reason)),
+        }
+    }
+
+    fn end(&mut self, id: u64) -> Result<Vec<Message>, ReceiveError> {
+        let Some(flight) = self.flight.remove(&id) else {
+            return Err(ReceiveError::Refused(format!(
+                "end of unknown file id {id}"
+            )));
+        };
+        let result = match flight {
+            InFlight::Failed => return Ok(vec![]),
+            InFlight::New {
+                begin,
+                temp,
+                temp_path,
+                have,
+                resumable,
+                ..
+            } => self.commit_new(begin, temp, &temp_path, &have, resumable),
+            InFlight::Append {
+                append,
+                file,
+                full,
+                before,
+                next_offset,
+            } => self.commit_append(&append, &file, &full, &before, next_offset),
+        };
+        match result {
+            Ok(()) => {
+                if self.pending.len() >= BATCH {
+                    self.flush(Durability::None)?;
+                }
+                Ok(vec![Message::FileDone { id }])
+            }
+            Err(reason) => Ok(vec![Message::FileFailed { id, reason }]),
+        }
+    }
+
+    fn commit_new(
+        &mut self,
+        begin: FileBegin,
+        temp: File,
+        temp_path: &Path,
+        have: &[bool],
+        resumable: bool,
+    ) -> Result<(), String> {
+        let path = begin.path.clone();
+        let cleanup = |receiver: &mut Receiver| {
+            let _ = std::fs::remove_file(temp_path);
+            if resumable {
+                let _ = receiver
+                    .index
+                    .apply(&[Change::RemovePartial(path.clone())], Durability::None);
+            }
+        };
+        if let Some(missing) = have.iter().position(|h| !h) {
+            return Err(format!("block {missing} of {path} never arrived"));
+        }
+        if hash::file_hash(begin.size, &begin.blocks) != begin.hash {
+            cleanup(self);
+            return Err(format!("{path} does not match the source's file hash"));
+        }
+        let finish = || -> std::io::Result<PathBuf> {
+            temp.set_len(begin.size)?;
+            temp.sync_all()?;
+            drop(temp);
+            fs::set_executable(temp_path, begin.executable)?;
+            fs::set_mtime(temp_path, begin.mtime_ns)?;
+            let full = path::resolve(&self.root, &path, true).map_err(std::io::Error::other)?;
+            if let Some(parent) = full.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            if std::fs::symlink_metadata(&full).is_ok_and(|m| m.is_dir()) {
+                return Err(std::io::Error::other("a folder is in the way"));
+            }
+            std::fs::rename(temp_path, &full)?;
+            if let Some(parent) = full.parent() {
+                fs::sync_dir(parent)?;
+            }
+            Ok(full)
+        };
+        match finish() {
+            Ok(full) => {
+                let stamp = std::fs::metadata(&full)
+                    .map(|m| fs::stamp_of_meta(&m))
+                    .map_err(|e| e.to_string())?;
+                let record = FileRecord {
+                    stamp,
+                    hash: begin.hash,
+                    blocks: begin.blocks,
+                };
+                self.tree.files.insert(path.clone(), record.clone());
+                self.pending.push(Change::PutFile(path.clone(), record));
+                if resumable {
+                    self.pending.push(Change::RemovePartial(path));
+                }
+                Ok(())
+            }
+            Err(e) => {
+                cleanup(self);
+                Err(format!("cannot put {path} in place: {e}"))
+            }
+        }
+    }
+
+    fn commit_append(
+        &mut self,
+        append: &Append,
+        file: &File,
+        full: &Path,
+        before: &FileRecord,
+        next_offset: u64,
+    ) -> Result<(), String> {
+        let first = append.from_len / BLOCK_SIZE;
+        let check = || -> Result<(), String> {
+            if next_offset != append.size {
+                return Err(format!(
+                    "only {next_offset} of {} bytes arrived",
+                    append.size
+                ));
+            }
+            let mut buffer = vec![0u8; BLOCK_SIZE as usize];
+            let mut blocks = before.blocks[..first as usize].to_vec();
+            for (i, expected) in append.tail_blocks.iter().enumerate() {
+                let index = first + i as u64;
+                let len = hash::block_len(append.size, index) as usize;
+                let n = fs::read_at(file, index * BLOCK_SIZE, &mut buffer[..len])
+                    .map_err(|e| e.to_string())?;
+                let got = hash::block_hash(&buffer[..n]);
+                if n != len || got != *expected {
+                    return Err(format!("appended block {index} does not match its hash"));
+                }
+                blocks.push(got);
+            }
+            if hash::file_hash(append.size, &blocks) != append.hash {
+                return Err("the file does not match the source's file hash".into());
+            }
+            file.sync_data().map_err(|e| e.to_string())?;
+            fs::set_executable(full, append.executable).map_err(|e| e.to_string())?;
+            fs::set_mtime(full, append.mtime_ns).map_err(|e| e.to_string())?;
+            Ok(())
+        };
+        let result = check();
+        let mut changes = vec![Change::RemoveAppend(append.path.clone())];
+        match &result {
+            Ok(()) => {
+                let stamp = std::fs::metadata(full)
+                    .map(|m| fs::stamp_of_meta(&m))
+                    .map_err(|e| e.to_string())?;
+                let (blocks, hash) = (
+                    [&before.blocks[..first as usize], &append.tail_blocks[..]].concat(),
+                    append.hash,
+                );
+                let record = FileRecord {
+                    stamp,
+                    hash,
+                    blocks,
+                };
+                self.tree.files.insert(append.path.clone(), record.clone());
+                changes.push(Change::PutFile(append.path.clone(), record));
+            }
+            Err(_) => roll_back(file, full, append.from_len, before),
+        }
+        self.index
+            .apply(&changes, Durability::Immediate)
+            .map_err(|e| e.to_string())?;
+        result.map_err(|reason| format!("{}: {reason}", append.path))
+    }
+
+    /// Marks a file failed, undoes what it wrote, and returns the reply for the source.
+    fn fail(&mut self, id: u64, path: &str, reason: String) -> Vec<Message> {
+        tracing::warn!(%path, %reason, "file failed");
+        self.discard(id, true);
+        self.flight.insert(id, InFlight::Failed);
+        vec![Message::FileFailed {
+            id,
+            reason: format!("{path}: {reason}"),
+        }]
+    }
+
+    /// Drops an in-flight file: a new version's temporary file goes (unless `keep_partial`
+    /// and it is resumable), an append is rolled back.
+    fn discard(&mut self, id: u64, keep_partial: bool) {
+        match self.flight.remove(&id) {
+            Some(InFlight::New {
+                temp_path,
+                resumable,
+                begin,
+                ..
+            }) => {
+                if !(keep_partial && resumable) {
+                    let _ = std::fs::remove_file(&temp_path);
+                    if resumable {
+                        let _ = self
+                            .index
+                            .apply(&[Change::RemovePartial(begin.path)], Durability::None);
+                    }
+                }
+            }
+            Some(InFlight::Append {
+                append,
+                file,
+                full,
+                before,
+                ..
+            }) => {
+                roll_back(&file, &full, append.from_len, &before);
+                let _ = self
+                    .index
+                    .apply(&[Change::RemoveAppend(append.path)], Durability::Immediate);
+            }
+            Some(InFlight::Failed) | None => {}
+        }
+    }
+
+    /// Ends a session that stopped early: appends roll back, temporary files stay resumable.
+    pub fn close(&mut self) {
+        let ids: Vec<u64> = self.flight.keys().copied().collect();
+        for id in ids {
+            self.discard(id, true);
+        }
+        if let Err(e) = self.flush(Durability::Immediate) {
+            tracing::warn!("{e}");
+        }
+    }
+
+    fn flush(&mut self, durability: Durability) -> Result<(), ReceiveError> {
+        if !self.pending.is_empty() || matches!(durability, Durability::Immediate) {
+            let changes = std::mem::take(&mut self.pending);
+            self.index.apply(&changes, durability)?;
+        }
+        Ok(())
+    }
+
+    /// Commits everything and returns the digest of the folder as it now is on disk.
+    pub fn finish(&mut self) -> Result<Hash, ReceiveError> {
+        if let Some(id) = self.flight.keys().next() {
+            return Err(ReceiveError::Refused(format!(
+                "finish while file id {id} is still open"
+            )));
+        }
+        self.flight.clear();
+        self.flush(Durability::Immediate)?;
+        self.manifest()?;
+        Ok(plan::digest(&self.tree))
+    }
+}
+
+fn roll_back(file: &File, full: &Path, from_len: u64, before: &FileRecord) {
+    let _ = file.set_len(from_len);
+    let _ = file.sync_data();
+    let _ = fs::set_mtime(full, before.stamp.mtime_ns);
+}
+
+/// Number of leading blocks of a temporary file that match the version it is building.
+fn verified_prefix(temp_path: &Path, begin: &FileBegin) -> Option<u64> {
+    let file = File::open(temp_path).ok()?;
+    let mut buffer = vec![0u8; BLOCK_SIZE as usize];
+    let mut verified = 0;
+    for (index, expected) in begin.blocks.iter().enumerate() {
+        let len = hash::block_len(begin.size, index as u64) as usize;
+        let n = fs::read_at(&file, index as u64 * BLOCK_SIZE, &mut buffer[..len]).ok()?;
+        if n != len || hash::block_hash(&buffer[..len]) != *expected {
+            break;
+        }
+        verified += 1;
+    }
+    let _ = OpenOptions::new()
+        .write(true)
+        .open(temp_path)
+        .and_then(|f| f.set_len((verified * BLOCK_SIZE).min(begin.size)));
+    Some(verified)
+}
+
+/// The bytes of a payload, decompressed into at most `max` bytes.
+fn unpack(payload: Payload, max: u64) -> Result<Vec<u8>, String> {
+    match payload {
+        Payload::Raw(bytes) if bytes.len() as u64 <= max => Ok(bytes),
+        Payload::Raw(bytes) => Err(format!("a block of {} bytes is over {max}", bytes.len())),
+        Payload::Zstd(bytes) => zstd::bulk::decompress(&bytes, max as usize)
+            .map_err(|e| format!("a compressed block does not decompress within {max} bytes: {e}")),
+    }
+}
+
+fn refused(e: path::PathError) -> ReceiveError {
+    ReceiveError::Refused(e.to_string())
+}
+
+fn message_name(message: &Message) -> &'static str {
+    match message {
+        Message::Hello { .. } => "Hello",
+        Message::Welcome { .. } => "Welcome",
+        Message::Refused { .. } => "Refused",
+        Message::GetManifest => "GetManifest",
+        Message::ManifestPart { .. } => "ManifestPart",
+        Message::ManifestEnd { .. } => "ManifestEnd",
+        Message::FileDone { .. } => "FileDone",
+        Message::FileFailed { .. } => "FileFailed",
+        Message::Finished { .. } => "Finished",
+        _ => "a source message out of place",
+    }
+}

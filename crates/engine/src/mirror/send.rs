@@ -1,0 +1,440 @@
+//! The source's end of a mirror session: asks a target for its manifest, and streams the
+//! operations of its plan, reading each block through a [`BlockSource`] shared by every
+//! target of the push.
+//!
+//! The block source reads a block once, checks it against the hash the scan recorded (a file
+//! that changed since is abandoned for this pass, never sent as a mix of two versions),
+//! compresses it once when that makes it smaller, and keeps it in a bounded cache so every
+//! other target that needs it gets the same bytes without reading the disk again. Each target
+//! pulls from the cache at its own pace with a bounded read-ahead: a slow target falls out of
+//! the cache window and reads for itself, it never holds the others back.
+
+use crate::event::Event;
+use crate::fs;
+use crate::hash;
+use crate::index::FileRecord;
+use crate::mirror::plan::{Op, Plan};
+use crate::protocol::{
+    Append, BLOCK_SIZE, FileBegin, Hash, MAX_BLOCKS_PER_MESSAGE, Message, Partial, Payload,
+};
+use crate::scan::Tree;
+use crate::transport::{Connection, TransportError};
+use futures_util::StreamExt;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use thiserror::Error;
+use tokio::sync::{OnceCell, broadcast};
+
+/// Blocks kept for other targets (128 KiB each: 32 MiB).
+const CACHE_BLOCKS: usize = 256;
+/// Blocks each target reads ahead of what it sends.
+const READ_AHEAD: usize = 8;
+/// After this many blocks of a file that did not compress, stop trying for that file.
+const GIVE_UP_COMPRESSING: u32 = 3;
+/// zstd level: fast, because the link is rarely slower than this on a trading PC's CPU.
+const ZSTD_LEVEL: i32 = 1;
+
+/// Why a session with a target ended before it finished.
+#[derive(Debug, Error)]
+pub enum SendError {
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error("the target refused: {0}")]
+    Refused(String),
+    #[error("the target broke the protocol: {0}")]
+    Protocol(String),
+    #[error("the target closed the connection")]
+    Closed,
+}
+
+type Key = (String, Hash, u64);
+type Slot = Arc<OnceCell<Result<Arc<Payload>, String>>>;
+
+/// Reads, verifies and compresses source blocks once for every target.
+#[derive(Debug)]
+pub struct BlockSource {
+    root: PathBuf,
+    cache: Mutex<(HashMap<Key, Slot>, VecDeque<Key>)>,
+    incompressible: Mutex<HashMap<(String, Hash), u32>>,
+    bytes_read: AtomicU64,
+}
+
+impl BlockSource {
+    pub fn new(root: PathBuf) -> BlockSource {
+        BlockSource {
+            root,
+            cache: Mutex::new((HashMap::new(), VecDeque::new())),
+            incompressible: Mutex::new(HashMap::new()),
+            bytes_read: AtomicU64::new(0),
+        }
+    }
+
+    /// Bytes read from source files to be sent (each block counts once per read).
+    pub fn bytes_read(&self) -> u64 {
+        self.bytes_read.load(Ordering::Relaxed)
+    }
+
+    /// The hash of the source file's bytes from the start of the block holding `len` to
+    /// `len`; what the plan needs to recognise an append.
+    pub fn tail_hash(&self, path: &str, len: u64) -> Option<Hash> {
+        let start = len - len % BLOCK_SIZE;
+        let file = fs::open_shared(&self.root.join(path)).ok()?;
+        let mut buffer = vec![0u8; (len - start) as usize];
+        let n = fs::read_at(&file, start, &mut buffer).ok()?;
+        self.bytes_read.fetch_add(n as u64, Ordering::Relaxed);
+        (n == buffer.len()).then(|| hash::block_hash(&buffer))
+    }
+
+    /// The payload of `record`'s bytes from `offset` to the end of their block.
+    pub async fn get(
+        self: &Arc<Self>,
+        path: &str,
+        record: &FileRecord,
+        offset: u64,
+    ) -> Result<Arc<Payload>, String> {
+        let key = (path.to_string(), record.hash, offset);
+        let slot = {
+            let mut guard = self.cache.lock().expect("cache lock");
+            let (map, order) = &mut *guard;
+            match map.get(&key) {
+                Some(slot) => slot.clone(),
+                None => {
+                    let slot: Slot = Arc::default();
+                    map.insert(key.clone(), slot.clone());
+                    order.push_back(key.clone());
+                    while order.len() > CACHE_BLOCKS {
+                        if let Some(old) = order.pop_front() {
+                            map.remove(&old);
+                        }
+                    }
+                    slot
+                }
+            }
+        };
+        let this = self.clone();
+        let path = path.to_string();
+        let record = record.clone();
+        slot.get_or_init(|| async move {
+            tokio::task::spawn_blocking(move || this.read(&path, &record, offset))
+                .await
+                .unwrap_or_else(|e| Err(format!("reader failed: {e}")))
+        })
+        .await
+        .clone()
+    }
+
+    fn read(&self, path: &str, record: &FileRecord, offset: u64) -> Result<Arc<Payload>, String> {
+        let index = offset / BLOCK_SIZE;
+        let start = index * BLOCK_SIZE;
+        let len = hash::block_len(record.stamp.size, index) as usize;
+        let Some(expected) = record.blocks.get(index as usize) else {
+            return Err(format!("block {index} is past the end of {path}"));
+        };
+        let file =
+            fs::open_shared(&self.root.join(path)).map_err(|e| format!("cannot read it: {e}"))?;
+        let mut buffer = vec![0u8; len];
+        let n =
+            fs::read_at(&file, start, &mut buffer).map_err(|e| format!("cannot read it: {e}"))?;
+        self.bytes_read.fetch_add(n as u64, Ordering::Relaxed);
+        if n != len || hash::block_hash(&buffer) != *expected {
+            return Err(
+                "it changed while it was being sent; the next pass sends the new version".into(),
+            );
+        }
+        let bytes = buffer.split_off((offset - start) as usize);
+        Ok(Arc::new(self.compress(path, record.hash, bytes)))
+    }
+
+    fn compress(&self, path: &str, hash: Hash, bytes: Vec<u8>) -> Payload {
+        let key = (path.to_string(), hash);
+        let failures = *self
+            .incompressible
+            .lock()
+            .expect("lock")
+            .get(&key)
+            .unwrap_or(&0);
+        if failures >= GIVE_UP_COMPRESSING || bytes.len() < 64 {
+            return Payload::Raw(bytes);
+        }
+        match zstd::bulk::compress(&bytes, ZSTD_LEVEL) {
+            Ok(packed) if packed.len() < bytes.len() - bytes.len() / 16 => Payload::Zstd(packed),
+            _ => {
+                *self
+                    .incompressible
+                    .lock()
+                    .expect("lock")
+                    .entry(key)
+                    .or_default() += 1;
+                Payload::Raw(bytes)
+            }
+        }
+    }
+}
+
+/// Asks the target for its manifest.
+pub async fn fetch_manifest(conn: &mut Connection) -> Result<(Tree, Vec<Partial>), SendError> {
+    conn.send(&Message::GetManifest).await?;
+    let mut tree = Tree::default();
+    loop {
+        match conn.recv().await? {
+            Some(Message::ManifestPart { entries }) => {
+                crate::mirror::plan::add_entries(&mut tree, entries)
+            }
+            Some(Message::ManifestEnd { partials }) => return Ok((tree, partials)),
+            Some(Message::Refused { reason }) => return Err(SendError::Refused(reason)),
+            Some(other) => {
+                return Err(SendError::Protocol(format!(
+                    "expected the manifest, got {other:?}"
+                )));
+            }
+            None => return Err(SendError::Closed),
+        }
+    }
+}
+
+/// What one session achieved.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// The target's digest after the session.
+    pub digest: Hash,
+    pub files_done: u64,
+    /// Files the target could not write, or the source abandoned: (path, reason).
+    pub failed: Vec<(String, String)>,
+    /// Bytes of file data sent (before compression).
+    pub data_bytes: u64,
+}
+
+/// One unit of the outgoing stream.
+enum Item {
+    Message(Message),
+    Block { id: u64, file: usize, offset: u64 },
+}
+
+/// Streams `plan` to the target and waits for its verdict.
+pub async fn send_plan(
+    conn: Connection,
+    target: &str,
+    plan: &Plan,
+    blocks: &Arc<BlockSource>,
+    events: &broadcast::Sender<Event>,
+) -> Result<Outcome, SendError> {
+    let mut files: Vec<(&str, &FileRecord)> = Vec::new();
+    let mut paths: HashMap<u64, String> = HashMap::new();
+    let mut items = Vec::new();
+    for op in &plan.ops {
+        match op {
+            Op::Delete(path) => items.push(Item::Message(Message::Delete { path: path.clone() })),
+            Op::Mkdir(path) => items.push(Item::Message(Message::Mkdir { path: path.clone() })),
+            Op::SetMeta {
+                path,
+                mtime_ns,
+                executable,
+            } => items.push(Item::Message(Message::SetMeta {
+                path: path.clone(),
+                mtime_ns: *mtime_ns,
+                executable: *executable,
+            })),
+            Op::Send(send) => {
+                let id = files.len() as u64;
+                files.push((&send.path, &send.record));
+                paths.insert(id, send.path.clone());
+                let r = &send.record;
+                let mut chunks = r.blocks.chunks(MAX_BLOCKS_PER_MESSAGE);
+                items.push(Item::Message(Message::FileBegin(FileBegin {
+                    id,
+                    path: send.path.clone(),
+                    size: r.stamp.size,
+                    mtime_ns: r.stamp.mtime_ns,
+                    executable: r.stamp.executable,
+                    hash: r.hash,
+                    blocks: chunks.next().unwrap_or_default().to_vec(),
+                    reuse: send.reuse.clone(),
+                    resume_blocks: send.resume_blocks,
+                })));
+                for chunk in chunks {
+                    items.push(Item::Message(Message::BlockList {
+                        id,
+                        blocks: chunk.to_vec(),
+                    }));
+                }
+                for index in &send.send {
+                    items.push(Item::Block {
+                        id,
+                        file: id as usize,
+                        offset: index * BLOCK_SIZE,
+                    });
+                }
+                items.push(Item::Message(Message::FileEnd { id }));
+            }
+            Op::Append(append) => {
+                let id = files.len() as u64;
+                files.push((&append.path, &append.record));
+                paths.insert(id, append.path.clone());
+                let r = &append.record;
+                items.push(Item::Message(Message::Append(Append {
+                    id,
+                    path: append.path.clone(),
+                    from_len: append.from_len,
+                    from_hash: append.from_hash,
+                    size: r.stamp.size,
+                    mtime_ns: r.stamp.mtime_ns,
+                    executable: r.stamp.executable,
+                    hash: r.hash,
+                    tail_blocks: append.tail_blocks().to_vec(),
+                })));
+                let mut offset = append.from_len;
+                while offset < r.stamp.size {
+                    items.push(Item::Block {
+                        id,
+                        file: id as usize,
+                        offset,
+                    });
+                    offset = (offset / BLOCK_SIZE + 1) * BLOCK_SIZE;
+                }
+                items.push(Item::Message(Message::FileEnd { id }));
+            }
+        }
+    }
+    items.push(Item::Message(Message::Finish));
+
+    let (mut sender, mut receiver) = conn.split();
+    let files_total = plan.files;
+    let bytes_total = plan.data_bytes;
+    let done = Arc::new(AtomicU64::new(0));
+    let replies = {
+        let done = done.clone();
+        let events = events.clone();
+        let target = target.to_string();
+        let paths = paths.clone();
+        async move {
+            let mut failed = Vec::new();
+            loop {
+                match receiver.recv().await? {
+                    Some(Message::FileDone { .. }) => {
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Some(Message::FileFailed { id, reason }) => {
+                        let path = paths.get(&id).cloned().unwrap_or_default();
+                        let _ = events.send(Event::FileFailed {
+                            target: target.clone(),
+                            path: path.clone(),
+                            reason: reason.clone(),
+                        });
+                        failed.push((path, reason));
+                    }
+                    Some(Message::Finished { digest }) => return Ok((digest, failed)),
+                    Some(Message::Refused { reason }) => return Err(SendError::Refused(reason)),
+                    Some(other) => {
+                        return Err(SendError::Protocol(format!("unexpected reply {other:?}")));
+                    }
+                    None => return Err(SendError::Closed),
+                }
+            }
+        }
+    };
+    let mut aborted: HashSet<u64> = HashSet::new();
+    let mut abandoned = Vec::new();
+    let mut data_bytes = 0u64;
+    let sending = async {
+        let mut stream = futures_util::stream::iter(items)
+            .map(|item| async {
+                match item {
+                    Item::Message(m) => (None, Ok(m)),
+                    Item::Block { id, file, offset } => {
+                        let (path, record) = files[file];
+                        let payload = blocks.get(path, record, offset).await;
+                        (
+                            Some(id),
+                            payload
+                                .map(|p| (offset, p))
+                                .map(|(offset, p)| Message::Data {
+                                    id,
+                                    offset,
+                                    payload: (*p).clone(),
+                                }),
+                        )
+                    }
+                }
+            })
+            .buffered(READ_AHEAD);
+        let mut last_event = Instant::now();
+        while let Some((block_of, message)) = stream.next().await {
+            let id = match &message {
+                Ok(Message::FileEnd { id }) => Some(*id),
+                _ => block_of,
+            };
+            if let Some(id) = id
+                && aborted.contains(&id)
+            {
+                continue;
+            }
+            match message {
+                Ok(message) => {
+                    if let Message::Data { id, offset, .. } = &message {
+                        let (_, record) = files[*id as usize];
+                        let block_end = ((offset / BLOCK_SIZE) + 1) * BLOCK_SIZE;
+                        data_bytes += block_end.min(record.stamp.size) - offset;
+                    }
+                    sender.send(&message).await?;
+                }
+                Err(reason) => {
+                    let id = block_of.expect("only blocks fail");
+                    aborted.insert(id);
+                    let path = paths[&id].clone();
+                    abandoned.push((path.clone(), reason.clone()));
+                    sender
+                        .send(&Message::FileAbort {
+                            id,
+                            reason: reason.clone(),
+                        })
+                        .await?;
+                }
+            }
+            if last_event.elapsed() > Duration::from_millis(100) {
+                last_event = Instant::now();
+                let _ = events.send(Event::Progress {
+                    target: target.to_string(),
+                    files_done: done.load(Ordering::Relaxed),
+                    files_total,
+                    bytes_done: data_bytes,
+                    bytes_total,
+                });
+            }
+        }
+        Ok::<(), SendError>(())
+    };
+    tokio::pin!(replies);
+    // The replies decide: a target that refuses mid-stream explains why the stream broke.
+    let (digest, failed) = tokio::select! {
+        reply = &mut replies => reply?,
+        sent = sending => {
+            if let Err(error) = sent {
+                return Err(match tokio::time::timeout(Duration::from_secs(2), replies).await {
+                    Ok(Err(refusal @ SendError::Refused(_))) => refusal,
+                    _ => error,
+                });
+            }
+            replies.await?
+        }
+    };
+    sender.close().await;
+    let files_done = done.load(Ordering::Relaxed);
+    let _ = events.send(Event::Progress {
+        target: target.to_string(),
+        files_done,
+        files_total,
+        bytes_done: data_bytes,
+        bytes_total,
+    });
+    let mut failed = failed;
+    failed.extend(abandoned);
+    Ok(Outcome {
+        digest,
+        files_done,
+        failed,
+        data_bytes,
+    })
+}

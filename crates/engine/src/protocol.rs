@@ -1,0 +1,535 @@
+//! The wire format between a source (`push`) and a target (`serve`): message types, the
+//! protocol version, the limits every decoded value must respect, and encode/decode.
+//!
+//! Each message is one WebSocket binary message holding one [`Message`] encoded with postcard.
+//! Nothing here touches a file or a socket. Every length and count that arrives from the wire
+//! is checked by [`decode`] against the limits below before any other module sees it, so the
+//! rest of the engine can trust the shapes (not the contents: paths are checked by
+//! [`crate::path`], block data by its hash).
+//!
+//! A session, source on the left:
+//! ```text
+//! Hello{version, token}        ->
+//!                              <- Welcome{..} | Refused{reason}
+//! GetManifest                  ->
+//!                              <- ManifestPart{entries}* ManifestEnd{partials, digest}
+//! Mkdir / FileBegin, Data*, FileEnd / Append, Data*, FileEnd / Delete / SetMeta ...
+//!                              <- FileDone{id} | FileFailed{id, reason}   (as files finish)
+//! Finish                       ->
+//!                              <- Finished{digest, failed}
+//! ```
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// The version this build speaks. A peer that speaks another one is refused with both numbers.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// The first bytes of every `Hello`, so a stray client is told apart from an old RainMaker.
+pub const MAGIC: [u8; 8] = *b"RAINMKR\0";
+/// Size of a block: the unit of hashing, transfer and resume.
+pub const BLOCK_SIZE: u64 = 128 * 1024;
+/// Largest message accepted on the wire (a manifest part, or a block plus headers).
+pub const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
+/// Longest relative path accepted, in bytes.
+pub const MAX_PATH_BYTES: usize = 4096;
+/// Longest single path component, in bytes (what NTFS, ext4 and APFS allow).
+pub const MAX_COMPONENT_BYTES: usize = 255;
+/// Most entries in one manifest part.
+pub const MAX_ENTRIES_PER_PART: usize = 4096;
+/// Largest file the protocol describes (32 GiB): its block list must fit in one manifest
+/// entry of one message.
+pub const MAX_FILE_SIZE: u64 = 32 << 30;
+/// Most block hashes in one `FileBegin`; bigger files send their list in `BlockList` parts.
+pub const MAX_BLOCKS_PER_MESSAGE: usize = 16_384;
+/// Longest free-text field (reasons, names).
+pub const MAX_TEXT_BYTES: usize = 4096;
+
+/// A BLAKE3 hash.
+pub type Hash = [u8; 32];
+
+/// Every message of the protocol, in both directions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    /// Source → target, first message: who we are and the pairing token.
+    Hello {
+        magic: [u8; 8],
+        version: u32,
+        token: String,
+        /// A name for the source, for the target's log.
+        source_name: String,
+    },
+    /// Target → source: the token and version were accepted.
+    Welcome { target_name: String },
+    /// Either side: the session is refused or aborted; the reason is for a human.
+    Refused { reason: String },
+    /// Source → target: send your manifest.
+    GetManifest,
+    /// Target → source: a slice of the target's current tree.
+    ManifestPart { entries: Vec<Entry> },
+    /// Target → source: the manifest is complete.
+    ManifestEnd {
+        /// Temporary files of interrupted transfers that can be resumed.
+        partials: Vec<Partial>,
+    },
+    /// Source → target: create a folder (and its parents).
+    Mkdir { path: String },
+    /// Source → target: start a new version of a file, built in a temporary file.
+    FileBegin(FileBegin),
+    /// Source → target: more block hashes of the file `id` (for files over
+    /// [`MAX_BLOCKS_PER_MESSAGE`] blocks).
+    BlockList { id: u64, blocks: Vec<Hash> },
+    /// Source → target: grow the file in place from `from_len`, which must match the target's
+    /// current length and hash.
+    Append(Append),
+    /// Source → target: bytes of the file `id` at `offset`.
+    Data {
+        id: u64,
+        offset: u64,
+        payload: Payload,
+    },
+    /// Source → target: all data of `id` was sent; verify and commit it.
+    FileEnd { id: u64 },
+    /// Source → target: the source gave up on `id` (it changed while being read).
+    FileAbort { id: u64, reason: String },
+    /// Target → source: `id` was verified and is in place.
+    FileDone { id: u64 },
+    /// Target → source: `id` could not be written; nothing of it is visible.
+    FileFailed { id: u64, reason: String },
+    /// Source → target: remove a file or an empty folder.
+    Delete { path: String },
+    /// Source → target: set a file's or folder's modification time and executable bit.
+    SetMeta {
+        path: String,
+        mtime_ns: i128,
+        executable: bool,
+    },
+    /// Source → target: everything was sent; report the state you ended in.
+    Finish,
+    /// Target → source: the digest of the target's tree after the session.
+    Finished { digest: Hash },
+}
+
+/// One file or folder in a manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub path: String,
+    pub kind: EntryKind,
+}
+
+/// What an [`Entry`] is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EntryKind {
+    Dir,
+    File(FileMeta),
+}
+
+/// What both sides know about a file's content and metadata.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileMeta {
+    pub size: u64,
+    pub mtime_ns: i128,
+    pub executable: bool,
+    /// Whole-file hash, see [`crate::hash::file_hash`].
+    pub hash: Hash,
+    /// One hash per [`BLOCK_SIZE`] block; the last may cover a shorter block.
+    pub blocks: Vec<Hash>,
+}
+
+/// An interrupted transfer the target can resume: a temporary file holding the first
+/// `verified_blocks` blocks of the version whose hash is `hash`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Partial {
+    pub path: String,
+    pub hash: Hash,
+    pub verified_blocks: u64,
+}
+
+/// Start of a new file version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileBegin {
+    pub id: u64,
+    pub path: String,
+    pub size: u64,
+    pub mtime_ns: i128,
+    pub executable: bool,
+    pub hash: Hash,
+    /// Block hashes; for large files the rest follows in `BlockList` messages.
+    pub blocks: Vec<Hash>,
+    /// Blocks the target already has, by index into the new version: where to copy them from.
+    pub reuse: Vec<Reuse>,
+    /// Resume a partial temporary file: its first `n` blocks are kept.
+    pub resume_blocks: u64,
+}
+
+/// Take block `index` of the new version from block `from_index` of the target's `from_path`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reuse {
+    pub index: u64,
+    pub from_path: String,
+    pub from_index: u64,
+}
+
+/// Grow a file in place.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Append {
+    pub id: u64,
+    pub path: String,
+    /// The target's current length and hash, which must still hold.
+    pub from_len: u64,
+    pub from_hash: Hash,
+    pub size: u64,
+    pub mtime_ns: i128,
+    pub executable: bool,
+    pub hash: Hash,
+    /// Hashes of blocks from the one holding `from_len` to the end.
+    pub tail_blocks: Vec<Hash>,
+}
+
+/// Bytes of a block, compressed when that made them smaller.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Payload {
+    Raw(Vec<u8>),
+    Zstd(Vec<u8>),
+}
+
+impl Payload {
+    /// Bytes this payload occupies on the wire.
+    pub fn wire_len(&self) -> usize {
+        match self {
+            Payload::Raw(b) | Payload::Zstd(b) => b.len(),
+        }
+    }
+}
+
+/// A message that broke the protocol's rules.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ProtocolError {
+    #[error("message of {0} bytes is over the limit of {MAX_MESSAGE_BYTES} bytes")]
+    TooLarge(usize),
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    #[error("{what} is {got}, over the limit of {max}")]
+    OverLimit {
+        what: &'static str,
+        got: u64,
+        max: u64,
+    },
+}
+
+/// Encodes a message for the wire.
+pub fn encode(message: &Message) -> Vec<u8> {
+    postcard::to_stdvec(message).expect("every message is serializable")
+}
+
+/// Decodes a message from the wire and checks every length and count in it.
+pub fn decode(bytes: &[u8]) -> Result<Message, ProtocolError> {
+    if bytes.len() > MAX_MESSAGE_BYTES {
+        return Err(ProtocolError::TooLarge(bytes.len()));
+    }
+    let message: Message =
+        postcard::from_bytes(bytes).map_err(|e| ProtocolError::Malformed(e.to_string()))?;
+    check_limits(&message)?;
+    Ok(message)
+}
+
+fn limit(what: &'static str, got: usize, max: usize) -> Result<(), ProtocolError> {
+    if got > max {
+        return Err(ProtocolError::OverLimit {
+            what,
+            got: got as u64,
+            max: max as u64,
+        });
+    }
+    Ok(())
+}
+
+fn check_path(path: &str) -> Result<(), ProtocolError> {
+    limit("path length", path.len(), MAX_PATH_BYTES)
+}
+
+fn check_size(size: u64, blocks: usize, all_blocks_here: bool) -> Result<(), ProtocolError> {
+    if size > MAX_FILE_SIZE {
+        return Err(ProtocolError::OverLimit {
+            what: "file size",
+            got: size,
+            max: MAX_FILE_SIZE,
+        });
+    }
+    let expected = crate::hash::block_count(size);
+    if (all_blocks_here && blocks as u64 != expected) || blocks as u64 > expected {
+        return Err(ProtocolError::Malformed(format!(
+            "a file of {size} bytes has {expected} blocks, not {blocks}"
+        )));
+    }
+    Ok(())
+}
+
+fn check_limits(message: &Message) -> Result<(), ProtocolError> {
+    match message {
+        Message::Hello {
+            token, source_name, ..
+        } => {
+            limit("token length", token.len(), MAX_TEXT_BYTES)?;
+            limit("source name length", source_name.len(), MAX_TEXT_BYTES)
+        }
+        Message::Welcome { target_name } => {
+            limit("target name length", target_name.len(), MAX_TEXT_BYTES)
+        }
+        Message::Refused { reason }
+        | Message::FileAbort { reason, .. }
+        | Message::FileFailed { reason, .. } => {
+            limit("reason length", reason.len(), MAX_TEXT_BYTES)
+        }
+        Message::ManifestPart { entries } => {
+            limit("manifest part entries", entries.len(), MAX_ENTRIES_PER_PART)?;
+            for entry in entries {
+                check_path(&entry.path)?;
+                if let EntryKind::File(meta) = &entry.kind {
+                    check_size(meta.size, meta.blocks.len(), true)?;
+                }
+            }
+            Ok(())
+        }
+        Message::ManifestEnd { partials } => {
+            limit("partial files", partials.len(), MAX_ENTRIES_PER_PART)?;
+            partials.iter().try_for_each(|p| check_path(&p.path))
+        }
+        Message::Mkdir { path } | Message::Delete { path } | Message::SetMeta { path, .. } => {
+            check_path(path)
+        }
+        Message::FileBegin(begin) => {
+            check_path(&begin.path)?;
+            check_size(begin.size, begin.blocks.len(), false)?;
+            limit(
+                "blocks in FileBegin",
+                begin.blocks.len(),
+                MAX_BLOCKS_PER_MESSAGE,
+            )?;
+            limit("reused blocks", begin.reuse.len(), MAX_BLOCKS_PER_MESSAGE)?;
+            let count = crate::hash::block_count(begin.size);
+            if begin.resume_blocks > count {
+                return Err(ProtocolError::Malformed(format!(
+                    "resume from block {} of a file with {count} blocks",
+                    begin.resume_blocks
+                )));
+            }
+            for reuse in &begin.reuse {
+                check_path(&reuse.from_path)?;
+                if reuse.index >= count || reuse.from_index >= MAX_FILE_SIZE / BLOCK_SIZE {
+                    return Err(ProtocolError::Malformed(format!(
+                        "reused block {} out of range",
+                        reuse.index
+                    )));
+                }
+            }
+            Ok(())
+        }
+        Message::BlockList { blocks, .. } => {
+            limit("blocks in BlockList", blocks.len(), MAX_BLOCKS_PER_MESSAGE)
+        }
+        Message::Append(append) => {
+            check_path(&append.path)?;
+            if append.from_len > append.size {
+                return Err(ProtocolError::Malformed(format!(
+                    "append from {} to a smaller size {}",
+                    append.from_len, append.size
+                )));
+            }
+            check_size(append.size, 0, false)?;
+            let first = append.from_len / BLOCK_SIZE;
+            let tail = crate::hash::block_count(append.size).saturating_sub(first);
+            if append.tail_blocks.len() as u64 != tail {
+                return Err(ProtocolError::Malformed(format!(
+                    "append needs {tail} tail block hashes, got {}",
+                    append.tail_blocks.len()
+                )));
+            }
+            limit(
+                "tail blocks",
+                append.tail_blocks.len(),
+                MAX_BLOCKS_PER_MESSAGE,
+            )
+        }
+        Message::Data {
+            offset, payload, ..
+        } => {
+            limit(
+                "payload length",
+                payload.wire_len(),
+                BLOCK_SIZE as usize + 1024,
+            )?;
+            if *offset > MAX_FILE_SIZE {
+                return Err(ProtocolError::Malformed(format!(
+                    "offset {offset} out of range"
+                )));
+            }
+            Ok(())
+        }
+        Message::GetManifest
+        | Message::FileEnd { .. }
+        | Message::FileDone { .. }
+        | Message::Finish
+        | Message::Finished { .. } => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn hash() -> impl Strategy<Value = Hash> {
+        any::<[u8; 32]>()
+    }
+
+    fn path() -> impl Strategy<Value = String> {
+        "[a-zA-Z0-9 ._-]{1,20}(/[a-zA-Z0-9 ._-]{1,20}){0,3}"
+    }
+
+    fn file_meta() -> impl Strategy<Value = FileMeta> {
+        (0u64..BLOCK_SIZE * 4, any::<i64>(), any::<bool>(), hash()).prop_flat_map(
+            |(size, mtime, executable, hash)| {
+                let n = crate::hash::block_count(size) as usize;
+                prop::collection::vec(super::tests::hash(), n).prop_map(move |blocks| FileMeta {
+                    size,
+                    mtime_ns: mtime as i128,
+                    executable,
+                    hash,
+                    blocks,
+                })
+            },
+        )
+    }
+
+    fn message() -> impl Strategy<Value = Message> {
+        prop_oneof![
+            ("[ -~]{0,40}", "[ -~]{0,20}", any::<u32>()).prop_map(|(token, name, version)| {
+                Message::Hello {
+                    magic: MAGIC,
+                    version,
+                    token,
+                    source_name: name,
+                }
+            }),
+            "[ -~]{0,40}".prop_map(|reason| Message::Refused { reason }),
+            Just(Message::GetManifest),
+            prop::collection::vec(
+                (path(), prop::option::of(file_meta())).prop_map(|(path, meta)| Entry {
+                    path,
+                    kind: meta.map_or(EntryKind::Dir, EntryKind::File),
+                }),
+                0..5
+            )
+            .prop_map(|entries| Message::ManifestPart { entries }),
+            (path(), hash(), 0u64..3).prop_map(|(path, hash, verified_blocks)| {
+                Message::ManifestEnd {
+                    partials: vec![Partial {
+                        path,
+                        hash,
+                        verified_blocks,
+                    }],
+                }
+            }),
+            (path(), file_meta(), any::<u64>()).prop_map(|(path, meta, id)| {
+                Message::FileBegin(FileBegin {
+                    id,
+                    reuse: meta
+                        .blocks
+                        .iter()
+                        .enumerate()
+                        .map(|(i, _)| Reuse {
+                            index: i as u64,
+                            from_path: path.clone(),
+                            from_index: 0,
+                        })
+                        .collect(),
+                    resume_blocks: 0,
+                    path,
+                    size: meta.size,
+                    mtime_ns: meta.mtime_ns,
+                    executable: meta.executable,
+                    hash: meta.hash,
+                    blocks: meta.blocks,
+                })
+            }),
+            (
+                any::<u64>(),
+                0u64..1 << 30,
+                prop::collection::vec(any::<u8>(), 0..64),
+                any::<bool>()
+            )
+                .prop_map(|(id, offset, bytes, z)| Message::Data {
+                    id,
+                    offset,
+                    payload: if z {
+                        Payload::Zstd(bytes)
+                    } else {
+                        Payload::Raw(bytes)
+                    },
+                }),
+            any::<u64>().prop_map(|id| Message::FileEnd { id }),
+            (path(), any::<i64>(), any::<bool>()).prop_map(|(path, m, executable)| {
+                Message::SetMeta {
+                    path,
+                    mtime_ns: m as i128,
+                    executable,
+                }
+            }),
+            path().prop_map(|path| Message::Delete { path }),
+            hash().prop_map(|digest| Message::Finished { digest }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn every_message_decodes_back_to_itself(message in message()) {
+            let bytes = encode(&message);
+            prop_assert_eq!(decode(&bytes), Ok(message), "a message must survive the wire");
+        }
+
+        #[test]
+        fn garbage_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode(&bytes);
+        }
+    }
+
+    #[test]
+    fn oversize_message_is_refused_before_decoding() {
+        let bytes = vec![0u8; MAX_MESSAGE_BYTES + 1];
+        assert_eq!(
+            decode(&bytes),
+            Err(ProtocolError::TooLarge(MAX_MESSAGE_BYTES + 1))
+        );
+    }
+
+    #[test]
+    fn a_file_with_a_wrong_block_count_is_malformed() {
+        let message = Message::ManifestPart {
+            entries: vec![Entry {
+                path: "a".into(),
+                kind: EntryKind::File(FileMeta {
+                    size: BLOCK_SIZE * 3,
+                    mtime_ns: 0,
+                    executable: false,
+                    hash: [0; 32],
+                    blocks: vec![[0; 32]],
+                }),
+            }],
+        };
+        assert!(matches!(
+            decode(&encode(&message)),
+            Err(ProtocolError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn a_long_path_is_over_the_limit() {
+        let message = Message::Mkdir {
+            path: "a".repeat(MAX_PATH_BYTES + 1),
+        };
+        assert!(matches!(
+            decode(&encode(&message)),
+            Err(ProtocolError::OverLimit { .. })
+        ));
+    }
+}

@@ -1,0 +1,319 @@
+//! Walk a folder, quick-check every file against the index, and hash only what changed.
+//!
+//! A file whose size, modification time and file id are unchanged is not opened. A file that
+//! grew is checked by re-hashing its old last block: if that block is unchanged the file is
+//! taken to have grown at its end, and only the bytes from that block on are read and hashed.
+//! Anything else is hashed again in full. Every file is hashed as the prefix it had when it
+//! was looked at, so a file that grows while it is scanned gives a consistent record.
+//!
+//! The same scan serves both sides: the source finds what to send, a target finds local edits
+//! that the next mirror must overwrite. RainMaker's own state folder is never scanned.
+
+use crate::fs::{self, Stamp};
+use crate::hash;
+use crate::index::{Change, FileRecord};
+use crate::path::STATE_DIR;
+use crate::protocol::BLOCK_SIZE;
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+/// The state of a folder after a scan.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tree {
+    /// Every folder below the root, as a `/`-separated relative path.
+    pub dirs: BTreeSet<String>,
+    /// Every regular file below the root, with its record.
+    pub files: BTreeMap<String, FileRecord>,
+}
+
+/// A path the scan skipped, and why; the rest of the scan goes on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub path: String,
+    pub reason: String,
+}
+
+/// What a scan found and did.
+#[derive(Debug, Default)]
+pub struct Scan {
+    pub tree: Tree,
+    /// Index changes that bring the index in line with `tree`.
+    pub changes: Vec<Change>,
+    /// Paths that were skipped (unreadable, symlinks, names that are not UTF-8).
+    pub problems: Vec<Problem>,
+    pub files_hashed: u64,
+    pub bytes_hashed: u64,
+}
+
+/// The root itself could not be scanned.
+#[derive(Debug, Error)]
+#[error("cannot read folder {path}: {reason}")]
+pub struct ScanError {
+    pub path: PathBuf,
+    pub reason: String,
+}
+
+/// Scans `root` against the `previous` records of its index.
+pub fn scan(root: &Path, previous: &BTreeMap<String, FileRecord>) -> Result<Scan, ScanError> {
+    let meta = std::fs::metadata(root).map_err(|e| ScanError {
+        path: root.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    if !meta.is_dir() {
+        return Err(ScanError {
+            path: root.to_path_buf(),
+            reason: "it is not a folder".into(),
+        });
+    }
+    let mut out = Scan::default();
+    let walker = walkdir::WalkDir::new(root)
+        .follow_links(false)
+        .sort_by_file_name()
+        .into_iter()
+        .filter_entry(|e| !(e.depth() == 1 && e.file_name() == STATE_DIR));
+    for entry in walker {
+        let entry = match entry {
+            Ok(entry) => entry,
+            Err(e) => {
+                let path = e.path().map(|p| relative(root, p)).unwrap_or_default();
+                if e.depth() == 0 {
+                    return Err(ScanError {
+                        path: root.to_path_buf(),
+                        reason: e.to_string(),
+                    });
+                }
+                out.problems.push(Problem {
+                    path,
+                    reason: format!("cannot read it: {e}"),
+                });
+                continue;
+            }
+        };
+        if entry.depth() == 0 {
+            continue;
+        }
+        let Some(rel) = entry
+            .path()
+            .strip_prefix(root)
+            .ok()
+            .and_then(|p| p.to_str())
+            .map(|p| p.replace(std::path::MAIN_SEPARATOR, "/"))
+        else {
+            out.problems.push(Problem {
+                path: entry.path().to_string_lossy().into_owned(),
+                reason: "its name is not valid Unicode; skipped".into(),
+            });
+            continue;
+        };
+        let file_type = entry.file_type();
+        if file_type.is_dir() {
+            out.tree.dirs.insert(rel);
+        } else if file_type.is_file() {
+            scan_file(entry.path(), rel, previous, &mut out);
+        } else if file_type.is_symlink() {
+            out.problems.push(Problem {
+                path: rel,
+                reason: "it is a symbolic link; links are not mirrored".into(),
+            });
+        } else {
+            out.problems.push(Problem {
+                path: rel,
+                reason: "it is not a regular file or folder; skipped".into(),
+            });
+        }
+    }
+    for path in previous.keys() {
+        if !out.tree.files.contains_key(path) {
+            out.changes.push(Change::RemoveFile(path.clone()));
+        }
+    }
+    Ok(out)
+}
+
+fn relative(root: &Path, path: &Path) -> String {
+    path.strip_prefix(root)
+        .unwrap_or(path)
+        .to_string_lossy()
+        .replace(std::path::MAIN_SEPARATOR, "/")
+}
+
+fn scan_file(full: &Path, rel: String, previous: &BTreeMap<String, FileRecord>, out: &mut Scan) {
+    let old = previous.get(&rel);
+    if let (Some(old), Ok(meta)) = (old, std::fs::symlink_metadata(full))
+        && fs::same_stamp(&old.stamp, &fs::stamp_of_meta(&meta))
+    {
+        out.tree.files.insert(rel, old.clone());
+        return;
+    }
+    match hash_file(full, old) {
+        Ok((record, hashed)) => {
+            out.files_hashed += 1;
+            out.bytes_hashed += hashed;
+            if old != Some(&record) {
+                out.changes
+                    .push(Change::PutFile(rel.clone(), record.clone()));
+            }
+            out.tree.files.insert(rel, record);
+        }
+        Err(e) => {
+            out.problems.push(Problem {
+                path: rel.clone(),
+                reason: format!("cannot read it: {e}"),
+            });
+            // Keep what we knew so the file is neither deleted on targets nor forgotten.
+            if let Some(old) = old {
+                out.tree.files.insert(rel, old.clone());
+            }
+        }
+    }
+}
+
+/// Hashes a file, reusing `old` when the file only grew. Returns the record and the number of
+/// bytes read.
+pub fn hash_file(path: &Path, old: Option<&FileRecord>) -> std::io::Result<(FileRecord, u64)> {
+    let mut file = fs::open_shared(path)?;
+    let meta = file.metadata()?;
+    let stamp = fs::stamp(&file, &meta);
+    let (mut blocks, start) = match old.filter(|old| grew_at_end(&file, old, &stamp)) {
+        Some(old) => {
+            let keep = (old.stamp.size - 1) / BLOCK_SIZE;
+            (old.blocks[..keep as usize].to_vec(), keep * BLOCK_SIZE)
+        }
+        None => (Vec::new(), 0),
+    };
+    file.seek(SeekFrom::Start(start))?;
+    let (tail, read) = hash::hash_blocks(&mut file, stamp.size - start)?;
+    if read != stamp.size - start {
+        return Err(std::io::Error::other(
+            "it was truncated while being read; it will be read again on the next pass",
+        ));
+    }
+    blocks.extend(tail);
+    let record = FileRecord {
+        hash: hash::file_hash(stamp.size, &blocks),
+        stamp,
+        blocks,
+    };
+    Ok((record, read))
+}
+
+/// Whether the file still holds `old`'s last block where it was: the sign of an append.
+fn grew_at_end(file: &std::fs::File, old: &FileRecord, stamp: &Stamp) -> bool {
+    if old.stamp.size == 0 || stamp.size < old.stamp.size || old.blocks.is_empty() {
+        return false;
+    }
+    let last = (old.stamp.size - 1) / BLOCK_SIZE;
+    let start = last * BLOCK_SIZE;
+    let mut buffer = vec![0u8; (old.stamp.size - start) as usize];
+    match fs::read_at(file, start, &mut buffer) {
+        Ok(n) if n == buffer.len() => {
+            old.blocks.get(last as usize) == Some(&hash::block_hash(&buffer))
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn write(root: &Path, rel: &str, bytes: &[u8]) {
+        let path = root.join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, bytes).unwrap();
+    }
+
+    fn apply(previous: &mut BTreeMap<String, FileRecord>, scan: &Scan) {
+        *previous = scan.tree.files.clone();
+    }
+
+    #[test]
+    fn unchanged_files_are_not_read_and_appends_read_only_the_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let big: Vec<u8> = (0..(BLOCK_SIZE * 5 + 100))
+            .map(|i| (i % 253) as u8)
+            .collect();
+        write(root, "db/tick.ncd", &big);
+        write(root, "settings.xml", b"<x/>");
+        std::fs::create_dir_all(root.join("empty")).unwrap();
+        std::fs::create_dir_all(root.join(STATE_DIR)).unwrap();
+        write(root, ".rainmaker/index.redb", b"state");
+
+        let mut index = BTreeMap::new();
+        let first = scan(root, &index).unwrap();
+        assert_eq!(first.bytes_hashed, big.len() as u64 + 4);
+        assert!(first.tree.dirs.contains("empty") && first.tree.dirs.contains("db"));
+        assert!(
+            !first.tree.files.contains_key(".rainmaker/index.redb"),
+            "state is never scanned"
+        );
+        apply(&mut index, &first);
+
+        let again = scan(root, &index).unwrap();
+        assert_eq!(again.bytes_hashed, 0, "unchanged files must not be read");
+        assert!(again.changes.is_empty());
+
+        let appended = vec![9u8; 1000];
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(root.join("db/tick.ncd"))
+            .unwrap()
+            .write_all(&appended)
+            .unwrap();
+        let grown = scan(root, &index).unwrap();
+        assert!(
+            grown.bytes_hashed <= BLOCK_SIZE + 1100,
+            "an append must cost the tail, not the file: read {}",
+            grown.bytes_hashed
+        );
+        let mut whole = big.clone();
+        whole.extend(&appended);
+        let (blocks, _) = hash::hash_blocks(&mut &whole[..], whole.len() as u64).unwrap();
+        assert_eq!(
+            grown.tree.files["db/tick.ncd"].hash,
+            hash::file_hash(whole.len() as u64, &blocks)
+        );
+    }
+
+    #[test]
+    fn a_rewrite_in_the_last_block_is_hashed_in_full() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        write(root, "f", &vec![1u8; (BLOCK_SIZE * 2) as usize]);
+        let first = scan(root, &BTreeMap::new()).unwrap();
+        let mut changed = vec![1u8; (BLOCK_SIZE * 3) as usize];
+        changed[(BLOCK_SIZE * 2 - 1) as usize] = 7;
+        write(root, "f", &changed);
+        let second = scan(root, &first.tree.files).unwrap();
+        assert_eq!(
+            second.bytes_hashed,
+            BLOCK_SIZE * 3,
+            "not an append: read it all"
+        );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn symlinks_are_reported_and_deleted_files_leave_the_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        write(root, "a", b"1");
+        std::os::unix::fs::symlink("/etc/passwd", root.join("link")).unwrap();
+        let first = scan(root, &BTreeMap::new()).unwrap();
+        assert_eq!(first.problems.len(), 1);
+        assert_eq!(first.problems[0].path, "link");
+        std::fs::remove_file(root.join("a")).unwrap();
+        let second = scan(root, &first.tree.files).unwrap();
+        assert!(matches!(&second.changes[..], [Change::RemoveFile(p)] if p == "a"));
+    }
+
+    #[test]
+    fn a_missing_root_is_a_clear_error() {
+        let error = scan(Path::new("/no/such/folder"), &BTreeMap::new()).unwrap_err();
+        assert!(error.to_string().contains("/no/such/folder"));
+    }
+}

@@ -1,0 +1,323 @@
+//! An authenticated connection carrying protocol messages, one WebSocket binary message each.
+//!
+//! The same [`Connection`] type serves `wss://` and plain `ws://`: the byte stream under the
+//! WebSocket is boxed. Every received binary message goes through [`protocol::decode`], so what
+//! comes out of [`Connection::recv`] respects the protocol's limits; pings are answered by the
+//! WebSocket layer; a close from the peer ends the stream with `Ok(None)`, while a connection
+//! cut without a close is [`TransportError::Closed`].
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, Stream, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{
+    self, Bytes, Error as WsError, Message as WsMessage, error::CapacityError,
+};
+
+use super::identity::Fingerprint;
+use super::{CLOSE_TIMEOUT, TransportError};
+use crate::protocol::{self, MAX_MESSAGE_BYTES, Message, ProtocolError};
+
+/// A byte stream a WebSocket can run on: TCP, or TLS over TCP.
+pub(super) trait ByteStream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> ByteStream for T {}
+
+pub(super) type Ws = WebSocketStream<Box<dyn ByteStream>>;
+
+/// Limits for both ends: no message or frame over the protocol's maximum is read, and the
+/// write buffer holds at most a couple of messages when the peer stops reading.
+pub(super) fn ws_config() -> WebSocketConfig {
+    const WRITE_BUFFER: usize = 128 * 1024;
+    WebSocketConfig::default()
+        .max_message_size(Some(MAX_MESSAGE_BYTES))
+        .max_frame_size(Some(MAX_MESSAGE_BYTES))
+        .write_buffer_size(WRITE_BUFFER)
+        .max_write_buffer_size(WRITE_BUFFER + 2 * (MAX_MESSAGE_BYTES + 64))
+}
+
+/// An authenticated, message-framed connection to a peer.
+pub struct Connection {
+    pub(super) ws: Ws,
+    pub(super) peer: String,
+    pub(super) remote_name: String,
+    pub(super) fingerprint: Option<Fingerprint>,
+    sent: Arc<AtomicU64>,
+}
+
+impl fmt::Debug for Connection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connection")
+            .field("peer", &self.peer)
+            .field("remote_name", &self.remote_name)
+            .field("fingerprint", &self.fingerprint)
+            .field("wire_bytes_sent", &self.wire_bytes_sent())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Connection {
+    pub(super) fn new(ws: Ws, peer: String) -> Connection {
+        Connection {
+            ws,
+            peer,
+            remote_name: String::new(),
+            fingerprint: None,
+            sent: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Encodes and sends one message.
+    pub async fn send(&mut self, message: &Message) -> Result<(), TransportError> {
+        self.send_encoded(Bytes::from(protocol::encode(message)))
+            .await
+    }
+
+    /// Sends a message already encoded with [`protocol::encode`] (encode once, send to many
+    /// targets: cloning `Bytes` does not copy).
+    pub async fn send_encoded(&mut self, bytes: Bytes) -> Result<(), TransportError> {
+        send_on(&mut self.ws, &self.peer, &self.sent, bytes).await
+    }
+
+    /// The next message, or `None` once the peer closed the connection cleanly.
+    pub async fn recv(&mut self) -> Result<Option<Message>, TransportError> {
+        recv_from(&mut self.ws, &self.peer).await
+    }
+
+    /// Splits the connection so one task can send while another receives.
+    pub fn split(self) -> (ConnectionSender, ConnectionReceiver) {
+        let (sink, stream) = self.ws.split();
+        (
+            ConnectionSender {
+                sink,
+                peer: self.peer.clone(),
+                sent: self.sent,
+            },
+            ConnectionReceiver {
+                stream,
+                peer: self.peer,
+            },
+        )
+    }
+
+    /// Payload bytes of the binary messages sent so far (the hello included).
+    pub fn wire_bytes_sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+
+    /// The counter behind [`Connection::wire_bytes_sent`], shared with the halves of
+    /// [`Connection::split`], for progress reporting from another task.
+    pub fn wire_counter(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.sent)
+    }
+
+    /// The peer as `host:port`, for messages: the address from the URL on a client, the
+    /// socket address on a server.
+    pub fn peer(&self) -> String {
+        self.peer.clone()
+    }
+
+    /// The name the peer gave in its hello (the source's name on a server, the target's name
+    /// on a client).
+    pub fn remote_name(&self) -> &str {
+        &self.remote_name
+    }
+
+    /// On a client over TLS, the fingerprint of the certificate the server presented.
+    pub fn fingerprint(&self) -> Option<&Fingerprint> {
+        self.fingerprint.as_ref()
+    }
+
+    /// Closes cleanly: sends a WebSocket close, waits briefly ([`CLOSE_TIMEOUT`]) for the peer's
+    /// answer, and shuts the stream down (TLS `close_notify`). Best effort: a peer that is
+    /// already gone or does not answer is simply dropped.
+    pub async fn close(mut self) {
+        self.shutdown().await;
+    }
+
+    pub(super) async fn shutdown(&mut self) {
+        let ws = &mut self.ws;
+        let closing = async {
+            if ws.close(None).await.is_ok() {
+                while let Some(Ok(_)) = ws.next().await {}
+            }
+            let _ = ws.get_mut().shutdown().await;
+        };
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, closing).await;
+    }
+}
+
+/// The sending half of a [`Connection`].
+pub struct ConnectionSender {
+    sink: SplitSink<Ws, WsMessage>,
+    peer: String,
+    sent: Arc<AtomicU64>,
+}
+
+impl fmt::Debug for ConnectionSender {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectionSender")
+            .field("peer", &self.peer)
+            .field("wire_bytes_sent", &self.wire_bytes_sent())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ConnectionSender {
+    /// Encodes and sends one message.
+    pub async fn send(&mut self, message: &Message) -> Result<(), TransportError> {
+        self.send_encoded(Bytes::from(protocol::encode(message)))
+            .await
+    }
+
+    /// Sends a message already encoded with [`protocol::encode`].
+    pub async fn send_encoded(&mut self, bytes: Bytes) -> Result<(), TransportError> {
+        send_on(&mut self.sink, &self.peer, &self.sent, bytes).await
+    }
+
+    /// Payload bytes of the binary messages sent on this connection so far.
+    pub fn wire_bytes_sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+
+    /// The counter behind [`ConnectionSender::wire_bytes_sent`].
+    pub fn wire_counter(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.sent)
+    }
+
+    /// The peer as `host:port`.
+    pub fn peer(&self) -> String {
+        self.peer.clone()
+    }
+
+    /// Sends a WebSocket close (best effort, bounded by [`CLOSE_TIMEOUT`]); the receiving half
+    /// then sees the peer's answer as `Ok(None)`.
+    pub async fn close(mut self) {
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.sink.close()).await;
+    }
+}
+
+/// The receiving half of a [`Connection`].
+pub struct ConnectionReceiver {
+    stream: SplitStream<Ws>,
+    peer: String,
+}
+
+impl fmt::Debug for ConnectionReceiver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectionReceiver")
+            .field("peer", &self.peer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ConnectionReceiver {
+    /// The next message, or `None` once the peer closed the connection cleanly.
+    pub async fn recv(&mut self) -> Result<Option<Message>, TransportError> {
+        recv_from(&mut self.stream, &self.peer).await
+    }
+
+    /// The peer as `host:port`.
+    pub fn peer(&self) -> String {
+        self.peer.clone()
+    }
+}
+
+async fn send_on<S>(
+    sink: &mut S,
+    peer: &str,
+    sent: &AtomicU64,
+    bytes: Bytes,
+) -> Result<(), TransportError>
+where
+    S: futures_util::Sink<WsMessage, Error = WsError> + Unpin,
+{
+    let len = bytes.len();
+    if len > MAX_MESSAGE_BYTES {
+        // The peer would refuse it; fail here, where the bug is.
+        return Err(TransportError::Protocol {
+            peer: peer.to_owned(),
+            source: ProtocolError::TooLarge(len),
+        });
+    }
+    sink.send(WsMessage::Binary(bytes))
+        .await
+        .map_err(|e| ws_error(peer, e))?;
+    sent.fetch_add(len as u64, Ordering::Relaxed);
+    Ok(())
+}
+
+async fn recv_from<S>(stream: &mut S, peer: &str) -> Result<Option<Message>, TransportError>
+where
+    S: Stream<Item = Result<WsMessage, WsError>> + Unpin,
+{
+    loop {
+        match stream.next().await {
+            None => return Ok(None),
+            Some(Ok(WsMessage::Binary(bytes))) => {
+                return protocol::decode(&bytes).map(Some).map_err(|source| {
+                    TransportError::Protocol {
+                        peer: peer.to_owned(),
+                        source,
+                    }
+                });
+            }
+            Some(Ok(WsMessage::Text(_))) => {
+                return Err(TransportError::Protocol {
+                    peer: peer.to_owned(),
+                    source: ProtocolError::Malformed(
+                        "a text message; RainMaker sends binary messages only".to_owned(),
+                    ),
+                });
+            }
+            Some(Ok(WsMessage::Close(_))) => {
+                // Reading on sends our answer to the close and waits for the end of the stream.
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+                    while let Some(Ok(_)) = stream.next().await {}
+                })
+                .await;
+                return Ok(None);
+            }
+            // Pings are answered by tungstenite on the next read or write.
+            Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_))) => {}
+            Some(Err(e)) => return Err(ws_error(peer, e)),
+        }
+    }
+}
+
+/// Sorts WebSocket errors: a cut connection is [`TransportError::Closed`], an oversize message
+/// is a protocol error, the rest stays a WebSocket error.
+pub(super) fn ws_error(peer: &str, error: WsError) -> TransportError {
+    use std::io::ErrorKind;
+    let peer = peer.to_owned();
+    match error {
+        WsError::ConnectionClosed
+        | WsError::AlreadyClosed
+        | WsError::Protocol(tungstenite::error::ProtocolError::ResetWithoutClosingHandshake) => {
+            TransportError::Closed { peer }
+        }
+        WsError::Io(e)
+            if matches!(
+                e.kind(),
+                ErrorKind::UnexpectedEof
+                    | ErrorKind::ConnectionReset
+                    | ErrorKind::ConnectionAborted
+                    | ErrorKind::BrokenPipe
+            ) =>
+        {
+            TransportError::Closed { peer }
+        }
+        WsError::Capacity(CapacityError::MessageTooLong { size, .. }) => TransportError::Protocol {
+            peer,
+            source: ProtocolError::TooLarge(size),
+        },
+        other => TransportError::WebSocket {
+            peer,
+            source: Box::new(other),
+        },
+    }
+}

@@ -1,0 +1,86 @@
+//! The command line: subcommands and flags, nothing else. The three core commands are
+//! stable (scripts and benchmarks rely on them):
+//! `serve --root --listen --token-file`, `push SRC --to URL... --token-file --once`.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+/// Keeps backup servers a hot mirror of a trading PC's platform folders.
+#[derive(Debug, Parser)]
+#[command(name = "rainmaker", version, about)]
+pub struct Cli {
+    /// More log output (-v info, -vv debug); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Receive mirrors into a folder (run this on each backup server).
+    Serve(ServeArgs),
+    /// Mirror a folder to one or more targets.
+    Push(PushArgs),
+    /// Show RainMaker on this machine: start a target on loopback, mirror a sample platform
+    /// folder to it, change the folder, mirror again.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Folder that receives the mirror; it must exist.
+    #[arg(long)]
+    pub root: PathBuf,
+    /// Address to listen on, e.g. 0.0.0.0:7878.
+    #[arg(long)]
+    pub listen: String,
+    /// File holding the pairing token sources must present.
+    #[arg(long)]
+    pub token_file: PathBuf,
+    /// Plain ws:// without TLS; refused on any address but loopback.
+    #[arg(long)]
+    pub insecure: bool,
+    /// Name shown to sources (default: the host name).
+    #[arg(long)]
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct PushArgs {
+    /// Folder to mirror.
+    pub source: PathBuf,
+    /// Target agent, wss://HOST:PORT; repeat for several targets.
+    #[arg(long, required = true)]
+    pub to: Vec<String>,
+    /// File holding the pairing token of the targets.
+    #[arg(long)]
+    pub token_file: PathBuf,
+    /// Mirror once and exit: 0 when every target verified it is identical, 1 when a target
+    /// failed, 3 when every target is identical but some source files could not be read.
+    #[arg(long, required = true)]
+    pub once: bool,
+    /// Print a JSON summary on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Pin a target's certificate fingerprint (SHA256:...), one per --to in the same order;
+    /// without it the first connection is trusted and remembered in the known-peers file.
+    #[arg(long)]
+    pub fingerprint: Vec<String>,
+    /// Known-peers file (default: in RainMaker's data folder).
+    #[arg(long)]
+    pub known_peers: Option<PathBuf>,
+    /// Folder for this source's index (default: in RainMaker's data folder).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Allow plain ws:// targets (loopback tests only).
+    #[arg(long)]
+    pub insecure: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Keep the demo's folders in this folder instead of a temporary one.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+}

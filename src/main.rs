@@ -1,0 +1,250 @@
+//! `rainmaker`: the headless agent. It parses flags and drives the engine: `serve` receives
+//! mirrors on a backup server, `push` mirrors a folder to targets, `demo` shows both on one
+//! machine. Everything that is not a flag lives in `rainmaker-engine`.
+
+mod cli;
+mod demo;
+mod progress;
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use cli::{Cli, Command, PushArgs, ServeArgs};
+use rainmaker_engine::engine::{self, PushOptions, ServeOptions, Server, TargetSpec};
+use rainmaker_engine::event::{self, PushReport};
+use rainmaker_engine::transport::Trust;
+use std::path::Path;
+use std::process::ExitCode;
+use tokio_util::sync::CancellationToken;
+
+/// Exit status when every target is identical but some source files could not be read.
+const EXIT_PARTIAL: u8 = 3;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(cli: &Cli) {
+    let default = match (&cli.command, cli.verbose) {
+        (_, v) if v >= 2 => "debug",
+        (_, 1) => "info",
+        (Command::Serve(_), _) => "info",
+        _ => "warn",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Serve(args) => serve(args).await.map(|()| ExitCode::SUCCESS),
+        Command::Push(args) => push(args).await,
+        Command::Demo(args) => demo::run(args).await,
+    }
+}
+
+/// Reads a pairing token: the file's content without surrounding whitespace.
+pub fn read_token(path: &Path) -> Result<String> {
+    let token = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the token file {}", path.display()))?;
+    let token = token.trim().to_string();
+    if token.is_empty() {
+        bail!(
+            "the token file {} is empty; put the pairing secret in it",
+            path.display()
+        );
+    }
+    Ok(token)
+}
+
+/// A token that fires on Ctrl-C or SIGTERM.
+fn shutdown_signal() -> CancellationToken {
+    let cancel = CancellationToken::new();
+    let fire = cancel.clone();
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(term) => term,
+                    Err(_) => {
+                        let _ = tokio::signal::ctrl_c().await;
+                        fire.cancel();
+                        return;
+                    }
+                };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        fire.cancel();
+    });
+    cancel
+}
+
+async fn serve(args: ServeArgs) -> Result<()> {
+    let token = read_token(&args.token_file)?;
+    let name = args.name.clone().unwrap_or_else(host_name);
+    let server = Server::bind(ServeOptions {
+        root: args.root.clone(),
+        listen: args.listen.clone(),
+        token,
+        insecure: args.insecure,
+        name,
+    })
+    .await
+    .context("cannot start the agent")?;
+    let scheme = if args.insecure { "ws" } else { "wss" };
+    eprintln!(
+        "rainmaker: receiving mirrors into {} on {scheme}://{}",
+        args.root.display(),
+        server.local_addr()
+    );
+    match server.fingerprint() {
+        Some(fp) => eprintln!("rainmaker: certificate fingerprint {fp}"),
+        None => {
+            eprintln!("rainmaker: WARNING: --insecure: plain ws://, no encryption (loopback only)")
+        }
+    }
+    server.run(shutdown_signal()).await?;
+    eprintln!("rainmaker: stopped");
+    Ok(())
+}
+
+fn host_name() -> String {
+    std::env::var("HOSTNAME")
+        .or_else(|_| std::env::var("COMPUTERNAME"))
+        .unwrap_or_else(|_| "rainmaker".into())
+}
+
+/// Turns the command line's targets into engine targets, checking schemes and pins.
+fn targets(args: &PushArgs, token: &str) -> Result<Vec<TargetSpec>> {
+    if !args.fingerprint.is_empty() && args.fingerprint.len() != args.to.len() {
+        bail!(
+            "give one --fingerprint per --to, in the same order ({} targets, {} fingerprints)",
+            args.to.len(),
+            args.fingerprint.len()
+        );
+    }
+    let known_peers = args
+        .known_peers
+        .clone()
+        .unwrap_or_else(engine::default_known_peers);
+    args.to
+        .iter()
+        .enumerate()
+        .map(|(i, url)| {
+            let trust = if url.starts_with("ws://") {
+                if !args.insecure {
+                    bail!("{url} is plain ws://, which is not encrypted; use wss:// or pass --insecure (for loopback tests only)");
+                }
+                Trust::Insecure
+            } else if url.starts_with("wss://") {
+                match args.fingerprint.get(i) {
+                    Some(fp) => Trust::Pinned(fp.clone()),
+                    None => Trust::KnownPeers(known_peers.clone()),
+                }
+            } else {
+                bail!("{url} is not a target address; write it as wss://HOST:PORT");
+            };
+            Ok(TargetSpec {
+                url: url.clone(),
+                trust,
+                token: token.to_string(),
+            })
+        })
+        .collect()
+}
+
+async fn push(args: PushArgs) -> Result<ExitCode> {
+    let token = read_token(&args.token_file)?;
+    let targets = targets(&args, &token)?;
+    let source = args.source.clone();
+    let meta = std::fs::metadata(&source)
+        .with_context(|| format!("cannot read the source folder {}", source.display()))?;
+    if !meta.is_dir() {
+        bail!("the source {} is not a folder", source.display());
+    }
+    let options = PushOptions {
+        state_dir: args
+            .state_dir
+            .clone()
+            .unwrap_or_else(|| engine::default_state_dir(&source)),
+        source,
+        targets,
+        source_name: host_name(),
+        passes: 3,
+    };
+    let (events, listener) = event::channel();
+    let bars = progress::spawn(listener, !args.json || progress::stderr_is_terminal());
+    let report = engine::push_once(&options, &events, &shutdown_signal()).await?;
+    drop(events);
+    let _ = bars.await;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    print_summary(&report);
+    Ok(exit_code(&report))
+}
+
+fn exit_code(report: &PushReport) -> ExitCode {
+    if report.ok {
+        ExitCode::SUCCESS
+    } else if report.partial {
+        ExitCode::from(EXIT_PARTIAL)
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn print_summary(report: &PushReport) {
+    for skipped in &report.skipped {
+        eprintln!("skipped {}: {}", skipped.path, skipped.reason);
+    }
+    for t in &report.targets {
+        if t.ok {
+            eprintln!(
+                "in sync  {}: {} files written, {} changed, {} on the wire, {:.2} s",
+                t.url,
+                t.files_sent,
+                progress::size(t.bytes_changed),
+                progress::size(t.wire_bytes),
+                t.seconds
+            );
+        } else {
+            eprintln!(
+                "FAILED   {}: {}",
+                t.url,
+                t.error.as_deref().unwrap_or("unknown error")
+            );
+        }
+    }
+    if report.partial {
+        eprintln!(
+            "partial: {} source paths could not be read (listed above); the targets hold everything else",
+            report.skipped.len()
+        );
+    }
+}
