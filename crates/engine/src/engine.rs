@@ -369,7 +369,8 @@ impl Server {
                             Err(e) => tracing::warn!(%peer, %source, "session aborted: {e}"),
                         }
                     }
-                    Err(e) => tracing::warn!(%peer, "refused: {e}"),
+                    // The transport already logged the refusal with its cause.
+                    Err(e) => tracing::debug!(%peer, "handshake failed: {e}"),
                 }
             });
         }

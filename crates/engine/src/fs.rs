@@ -63,6 +63,11 @@ pub fn mtime_ns(meta: &Metadata) -> i128 {
     }
 }
 
+/// The current time in the units of [`mtime_ns`].
+pub fn mtime_now() -> i128 {
+    system_time_ns(SystemTime::now())
+}
+
 fn system_time_ns(t: SystemTime) -> i128 {
     match t.duration_since(UNIX_EPOCH) {
         Ok(d) => d.as_nanos() as i128,
@@ -220,6 +225,38 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
     {
         let _ = dir;
         Ok(())
+    }
+}
+
+/// Makes the data of `files` durable, and everything else written on their file system: on
+/// Linux with one `syncfs` for the whole batch (one journal commit instead of one per file),
+/// elsewhere file by file.
+pub fn sync_batch(files: &[&File]) -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        if let Some(first) = files.first() {
+            rustix::fs::syncfs(first)?;
+        }
+        Ok(())
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        files.iter().try_for_each(|f| f.sync_all())
+    }
+}
+
+/// Makes renames into `dirs` durable: one `syncfs` on Linux (through `anchor`, any file on
+/// the same file system), each folder elsewhere.
+pub fn sync_dirs(anchor: &File, dirs: &[&Path]) -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        let _ = dirs;
+        rustix::fs::syncfs(anchor).map_err(io::Error::from)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = anchor;
+        dirs.iter().try_for_each(|d| sync_dir(d))
     }
 }
 

@@ -33,6 +33,10 @@ pub struct FileRecord {
     pub stamp: Stamp,
     pub hash: Hash,
     pub blocks: Vec<Hash>,
+    /// The file was modified so shortly before it was hashed that a later write could keep
+    /// the same size and time (file system clocks are coarse); such a record is not trusted by
+    /// the quick check and the file is hashed again on the next scan.
+    pub racy: bool,
 }
 
 /// A new file version being built in a temporary file on the target.
@@ -191,6 +195,7 @@ mod tests {
             },
             hash: [1; 32],
             blocks: vec![[2; 32]],
+            racy: false,
         }
     }
 

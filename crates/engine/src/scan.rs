@@ -19,6 +19,10 @@ use std::io::{Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
+/// A file modified less than this before it was hashed is hashed again on the next scan: a
+/// write in the same tick of a coarse file system clock (FAT keeps 2 s) may keep its time.
+const RACY_WINDOW_NS: i128 = 2_000_000_000;
+
 /// The state of a folder after a scan.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Tree {
@@ -142,6 +146,7 @@ fn relative(root: &Path, path: &Path) -> String {
 fn scan_file(full: &Path, rel: String, previous: &BTreeMap<String, FileRecord>, out: &mut Scan) {
     let old = previous.get(&rel);
     if let (Some(old), Ok(meta)) = (old, std::fs::symlink_metadata(full))
+        && !old.racy
         && fs::same_stamp(&old.stamp, &fs::stamp_of_meta(&meta))
     {
         out.tree.files.insert(rel, old.clone());
@@ -191,28 +196,34 @@ pub fn hash_file(path: &Path, old: Option<&FileRecord>) -> std::io::Result<(File
         ));
     }
     blocks.extend(tail);
+    let now = fs::mtime_now();
     let record = FileRecord {
         hash: hash::file_hash(stamp.size, &blocks),
+        racy: stamp.mtime_ns > now - RACY_WINDOW_NS,
         stamp,
         blocks,
     };
     Ok((record, read))
 }
 
-/// Whether the file still holds `old`'s last block where it was: the sign of an append.
+/// Whether the file looks like `old` with bytes added at its end: it is longer, and its first
+/// block and `old`'s last block are unchanged. The blocks between are trusted, as the quick
+/// check trusts an unchanged time: a file rewritten in its middle *and* grown between two
+/// scans would be taken for an append (checking the first block catches the common case of
+/// a header updated in place).
 fn grew_at_end(file: &std::fs::File, old: &FileRecord, stamp: &Stamp) -> bool {
-    if old.stamp.size == 0 || stamp.size < old.stamp.size || old.blocks.is_empty() {
+    if old.stamp.size == 0 || stamp.size <= old.stamp.size || old.blocks.is_empty() {
         return false;
     }
     let last = (old.stamp.size - 1) / BLOCK_SIZE;
-    let start = last * BLOCK_SIZE;
-    let mut buffer = vec![0u8; (old.stamp.size - start) as usize];
-    match fs::read_at(file, start, &mut buffer) {
-        Ok(n) if n == buffer.len() => {
-            old.blocks.get(last as usize) == Some(&hash::block_hash(&buffer))
-        }
-        _ => false,
-    }
+    let same = |index: u64| {
+        let start = index * BLOCK_SIZE;
+        let len = (old.stamp.size - start).min(BLOCK_SIZE) as usize;
+        let mut buffer = vec![0u8; len];
+        matches!(fs::read_at(file, start, &mut buffer), Ok(n) if n == len)
+            && old.blocks.get(index as usize) == Some(&hash::block_hash(&buffer))
+    };
+    same(last) && (last == 0 || same(0))
 }
 
 #[cfg(test)]
@@ -220,10 +231,16 @@ mod tests {
     use super::*;
     use std::io::Write;
 
+    /// Writes a file dated in the past, so the quick check may trust it.
     fn write(root: &Path, rel: &str, bytes: &[u8]) {
         let path = root.join(rel);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, bytes).unwrap();
+        std::fs::write(&path, bytes).unwrap();
+        age(&path);
+    }
+
+    fn age(path: &Path) {
+        fs::set_mtime(path, 1_600_000_000_000_000_000).unwrap();
     }
 
     fn apply(previous: &mut BTreeMap<String, FileRecord>, scan: &Scan) {
@@ -264,9 +281,10 @@ mod tests {
             .unwrap()
             .write_all(&appended)
             .unwrap();
+        fs::set_mtime(&root.join("db/tick.ncd"), 1_600_000_001_000_000_000).unwrap();
         let grown = scan(root, &index).unwrap();
         assert!(
-            grown.bytes_hashed <= BLOCK_SIZE + 1100,
+            grown.bytes_hashed <= 2 * BLOCK_SIZE + 1100,
             "an append must cost the tail, not the file: read {}",
             grown.bytes_hashed
         );
@@ -276,6 +294,19 @@ mod tests {
         assert_eq!(
             grown.tree.files["db/tick.ncd"].hash,
             hash::file_hash(whole.len() as u64, &blocks)
+        );
+    }
+
+    #[test]
+    fn a_file_written_just_before_its_scan_is_hashed_again() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("f"), b"fresh").unwrap();
+        let first = scan(dir.path(), &BTreeMap::new()).unwrap();
+        assert!(first.tree.files["f"].racy);
+        let second = scan(dir.path(), &first.tree.files).unwrap();
+        assert_eq!(
+            second.bytes_hashed, 5,
+            "a same-tick rewrite could hide behind the same stamp"
         );
     }
 

@@ -876,16 +876,18 @@ mod tests {
         tokio_tungstenite::client_async(url, tcp).await.unwrap().0
     }
 
-    /// Reads what a raw client gets back: the reason of a `Refused`, if any came.
+    /// Reads what a raw client gets back until the server closes: the reason of a `Refused`,
+    /// if any came.
     async fn refusal(ws: &mut tokio_tungstenite::WebSocketStream<TcpStream>) -> Option<String> {
+        let mut refused = None;
         while let Some(Ok(message)) = ws.next().await {
             if let WsMessage::Binary(bytes) = message {
                 if let Ok(Message::Refused { reason }) = protocol::decode(&bytes) {
-                    return Some(reason);
+                    refused = Some(reason);
                 }
             }
         }
-        None
+        refused
     }
 
     fn hello(version: u32, token: &str) -> Vec<u8> {
@@ -1215,6 +1217,8 @@ mod tests {
         });
         let err = connection.recv().await.unwrap_err();
         assert_eq!(err.code(), "protocol", "{err:?}");
+        // Dropping the connection lets the raw client's blocked write fail.
+        drop(connection);
         drop(sending.await.unwrap());
 
         // And we never send one.
@@ -1320,7 +1324,12 @@ mod tests {
                     assert_eq!(&payload[..], b"hi");
                     saw_pong = true;
                 }
-                WsMessage::Binary(_) => break,
+                // The Welcome came before the ping; the GetManifest after it.
+                WsMessage::Binary(bytes)
+                    if protocol::decode(&bytes).unwrap() == Message::GetManifest =>
+                {
+                    break;
+                }
                 _ => {}
             }
         }

@@ -301,6 +301,7 @@ pub fn add_entries(tree: &mut Tree, entries: Vec<crate::protocol::Entry>) {
                         },
                         hash: meta.hash,
                         blocks: meta.blocks,
+                        racy: false,
                     },
                 );
             }
@@ -341,6 +342,7 @@ mod tests {
             },
             hash: hash::file_hash(n, &blocks),
             blocks,
+            racy: false,
         }
     }
 

@@ -34,6 +34,9 @@ use thiserror::Error;
 const RESUMABLE_BLOCKS: u64 = 4;
 /// Finished files are committed to the index in batches of this size.
 const BATCH: usize = 256;
+/// Verified files are synced and renamed in groups of at most this many files or bytes.
+const READY_FILES: usize = 256;
+const READY_BYTES: u64 = 64 << 20;
 
 /// Why a target cannot receive, or why a session was aborted.
 #[derive(Debug, Error)]
@@ -78,6 +81,16 @@ enum InFlight {
     Failed,
 }
 
+/// A verified new version waiting for its group commit.
+#[derive(Debug)]
+struct Ready {
+    id: u64,
+    begin: FileBegin,
+    temp: File,
+    temp_path: PathBuf,
+    resumable: bool,
+}
+
 /// A target folder, open for receiving.
 #[derive(Debug)]
 pub struct Receiver {
@@ -87,6 +100,9 @@ pub struct Receiver {
     tree: Tree,
     pending: Vec<Change>,
     flight: HashMap<u64, InFlight>,
+    /// Verified files waiting for the next group commit.
+    ready: Vec<Ready>,
+    ready_bytes: u64,
     /// Bytes of file data written (after decompression), for reports and tests.
     pub bytes_written: u64,
 }
@@ -124,6 +140,8 @@ impl Receiver {
             tree: Tree::default(),
             pending: Vec::new(),
             flight: HashMap::new(),
+            ready: Vec::new(),
+            ready_bytes: 0,
             bytes_written: 0,
         };
         receiver.roll_back_appends()?;
@@ -217,14 +235,16 @@ impl Receiver {
                 Ok(vec![])
             }
             Message::Delete { path } => {
+                let replies = self.commit_ready();
                 self.delete(&path)?;
-                Ok(vec![])
+                Ok(replies)
             }
             Message::SetMeta {
                 path,
                 mtime_ns,
                 executable,
             } => {
+                let replies = self.commit_ready();
                 let full = path::resolve(&self.root, &path, false).map_err(refused)?;
                 fs::set_executable(&full, executable)
                     .map_err(io(format!("cannot set the mode of {path}")))?;
@@ -236,7 +256,7 @@ impl Receiver {
                     record.stamp = fs::stamp_of_meta(&meta);
                     self.pending.push(Change::PutFile(path, record.clone()));
                 }
-                Ok(vec![])
+                Ok(replies)
             }
             Message::FileBegin(begin) => self.begin(begin),
             Message::BlockList { id, blocks } => self.block_list(id, blocks),
@@ -252,9 +272,13 @@ impl Receiver {
                 self.discard(id, false);
                 Ok(vec![])
             }
-            Message::Finish => Ok(vec![Message::Finished {
-                digest: self.finish()?,
-            }]),
+            Message::Finish => {
+                let mut replies = self.commit_ready();
+                replies.push(Message::Finished {
+                    digest: self.finish()?,
+                });
+                Ok(replies)
+            }
             other => Err(ReceiveError::Refused(format!(
                 "unexpected message from the source: {}",
                 message_name(&other)
@@ -602,7 +626,22 @@ impl Receiver {
                 have,
                 resumable,
                 ..
-            } => self.commit_new(begin, temp, &temp_path, &have, resumable),
+            } => {
+                let size = begin.size;
+                match self.verify_new(id, begin, temp, temp_path, &have, resumable) {
+                    Ok(ready) => {
+                        self.ready_bytes += size;
+                        self.ready.push(ready);
+                        let mut replies = vec![];
+                        if self.ready.len() >= READY_FILES || self.ready_bytes >= READY_BYTES {
+                            replies = self.commit_ready();
+                        }
+                        self.flush_if_big()?;
+                        return Ok(replies);
+                    }
+                    Err(reason) => Err(reason),
+                }
+            }
             InFlight::Append {
                 append,
                 file,
@@ -611,82 +650,143 @@ impl Receiver {
                 next_offset,
             } => self.commit_append(&append, &file, &full, &before, next_offset),
         };
+        self.flush_if_big()?;
         match result {
-            Ok(()) => {
-                if self.pending.len() >= BATCH {
-                    self.flush(Durability::None)?;
-                }
-                Ok(vec![Message::FileDone { id }])
-            }
+            Ok(()) => Ok(vec![Message::FileDone { id }]),
             Err(reason) => Ok(vec![Message::FileFailed { id, reason }]),
         }
     }
 
-    fn commit_new(
+    fn flush_if_big(&mut self) -> Result<(), ReceiveError> {
+        if self.pending.len() >= BATCH {
+            self.flush(Durability::None)?;
+        }
+        Ok(())
+    }
+
+    /// Checks a new version's blocks and whole hash and gives the temporary file its final
+    /// size, mode and time; it takes its final name in [`Receiver::commit_ready`].
+    fn verify_new(
         &mut self,
+        id: u64,
         begin: FileBegin,
         temp: File,
-        temp_path: &Path,
+        temp_path: PathBuf,
         have: &[bool],
         resumable: bool,
-    ) -> Result<(), String> {
+    ) -> Result<Ready, String> {
         let path = begin.path.clone();
-        let cleanup = |receiver: &mut Receiver| {
-            let _ = std::fs::remove_file(temp_path);
-            if resumable {
-                let _ = receiver
-                    .index
-                    .apply(&[Change::RemovePartial(path.clone())], Durability::None);
+        let prepared = (|| {
+            if let Some(missing) = have.iter().position(|h| !h) {
+                return Err(format!("block {missing} never arrived"));
             }
-        };
-        if let Some(missing) = have.iter().position(|h| !h) {
-            return Err(format!("block {missing} of {path} never arrived"));
+            if hash::file_hash(begin.size, &begin.blocks) != begin.hash {
+                return Err("it does not match the source's file hash".into());
+            }
+            let prepare = || -> std::io::Result<()> {
+                temp.set_len(begin.size)?;
+                fs::set_executable(&temp_path, begin.executable)?;
+                fs::set_mtime(&temp_path, begin.mtime_ns)
+            };
+            prepare().map_err(|e| format!("cannot finish its temporary file: {e}"))
+        })();
+        match prepared {
+            Ok(()) => Ok(Ready {
+                id,
+                begin,
+                temp,
+                temp_path,
+                resumable,
+            }),
+            Err(reason) => {
+                self.drop_temp(&path, &temp_path, resumable);
+                Err(format!("{path}: {reason}"))
+            }
         }
-        if hash::file_hash(begin.size, &begin.blocks) != begin.hash {
-            cleanup(self);
-            return Err(format!("{path} does not match the source's file hash"));
+    }
+
+    fn drop_temp(&mut self, path: &str, temp_path: &Path, resumable: bool) {
+        let _ = std::fs::remove_file(temp_path);
+        if resumable {
+            self.pending.push(Change::RemovePartial(path.to_string()));
         }
-        let finish = || -> std::io::Result<PathBuf> {
-            temp.set_len(begin.size)?;
-            temp.sync_all()?;
-            drop(temp);
-            fs::set_executable(temp_path, begin.executable)?;
-            fs::set_mtime(temp_path, begin.mtime_ns)?;
-            let full = path::resolve(&self.root, &path, true).map_err(std::io::Error::other)?;
-            if let Some(parent) = full.parent() {
-                std::fs::create_dir_all(parent)?;
-            }
-            if std::fs::symlink_metadata(&full).is_ok_and(|m| m.is_dir()) {
-                return Err(std::io::Error::other("a folder is in the way"));
-            }
-            std::fs::rename(temp_path, &full)?;
-            if let Some(parent) = full.parent() {
-                fs::sync_dir(parent)?;
-            }
-            Ok(full)
-        };
-        match finish() {
-            Ok(full) => {
-                let stamp = std::fs::metadata(&full)
-                    .map(|m| fs::stamp_of_meta(&m))
-                    .map_err(|e| e.to_string())?;
-                let record = FileRecord {
-                    stamp,
-                    hash: begin.hash,
-                    blocks: begin.blocks,
-                };
-                self.tree.files.insert(path.clone(), record.clone());
-                self.pending.push(Change::PutFile(path.clone(), record));
-                if resumable {
-                    self.pending.push(Change::RemovePartial(path));
+    }
+
+    /// Makes every verified file durable with one sync, renames them into place, makes the
+    /// renames durable with one more, and only then reports them done: a group commit, so a
+    /// folder of small files costs two syncs per batch instead of two per file.
+    fn commit_ready(&mut self) -> Vec<Message> {
+        let ready = std::mem::take(&mut self.ready);
+        self.ready_bytes = 0;
+        if ready.is_empty() {
+            return vec![];
+        }
+        let files: Vec<&File> = ready.iter().map(|r| &r.temp).collect();
+        let synced = fs::sync_batch(&files).map_err(|e| format!("cannot sync: {e}"));
+        let mut replies = Vec::new();
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        let mut anchor = None;
+        for r in ready {
+            let placed = synced.clone().and_then(|()| {
+                self.place(&r.begin.path, &r.temp_path)
+                    .map_err(|e| format!("cannot put it in place: {e}"))
+            });
+            match placed {
+                Ok(full) => {
+                    if let Some(parent) = full.parent()
+                        && !dirs.iter().any(|d| d == parent)
+                    {
+                        dirs.push(parent.to_path_buf());
+                    }
+                    let stamp = std::fs::metadata(&full).map(|m| fs::stamp_of_meta(&m));
+                    if let Ok(stamp) = stamp {
+                        let record = FileRecord {
+                            stamp,
+                            hash: r.begin.hash,
+                            blocks: r.begin.blocks,
+                            racy: false,
+                        };
+                        self.tree.files.insert(r.begin.path.clone(), record.clone());
+                        self.pending
+                            .push(Change::PutFile(r.begin.path.clone(), record));
+                    }
+                    if r.resumable {
+                        self.pending
+                            .push(Change::RemovePartial(r.begin.path.clone()));
+                    }
+                    replies.push(Message::FileDone { id: r.id });
+                    anchor.get_or_insert(r.temp);
                 }
-                Ok(())
-            }
-            Err(e) => {
-                cleanup(self);
-                Err(format!("cannot put {path} in place: {e}"))
+                Err(reason) => {
+                    self.drop_temp(&r.begin.path, &r.temp_path, r.resumable);
+                    tracing::warn!(path = %r.begin.path, %reason, "file failed");
+                    replies.push(Message::FileFailed {
+                        id: r.id,
+                        reason: format!("{}: {reason}", r.begin.path),
+                    });
+                }
             }
         }
+        if let Some(anchor) = anchor {
+            let dirs: Vec<&Path> = dirs.iter().map(PathBuf::as_path).collect();
+            if let Err(e) = fs::sync_dirs(&anchor, &dirs) {
+                tracing::warn!("cannot sync renamed files: {e}");
+            }
+        }
+        replies
+    }
+
+    /// Renames a verified temporary file to its final path.
+    fn place(&self, rel: &str, temp_path: &Path) -> std::io::Result<PathBuf> {
+        let full = path::resolve(&self.root, rel, true).map_err(std::io::Error::other)?;
+        if let Some(parent) = full.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        if std::fs::symlink_metadata(&full).is_ok_and(|m| m.is_dir()) {
+            return Err(std::io::Error::other("a folder is in the way"));
+        }
+        std::fs::rename(temp_path, &full)?;
+        Ok(full)
     }
 
     fn commit_append(
@@ -741,6 +841,7 @@ impl Receiver {
                     stamp,
                     hash,
                     blocks,
+                    racy: false,
                 };
                 self.tree.files.insert(append.path.clone(), record.clone());
                 changes.push(Change::PutFile(append.path.clone(), record));
@@ -805,6 +906,7 @@ impl Receiver {
         for id in ids {
             self.discard(id, true);
         }
+        self.commit_ready();
         if let Err(e) = self.flush(Durability::Immediate) {
             tracing::warn!("{e}");
         }

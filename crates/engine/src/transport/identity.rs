@@ -313,6 +313,18 @@ mod tests {
     }
 
     #[test]
+    fn an_interrupted_creation_starts_over() {
+        // The key is written before the certificate; a key alone was never pinned by anyone.
+        let dir = tempfile::tempdir().unwrap();
+        let first = Identity::load_or_create(dir.path()).unwrap();
+        fs::remove_file(dir.path().join("cert.der")).unwrap();
+        let second = Identity::load_or_create(dir.path()).unwrap();
+        assert_ne!(first.fingerprint(), second.fingerprint());
+        let third = Identity::load_or_create(dir.path()).unwrap();
+        assert_eq!(second.fingerprint(), third.fingerprint());
+    }
+
+    #[test]
     fn fingerprints_are_normalized() {
         let fp = Identity::generate().unwrap().fingerprint();
         let hex = &fp["SHA256:".len()..];

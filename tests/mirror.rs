@@ -1,0 +1,327 @@
+//! End to end: `rainmaker push --once` into real `rainmaker serve` agents over wss on
+//! loopback. A first mirror, an incremental one, local edits on a target, several targets
+//! with one of them down, and a source with paths that cannot be mirrored.
+
+mod common;
+
+use common::{
+    BLOCK, Sandbox, assert_same_tree, chmod, dead_port, file_count, random_bytes, set_mtime,
+    total_bytes, tree, tree_diff, write_random,
+};
+use std::path::Path;
+
+/// Sizes of the files of [`first_tree`] that later tests edit.
+const BIG_LEN: usize = 5 * BLOCK + 777;
+const MOVE_LEN: usize = 4 * BLOCK + 100;
+const APPENDED: usize = 10_000;
+const EDITED_LEN: usize = 3_000;
+
+/// A source with nested folders, an empty folder, an executable, set times, an empty file,
+/// a file of about three blocks, one of exactly one block, and files later tests edit.
+/// Everything but the script is random, so nothing compresses.
+fn first_tree(src: &Path) {
+    write_random(&src.join("docs/readme.txt"), 1, 1_000);
+    set_mtime(&src.join("docs/readme.txt"), 1_600_000_000, 123_456_789);
+    write_random(&src.join("docs/notes/deep/a.txt"), 2, 5_000);
+    set_mtime(&src.join("docs/notes/deep/a.txt"), 1_500_000_000, 1);
+    std::fs::create_dir_all(src.join("empty")).unwrap();
+    std::fs::create_dir_all(src.join("bin")).unwrap();
+    std::fs::write(src.join("bin/run.sh"), "#!/bin/sh\necho rainmaker\n").unwrap();
+    chmod(&src.join("bin/run.sh"), 0o755);
+    set_mtime(&src.join("bin/run.sh"), 1_650_000_000, 999_999_999);
+    std::fs::write(src.join("zero.bin"), b"").unwrap();
+    set_mtime(&src.join("zero.bin"), 1_234_567_890, 500);
+    write_random(&src.join("data/three.bin"), 3, 3 * BLOCK - 1_234);
+    write_random(&src.join("data/exact.bin"), 4, BLOCK);
+    write_random(&src.join("data/big.bin"), 5, BIG_LEN);
+    write_random(&src.join("data/move.bin"), 6, MOVE_LEN);
+    write_random(&src.join("old/x.txt"), 7, 2_000);
+    write_random(&src.join("old/sub/y.txt"), 8, 3_000);
+    write_random(&src.join("small/edit.txt"), 9, 1_500);
+    write_random(&src.join("gone.txt"), 10, 700);
+}
+
+#[test]
+fn first_mirror_is_identical_and_reported() {
+    let sandbox = Sandbox::new();
+    let (src, dst) = (sandbox.dir("src"), sandbox.dir("dst"));
+    first_tree(&src);
+    let agent = sandbox.serve(&dst);
+
+    let result = sandbox.push(&src).to(&agent.url).run();
+    result.assert_ok();
+    assert_same_tree(&src, &dst);
+
+    let files = file_count(&src);
+    let bytes = total_bytes(&src);
+    let json = &result.json;
+    let why = result.describe();
+    assert_eq!(json["ok"], true, "ok must be true after exit 0\n{why}");
+    assert_eq!(
+        json["partial"], false,
+        "nothing was skipped, so partial is false\n{why}"
+    );
+    assert!(
+        json["seconds"].as_f64().is_some_and(|s| s >= 0.0),
+        "seconds must be a non-negative number\n{why}"
+    );
+    assert_eq!(
+        json["files"].as_u64(),
+        Some(files),
+        "files counts the source's regular files\n{why}"
+    );
+    assert!(
+        json["bytes_read"].as_u64().is_some_and(|b| b >= bytes),
+        "a first mirror reads every byte of the source ({bytes})\n{why}"
+    );
+    assert_eq!(
+        json["skipped"],
+        serde_json::json!([]),
+        "nothing was skipped\n{why}"
+    );
+    let targets = json["targets"].as_array().expect("targets is an array");
+    assert_eq!(targets.len(), 1, "one target, one report\n{why}");
+    let target = result.target(&agent.url);
+    assert_eq!(target["ok"], true, "the target is identical\n{why}");
+    assert!(
+        target["error"].is_null(),
+        "an ok target has no error\n{why}"
+    );
+    assert_eq!(
+        result.target_u64(&agent.url, "files_sent"),
+        files,
+        "an empty target receives every file\n{why}"
+    );
+    assert_eq!(
+        result.target_u64(&agent.url, "bytes_changed"),
+        bytes,
+        "an empty target lacks every byte of the source\n{why}"
+    );
+    // Random content does not compress: the wire carries at least the random files' bytes.
+    let script = std::fs::metadata(src.join("bin/run.sh")).unwrap().len();
+    assert!(
+        result.target_u64(&agent.url, "wire_bytes") >= bytes - script,
+        "incompressible data cannot take fewer bytes on the wire than it has\n{why}"
+    );
+    assert_eq!(
+        result.target_u64(&agent.url, "passes"),
+        1,
+        "nothing changed during the push, so one pass is enough\n{why}"
+    );
+    assert!(
+        target["seconds"].as_f64().is_some_and(|s| s >= 0.0),
+        "targets[].seconds must be a non-negative number\n{why}"
+    );
+
+    // Trust on first use: the fingerprint the agent printed is now remembered.
+    let known = std::fs::read_to_string(sandbox.known_peers()).unwrap_or_default();
+    let line = known
+        .lines()
+        .find(|l| l.contains(&format!("127.0.0.1:{}", agent.port())))
+        .unwrap_or_else(|| {
+            panic!("the first wss push must record the target in the known-peers file:\n{known}")
+        });
+    assert!(
+        line.to_ascii_lowercase()
+            .contains(&agent.fp().to_ascii_lowercase()),
+        "the known-peers file must hold the fingerprint the agent printed ({}), got: {line}",
+        agent.fp()
+    );
+}
+
+#[test]
+fn incremental_mirror_sends_only_what_changed() {
+    let sandbox = Sandbox::new();
+    let (src, dst) = (sandbox.dir("src"), sandbox.dir("dst"));
+    first_tree(&src);
+    let agent = sandbox.serve(&dst);
+    sandbox.push(&src).to(&agent.url).run().assert_ok();
+    assert_same_tree(&src, &dst);
+
+    // Append to a file of several blocks.
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(src.join("data/big.bin"))
+        .unwrap();
+    std::io::Write::write_all(&mut file, &random_bytes(11, APPENDED)).unwrap();
+    drop(file);
+    // Edit a small file (new content, new size).
+    std::fs::write(src.join("small/edit.txt"), random_bytes(12, EDITED_LEN)).unwrap();
+    // Delete a file, rename a big file into a new folder, add an empty folder, delete a
+    // folder with content, clear an executable bit.
+    std::fs::remove_file(src.join("gone.txt")).unwrap();
+    std::fs::create_dir_all(src.join("archive/2024")).unwrap();
+    std::fs::rename(src.join("data/move.bin"), src.join("archive/2024/move.bin")).unwrap();
+    std::fs::create_dir_all(src.join("new-empty")).unwrap();
+    std::fs::remove_dir_all(src.join("old")).unwrap();
+    chmod(&src.join("bin/run.sh"), 0o644);
+
+    let second = sandbox.push(&src).to(&agent.url).run();
+    second.assert_ok();
+    assert_same_tree(&src, &dst);
+    let changed = second.target_u64(&agent.url, "bytes_changed");
+    let bound = (APPENDED + EDITED_LEN + BLOCK) as u64;
+    println!("second push: {changed} bytes changed (bound {bound})");
+    assert!(
+        changed <= bound,
+        "only the 10,000 appended bytes, the edited file ({EDITED_LEN} bytes) and at most one \
+         block around the append may be sent; the renamed file ({MOVE_LEN} bytes) is already \
+         on the target and must cost no data. bytes_changed = {changed}, bound = {bound}\n{}",
+        second.describe()
+    );
+
+    let third = sandbox.push(&src).to(&agent.url).run();
+    third.assert_ok();
+    assert_same_tree(&src, &dst);
+    assert_eq!(
+        (
+            third.target_u64(&agent.url, "files_sent"),
+            third.target_u64(&agent.url, "bytes_changed")
+        ),
+        (0, 0),
+        "a push with nothing changed must send no file and no data\n{}",
+        third.describe()
+    );
+}
+
+#[test]
+fn local_edits_on_the_target_are_overwritten() {
+    let sandbox = Sandbox::new();
+    let (src, dst) = (sandbox.dir("src"), sandbox.dir("dst"));
+    first_tree(&src);
+    let agent = sandbox.serve(&dst);
+    sandbox.push(&src).to(&agent.url).run().assert_ok();
+    let source_before = tree(&src);
+
+    // Someone edits the backup: same size, other bytes; another file's content replaced by a
+    // shorter one; an extra file and an extra folder; an executable bit set.
+    std::fs::write(dst.join("docs/readme.txt"), random_bytes(99, 1_000)).unwrap();
+    std::fs::write(dst.join("data/three.bin"), b"short").unwrap();
+    std::fs::write(dst.join("extra.txt"), b"not in the source").unwrap();
+    std::fs::create_dir_all(dst.join("extra-dir/inner")).unwrap();
+    std::fs::write(dst.join("extra-dir/inner/f"), b"x").unwrap();
+    chmod(&dst.join("docs/notes/deep/a.txt"), 0o755);
+    assert!(
+        !tree_diff(&source_before, &tree(&dst)).is_empty(),
+        "the local edits must make the target differ before the push"
+    );
+
+    let result = sandbox.push(&src).to(&agent.url).run();
+    result.assert_ok();
+    assert_same_tree(&src, &dst);
+    assert_eq!(
+        tree_diff(&source_before, &tree(&src)),
+        Vec::<String>::new(),
+        "a mirror is one way: the source must not change"
+    );
+}
+
+#[test]
+fn one_target_down_does_not_stop_the_others() {
+    let sandbox = Sandbox::new();
+    let src = sandbox.dir("src");
+    let (dst1, dst3) = (sandbox.dir("dst1"), sandbox.dir("dst3"));
+    first_tree(&src);
+    let (agent1, agent3) = (sandbox.serve(&dst1), sandbox.serve(&dst3));
+    let down = format!("wss://127.0.0.1:{}", dead_port());
+
+    let result = sandbox
+        .push(&src)
+        .to(&agent1.url)
+        .to(&down)
+        .to(&agent3.url)
+        .run();
+    let why = result.describe();
+    assert_eq!(
+        result.code, 1,
+        "a target that is down makes the push fail (exit 1)\n{why}"
+    );
+    assert!(
+        result
+            .stderr
+            .lines()
+            .any(|l| l.contains("FAILED") && l.contains(&down)),
+        "stderr must name the target that failed ({down})\n{why}"
+    );
+    assert_eq!(result.json["ok"], false, "one target failed\n{why}");
+    assert_eq!(
+        result.target(&down)["ok"],
+        false,
+        "the target that is down is not ok\n{why}"
+    );
+    assert!(
+        result.target(&down)["error"]
+            .as_str()
+            .is_some_and(|e| !e.is_empty()),
+        "a failed target says why\n{why}"
+    );
+    for (agent, dst) in [(&agent1, &dst1), (&agent3, &dst3)] {
+        assert_eq!(
+            result.target(&agent.url)["ok"],
+            true,
+            "{} is up and must be mirrored although another target is down\n{why}",
+            agent.url
+        );
+        assert_same_tree(&src, dst);
+    }
+}
+
+#[test]
+fn unmirrorable_paths_are_skipped_and_reported() {
+    let sandbox = Sandbox::new();
+    let (src, dst) = (sandbox.dir("src"), sandbox.dir("dst"));
+    first_tree(&src);
+    let fifo = src.join("data/pipe");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("run mkfifo");
+    assert!(made.success(), "mkfifo failed");
+    std::os::unix::fs::symlink("three.bin", src.join("data/link")).unwrap();
+    let agent = sandbox.serve(&dst);
+
+    let result = sandbox.push(&src).to(&agent.url).run();
+    let why = result.describe();
+    assert_eq!(
+        result.code, 3,
+        "every target is identical to what could be read but paths were skipped: exit 3\n{why}"
+    );
+    for skipped in ["data/pipe", "data/link"] {
+        assert!(
+            result
+                .stderr
+                .lines()
+                .any(|l| l.starts_with(&format!("skipped {skipped}"))),
+            "stderr must list the skipped path {skipped}\n{why}"
+        );
+        assert!(
+            result.json["skipped"]
+                .as_array()
+                .is_some_and(|s| s
+                    .iter()
+                    .any(|e| e["path"] == skipped
+                        && e["reason"].as_str().is_some_and(|r| !r.is_empty()))),
+            "the JSON report must list {skipped} with a reason\n{why}"
+        );
+    }
+    assert_eq!(result.json["ok"], false, "a partial run is not ok\n{why}");
+    assert_eq!(
+        result.json["partial"], true,
+        "a partial run is partial\n{why}"
+    );
+    assert_eq!(
+        result.target(&agent.url)["ok"],
+        true,
+        "the target holds everything that could be read\n{why}"
+    );
+
+    let mut expected = tree(&src);
+    expected.remove("data/pipe");
+    expected.remove("data/link");
+    let diffs = tree_diff(&expected, &tree(&dst));
+    assert!(
+        diffs.is_empty(),
+        "everything but the skipped paths must be mirrored exactly:\n{}",
+        diffs.join("\n")
+    );
+}
