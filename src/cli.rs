@@ -2,7 +2,7 @@
 //! stable (scripts and benchmarks rely on them):
 //! `serve --root --listen --token-file`, `push SRC --to URL... --token-file --once`.
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
 /// Keeps backup servers a hot mirror of a trading PC's platform folders.
@@ -76,6 +76,17 @@ pub struct PushArgs {
     /// Allow plain ws:// targets (loopback tests only).
     #[arg(long)]
     pub insecure: bool,
+    /// Compress blocks with zstd: `auto` does unless every target is on loopback.
+    #[arg(long, value_enum, default_value_t = CompressArg::Auto)]
+    pub compress: CompressArg,
+}
+
+/// When blocks are compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CompressArg {
+    Auto,
+    Always,
+    Never,
 }
 
 #[derive(Debug, Args)]

@@ -64,6 +64,7 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
         state_dir: base.join("source-index"),
         source_name: "demo-pc".into(),
         passes: 3,
+        compress: Default::default(),
     };
     println!("3. First mirror (everything crosses):");
     let first = push(&options).await?;

@@ -196,6 +196,11 @@ async fn push(args: PushArgs) -> Result<ExitCode> {
         targets,
         source_name: host_name(),
         passes: 3,
+        compress: match args.compress {
+            cli::CompressArg::Auto => engine::Compress::Auto,
+            cli::CompressArg::Always => engine::Compress::Always,
+            cli::CompressArg::Never => engine::Compress::Never,
+        },
     };
     let (events, listener) = event::channel();
     let bars = progress::spawn(listener, !args.json || progress::stderr_is_terminal());

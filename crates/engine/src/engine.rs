@@ -64,6 +64,69 @@ pub struct PushOptions {
     pub source_name: String,
     /// Passes before a target that is still not identical is reported as failed.
     pub passes: u32,
+    pub compress: Compress,
+}
+
+/// Whether blocks are compressed with zstd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Compress {
+    /// Unless every target is on loopback, where the link is faster than the compressor.
+    #[default]
+    Auto,
+    Always,
+    Never,
+}
+
+impl Compress {
+    fn wanted(self, targets: &[TargetSpec]) -> bool {
+        match self {
+            Compress::Always => true,
+            Compress::Never => false,
+            Compress::Auto => !targets.iter().all(|t| is_loopback_url(&t.url)),
+        }
+    }
+}
+
+/// Whether a target URL names a loopback host.
+fn is_loopback_url(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let host_port = rest.split('/').next().unwrap_or(rest);
+    let host = match host_port.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(v6),
+        None => host_port.rsplit_once(':').map_or(host_port, |(h, _)| h),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Where the source keeps the manifest a target had at the end of their last session.
+fn cached_manifest_path(state_dir: &Path, url: &str) -> PathBuf {
+    let key = hex::encode(crate::hash::block_hash(url.as_bytes()));
+    state_dir
+        .join("targets")
+        .join(format!("{}.manifest", &key[..16]))
+}
+
+fn load_cached_manifest(path: &Path) -> Option<(Hash, Tree)> {
+    let bytes = std::fs::read(path).ok()?;
+    let (digest, entries): (Hash, Vec<crate::protocol::Entry>) =
+        postcard::from_bytes(&bytes).ok()?;
+    let mut tree = Tree::default();
+    plan::add_entries(&mut tree, entries);
+    (plan::digest(&tree) == digest).then_some((digest, tree))
+}
+
+fn save_cached_manifest(path: &Path, digest: Hash, tree: &Tree) -> std::io::Result<()> {
+    let bytes =
+        postcard::to_stdvec(&(digest, plan::to_entries(tree))).map_err(std::io::Error::other)?;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let temp = path.with_extension("tmp");
+    std::fs::write(&temp, bytes)?;
+    std::fs::rename(temp, path)
 }
 
 /// RainMaker's data folder: `RAINMAKER_DATA_DIR` if set, else the OS's local data folder.
@@ -110,7 +173,8 @@ pub async fn push_once(
 ) -> Result<PushReport, EngineError> {
     let started = Instant::now();
     let index = Arc::new(Index::open(&options.state_dir.join("index.redb"))?);
-    let blocks = Arc::new(BlockSource::new(options.source.clone()));
+    let compress = options.compress.wanted(&options.targets);
+    let blocks = Arc::new(BlockSource::new(options.source.clone(), compress));
     let mut reports: Vec<TargetReport> = options
         .targets
         .iter()
@@ -130,6 +194,7 @@ pub async fn push_once(
         let scanned = tokio::task::spawn_blocking(move || scan_source(&source, &idx))
             .await
             .map_err(|e| EngineError::Setup(format!("scan failed: {e}")))??;
+        tracing::debug!(elapsed = ?started.elapsed(), hashed = scanned.bytes_hashed, "source scanned");
         let _ = events.send(Event::Scanned {
             files: scanned.tree.files.len() as u64,
             files_hashed: scanned.files_hashed,
@@ -160,9 +225,10 @@ pub async fn push_once(
             let (target, tree, blocks, events) =
                 (target.clone(), tree.clone(), blocks.clone(), events.clone());
             let source_name = options.source_name.clone();
+            let cache = cached_manifest_path(&options.state_dir, &target.url);
             sessions.spawn(async move {
                 let started = Instant::now();
-                let result = session(&target, &source_name, &tree, &blocks, &events).await;
+                let result = session(&target, &source_name, &tree, &blocks, &events, &cache).await;
                 (i, result, started.elapsed().as_secs_f64())
             });
         }
@@ -243,6 +309,7 @@ async fn session(
     tree: &Arc<Tree>,
     blocks: &Arc<BlockSource>,
     events: &broadcast::Sender<Event>,
+    cache: &Path,
 ) -> Result<(send::Outcome, Plan, u64), SendError> {
     let mut conn = transport::connect(&ConnectOptions {
         url: target.url.clone(),
@@ -251,7 +318,10 @@ async fn session(
         source_name: source_name.to_string(),
     })
     .await?;
-    let (theirs, partials) = send::fetch_manifest(&mut conn).await?;
+    let started = Instant::now();
+    tracing::debug!(target = %target.url, "connected");
+    let cached = load_cached_manifest(cache);
+    let (theirs, partials) = send::fetch_manifest(&mut conn, cached).await?;
     let (tree2, blocks2) = (tree.clone(), blocks.clone());
     let plan = tokio::task::spawn_blocking(move || {
         plan::plan(&tree2, &theirs, &partials, &mut |path, len| {
@@ -260,14 +330,26 @@ async fn session(
     })
     .await
     .map_err(|e| SendError::Protocol(format!("planning failed: {e}")))?;
+    tracing::debug!(elapsed = ?started.elapsed(), target = %target.url, "manifest and plan ready");
     let _ = events.send(Event::Planned {
         target: target.url.clone(),
         files: plan.files,
         bytes: plan.data_bytes,
     });
-    let wire = conn.wire_counter();
+    // Bytes on the wire both ways: what the source sent and what the target answered.
+    let (sent, received) = (conn.wire_counter(), conn.received_counter());
     let outcome = send::send_plan(conn, &target.url, &plan, blocks, events).await?;
-    let wire = wire.load(std::sync::atomic::Ordering::Relaxed);
+    let wire = sent.load(std::sync::atomic::Ordering::Relaxed)
+        + received.load(std::sync::atomic::Ordering::Relaxed);
+    tracing::debug!(elapsed = ?started.elapsed(), target = %target.url, "plan sent and verified");
+    let digest = plan::digest(tree);
+    if outcome.digest == digest {
+        if let Err(e) = save_cached_manifest(cache, digest, tree) {
+            tracing::warn!("cannot keep the manifest of {}: {e}", target.url);
+        }
+    } else {
+        let _ = std::fs::remove_file(cache);
+    }
     Ok((outcome, plan, wire))
 }
 
@@ -475,8 +557,12 @@ fn work(
     };
     while let Some(message) = incoming.blocking_recv() {
         match message {
-            Message::GetManifest => {
+            Message::GetManifest { cached } => {
                 let (entries, partials) = receiver.manifest().map_err(|e| e.to_string())?;
+                if cached == Some(receiver.digest()) {
+                    reply(Message::ManifestSame { partials })?;
+                    continue;
+                }
                 let mut part = Vec::new();
                 let mut bytes = 0;
                 for entry in entries {

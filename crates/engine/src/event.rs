@@ -62,7 +62,8 @@ pub struct TargetReport {
     pub files_sent: u64,
     /// Bytes of file data the target lacked and received (before compression).
     pub bytes_changed: u64,
-    /// Bytes of messages sent to this target on the wire (after compression, before TLS).
+    /// Bytes of messages on the wire with this target, both ways (after compression, before
+    /// TLS framing).
     pub wire_bytes: u64,
     pub seconds: f64,
     pub passes: u32,

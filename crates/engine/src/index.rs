@@ -80,6 +80,8 @@ pub struct IndexError {
 pub struct Index {
     db: Database,
     path: PathBuf,
+    /// A commit without durability happened since the last durable one.
+    lazy: std::sync::atomic::AtomicBool,
 }
 
 impl Index {
@@ -101,8 +103,9 @@ impl Index {
         let index = Index {
             db,
             path: path.to_path_buf(),
+            lazy: std::sync::atomic::AtomicBool::new(false),
         };
-        index.apply(&[], Durability::Immediate)?;
+        index.commit(&[], Durability::Immediate)?;
         Ok(index)
     }
 
@@ -145,8 +148,20 @@ impl Index {
         self.load(APPENDS)
     }
 
-    /// Applies `changes` in one atomic transaction.
+    /// Applies `changes` in one atomic transaction. With no changes, nothing is written,
+    /// unless a durable commit must make earlier lazy ones durable.
     pub fn apply(&self, changes: &[Change], durability: Durability) -> Result<(), IndexError> {
+        use std::sync::atomic::Ordering;
+        let durable = matches!(durability, Durability::Immediate);
+        if changes.is_empty() && !(durable && self.lazy.load(Ordering::Relaxed)) {
+            return Ok(());
+        }
+        self.commit(changes, durability)?;
+        self.lazy.store(!durable, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn commit(&self, changes: &[Change], durability: Durability) -> Result<(), IndexError> {
         let mut write = self.db.begin_write().map_err(|e| self.error(e))?;
         write
             .set_durability(durability)

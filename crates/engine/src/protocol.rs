@@ -11,8 +11,9 @@
 //! ```text
 //! Hello{version, token}        ->
 //!                              <- Welcome{..} | Refused{reason}
-//! GetManifest                  ->
-//!                              <- ManifestPart{entries}* ManifestEnd{partials, digest}
+//! GetManifest{cached}          ->
+//!                              <- ManifestSame{partials}
+//!                                 | ManifestPart{entries}* ManifestEnd{partials}
 //! Mkdir / FileBegin, Data*, FileEnd / Append, Data*, FileEnd / Delete / SetMeta ...
 //!                              <- FileDone{id} | FileFailed{id, reason}   (as files finish)
 //! Finish                       ->
@@ -62,8 +63,11 @@ pub enum Message {
     Welcome { target_name: String },
     /// Either side: the session is refused or aborted; the reason is for a human.
     Refused { reason: String },
-    /// Source → target: send your manifest.
-    GetManifest,
+    /// Source → target: send your manifest, unless its digest is `cached` (the source then
+    /// already holds it from the last session).
+    GetManifest { cached: Option<Hash> },
+    /// Target → source: the manifest is the one whose digest the source gave.
+    ManifestSame { partials: Vec<Partial> },
     /// Target → source: a slice of the target's current tree.
     ManifestPart { entries: Vec<Entry> },
     /// Target → source: the manifest is complete.
@@ -107,6 +111,34 @@ pub enum Message {
     Finish,
     /// Target → source: the digest of the target's tree after the session.
     Finished { digest: Hash },
+}
+
+impl Message {
+    /// The message's name, for errors and logs (never its content, which may be large).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Message::Hello { .. } => "Hello",
+            Message::Welcome { .. } => "Welcome",
+            Message::Refused { .. } => "Refused",
+            Message::GetManifest { .. } => "GetManifest",
+            Message::ManifestSame { .. } => "ManifestSame",
+            Message::ManifestPart { .. } => "ManifestPart",
+            Message::ManifestEnd { .. } => "ManifestEnd",
+            Message::Mkdir { .. } => "Mkdir",
+            Message::FileBegin(_) => "FileBegin",
+            Message::BlockList { .. } => "BlockList",
+            Message::Append(_) => "Append",
+            Message::Data { .. } => "Data",
+            Message::FileEnd { .. } => "FileEnd",
+            Message::FileAbort { .. } => "FileAbort",
+            Message::FileDone { .. } => "FileDone",
+            Message::FileFailed { .. } => "FileFailed",
+            Message::Delete { .. } => "Delete",
+            Message::SetMeta { .. } => "SetMeta",
+            Message::Finish => "Finish",
+            Message::Finished { .. } => "Finished",
+        }
+    }
 }
 
 /// One file or folder in a manifest.
@@ -290,7 +322,7 @@ fn check_limits(message: &Message) -> Result<(), ProtocolError> {
             }
             Ok(())
         }
-        Message::ManifestEnd { partials } => {
+        Message::ManifestEnd { partials } | Message::ManifestSame { partials } => {
             limit("partial files", partials.len(), MAX_ENTRIES_PER_PART)?;
             partials.iter().try_for_each(|p| check_path(&p.path))
         }
@@ -365,7 +397,7 @@ fn check_limits(message: &Message) -> Result<(), ProtocolError> {
             }
             Ok(())
         }
-        Message::GetManifest
+        Message::GetManifest { .. }
         | Message::FileEnd { .. }
         | Message::FileDone { .. }
         | Message::Finish
@@ -412,7 +444,7 @@ mod tests {
                 }
             }),
             "[ -~]{0,40}".prop_map(|reason| Message::Refused { reason }),
-            Just(Message::GetManifest),
+            prop::option::of(hash()).prop_map(|cached| Message::GetManifest { cached }),
             prop::collection::vec(
                 (path(), prop::option::of(file_meta())).prop_map(|(path, meta)| Entry {
                     path,

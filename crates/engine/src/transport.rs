@@ -359,7 +359,7 @@ async fn connect_to(opts: &ConnectOptions, target: &Target) -> Result<Connection
                 peer,
                 source: ProtocolError::Malformed(format!(
                     "expected Welcome or Refused, got {}",
-                    message_name(&other)
+                    Message::name(&other)
                 )),
             });
         }
@@ -780,31 +780,6 @@ impl Target {
     }
 }
 
-/// Short name of a message, for errors (never its content, which may be large).
-fn message_name(message: &Message) -> &'static str {
-    match message {
-        Message::Hello { .. } => "Hello",
-        Message::Welcome { .. } => "Welcome",
-        Message::Refused { .. } => "Refused",
-        Message::GetManifest => "GetManifest",
-        Message::ManifestPart { .. } => "ManifestPart",
-        Message::ManifestEnd { .. } => "ManifestEnd",
-        Message::Mkdir { .. } => "Mkdir",
-        Message::FileBegin(_) => "FileBegin",
-        Message::BlockList { .. } => "BlockList",
-        Message::Append(_) => "Append",
-        Message::Data { .. } => "Data",
-        Message::FileEnd { .. } => "FileEnd",
-        Message::FileAbort { .. } => "FileAbort",
-        Message::FileDone { .. } => "FileDone",
-        Message::FileFailed { .. } => "FileFailed",
-        Message::Delete { .. } => "Delete",
-        Message::SetMeta { .. } => "SetMeta",
-        Message::Finish => "Finish",
-        Message::Finished { .. } => "Finished",
-    }
-}
-
 /// A reason from the peer, made safe to print on a terminal.
 fn printable(text: &str) -> String {
     text.chars()
@@ -925,8 +900,14 @@ mod tests {
         let mut client = connect(&opts).await.unwrap();
         assert_eq!(client.remote_name(), "backup-1");
         assert_eq!(client.fingerprint(), Some(&identity.fingerprint()));
-        client.send(&Message::GetManifest).await.unwrap();
-        assert_eq!(client.recv().await.unwrap(), Some(Message::GetManifest));
+        client
+            .send(&Message::GetManifest { cached: None })
+            .await
+            .unwrap();
+        assert_eq!(
+            client.recv().await.unwrap(),
+            Some(Message::GetManifest { cached: None })
+        );
         let ours = protocol::encode(&Message::Hello {
             magic: MAGIC,
             version: PROTOCOL_VERSION,
@@ -934,7 +915,7 @@ mod tests {
             source_name: "source-pc".to_owned(),
         })
         .len()
-            + protocol::encode(&Message::GetManifest).len();
+            + protocol::encode(&Message::GetManifest { cached: None }).len();
         assert_eq!(
             client.wire_bytes_sent(),
             ours as u64,
@@ -1155,7 +1136,9 @@ mod tests {
             ),
             (WsMessage::Text("GET / HTTP/1.1".into()), "not_rainmaker"),
             (
-                WsMessage::Binary(Bytes::from(protocol::encode(&Message::GetManifest))),
+                WsMessage::Binary(Bytes::from(protocol::encode(&Message::GetManifest {
+                    cached: None,
+                }))),
                 "not_rainmaker",
             ),
             (
@@ -1316,7 +1299,10 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(connection.recv().await.unwrap(), Some(Message::Finish));
-        connection.send(&Message::GetManifest).await.unwrap();
+        connection
+            .send(&Message::GetManifest { cached: None })
+            .await
+            .unwrap();
         let mut saw_pong = false;
         loop {
             match ws.next().await.unwrap().unwrap() {
@@ -1326,7 +1312,8 @@ mod tests {
                 }
                 // The Welcome came before the ping; the GetManifest after it.
                 WsMessage::Binary(bytes)
-                    if protocol::decode(&bytes).unwrap() == Message::GetManifest =>
+                    if protocol::decode(&bytes).unwrap()
+                        == Message::GetManifest { cached: None } =>
                 {
                     break;
                 }

@@ -205,6 +205,7 @@ async fn start(source: &Path, target: &Path, state: &Path) -> (PushOptions, Canc
         state_dir: state.to_path_buf(),
         source_name: "prop".into(),
         passes: 3,
+        compress: Default::default(),
     };
     let cancel = CancellationToken::new();
     tokio::spawn(server.run(cancel.clone()));

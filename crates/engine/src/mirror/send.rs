@@ -2,9 +2,10 @@
 //! operations of its plan, reading each block through a [`BlockSource`] shared by every
 //! target of the push.
 //!
-//! The block source reads a block once, checks it against the hash the scan recorded (a file
-//! that changed since is abandoned for this pass, never sent as a mix of two versions),
-//! compresses it once when that makes it smaller, and keeps it in a bounded cache so every
+//! The block source reads a block once (a file truncated since the scan is abandoned for this
+//! pass; a block that changed is caught by the target, which checks every block against the
+//! hash the scan recorded, so no mix of two versions ever takes a final name), compresses it
+//! once when that makes it smaller, and keeps it in a bounded cache so every
 //! other target that needs it gets the same bytes without reading the disk again. Each target
 //! pulls from the cache at its own pace with a bounded read-ahead: a slow target falls out of
 //! the cache window and reads for itself, it never holds the others back.
@@ -60,12 +61,15 @@ pub struct BlockSource {
     cache: Mutex<(HashMap<Key, Slot>, VecDeque<Key>)>,
     incompressible: Mutex<HashMap<(String, Hash), u32>>,
     bytes_read: AtomicU64,
+    compress: bool,
 }
 
 impl BlockSource {
-    pub fn new(root: PathBuf) -> BlockSource {
+    /// A block source for the folder `root`; `compress` says whether zstd is tried.
+    pub fn new(root: PathBuf, compress: bool) -> BlockSource {
         BlockSource {
             root,
+            compress,
             cache: Mutex::new((HashMap::new(), VecDeque::new())),
             incompressible: Mutex::new(HashMap::new()),
             bytes_read: AtomicU64::new(0),
@@ -130,18 +134,18 @@ impl BlockSource {
         let index = offset / BLOCK_SIZE;
         let start = index * BLOCK_SIZE;
         let len = hash::block_len(record.stamp.size, index) as usize;
-        let Some(expected) = record.blocks.get(index as usize) else {
+        if index >= record.blocks.len() as u64 {
             return Err(format!("block {index} is past the end of {path}"));
-        };
+        }
         let file =
             fs::open_shared(&self.root.join(path)).map_err(|e| format!("cannot read it: {e}"))?;
         let mut buffer = vec![0u8; len];
         let n =
             fs::read_at(&file, start, &mut buffer).map_err(|e| format!("cannot read it: {e}"))?;
         self.bytes_read.fetch_add(n as u64, Ordering::Relaxed);
-        if n != len || hash::block_hash(&buffer) != *expected {
+        if n != len {
             return Err(
-                "it changed while it was being sent; the next pass sends the new version".into(),
+                "it was truncated while being sent; the next pass sends the new version".into(),
             );
         }
         let bytes = buffer.split_off((offset - start) as usize);
@@ -156,7 +160,7 @@ impl BlockSource {
             .expect("lock")
             .get(&key)
             .unwrap_or(&0);
-        if failures >= GIVE_UP_COMPRESSING || bytes.len() < 64 {
+        if !self.compress || failures >= GIVE_UP_COMPRESSING || bytes.len() < 64 {
             return Payload::Raw(bytes);
         }
         match zstd::bulk::compress(&bytes, ZSTD_LEVEL) {
@@ -174,12 +178,26 @@ impl BlockSource {
     }
 }
 
-/// Asks the target for its manifest.
-pub async fn fetch_manifest(conn: &mut Connection) -> Result<(Tree, Vec<Partial>), SendError> {
-    conn.send(&Message::GetManifest).await?;
+/// Asks the target for its manifest. With `cached`, the manifest this source saw at the end
+/// of its last session with the target, the target answers in a few bytes when nothing
+/// changed on its side since.
+pub async fn fetch_manifest(
+    conn: &mut Connection,
+    cached: Option<(Hash, Tree)>,
+) -> Result<(Tree, Vec<Partial>), SendError> {
+    let digest = cached.as_ref().map(|(d, _)| *d);
+    conn.send(&Message::GetManifest { cached: digest }).await?;
     let mut tree = Tree::default();
     loop {
         match conn.recv().await? {
+            Some(Message::ManifestSame { partials }) => match cached {
+                Some((_, tree)) => return Ok((tree, partials)),
+                None => {
+                    return Err(SendError::Protocol(
+                        "the target said its manifest was unchanged, but none was offered".into(),
+                    ));
+                }
+            },
             Some(Message::ManifestPart { entries }) => {
                 crate::mirror::plan::add_entries(&mut tree, entries)
             }

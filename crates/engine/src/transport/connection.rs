@@ -47,6 +47,7 @@ pub struct Connection {
     pub(super) remote_name: String,
     pub(super) fingerprint: Option<Fingerprint>,
     sent: Arc<AtomicU64>,
+    received: Arc<AtomicU64>,
 }
 
 impl fmt::Debug for Connection {
@@ -68,6 +69,7 @@ impl Connection {
             remote_name: String::new(),
             fingerprint: None,
             sent: Arc::new(AtomicU64::new(0)),
+            received: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -85,7 +87,7 @@ impl Connection {
 
     /// The next message, or `None` once the peer closed the connection cleanly.
     pub async fn recv(&mut self) -> Result<Option<Message>, TransportError> {
-        recv_from(&mut self.ws, &self.peer).await
+        recv_from(&mut self.ws, &self.peer, &self.received).await
     }
 
     /// Splits the connection so one task can send while another receives.
@@ -99,9 +101,16 @@ impl Connection {
             },
             ConnectionReceiver {
                 stream,
+                received: self.received,
                 peer: self.peer,
             },
         )
+    }
+
+    /// The counter of payload bytes of binary messages received, shared with the receiving
+    /// half after a split.
+    pub fn received_counter(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.received)
     }
 
     /// Payload bytes of the binary messages sent so far (the hello included).
@@ -204,6 +213,7 @@ impl ConnectionSender {
 /// The receiving half of a [`Connection`].
 pub struct ConnectionReceiver {
     stream: SplitStream<Ws>,
+    received: Arc<AtomicU64>,
     peer: String,
 }
 
@@ -218,7 +228,7 @@ impl fmt::Debug for ConnectionReceiver {
 impl ConnectionReceiver {
     /// The next message, or `None` once the peer closed the connection cleanly.
     pub async fn recv(&mut self) -> Result<Option<Message>, TransportError> {
-        recv_from(&mut self.stream, &self.peer).await
+        recv_from(&mut self.stream, &self.peer, &self.received).await
     }
 
     /// The peer as `host:port`.
@@ -251,7 +261,11 @@ where
     Ok(())
 }
 
-async fn recv_from<S>(stream: &mut S, peer: &str) -> Result<Option<Message>, TransportError>
+async fn recv_from<S>(
+    stream: &mut S,
+    peer: &str,
+    received: &AtomicU64,
+) -> Result<Option<Message>, TransportError>
 where
     S: Stream<Item = Result<WsMessage, WsError>> + Unpin,
 {
@@ -259,6 +273,7 @@ where
         match stream.next().await {
             None => return Ok(None),
             Some(Ok(WsMessage::Binary(bytes))) => {
+                received.fetch_add(bytes.len() as u64, Ordering::Relaxed);
                 return protocol::decode(&bytes).map(Some).map_err(|source| {
                     TransportError::Protocol {
                         peer: peer.to_owned(),
