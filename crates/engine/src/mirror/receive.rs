@@ -682,9 +682,8 @@ impl Receiver {
                         before,
                     },
                 })
-                .map_err(|reason| {
+                .inspect_err(|_| {
                     let _ = std::fs::remove_file(&side_path);
-                    reason
                 }),
         };
         let ready = match verified {
