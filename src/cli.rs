@@ -79,6 +79,9 @@ pub struct PushArgs {
     /// Compress blocks with zstd: `auto` does unless every target is on loopback.
     #[arg(long, value_enum, default_value_t = CompressArg::Auto)]
     pub compress: CompressArg,
+    /// Seconds a target may make no progress before it is reported as failed.
+    #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+    pub stall_timeout: u64,
 }
 
 /// When blocks are compressed.

@@ -65,6 +65,7 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
         source_name: "demo-pc".into(),
         passes: 3,
         compress: Default::default(),
+        stall_timeout: engine::STALL_TIMEOUT,
     };
     println!("3. First mirror (everything crosses):");
     let first = push(&options).await?;

@@ -201,6 +201,7 @@ async fn push(args: PushArgs) -> Result<ExitCode> {
             cli::CompressArg::Always => engine::Compress::Always,
             cli::CompressArg::Never => engine::Compress::Never,
         },
+        stall_timeout: std::time::Duration::from_secs(args.stall_timeout),
     };
     let (events, listener) = event::channel();
     let bars = progress::spawn(listener, !args.json || progress::stderr_is_terminal());

@@ -65,7 +65,12 @@ pub struct PushOptions {
     /// Passes before a target that is still not identical is reported as failed.
     pub passes: u32,
     pub compress: Compress,
+    /// A target that makes no progress for this long is reported as failed.
+    pub stall_timeout: std::time::Duration,
 }
+
+/// The default for [`PushOptions::stall_timeout`].
+pub const STALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Whether blocks are compressed with zstd.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -226,9 +231,19 @@ pub async fn push_once(
                 (target.clone(), tree.clone(), blocks.clone(), events.clone());
             let source_name = options.source_name.clone();
             let cache = cached_manifest_path(&options.state_dir, &target.url);
+            let stall = options.stall_timeout;
             sessions.spawn(async move {
                 let started = Instant::now();
-                let result = session(&target, &source_name, &tree, &blocks, &events, &cache).await;
+                let result = session(
+                    &target,
+                    &source_name,
+                    &tree,
+                    &blocks,
+                    &events,
+                    &cache,
+                    stall,
+                )
+                .await;
                 (i, result, started.elapsed().as_secs_f64())
             });
         }
@@ -310,6 +325,7 @@ async fn session(
     blocks: &Arc<BlockSource>,
     events: &broadcast::Sender<Event>,
     cache: &Path,
+    stall: std::time::Duration,
 ) -> Result<(send::Outcome, Plan, u64), SendError> {
     let mut conn = transport::connect(&ConnectOptions {
         url: target.url.clone(),
@@ -321,7 +337,7 @@ async fn session(
     let started = Instant::now();
     tracing::debug!(target = %target.url, "connected");
     let cached = load_cached_manifest(cache);
-    let (theirs, partials) = send::fetch_manifest(&mut conn, cached).await?;
+    let (theirs, partials) = send::fetch_manifest(&mut conn, cached, stall).await?;
     let (tree2, blocks2) = (tree.clone(), blocks.clone());
     let plan = tokio::task::spawn_blocking(move || {
         plan::plan(&tree2, &theirs, &partials, &mut |path, len| {
@@ -338,7 +354,7 @@ async fn session(
     });
     // Bytes on the wire both ways: what the source sent and what the target answered.
     let (sent, received) = (conn.wire_counter(), conn.received_counter());
-    let outcome = send::send_plan(conn, &target.url, &plan, blocks, events).await?;
+    let outcome = send::send_plan(conn, &target.url, &plan, stall, blocks, events).await?;
     let wire = sent.load(std::sync::atomic::Ordering::Relaxed)
         + received.load(std::sync::atomic::Ordering::Relaxed);
     tracing::debug!(elapsed = ?started.elapsed(), target = %target.url, "plan sent and verified");

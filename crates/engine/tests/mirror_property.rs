@@ -206,6 +206,7 @@ async fn start(source: &Path, target: &Path, state: &Path) -> (PushOptions, Canc
         source_name: "prop".into(),
         passes: 3,
         compress: Default::default(),
+        stall_timeout: engine::STALL_TIMEOUT,
     };
     let cancel = CancellationToken::new();
     tokio::spawn(server.run(cancel.clone()));

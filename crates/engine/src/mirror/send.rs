@@ -49,6 +49,8 @@ pub enum SendError {
     Protocol(String),
     #[error("the target closed the connection")]
     Closed,
+    #[error("the target made no progress for {0:?} (stalled or overloaded); the others went on")]
+    Stalled(Duration),
 }
 
 type Key = (String, Hash, u64);
@@ -184,6 +186,16 @@ impl BlockSource {
 pub async fn fetch_manifest(
     conn: &mut Connection,
     cached: Option<(Hash, Tree)>,
+    stall: Duration,
+) -> Result<(Tree, Vec<Partial>), SendError> {
+    tokio::time::timeout(stall, fetch(conn, cached))
+        .await
+        .map_err(|_| SendError::Stalled(stall))?
+}
+
+async fn fetch(
+    conn: &mut Connection,
+    cached: Option<(Hash, Tree)>,
 ) -> Result<(Tree, Vec<Partial>), SendError> {
     let digest = cached.as_ref().map(|(d, _)| *d);
     conn.send(&Message::GetManifest { cached: digest }).await?;
@@ -236,6 +248,7 @@ pub async fn send_plan(
     conn: Connection,
     target: &str,
     plan: &Plan,
+    stall: Duration,
     blocks: &Arc<BlockSource>,
     events: &broadcast::Sender<Event>,
 ) -> Result<Outcome, SendError> {
@@ -396,7 +409,9 @@ pub async fn send_plan(
                         let block_end = ((offset / BLOCK_SIZE) + 1) * BLOCK_SIZE;
                         data_bytes += block_end.min(record.stamp.size) - offset;
                     }
-                    sender.send(&message).await?;
+                    tokio::time::timeout(stall, sender.send(&message))
+                        .await
+                        .map_err(|_| SendError::Stalled(stall))??;
                 }
                 Err(reason) => {
                     let id = block_of.expect("only blocks fail");
@@ -435,7 +450,9 @@ pub async fn send_plan(
                     _ => error,
                 });
             }
-            replies.await?
+            tokio::time::timeout(stall, replies)
+                .await
+                .map_err(|_| SendError::Stalled(stall))??
         }
     };
     sender.close().await;
