@@ -325,3 +325,74 @@ fn unmirrorable_paths_are_skipped_and_reported() {
         diffs.join("\n")
     );
 }
+
+#[test]
+fn files_and_folders_swap_places_and_files_shrink() {
+    let sandbox = Sandbox::new();
+    let (src, dst) = (sandbox.dir("src"), sandbox.dir("dst"));
+    write_random(&src.join("becomes-dir"), 1, 2_000);
+    write_random(&src.join("becomes-file/inner/a.bin"), 2, 3_000);
+    write_random(&src.join("shrinks.bin"), 3, 4 * BLOCK + 500);
+    write_random(&src.join("twin-a.bin"), 4, 2 * BLOCK);
+    std::fs::write(src.join("name with spaces é.txt"), "ünïcødé").unwrap();
+    let agent = sandbox.serve(&dst);
+    sandbox.push(&src).to(&agent.url).run().assert_ok();
+    assert_same_tree(&src, &dst);
+
+    std::fs::remove_file(src.join("becomes-dir")).unwrap();
+    write_random(&src.join("becomes-dir/child.bin"), 5, 1_000);
+    std::fs::remove_dir_all(src.join("becomes-file")).unwrap();
+    write_random(&src.join("becomes-file"), 6, 1_500);
+    let shrunk = std::fs::read(src.join("shrinks.bin")).unwrap();
+    std::fs::write(src.join("shrinks.bin"), &shrunk[..2 * BLOCK + 10]).unwrap();
+    std::fs::copy(src.join("twin-a.bin"), src.join("twin-b.bin")).unwrap();
+
+    let result = sandbox.push(&src).to(&agent.url).run();
+    result.assert_ok();
+    assert_same_tree(&src, &dst);
+    let changed = result.target_u64(&agent.url, "bytes_changed");
+    let bound = (1_000 + 1_500 + BLOCK) as u64;
+    assert!(
+        changed <= bound,
+        "the two new files (2,500 bytes) and at most the shrunk file's new last block may be \
+         sent; the shrunk file's first blocks and the copy of twin-a are on the target \
+         already. bytes_changed = {changed}, bound = {bound}\n{}",
+        result.describe()
+    );
+}
+
+#[test]
+fn thousands_of_files_span_several_manifest_parts() {
+    const FILES: usize = 4_500;
+    let sandbox = Sandbox::new();
+    let (src, dst) = (sandbox.dir("src"), sandbox.dir("dst"));
+    for i in 0..FILES {
+        let path = src.join(format!("d{}/f{i:05}.txt", i % 3));
+        if i < 3 {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        }
+        std::fs::write(path, format!("file {i}\n")).unwrap();
+    }
+    let agent = sandbox.serve(&dst);
+    let first = sandbox.push(&src).to(&agent.url).run();
+    first.assert_ok();
+    assert_same_tree(&src, &dst);
+    assert_eq!(
+        first.target_u64(&agent.url, "files_sent"),
+        FILES as u64,
+        "every file goes to an empty target\n{}",
+        first.describe()
+    );
+
+    // The target now lists more entries than one manifest part holds.
+    std::fs::write(src.join("d1/f00001.txt"), "changed, and longer\n").unwrap();
+    let second = sandbox.push(&src).to(&agent.url).run();
+    second.assert_ok();
+    assert_same_tree(&src, &dst);
+    assert_eq!(
+        second.target_u64(&agent.url, "files_sent"),
+        1,
+        "one file changed among {FILES}: only it is sent\n{}",
+        second.describe()
+    );
+}

@@ -1,0 +1,149 @@
+//! End to end: a transfer cut by SIGKILL, of the target agent or of the push, resumes. The
+//! blocks the target verified before the cut are kept in its temporary file and not sent
+//! again; the second push ends with an identical target.
+
+mod common;
+
+use common::{Agent, Sandbox, assert_same_tree, wait_bounded, write_random};
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+const MIB: u64 = 1 << 20;
+/// The file being cut: random, so it does not compress, and big enough that a debug build
+/// cannot send it before the cut.
+const FILE_LEN: u64 = 96 * MIB;
+/// The temporary file size at which the transfer is cut.
+const CUT_AT: u64 = 24 * MIB;
+/// At most this much may be sent again: everything but what was verified before the cut.
+const RESEND_LIMIT: u64 = FILE_LEN - 16 * MIB;
+
+/// Which process the test kills.
+#[derive(Debug, Clone, Copy)]
+enum Victim {
+    Agent,
+    Push,
+}
+
+/// The size of the largest temporary file in the target's state folder.
+fn part_size(root: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(root.join(".rainmaker/tmp")) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".part"))
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .max()
+        .unwrap_or(0)
+}
+
+/// Polls the target's temporary file every 2 ms until it passes [`CUT_AT`]; returns its size.
+/// Fails the test if the push ends first (the cut would test nothing) or takes too long.
+fn wait_for_part(root: &Path, push: &mut Child, agent: &Agent) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let size = part_size(root);
+        if size > CUT_AT {
+            return size;
+        }
+        if let Ok(Some(status)) = push.try_wait() {
+            panic!(
+                "the push ended ({status}) before the temporary file reached {} MiB (it had \
+                 {size} bytes): the transfer was too fast to be cut, make FILE_LEN bigger. \
+                 Agent log:\n{}",
+                CUT_AT / MIB,
+                agent.log()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the temporary file did not reach {} MiB within 30 s (it has {size} bytes). Agent \
+             log:\n{}",
+            CUT_AT / MIB,
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn killed_transfer_resumes(victim: Victim) {
+    let sandbox = Sandbox::new();
+    let (src, dst) = (sandbox.dir("src"), sandbox.dir("dst"));
+    write_random(&src.join("video/big.bin"), 42, FILE_LEN as usize);
+    write_random(&src.join("small.txt"), 43, 1_000);
+    let agent = sandbox.serve(&dst);
+    let port = agent.port();
+
+    let mut push = sandbox.push(&src).to(&agent.url).spawn();
+    let cut = wait_for_part(&dst, &mut push, &agent);
+    let agent = match victim {
+        Victim::Agent => {
+            agent.sigkill();
+            let status = wait_bounded(&mut push, Duration::from_secs(30))
+                .expect("a push whose target died must end within 30 s");
+            assert_eq!(
+                common::exit_code(status),
+                1,
+                "a push whose target died mid-transfer must report failure (exit 1)"
+            );
+            let part = part_size(&dst);
+            println!("killed the agent at {cut} bytes; temporary file now {part} bytes");
+            sandbox.serve_on(&dst, port)
+        }
+        Victim::Push => {
+            let _ = push.kill();
+            let _ = push.wait();
+            println!("killed the push at {cut} bytes");
+            // The agent must notice the cut connection before it takes the next session.
+            assert!(
+                agent.wait_for_log("session aborted", Duration::from_secs(10)),
+                "the agent must log that the session was cut; its log:\n{}",
+                agent.log()
+            );
+            agent
+        }
+    };
+    assert!(
+        !dst.join("video/big.bin").exists(),
+        "a file whose transfer was cut must not appear under its final name"
+    );
+
+    let result = sandbox.push(&src).to(&agent.url).run();
+    result.assert_ok();
+    assert_same_tree(&src, &dst);
+    let resent = result.target_u64(&agent.url, "bytes_changed");
+    println!(
+        "{victim:?} killed at {:.1} MiB: the second push sent {resent} bytes ({:.1} MiB of {} MiB)",
+        cut as f64 / MIB as f64,
+        resent as f64 / MIB as f64,
+        FILE_LEN / MIB
+    );
+    assert!(
+        resent < RESEND_LIMIT,
+        "blocks verified before the cut (more than {} MiB were written) must not be sent \
+         again: the second push sent {resent} bytes, limit {RESEND_LIMIT}\n{}",
+        CUT_AT / MIB,
+        result.describe()
+    );
+    let leftovers: Vec<PathBuf> = std::fs::read_dir(dst.join(".rainmaker/tmp"))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(
+        leftovers
+            .iter()
+            .all(|p| !p.to_string_lossy().ends_with(".part")),
+        "a finished transfer leaves no temporary file behind: {leftovers:?}"
+    );
+}
+
+#[test]
+fn sigkill_of_the_target_mid_transfer_resumes() {
+    killed_transfer_resumes(Victim::Agent);
+}
+
+#[test]
+fn sigkill_of_the_push_mid_transfer_resumes() {
+    killed_transfer_resumes(Victim::Push);
+}
