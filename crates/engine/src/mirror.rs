@@ -3,7 +3,9 @@
 //! - [`plan`]: what a target lacks, given the source's tree and the target's (pure).
 //! - [`send`]: the source's side: reads each needed block once, feeds every target.
 //! - [`receive`]: the target's side: verifies and applies what arrives, atomically.
+//! - [`commit`]: the target's group commit of verified files, on its own thread.
 
+pub mod commit;
 pub mod plan;
 pub mod receive;
 pub mod send;

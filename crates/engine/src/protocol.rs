@@ -220,8 +220,9 @@ pub struct Append {
 /// Bytes of a block, compressed when that made them smaller.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Payload {
-    Raw(Vec<u8>),
-    Zstd(Vec<u8>),
+    // serde_bytes: a block is copied in one go, not deserialized byte by byte.
+    Raw(#[serde(with = "serde_bytes")] Vec<u8>),
+    Zstd(#[serde(with = "serde_bytes")] Vec<u8>),
 }
 
 impl Payload {

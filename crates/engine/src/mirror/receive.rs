@@ -16,11 +16,10 @@
 //! while a problem with one file (a block that does not match, a full disk) fails only that
 //! file and is reported to the source.
 
+use super::commit::{Committed, Committer, Ready, ReadyKind};
 use crate::fs;
 use crate::hash;
-use crate::index::{
-    AppendRecord, Change, Durability, FileRecord, Index, IndexError, PartialRecord,
-};
+use crate::index::{Change, Durability, FileRecord, Index, IndexError, PartialRecord};
 use crate::mirror::plan;
 use crate::path::{self, STATE_DIR};
 use crate::protocol::{Append, BLOCK_SIZE, Entry, FileBegin, Hash, Message, Partial, Payload};
@@ -28,6 +27,7 @@ use crate::scan::{self, Tree};
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use thiserror::Error;
 
 /// Large files keep a resumable record; smaller ones are simply sent again.
@@ -83,54 +83,15 @@ enum InFlight {
     Failed,
 }
 
-/// A verified file waiting for its group commit.
-#[derive(Debug)]
-struct Ready {
-    id: u64,
-    kind: ReadyKind,
-}
-
-#[derive(Debug)]
-enum ReadyKind {
-    /// A new version in a temporary file, to be renamed into place.
-    New {
-        begin: FileBegin,
-        temp: File,
-        temp_path: PathBuf,
-        resumable: bool,
-    },
-    /// Appended bytes in a side file, to be written in place.
-    Append {
-        append: Append,
-        side: File,
-        side_path: PathBuf,
-        full: PathBuf,
-        before: FileRecord,
-    },
-}
-
-impl Ready {
-    fn bytes(&self) -> u64 {
-        match &self.kind {
-            ReadyKind::New { begin, .. } => begin.size,
-            ReadyKind::Append { append, .. } => append.size - append.from_len,
-        }
-    }
-
-    fn path(&self) -> &str {
-        match &self.kind {
-            ReadyKind::New { begin, .. } => &begin.path,
-            ReadyKind::Append { append, .. } => &append.path,
-        }
-    }
-}
-
 /// A target folder, open for receiving.
 #[derive(Debug)]
 pub struct Receiver {
     root: PathBuf,
     tmp: PathBuf,
-    index: Index,
+    index: Arc<Index>,
+    committer: Committer,
+    /// The batch being committed in the background, if any.
+    committing: Option<std::thread::JoinHandle<Committed>>,
     tree: Tree,
     pending: Vec<Change>,
     flight: HashMap<u64, InFlight>,
@@ -168,11 +129,17 @@ impl Receiver {
         std::fs::write(&probe, b"")
             .and_then(|()| std::fs::remove_file(&probe))
             .map_err(|e| fail(format!("it is not writable: {e}")))?;
-        let index = Index::open(&state.join("index.redb"))?;
+        let index = Arc::new(Index::open(&state.join("index.redb"))?);
+        let committer = Committer {
+            root: root.to_path_buf(),
+            index: index.clone(),
+        };
         let mut receiver = Receiver {
             root: root.to_path_buf(),
             tmp,
             index,
+            committer,
+            committing: None,
             tree: Tree::default(),
             pending: Vec::new(),
             flight: HashMap::new(),
@@ -697,10 +664,47 @@ impl Receiver {
         self.ready.push(ready);
         let mut replies = vec![];
         if self.ready.len() >= READY_FILES || self.ready_bytes >= READY_BYTES {
-            replies = self.commit_ready();
+            replies = self.start_commit();
         }
         self.flush_if_big()?;
         Ok(replies)
+    }
+
+    /// Waits for the batch being committed, if any, and takes in its results.
+    fn join_commit(&mut self) -> Vec<Message> {
+        let Some(handle) = self.committing.take() else {
+            return vec![];
+        };
+        match handle.join() {
+            Ok(done) => {
+                self.tree.files.extend(done.files);
+                done.replies
+            }
+            Err(_) => {
+                // Its files are unaccounted for; the digest at the finish says so to the source.
+                tracing::error!("a group commit failed unexpectedly");
+                vec![]
+            }
+        }
+    }
+
+    /// Starts committing the ready files on the commit thread, after the previous batch.
+    fn start_commit(&mut self) -> Vec<Message> {
+        let replies = self.join_commit();
+        let ready = std::mem::take(&mut self.ready);
+        self.ready_bytes = 0;
+        if !ready.is_empty() {
+            let committer = self.committer.clone();
+            self.committing = Some(std::thread::spawn(move || committer.commit(ready)));
+        }
+        replies
+    }
+
+    /// Commits everything ready and waits for it.
+    fn commit_ready(&mut self) -> Vec<Message> {
+        let mut replies = self.start_commit();
+        replies.extend(self.join_commit());
+        replies
     }
 
     fn flush_if_big(&mut self) -> Result<(), ReceiveError> {
@@ -711,7 +715,7 @@ impl Receiver {
     }
 
     /// Checks a new version's blocks and whole hash and gives the temporary file its final
-    /// size, mode and time; it takes its final name in [`Receiver::commit_ready`].
+    /// size, mode and time; it takes its final name in the group commit ([`super::commit`]).
     fn verify_new(
         &mut self,
         id: u64,
@@ -758,192 +762,6 @@ impl Receiver {
         if resumable {
             self.pending.push(Change::RemovePartial(path.to_string()));
         }
-    }
-
-    /// Commits the verified files as a group: a durable record of every append's starting
-    /// length, the appends written in place, one sync for all data, the new versions renamed
-    /// into place, one more sync for the renames, then the index; only then are the files
-    /// reported done. A folder of small files or a batch of tick appends costs a few syncs in
-    /// all instead of a few per file, and a crash anywhere rolls each file back or forward to
-    /// a verified version.
-    fn commit_ready(&mut self) -> Vec<Message> {
-        let mut ready = std::mem::take(&mut self.ready);
-        self.ready_bytes = 0;
-        if ready.is_empty() {
-            return vec![];
-        }
-        let mut failed: Vec<(u64, String, String)> = Vec::new();
-        let records: Vec<Change> = ready
-            .iter()
-            .filter_map(|r| match &r.kind {
-                ReadyKind::Append { append, before, .. } => Some(Change::PutAppend(
-                    append.path.clone(),
-                    AppendRecord {
-                        from_len: append.from_len,
-                        before: before.clone(),
-                    },
-                )),
-                ReadyKind::New { .. } => None,
-            })
-            .collect();
-        let has_appends = !records.is_empty();
-        if let Err(e) = self.index.apply(&records, Durability::Immediate) {
-            // Without the rollback record no append may touch its file.
-            let reason = format!("cannot record the append: {e}");
-            ready.retain(|r| match &r.kind {
-                ReadyKind::Append { side_path, .. } => {
-                    let _ = std::fs::remove_file(side_path);
-                    failed.push((r.id, r.path().to_string(), reason.clone()));
-                    false
-                }
-                ReadyKind::New { .. } => true,
-            });
-        }
-        let mut targets: Vec<Option<File>> = Vec::with_capacity(ready.len());
-        for r in &ready {
-            targets.push(match &r.kind {
-                ReadyKind::Append {
-                    append,
-                    side,
-                    full,
-                    before,
-                    ..
-                } => match write_in_place(append, side, full, before) {
-                    Ok(file) => Some(file),
-                    Err(reason) => {
-                        failed.push((r.id, append.path.clone(), reason));
-                        None
-                    }
-                },
-                ReadyKind::New { .. } => None,
-            });
-        }
-        let mut files: Vec<&File> = Vec::new();
-        for (r, target) in ready.iter().zip(&targets) {
-            match (&r.kind, target) {
-                (ReadyKind::New { temp, .. }, _) => files.push(temp),
-                (ReadyKind::Append { .. }, Some(file)) => files.push(file),
-                (ReadyKind::Append { .. }, None) => {}
-            }
-        }
-        let synced = fs::sync_batch(&files).map_err(|e| format!("cannot sync: {e}"));
-        drop(files);
-        let mut replies = Vec::new();
-        let mut dirs: Vec<PathBuf> = Vec::new();
-        let mut anchor = None;
-        for (r, target) in ready.into_iter().zip(targets) {
-            let id = r.id;
-            match r.kind {
-                ReadyKind::New {
-                    begin,
-                    temp,
-                    temp_path,
-                    resumable,
-                } => {
-                    let placed = synced.clone().and_then(|()| {
-                        self.place(&begin.path, &temp_path)
-                            .map_err(|e| format!("cannot put it in place: {e}"))
-                    });
-                    match placed {
-                        Ok(full) => {
-                            if let Some(parent) = full.parent()
-                                && !dirs.iter().any(|d| d == parent)
-                            {
-                                dirs.push(parent.to_path_buf());
-                            }
-                            self.record(&begin.path, &full, begin.hash, begin.blocks.clone());
-                            if resumable {
-                                self.pending.push(Change::RemovePartial(begin.path.clone()));
-                            }
-                            replies.push(Message::FileDone { id });
-                            anchor.get_or_insert(temp);
-                        }
-                        Err(reason) => {
-                            self.drop_temp(&begin.path, &temp_path, resumable);
-                            failed.push((id, begin.path, reason));
-                        }
-                    }
-                }
-                ReadyKind::Append {
-                    append,
-                    side_path,
-                    full,
-                    before,
-                    ..
-                } => {
-                    let _ = std::fs::remove_file(&side_path);
-                    let Some(file) = target else {
-                        self.pending.push(Change::RemoveAppend(append.path.clone()));
-                        continue;
-                    };
-                    let done = synced.clone().and_then(|()| {
-                        fs::set_executable(&full, append.executable)
-                            .and_then(|()| fs::set_mtime(&full, append.mtime_ns))
-                            .map_err(|e| e.to_string())
-                    });
-                    match done {
-                        Ok(()) => {
-                            let first = (append.from_len / BLOCK_SIZE) as usize;
-                            let blocks =
-                                [&before.blocks[..first], &append.tail_blocks[..]].concat();
-                            self.record(&append.path, &full, append.hash, blocks);
-                            self.pending.push(Change::RemoveAppend(append.path.clone()));
-                            replies.push(Message::FileDone { id });
-                        }
-                        Err(reason) => {
-                            roll_back(&file, &full, append.from_len, &before);
-                            self.pending.push(Change::RemoveAppend(append.path.clone()));
-                            failed.push((id, append.path, reason));
-                        }
-                    }
-                    anchor.get_or_insert(file);
-                }
-            }
-        }
-        if let Some(anchor) = anchor {
-            let dirs: Vec<&Path> = dirs.iter().map(PathBuf::as_path).collect();
-            if let Err(e) = fs::sync_dirs(&anchor, &dirs) {
-                tracing::warn!("cannot sync renamed files: {e}");
-            }
-        }
-        if has_appends && let Err(e) = self.flush(Durability::Immediate) {
-            tracing::warn!("{e}");
-        }
-        for (id, path, reason) in failed {
-            tracing::warn!(%path, %reason, "file failed");
-            replies.push(Message::FileFailed {
-                id,
-                reason: format!("{path}: {reason}"),
-            });
-        }
-        replies
-    }
-
-    /// Records a file that now holds a verified version.
-    fn record(&mut self, rel: &str, full: &Path, hash: Hash, blocks: Vec<Hash>) {
-        if let Ok(meta) = std::fs::metadata(full) {
-            let record = FileRecord {
-                stamp: fs::stamp_of_meta(&meta),
-                hash,
-                blocks,
-                racy: false,
-            };
-            self.tree.files.insert(rel.to_string(), record.clone());
-            self.pending.push(Change::PutFile(rel.to_string(), record));
-        }
-    }
-
-    /// Renames a verified temporary file to its final path.
-    fn place(&self, rel: &str, temp_path: &Path) -> std::io::Result<PathBuf> {
-        let full = path::resolve(&self.root, rel, true).map_err(std::io::Error::other)?;
-        if let Some(parent) = full.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        if std::fs::symlink_metadata(&full).is_ok_and(|m| m.is_dir()) {
-            return Err(std::io::Error::other("a folder is in the way"));
-        }
-        std::fs::rename(temp_path, &full)?;
-        Ok(full)
     }
 
     /// Marks a file failed, undoes what it wrote, and returns the reply for the source.
@@ -1068,53 +886,12 @@ fn verify_append(
     Ok(())
 }
 
-/// Copies a verified append from its side file to the end of the target's file, if the file
-/// is still as it was verified. Returns the file, for the group's sync.
-fn write_in_place(
-    append: &Append,
-    side: &File,
-    full: &Path,
-    before: &FileRecord,
-) -> Result<File, String> {
-    let current = std::fs::symlink_metadata(full).map(|m| fs::stamp_of_meta(&m));
-    if !matches!(&current, Ok(s) if fs::same_stamp(s, &before.stamp)) {
-        return Err("the target's copy changed during the mirror".into());
-    }
-    let file = OpenOptions::new()
-        .write(true)
-        .open(full)
-        .map_err(|e| format!("cannot open it: {e}"))?;
-    let mut buffer = vec![0u8; BLOCK_SIZE as usize];
-    let mut offset = append.from_len;
-    while offset < append.size {
-        let len = ((append.size - offset).min(BLOCK_SIZE)) as usize;
-        let n = fs::read_at(side, offset - append.from_len, &mut buffer[..len])
-            .map_err(|e| e.to_string())?;
-        if n != len {
-            roll_back(&file, full, append.from_len, before);
-            return Err("the staged append is short".into());
-        }
-        if let Err(e) = fs::write_at(&file, offset, &buffer[..len]) {
-            roll_back(&file, full, append.from_len, before);
-            return Err(format!("cannot write: {e}"));
-        }
-        offset += len as u64;
-    }
-    Ok(file)
-}
-
 /// The name of a path's temporary file of the given kind in the `tmp` folder.
 fn temp_name(path: &str, kind: &str) -> String {
     format!(
         "{}.{kind}",
         &hex::encode(hash::block_hash(path.as_bytes()))[..24]
     )
-}
-
-fn roll_back(file: &File, full: &Path, from_len: u64, before: &FileRecord) {
-    let _ = file.set_len(from_len);
-    let _ = file.sync_data();
-    let _ = fs::set_mtime(full, before.stamp.mtime_ns);
 }
 
 /// Number of leading blocks of a temporary file that match the version it is building.

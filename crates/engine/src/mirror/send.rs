@@ -29,8 +29,8 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 use tokio::sync::{OnceCell, broadcast};
 
-/// Blocks kept for other targets (128 KiB each: 32 MiB).
-const CACHE_BLOCKS: usize = 256;
+/// Blocks kept for other targets (128 KiB each: 64 MiB).
+const CACHE_BLOCKS: usize = 512;
 /// Blocks each target reads ahead of what it sends.
 const READ_AHEAD: usize = 8;
 /// After this many blocks of a file that did not compress, stop trying for that file.
