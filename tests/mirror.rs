@@ -396,3 +396,71 @@ fn thousands_of_files_span_several_manifest_parts() {
         second.describe()
     );
 }
+
+/// Sends a signal to a process with `kill`.
+fn signal(pid: u32, name: &str) {
+    let status = std::process::Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{name} {pid} failed");
+}
+
+#[test]
+fn a_stalled_target_is_failed_and_the_others_finish() {
+    let sandbox = Sandbox::new();
+    let src = sandbox.dir("src");
+    write_random(&src.join("big.dat"), 7, 48 << 20);
+    first_tree(&src);
+    let (dst1, dst2) = (sandbox.dir("dst1"), sandbox.dir("dst2"));
+    let (agent1, agent2) = (sandbox.serve(&dst1), sandbox.serve(&dst2));
+    let (url1, url2) = (agent1.url.clone(), agent2.url.clone());
+    let push = sandbox
+        .push(&src)
+        .to(&url1)
+        .to(&url2)
+        .arg("--stall-timeout")
+        .arg("3");
+    let running = std::thread::spawn(move || push.run());
+    // Freeze the second agent once its copy of the big file is under way.
+    let tmp = dst2.join(".rainmaker/tmp");
+    let started = std::time::Instant::now();
+    let under_way = loop {
+        let size: u64 = std::fs::read_dir(&tmp)
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| e.metadata().ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0);
+        if size > 1 << 20 {
+            break true;
+        }
+        if started.elapsed() > std::time::Duration::from_secs(30) {
+            break false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    };
+    signal(agent2.pid(), "STOP");
+    let result = running.join().expect("the push thread");
+    signal(agent2.pid(), "CONT");
+    assert!(under_way, "the second agent never started receiving");
+    let why = result.describe();
+    assert_eq!(result.code, 1, "a stalled target fails the push\n{why}");
+    let error = result.target(&url2)["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        error.contains("no progress"),
+        "the stalled target is reported as stalled, not as something else: {error}\n{why}"
+    );
+    assert_eq!(
+        result.target(&url1)["ok"],
+        true,
+        "a stalled target must not stop the others\n{why}"
+    );
+    assert_same_tree(&src, &dst1);
+}

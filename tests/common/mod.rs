@@ -168,6 +168,7 @@ impl Sandbox {
             known_peers: self.known_peers(),
             state_dir: self.state_dir(),
             insecure: false,
+            extra: Vec::new(),
             timeout: PUSH_TIMEOUT,
         }
     }
@@ -398,6 +399,7 @@ pub struct Push {
     known_peers: PathBuf,
     state_dir: PathBuf,
     insecure: bool,
+    extra: Vec<String>,
     timeout: Duration,
 }
 
@@ -435,6 +437,12 @@ impl Push {
         self
     }
 
+    /// Adds any other flag.
+    pub fn arg(mut self, arg: &str) -> Push {
+        self.extra.push(arg.to_string());
+        self
+    }
+
     pub fn timeout(mut self, timeout: Duration) -> Push {
         self.timeout = timeout;
         self
@@ -461,6 +469,7 @@ impl Push {
         if self.insecure {
             command.arg("--insecure");
         }
+        command.args(&self.extra);
         (self.command, self.timeout)
     }
 
