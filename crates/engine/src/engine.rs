@@ -165,7 +165,11 @@ fn scan_source(source: &Path, index: &Index) -> Result<scan::Scan, EngineError> 
         path: e.path,
         reason: e.reason,
     })?;
-    index.apply(&scanned.changes, Durability::Immediate)?;
+    // Lazily durable: after a crash the index falls back to an older state, whose records
+    // still hold wherever the quick check accepts them; the rest is hashed again. An fsync
+    // here would wait for every dirty page of the file system (ext4 orders data before
+    // metadata), which is what a push of an unchanged folder must not do.
+    index.apply(&scanned.changes, Durability::None)?;
     Ok(scanned)
 }
 

@@ -192,6 +192,15 @@ impl Index {
     }
 }
 
+impl Index {
+    /// Makes every lazy commit durable (for a clean shutdown).
+    pub fn close(&self) {
+        if let Err(e) = self.apply(&[], Durability::Immediate) {
+            tracing::warn!("{e}");
+        }
+    }
+}
+
 fn encode<T: Serialize>(record: &T) -> Vec<u8> {
     postcard::to_stdvec(record).expect("index records always serialize")
 }
@@ -244,6 +253,25 @@ mod tests {
         assert_eq!(files["b"], record(2));
         assert_eq!(index.appends().unwrap()["b"].from_len, 2);
         assert!(index.partials().unwrap().is_empty());
+    }
+
+    #[test]
+    fn lazy_commits_survive_a_clean_close() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.redb");
+        {
+            let index = Index::open(&path).unwrap();
+            index
+                .apply(&[Change::PutFile("a".into(), record(1))], Durability::None)
+                .unwrap();
+            index.close();
+        }
+        let index = Index::open(&path).unwrap();
+        assert_eq!(
+            index.files().unwrap().len(),
+            1,
+            "a clean close keeps lazy commits"
+        );
     }
 
     #[test]

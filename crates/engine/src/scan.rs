@@ -19,9 +19,11 @@ use std::io::{Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
-/// A file modified less than this before it was hashed is hashed again on the next scan: a
-/// write in the same tick of a coarse file system clock (FAT keeps 2 s) may keep its time.
-const RACY_WINDOW_NS: i128 = 2_000_000_000;
+/// A file modified less than this before it was hashed is hashed again on the next scan if its
+/// stamp did not change: a write in the same tick of the file system's clock would keep its
+/// time. Half a second covers the coarse clocks of ext4, XFS, NTFS and APFS (milliseconds at
+/// worst); FAT (2 s) and HFS+ (1 s) keep coarser times and are not covered.
+const RACY_WINDOW_NS: i128 = 500_000_000;
 
 /// The state of a folder after a scan.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
