@@ -141,15 +141,14 @@ impl Committer {
         drop(files);
         let mut replies = Vec::new();
         let mut dirs: Vec<PathBuf> = Vec::new();
-        let mut anchor = None;
         for (r, target) in ready.into_iter().zip(targets) {
             let id = r.id;
             match r.kind {
                 ReadyKind::New {
                     begin,
-                    temp,
                     temp_path,
                     resumable,
+                    ..
                 } => {
                     let placed = synced.clone().and_then(|()| {
                         self.place(&begin.path, &temp_path)
@@ -174,7 +173,6 @@ impl Committer {
                                 changes.push(Change::RemovePartial(begin.path.clone()));
                             }
                             replies.push(Message::FileDone { id });
-                            anchor.get_or_insert(temp);
                         }
                         Err(reason) => {
                             let _ = std::fs::remove_file(&temp_path);
@@ -224,15 +222,12 @@ impl Committer {
                             failed.push((id, append.path, reason));
                         }
                     }
-                    anchor.get_or_insert(file);
                 }
             }
         }
-        if let Some(anchor) = anchor {
-            let dirs: Vec<&Path> = dirs.iter().map(PathBuf::as_path).collect();
-            if let Err(e) = fs::sync_dirs(&anchor, &dirs) {
-                tracing::warn!("cannot sync renamed files: {e}");
-            }
+        let dirs: Vec<&Path> = dirs.iter().map(PathBuf::as_path).collect();
+        if let Err(e) = fs::sync_dirs(&dirs) {
+            tracing::warn!("cannot sync renamed files: {e}");
         }
         // The rollback records go only with the new records, durably, in one commit.
         let durability = if has_appends {
