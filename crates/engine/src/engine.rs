@@ -199,6 +199,37 @@ pub async fn push_once(
         if cancel.is_cancelled() {
             break;
         }
+        // Targets connect and scan their side while the source scans its own.
+        let (tree_tx, tree_rx) = tokio::sync::watch::channel(None::<Arc<Tree>>);
+        let mut sessions = tokio::task::JoinSet::new();
+        for (i, target) in options.targets.iter().enumerate() {
+            if done[i] {
+                continue;
+            }
+            let (target, tree_rx, blocks, events) = (
+                target.clone(),
+                tree_rx.clone(),
+                blocks.clone(),
+                events.clone(),
+            );
+            let source_name = options.source_name.clone();
+            let cache = cached_manifest_path(&options.state_dir, &target.url);
+            let stall = options.stall_timeout;
+            sessions.spawn(async move {
+                let started = Instant::now();
+                let result = session(
+                    &target,
+                    &source_name,
+                    tree_rx,
+                    &blocks,
+                    &events,
+                    &cache,
+                    stall,
+                )
+                .await;
+                (i, result, started.elapsed().as_secs_f64())
+            });
+        }
         let (source, idx) = (options.source.clone(), index.clone());
         let scanned = tokio::task::spawn_blocking(move || scan_source(&source, &idx))
             .await
@@ -226,31 +257,7 @@ pub async fn push_once(
         }
         let tree = Arc::new(scanned.tree);
         let digest = plan::digest(&tree);
-        let mut sessions = tokio::task::JoinSet::new();
-        for (i, target) in options.targets.iter().enumerate() {
-            if done[i] {
-                continue;
-            }
-            let (target, tree, blocks, events) =
-                (target.clone(), tree.clone(), blocks.clone(), events.clone());
-            let source_name = options.source_name.clone();
-            let cache = cached_manifest_path(&options.state_dir, &target.url);
-            let stall = options.stall_timeout;
-            sessions.spawn(async move {
-                let started = Instant::now();
-                let result = session(
-                    &target,
-                    &source_name,
-                    &tree,
-                    &blocks,
-                    &events,
-                    &cache,
-                    stall,
-                )
-                .await;
-                (i, result, started.elapsed().as_secs_f64())
-            });
-        }
+        let _ = tree_tx.send(Some(tree));
         let joined = tokio::select! {
             joined = sessions.join_all() => joined,
             () = cancel.cancelled() => break,
@@ -325,7 +332,7 @@ pub async fn push_once(
 async fn session(
     target: &TargetSpec,
     source_name: &str,
-    tree: &Arc<Tree>,
+    mut tree_rx: tokio::sync::watch::Receiver<Option<Arc<Tree>>>,
     blocks: &Arc<BlockSource>,
     events: &broadcast::Sender<Event>,
     cache: &Path,
@@ -342,6 +349,13 @@ async fn session(
     tracing::debug!(target = %target.url, "connected");
     let cached = load_cached_manifest(cache);
     let (theirs, partials) = send::fetch_manifest(&mut conn, cached, stall).await?;
+    let tree: Arc<Tree> = tree_rx
+        .wait_for(Option::is_some)
+        .await
+        .map_err(|_| SendError::Protocol("the source could not be scanned".into()))?
+        .clone()
+        .expect("waited for a tree");
+    let tree = &tree;
     let (tree2, blocks2) = (tree.clone(), blocks.clone());
     let plan = tokio::task::spawn_blocking(move || {
         plan::plan(&tree2, &theirs, &partials, &mut |path, len| {
