@@ -47,6 +47,7 @@ pub struct ServeArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("mode").required(true).args(["once", "watch", "every"]))]
 pub struct PushArgs {
     /// Folder to mirror.
     pub source: PathBuf,
@@ -58,8 +59,21 @@ pub struct PushArgs {
     pub token_file: PathBuf,
     /// Mirror once and exit: 0 when every target verified it is identical, 1 when a target
     /// failed, 3 when every target is identical but some source files could not be read.
-    #[arg(long, required = true)]
+    #[arg(long, group = "mode")]
     pub once: bool,
+    /// Mirror continuously: every change is on the targets within moments; runs until
+    /// stopped (Ctrl-C, SIGTERM).
+    #[arg(long, group = "mode")]
+    pub watch: bool,
+    /// Mirror on a schedule, every INTERVAL (5m when not given; e.g. 30s, 10m, 1h); runs
+    /// until stopped. Below 5 minutes it warns unless the machine can afford it.
+    #[arg(long, group = "mode", value_name = "INTERVAL", num_args = 0..=1,
+          default_missing_value = "5m", value_parser = humantime::parse_duration)]
+    pub every: Option<std::time::Duration>,
+    /// With --watch: also rescan this often, in case the file system dropped a change.
+    #[arg(long, value_name = "INTERVAL", default_value = "30s",
+          value_parser = humantime::parse_duration)]
+    pub rescan_every: std::time::Duration,
     /// Print a JSON summary on stdout.
     #[arg(long)]
     pub json: bool,

@@ -9,11 +9,13 @@ mod progress;
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use cli::{Cli, Command, PushArgs, ServeArgs};
-use rainmaker_engine::engine::{self, PushOptions, ServeOptions, Server, TargetSpec};
+use rainmaker_engine::engine::{self, PushOptions, Schedule, ServeOptions, Server, TargetSpec};
 use rainmaker_engine::event::{self, PushReport};
+use rainmaker_engine::schedule::{SyncTiming, interval_warning, total_memory};
 use rainmaker_engine::transport::Trust;
 use std::path::Path;
 use std::process::ExitCode;
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// Exit status when every target is identical but some source files could not be read.
@@ -43,6 +45,7 @@ fn init_logging(cli: &Cli) {
         (_, v) if v >= 2 => "debug",
         (_, 1) => "info",
         (Command::Serve(_), _) => "info",
+        (Command::Push(push), _) if !push.once => "info",
         _ => "warn",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -203,6 +206,9 @@ async fn push(args: PushArgs) -> Result<ExitCode> {
         },
         stall_timeout: std::time::Duration::from_secs(args.stall_timeout),
     };
+    if !args.once {
+        return continuous(&args, &options).await;
+    }
     let (events, listener) = event::channel();
     let bars = progress::spawn(listener, !args.json || progress::stderr_is_terminal());
     let report = engine::push_once(&options, &events, &shutdown_signal()).await?;
@@ -213,6 +219,70 @@ async fn push(args: PushArgs) -> Result<ExitCode> {
     }
     print_summary(&report);
     Ok(exit_code(&report))
+}
+
+/// `push --watch` and `push --every`: runs until Ctrl-C or SIGTERM.
+async fn continuous(args: &PushArgs, options: &PushOptions) -> Result<ExitCode> {
+    let schedule = match args.every {
+        Some(every) => {
+            if every < Duration::from_secs(1) {
+                bail!(
+                    "--every {} is too short; give at least 1s",
+                    humantime::format_duration(every)
+                );
+            }
+            if let Some(warning) = interval_warning(every, total_memory(), &[]) {
+                eprintln!("warning: {warning}");
+            }
+            Schedule {
+                watch: false,
+                every,
+            }
+        }
+        None => Schedule {
+            watch: true,
+            every: args.rescan_every.max(Duration::from_secs(1)),
+        },
+    };
+    let (events, listener) = event::channel();
+    let watcher = progress::spawn(listener, false);
+    if let Some(every) = args.every {
+        tokio::spawn(warn_when_behind(events.subscribe(), every));
+    }
+    let what = if schedule.watch {
+        "continuously".to_string()
+    } else {
+        format!("every {}", humantime::format_duration(schedule.every))
+    };
+    eprintln!(
+        "rainmaker: mirroring {} to {} target(s) {what}; Ctrl-C to stop",
+        options.source.display(),
+        options.targets.len()
+    );
+    engine::push_continuous(options, &schedule, &events, &shutdown_signal()).await?;
+    drop(events);
+    let _ = watcher.await;
+    eprintln!("rainmaker: stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Warns once when scheduled syncs stop keeping up with their interval.
+async fn warn_when_behind(
+    mut events: tokio::sync::broadcast::Receiver<event::Event>,
+    every: Duration,
+) {
+    let memory = total_memory();
+    while let Ok(event) = events.recv().await {
+        if let event::Event::Synced { seconds, .. } = event {
+            let took = SyncTiming {
+                took: Duration::from_secs_f64(seconds),
+            };
+            if let Some(warning) = interval_warning(every, memory, &[took]) {
+                eprintln!("warning: {warning}");
+                return;
+            }
+        }
+    }
 }
 
 fn exit_code(report: &PushReport) -> ExitCode {

@@ -80,6 +80,17 @@ pub fn spawn(mut events: broadcast::Receiver<Event>, draw: bool) -> JoinHandle<(
                 } => {
                     tracing::warn!(%target, %path, "{reason}");
                 }
+                Event::Synced {
+                    target,
+                    files_sent,
+                    bytes_changed,
+                    wire_bytes,
+                    seconds,
+                } => tracing::info!(
+                    "in sync  {target}: {files_sent} files written, {} changed, {} on the wire, {seconds:.3} s",
+                    size(bytes_changed),
+                    size(wire_bytes)
+                ),
                 Event::Scanned { .. } | Event::Skipped { .. } => {}
             }
         }

@@ -25,6 +25,9 @@ use thiserror::Error;
 use tokio::sync::{Semaphore, broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
+mod continuous;
+pub use continuous::{Schedule, push_continuous};
+
 /// Most handshakes in progress at once on a server.
 const MAX_HANDSHAKES: usize = 32;
 /// Target size of one manifest part.

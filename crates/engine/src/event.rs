@@ -41,6 +41,14 @@ pub enum Event {
     },
     /// A target verified it is identical to the source.
     InSync { target: String },
+    /// A continuous or scheduled sync of one target finished.
+    Synced {
+        target: String,
+        files_sent: u64,
+        bytes_changed: u64,
+        wire_bytes: u64,
+        seconds: f64,
+    },
     /// A target failed (down, refused, or not identical after every pass).
     TargetFailed { target: String, reason: String },
 }

@@ -14,8 +14,11 @@
 //! - [`scan`]: walk a folder, quick-check against the index, hash what changed.
 //! - [`transport`]: wss client and server, TLS identity, pinning, token handshake, framing.
 //! - [`mirror`]: the plan (pure), the sender and the receiver of a session.
+//! - [`watch`]: the change feed from the file system (notify), with rescan as the fallback.
+//! - [`schedule`]: backoff, interval advice, sleep detection: when to sync.
 //! - [`event`]: typed events and reports for the agent and the tray.
-//! - [`engine`]: wires the above into `push` and `serve`, the API the agent and tray call.
+//! - [`engine`]: wires the above into `push` (once, continuous, on an interval) and `serve`,
+//!   the API the agent and tray call.
 
 pub mod engine;
 pub mod event;
@@ -26,4 +29,6 @@ pub mod mirror;
 pub mod path;
 pub mod protocol;
 pub mod scan;
+pub mod schedule;
 pub mod transport;
+pub mod watch;

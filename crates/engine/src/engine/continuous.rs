@@ -1,0 +1,224 @@
+//! Continuous and interval mirroring: one scanner and one loop per target.
+//!
+//! The scanner rescans the source when something asks for it (a file change from
+//! [`crate::watch`], the interval of `--every`, the periodic safety rescan, a machine that
+//! woke from sleep, a target that came back) and publishes each scan as a snapshot. Every
+//! target runs its own loop: it waits for a snapshot that differs from what it last verified,
+//! mirrors it, and on failure retries with capped, jittered backoff. So a target that is down
+//! or slow never holds back the others, bursts of changes coalesce into the newest snapshot,
+//! and a target that returns is caught up as soon as it answers, not at the next tick.
+
+use super::{EngineError, PushOptions, cached_manifest_path, scan_source, session};
+use crate::event::Event;
+use crate::index::Index;
+use crate::mirror::plan;
+use crate::mirror::send::BlockSource;
+use crate::protocol::Hash;
+use crate::scan::Tree;
+use crate::schedule::{Backoff, SleepDetector};
+use crate::watch;
+use rand::SeedableRng;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{broadcast, mpsc, watch as latest};
+use tokio_util::sync::CancellationToken;
+
+/// Wait after a change before scanning, so a burst of writes is one scan.
+const DEBOUNCE: Duration = Duration::from_millis(5);
+
+/// When the continuous loop scans.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    /// Scan on every change the file system reports.
+    pub watch: bool,
+    /// Scan at this interval (`--every`); with `watch`, the safety rescan for lost events.
+    pub every: Duration,
+}
+
+/// One scan of the source, as every target loop sees it.
+#[derive(Debug)]
+struct Snapshot {
+    generation: u64,
+    tree: Arc<Tree>,
+    digest: Hash,
+    blocks: Arc<BlockSource>,
+}
+
+/// Mirrors the source to every target until `cancel` fires.
+pub async fn push_continuous(
+    options: &PushOptions,
+    schedule: &Schedule,
+    events: &broadcast::Sender<Event>,
+    cancel: &CancellationToken,
+) -> Result<(), EngineError> {
+    let index = Arc::new(Index::open(&options.state_dir.join("index.redb"))?);
+    let compress = options.compress.wanted(&options.targets);
+    let (trigger_tx, mut triggers) = mpsc::channel::<()>(1);
+    let _watch = match schedule.watch {
+        true => Some(
+            watch::start(&options.source, trigger_tx.clone())
+                .map_err(|e| EngineError::Setup(e.to_string()))?,
+        ),
+        false => None,
+    };
+    let (snapshot_tx, snapshots) = latest::channel(None::<Arc<Snapshot>>);
+    let mut loops = tokio::task::JoinSet::new();
+    for target in &options.targets {
+        let job = TargetLoop {
+            target: target.clone(),
+            options: options.clone(),
+            snapshots: snapshots.clone(),
+            rescan: trigger_tx.clone(),
+            events: events.clone(),
+            cancel: cancel.clone(),
+        };
+        loops.spawn(job.run());
+    }
+    let mut ticker = tokio::time::interval(schedule.every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut clock = tokio::time::interval(Duration::from_secs(1));
+    let mut sleep = SleepDetector::new(Duration::from_secs(5));
+    let mut generation = 0;
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => break,
+            _ = triggers.recv() => {
+                tokio::time::sleep(DEBOUNCE).await;
+                while triggers.try_recv().is_ok() {}
+            }
+            _ = ticker.tick() => {}
+            _ = clock.tick() => {
+                if !sleep.check() {
+                    continue;
+                }
+                tracing::info!("the machine woke from sleep; syncing now");
+            }
+        }
+        let (source, idx) = (options.source.clone(), index.clone());
+        let started = Instant::now();
+        let scanned = match tokio::task::spawn_blocking(move || scan_source(&source, &idx)).await {
+            Ok(Ok(scanned)) => scanned,
+            Ok(Err(e)) => {
+                tracing::warn!("{e}; retrying at the next change or tick");
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!("scan failed: {e}");
+                continue;
+            }
+        };
+        for problem in &scanned.problems {
+            let _ = events.send(Event::Skipped {
+                path: problem.path.clone(),
+                reason: problem.reason.clone(),
+            });
+        }
+        generation += 1;
+        tracing::debug!(generation, elapsed = ?started.elapsed(), hashed = scanned.bytes_hashed, "scanned");
+        let tree = Arc::new(scanned.tree);
+        let snapshot = Snapshot {
+            generation,
+            digest: plan::digest(&tree),
+            tree,
+            blocks: Arc::new(BlockSource::new(options.source.clone(), compress)),
+        };
+        let _ = snapshot_tx.send(Some(Arc::new(snapshot)));
+    }
+    loops.shutdown().await;
+    Ok(())
+}
+
+/// The loop that keeps one target in sync.
+struct TargetLoop {
+    target: super::TargetSpec,
+    options: PushOptions,
+    snapshots: latest::Receiver<Option<Arc<Snapshot>>>,
+    rescan: mpsc::Sender<()>,
+    events: broadcast::Sender<Event>,
+    cancel: CancellationToken,
+}
+
+impl TargetLoop {
+    async fn run(mut self) {
+        let url = self.target.url.clone();
+        let cache = cached_manifest_path(&self.options.state_dir, &url);
+        let mut verified: Option<Hash> = None;
+        let mut online: Option<bool> = None;
+        let mut backoff = Backoff::for_targets();
+        let mut rng = rand::rngs::StdRng::from_os_rng();
+        let mut at_least: u64 = 0;
+        loop {
+            let wanted = self.snapshots.wait_for(|s| {
+                s.as_ref()
+                    .is_some_and(|s| s.generation >= at_least && Some(s.digest) != verified)
+            });
+            let snapshot = tokio::select! {
+                () = self.cancel.cancelled() => return,
+                s = wanted => match s {
+                    Ok(s) => s.clone().expect("waited for a snapshot"),
+                    Err(_) => return,
+                },
+            };
+            let started = Instant::now();
+            let (_ready, tree) = latest::channel(Some(snapshot.tree.clone()));
+            let result = tokio::select! {
+                () = self.cancel.cancelled() => return,
+                r = session(
+                    &self.target,
+                    &self.options.source_name,
+                    tree,
+                    &snapshot.blocks,
+                    &self.events,
+                    &cache,
+                    self.options.stall_timeout,
+                ) => r,
+            };
+            match result {
+                Ok((outcome, _plan, wire)) if outcome.digest == snapshot.digest => {
+                    verified = Some(snapshot.digest);
+                    backoff.reset();
+                    if online != Some(true) {
+                        tracing::info!(target = %url, "online");
+                    }
+                    online = Some(true);
+                    let _ = self.events.send(Event::Synced {
+                        target: url.clone(),
+                        files_sent: outcome.files_done,
+                        bytes_changed: outcome.data_bytes,
+                        wire_bytes: wire,
+                        seconds: started.elapsed().as_secs_f64(),
+                    });
+                    let _ = self.events.send(Event::InSync {
+                        target: url.clone(),
+                    });
+                }
+                Ok((outcome, _, _)) => {
+                    // The source or the target changed under the mirror: scan again.
+                    let first = outcome.failed.first().map(|(p, r)| format!("{p}: {r}"));
+                    tracing::info!(target = %url, reason = ?first, "not identical yet; rescanning");
+                    at_least = snapshot.generation + 1;
+                    let _ = self.rescan.try_send(());
+                }
+                Err(error) => {
+                    let reason = error.to_string();
+                    if online != Some(false) {
+                        tracing::warn!(target = %url, "offline: {reason}; retrying");
+                        let _ = self.events.send(Event::TargetFailed {
+                            target: url.clone(),
+                            reason,
+                        });
+                    }
+                    online = Some(false);
+                    let delay = backoff.next_delay(&mut rng);
+                    tokio::select! {
+                        () = self.cancel.cancelled() => return,
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                    // Back with the newest state of the source, not the one that failed.
+                    at_least = snapshot.generation + 1;
+                    let _ = self.rescan.try_send(());
+                }
+            }
+        }
+    }
+}
