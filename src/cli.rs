@@ -74,7 +74,8 @@ pub struct PushArgs {
     #[arg(long, value_name = "INTERVAL", default_value = "30s",
           value_parser = humantime::parse_duration)]
     pub rescan_every: std::time::Duration,
-    /// Print a JSON summary on stdout.
+    /// Print a JSON summary on stdout (with --watch or --every: one JSON line per event,
+    /// e.g. `{"event":"synced","target":...,"files_sent":1,"bytes_changed":2000,"wire_bytes":2300,...}`).
     #[arg(long)]
     pub json: bool,
     /// Pin a target's certificate fingerprint (SHA256:...), one per --to in the same order;

@@ -246,6 +246,9 @@ async fn continuous(args: &PushArgs, options: &PushOptions) -> Result<ExitCode> 
     };
     let (events, listener) = event::channel();
     let watcher = progress::spawn(listener, false);
+    if args.json {
+        tokio::spawn(print_json_lines(events.subscribe()));
+    }
     if let Some(every) = args.every {
         tokio::spawn(warn_when_behind(events.subscribe(), every));
     }
@@ -264,6 +267,27 @@ async fn continuous(args: &PushArgs, options: &PushOptions) -> Result<ExitCode> 
     let _ = watcher.await;
     eprintln!("rainmaker: stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// With `--json` in a continuous mode: one JSON line per event on stdout, for scripts.
+async fn print_json_lines(mut events: tokio::sync::broadcast::Receiver<event::Event>) {
+    use std::io::Write;
+    loop {
+        match events.recv().await {
+            Ok(event @ (event::Event::Progress { .. } | event::Event::Planned { .. })) => {
+                drop(event)
+            }
+            Ok(event) => {
+                if let Ok(line) = serde_json::to_string(&event) {
+                    let mut out = std::io::stdout().lock();
+                    let _ = writeln!(out, "{line}");
+                    let _ = out.flush();
+                }
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        }
+    }
 }
 
 /// Warns once when scheduled syncs stop keeping up with their interval.

@@ -237,6 +237,29 @@ pub struct Agent {
 }
 
 impl Agent {
+    /// Wraps a running process whose stderr is piped, keeping its output for [`Agent::log`]
+    /// (for processes that are not agents, such as a continuous push).
+    fn from_child(mut child: Child) -> Agent {
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let shared = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let mut log = shared.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        Agent {
+            child,
+            url: String::new(),
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            fingerprint: None,
+            log,
+        }
+    }
+
     /// Starts `command` and reads its stderr until it printed its address and its fingerprint
     /// (or the insecure warning). On failure returns everything it printed.
     fn start(mut command: Command, insecure: bool) -> Result<Agent, String> {
@@ -463,9 +486,12 @@ impl Push {
             .arg("--known-peers")
             .arg(&self.known_peers)
             .arg("--state-dir")
-            .arg(&self.state_dir)
-            .arg("--once")
-            .arg("--json");
+            .arg(&self.state_dir);
+        if self.extra.iter().any(|a| a == "--watch" || a == "--every") {
+            command.env("RUST_LOG", "info");
+        } else {
+            command.arg("--once").arg("--json");
+        }
         if self.insecure {
             command.arg("--insecure");
         }
@@ -490,6 +516,14 @@ impl Push {
             stdout,
             stderr,
         }
+    }
+
+    /// Starts a continuous push (`--watch` or `--every` given with [`Push::arg`]) in the
+    /// background, with its stderr captured like an agent's.
+    pub fn spawn_continuous(self) -> Agent {
+        let (mut command, _) = self.into_command();
+        command.stdout(Stdio::null()).stderr(Stdio::piped());
+        Agent::from_child(command.spawn().expect("start rainmaker push"))
     }
 
     /// Starts the push in the background; its output goes nowhere.
