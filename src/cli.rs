@@ -94,6 +94,10 @@ pub struct PushArgs {
     /// Compress blocks with zstd: `auto` does unless every target is on loopback.
     #[arg(long, value_enum, default_value_t = CompressArg::Auto)]
     pub compress: CompressArg,
+    /// Cap RainMaker's own traffic to all targets together, e.g. 20Mbit, 2MB, 500KiB (per
+    /// second), so sync never crowds the trading connection.
+    #[arg(long, value_name = "RATE", value_parser = rainmaker_engine::rate::parse_rate)]
+    pub bwlimit: Option<f64>,
     /// Seconds a target may make no progress before it is reported as failed.
     #[arg(long, default_value_t = 60, value_name = "SECONDS")]
     pub stall_timeout: u64,

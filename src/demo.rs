@@ -66,6 +66,7 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
         passes: 3,
         compress: Default::default(),
         stall_timeout: engine::STALL_TIMEOUT,
+        bwlimit: None,
     };
     println!("3. First mirror (everything crosses):");
     let first = push(&options).await?;

@@ -205,6 +205,9 @@ async fn push(args: PushArgs) -> Result<ExitCode> {
             cli::CompressArg::Never => engine::Compress::Never,
         },
         stall_timeout: std::time::Duration::from_secs(args.stall_timeout),
+        bwlimit: args
+            .bwlimit
+            .map(|rate| std::sync::Arc::new(rainmaker_engine::rate::RateLimit::new(rate))),
     };
     if !args.once {
         return continuous(&args, &options).await;

@@ -464,3 +464,36 @@ fn a_stalled_target_is_failed_and_the_others_finish() {
     );
     assert_same_tree(&src, &dst1);
 }
+
+#[test]
+fn bwlimit_holds_the_rate_within_ten_percent() {
+    let sandbox = Sandbox::new();
+    let src = sandbox.dir("src");
+    write_random(&src.join("big.dat"), 9, 6 << 20);
+    let (dst1, dst2) = (sandbox.dir("dst1"), sandbox.dir("dst2"));
+    let (agent1, agent2) = (sandbox.serve(&dst1), sandbox.serve(&dst2));
+    let result = sandbox
+        .push(&src)
+        .to(&agent1.url)
+        .to(&agent2.url)
+        .arg("--bwlimit")
+        .arg("4MB")
+        .run();
+    let why = result.describe();
+    assert_eq!(result.code, 0, "{why}");
+    let wire =
+        result.target_u64(&agent1.url, "wire_bytes") + result.target_u64(&agent2.url, "wire_bytes");
+    let seconds = result.json["seconds"].as_f64().unwrap();
+    let rate = wire as f64 / seconds;
+    eprintln!(
+        "{wire} bytes to two targets in {seconds:.2} s: {:.2} MB/s under a 4 MB/s cap",
+        rate / 1e6
+    );
+    assert!(
+        (3.6e6..=4.4e6).contains(&rate),
+        "the cap is shared by all targets and holds within 10%: measured {:.2} MB/s\n{why}",
+        rate / 1e6
+    );
+    assert_same_tree(&src, &dst1);
+    assert_same_tree(&src, &dst2);
+}

@@ -70,6 +70,8 @@ pub struct PushOptions {
     pub compress: Compress,
     /// A target that makes no progress for this long is reported as failed.
     pub stall_timeout: std::time::Duration,
+    /// A cap on the bytes per second sent to all targets together.
+    pub bwlimit: Option<Arc<crate::rate::RateLimit>>,
 }
 
 /// The default for [`PushOptions::stall_timeout`].
@@ -215,21 +217,11 @@ pub async fn push_once(
                 blocks.clone(),
                 events.clone(),
             );
-            let source_name = options.source_name.clone();
+            let options = options.clone();
             let cache = cached_manifest_path(&options.state_dir, &target.url);
-            let stall = options.stall_timeout;
             sessions.spawn(async move {
                 let started = Instant::now();
-                let result = session(
-                    &target,
-                    &source_name,
-                    tree_rx,
-                    &blocks,
-                    &events,
-                    &cache,
-                    stall,
-                )
-                .await;
+                let result = session(&target, &options, tree_rx, &blocks, &events, &cache).await;
                 (i, result, started.elapsed().as_secs_f64())
             });
         }
@@ -334,18 +326,22 @@ pub async fn push_once(
 /// One session with one target: connect, fetch its manifest, plan, send.
 async fn session(
     target: &TargetSpec,
-    source_name: &str,
+    options: &PushOptions,
     mut tree_rx: tokio::sync::watch::Receiver<Option<Arc<Tree>>>,
     blocks: &Arc<BlockSource>,
     events: &broadcast::Sender<Event>,
     cache: &Path,
-    stall: std::time::Duration,
 ) -> Result<(send::Outcome, Plan, u64), SendError> {
+    let (source_name, stall, limit) = (
+        &options.source_name,
+        options.stall_timeout,
+        &options.bwlimit,
+    );
     let mut conn = transport::connect(&ConnectOptions {
         url: target.url.clone(),
         trust: target.trust.clone(),
         token: target.token.clone(),
-        source_name: source_name.to_string(),
+        source_name: source_name.clone(),
     })
     .await?;
     let started = Instant::now();
@@ -375,7 +371,16 @@ async fn session(
     });
     // Bytes on the wire both ways: what the source sent and what the target answered.
     let (sent, received) = (conn.wire_counter(), conn.received_counter());
-    let outcome = send::send_plan(conn, &target.url, &plan, stall, blocks, events).await?;
+    let outcome = send::send_plan(
+        conn,
+        &target.url,
+        &plan,
+        stall,
+        limit.as_deref(),
+        blocks,
+        events,
+    )
+    .await?;
     let wire = sent.load(std::sync::atomic::Ordering::Relaxed)
         + received.load(std::sync::atomic::Ordering::Relaxed);
     tracing::debug!(elapsed = ?started.elapsed(), target = %target.url, "plan sent and verified");

@@ -16,6 +16,7 @@
 //! - [`mirror`]: the plan (pure), the sender and the receiver of a session.
 //! - [`watch`]: the change feed from the file system (notify), with rescan as the fallback.
 //! - [`schedule`]: backoff, interval advice, sleep detection: when to sync.
+//! - [`rate`]: the bandwidth cap, a token bucket shared by every target.
 //! - [`event`]: typed events and reports for the agent and the tray.
 //! - [`engine`]: wires the above into `push` (once, continuous, on an interval) and `serve`,
 //!   the API the agent and tray call.
@@ -28,6 +29,7 @@ pub mod index;
 pub mod mirror;
 pub mod path;
 pub mod protocol;
+pub mod rate;
 pub mod scan;
 pub mod schedule;
 pub mod transport;

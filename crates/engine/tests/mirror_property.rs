@@ -207,6 +207,7 @@ async fn start(source: &Path, target: &Path, state: &Path) -> (PushOptions, Canc
         passes: 3,
         compress: Default::default(),
         stall_timeout: engine::STALL_TIMEOUT,
+        bwlimit: None,
     };
     let cancel = CancellationToken::new();
     tokio::spawn(server.run(cancel.clone()));

@@ -163,15 +163,7 @@ impl TargetLoop {
             let (_ready, tree) = latest::channel(Some(snapshot.tree.clone()));
             let result = tokio::select! {
                 () = self.cancel.cancelled() => return,
-                r = session(
-                    &self.target,
-                    &self.options.source_name,
-                    tree,
-                    &snapshot.blocks,
-                    &self.events,
-                    &cache,
-                    self.options.stall_timeout,
-                ) => r,
+                r = session(&self.target, &self.options, tree, &snapshot.blocks, &self.events, &cache) => r,
             };
             match result {
                 Ok((outcome, _plan, wire)) if outcome.digest == snapshot.digest => {

@@ -18,6 +18,7 @@ use crate::mirror::plan::{Op, Plan};
 use crate::protocol::{
     Append, BLOCK_SIZE, FileBegin, Hash, MAX_BLOCKS_PER_MESSAGE, Message, Partial, Payload,
 };
+use crate::rate::RateLimit;
 use crate::scan::Tree;
 use crate::transport::{Connection, TransportError};
 use futures_util::StreamExt;
@@ -249,6 +250,7 @@ pub async fn send_plan(
     target: &str,
     plan: &Plan,
     stall: Duration,
+    limit: Option<&RateLimit>,
     blocks: &Arc<BlockSource>,
     events: &broadcast::Sender<Event>,
 ) -> Result<Outcome, SendError> {
@@ -408,6 +410,13 @@ pub async fn send_plan(
                         let (_, record) = files[*id as usize];
                         let block_end = ((offset / BLOCK_SIZE) + 1) * BLOCK_SIZE;
                         data_bytes += block_end.min(record.stamp.size) - offset;
+                    }
+                    if let Some(limit) = limit {
+                        let bytes = match &message {
+                            Message::Data { payload, .. } => payload.wire_len() + 32,
+                            _ => 64,
+                        };
+                        limit.take(bytes).await;
                     }
                     tokio::time::timeout(stall, sender.send(&message))
                         .await
