@@ -98,6 +98,22 @@ pub struct PushArgs {
     /// second), so sync never crowds the trading connection.
     #[arg(long, value_name = "RATE", value_parser = rainmaker_engine::rate::parse_rate)]
     pub bwlimit: Option<f64>,
+    /// With --watch or --every: pause while system-wide CPU use stays above PERCENT for
+    /// --pause-cpu-for.
+    #[arg(long, value_name = "PERCENT", default_value_t = 85.0)]
+    pub pause_cpu_above: f32,
+    /// How long the CPU must stay above --pause-cpu-above before sync pauses.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub pause_cpu_for: std::time::Duration,
+    /// Pause while the memory available to programs is below SIZE (e.g. 1GiB, 512MB).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub pause_memory_below: Option<u64>,
+    /// Pause while network traffic that is not RainMaker's is above RATE (e.g. 50Mbit).
+    #[arg(long, value_name = "RATE", value_parser = rainmaker_engine::rate::parse_rate)]
+    pub pause_net_above: Option<f64>,
+    /// Resume only after every condition stayed clear this long.
+    #[arg(long, value_name = "DURATION", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub resume_after: std::time::Duration,
     /// Seconds a target may make no progress before it is reported as failed.
     #[arg(long, default_value_t = 60, value_name = "SECONDS")]
     pub stall_timeout: u64,
@@ -116,4 +132,15 @@ pub struct DemoArgs {
     /// Keep the demo's folders in this folder instead of a temporary one.
     #[arg(long)]
     pub dir: Option<PathBuf>,
+}
+
+/// Parses a size such as `1GiB`, `512MB` or `4096` (bytes).
+fn parse_size(text: &str) -> Result<u64, String> {
+    // A size is a rate of one second: reuse the rate parser's units, bytes only.
+    if text.trim_end().ends_with("bit") || text.trim_end().ends_with('b') {
+        return Err(format!(
+            "{text:?}: give a size in bytes, e.g. 1GiB or 512MB"
+        ));
+    }
+    rainmaker_engine::rate::parse_rate(text).map(|bytes| bytes as u64)
 }

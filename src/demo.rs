@@ -67,6 +67,7 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
         compress: Default::default(),
         stall_timeout: engine::STALL_TIMEOUT,
         bwlimit: None,
+        gate: rainmaker_engine::guard::Gate::open(),
     };
     println!("3. First mirror (everything crosses):");
     let first = push(&options).await?;

@@ -11,6 +11,7 @@ use clap::Parser;
 use cli::{Cli, Command, PushArgs, ServeArgs};
 use rainmaker_engine::engine::{self, PushOptions, Schedule, ServeOptions, Server, TargetSpec};
 use rainmaker_engine::event::{self, PushReport};
+use rainmaker_engine::guard::Thresholds;
 use rainmaker_engine::schedule::{SyncTiming, interval_warning, total_memory};
 use rainmaker_engine::transport::Trust;
 use std::path::Path;
@@ -208,6 +209,7 @@ async fn push(args: PushArgs) -> Result<ExitCode> {
         bwlimit: args
             .bwlimit
             .map(|rate| std::sync::Arc::new(rainmaker_engine::rate::RateLimit::new(rate))),
+        gate: rainmaker_engine::guard::Gate::open(),
     };
     if !args.once {
         return continuous(&args, &options).await;
@@ -222,6 +224,17 @@ async fn push(args: PushArgs) -> Result<ExitCode> {
     }
     print_summary(&report);
     Ok(exit_code(&report))
+}
+
+/// The resource guard's thresholds from the command line.
+fn thresholds(args: &PushArgs) -> Thresholds {
+    Thresholds {
+        cpu_above: args.pause_cpu_above,
+        cpu_window: args.pause_cpu_for,
+        memory_below: args.pause_memory_below,
+        traffic_above: args.pause_net_above,
+        hold: args.resume_after,
+    }
 }
 
 /// `push --watch` and `push --every`: runs until Ctrl-C or SIGTERM.
@@ -240,11 +253,13 @@ async fn continuous(args: &PushArgs, options: &PushOptions) -> Result<ExitCode> 
             Schedule {
                 watch: false,
                 every,
+                guard: Some(thresholds(args)),
             }
         }
         None => Schedule {
             watch: true,
             every: args.rescan_every.max(Duration::from_secs(1)),
+            guard: Some(thresholds(args)),
         },
     };
     let (events, listener) = event::channel();

@@ -91,6 +91,8 @@ pub fn spawn(mut events: broadcast::Receiver<Event>, draw: bool) -> JoinHandle<(
                     size(bytes_changed),
                     size(wire_bytes)
                 ),
+                // The engine logs pauses and resumes itself, with their figures.
+                Event::Paused { .. } | Event::Resumed { .. } => {}
                 Event::Scanned { .. } | Event::Skipped { .. } => {}
             }
         }

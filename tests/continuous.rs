@@ -184,3 +184,43 @@ fn a_change_the_watch_cannot_see_still_arrives_by_the_rescan() {
     let took = wait_identical(&src, &dst, Duration::from_secs(5), &log);
     eprintln!("an unseen change arrived after {took:?}");
 }
+
+#[test]
+fn the_guard_pauses_with_its_reason_and_lifting_the_threshold_resumes() {
+    let sandbox = Sandbox::new();
+    let src = sandbox.dir("src");
+    let dst = sandbox.dir("dst");
+    write_random(&src.join("a.dat"), 10, 100_000);
+    let agent = sandbox.serve(&dst);
+    // No machine has a petabyte of memory available: the guard must pause before any sync.
+    let paused = sandbox
+        .push(&src)
+        .to(&agent.url)
+        .arg("--watch")
+        .arg("--pause-memory-below")
+        .arg("1000000GiB")
+        .spawn_continuous();
+    let started = Instant::now();
+    while !paused.log().contains("paused:") && started.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let log = paused.log();
+    assert!(
+        log.contains("paused: available memory") && log.contains("below 1024000000 MiB"),
+        "the pause is logged with its reason and the measured figure:\n{log}"
+    );
+    assert!(
+        !dst.join("a.dat").exists(),
+        "nothing is transferred while the guard holds sync:\n{log}"
+    );
+    drop(paused);
+
+    let resumed = sandbox
+        .push(&src)
+        .to(&agent.url)
+        .arg("--watch")
+        .spawn_continuous();
+    let log = || resumed.log();
+    wait_identical(&src, &dst, Duration::from_secs(20), &log);
+}

@@ -72,6 +72,8 @@ pub struct PushOptions {
     pub stall_timeout: std::time::Duration,
     /// A cap on the bytes per second sent to all targets together.
     pub bwlimit: Option<Arc<crate::rate::RateLimit>>,
+    /// Where sync waits while the resource guard has it paused.
+    pub gate: crate::guard::Gate,
 }
 
 /// The default for [`PushOptions::stall_timeout`].
@@ -375,8 +377,11 @@ async fn session(
         conn,
         &target.url,
         &plan,
-        stall,
-        limit.as_deref(),
+        send::Pace {
+            stall,
+            limit: limit.as_deref(),
+            gate: options.gate.clone(),
+        },
         blocks,
         events,
     )

@@ -49,6 +49,10 @@ pub enum Event {
         wire_bytes: u64,
         seconds: f64,
     },
+    /// The resource guard paused sync; the reason carries the measured figure.
+    Paused { reason: String },
+    /// The resource guard resumed sync.
+    Resumed { after: String },
     /// A target failed (down, refused, or not identical after every pass).
     TargetFailed { target: String, reason: String },
 }

@@ -16,6 +16,7 @@
 //! - [`mirror`]: the plan (pure), the sender and the receiver of a session.
 //! - [`watch`]: the change feed from the file system (notify), with rescan as the fallback.
 //! - [`schedule`]: backoff, interval advice, sleep detection: when to sync.
+//! - [`guard`]: resource samples in, pause and resume decisions out (sysinfo sampler).
 //! - [`rate`]: the bandwidth cap, a token bucket shared by every target.
 //! - [`event`]: typed events and reports for the agent and the tray.
 //! - [`engine`]: wires the above into `push` (once, continuous, on an interval) and `serve`,
@@ -24,6 +25,7 @@
 pub mod engine;
 pub mod event;
 pub mod fs;
+pub mod guard;
 pub mod hash;
 pub mod index;
 pub mod mirror;

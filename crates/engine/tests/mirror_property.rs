@@ -208,6 +208,7 @@ async fn start(source: &Path, target: &Path, state: &Path) -> (PushOptions, Canc
         compress: Default::default(),
         stall_timeout: engine::STALL_TIMEOUT,
         bwlimit: None,
+        gate: rainmaker_engine::guard::Gate::open(),
     };
     let cancel = CancellationToken::new();
     tokio::spawn(server.run(cancel.clone()));

@@ -10,15 +10,18 @@
 
 use super::{EngineError, PushOptions, cached_manifest_path, scan_source, session};
 use crate::event::Event;
+use crate::guard::{Gate, GateState, Guard, Sampler, Thresholds, Transition};
 use crate::index::Index;
 use crate::mirror::plan;
 use crate::mirror::send::BlockSource;
 use crate::protocol::Hash;
 use crate::scan::Tree;
 use crate::schedule::{Backoff, SleepDetector};
+use crate::transport::WIRE_TOTAL;
 use crate::watch;
 use rand::SeedableRng;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc, watch as latest};
 use tokio_util::sync::CancellationToken;
@@ -33,6 +36,8 @@ pub struct Schedule {
     pub watch: bool,
     /// Scan at this interval (`--every`); with `watch`, the safety rescan for lost events.
     pub every: Duration,
+    /// Pause sync while the machine is busy (the resource guard), with these thresholds.
+    pub guard: Option<Thresholds>,
 }
 
 /// One scan of the source, as every target loop sees it.
@@ -61,6 +66,18 @@ pub async fn push_continuous(
         ),
         false => None,
     };
+    let mut options = options.clone();
+    if let Some(thresholds) = &schedule.guard {
+        let (gate_tx, gate) = Gate::channel();
+        options.gate = gate;
+        tokio::spawn(run_guard(
+            thresholds.clone(),
+            gate_tx,
+            events.clone(),
+            cancel.clone(),
+        ));
+    }
+    let options = &options;
     let (snapshot_tx, snapshots) = latest::channel(None::<Arc<Snapshot>>);
     let mut loops = tokio::task::JoinSet::new();
     for target in &options.targets {
@@ -128,6 +145,52 @@ pub async fn push_continuous(
     Ok(())
 }
 
+/// Samples the machine every second and opens or closes the gate; logs every pause and
+/// resume with its reason and figure.
+async fn run_guard(
+    thresholds: Thresholds,
+    gate: latest::Sender<GateState>,
+    events: broadcast::Sender<Event>,
+    cancel: CancellationToken,
+) {
+    let mut sampler = Sampler::new();
+    let mut guard = Guard::new(thresholds);
+    let mut tick =
+        tokio::time::interval(Duration::from_secs(1).max(sysinfo::MINIMUM_CPU_UPDATE_INTERVAL));
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let sample = sampler.sample(WIRE_TOTAL.load(Ordering::Relaxed));
+        match guard.observe(&sample) {
+            Some(Transition::Paused(reason)) => {
+                tracing::warn!("paused: {reason}");
+                let _ = events.send(Event::Paused {
+                    reason: reason.to_string(),
+                });
+                let _ = gate.send(GateState::Paused(reason));
+            }
+            Some(Transition::Resumed(reason)) => {
+                tracing::warn!("resumed: clear of {reason} for the hold time");
+                let _ = events.send(Event::Resumed {
+                    after: reason.to_string(),
+                });
+                let _ = gate.send(GateState::Open);
+            }
+            None if guard.paused().is_none() => {
+                gate.send_if_modified(|state| {
+                    let changed = *state != GateState::Open;
+                    *state = GateState::Open;
+                    changed
+                });
+            }
+            None => {}
+        }
+    }
+}
+
 /// The loop that keeps one target in sync.
 struct TargetLoop {
     target: super::TargetSpec,
@@ -159,6 +222,11 @@ impl TargetLoop {
                     Err(_) => return,
                 },
             };
+            let mut gate = self.options.gate.clone();
+            tokio::select! {
+                () = self.cancel.cancelled() => return,
+                () = gate.pass() => {}
+            }
             let started = Instant::now();
             let (_ready, tree) = latest::channel(Some(snapshot.tree.clone()));
             let result = tokio::select! {

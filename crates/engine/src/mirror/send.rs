@@ -12,6 +12,7 @@
 
 use crate::event::Event;
 use crate::fs;
+use crate::guard::Gate;
 use crate::hash;
 use crate::index::FileRecord;
 use crate::mirror::plan::{Op, Plan};
@@ -244,16 +245,29 @@ enum Item {
     Block { id: u64, file: usize, offset: u64 },
 }
 
+/// How fast a session may go: when a stalled target is given up, the bandwidth cap, and the
+/// resource guard's gate.
+#[derive(Debug, Clone)]
+pub struct Pace<'a> {
+    pub stall: Duration,
+    pub limit: Option<&'a RateLimit>,
+    pub gate: Gate,
+}
+
 /// Streams `plan` to the target and waits for its verdict.
 pub async fn send_plan(
     conn: Connection,
     target: &str,
     plan: &Plan,
-    stall: Duration,
-    limit: Option<&RateLimit>,
+    pace: Pace<'_>,
     blocks: &Arc<BlockSource>,
     events: &broadcast::Sender<Event>,
 ) -> Result<Outcome, SendError> {
+    let Pace {
+        stall,
+        limit,
+        mut gate,
+    } = pace;
     let mut files: Vec<(&str, &FileRecord)> = Vec::new();
     let mut paths: HashMap<u64, String> = HashMap::new();
     let mut items = Vec::new();
@@ -411,6 +425,8 @@ pub async fn send_plan(
                         let block_end = ((offset / BLOCK_SIZE) + 1) * BLOCK_SIZE;
                         data_bytes += block_end.min(record.stamp.size) - offset;
                     }
+                    // The block in flight finishes; nothing else starts while paused.
+                    gate.pass().await;
                     if let Some(limit) = limit {
                         let bytes = match &message {
                             Message::Data { payload, .. } => payload.wire_len() + 32,

@@ -40,6 +40,10 @@ pub(super) fn ws_config() -> WebSocketConfig {
         .max_write_buffer_size(WRITE_BUFFER + 2 * (MAX_MESSAGE_BYTES + 64))
 }
 
+/// Bytes of messages this process sent and received on every connection, so the resource
+/// guard can tell RainMaker's own traffic from the trading platform's.
+pub static WIRE_TOTAL: AtomicU64 = AtomicU64::new(0);
+
 /// An authenticated, message-framed connection to a peer.
 pub struct Connection {
     pub(super) ws: Ws,
@@ -258,6 +262,7 @@ where
         .await
         .map_err(|e| ws_error(peer, e))?;
     sent.fetch_add(len as u64, Ordering::Relaxed);
+    WIRE_TOTAL.fetch_add(len as u64, Ordering::Relaxed);
     Ok(())
 }
 
@@ -274,6 +279,7 @@ where
             None => return Ok(None),
             Some(Ok(WsMessage::Binary(bytes))) => {
                 received.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                WIRE_TOTAL.fetch_add(bytes.len() as u64, Ordering::Relaxed);
                 return protocol::decode(&bytes).map(Some).map_err(|source| {
                     TransportError::Protocol {
                         peer: peer.to_owned(),
