@@ -165,6 +165,36 @@ pub fn default_known_peers() -> PathBuf {
     data_dir().join("known_peers")
 }
 
+/// Threads that may hash at once: the trading platform keeps the other cores.
+const HASH_THREADS: usize = 2;
+static HASHING: Semaphore = Semaphore::const_new(HASH_THREADS);
+
+/// Runs `work` (scanning, hashing) on a thread of the lowest priority (nice 19 on Unix, the
+/// lowest thread priority on Windows), at most [`HASH_THREADS`] at once, so the trading
+/// platform on the same machine always comes first.
+async fn low_priority<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, EngineError> {
+    let _permit = HASHING
+        .acquire()
+        .await
+        .map_err(|e| EngineError::Setup(e.to_string()))?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("rainmaker-hash".into())
+        .spawn(move || {
+            if let Err(e) =
+                thread_priority::set_current_thread_priority(thread_priority::ThreadPriority::Min)
+            {
+                tracing::debug!("cannot lower the hashing thread's priority: {e:?}");
+            }
+            let _ = tx.send(work());
+        })
+        .map_err(|e| EngineError::Setup(format!("cannot start a hashing thread: {e}")))?;
+    rx.await
+        .map_err(|_| EngineError::Setup("the hashing thread failed".into()))
+}
+
 /// Scans the source and records what changed in its index.
 fn scan_source(source: &Path, index: &Index) -> Result<scan::Scan, EngineError> {
     let previous = index.files()?;
@@ -228,9 +258,7 @@ pub async fn push_once(
             });
         }
         let (source, idx) = (options.source.clone(), index.clone());
-        let scanned = tokio::task::spawn_blocking(move || scan_source(&source, &idx))
-            .await
-            .map_err(|e| EngineError::Setup(format!("scan failed: {e}")))??;
+        let scanned = low_priority(move || scan_source(&source, &idx)).await??;
         tracing::debug!(elapsed = ?started.elapsed(), hashed = scanned.bytes_hashed, "source scanned");
         let _ = events.send(Event::Scanned {
             files: scanned.tree.files.len() as u64,
@@ -657,4 +685,40 @@ fn entry_size(entry: &crate::protocol::Entry) -> usize {
 /// The digest a tree has; for callers that compare folders.
 pub fn tree_digest(tree: &Tree) -> Hash {
     plan::digest(tree)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn hashing_runs_at_the_lowest_priority() {
+        let nice = low_priority(|| {
+            let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+            // Field 19 is the nice value; fields after the command name in parentheses.
+            let after = &stat[stat.rfind(')').unwrap() + 2..];
+            after
+                .split_whitespace()
+                .nth(16)
+                .unwrap()
+                .parse::<i32>()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        assert!(
+            nice > 0,
+            "the hashing thread must yield to the trading platform: nice {nice}"
+        );
+    }
+
+    #[test]
+    fn loopback_targets_are_recognised() {
+        assert!(is_loopback_url("wss://127.0.0.1:7878"));
+        assert!(is_loopback_url("wss://localhost:7878"));
+        assert!(is_loopback_url("wss://[::1]:7878"));
+        assert!(!is_loopback_url("wss://10.0.0.5:7878"));
+        assert!(!is_loopback_url("wss://backup.example.com:7878"));
+    }
 }

@@ -8,7 +8,7 @@
 //! or slow never holds back the others, bursts of changes coalesce into the newest snapshot,
 //! and a target that returns is caught up as soon as it answers, not at the next tick.
 
-use super::{EngineError, PushOptions, cached_manifest_path, scan_source, session};
+use super::{EngineError, PushOptions, cached_manifest_path, low_priority, scan_source, session};
 use crate::event::Event;
 use crate::guard::{Gate, GateState, Guard, Sampler, Thresholds, Transition};
 use crate::index::Index;
@@ -113,14 +113,10 @@ pub async fn push_continuous(
         }
         let (source, idx) = (options.source.clone(), index.clone());
         let started = Instant::now();
-        let scanned = match tokio::task::spawn_blocking(move || scan_source(&source, &idx)).await {
+        let scanned = match low_priority(move || scan_source(&source, &idx)).await {
             Ok(Ok(scanned)) => scanned,
-            Ok(Err(e)) => {
+            Ok(Err(e)) | Err(e) => {
                 tracing::warn!("{e}; retrying at the next change or tick");
-                continue;
-            }
-            Err(e) => {
-                tracing::warn!("scan failed: {e}");
                 continue;
             }
         };
