@@ -77,11 +77,13 @@ fn system_time_ns(t: SystemTime) -> i128 {
 
 /// Sets a file's modification time.
 pub fn set_mtime(path: &Path, mtime_ns: i128) -> io::Result<()> {
+    let nanos = Duration::from_nanos(mtime_ns.unsigned_abs().min(u64::MAX as u128) as u64);
     let time = if mtime_ns >= 0 {
-        UNIX_EPOCH + Duration::from_nanos(mtime_ns.min(u64::MAX as i128) as u64)
+        UNIX_EPOCH.checked_add(nanos)
     } else {
-        UNIX_EPOCH - Duration::from_nanos((-mtime_ns).min(u64::MAX as i128) as u64)
-    };
+        UNIX_EPOCH.checked_sub(nanos)
+    }
+    .ok_or_else(|| io::Error::other(format!("time {mtime_ns} ns is out of range here")))?;
     filetime::set_symlink_file_times(
         path,
         filetime::FileTime::from_system_time(SystemTime::now()),

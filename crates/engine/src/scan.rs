@@ -79,7 +79,8 @@ pub fn scan(root: &Path, previous: &BTreeMap<String, FileRecord>) -> Result<Scan
         .sort_by_file_name()
         .into_iter()
         .filter_entry(|e| !(e.depth() == 1 && e.file_name() == STATE_DIR));
-    for entry in walker {
+    let mut walker = walker;
+    while let Some(entry) = walker.next() {
         let entry = match entry {
             Ok(entry) => entry,
             Err(e) => {
@@ -90,6 +91,9 @@ pub fn scan(root: &Path, previous: &BTreeMap<String, FileRecord>) -> Result<Scan
                         reason: e.to_string(),
                     });
                 }
+                // What cannot be read is not gone: keep what the index knew below it, so
+                // the targets keep their copies instead of deleting them.
+                keep_previous(&path, previous, &mut out.tree);
                 out.problems.push(Problem {
                     path,
                     reason: format!("cannot read it: {e}"),
@@ -113,6 +117,19 @@ pub fn scan(root: &Path, previous: &BTreeMap<String, FileRecord>) -> Result<Scan
             });
             continue;
         };
+        if let Err(e) = crate::path::check(&rel) {
+            out.problems.push(Problem {
+                path: rel,
+                reason: format!(
+                    "its name cannot be mirrored to every file system ({}); rename it to mirror it",
+                    e.reason
+                ),
+            });
+            if entry.file_type().is_dir() {
+                walker.skip_current_dir();
+            }
+            continue;
+        }
         let file_type = entry.file_type();
         if file_type.is_dir() {
             out.tree.dirs.insert(rel);
@@ -136,6 +153,24 @@ pub fn scan(root: &Path, previous: &BTreeMap<String, FileRecord>) -> Result<Scan
         }
     }
     Ok(out)
+}
+
+/// Puts back into `tree` every file the index knew at or below `path`, and their folders.
+fn keep_previous(path: &str, previous: &BTreeMap<String, FileRecord>, tree: &mut Tree) {
+    let prefix = format!("{path}/");
+    for (file, record) in previous {
+        if file == path || file.starts_with(&prefix) {
+            tree.files.insert(file.clone(), record.clone());
+            let mut dir = file.as_str();
+            while let Some(i) = dir.rfind('/') {
+                dir = &dir[..i];
+                tree.dirs.insert(dir.to_string());
+            }
+        }
+    }
+    if previous.keys().any(|f| f.starts_with(&prefix)) {
+        tree.dirs.insert(path.to_string());
+    }
 }
 
 fn relative(root: &Path, path: &Path) -> String {
@@ -183,6 +218,12 @@ pub fn hash_file(path: &Path, old: Option<&FileRecord>) -> std::io::Result<(File
     let mut file = fs::open_shared(path)?;
     let meta = file.metadata()?;
     let stamp = fs::stamp(&file, &meta);
+    if stamp.size > crate::protocol::MAX_FILE_SIZE {
+        return Err(std::io::Error::other(format!(
+            "it is larger than the {} GiB RainMaker mirrors",
+            crate::protocol::MAX_FILE_SIZE >> 30
+        )));
+    }
     let (mut blocks, start) = match old.filter(|old| grew_at_end(&file, old, &stamp)) {
         Some(old) => {
             let keep = (old.stamp.size - 1) / BLOCK_SIZE;
@@ -198,6 +239,14 @@ pub fn hash_file(path: &Path, old: Option<&FileRecord>) -> std::io::Result<(File
         ));
     }
     blocks.extend(tail);
+    // Growth while reading is fine (the prefix read is what was stamped); a change that did
+    // not make the file longer is a rewrite in place, and what was read may mix versions.
+    let after = fs::stamp(&file, &file.metadata()?);
+    if after.mtime_ns != stamp.mtime_ns && after.size <= stamp.size {
+        return Err(std::io::Error::other(
+            "it was rewritten while being read; it will be read again on the next pass",
+        ));
+    }
     let now = fs::mtime_now();
     let record = FileRecord {
         hash: hash::file_hash(stamp.size, &blocks),
@@ -342,6 +391,50 @@ mod tests {
         std::fs::remove_file(root.join("a")).unwrap();
         let second = scan(root, &first.tree.files).unwrap();
         assert!(matches!(&second.changes[..], [Change::RemoveFile(p)] if p == "a"));
+    }
+
+    #[test]
+    fn names_a_target_would_refuse_are_skipped_and_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "ok.txt", b"1");
+        write(dir.path(), "notes?.txt", b"2");
+        write(dir.path(), "aux/inside.txt", b"3");
+        let scanned = scan(dir.path(), &BTreeMap::new()).unwrap();
+        assert_eq!(scanned.tree.files.keys().collect::<Vec<_>>(), ["ok.txt"]);
+        let skipped: Vec<&str> = scanned.problems.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            skipped,
+            ["aux", "notes?.txt"],
+            "each is reported once, folders whole"
+        );
+    }
+
+    #[test]
+    fn what_cannot_be_read_is_kept_not_deleted() {
+        let previous: BTreeMap<String, FileRecord> = ["data/a", "data/sub/b", "other"]
+            .iter()
+            .map(|p| {
+                let record = FileRecord {
+                    stamp: Stamp {
+                        size: 1,
+                        mtime_ns: 1,
+                        file_id: 1,
+                        executable: false,
+                    },
+                    hash: [0; 32],
+                    blocks: vec![[0; 32]],
+                    racy: false,
+                };
+                (p.to_string(), record)
+            })
+            .collect();
+        let mut tree = Tree::default();
+        keep_previous("data", &previous, &mut tree);
+        assert_eq!(
+            tree.files.keys().collect::<Vec<_>>(),
+            ["data/a", "data/sub/b"]
+        );
+        assert!(tree.dirs.contains("data") && tree.dirs.contains("data/sub"));
     }
 
     #[test]

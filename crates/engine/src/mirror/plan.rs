@@ -12,7 +12,10 @@
 
 use crate::hash;
 use crate::index::FileRecord;
-use crate::protocol::{BLOCK_SIZE, Hash, Partial, Reuse};
+use crate::protocol::{BLOCK_SIZE, Hash, MAX_BLOCKS_PER_MESSAGE, Partial, Reuse};
+
+/// Bytes of reuse entries one `FileBegin` may carry (well inside the message limit).
+const REUSE_BYTES: usize = 2 << 20;
 use crate::scan::Tree;
 use std::collections::{BTreeMap, HashMap};
 
@@ -143,7 +146,11 @@ pub fn plan(
             continue;
         }
         plan.files += 1;
+        let tail_blocks = theirs.map_or(0, |t| {
+            (record.blocks.len() as u64).saturating_sub(t.stamp.size / BLOCK_SIZE)
+        });
         if let Some(theirs) = theirs
+            && tail_blocks <= MAX_BLOCKS_PER_MESSAGE as u64
             && is_prefix(path, record, theirs, tail_hash)
         {
             plan.data_bytes += record.stamp.size - theirs.stamp.size;
@@ -186,6 +193,22 @@ pub fn plan(
                 send.push(i);
             }
         }
+        // The reuse list travels in the FileBegin message: what does not fit is sent as data.
+        let mut budget = REUSE_BYTES;
+        let fits = reuse
+            .iter()
+            .take_while(|r| {
+                let cost = r.from_path.len() + 24;
+                budget = budget.saturating_sub(cost);
+                budget > 0
+            })
+            .count()
+            .min(MAX_BLOCKS_PER_MESSAGE);
+        for extra in reuse.drain(fits..) {
+            plan.data_bytes += hash::block_len(record.stamp.size, extra.index);
+            send.push(extra.index);
+        }
+        send.sort_unstable();
         plan.ops.push(Op::Send(SendFile {
             path: path.clone(),
             record: record.clone(),

@@ -30,6 +30,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use thiserror::Error;
 
+/// The file id of a `FileFailed` about a step that is not a file (a folder, a delete).
+pub const STEP_FAILED: u64 = u64::MAX;
 /// Large files keep a resumable record; smaller ones are simply sent again.
 const RESUMABLE_BLOCKS: u64 = 4;
 /// Finished files are committed to the index in batches of this size.
@@ -232,6 +234,22 @@ impl Receiver {
         if !matches!(message, Message::Finish) {
             self.changed = true;
         }
+        match self.apply(message) {
+            // A folder that cannot be made or a file that cannot be deleted fails that step
+            // only; the source hears of it and the rest of the mirror goes on.
+            Err(ReceiveError::Io { what, source }) => {
+                let reason = format!("{what}: {source}");
+                tracing::warn!("{reason}");
+                Ok(vec![Message::FileFailed {
+                    id: STEP_FAILED,
+                    reason,
+                }])
+            }
+            other => other,
+        }
+    }
+
+    fn apply(&mut self, message: Message) -> Result<Vec<Message>, ReceiveError> {
         match message {
             Message::Mkdir { path } => {
                 let full = path::resolve(&self.root, &path, false).map_err(refused)?;

@@ -56,7 +56,7 @@ pub enum SendError {
 }
 
 type Key = (String, Hash, u64);
-type Slot = Arc<OnceCell<Result<Arc<Payload>, String>>>;
+type Slot = Arc<OnceCell<Arc<Payload>>>;
 
 /// Reads, verifies and compresses source blocks once for every target.
 #[derive(Debug)]
@@ -125,13 +125,14 @@ impl BlockSource {
         let this = self.clone();
         let path = path.to_string();
         let record = record.clone();
-        slot.get_or_init(|| async move {
+        // Errors are not kept: the next pass, or the next target, tries the disk again.
+        slot.get_or_try_init(|| async move {
             tokio::task::spawn_blocking(move || this.read(&path, &record, offset))
                 .await
                 .unwrap_or_else(|e| Err(format!("reader failed: {e}")))
         })
         .await
-        .clone()
+        .cloned()
     }
 
     fn read(&self, path: &str, record: &FileRecord, offset: u64) -> Result<Arc<Payload>, String> {
@@ -364,7 +365,10 @@ pub async fn send_plan(
                         done.fetch_add(1, Ordering::Relaxed);
                     }
                     Some(Message::FileFailed { id, reason }) => {
-                        let path = paths.get(&id).cloned().unwrap_or_default();
+                        let path = paths
+                            .get(&id)
+                            .cloned()
+                            .unwrap_or_else(|| "(a folder or a delete)".into());
                         let _ = events.send(Event::FileFailed {
                             target: target.clone(),
                             path: path.clone(),
