@@ -80,8 +80,9 @@ pub struct IndexError {
 pub struct Index {
     db: Database,
     path: PathBuf,
-    /// A commit without durability happened since the last durable one.
-    lazy: std::sync::atomic::AtomicBool,
+    /// A commit without durability happened since the last durable one. The lock also
+    /// orders commits with the flag, so two threads cannot leave it wrong.
+    lazy: std::sync::Mutex<bool>,
 }
 
 impl Index {
@@ -103,7 +104,7 @@ impl Index {
         let index = Index {
             db,
             path: path.to_path_buf(),
-            lazy: std::sync::atomic::AtomicBool::new(false),
+            lazy: std::sync::Mutex::new(false),
         };
         index.commit(&[], Durability::Immediate)?;
         Ok(index)
@@ -151,13 +152,13 @@ impl Index {
     /// Applies `changes` in one atomic transaction. With no changes, nothing is written,
     /// unless a durable commit must make earlier lazy ones durable.
     pub fn apply(&self, changes: &[Change], durability: Durability) -> Result<(), IndexError> {
-        use std::sync::atomic::Ordering;
         let durable = matches!(durability, Durability::Immediate);
-        if changes.is_empty() && !(durable && self.lazy.load(Ordering::Relaxed)) {
+        let mut lazy = self.lazy.lock().unwrap_or_else(|e| e.into_inner());
+        if changes.is_empty() && !(durable && *lazy) {
             return Ok(());
         }
         self.commit(changes, durability)?;
-        self.lazy.store(!durable, Ordering::Relaxed);
+        *lazy = !durable;
         Ok(())
     }
 

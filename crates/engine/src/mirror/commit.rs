@@ -172,6 +172,8 @@ impl Committer {
                             if resumable {
                                 changes.push(Change::RemovePartial(begin.path.clone()));
                             }
+                            // A new version ends any append record an earlier failure left.
+                            changes.push(Change::RemoveAppend(begin.path.clone()));
                             replies.push(Message::FileDone { id });
                         }
                         Err(reason) => {
