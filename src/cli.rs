@@ -22,6 +22,9 @@ pub enum Command {
     Serve(ServeArgs),
     /// Mirror a folder to one or more targets.
     Push(PushArgs),
+    /// Show the pushes running on this machine: each target's state, lag, last sync and the
+    /// bytes still to send.
+    Status(StatusArgs),
     /// Show RainMaker on this machine: start a target on loopback, mirror a sample platform
     /// folder to it, change the folder, mirror again.
     Demo(DemoArgs),
@@ -125,6 +128,13 @@ pub enum CompressArg {
     Auto,
     Always,
     Never,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print JSON (an array of running pushes) instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -5,6 +5,7 @@
 mod cli;
 mod demo;
 mod progress;
+mod status;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
@@ -63,6 +64,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Serve(args) => serve(args).await.map(|()| ExitCode::SUCCESS),
         Command::Push(args) => push(args).await,
         Command::Demo(args) => demo::run(args).await,
+        Command::Status(args) => status::show(&args).map(|()| ExitCode::SUCCESS),
     }
 }
 
@@ -216,9 +218,11 @@ async fn push(args: PushArgs) -> Result<ExitCode> {
     }
     let (events, listener) = event::channel();
     let bars = progress::spawn(listener, !args.json || progress::stderr_is_terminal());
+    let board = status::spawn_writer(events.subscribe(), &options, "once");
     let report = engine::push_once(&options, &events, &shutdown_signal()).await?;
     drop(events);
     let _ = bars.await;
+    let _ = board.await;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     }
@@ -270,6 +274,11 @@ async fn continuous(args: &PushArgs, options: &PushOptions) -> Result<ExitCode> 
     if let Some(every) = args.every {
         tokio::spawn(warn_when_behind(events.subscribe(), every));
     }
+    let mode = match args.every {
+        Some(every) => format!("every {}", humantime::format_duration(every)),
+        None => "watch".to_string(),
+    };
+    let board = status::spawn_writer(events.subscribe(), options, &mode);
     let what = if schedule.watch {
         "continuously".to_string()
     } else {
@@ -283,6 +292,7 @@ async fn continuous(args: &PushArgs, options: &PushOptions) -> Result<ExitCode> 
     engine::push_continuous(options, &schedule, &events, &shutdown_signal()).await?;
     drop(events);
     let _ = watcher.await;
+    let _ = board.await;
     eprintln!("rainmaker: stopped");
     Ok(ExitCode::SUCCESS)
 }

@@ -224,3 +224,48 @@ fn the_guard_pauses_with_its_reason_and_lifting_the_threshold_resumes() {
     let log = || resumed.log();
     wait_identical(&src, &dst, Duration::from_secs(20), &log);
 }
+
+#[test]
+fn status_shows_each_target_of_a_running_push() {
+    let sandbox = Sandbox::new();
+    let src = sandbox.dir("src");
+    let dst = sandbox.dir("dst");
+    write_random(&src.join("a.dat"), 11, 10_000);
+    let agent = sandbox.serve(&dst);
+    let down = format!("wss://127.0.0.1:{}", common::dead_port());
+    let push = sandbox
+        .push(&src)
+        .to(&agent.url)
+        .to(&down)
+        .arg("--watch")
+        .spawn_continuous();
+    let log = || push.log();
+    wait_identical(&src, &dst, Duration::from_secs(20), &log);
+    let started = Instant::now();
+    let targets = loop {
+        let mut status = sandbox.command();
+        status.arg("status").arg("--json");
+        let (code, stdout, stderr) = common::run_bounded(status, Duration::from_secs(10));
+        assert_eq!(code, 0, "status runs: {stderr}");
+        let running: serde_json::Value =
+            serde_json::from_str(&stdout).expect("status --json is JSON");
+        let targets = running[0]["targets"].clone();
+        let ready = targets[0]["state"] == "in sync" && targets[1]["state"] == "offline";
+        if ready || started.elapsed() > Duration::from_secs(10) {
+            break targets;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(targets[0]["url"], agent.url.as_str());
+    assert_eq!(targets[0]["state"], "in sync", "{targets}");
+    assert!(
+        targets[0]["last_sync"].as_f64().is_some(),
+        "a target in sync has a last sync"
+    );
+    assert_eq!(targets[1]["state"], "offline", "{targets}");
+    assert!(
+        targets[1]["behind_since"].as_f64().is_some() && targets[1]["reason"].as_str().is_some(),
+        "an offline target shows since when it lags and why: {targets}"
+    );
+    drop(push);
+}

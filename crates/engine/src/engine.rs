@@ -264,6 +264,7 @@ pub async fn push_once(
             files: scanned.tree.files.len() as u64,
             files_hashed: scanned.files_hashed,
             bytes_hashed: scanned.bytes_hashed,
+            digest: hex::encode(plan::digest(&scanned.tree)),
         });
         files = scanned.tree.files.len() as u64;
         skipped = scanned

@@ -16,6 +16,8 @@ pub enum Event {
         files: u64,
         files_hashed: u64,
         bytes_hashed: u64,
+        /// The digest of the source's tree (hex): a new one means the source changed.
+        digest: String,
     },
     /// A path could not be read or mirrored; the rest goes on.
     Skipped { path: String, reason: String },

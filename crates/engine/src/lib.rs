@@ -18,6 +18,7 @@
 //! - [`schedule`]: backoff, interval advice, sleep detection: when to sync.
 //! - [`guard`]: resource samples in, pause and resume decisions out (sysinfo sampler).
 //! - [`rate`]: the bandwidth cap, a token bucket shared by every target.
+//! - [`status`]: the state of a running push (per target: state, lag, last sync, pending).
 //! - [`event`]: typed events and reports for the agent and the tray.
 //! - [`engine`]: wires the above into `push` (once, continuous, on an interval) and `serve`,
 //!   the API the agent and tray call.
@@ -34,5 +35,6 @@ pub mod protocol;
 pub mod rate;
 pub mod scan;
 pub mod schedule;
+pub mod status;
 pub mod transport;
 pub mod watch;

@@ -129,9 +129,16 @@ pub async fn push_continuous(
         generation += 1;
         tracing::debug!(generation, elapsed = ?started.elapsed(), hashed = scanned.bytes_hashed, "scanned");
         let tree = Arc::new(scanned.tree);
+        let digest = plan::digest(&tree);
+        let _ = events.send(Event::Scanned {
+            files: tree.files.len() as u64,
+            files_hashed: scanned.files_hashed,
+            bytes_hashed: scanned.bytes_hashed,
+            digest: hex::encode(digest),
+        });
         let snapshot = Snapshot {
             generation,
-            digest: plan::digest(&tree),
+            digest,
             tree,
             blocks: Arc::new(BlockSource::new(options.source.clone(), compress)),
         };
