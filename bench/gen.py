@@ -3,6 +3,7 @@
 
   gen.py init DIR [--seed N] [--scale X]   build a trading-platform-like data folder
   gen.py session DIR [--seed N]            simulate one trading session on DIR
+  gen.py tick FILE SIZE [--seed N]         write one live tick file of SIZE bytes (S4)
 
 `init` writes about 1 GiB x scale (scale defaults to env BENCH_SCALE, else 1.0):
   * 40 binary tick files, db/tick/<INSTRUMENT MM-YY>/<yyyymmdd>.Last.ncd, of
@@ -20,6 +21,12 @@ edits 5 settings files in place, adds 5 and deletes 5. Its seed defaults to
 one derived from the folder's current state, so successive sessions differ
 but are reproducible. It prints the bytes changed (appended + size of edited
 and added files) on stdout.
+
+`tick` writes one tick file of SIZE bytes (rounded down to whole records; K, M,
+G suffixes are powers of 1024, e.g. 200M) for the instrument its folder names
+(ES when the folder is not an instrument folder), e.g. today's live file
+db/tick/ES 12-26/20261123.Last.ncd for the continuous-mode scenario S4 (see
+bench/s4.sh). bench/s4_probe.py appends to it with `continue_records`.
 
 Speed: records are not packed one at a time. Per instrument a pool of ~2 MiB
 of real records is packed once; each output chunk of 5,461 records (~128 KiB)
@@ -229,6 +236,27 @@ def append_ticks(root, rng):
     return total
 
 
+def live_instrument(path, seed):
+    """The Instrument for a tick file at `path`, from its folder's name (ES if none)."""
+    folder = os.path.basename(os.path.dirname(os.path.abspath(path)))
+    spec = next((spec for spec in INSTRUMENTS if spec[0] == folder.split(" ")[0]), INSTRUMENTS[0])
+    return Instrument(*spec, random.Random(seed))
+
+
+def continue_records(path, nrec, seed=7):
+    """nrec records (bytes) that continue the tick file at `path`: later timestamps, the same walk."""
+    inst = live_instrument(path, seed)
+    size = os.path.getsize(path)
+    if size < REC_SIZE:
+        ts, px = DAY_MTIME_BASE * 10**9, inst.base
+    else:
+        with open(path, "rb") as f:
+            f.seek(size - size % REC_SIZE - REC_SIZE)
+            ts, price, _, _ = REC.unpack(f.read(REC_SIZE))
+        px = round(price / inst.tick)
+    return b"".join(inst.records(random.Random(seed + 1), nrec, ts, px))
+
+
 # ------------------------------------------------------------ small files
 
 WORDS = (
@@ -401,6 +429,32 @@ def cmd_session(args):
     print(appended + edited + added)
 
 
+def parse_size(text):
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    t = text.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = t[-1:] if t[-1:] in units else ""
+    try:
+        return int(float(t[: len(t) - len(unit)]) * units[unit])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r}")
+
+
+def cmd_tick(args):
+    path = args.file
+    if os.path.exists(path):
+        sys.exit(f"{path} exists")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    rng = random.Random(args.seed)
+    inst = live_instrument(path, rng.getrandbits(64))
+    nrec = args.size // REC_SIZE
+    day_start = (DAY_MTIME_BASE + 7 * 86400) * 10**9  # the Monday after the generated week
+    with open(path, "wb", buffering=1 << 20) as f:
+        for data in inst.records(rng, nrec, day_start, inst.base):
+            f.write(data)
+    log(f"gen.py tick: {nrec * REC_SIZE:,} bytes ({nrec:,} records of {inst.name}) in {path}")
+    print(nrec * REC_SIZE)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -411,8 +465,14 @@ def main():
     ps = sub.add_parser("session", help="simulate one trading session")
     ps.add_argument("dir")
     ps.add_argument("--seed", type=int, default=None)
+    pt = sub.add_parser("tick", help="write one live tick file (S4)")
+    pt.add_argument("file")
+    pt.add_argument("size", type=parse_size, help="bytes, or with a K/M/G suffix (powers of 1024)")
+    pt.add_argument("--seed", type=int, default=4)
     args = p.parse_args()
-    if args.cmd == "init":
+    if args.cmd == "tick":
+        cmd_tick(args)
+    elif args.cmd == "init":
         if args.scale is None:
             args.scale = default_scale()
         if args.scale <= 0:

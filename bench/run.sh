@@ -9,6 +9,9 @@
 #       5 added, 5 deleted): time, bytes on the wire, and wire bytes / bytes changed
 #   S3  nothing changed
 #   S5  one source to three fresh targets at once (rainmaker only), against S1
+#   S4  continuous mode, run last by bench/s4.sh on its own data (see its header): delay
+#       until appended batches are on the target and wire bytes per appended byte, for
+#       rainmaker push --watch, rsync in a loop and Syncthing; idle agent CPU and memory
 # rsync runs as `rsync -a --delete --stats SRC/ rsync://127.0.0.1:PORT/mod/`
 # (rsync's own protocol, no -z, no TLS) against an rsync daemon; rainmaker runs
 # `rainmaker push SRC --to wss://127.0.0.1:PORT --once --json` against a
@@ -31,6 +34,8 @@
 #   CARGO_TARGET_DIR  where to build (default ~/.cache/rainmaker-target)
 #   RAINMAKER_BIN     use this rainmaker binary instead of building one
 #   BENCH_TIMEOUT     seconds any one timed command may take (default 3600)
+#   BENCH_S4          0 to skip S4 (default 1; it is skipped with --rsync-only too);
+#                     BENCH_S4_* variables are passed on to bench/s4.sh
 # Needs: cargo, python3, rsync (apt-get install rsync), diff, find.
 # Results are printed as a markdown table and written to bench/last-results.md.
 set -euo pipefail
@@ -371,3 +376,18 @@ echo "$REPORT"
 echo "$REPORT" > "$BENCH_DIR/last-results.md"
 echo >&2
 echo "written to bench/last-results.md" >&2
+
+# ------------------------------------------------------------------ S4
+
+if [[ $RSYNC_ONLY == 0 && ${BENCH_S4:-1} != 0 ]]; then
+    say "S4: continuous mode (bench/s4.sh)"
+    S4_ARGS=()
+    [[ $KEEP == 1 ]] && S4_ARGS+=(--keep)
+    S4_REPORT=$(RAINMAKER_BIN=$RM bash "$BENCH_DIR/s4.sh" "${S4_ARGS[@]}") ||
+        die "S4 (bench/s4.sh) failed; the S1-S5 results are in bench/last-results.md"
+    echo
+    echo "$S4_REPORT"
+    printf '\n%s\n' "$S4_REPORT" >> "$BENCH_DIR/last-results.md"
+    echo >&2
+    echo "S4 appended to bench/last-results.md" >&2
+fi
