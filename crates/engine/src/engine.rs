@@ -253,7 +253,14 @@ pub async fn push_once(
             let cache = cached_manifest_path(&options.state_dir, &target.url);
             sessions.spawn(async move {
                 let started = Instant::now();
-                let result = session(&target, &options, tree_rx, &blocks, &events, &cache).await;
+                let mut conn = None;
+                let result = session(
+                    &target, &options, &mut conn, tree_rx, &blocks, &events, &cache,
+                )
+                .await;
+                if let Some(conn) = conn {
+                    conn.close().await;
+                }
                 (i, result, started.elapsed().as_secs_f64())
             });
         }
@@ -358,6 +365,7 @@ pub async fn push_once(
 async fn session(
     target: &TargetSpec,
     options: &PushOptions,
+    open: &mut Option<transport::Connection>,
     mut tree_rx: tokio::sync::watch::Receiver<Option<Arc<Tree>>>,
     blocks: &Arc<BlockSource>,
     events: &broadcast::Sender<Event>,
@@ -368,15 +376,29 @@ async fn session(
         options.stall_timeout,
         &options.bwlimit,
     );
-    let mut conn = transport::connect(&ConnectOptions {
-        url: target.url.clone(),
-        trust: target.trust.clone(),
-        token: target.token.clone(),
-        source_name: source_name.clone(),
-    })
-    .await?;
+    // A connection kept from the last round is used again: no new TLS handshake per sync.
+    let reused = open.is_some();
+    let mut conn = match open.take() {
+        Some(conn) => conn,
+        None => {
+            transport::connect(&ConnectOptions {
+                url: target.url.clone(),
+                trust: target.trust.clone(),
+                token: target.token.clone(),
+                source_name: source_name.clone(),
+            })
+            .await?
+        }
+    };
     let started = Instant::now();
-    tracing::debug!(target = %target.url, "connected");
+    tracing::debug!(target = %target.url, reused, "connected");
+    // Bytes of this round only: a kept connection's counters run on from earlier rounds.
+    let counted = |c: &transport::Connection| {
+        c.wire_counter().load(std::sync::atomic::Ordering::Relaxed)
+            + c.received_counter()
+                .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let base = if reused { counted(&conn) } else { 0 };
     let cached = load_cached_manifest(cache);
     let (theirs, partials) = send::fetch_manifest(&mut conn, cached, stall).await?;
     let tree: Arc<Tree> = tree_rx
@@ -416,9 +438,12 @@ async fn session(
     )
     .await?;
     let wire = sent.load(std::sync::atomic::Ordering::Relaxed)
-        + received.load(std::sync::atomic::Ordering::Relaxed);
+        + received.load(std::sync::atomic::Ordering::Relaxed)
+        - base;
     tracing::debug!(elapsed = ?started.elapsed(), target = %target.url, "plan sent and verified");
     let digest = plan::digest(tree);
+    let (outcome, conn) = outcome;
+    *open = Some(conn);
     if outcome.digest == digest {
         if let Err(e) = save_cached_manifest(cache, digest, tree) {
             tracing::warn!("cannot keep the manifest of {}: {e}", target.url);

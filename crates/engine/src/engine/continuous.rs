@@ -213,6 +213,8 @@ impl TargetLoop {
         let mut backoff = Backoff::for_targets();
         let mut rng = rand::rngs::StdRng::from_os_rng();
         let mut at_least: u64 = 0;
+        // The connection to the target, kept open between syncs.
+        let mut conn = None;
         loop {
             let wanted = self.snapshots.wait_for(|s| {
                 s.as_ref()
@@ -234,7 +236,7 @@ impl TargetLoop {
             let (_ready, tree) = latest::channel(Some(snapshot.tree.clone()));
             let result = tokio::select! {
                 () = self.cancel.cancelled() => return,
-                r = session(&self.target, &self.options, tree, &snapshot.blocks, &self.events, &cache) => r,
+                r = session(&self.target, &self.options, &mut conn, tree, &snapshot.blocks, &self.events, &cache) => r,
             };
             match result {
                 Ok((outcome, _plan, wire)) if outcome.digest == snapshot.digest => {

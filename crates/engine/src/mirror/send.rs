@@ -21,7 +21,7 @@ use crate::protocol::{
 };
 use crate::rate::RateLimit;
 use crate::scan::Tree;
-use crate::transport::{Connection, TransportError};
+use crate::transport::{Connection, ConnectionReceiver, TransportError};
 use futures_util::StreamExt;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
@@ -246,6 +246,45 @@ enum Item {
     Block { id: u64, file: usize, offset: u64 },
 }
 
+/// Collects the target's replies until it reports its digest.
+async fn collect_replies(
+    receiver: &mut ConnectionReceiver,
+    done: &AtomicU64,
+    events: &broadcast::Sender<Event>,
+    target: &str,
+    paths: &HashMap<u64, String>,
+) -> Result<(Hash, Vec<(String, String)>), SendError> {
+    let mut failed = Vec::new();
+    loop {
+        match receiver.recv().await? {
+            Some(Message::FileDone { .. }) => {
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(Message::FileFailed { id, reason }) => {
+                let path = paths
+                    .get(&id)
+                    .cloned()
+                    .unwrap_or_else(|| "(a folder or a delete)".into());
+                let _ = events.send(Event::FileFailed {
+                    target: target.to_string(),
+                    path: path.clone(),
+                    reason: reason.clone(),
+                });
+                failed.push((path, reason));
+            }
+            Some(Message::Finished { digest }) => return Ok((digest, failed)),
+            Some(Message::Refused { reason }) => return Err(SendError::Refused(reason)),
+            Some(other) => {
+                return Err(SendError::Protocol(format!(
+                    "unexpected reply {}",
+                    other.name()
+                )));
+            }
+            None => return Err(SendError::Closed),
+        }
+    }
+}
+
 /// How fast a session may go: when a stalled target is given up, the bandwidth cap, and the
 /// resource guard's gate.
 #[derive(Debug, Clone)]
@@ -263,7 +302,7 @@ pub async fn send_plan(
     pace: Pace<'_>,
     blocks: &Arc<BlockSource>,
     events: &broadcast::Sender<Event>,
-) -> Result<Outcome, SendError> {
+) -> Result<(Outcome, Connection), SendError> {
     let Pace {
         stall,
         limit,
@@ -352,139 +391,108 @@ pub async fn send_plan(
     let files_total = plan.files;
     let bytes_total = plan.data_bytes;
     let done = Arc::new(AtomicU64::new(0));
-    let replies = {
-        let done = done.clone();
-        let events = events.clone();
-        let target = target.to_string();
-        let paths = paths.clone();
-        async move {
-            let mut failed = Vec::new();
-            loop {
-                match receiver.recv().await? {
-                    Some(Message::FileDone { .. }) => {
-                        done.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Some(Message::FileFailed { id, reason }) => {
-                        let path = paths
-                            .get(&id)
-                            .cloned()
-                            .unwrap_or_else(|| "(a folder or a delete)".into());
-                        let _ = events.send(Event::FileFailed {
-                            target: target.clone(),
-                            path: path.clone(),
-                            reason: reason.clone(),
-                        });
-                        failed.push((path, reason));
-                    }
-                    Some(Message::Finished { digest }) => return Ok((digest, failed)),
-                    Some(Message::Refused { reason }) => return Err(SendError::Refused(reason)),
-                    Some(other) => {
-                        return Err(SendError::Protocol(format!("unexpected reply {other:?}")));
-                    }
-                    None => return Err(SendError::Closed),
-                }
-            }
-        }
-    };
     let mut aborted: HashSet<u64> = HashSet::new();
     let mut abandoned = Vec::new();
     let mut data_bytes = 0u64;
-    let sending = async {
-        let mut stream = futures_util::stream::iter(items)
-            .map(|item| async {
-                match item {
-                    Item::Message(m) => (None, Ok(m)),
-                    Item::Block { id, file, offset } => {
-                        let (path, record) = files[file];
-                        let payload = blocks.get(path, record, offset).await;
-                        (
-                            Some(id),
-                            payload
-                                .map(|p| (offset, p))
-                                .map(|(offset, p)| Message::Data {
-                                    id,
-                                    offset,
-                                    payload: (*p).clone(),
-                                }),
-                        )
+    let (digest, failed) = {
+        let replies = collect_replies(&mut receiver, &done, events, target, &paths);
+        let sending = async {
+            let mut stream = futures_util::stream::iter(items)
+                .map(|item| async {
+                    match item {
+                        Item::Message(m) => (None, Ok(m)),
+                        Item::Block { id, file, offset } => {
+                            let (path, record) = files[file];
+                            let payload = blocks.get(path, record, offset).await;
+                            (
+                                Some(id),
+                                payload
+                                    .map(|p| (offset, p))
+                                    .map(|(offset, p)| Message::Data {
+                                        id,
+                                        offset,
+                                        payload: (*p).clone(),
+                                    }),
+                            )
+                        }
+                    }
+                })
+                .buffered(READ_AHEAD);
+            let mut last_event = Instant::now();
+            while let Some((block_of, message)) = stream.next().await {
+                let id = match &message {
+                    Ok(Message::FileEnd { id }) => Some(*id),
+                    _ => block_of,
+                };
+                if let Some(id) = id
+                    && aborted.contains(&id)
+                {
+                    continue;
+                }
+                match message {
+                    Ok(message) => {
+                        if let Message::Data { id, offset, .. } = &message {
+                            let (_, record) = files[*id as usize];
+                            let block_end = ((offset / BLOCK_SIZE) + 1) * BLOCK_SIZE;
+                            data_bytes += block_end.min(record.stamp.size) - offset;
+                        }
+                        // The block in flight finishes; nothing else starts while paused.
+                        gate.pass().await;
+                        if let Some(limit) = limit {
+                            let bytes = match &message {
+                                Message::Data { payload, .. } => payload.wire_len() + 32,
+                                _ => 64,
+                            };
+                            limit.take(bytes).await;
+                        }
+                        tokio::time::timeout(stall, sender.send(&message))
+                            .await
+                            .map_err(|_| SendError::Stalled(stall))??;
+                    }
+                    Err(reason) => {
+                        let id = block_of.expect("only blocks fail");
+                        aborted.insert(id);
+                        let path = paths[&id].clone();
+                        abandoned.push((path.clone(), reason.clone()));
+                        sender
+                            .send(&Message::FileAbort {
+                                id,
+                                reason: reason.clone(),
+                            })
+                            .await?;
                     }
                 }
-            })
-            .buffered(READ_AHEAD);
-        let mut last_event = Instant::now();
-        while let Some((block_of, message)) = stream.next().await {
-            let id = match &message {
-                Ok(Message::FileEnd { id }) => Some(*id),
-                _ => block_of,
-            };
-            if let Some(id) = id
-                && aborted.contains(&id)
-            {
-                continue;
+                if last_event.elapsed() > Duration::from_millis(100) {
+                    last_event = Instant::now();
+                    let _ = events.send(Event::Progress {
+                        target: target.to_string(),
+                        files_done: done.load(Ordering::Relaxed),
+                        files_total,
+                        bytes_done: data_bytes,
+                        bytes_total,
+                    });
+                }
             }
-            match message {
-                Ok(message) => {
-                    if let Message::Data { id, offset, .. } = &message {
-                        let (_, record) = files[*id as usize];
-                        let block_end = ((offset / BLOCK_SIZE) + 1) * BLOCK_SIZE;
-                        data_bytes += block_end.min(record.stamp.size) - offset;
-                    }
-                    // The block in flight finishes; nothing else starts while paused.
-                    gate.pass().await;
-                    if let Some(limit) = limit {
-                        let bytes = match &message {
-                            Message::Data { payload, .. } => payload.wire_len() + 32,
-                            _ => 64,
-                        };
-                        limit.take(bytes).await;
-                    }
-                    tokio::time::timeout(stall, sender.send(&message))
-                        .await
-                        .map_err(|_| SendError::Stalled(stall))??;
+            Ok::<(), SendError>(())
+        };
+        tokio::pin!(replies);
+        // The replies decide: a target that refuses mid-stream explains why the stream broke.
+        tokio::select! {
+            reply = &mut replies => reply?,
+            sent = sending => {
+                if let Err(error) = sent {
+                    return Err(match tokio::time::timeout(Duration::from_secs(2), replies).await {
+                        Ok(Err(refusal @ SendError::Refused(_))) => refusal,
+                        _ => error,
+                    });
                 }
-                Err(reason) => {
-                    let id = block_of.expect("only blocks fail");
-                    aborted.insert(id);
-                    let path = paths[&id].clone();
-                    abandoned.push((path.clone(), reason.clone()));
-                    sender
-                        .send(&Message::FileAbort {
-                            id,
-                            reason: reason.clone(),
-                        })
-                        .await?;
-                }
-            }
-            if last_event.elapsed() > Duration::from_millis(100) {
-                last_event = Instant::now();
-                let _ = events.send(Event::Progress {
-                    target: target.to_string(),
-                    files_done: done.load(Ordering::Relaxed),
-                    files_total,
-                    bytes_done: data_bytes,
-                    bytes_total,
-                });
+                tokio::time::timeout(stall, replies)
+                    .await
+                    .map_err(|_| SendError::Stalled(stall))??
             }
         }
-        Ok::<(), SendError>(())
     };
-    tokio::pin!(replies);
-    // The replies decide: a target that refuses mid-stream explains why the stream broke.
-    let (digest, failed) = tokio::select! {
-        reply = &mut replies => reply?,
-        sent = sending => {
-            if let Err(error) = sent {
-                return Err(match tokio::time::timeout(Duration::from_secs(2), replies).await {
-                    Ok(Err(refusal @ SendError::Refused(_))) => refusal,
-                    _ => error,
-                });
-            }
-            tokio::time::timeout(stall, replies)
-                .await
-                .map_err(|_| SendError::Stalled(stall))??
-        }
-    };
-    sender.close().await;
+    let conn = sender.reunite(receiver)?;
     let files_done = done.load(Ordering::Relaxed);
     let _ = events.send(Event::Progress {
         target: target.to_string(),
@@ -495,10 +503,13 @@ pub async fn send_plan(
     });
     let mut failed = failed;
     failed.extend(abandoned);
-    Ok(Outcome {
-        digest,
-        files_done,
-        failed,
-        data_bytes,
-    })
+    Ok((
+        Outcome {
+            digest,
+            files_done,
+            failed,
+            data_bytes,
+        },
+        conn,
+    ))
 }

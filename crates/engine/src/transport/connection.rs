@@ -212,6 +212,23 @@ impl ConnectionSender {
     pub async fn close(mut self) {
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.sink.close()).await;
     }
+
+    /// Puts the two halves of a connection back together, so it can serve another round.
+    pub fn reunite(self, receiver: ConnectionReceiver) -> Result<Connection, TransportError> {
+        let peer = self.peer.clone();
+        let ws = self
+            .sink
+            .reunite(receiver.stream)
+            .map_err(|_| TransportError::Closed { peer: peer.clone() })?;
+        Ok(Connection {
+            ws,
+            peer,
+            remote_name: String::new(),
+            fingerprint: None,
+            sent: self.sent,
+            received: receiver.received,
+        })
+    }
 }
 
 /// The receiving half of a [`Connection`].
