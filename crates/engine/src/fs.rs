@@ -161,12 +161,25 @@ fn file_id(_file: &File, _meta: &Metadata) -> u128 {
     0
 }
 
+/// Whether this platform's files have an executable bit. Where they do not (Windows), the
+/// bit a source sent is kept in the index instead, so a Unix source still matches.
+pub const HAS_EXEC_BIT: bool = cfg!(unix);
+
+/// A stamp read from the disk, with the executable bit the index must remember where the
+/// file system keeps none.
+pub fn stamp_with_exec(mut stamp: Stamp, executable: bool) -> Stamp {
+    if !HAS_EXEC_BIT {
+        stamp.executable = executable;
+    }
+    stamp
+}
+
 /// Whether two stamps mean the same file content for the quick check. A file id of 0 means
-/// "unknown" and is not compared.
+/// "unknown" and is not compared; the executable bit only where the file system has one.
 pub fn same_stamp(a: &Stamp, b: &Stamp) -> bool {
     a.size == b.size
         && a.mtime_ns == b.mtime_ns
-        && a.executable == b.executable
+        && (!HAS_EXEC_BIT || a.executable == b.executable)
         && (a.file_id == b.file_id || a.file_id == 0 || b.file_id == 0)
 }
 

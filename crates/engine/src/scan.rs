@@ -248,6 +248,8 @@ pub fn hash_file(path: &Path, old: Option<&FileRecord>) -> std::io::Result<(File
         ));
     }
     let now = fs::mtime_now();
+    // Where the file system has no executable bit, the one the index knew stays.
+    let stamp = fs::stamp_with_exec(stamp, old.is_some_and(|o| o.stamp.executable));
     let record = FileRecord {
         hash: hash::file_hash(stamp.size, &blocks),
         racy: stamp.mtime_ns > now - RACY_WINDOW_NS,

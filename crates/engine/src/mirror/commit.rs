@@ -168,6 +168,7 @@ impl Committer {
                                 &full,
                                 begin.hash,
                                 begin.blocks.clone(),
+                                begin.executable,
                             );
                             if resumable {
                                 changes.push(Change::RemovePartial(begin.path.clone()));
@@ -214,6 +215,7 @@ impl Committer {
                                 &full,
                                 append.hash,
                                 blocks,
+                                append.executable,
                             );
                             changes.push(Change::RemoveAppend(append.path.clone()));
                             replies.push(Message::FileDone { id });
@@ -275,10 +277,11 @@ fn record(
     full: &Path,
     hash: Hash,
     blocks: Vec<Hash>,
+    executable: bool,
 ) {
     if let Ok(meta) = std::fs::metadata(full) {
         let record = FileRecord {
-            stamp: fs::stamp_of_meta(&meta),
+            stamp: fs::stamp_with_exec(fs::stamp_of_meta(&meta), executable),
             hash,
             blocks,
             racy: false,

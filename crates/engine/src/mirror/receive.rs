@@ -284,7 +284,7 @@ impl Receiver {
                 if let Some(record) = self.tree.files.get_mut(&path)
                     && let Ok(meta) = std::fs::metadata(&full)
                 {
-                    record.stamp = fs::stamp_of_meta(&meta);
+                    record.stamp = fs::stamp_with_exec(fs::stamp_of_meta(&meta), executable);
                     self.pending.push(Change::PutFile(path, record.clone()));
                 }
                 Ok(replies)
