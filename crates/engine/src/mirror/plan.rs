@@ -123,7 +123,7 @@ pub fn plan(
         }
     }
 
-    let located = locate_blocks(target);
+    let located = locate_blocks(target, source);
     let partials: HashMap<&str, &Partial> = partials.iter().map(|p| (p.path.as_str(), p)).collect();
     for (path, record) in &source.files {
         let theirs = target
@@ -228,9 +228,19 @@ fn under_deleted(deleted: &[String], path: &str) -> bool {
 }
 
 /// Where on the target each block hash can be found (first occurrence wins).
-fn locate_blocks(target: &Tree) -> HashMap<&Hash, (&str, u64)> {
+/// Files the session rewrites are left out: they may be replaced before a later file copies
+/// from them (a rotated log: `app.log` becomes `app.log.1` and a new `app.log` starts).
+/// Files it deletes stay in: deletes come last.
+fn locate_blocks<'a>(target: &'a Tree, source: &Tree) -> HashMap<&'a Hash, (&'a str, u64)> {
     let mut located = HashMap::new();
     for (path, record) in &target.files {
+        if source
+            .files
+            .get(path)
+            .is_some_and(|ours| ours.hash != record.hash || ours.stamp.size != record.stamp.size)
+        {
+            continue;
+        }
         for (i, block) in record.blocks.iter().enumerate() {
             located.entry(block).or_insert((path.as_str(), i as u64));
         }
@@ -387,6 +397,21 @@ mod tests {
 
     fn no_tail(_: &str, _: u64) -> Option<Hash> {
         None
+    }
+
+    #[test]
+    fn blocks_of_a_file_rewritten_in_the_same_session_are_not_copied() {
+        let old = data((BLOCK_SIZE * 2) as usize, 6);
+        let new = data((BLOCK_SIZE * 2) as usize, 7);
+        // Log rotation: app.log moved to app.log.1, and app.log starts again.
+        let source = tree(&[("app.log", &new), ("app.log.1", &old)], &[]);
+        let target = tree(&[("app.log", &old)], &[]);
+        let p = plan(&source, &target, &[], &mut no_tail);
+        assert_eq!(
+            sent_paths(&p)["app.log.1"],
+            2,
+            "app.log is replaced in this session; copying from it could read the new version"
+        );
     }
 
     #[test]

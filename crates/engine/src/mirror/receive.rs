@@ -30,6 +30,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use thiserror::Error;
 
+/// Files one session may have open at once (a source sends them one after the other).
+const MAX_IN_FLIGHT: usize = 64;
 /// The file id of a `FileFailed` about a step that is not a file (a folder, a delete).
 pub const STEP_FAILED: u64 = u64::MAX;
 /// Large files keep a resumable record; smaller ones are simply sent again.
@@ -346,6 +348,11 @@ impl Receiver {
 
     fn begin(&mut self, begin: FileBegin) -> Result<Vec<Message>, ReceiveError> {
         let id = begin.id;
+        if self.flight.len() >= MAX_IN_FLIGHT {
+            return Err(ReceiveError::Refused(format!(
+                "more than {MAX_IN_FLIGHT} files open at once"
+            )));
+        }
         if self.flight.contains_key(&id) {
             return Err(ReceiveError::Refused(format!(
                 "file id {id} is already in use"
@@ -500,6 +507,11 @@ impl Receiver {
 
     fn begin_append(&mut self, append: Append) -> Result<Vec<Message>, ReceiveError> {
         let id = append.id;
+        if self.flight.len() >= MAX_IN_FLIGHT {
+            return Err(ReceiveError::Refused(format!(
+                "more than {MAX_IN_FLIGHT} files open at once"
+            )));
+        }
         if self.flight.contains_key(&id) {
             return Err(ReceiveError::Refused(format!(
                 "file id {id} is already in use"

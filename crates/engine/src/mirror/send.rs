@@ -37,6 +37,8 @@ const CACHE_BLOCKS: usize = 512;
 const READ_AHEAD: usize = 8;
 /// After this many blocks of a file that did not compress, stop trying for that file.
 const GIVE_UP_COMPRESSING: u32 = 3;
+/// Most entries a target's manifest may have (files and folders).
+const MAX_MANIFEST_ENTRIES: usize = 10_000_000;
 /// zstd level: fast, because the link is rarely slower than this on a trading PC's CPU.
 const ZSTD_LEVEL: i32 = 1;
 
@@ -203,6 +205,7 @@ async fn fetch(
     let digest = cached.as_ref().map(|(d, _)| *d);
     conn.send(&Message::GetManifest { cached: digest }).await?;
     let mut tree = Tree::default();
+    let mut entries = 0usize;
     loop {
         match conn.recv().await? {
             Some(Message::ManifestSame { partials }) => match cached {
@@ -213,8 +216,14 @@ async fn fetch(
                     ));
                 }
             },
-            Some(Message::ManifestPart { entries }) => {
-                crate::mirror::plan::add_entries(&mut tree, entries)
+            Some(Message::ManifestPart { entries: part }) => {
+                entries += part.len();
+                if entries > MAX_MANIFEST_ENTRIES {
+                    return Err(SendError::Protocol(format!(
+                        "the manifest has more than {MAX_MANIFEST_ENTRIES} entries"
+                    )));
+                }
+                crate::mirror::plan::add_entries(&mut tree, part)
             }
             Some(Message::ManifestEnd { partials }) => return Ok((tree, partials)),
             Some(Message::Refused { reason }) => return Err(SendError::Refused(reason)),
