@@ -12,6 +12,10 @@ pub struct Cli {
     /// More log output (-v info, -vv debug); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+    /// The configuration file (default: rainmaker.toml in the OS's configuration folder, or
+    /// RAINMAKER_CONFIG). Flags override it.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -25,6 +29,11 @@ pub enum Command {
     /// Show the pushes running on this machine: each target's state, lag, last sync and the
     /// bytes still to send.
     Status(StatusArgs),
+    /// Write a commented configuration file to start from.
+    Init(InitArgs),
+    /// Work with the configuration file.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Show RainMaker on this machine: start a target on loopback, mirror a sample platform
     /// folder to it, change the folder, mirror again.
     Demo(DemoArgs),
@@ -32,15 +41,15 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Folder that receives the mirror; it must exist.
+    /// Folder that receives the mirror; it must exist. (Or `[serve] root` in the config.)
     #[arg(long)]
-    pub root: PathBuf,
-    /// Address to listen on, e.g. 0.0.0.0:7878.
+    pub root: Option<PathBuf>,
+    /// Address to listen on, e.g. 0.0.0.0:7878. (Or `[serve] listen`.)
     #[arg(long)]
-    pub listen: String,
-    /// File holding the pairing token sources must present.
+    pub listen: Option<String>,
+    /// File holding the pairing token sources must present. (Or `[serve] token_file`.)
     #[arg(long)]
-    pub token_file: PathBuf,
+    pub token_file: Option<PathBuf>,
     /// Plain ws:// without TLS; refused on any address but loopback.
     #[arg(long)]
     pub insecure: bool,
@@ -50,16 +59,17 @@ pub struct ServeArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(group = clap::ArgGroup::new("mode").required(true).args(["once", "watch", "every"]))]
+#[command(group = clap::ArgGroup::new("mode").args(["once", "watch", "every"]))]
 pub struct PushArgs {
-    /// Folder to mirror.
-    pub source: PathBuf,
+    /// Folder to mirror. Without it, every [[folder]] of the configuration file is mirrored.
+    #[arg(requires_all = ["to", "token_file"])]
+    pub source: Option<PathBuf>,
     /// Target agent, wss://HOST:PORT; repeat for several targets.
-    #[arg(long, required = true)]
+    #[arg(long)]
     pub to: Vec<String>,
     /// File holding the pairing token of the targets.
     #[arg(long)]
-    pub token_file: PathBuf,
+    pub token_file: Option<PathBuf>,
     /// Mirror once and exit: 0 when every target verified it is identical, 1 when a target
     /// failed, 3 when every target is identical but some source files could not be read.
     #[arg(long, group = "mode")]
@@ -128,6 +138,19 @@ pub enum CompressArg {
     Auto,
     Always,
     Never,
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Replace an existing file.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Check the configuration file: every error with its line, column and key.
+    Check,
 }
 
 #[derive(Debug, Args)]

@@ -5,11 +5,13 @@
 mod cli;
 mod demo;
 mod progress;
+mod setup;
 mod status;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use cli::{Cli, Command, PushArgs, ServeArgs};
+use rainmaker_engine::config::Mode;
 use rainmaker_engine::engine::{self, PushOptions, Schedule, ServeOptions, Server, TargetSpec};
 use rainmaker_engine::event::{self, PushReport};
 use rainmaker_engine::guard::Thresholds;
@@ -60,9 +62,18 @@ fn init_logging(cli: &Cli) {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {
+    let config = cli.config.clone();
+    let config = config.as_deref();
     match cli.command {
-        Command::Serve(args) => serve(args).await.map(|()| ExitCode::SUCCESS),
-        Command::Push(args) => push(args).await,
+        Command::Serve(args) => serve(args, config).await.map(|()| ExitCode::SUCCESS),
+        Command::Push(args) => match args.source.is_some() {
+            true => push(args).await,
+            false => push_configured(args, config).await,
+        },
+        Command::Init(args) => setup::init(config, args.force).map(|()| ExitCode::SUCCESS),
+        Command::Config(cli::ConfigCommand::Check) => {
+            setup::check(config).map(|()| ExitCode::SUCCESS)
+        }
         Command::Demo(args) => demo::run(args).await,
         Command::Status(args) => status::show(&args).map(|()| ExitCode::SUCCESS),
     }
@@ -110,14 +121,55 @@ fn shutdown_signal() -> CancellationToken {
     cancel
 }
 
-async fn serve(args: ServeArgs) -> Result<()> {
-    let token = read_token(&args.token_file)?;
-    let name = args.name.clone().unwrap_or_else(host_name);
+async fn serve(args: ServeArgs, config: Option<&Path>) -> Result<()> {
+    let needs_config = args.root.is_none() || args.listen.is_none() || args.token_file.is_none();
+    let (from_file, config_path) = match needs_config {
+        true => {
+            let (config, path) = setup::load(config)?;
+            (config.serve, path)
+        }
+        false => (None, setup::path(config)),
+    };
+    let missing = |flag: &str, key: &str| {
+        anyhow::anyhow!(
+            "{flag} is missing: give it, or set [serve] {key} in {} (`rainmaker init` writes one)",
+            config_path.display()
+        )
+    };
+    let root = args
+        .root
+        .clone()
+        .or_else(|| from_file.as_ref().map(|s| s.root.clone()))
+        .ok_or_else(|| missing("--root", "root"))?;
+    let listen = args
+        .listen
+        .clone()
+        .or_else(|| from_file.as_ref().map(|s| s.listen.clone()))
+        .ok_or_else(|| missing("--listen", "listen"))?;
+    let token_file = args
+        .token_file
+        .clone()
+        .or_else(|| from_file.as_ref().map(|s| s.token_file.clone()))
+        .ok_or_else(|| missing("--token-file", "token_file"))?;
+    let insecure = args.insecure || from_file.as_ref().is_some_and(|s| s.insecure);
+    let token = read_token(&token_file)?;
+    let name = args
+        .name
+        .clone()
+        .or_else(|| from_file.as_ref().and_then(|s| s.name.clone()))
+        .unwrap_or_else(host_name);
+    let args = ServeArgs {
+        root: Some(root.clone()),
+        listen: Some(listen.clone()),
+        token_file: Some(token_file),
+        insecure,
+        name: Some(name.clone()),
+    };
     let server = Server::bind(ServeOptions {
-        root: args.root.clone(),
-        listen: args.listen.clone(),
+        root,
+        listen,
         token,
-        insecure: args.insecure,
+        insecure,
         name,
     })
     .await
@@ -125,7 +177,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let scheme = if args.insecure { "ws" } else { "wss" };
     eprintln!(
         "rainmaker: receiving mirrors into {} on {scheme}://{}",
-        args.root.display(),
+        args.root.as_deref().unwrap_or(Path::new("")).display(),
         server.local_addr()
     );
     match server.fingerprint() {
@@ -185,9 +237,19 @@ fn targets(args: &PushArgs, token: &str) -> Result<Vec<TargetSpec>> {
 }
 
 async fn push(args: PushArgs) -> Result<ExitCode> {
-    let token = read_token(&args.token_file)?;
+    let token_file = args.token_file.clone().context("--token-file is missing")?;
+    let token = read_token(&token_file)?;
+    if args.to.is_empty() {
+        bail!("give at least one --to wss://HOST:PORT");
+    }
+    if !(args.once || args.watch || args.every.is_some()) {
+        bail!("say how to mirror: --once, --watch or --every [INTERVAL]");
+    }
     let targets = targets(&args, &token)?;
-    let source = args.source.clone();
+    let source = args
+        .source
+        .clone()
+        .context("the source folder is missing")?;
     let meta = std::fs::metadata(&source)
         .with_context(|| format!("cannot read the source folder {}", source.display()))?;
     if !meta.is_dir() {
@@ -335,6 +397,116 @@ async fn warn_when_behind(
             }
         }
     }
+}
+
+/// `rainmaker push` with no source: every [[folder]] of the configuration file, each in its
+/// own mode (or the one the command line gives), all at once.
+async fn push_configured(args: PushArgs, config: Option<&Path>) -> Result<ExitCode> {
+    let (config, path) = setup::load(config)?;
+    if config.folders.is_empty() {
+        bail!(
+            "nothing to mirror: give a source folder and --to, or add a [[folder]] to {} (`rainmaker init` writes a commented one)",
+            path.display()
+        );
+    }
+    let known_peers = args
+        .known_peers
+        .clone()
+        .unwrap_or_else(engine::default_known_peers);
+    let thresholds = setup::thresholds(&config);
+    let cancel = shutdown_signal();
+    let mut runs = tokio::task::JoinSet::new();
+    for folder in &config.folders {
+        let mut targets = Vec::new();
+        for t in &folder.targets {
+            let trust = match (&t.fingerprint, t.url.starts_with("ws://")) {
+                (_, true) => Trust::Insecure,
+                (Some(fp), false) => Trust::Pinned(fp.clone()),
+                (None, false) => Trust::KnownPeers(known_peers.clone()),
+            };
+            targets.push(TargetSpec {
+                url: t.url.clone(),
+                trust,
+                token: read_token(&t.token_file)?,
+            });
+        }
+        let options = PushOptions {
+            state_dir: engine::default_state_dir(&folder.source),
+            source: folder.source.clone(),
+            targets,
+            source_name: host_name(),
+            passes: 3,
+            compress: engine::Compress::Auto,
+            stall_timeout: Duration::from_secs(args.stall_timeout),
+            bwlimit: args
+                .bwlimit
+                .or(folder.bwlimit)
+                .map(|rate| std::sync::Arc::new(rainmaker_engine::rate::RateLimit::new(rate))),
+            gate: rainmaker_engine::guard::Gate::open(),
+        };
+        let mode = if args.once {
+            Mode::Manual
+        } else if args.watch {
+            Mode::Watch
+        } else if let Some(every) = args.every {
+            Mode::Every(every)
+        } else {
+            folder.mode
+        };
+        let (thresholds, cancel, rescan) = (thresholds.clone(), cancel.clone(), args.rescan_every);
+        runs.spawn(async move {
+            let (events, listener) = event::channel();
+            let printer = progress::spawn(listener, false);
+            let (label, result) = match mode {
+                Mode::Manual => {
+                    let board = status::spawn_writer(events.subscribe(), &options, "once");
+                    let report = engine::push_once(&options, &events, &cancel).await;
+                    drop(events);
+                    let _ = board.await;
+                    let code = report.map(|r| {
+                        print_summary(&r);
+                        exit_code(&r)
+                    });
+                    ("once", code)
+                }
+                Mode::Watch | Mode::Every(_) => {
+                    let (watch, every, label) = match mode {
+                        Mode::Every(every) => (false, every, "every"),
+                        _ => (true, rescan, "watch"),
+                    };
+                    let schedule = Schedule {
+                        watch,
+                        every,
+                        guard: Some(thresholds),
+                    };
+                    let board = status::spawn_writer(events.subscribe(), &options, label);
+                    eprintln!(
+                        "rainmaker: mirroring {} ({label})",
+                        options.source.display()
+                    );
+                    let done = engine::push_continuous(&options, &schedule, &events, &cancel).await;
+                    drop(events);
+                    let _ = board.await;
+                    (label, done.map(|()| ExitCode::SUCCESS))
+                }
+            };
+            let _ = printer.await;
+            (label, options.source.clone(), result)
+        });
+    }
+    let mut worst = ExitCode::SUCCESS;
+    while let Some(joined) = runs.join_next().await {
+        let (_, source, result) = joined?;
+        match result {
+            Ok(code) if code != ExitCode::SUCCESS => worst = code,
+            Ok(_) => {}
+            Err(e) => {
+                eprintln!("error: {}: {e:#}", source.display());
+                worst = ExitCode::FAILURE;
+            }
+        }
+    }
+    Ok(worst)
 }
 
 fn exit_code(report: &PushReport) -> ExitCode {

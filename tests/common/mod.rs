@@ -123,6 +123,11 @@ impl Sandbox {
         self.serve_with(root, 0, true)
     }
 
+    /// Starts an agent from a command built by the test (for flags the helpers do not set).
+    pub fn start_agent(&self, command: Command) -> Agent {
+        Agent::start(command, false).unwrap_or_else(|log| panic!("the agent did not start:\n{log}"))
+    }
+
     fn serve_with(&self, root: &Path, port: u16, insecure: bool) -> Agent {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {

@@ -20,9 +20,11 @@
 //! - [`rate`]: the bandwidth cap, a token bucket shared by every target.
 //! - [`status`]: the state of a running push (per target: state, lag, last sync, pending).
 //! - [`event`]: typed events and reports for the agent and the tray.
+//! - [`config`]: the configuration file `rainmaker.toml`, checked with locations.
 //! - [`engine`]: wires the above into `push` (once, continuous, on an interval) and `serve`,
 //!   the API the agent and tray call.
 
+pub mod config;
 pub mod engine;
 pub mod event;
 pub mod fs;

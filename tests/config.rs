@@ -1,0 +1,130 @@
+//! End to end: the configuration file. `init` writes a file `config check` accepts; a bad
+//! file is refused with its location, key and what was expected; `serve` and `push` run
+//! from the file, and flags override it.
+
+mod common;
+
+use common::{Sandbox, assert_same_tree, run_bounded, write_random};
+use std::path::Path;
+use std::time::Duration;
+
+fn rainmaker(sandbox: &Sandbox, config: &Path, args: &[&str]) -> (i32, String, String) {
+    let mut command = sandbox.command();
+    command.arg("--config").arg(config).args(args);
+    run_bounded(command, Duration::from_secs(30))
+}
+
+#[test]
+fn init_writes_a_file_that_passes_the_check_and_will_not_overwrite_it() {
+    let sandbox = Sandbox::new();
+    let config = sandbox.path("etc/rainmaker.toml");
+    let (code, out, err) = rainmaker(&sandbox, &config, &["init"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = rainmaker(&sandbox, &config, &["config", "check"]);
+    assert_eq!(code, 0, "the starting file must pass the check: {out}{err}");
+    assert!(out.contains("ok"), "{out}");
+    let (code, _, err) = rainmaker(&sandbox, &config, &["init"]);
+    assert_ne!(code, 0, "init must not overwrite a file the user edited");
+    assert!(
+        err.contains("already exists") && err.contains("--force"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_bad_file_is_refused_with_file_line_column_key_and_expectation() {
+    let sandbox = Sandbox::new();
+    let cases = [
+        (
+            "[serve]\nroot = \"/r\"\nlisten = \"0.0.0.0:1\"\ntoken_file = \"/t\"\nbwlimt = \"2MB\"\n",
+            ":5:1:",
+            &["bwlimt", "expected one of"][..],
+        ),
+        (
+            "[[folder]]\nsource = \"/s\"\nevery = \"often\"\n[[folder.target]]\nurl = \"wss://a:1\"\ntoken_file = \"/t\"\n",
+            ":3:",
+            &["folder[0].every", "not a duration", "expected"][..],
+        ),
+        (
+            "[[folder]]\nsource = \"/s\"\n[[folder.target]]\nurl = \"wss://a:1\"\ntoken_file = \"/t\"\nfingerprint = \"abc\"\n",
+            ":6:",
+            &["folder[0].target[0].fingerprint", "SHA256"][..],
+        ),
+        (
+            "[guard]\npause_net_above = \"fast\"\n",
+            ":2:",
+            &["guard.pause_net_above", "50Mbit"][..],
+        ),
+        ("[serve\nroot = 1\n", ":1:", &["expected"][..]),
+    ];
+    for (i, (text, location, words)) in cases.iter().enumerate() {
+        let config = sandbox.path(&format!("bad{i}.toml"));
+        std::fs::write(&config, text).unwrap();
+        let (code, out, err) = rainmaker(&sandbox, &config, &["config", "check"]);
+        assert_ne!(code, 0, "case {i} must be refused: {out}");
+        let named = format!("bad{i}.toml{location}");
+        assert!(
+            err.contains(&named),
+            "case {i}: the error names file, line and column ({named}): {err}"
+        );
+        for word in *words {
+            assert!(
+                err.contains(word),
+                "case {i}: the error says {word:?}: {err}"
+            );
+        }
+    }
+}
+
+#[test]
+fn serve_and_push_run_from_the_file_and_flags_override_it() {
+    let sandbox = Sandbox::new();
+    let src = sandbox.dir("src");
+    let dst = sandbox.dir("dst");
+    write_random(&src.join("db/tick.ncd"), 12, 300_000);
+    write_random(&src.join("workspaces/w.xml"), 13, 2_000);
+    let token = sandbox.token_file();
+    // The file names a port the test never uses: the --listen flag must win.
+    let serve_config = sandbox.path("serve.toml");
+    std::fs::write(
+        &serve_config,
+        format!(
+            "[serve]\nroot = {:?}\nlisten = \"127.0.0.1:1\"\ntoken_file = {:?}\n",
+            dst.display().to_string(),
+            token.display().to_string()
+        ),
+    )
+    .unwrap();
+    let mut command = sandbox.command();
+    command
+        .arg("--config")
+        .arg(&serve_config)
+        .arg("serve")
+        .arg("--listen")
+        .arg("127.0.0.1:0");
+    let agent = sandbox.start_agent(command);
+    assert_ne!(
+        agent.port(),
+        1,
+        "the flag overrides the file's listen address"
+    );
+
+    let push_config = sandbox.path("push.toml");
+    std::fs::write(
+        &push_config,
+        format!(
+            "[[folder]]\nsource = {:?}\nmode = \"manual\"\n[[folder.target]]\nurl = {:?}\ntoken_file = {:?}\nfingerprint = {:?}\n",
+            src.display().to_string(),
+            agent.url,
+            token.display().to_string(),
+            agent.fingerprint.clone().unwrap()
+        ),
+    )
+    .unwrap();
+    let (code, out, err) = rainmaker(&sandbox, &push_config, &["push"]);
+    assert_eq!(
+        code, 0,
+        "a push from the file mirrors its folder: {out}{err}"
+    );
+    assert_same_tree(&src, &dst);
+}
