@@ -16,6 +16,9 @@ pub struct Cli {
     /// RAINMAKER_CONFIG). Flags override it.
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// How logs on stderr look: `text` for people, `json` (one object per line) for machines.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -29,6 +32,12 @@ pub enum Command {
     /// Show the pushes running on this machine: each target's state, lag, last sync and the
     /// bytes still to send.
     Status(StatusArgs),
+    /// Serve and mirror what the configuration file says (what the service runs).
+    Run,
+    /// Run RainMaker at boot: a systemd unit on Linux, a launchd agent on macOS, a boot task
+    /// on Windows.
+    #[command(subcommand)]
+    Service(ServiceCommand),
     /// Write a commented configuration file to start from.
     Init(InitArgs),
     /// Work with the configuration file.
@@ -132,6 +141,13 @@ pub struct PushArgs {
     pub stall_timeout: u64,
 }
 
+/// The format of the logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
 /// When blocks are compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum CompressArg {
@@ -145,6 +161,25 @@ pub struct InitArgs {
     /// Replace an existing file.
     #[arg(long)]
     pub force: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ServiceCommand {
+    /// Install and start the service (as root on Linux).
+    Install {
+        /// The user the service runs as (default: the one who runs this, through sudo too).
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// Stop and remove the service.
+    Uninstall,
+    /// Show the service manager's view of it.
+    Status,
+    /// Print the systemd unit that `install` writes (for packages and for checking).
+    Unit {
+        #[arg(long)]
+        user: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -5,6 +5,7 @@
 mod cli;
 mod demo;
 mod progress;
+mod service;
 mod setup;
 mod status;
 
@@ -54,11 +55,14 @@ fn init_logging(cli: &Cli) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
+        .with_target(false);
+    match cli.log_format {
+        cli::LogFormat::Text => logs.init(),
+        cli::LogFormat::Json => logs.json().init(),
+    }
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {
@@ -71,6 +75,22 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             false => push_configured(args, config).await,
         },
         Command::Init(args) => setup::init(config, args.force).map(|()| ExitCode::SUCCESS),
+        Command::Run => run_configured(config).await,
+        Command::Service(command) => {
+            let path = setup::path(config);
+            match command {
+                cli::ServiceCommand::Install { user } => {
+                    service::install(&service::Service::new(&path, user)?)
+                }
+                cli::ServiceCommand::Uninstall => service::uninstall(),
+                cli::ServiceCommand::Status => service::status(),
+                cli::ServiceCommand::Unit { user } => {
+                    print!("{}", service::Service::new(&path, user)?.systemd_unit());
+                    Ok(())
+                }
+            }
+            .map(|()| ExitCode::SUCCESS)
+        }
         Command::Config(cli::ConfigCommand::Check) => {
             setup::check(config).map(|()| ExitCode::SUCCESS)
         }
@@ -93,32 +113,48 @@ pub fn read_token(path: &Path) -> Result<String> {
     Ok(token)
 }
 
-/// A token that fires on Ctrl-C or SIGTERM.
+/// The process's shutdown token: it fires on the first Ctrl-C or SIGTERM (the block in flight
+/// finishes, indexes are flushed, the process exits 0); a second signal exits at once.
 fn shutdown_signal() -> CancellationToken {
-    let cancel = CancellationToken::new();
-    let fire = cancel.clone();
-    tokio::spawn(async move {
-        #[cfg(unix)]
-        {
-            let mut term =
-                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                    Ok(term) => term,
-                    Err(_) => {
-                        let _ = tokio::signal::ctrl_c().await;
-                        fire.cancel();
-                        return;
-                    }
-                };
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
+    static TOKEN: std::sync::OnceLock<CancellationToken> = std::sync::OnceLock::new();
+    TOKEN
+        .get_or_init(|| {
+            let cancel = CancellationToken::new();
+            let fire = cancel.clone();
+            tokio::spawn(async move {
+                next_signal().await;
+                eprintln!("rainmaker: stopping; a second Ctrl-C or SIGTERM stops at once");
+                fire.cancel();
+                next_signal().await;
+                eprintln!("rainmaker: stopped at once");
+                std::process::exit(130);
+            });
+            cancel
+        })
+        .clone()
+}
+
+/// Waits for Ctrl-C, or SIGTERM on Unix.
+async fn next_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
             }
         }
-        #[cfg(not(unix))]
+    }
+    #[cfg(not(unix))]
+    {
         let _ = tokio::signal::ctrl_c().await;
-        fire.cancel();
-    });
-    cancel
+    }
 }
 
 async fn serve(args: ServeArgs, config: Option<&Path>) -> Result<()> {
@@ -397,6 +433,51 @@ async fn warn_when_behind(
             }
         }
     }
+}
+
+/// `rainmaker run`: the `[serve]` section and every `[[folder]]` of the configuration file,
+/// together, until stopped.
+async fn run_configured(config: Option<&Path>) -> Result<ExitCode> {
+    let (loaded, path) = setup::load(config)?;
+    if loaded.serve.is_none() && loaded.folders.is_empty() {
+        bail!(
+            "{} neither serves nor mirrors anything; add [serve] or [[folder]] (`rainmaker init` writes a commented file)",
+            path.display()
+        );
+    }
+    let config = Some(path.as_path());
+    let serving = async {
+        match loaded.serve {
+            Some(_) => {
+                let args = ServeArgs {
+                    root: None,
+                    listen: None,
+                    token_file: None,
+                    insecure: false,
+                    name: None,
+                };
+                serve(args, config).await.map(|()| ExitCode::SUCCESS)
+            }
+            None => Ok(ExitCode::SUCCESS),
+        }
+    };
+    let pushing = async {
+        if loaded.folders.is_empty() {
+            return Ok(ExitCode::SUCCESS);
+        }
+        let cli::Command::Push(args) = Cli::parse_from(["rainmaker", "push"]).command else {
+            unreachable!("`push` parses as a push");
+        };
+        push_configured(args, config).await
+    };
+    let (served, pushed) = tokio::join!(serving, pushing);
+    let served = served?;
+    let pushed = pushed?;
+    Ok(if served != ExitCode::SUCCESS {
+        served
+    } else {
+        pushed
+    })
 }
 
 /// `rainmaker push` with no source: every [[folder]] of the configuration file, each in its

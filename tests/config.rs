@@ -128,3 +128,65 @@ fn serve_and_push_run_from_the_file_and_flags_override_it() {
     );
     assert_same_tree(&src, &dst);
 }
+
+#[test]
+fn the_systemd_unit_passes_systemd_analyze_verify() {
+    let sandbox = Sandbox::new();
+    let config = sandbox.path("rainmaker.toml");
+    let (code, _, err) = rainmaker(&sandbox, &config, &["init"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, unit, err) = rainmaker(&sandbox, &config, &["service", "unit", "--user", "root"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(unit.contains("After=network-online.target") && unit.contains("Restart=on-failure"));
+    assert!(
+        unit.contains(" run"),
+        "the service runs what the configuration says: {unit}"
+    );
+    let path = sandbox.path("rainmaker.service");
+    std::fs::write(&path, &unit).unwrap();
+    let verify = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze is needed for this test (apt-get install systemd)");
+    let said = String::from_utf8_lossy(&verify.stderr).to_string();
+    // It may mention unrelated units of this machine; none of its words may be about ours.
+    let ours: Vec<&str> = said
+        .lines()
+        .filter(|l| l.contains("rainmaker.service"))
+        .collect();
+    assert!(
+        verify.status.success() && ours.is_empty(),
+        "systemd-analyze verify must accept the unit:\n{said}\n{unit}"
+    );
+}
+
+#[test]
+fn run_serves_what_the_file_says_and_stops_cleanly_on_sigterm() {
+    let sandbox = Sandbox::new();
+    let src = sandbox.dir("src");
+    let dst = sandbox.dir("dst");
+    write_random(&src.join("a.dat"), 14, 50_000);
+    let config = sandbox.path("rainmaker.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[serve]\nroot = {:?}\nlisten = \"127.0.0.1:0\"\ntoken_file = {:?}\n",
+            dst.display().to_string(),
+            sandbox.token_file().display().to_string()
+        ),
+    )
+    .unwrap();
+    let mut command = sandbox.command();
+    command.arg("--config").arg(&config).arg("run");
+    let agent = sandbox.start_agent(command);
+    let result = sandbox.push(&src).to(&agent.url).run();
+    assert_eq!(result.code, 0, "{}", result.describe());
+    assert_same_tree(&src, &dst);
+    let started = std::time::Instant::now();
+    assert_eq!(agent.terminate(), 0, "SIGTERM is a clean stop");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "and a quick one"
+    );
+}

@@ -1,0 +1,210 @@
+//! `rainmaker service install|uninstall|status|unit`: run the agent (`rainmaker run`, which
+//! serves and mirrors what the configuration file says) at boot, restarted on failure, after
+//! the network is up, with nobody logged in. A systemd unit on Linux, a launchd agent on
+//! macOS, a task that starts at boot on Windows.
+
+use anyhow::{Context, Result, bail};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// What the service runs.
+#[derive(Debug)]
+pub struct Service {
+    pub exe: PathBuf,
+    pub config: PathBuf,
+    pub user: String,
+}
+
+impl Service {
+    /// The service for this binary and configuration file, running as `user` (default: the
+    /// user who ran the command, through sudo if so).
+    pub fn new(config: &Path, user: Option<String>) -> Result<Service> {
+        let exe = std::env::current_exe().context("cannot tell where the rainmaker binary is")?;
+        let config = std::path::absolute(config)
+            .with_context(|| format!("cannot resolve {}", config.display()))?;
+        let user = user
+            .or_else(|| std::env::var("SUDO_USER").ok())
+            .or_else(|| std::env::var("USER").ok())
+            .or_else(|| std::env::var("USERNAME").ok())
+            .unwrap_or_else(|| "root".into());
+        Ok(Service { exe, config, user })
+    }
+
+    /// The systemd unit.
+    pub fn systemd_unit(&self) -> String {
+        format!(
+            "[Unit]
+Description=RainMaker agent: keeps backup servers a hot mirror of a trading PC
+Wants=network-online.target
+After=network-online.target
+
+[Service]
+Type=simple
+User={user}
+ExecStart={exe} --config {config} run
+Restart=on-failure
+RestartSec=5
+KillSignal=SIGTERM
+TimeoutStopSec=20
+Environment=RUST_LOG=info
+
+[Install]
+WantedBy=multi-user.target
+",
+            user = self.user,
+            exe = quote_systemd(&self.exe),
+            config = quote_systemd(&self.config),
+        )
+    }
+
+    /// The launchd property list.
+    pub fn launchd_plist(&self) -> String {
+        format!(
+            r#"<?xml version="1.0" encoding="UTF-8"?>
+<!DOCTYPE plist PUBLIC "-//Apple//DTD PLIST 1.0//EN" "http://www.apple.com/DTDs/PropertyList-1.0.dtd">
+<plist version="1.0">
+<dict>
+  <key>Label</key><string>{LABEL}</string>
+  <key>ProgramArguments</key>
+  <array><string>{exe}</string><string>--config</string><string>{config}</string><string>run</string></array>
+  <key>RunAtLoad</key><true/>
+  <key>KeepAlive</key><dict><key>SuccessfulExit</key><false/></dict>
+</dict>
+</plist>
+"#,
+            exe = xml(&self.exe.display().to_string()),
+            config = xml(&self.config.display().to_string()),
+        )
+    }
+}
+
+const UNIT_PATH: &str = "/etc/systemd/system/rainmaker.service";
+const LABEL: &str = "com.rainmaker.agent";
+const TASK: &str = "RainMaker";
+
+fn quote_systemd(path: &Path) -> String {
+    let text = path.display().to_string();
+    if text.contains(' ') {
+        format!("\"{}\"", text.replace('"', "\\\""))
+    } else {
+        text
+    }
+}
+
+fn xml(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+fn run(program: &str, args: &[&str]) -> Result<()> {
+    let status = Command::new(program)
+        .args(args)
+        .status()
+        .with_context(|| format!("cannot run {program}"))?;
+    if !status.success() {
+        bail!("`{program} {}` failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+/// Installs and starts the service.
+pub fn install(service: &Service) -> Result<()> {
+    if !service.config.exists() {
+        bail!(
+            "{} does not exist; write it with `rainmaker init` and check it with `rainmaker config check` first",
+            service.config.display()
+        );
+    }
+    if cfg!(target_os = "linux") {
+        std::fs::write(UNIT_PATH, service.systemd_unit()).with_context(|| {
+            format!("cannot write {UNIT_PATH} (run this as root, e.g. with sudo)")
+        })?;
+        run("systemctl", &["daemon-reload"])?;
+        run("systemctl", &["enable", "--now", "rainmaker.service"])?;
+        println!(
+            "installed {UNIT_PATH}; RainMaker starts at boot as {}",
+            service.user
+        );
+    } else if cfg!(target_os = "macos") {
+        let path = launch_agent_path()?;
+        std::fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))?;
+        std::fs::write(&path, service.launchd_plist())
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        run("launchctl", &["load", "-w", &path.display().to_string()])?;
+        println!(
+            "installed {}; RainMaker starts when you log in",
+            path.display()
+        );
+    } else if cfg!(windows) {
+        let command = format!(
+            "\"{}\" --config \"{}\" run",
+            service.exe.display(),
+            service.config.display()
+        );
+        run(
+            "schtasks",
+            &[
+                "/Create", "/F", "/TN", TASK, "/SC", "ONSTART", "/RU", "SYSTEM", "/TR", &command,
+            ],
+        )?;
+        run("schtasks", &["/Run", "/TN", TASK])?;
+        println!("installed the {TASK} task; RainMaker starts at boot");
+    } else {
+        bail!(
+            "installing a service is not supported on this system; run `rainmaker run` from its startup scripts"
+        );
+    }
+    Ok(())
+}
+
+/// Stops and removes the service.
+pub fn uninstall() -> Result<()> {
+    if cfg!(target_os = "linux") {
+        let _ = run("systemctl", &["disable", "--now", "rainmaker.service"]);
+        match std::fs::remove_file(UNIT_PATH) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                bail!("RainMaker is not installed as a service ({UNIT_PATH} does not exist)")
+            }
+            Err(e) => bail!("cannot remove {UNIT_PATH}: {e} (run this as root)"),
+        }
+        run("systemctl", &["daemon-reload"])?;
+    } else if cfg!(target_os = "macos") {
+        let path = launch_agent_path()?;
+        let _ = run("launchctl", &["unload", "-w", &path.display().to_string()]);
+        std::fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
+    } else if cfg!(windows) {
+        let _ = run("schtasks", &["/End", "/TN", TASK]);
+        run("schtasks", &["/Delete", "/F", "/TN", TASK])?;
+    } else {
+        bail!("no service to remove on this system");
+    }
+    println!("RainMaker no longer starts at boot");
+    Ok(())
+}
+
+/// Shows the service manager's view of the service.
+pub fn status() -> Result<()> {
+    if cfg!(target_os = "linux") {
+        // `systemctl status` exits non-zero for a stopped service; its text says why.
+        let _ = Command::new("systemctl")
+            .args(["status", "--no-pager", "rainmaker.service"])
+            .status()
+            .context("cannot run systemctl")?;
+    } else if cfg!(target_os = "macos") {
+        let _ = Command::new("launchctl").args(["list", LABEL]).status();
+    } else if cfg!(windows) {
+        let _ = Command::new("schtasks")
+            .args(["/Query", "/TN", TASK, "/V", "/FO", "LIST"])
+            .status();
+    }
+    Ok(())
+}
+
+fn launch_agent_path() -> Result<PathBuf> {
+    let home = dirs::home_dir().context("no home folder")?;
+    Ok(home
+        .join("Library/LaunchAgents")
+        .join(format!("{LABEL}.plist")))
+}
