@@ -23,6 +23,8 @@ const RESEND_LIMIT: u64 = FILE_LEN - 16 * MIB;
 enum Victim {
     Agent,
     Push,
+    /// The agent is stopped with SIGTERM (a service stop), not killed.
+    AgentStopped,
 }
 
 /// The size of the largest temporary file in the target's state folder.
@@ -92,6 +94,20 @@ fn killed_transfer_resumes(victim: Victim) {
             println!("killed the agent at {cut} bytes; temporary file now {part} bytes");
             sandbox.serve_on(&dst, port)
         }
+        Victim::AgentStopped => {
+            let started = Instant::now();
+            let code = agent.terminate();
+            let took = started.elapsed();
+            println!("stopped the agent with SIGTERM at {cut} bytes: exit {code} after {took:?}");
+            assert_eq!(code, 0, "SIGTERM mid-transfer is a clean stop (exit 0)");
+            assert!(
+                took < Duration::from_secs(5),
+                "a clean stop is quick: {took:?}"
+            );
+            let _ = wait_bounded(&mut push, Duration::from_secs(30))
+                .expect("a push whose target stopped must end within 30 s");
+            sandbox.serve_on(&dst, port)
+        }
         Victim::Push => {
             let _ = push.kill();
             let _ = push.wait();
@@ -146,4 +162,9 @@ fn sigkill_of_the_target_mid_transfer_resumes() {
 #[test]
 fn sigkill_of_the_push_mid_transfer_resumes() {
     killed_transfer_resumes(Victim::Push);
+}
+
+#[test]
+fn sigterm_of_the_target_mid_transfer_exits_cleanly_and_resumes() {
+    killed_transfer_resumes(Victim::AgentStopped);
 }
