@@ -179,6 +179,9 @@ pub enum ServiceCommand {
     Unit {
         #[arg(long)]
         user: Option<String>,
+        /// The binary the unit starts (default: this one), e.g. /usr/bin/rainmaker in a package.
+        #[arg(long)]
+        exe: Option<PathBuf>,
     },
 }
 

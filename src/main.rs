@@ -84,8 +84,12 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 }
                 cli::ServiceCommand::Uninstall => service::uninstall(),
                 cli::ServiceCommand::Status => service::status(),
-                cli::ServiceCommand::Unit { user } => {
-                    print!("{}", service::Service::new(&path, user)?.systemd_unit());
+                cli::ServiceCommand::Unit { user, exe } => {
+                    let mut unit = service::Service::new(&path, user)?;
+                    if let Some(exe) = exe {
+                        unit.exe = exe;
+                    }
+                    print!("{}", unit.systemd_unit());
                     Ok(())
                 }
             }
