@@ -19,6 +19,10 @@ pub struct Cli {
     /// How logs on stderr look: `text` for people, `json` (one object per line) for machines.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Also write logs to a file in DIR, a new one each day, the last 14 kept (the service
+    /// uses the OS's log folder).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub log_dir: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }

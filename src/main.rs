@@ -46,23 +46,57 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(cli: &Cli) {
+    use tracing_subscriber::Layer;
     let default = match (&cli.command, cli.verbose) {
         (_, v) if v >= 2 => "debug",
         (_, 1) => "info",
-        (Command::Serve(_), _) => "info",
+        (Command::Serve(_) | Command::Run, _) => "info",
         (Command::Push(push), _) if !push.once => "info",
         _ => "warn",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let json = cli.log_format == cli::LogFormat::Json;
+    let stderr = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_target(false);
-    match cli.log_format {
-        cli::LogFormat::Text => logs.init(),
-        cli::LogFormat::Json => logs.json().init(),
-    }
+    let stderr = if json {
+        stderr.json().boxed()
+    } else {
+        stderr.boxed()
+    };
+    let file = cli.log_dir.as_ref().and_then(|dir| {
+        let appender = tracing_appender::rolling::Builder::new()
+            .rotation(tracing_appender::rolling::Rotation::DAILY)
+            .filename_prefix("rainmaker")
+            .filename_suffix("log")
+            .max_log_files(14)
+            .build(dir);
+        match appender {
+            Ok(appender) => Some(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(appender)
+                    .with_ansi(false)
+                    .with_target(false)
+                    .json()
+                    .boxed(),
+            ),
+            Err(e) => {
+                eprintln!(
+                    "warning: cannot log to {}: {e}; logging to stderr only",
+                    dir.display()
+                );
+                None
+            }
+        }
+    });
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(stderr)
+        .with(file)
+        .init();
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {

@@ -41,7 +41,8 @@ After=network-online.target
 [Service]
 Type=simple
 User={user}
-ExecStart={exe} --config {config} run
+LogsDirectory=rainmaker
+ExecStart={exe} --config {config} --log-dir /var/log/rainmaker run
 Restart=on-failure
 RestartSec=5
 KillSignal=SIGTERM
@@ -66,7 +67,7 @@ WantedBy=multi-user.target
 <dict>
   <key>Label</key><string>{LABEL}</string>
   <key>ProgramArguments</key>
-  <array><string>{exe}</string><string>--config</string><string>{config}</string><string>run</string></array>
+  <array><string>{exe}</string><string>--config</string><string>{config}</string><string>--log-dir</string><string>{logs}</string><string>run</string></array>
   <key>RunAtLoad</key><true/>
   <key>KeepAlive</key><dict><key>SuccessfulExit</key><false/></dict>
 </dict>
@@ -74,6 +75,11 @@ WantedBy=multi-user.target
 "#,
             exe = xml(&self.exe.display().to_string()),
             config = xml(&self.config.display().to_string()),
+            logs = xml(&dirs::home_dir()
+                .unwrap_or_default()
+                .join("Library/Logs/RainMaker")
+                .display()
+                .to_string()),
         )
     }
 }
@@ -137,10 +143,14 @@ pub fn install(service: &Service) -> Result<()> {
             path.display()
         );
     } else if cfg!(windows) {
+        let logs = std::env::var_os("ProgramData")
+            .map_or_else(|| PathBuf::from(r"C:\ProgramData"), PathBuf::from)
+            .join(r"RainMaker\logs");
         let command = format!(
-            "\"{}\" --config \"{}\" run",
+            "\"{}\" --config \"{}\" --log-dir \"{}\" run",
             service.exe.display(),
-            service.config.display()
+            service.config.display(),
+            logs.display()
         );
         run(
             "schtasks",

@@ -177,12 +177,28 @@ fn run_serves_what_the_file_says_and_stops_cleanly_on_sigterm() {
         ),
     )
     .unwrap();
+    let logs = sandbox.path("logs");
     let mut command = sandbox.command();
-    command.arg("--config").arg(&config).arg("run");
+    command
+        .arg("--config")
+        .arg(&config)
+        .arg("--log-dir")
+        .arg(&logs)
+        .arg("run");
     let agent = sandbox.start_agent(command);
     let result = sandbox.push(&src).to(&agent.url).run();
     assert_eq!(result.code, 0, "{}", result.describe());
     assert_same_tree(&src, &dst);
+    let logged: String = std::fs::read_dir(&logs)
+        .expect("the log folder is created")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("rainmaker"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+        .collect();
+    assert!(
+        logged.contains("source connected"),
+        "the log file holds the agent's log: {logged:?}"
+    );
     let started = std::time::Instant::now();
     assert_eq!(agent.terminate(), 0, "SIGTERM is a clean stop");
     assert!(
