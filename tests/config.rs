@@ -206,3 +206,45 @@ fn run_serves_what_the_file_says_and_stops_cleanly_on_sigterm() {
         "and a quick one"
     );
 }
+
+#[test]
+fn a_watch_folder_from_the_file_follows_changes() {
+    let sandbox = Sandbox::new();
+    let src = sandbox.dir("src");
+    let dst = sandbox.dir("dst");
+    write_random(&src.join("tick.ncd"), 15, 100_000);
+    let agent = sandbox.serve(&dst);
+    let config = sandbox.path("push.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[folder]]\nsource = {:?}\nmode = \"watch\"\n[[folder.target]]\nurl = {:?}\ntoken_file = {:?}\nfingerprint = {:?}\n",
+            src.display().to_string(),
+            agent.url,
+            sandbox.token_file().display().to_string(),
+            agent.fingerprint.clone().unwrap()
+        ),
+    )
+    .unwrap();
+    let mut command = sandbox.command();
+    command.arg("--config").arg(&config).arg("run");
+    command
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut running = command.spawn().expect("start rainmaker run");
+    let follows = |what: &str| {
+        let started = std::time::Instant::now();
+        while !common::tree_diff(&common::tree(&src), &common::tree(&dst)).is_empty() {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "{what} did not arrive"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    follows("the first mirror");
+    write_random(&src.join("new.xml"), 16, 3_000);
+    follows("a new file");
+    let _ = running.kill();
+    let _ = running.wait();
+}
