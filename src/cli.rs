@@ -140,6 +140,13 @@ pub struct PushArgs {
     /// Resume only after every condition stayed clear this long.
     #[arg(long, value_name = "DURATION", default_value = "15s", value_parser = humantime::parse_duration)]
     pub resume_after: std::time::Duration,
+    /// A sync that would delete more than PERCENT of a target's files (and at least 10) stops
+    /// and asks: a wiped or unmounted source must not wipe every backup.
+    #[arg(long, value_name = "PERCENT", default_value_t = 50)]
+    pub max_delete: u8,
+    /// Confirm a sync that deletes more than --max-delete of a target's files.
+    #[arg(long)]
+    pub allow_mass_delete: bool,
     /// Seconds a target may make no progress before it is reported as failed.
     #[arg(long, default_value_t = 60, value_name = "SECONDS")]
     pub stall_timeout: u64,

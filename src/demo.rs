@@ -68,6 +68,7 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
         stall_timeout: engine::STALL_TIMEOUT,
         bwlimit: None,
         gate: rainmaker_engine::guard::Gate::open(),
+        max_delete_share: None,
     };
     println!("3. First mirror (everything crosses):");
     let first = push(&options).await?;

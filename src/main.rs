@@ -348,6 +348,7 @@ async fn push(args: PushArgs) -> Result<ExitCode> {
             .bwlimit
             .map(|rate| std::sync::Arc::new(rainmaker_engine::rate::RateLimit::new(rate))),
         gate: rainmaker_engine::guard::Gate::open(),
+        max_delete_share: delete_share(&args),
     };
     if !args.once {
         return continuous(&args, &options).await;
@@ -473,6 +474,11 @@ async fn warn_when_behind(
     }
 }
 
+/// The share of a target's files a sync may delete without `--allow-mass-delete`.
+fn delete_share(args: &PushArgs) -> Option<f64> {
+    (!args.allow_mass_delete).then_some(f64::from(args.max_delete) / 100.0)
+}
+
 /// `rainmaker run`: the `[serve]` section and every `[[folder]]` of the configuration file,
 /// together, until stopped.
 async fn run_configured(config: Option<&Path>) -> Result<ExitCode> {
@@ -562,6 +568,7 @@ async fn push_configured(args: PushArgs, config: Option<&Path>) -> Result<ExitCo
                 .or(folder.bwlimit)
                 .map(|rate| std::sync::Arc::new(rainmaker_engine::rate::RateLimit::new(rate))),
             gate: rainmaker_engine::guard::Gate::open(),
+            max_delete_share: delete_share(&args),
         };
         let mode = if args.once {
             Mode::Manual

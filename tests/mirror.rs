@@ -497,3 +497,40 @@ fn bwlimit_holds_the_rate_within_ten_percent() {
     assert_same_tree(&src, &dst1);
     assert_same_tree(&src, &dst2);
 }
+
+#[test]
+fn an_emptied_source_does_not_empty_the_backup_without_confirmation() {
+    let sandbox = Sandbox::new();
+    let src = sandbox.dir("src");
+    let dst = sandbox.dir("dst");
+    for i in 0..12 {
+        write_random(&src.join(format!("db/tick/{i}.ncd")), 20 + i, 5_000);
+    }
+    let agent = sandbox.serve(&dst);
+    sandbox.push(&src).to(&agent.url).run().assert_ok();
+    // The source's drive "is not mounted": the folder is there but empty.
+    std::fs::remove_dir_all(src.join("db")).unwrap();
+    let refused = sandbox.push(&src).to(&agent.url).run();
+    let why = refused.describe();
+    assert_eq!(
+        refused.code, 1,
+        "a sync that would delete every file must stop\n{why}"
+    );
+    assert!(
+        refused.stderr.contains("12 of the target's 12 files")
+            && refused.stderr.contains("--allow-mass-delete"),
+        "it says what it would do and how to confirm it\n{why}"
+    );
+    assert_eq!(
+        common::file_count(&dst),
+        12,
+        "nothing is deleted until the user confirms"
+    );
+    let confirmed = sandbox
+        .push(&src)
+        .to(&agent.url)
+        .arg("--allow-mass-delete")
+        .run();
+    confirmed.assert_ok();
+    assert_same_tree(&src, &dst);
+}

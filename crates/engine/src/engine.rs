@@ -74,6 +74,9 @@ pub struct PushOptions {
     pub bwlimit: Option<Arc<crate::rate::RateLimit>>,
     /// Where sync waits while the resource guard has it paused.
     pub gate: crate::guard::Gate,
+    /// Refuse a sync that would delete more than this share of a target's files (see
+    /// [`plan::mass_delete`]); `None` allows any.
+    pub max_delete_share: Option<f64>,
 }
 
 /// The default for [`PushOptions::stall_timeout`].
@@ -408,6 +411,16 @@ async fn session(
         .clone()
         .expect("waited for a tree");
     let tree = &tree;
+    if let Some(share) = options.max_delete_share
+        && let Some((doomed, held)) = plan::mass_delete(tree, &theirs, share)
+    {
+        conn.close().await;
+        return Err(SendError::MassDelete {
+            doomed,
+            held,
+            percent: share * 100.0,
+        });
+    }
     let (tree2, blocks2) = (tree.clone(), blocks.clone());
     let plan = tokio::task::spawn_blocking(move || {
         plan::plan(&tree2, &theirs, &partials, &mut |path, len| {

@@ -209,6 +209,7 @@ async fn start(source: &Path, target: &Path, state: &Path) -> (PushOptions, Canc
         stall_timeout: engine::STALL_TIMEOUT,
         bwlimit: None,
         gate: rainmaker_engine::guard::Gate::open(),
+        max_delete_share: None,
     };
     let cancel = CancellationToken::new();
     tokio::spawn(server.run(cancel.clone()));

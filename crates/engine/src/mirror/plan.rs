@@ -273,6 +273,22 @@ fn is_prefix(
     hash::file_hash(len, &blocks) == theirs.hash
 }
 
+/// Deleting fewer files than this never needs a confirmation, whatever their share.
+pub const MASS_DELETE_MIN: usize = 10;
+
+/// Whether mirroring `source` would delete more than `share` of the target's files (and at
+/// least [`MASS_DELETE_MIN`]): the sign of a wiped or unmounted source, which must not wipe
+/// every backup. Returns (files that would go, files the target holds).
+pub fn mass_delete(source: &Tree, target: &Tree, share: f64) -> Option<(usize, usize)> {
+    let held = target.files.len();
+    let doomed = target
+        .files
+        .keys()
+        .filter(|p| !source.files.contains_key(*p))
+        .count();
+    (doomed >= MASS_DELETE_MIN && doomed as f64 > share * held as f64).then_some((doomed, held))
+}
+
 /// A digest of a tree: folders, and files with size, time (at 100 ns), executable bit and hash.
 /// Two trees with the same digest are identical for the mirror.
 pub fn digest(tree: &Tree) -> Hash {
@@ -411,6 +427,38 @@ mod tests {
             sent_paths(&p)["app.log.1"],
             2,
             "app.log is replaced in this session; copying from it could read the new version"
+        );
+    }
+
+    #[test]
+    fn a_source_that_lost_most_files_needs_confirmation() {
+        let files: Vec<(String, Vec<u8>)> = (0..40)
+            .map(|i| (format!("f{i}"), data(10, i as u8)))
+            .collect();
+        let all: Vec<(&str, &[u8])> = files
+            .iter()
+            .map(|(p, b)| (p.as_str(), b.as_slice()))
+            .collect();
+        let target = tree(&all, &[]);
+        assert_eq!(
+            mass_delete(&Tree::default(), &target, 0.5),
+            Some((40, 40)),
+            "an empty source"
+        );
+        assert_eq!(
+            mass_delete(&tree(&all[..25], &[]), &target, 0.5),
+            None,
+            "15 of 40 go: fine"
+        );
+        assert_eq!(
+            mass_delete(&tree(&all[..15], &[]), &target, 0.5),
+            Some((25, 40))
+        );
+        let few = tree(&all[..3], &[]);
+        assert_eq!(
+            mass_delete(&Tree::default(), &few, 0.5),
+            None,
+            "a tiny folder may be emptied"
         );
     }
 

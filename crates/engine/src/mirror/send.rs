@@ -55,6 +55,16 @@ pub enum SendError {
     Closed,
     #[error("the target made no progress for {0:?} (stalled or overloaded); the others went on")]
     Stalled(Duration),
+    #[error(
+        "this would delete {doomed} of the target's {held} files (more than {percent:.0}%): is the \
+         source folder on a drive that is not mounted, or was it emptied by mistake? Nothing was \
+         changed. If the deletions are wanted, run again with --allow-mass-delete"
+    )]
+    MassDelete {
+        doomed: usize,
+        held: usize,
+        percent: f64,
+    },
 }
 
 type Key = (String, Hash, u64);
