@@ -42,6 +42,9 @@ pub enum Command {
     /// on Windows.
     #[command(subcommand)]
     Service(ServiceCommand),
+    /// List or restore what mirrors deleted or replaced on this target.
+    #[command(subcommand)]
+    Trash(TrashCommand),
     /// Write a commented configuration file to start from.
     Init(InitArgs),
     /// Work with the configuration file.
@@ -69,6 +72,9 @@ pub struct ServeArgs {
     /// Name shown to sources (default: the host name).
     #[arg(long)]
     pub name: Option<String>,
+    /// Days deleted and replaced files are kept in ROOT/.rainmaker/trash (0: not kept).
+    #[arg(long, value_name = "DAYS")]
+    pub trash_days: Option<u32>,
 }
 
 #[derive(Debug, Args)]
@@ -172,6 +178,26 @@ pub struct InitArgs {
     /// Replace an existing file.
     #[arg(long)]
     pub force: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TrashCommand {
+    /// The batches in the trash of a target folder, with their files.
+    List {
+        /// The target folder (the --root of its agent).
+        #[arg(long)]
+        root: PathBuf,
+    },
+    /// Copy the files of a batch into a folder (never over a file).
+    Restore {
+        #[arg(long)]
+        root: PathBuf,
+        /// The batch, as `trash list` names it.
+        batch: String,
+        /// Where to put the files.
+        #[arg(long)]
+        to: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -45,6 +45,7 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
         token: token.clone(),
         insecure: false,
         name: "demo-backup".into(),
+        trash_retention: Some(rainmaker_engine::trash::DEFAULT_RETENTION),
     })
     .await
     .context("cannot start the demo target")?;

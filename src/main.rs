@@ -110,6 +110,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         },
         Command::Init(args) => setup::init(config, args.force).map(|()| ExitCode::SUCCESS),
         Command::Run => run_configured(config).await,
+        Command::Trash(command) => trash(command).map(|()| ExitCode::SUCCESS),
         Command::Service(command) => {
             let path = setup::path(config);
             match command {
@@ -238,13 +239,19 @@ async fn serve(args: ServeArgs, config: Option<&Path>) -> Result<()> {
         token_file: Some(token_file),
         insecure,
         name: Some(name.clone()),
+        trash_days: args.trash_days,
     };
+    let days = args
+        .trash_days
+        .or_else(|| from_file.as_ref().and_then(|s| s.trash_days))
+        .unwrap_or(7);
     let server = Server::bind(ServeOptions {
         root,
         listen,
         token,
         insecure,
         name,
+        trash_retention: (days > 0).then(|| Duration::from_secs(u64::from(days) * 24 * 3600)),
     })
     .await
     .context("cannot start the agent")?;
@@ -474,6 +481,31 @@ async fn warn_when_behind(
     }
 }
 
+/// `rainmaker trash list|restore`.
+fn trash(command: cli::TrashCommand) -> Result<()> {
+    use rainmaker_engine::trash;
+    let dir = |root: &Path| root.join(".rainmaker").join("trash");
+    match command {
+        cli::TrashCommand::List { root } => {
+            let batches = trash::list(&dir(&root));
+            if batches.is_empty() {
+                println!("The trash of {} is empty.", root.display());
+            }
+            for batch in batches {
+                println!("{} ({} files)", batch.name, batch.files.len());
+                for file in &batch.files {
+                    println!("  {file}");
+                }
+            }
+        }
+        cli::TrashCommand::Restore { root, batch, to } => {
+            let restored = trash::restore(&dir(&root), &batch, &to)?;
+            println!("restored {restored} files into {}", to.display());
+        }
+    }
+    Ok(())
+}
+
 /// The share of a target's files a sync may delete without `--allow-mass-delete`.
 fn delete_share(args: &PushArgs) -> Option<f64> {
     (!args.allow_mass_delete).then_some(f64::from(args.max_delete) / 100.0)
@@ -499,6 +531,7 @@ async fn run_configured(config: Option<&Path>) -> Result<ExitCode> {
                     token_file: None,
                     insecure: false,
                     name: None,
+                    trash_days: None,
                 };
                 serve(args, config).await.map(|()| ExitCode::SUCCESS)
             }

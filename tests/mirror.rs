@@ -534,3 +534,53 @@ fn an_emptied_source_does_not_empty_the_backup_without_confirmation() {
     confirmed.assert_ok();
     assert_same_tree(&src, &dst);
 }
+
+#[test]
+fn deleted_and_rewritten_files_can_be_taken_back_from_the_trash() {
+    let sandbox = Sandbox::new();
+    let src = sandbox.dir("src");
+    let dst = sandbox.dir("dst");
+    std::fs::create_dir_all(src.join("workspaces")).unwrap();
+    std::fs::write(src.join("workspaces/main.xml"), b"<workspace v=1/>").unwrap();
+    std::fs::write(src.join("strategy.cs"), b"// version 1").unwrap();
+    let agent = sandbox.serve(&dst);
+    sandbox.push(&src).to(&agent.url).run().assert_ok();
+    std::fs::remove_file(src.join("workspaces/main.xml")).unwrap();
+    std::fs::write(src.join("strategy.cs"), b"// version 2, broken").unwrap();
+    sandbox.push(&src).to(&agent.url).run().assert_ok();
+    assert_same_tree(&src, &dst);
+
+    let mut list = sandbox.command();
+    list.arg("trash").arg("list").arg("--root").arg(&dst);
+    let (code, listed, err) = common::run_bounded(list, std::time::Duration::from_secs(10));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        listed.contains("workspaces/main.xml") && listed.contains("strategy.cs"),
+        "the trash lists what the mirror deleted and replaced:\n{listed}"
+    );
+    let batch = listed
+        .lines()
+        .find(|l| !l.starts_with(' ') && l.contains("files"))
+        .and_then(|l| l.split_whitespace().next())
+        .expect("a batch line")
+        .to_string();
+    let out = sandbox.path("restored");
+    let mut restore = sandbox.command();
+    restore
+        .args(["trash", "restore", "--root"])
+        .arg(&dst)
+        .arg(&batch)
+        .arg("--to")
+        .arg(&out);
+    let (code, said, err) = common::run_bounded(restore, std::time::Duration::from_secs(10));
+    assert_eq!(code, 0, "{said}{err}");
+    assert_eq!(
+        std::fs::read(out.join("workspaces/main.xml")).unwrap(),
+        b"<workspace v=1/>"
+    );
+    assert_eq!(
+        std::fs::read(out.join("strategy.cs")).unwrap(),
+        b"// version 1",
+        "the version the mirror replaced comes back"
+    );
+}

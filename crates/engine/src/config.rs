@@ -27,6 +27,8 @@ pub struct Serve {
     pub token_file: PathBuf,
     pub insecure: bool,
     pub name: Option<String>,
+    /// Days deleted and replaced files stay in the trash.
+    pub trash_days: Option<u32>,
 }
 
 /// `[[folder]]`: a folder this machine mirrors to targets.
@@ -125,6 +127,7 @@ struct RawServe {
     #[serde(default)]
     insecure: bool,
     name: Option<String>,
+    trash_days: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -198,6 +201,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
                 token_file: s.token_file,
                 insecure: s.insecure,
                 name: s.name,
+                trash_days: s.trash_days,
             })
         }
         None => None,
@@ -362,6 +366,7 @@ root = "/srv/rainmaker/NinjaTrader 8"   # the folder that receives the mirror; i
 listen = "0.0.0.0:7878"                  # address and port to listen on
 token_file = "/etc/rainmaker/token"      # the pairing secret sources present
 # name = "backup-1"                      # shown to sources (default: the host name)
+# trash_days = 7                         # days deleted and replaced files are kept (0: not kept)
 
 # A folder this machine mirrors to others (the trading PC). Repeat [[folder]] for more.
 # [[folder]]

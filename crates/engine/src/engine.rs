@@ -477,6 +477,8 @@ pub struct ServeOptions {
     pub insecure: bool,
     /// The name sources see.
     pub name: String,
+    /// How long deleted and replaced files are kept in the trash (`None`: not kept).
+    pub trash_retention: Option<std::time::Duration>,
 }
 
 /// A target agent, bound and ready.
@@ -498,7 +500,8 @@ impl Server {
             ));
         }
         let root = options.root.clone();
-        let receiver = tokio::task::spawn_blocking(move || Receiver::open(&root))
+        let retention = options.trash_retention;
+        let receiver = tokio::task::spawn_blocking(move || Receiver::open(&root, retention))
             .await
             .map_err(|e| EngineError::Setup(e.to_string()))??;
         let identity = if options.insecure {

@@ -12,6 +12,7 @@
 //! - [`fs`]: the one door to the disk: shared-mode reads, temp files, fsync, rename, metadata.
 //! - [`index`]: the persistent, crash-safe index of a folder (redb).
 //! - [`scan`]: walk a folder, quick-check against the index, hash what changed.
+//! - [`trash`]: what a target deletes or overwrites, kept for a retention period.
 //! - [`transport`]: wss client and server, TLS identity, pinning, token handshake, framing.
 //! - [`mirror`]: the plan (pure), the sender and the receiver of a session.
 //! - [`watch`]: the change feed from the file system (notify), with rescan as the fallback.
@@ -39,4 +40,5 @@ pub mod scan;
 pub mod schedule;
 pub mod status;
 pub mod transport;
+pub mod trash;
 pub mod watch;

@@ -192,6 +192,7 @@ async fn start(source: &Path, target: &Path, state: &Path) -> (PushOptions, Canc
         token: "property-token".into(),
         insecure: false,
         name: "prop".into(),
+        trash_retention: Some(rainmaker_engine::trash::DEFAULT_RETENTION),
     })
     .await
     .unwrap();

@@ -71,6 +71,8 @@ pub struct Committed {
 pub struct Committer {
     pub root: PathBuf,
     pub index: Arc<Index>,
+    /// Where replaced versions are kept.
+    pub trash: crate::trash::Trash,
 }
 
 impl Committer {
@@ -261,8 +263,10 @@ impl Committer {
         if let Some(parent) = full.parent() {
             std::fs::create_dir_all(parent)?;
         }
-        if std::fs::symlink_metadata(&full).is_ok_and(|m| m.is_dir()) {
-            return Err(std::io::Error::other("a folder is in the way"));
+        match std::fs::symlink_metadata(&full) {
+            Ok(m) if m.is_dir() => return Err(std::io::Error::other("a folder is in the way")),
+            Ok(m) if m.is_file() => self.trash.keep_before_replace(&full, rel),
+            _ => {}
         }
         std::fs::rename(temp_path, &full)?;
         Ok(full)

@@ -111,7 +111,10 @@ pub struct Receiver {
 impl Receiver {
     /// Opens a target folder: it must exist and be writable. Rolls back appends and
     /// re-verifies temporary files that a crash interrupted.
-    pub fn open(root: &Path) -> Result<Receiver, ReceiveError> {
+    pub fn open(
+        root: &Path,
+        retention: Option<std::time::Duration>,
+    ) -> Result<Receiver, ReceiveError> {
         let fail = |reason: String| ReceiveError::Root {
             path: root.to_path_buf(),
             reason,
@@ -137,7 +140,9 @@ impl Receiver {
         let committer = Committer {
             root: root.to_path_buf(),
             index: index.clone(),
+            trash: crate::trash::Trash::new(&state, retention),
         };
+        committer.trash.purge(std::time::SystemTime::now());
         let mut receiver = Receiver {
             root: root.to_path_buf(),
             tmp,
@@ -179,6 +184,10 @@ impl Receiver {
     /// Quick-checks the folder and lists it, with the resumable temporary files.
     pub fn manifest(&mut self) -> Result<(Vec<Entry>, Vec<Partial>), ReceiveError> {
         self.changed = false;
+        // What this session removes or replaces goes into a batch of its own.
+        self.join_commit();
+        self.committer.trash.start_batch();
+        self.committer.trash.purge(std::time::SystemTime::now());
         self.flush(Durability::Immediate)?;
         let previous = self.index.files()?;
         let scanned = scan::scan(&self.root, &previous).map_err(|e| ReceiveError::Root {
@@ -322,10 +331,20 @@ impl Receiver {
     fn delete(&mut self, rel: &str) -> Result<(), ReceiveError> {
         let full = path::resolve(&self.root, rel, true).map_err(refused)?;
         match std::fs::symlink_metadata(&full) {
-            Ok(meta) if meta.is_dir() => {
-                std::fs::remove_dir_all(&full).map_err(io(format!("cannot delete folder {rel}")))?
+            Ok(meta) if meta.is_dir() => self
+                .committer
+                .trash
+                .remove(&full, rel, true)
+                .map_err(io(format!("cannot delete folder {rel}")))?,
+            // A symlink is removed itself, never followed, and not kept.
+            Ok(meta) if meta.file_type().is_symlink() => {
+                std::fs::remove_file(&full).map_err(io(format!("cannot delete {rel}")))?
             }
-            Ok(_) => std::fs::remove_file(&full).map_err(io(format!("cannot delete {rel}")))?,
+            Ok(_) => self
+                .committer
+                .trash
+                .remove(&full, rel, false)
+                .map_err(io(format!("cannot delete {rel}")))?,
             Err(_) => {}
         }
         let prefix = format!("{rel}/");
