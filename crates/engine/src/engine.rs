@@ -30,6 +30,8 @@ pub use continuous::{Schedule, push_continuous};
 
 /// Most handshakes in progress at once on a server.
 const MAX_HANDSHAKES: usize = 32;
+/// How long a new session waits for the one still closing on the same folder.
+const SESSION_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Target size of one manifest part.
 const MANIFEST_PART_BYTES: usize = 4 << 20;
 
@@ -334,8 +336,11 @@ pub async fn push_once(
                     }
                 }
                 Err(error) => {
-                    // A target that is down or refuses will not be better on a second pass.
-                    done[i] = true;
+                    // A cut connection gets another pass, which resumes what was verified; a
+                    // target that is down or refuses will not be better on a second pass.
+                    if !error.is_cut() || pass == options.passes.max(1) {
+                        done[i] = true;
+                    }
                     report.error = Some(error.to_string());
                 }
             }
@@ -587,7 +592,9 @@ async fn serve_session(
     cancel: CancellationToken,
 ) -> Result<(), String> {
     let (mut sender, mut incoming) = conn.split();
-    let Ok(mut guard) = receiver.try_lock_owned() else {
+    // A source that reconnects after a cut may arrive while its old session is still closing:
+    // wait a moment for the folder before turning anyone away.
+    let Ok(mut guard) = tokio::time::timeout(SESSION_WAIT, receiver.lock_owned()).await else {
         let reason =
             "another source is mirroring into this folder right now; try again when it ends";
         let _ = sender

@@ -67,6 +67,24 @@ pub enum SendError {
     },
 }
 
+impl SendError {
+    /// Whether the connection was up and then cut: worth another pass, which resumes what was
+    /// verified. A target that cannot be reached, refuses or stalls is not.
+    pub fn is_cut(&self) -> bool {
+        match self {
+            SendError::Closed => true,
+            SendError::Transport(e) => matches!(
+                e,
+                TransportError::Io { .. }
+                    | TransportError::WebSocket { .. }
+                    | TransportError::Closed { .. }
+                    | TransportError::Timeout { .. }
+            ),
+            _ => false,
+        }
+    }
+}
+
 type Key = (String, Hash, u64);
 type Slot = Arc<OnceCell<Arc<Payload>>>;
 
