@@ -13,15 +13,26 @@ use std::time::Duration;
 
 const BLOCK: u64 = 128 * 1024;
 
-/// A proxy that forwards to `upstream`; the first connection is cut once `cut_after` bytes
-/// went from the client to the server. Counts the bytes each connection forwarded upstream.
+/// What the proxy does to the first connection, from the client to the server.
+#[derive(Clone, Copy)]
+enum Fault {
+    /// Cut it after this many bytes.
+    Cut(u64),
+    /// Stop forwarding for a while after this many bytes, then go on.
+    Stall(u64, Duration),
+    /// Forward at most this many bytes per second.
+    Throttle(u64),
+}
+
+/// A proxy that forwards to `upstream`, with a fault on the first connection. Counts the bytes
+/// each connection forwarded upstream.
 struct Proxy {
     port: u16,
     forwarded: Arc<std::sync::Mutex<Vec<Arc<AtomicU64>>>>,
 }
 
 impl Proxy {
-    fn start(upstream: u16, cut_after: u64) -> Proxy {
+    fn start(upstream: u16, fault: Fault) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let forwarded: Arc<std::sync::Mutex<Vec<Arc<AtomicU64>>>> = Arc::default();
@@ -36,10 +47,10 @@ impl Proxy {
                 let first = connections.fetch_add(1, Ordering::SeqCst) == 0;
                 let count = Arc::new(AtomicU64::new(0));
                 counts.lock().unwrap().push(count.clone());
-                let limit = if first { cut_after } else { u64::MAX };
+                let fault = first.then_some(fault);
                 let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
-                std::thread::spawn(move || pump(client, server, limit, count));
-                std::thread::spawn(move || pump(s2, c2, u64::MAX, Arc::default()));
+                std::thread::spawn(move || pump(client, server, fault, count));
+                std::thread::spawn(move || pump(s2, c2, None, Arc::default()));
             }
         });
         Proxy { port, forwarded }
@@ -55,15 +66,32 @@ impl Proxy {
     }
 }
 
-/// Copies `from` to `to` until `limit` bytes, then cuts both.
-fn pump(mut from: TcpStream, mut to: TcpStream, limit: u64, count: Arc<AtomicU64>) {
+/// Copies `from` to `to` with `fault`, then closes both.
+fn pump(mut from: TcpStream, mut to: TcpStream, fault: Option<Fault>, count: Arc<AtomicU64>) {
     let mut buffer = vec![0u8; 16 * 1024];
+    let started = std::time::Instant::now();
+    let mut stalled = false;
     loop {
-        let left = limit - count.load(Ordering::SeqCst);
-        if left == 0 {
-            break;
-        }
-        let want = buffer.len().min(left.min(usize::MAX as u64) as usize);
+        let done = count.load(Ordering::SeqCst);
+        let want = match fault {
+            Some(Fault::Cut(limit)) if done >= limit => break,
+            Some(Fault::Cut(limit)) => buffer.len().min((limit - done) as usize),
+            Some(Fault::Stall(after, pause)) if done >= after && !stalled => {
+                std::thread::sleep(pause);
+                stalled = true;
+                buffer.len()
+            }
+            Some(Fault::Stall(after, _)) if !stalled => buffer.len().min((after - done) as usize),
+            Some(Fault::Throttle(rate)) => {
+                let allowed = (started.elapsed().as_secs_f64() * rate as f64) as u64;
+                if done >= allowed {
+                    std::thread::sleep(Duration::from_millis(2));
+                    continue;
+                }
+                buffer.len().min((allowed - done) as usize)
+            }
+            _ => buffer.len(),
+        };
         match from.read(&mut buffer[..want]) {
             Ok(0) | Err(_) => break,
             Ok(n) => {
@@ -86,7 +114,7 @@ fn a_cut_connection_is_resumed_and_little_is_sent_again() {
     write_random(&src.join("big.dat"), 77, size as usize);
     let agent = sandbox.serve(&dst);
     let cut_after: u64 = 8 << 20;
-    let proxy = Proxy::start(agent.port(), cut_after);
+    let proxy = Proxy::start(agent.port(), Fault::Cut(cut_after));
     let url = format!("wss://127.0.0.1:{}", proxy.port);
     let result = sandbox
         .push(&src)
@@ -115,4 +143,41 @@ fn a_cut_connection_is_resumed_and_little_is_sent_again() {
         again <= needed + 2 * BLOCK + 64 * 1024,
         "what the target verified before the cut is not sent again: {again} bytes after the cut, {needed} were missing (limit one block in flight, plus framing)\n{why}"
     );
+}
+
+#[test]
+fn a_stalled_then_throttled_link_still_delivers() {
+    let sandbox = Sandbox::new();
+    let (src, dst) = (sandbox.dir("src"), sandbox.dir("dst"));
+    write_random(&src.join("big.dat"), 78, 6 << 20);
+    let agent = sandbox.serve(&dst);
+    // Two seconds of silence in the middle: well inside the stall timeout, so no one gives up.
+    let stall = Proxy::start(agent.port(), Fault::Stall(2 << 20, Duration::from_secs(2)));
+    let url = format!("wss://127.0.0.1:{}", stall.port);
+    let result = sandbox.push(&src).to(&url).run();
+    assert_eq!(
+        result.code,
+        0,
+        "a stall shorter than the stall timeout is waited out\n{}",
+        result.describe()
+    );
+    assert_eq!(
+        result.target_u64(&url, "passes"),
+        1,
+        "no reconnect was needed"
+    );
+    assert_same_tree(&src, &dst);
+
+    // A slow uplink: 4 MB/s for a 6 MiB file takes about 1.6 s and arrives whole.
+    std::fs::write(src.join("big.dat"), common::random_bytes(79, 6 << 20)).unwrap();
+    let slow = Proxy::start(agent.port(), Fault::Throttle(4_000_000));
+    let url = format!("wss://127.0.0.1:{}", slow.port);
+    let started = std::time::Instant::now();
+    let result = sandbox.push(&src).to(&url).run();
+    assert_eq!(result.code, 0, "{}", result.describe());
+    assert!(
+        started.elapsed() > Duration::from_secs(1),
+        "the proxy really throttled"
+    );
+    assert_same_tree(&src, &dst);
 }
