@@ -245,17 +245,7 @@ impl Agent {
     /// Wraps a running process whose stderr is piped, keeping its output for [`Agent::log`]
     /// (for processes that are not agents, such as a continuous push).
     fn from_child(mut child: Child) -> Agent {
-        let log = Arc::new(Mutex::new(String::new()));
-        let stderr = child.stderr.take().expect("stderr is piped");
-        let shared = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                let mut log = shared.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
+        let (log, _lines) = capture_stderr(&mut child);
         Agent {
             child,
             url: String::new(),
@@ -270,20 +260,7 @@ impl Agent {
     fn start(mut command: Command, insecure: bool) -> Result<Agent, String> {
         command.stdout(Stdio::null()).stderr(Stdio::piped());
         let mut child = command.spawn().expect("start rainmaker serve");
-        let log = Arc::new(Mutex::new(String::new()));
-        let (lines_tx, lines) = mpsc::channel::<String>();
-        let stderr = child.stderr.take().unwrap();
-        let shared = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                let mut log = shared.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
-                drop(log);
-                let _ = lines_tx.send(line);
-            }
-        });
+        let (log, lines) = capture_stderr(&mut child);
         let deadline = Instant::now() + START_TIMEOUT;
         let (mut url, mut fingerprint, mut warned) = (None, None, false);
         let failed = |child: &mut Child, why: &str| {
@@ -414,6 +391,26 @@ impl Drop for Agent {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Reads a child's piped stderr on a thread: every line is kept in the returned log and also
+/// sent on the returned channel (for waiting on a line).
+fn capture_stderr(child: &mut Child) -> (Arc<Mutex<String>>, mpsc::Receiver<String>) {
+    let log = Arc::new(Mutex::new(String::new()));
+    let (lines_tx, lines) = mpsc::channel::<String>();
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let shared = log.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            let mut log = shared.lock().unwrap();
+            log.push_str(&line);
+            log.push('\n');
+            drop(log);
+            let _ = lines_tx.send(line);
+        }
+    });
+    (log, lines)
 }
 
 /// A `rainmaker push` to run.
