@@ -55,22 +55,14 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
     let cancel = CancellationToken::new();
     let serving = tokio::spawn(server.run(cancel.clone()));
 
-    let options = PushOptions {
-        source: source.clone(),
-        targets: vec![TargetSpec {
-            url: url.clone(),
-            trust: Trust::KnownPeers(base.join("known_peers")),
-            token,
-        }],
-        state_dir: base.join("source-index"),
-        source_name: "demo-pc".into(),
-        passes: 3,
-        compress: Default::default(),
-        stall_timeout: engine::STALL_TIMEOUT,
-        bwlimit: None,
-        gate: rainmaker_engine::guard::Gate::open(),
-        max_delete_share: None,
+    let backup = TargetSpec {
+        url: url.clone(),
+        trust: Trust::KnownPeers(base.join("known_peers")),
+        token,
     };
+    let mut options = PushOptions::new(source.clone(), vec![backup], base.join("source-index"));
+    options.source_name = "demo-pc".into();
+    options.max_delete_share = None;
     println!("3. First mirror (everything crosses):");
     let first = push(&options).await?;
     println!(

@@ -84,6 +84,26 @@ pub struct PushOptions {
 /// The default for [`PushOptions::stall_timeout`].
 pub const STALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
+impl PushOptions {
+    /// Options with the defaults the agent uses: three passes, compression when it helps,
+    /// the default stall timeout, no bandwidth cap, no guard, and the mass-delete guard at
+    /// half of a target's files.
+    pub fn new(source: PathBuf, targets: Vec<TargetSpec>, state_dir: PathBuf) -> PushOptions {
+        PushOptions {
+            source,
+            targets,
+            state_dir,
+            source_name: "rainmaker".into(),
+            passes: 3,
+            compress: Compress::Auto,
+            stall_timeout: STALL_TIMEOUT,
+            bwlimit: None,
+            gate: crate::guard::Gate::open(),
+            max_delete_share: Some(0.5),
+        }
+    }
+}
+
 /// Whether blocks are compressed with zstd.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Compress {

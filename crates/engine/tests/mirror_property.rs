@@ -196,22 +196,15 @@ async fn start(source: &Path, target: &Path, state: &Path) -> (PushOptions, Canc
     })
     .await
     .unwrap();
-    let options = PushOptions {
-        source: source.to_path_buf(),
-        targets: vec![TargetSpec {
-            url: format!("wss://{}", server.local_addr()),
-            trust: Trust::Pinned(server.fingerprint().unwrap().to_string()),
-            token: "property-token".into(),
-        }],
-        state_dir: state.to_path_buf(),
-        source_name: "prop".into(),
-        passes: 3,
-        compress: Default::default(),
-        stall_timeout: engine::STALL_TIMEOUT,
-        bwlimit: None,
-        gate: rainmaker_engine::guard::Gate::open(),
-        max_delete_share: None,
+    let target = TargetSpec {
+        url: format!("wss://{}", server.local_addr()),
+        trust: Trust::Pinned(server.fingerprint().unwrap().to_string()),
+        token: "property-token".into(),
     };
+    let mut options = PushOptions::new(source.to_path_buf(), vec![target], state.to_path_buf());
+    options.source_name = "prop".into();
+    // Random edits may delete most of a small tree; the property is about the mirror.
+    options.max_delete_share = None;
     let cancel = CancellationToken::new();
     tokio::spawn(server.run(cancel.clone()));
     (options, cancel)
