@@ -34,27 +34,31 @@ pub enum ReadyKind {
         resumable: bool,
     },
     /// Appended bytes in a side file, to be written in place.
-    Append {
-        append: Append,
-        side: File,
-        side_path: PathBuf,
-        full: PathBuf,
-        before: FileRecord,
-    },
+    Append(StagedAppend),
+}
+
+/// An append received into a side file, for the file `full` that held `before`.
+#[derive(Debug)]
+pub struct StagedAppend {
+    pub append: Append,
+    pub side: File,
+    pub side_path: PathBuf,
+    pub full: PathBuf,
+    pub before: FileRecord,
 }
 
 impl Ready {
     pub fn bytes(&self) -> u64 {
         match &self.kind {
             ReadyKind::New { begin, .. } => begin.size,
-            ReadyKind::Append { append, .. } => append.size - append.from_len,
+            ReadyKind::Append(staged) => staged.append.size - staged.append.from_len,
         }
     }
 
     pub fn path(&self) -> &str {
         match &self.kind {
             ReadyKind::New { begin, .. } => &begin.path,
-            ReadyKind::Append { append, .. } => &append.path,
+            ReadyKind::Append(staged) => &staged.append.path,
         }
     }
 }
@@ -89,7 +93,7 @@ impl Committer {
         let records: Vec<Change> = ready
             .iter()
             .filter_map(|r| match &r.kind {
-                ReadyKind::Append { append, before, .. } => Some(Change::PutAppend(
+                ReadyKind::Append(StagedAppend { append, before, .. }) => Some(Change::PutAppend(
                     append.path.clone(),
                     AppendRecord {
                         from_len: append.from_len,
@@ -104,7 +108,7 @@ impl Committer {
             // Without the rollback record no append may touch its file.
             let reason = format!("cannot record the append: {e}");
             ready.retain(|r| match &r.kind {
-                ReadyKind::Append { side_path, .. } => {
+                ReadyKind::Append(StagedAppend { side_path, .. }) => {
                     let _ = std::fs::remove_file(side_path);
                     failed.push((r.id, r.path().to_string(), reason.clone()));
                     false
@@ -115,13 +119,13 @@ impl Committer {
         let mut targets: Vec<Option<File>> = Vec::with_capacity(ready.len());
         for r in &ready {
             targets.push(match &r.kind {
-                ReadyKind::Append {
+                ReadyKind::Append(StagedAppend {
                     append,
                     side,
                     full,
                     before,
                     ..
-                } => match write_in_place(append, side, full, before) {
+                }) => match write_in_place(append, side, full, before) {
                     Ok(file) => Some(file),
                     Err(reason) => {
                         failed.push((r.id, append.path.clone(), reason));
@@ -135,8 +139,8 @@ impl Committer {
         for (r, target) in ready.iter().zip(&targets) {
             match (&r.kind, target) {
                 (ReadyKind::New { temp, .. }, _) => files.push(temp),
-                (ReadyKind::Append { .. }, Some(file)) => files.push(file),
-                (ReadyKind::Append { .. }, None) => {}
+                (ReadyKind::Append(_), Some(file)) => files.push(file),
+                (ReadyKind::Append(_), None) => {}
             }
         }
         let synced = fs::sync_batch(&files).map_err(|e| format!("cannot sync: {e}"));
@@ -188,13 +192,13 @@ impl Committer {
                         }
                     }
                 }
-                ReadyKind::Append {
+                ReadyKind::Append(StagedAppend {
                     append,
                     side_path,
                     full,
                     before,
                     ..
-                } => {
+                }) => {
                     let _ = std::fs::remove_file(&side_path);
                     let Some(file) = target else {
                         changes.push(Change::RemoveAppend(append.path.clone()));

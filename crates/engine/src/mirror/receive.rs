@@ -16,7 +16,7 @@
 //! while a problem with one file (a block that does not match, a full disk) fails only that
 //! file and is reported to the source.
 
-use super::commit::{Committed, Committer, Ready, ReadyKind};
+use super::commit::{Committed, Committer, Ready, ReadyKind, StagedAppend};
 use crate::fs;
 use crate::hash;
 use crate::index::{Change, Durability, FileRecord, Index, IndexError, PartialRecord};
@@ -76,11 +76,7 @@ enum InFlight {
     },
     /// An append staged in a side file until its group commit writes it in place.
     Append {
-        append: Append,
-        side: File,
-        side_path: PathBuf,
-        full: PathBuf,
-        before: FileRecord,
+        staged: StagedAppend,
         next_offset: u64,
     },
     /// The file failed; its remaining messages are dropped.
@@ -567,14 +563,17 @@ impl Receiver {
             }
         };
         let next_offset = append.from_len;
+        let staged = StagedAppend {
+            append,
+            side,
+            side_path,
+            full,
+            before,
+        };
         self.flight.insert(
             id,
             InFlight::Append {
-                append,
-                side,
-                side_path,
-                full,
-                before,
+                staged,
                 next_offset,
             },
         );
@@ -634,10 +633,8 @@ impl Receiver {
                 }
             }
             Some(InFlight::Append {
-                append,
-                side,
+                staged: StagedAppend { append, side, .. },
                 next_offset,
-                ..
             }) => match unpack(payload, BLOCK_SIZE) {
                 Err(reason) => Err((append.path.clone(), reason)),
                 Ok(bytes) => {
@@ -681,26 +678,24 @@ impl Receiver {
                 ..
             } => self.verify_new(id, begin, temp, temp_path, &have, resumable),
             InFlight::Append {
-                append,
-                side,
-                side_path,
-                full,
-                before,
+                staged,
                 next_offset,
-            } => verify_append(&append, &side, &full, &before, next_offset)
-                .map(|()| Ready {
+            } => match verify_append(
+                &staged.append,
+                &staged.side,
+                &staged.full,
+                &staged.before,
+                next_offset,
+            ) {
+                Ok(()) => Ok(Ready {
                     id,
-                    kind: ReadyKind::Append {
-                        append,
-                        side,
-                        side_path: side_path.clone(),
-                        full,
-                        before,
-                    },
-                })
-                .inspect_err(|_| {
-                    let _ = std::fs::remove_file(&side_path);
+                    kind: ReadyKind::Append(staged),
                 }),
+                Err(reason) => {
+                    let _ = std::fs::remove_file(&staged.side_path);
+                    Err(reason)
+                }
+            },
         };
         let ready = match verified {
             Ok(ready) => ready,
@@ -844,8 +839,8 @@ impl Receiver {
                 }
             }
             // Nothing of a staged append touched its file yet.
-            Some(InFlight::Append { side_path, .. }) => {
-                let _ = std::fs::remove_file(&side_path);
+            Some(InFlight::Append { staged, .. }) => {
+                let _ = std::fs::remove_file(&staged.side_path);
             }
             Some(InFlight::Failed) | None => {}
         }
