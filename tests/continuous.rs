@@ -4,35 +4,9 @@
 
 mod common;
 
-use common::{Sandbox, tree, tree_diff, write_random};
+use common::{Sandbox, wait_identical, write_random};
 use std::io::Write;
-use std::path::Path;
 use std::time::{Duration, Instant};
-
-/// Waits until `target` mirrors `source`; returns how long it took, or fails with the
-/// differences and the push's log.
-fn wait_identical(
-    source: &Path,
-    target: &Path,
-    within: Duration,
-    log: &dyn Fn() -> String,
-) -> Duration {
-    let started = Instant::now();
-    loop {
-        let diff = tree_diff(&tree(source), &tree(target));
-        if diff.is_empty() {
-            return started.elapsed();
-        }
-        if started.elapsed() > within {
-            panic!(
-                "the target did not follow the source within {within:?}: {}\npush log:\n{}",
-                diff.join("; "),
-                log()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
 
 #[test]
 fn watch_mode_delivers_appends_new_files_and_deletes() {

@@ -393,6 +393,31 @@ impl Drop for Agent {
     }
 }
 
+/// Waits until `target` mirrors `source`; returns how long it took, or fails with the
+/// differences and the push's log.
+pub fn wait_identical(
+    source: &Path,
+    target: &Path,
+    within: Duration,
+    log: &dyn Fn() -> String,
+) -> Duration {
+    let started = Instant::now();
+    loop {
+        let diff = tree_diff(&tree(source), &tree(target));
+        if diff.is_empty() {
+            return started.elapsed();
+        }
+        if started.elapsed() > within {
+            panic!(
+                "the target did not follow the source within {within:?}: {}\npush log:\n{}",
+                diff.join("; "),
+                log()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// Reads a child's piped stderr on a thread: every line is kept in the returned log and also
 /// sent on the returned channel (for waiting on a line).
 fn capture_stderr(child: &mut Child) -> (Arc<Mutex<String>>, mpsc::Receiver<String>) {
