@@ -58,13 +58,23 @@ fn a_file_truncated_or_replaced_while_it_is_sent_converges_to_a_real_version() {
     std::fs::write(&path, &original).unwrap();
     let agent = sandbox.serve(&dst);
     let mut push = sandbox.push(&src).to(&agent.url).spawn();
-    // Change the file under the push: first cut it in half, then replace it entirely.
+    // Change the file under the push: first cut it in half in place (one truncate, so the
+    // file is never anything but the original or its half), then replace it entirely the way
+    // programs save files (written aside, renamed over it). A plain rewrite in place would
+    // pass through every partial state, each of which the source then really had.
     std::thread::sleep(Duration::from_millis(30));
     let half = &original[..original.len() / 2];
-    std::fs::write(&path, half).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(half.len() as u64)
+        .unwrap();
     std::thread::sleep(Duration::from_millis(30));
     let replaced = random_bytes(92, 20 << 20);
-    std::fs::write(&path, &replaced).unwrap();
+    let aside = sandbox.path("data.bin.new");
+    std::fs::write(&aside, &replaced).unwrap();
+    std::fs::rename(&aside, &path).unwrap();
     let _ = common::wait_bounded(&mut push, Duration::from_secs(60)).expect("the push ends");
     if let Ok(mirrored) = std::fs::read(dst.join("data.bin")) {
         assert!(
