@@ -152,14 +152,7 @@ fn trial(seed: u64) {
     let mut push = sandbox.push(&src).to(&agent.url).spawn();
     let started = std::time::Instant::now();
     loop {
-        let staged: u64 = std::fs::read_dir(dst.join(".rainmaker/tmp"))
-            .map(|d| {
-                d.flatten()
-                    .filter_map(|e| e.metadata().ok())
-                    .map(|m| m.len())
-                    .sum()
-            })
-            .unwrap_or(0);
+        let staged = common::staged_bytes(&dst);
         let running = matches!(push.try_wait(), Ok(None));
         if staged > threshold || started.elapsed() > limit || !running {
             break;

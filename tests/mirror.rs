@@ -424,18 +424,9 @@ fn a_stalled_target_is_failed_and_the_others_finish() {
         .arg("3");
     let running = std::thread::spawn(move || push.run());
     // Freeze the second agent once its copy of the big file is under way.
-    let tmp = dst2.join(".rainmaker/tmp");
     let started = std::time::Instant::now();
     let under_way = loop {
-        let size: u64 = std::fs::read_dir(&tmp)
-            .map(|d| {
-                d.flatten()
-                    .filter_map(|e| e.metadata().ok())
-                    .map(|m| m.len())
-                    .sum()
-            })
-            .unwrap_or(0);
-        if size > 1 << 20 {
+        if common::staged_bytes(&dst2) > 1 << 20 {
             break true;
         }
         if started.elapsed() > std::time::Duration::from_secs(30) {

@@ -418,6 +418,18 @@ pub fn wait_identical(
     }
 }
 
+/// Bytes in a target's temporary files (`ROOT/.rainmaker/tmp`): how far a transfer got.
+pub fn staged_bytes(root: &Path) -> u64 {
+    std::fs::read_dir(root.join(".rainmaker/tmp"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
 /// Reads a child's piped stderr on a thread: every line is kept in the returned log and also
 /// sent on the returned channel (for waiting on a line).
 fn capture_stderr(child: &mut Child) -> (Arc<Mutex<String>>, mpsc::Receiver<String>) {
