@@ -235,6 +235,25 @@ fn scan_source(source: &Path, index: &Index) -> Result<scan::Scan, EngineError> 
     Ok(scanned)
 }
 
+/// Tells listeners what a scan of the source found (the tree's digest, skipped paths);
+/// returns the digest.
+fn announce_scan(scanned: &scan::Scan, events: &broadcast::Sender<Event>) -> Hash {
+    let digest = plan::digest(&scanned.tree);
+    let _ = events.send(Event::Scanned {
+        files: scanned.tree.files.len() as u64,
+        files_hashed: scanned.files_hashed,
+        bytes_hashed: scanned.bytes_hashed,
+        digest: hex::encode(digest),
+    });
+    for problem in &scanned.problems {
+        let _ = events.send(Event::Skipped {
+            path: problem.path.clone(),
+            reason: problem.reason.clone(),
+        });
+    }
+    digest
+}
+
 /// Mirrors the source to every target once; returns when every target is identical or has
 /// failed. Errors only when nothing could start (no source folder, no index).
 pub async fn push_once(
@@ -262,7 +281,7 @@ pub async fn push_once(
             break;
         }
         // Targets connect and scan their side while the source scans its own.
-        let (tree_tx, tree_rx) = tokio::sync::watch::channel(None::<Arc<Tree>>);
+        let (tree_tx, tree_rx) = tokio::sync::watch::channel(None::<(Arc<Tree>, Hash)>);
         let mut sessions = tokio::task::JoinSet::new();
         for (i, target) in options.targets.iter().enumerate() {
             if done[i] {
@@ -292,12 +311,7 @@ pub async fn push_once(
         let (source, idx) = (options.source.clone(), index.clone());
         let scanned = low_priority(move || scan_source(&source, &idx)).await??;
         tracing::debug!(elapsed = ?started.elapsed(), hashed = scanned.bytes_hashed, "source scanned");
-        let _ = events.send(Event::Scanned {
-            files: scanned.tree.files.len() as u64,
-            files_hashed: scanned.files_hashed,
-            bytes_hashed: scanned.bytes_hashed,
-            digest: hex::encode(plan::digest(&scanned.tree)),
-        });
+        let digest = announce_scan(&scanned, events);
         files = scanned.tree.files.len() as u64;
         skipped = scanned
             .problems
@@ -307,15 +321,7 @@ pub async fn push_once(
                 reason: p.reason.clone(),
             })
             .collect();
-        for problem in &scanned.problems {
-            let _ = events.send(Event::Skipped {
-                path: problem.path.clone(),
-                reason: problem.reason.clone(),
-            });
-        }
-        let tree = Arc::new(scanned.tree);
-        let digest = plan::digest(&tree);
-        let _ = tree_tx.send(Some(tree));
+        let _ = tree_tx.send(Some((Arc::new(scanned.tree), digest)));
         let joined = tokio::select! {
             joined = sessions.join_all() => joined,
             () = cancel.cancelled() => break,
@@ -394,7 +400,7 @@ async fn session(
     target: &TargetSpec,
     options: &PushOptions,
     open: &mut Option<transport::Connection>,
-    mut tree_rx: tokio::sync::watch::Receiver<Option<Arc<Tree>>>,
+    mut tree_rx: tokio::sync::watch::Receiver<Option<(Arc<Tree>, Hash)>>,
     blocks: &Arc<BlockSource>,
     events: &broadcast::Sender<Event>,
     cache: &Path,
@@ -429,7 +435,7 @@ async fn session(
     let base = if reused { counted(&conn) } else { 0 };
     let cached = load_cached_manifest(cache);
     let (theirs, partials) = send::fetch_manifest(&mut conn, cached, stall).await?;
-    let tree: Arc<Tree> = tree_rx
+    let (tree, digest): (Arc<Tree>, Hash) = tree_rx
         .wait_for(Option::is_some)
         .await
         .map_err(|_| SendError::Protocol("the source could not be scanned".into()))?
@@ -479,7 +485,6 @@ async fn session(
         + received.load(std::sync::atomic::Ordering::Relaxed)
         - base;
     tracing::debug!(elapsed = ?started.elapsed(), target = %target.url, "plan sent and verified");
-    let digest = plan::digest(tree);
     let (outcome, conn) = outcome;
     *open = Some(conn);
     if outcome.digest == digest {
@@ -749,11 +754,6 @@ fn entry_size(entry: &crate::protocol::Entry) -> usize {
         crate::protocol::EntryKind::Dir => entry.path.len() + 8,
         crate::protocol::EntryKind::File(meta) => entry.path.len() + 80 + 33 * meta.blocks.len(),
     }
-}
-
-/// The digest a tree has; for callers that compare folders.
-pub fn tree_digest(tree: &Tree) -> Hash {
-    plan::digest(tree)
 }
 
 #[cfg(test)]

@@ -8,11 +8,13 @@
 //! or slow never holds back the others, bursts of changes coalesce into the newest snapshot,
 //! and a target that returns is caught up as soon as it answers, not at the next tick.
 
-use super::{EngineError, PushOptions, cached_manifest_path, low_priority, scan_source, session};
+use super::{
+    EngineError, PushOptions, announce_scan, cached_manifest_path, low_priority, scan_source,
+    session,
+};
 use crate::event::Event;
 use crate::guard::{Gate, GateState, Guard, Sampler, Thresholds, Transition};
 use crate::index::Index;
-use crate::mirror::plan;
 use crate::mirror::send::BlockSource;
 use crate::protocol::Hash;
 use crate::scan::Tree;
@@ -120,22 +122,10 @@ pub async fn push_continuous(
                 continue;
             }
         };
-        for problem in &scanned.problems {
-            let _ = events.send(Event::Skipped {
-                path: problem.path.clone(),
-                reason: problem.reason.clone(),
-            });
-        }
         generation += 1;
         tracing::debug!(generation, elapsed = ?started.elapsed(), hashed = scanned.bytes_hashed, "scanned");
+        let digest = announce_scan(&scanned, events);
         let tree = Arc::new(scanned.tree);
-        let digest = plan::digest(&tree);
-        let _ = events.send(Event::Scanned {
-            files: tree.files.len() as u64,
-            files_hashed: scanned.files_hashed,
-            bytes_hashed: scanned.bytes_hashed,
-            digest: hex::encode(digest),
-        });
         let snapshot = Snapshot {
             generation,
             digest,
@@ -233,7 +223,7 @@ impl TargetLoop {
                 () = gate.pass() => {}
             }
             let started = Instant::now();
-            let (_ready, tree) = latest::channel(Some(snapshot.tree.clone()));
+            let (_ready, tree) = latest::channel(Some((snapshot.tree.clone(), snapshot.digest)));
             let result = tokio::select! {
                 () = self.cancel.cancelled() => return,
                 r = session(&self.target, &self.options, &mut conn, tree, &snapshot.blocks, &self.events, &cache) => r,
