@@ -295,26 +295,38 @@ fn targets(args: &PushArgs, token: &str) -> Result<Vec<TargetSpec>> {
         .iter()
         .enumerate()
         .map(|(i, url)| {
-            let trust = if url.starts_with("ws://") {
-                if !args.insecure {
-                    bail!("{url} is plain ws://, which is not encrypted; use wss:// or pass --insecure (for loopback tests only)");
-                }
-                Trust::Insecure
-            } else if url.starts_with("wss://") {
-                match args.fingerprint.get(i) {
-                    Some(fp) => Trust::Pinned(fp.clone()),
-                    None => Trust::KnownPeers(known_peers.clone()),
-                }
-            } else {
-                bail!("{url} is not a target address; write it as wss://HOST:PORT");
-            };
             Ok(TargetSpec {
                 url: url.clone(),
-                trust,
+                trust: trust(url, args.fingerprint.get(i), &known_peers, args.insecure)?,
                 token: token.to_string(),
             })
         })
         .collect()
+}
+
+/// How to check a target: plain ws:// only when `insecure` allows it, a pinned fingerprint
+/// when one is given, else the known-peers file.
+fn trust(
+    url: &str,
+    fingerprint: Option<&String>,
+    known_peers: &Path,
+    insecure: bool,
+) -> Result<Trust> {
+    if url.starts_with("ws://") {
+        if !insecure {
+            bail!(
+                "{url} is plain ws://, which is not encrypted; use wss:// or pass --insecure (for loopback tests only)"
+            );
+        }
+        return Ok(Trust::Insecure);
+    }
+    if !url.starts_with("wss://") {
+        bail!("{url} is not a target address; write it as wss://HOST:PORT");
+    }
+    Ok(match fingerprint {
+        Some(fp) => Trust::Pinned(fp.clone()),
+        None => Trust::KnownPeers(known_peers.to_path_buf()),
+    })
 }
 
 async fn push(args: PushArgs) -> Result<ExitCode> {
@@ -577,14 +589,12 @@ async fn push_configured(args: PushArgs, config: Option<&Path>) -> Result<ExitCo
     for folder in &config.folders {
         let mut targets = Vec::new();
         for t in &folder.targets {
-            let trust = match (&t.fingerprint, t.url.starts_with("ws://")) {
-                (_, true) => Trust::Insecure,
-                (Some(fp), false) => Trust::Pinned(fp.clone()),
-                (None, false) => Trust::KnownPeers(known_peers.clone()),
-            };
+            // A ws:// target written in the configuration file is taken as meant (the
+            // file's checker only accepts ws:// and wss://; agents refuse plain ws:// off
+            // loopback).
             targets.push(TargetSpec {
                 url: t.url.clone(),
-                trust,
+                trust: trust(&t.url, t.fingerprint.as_ref(), &known_peers, true)?,
                 token: read_token(&t.token_file)?,
             });
         }
