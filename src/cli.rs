@@ -153,6 +153,10 @@ pub struct PushArgs {
     /// Confirm a sync that deletes more than --max-delete of a target's files.
     #[arg(long)]
     pub allow_mass_delete: bool,
+    /// Leave out paths that match PATTERN (repeatable): `*.log` or `cache` match a name at any
+    /// depth, `db/cache` a path from the source's root.
+    #[arg(long, value_name = "PATTERN")]
+    pub exclude: Vec<String>,
     /// Seconds a target may make no progress before it is reported as failed.
     #[arg(long, default_value_t = 60, value_name = "SECONDS")]
     pub stall_timeout: u64,

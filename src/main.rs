@@ -15,6 +15,7 @@ use cli::{Cli, Command, PushArgs, ServeArgs};
 use rainmaker_engine::config::Mode;
 use rainmaker_engine::engine::{self, PushOptions, Schedule, ServeOptions, Server, TargetSpec};
 use rainmaker_engine::event::{self, PushReport};
+use rainmaker_engine::exclude::Exclude;
 use rainmaker_engine::guard::Thresholds;
 use rainmaker_engine::schedule::{SyncTiming, interval_warning, total_memory};
 use rainmaker_engine::transport::Trust;
@@ -368,6 +369,7 @@ async fn push(args: PushArgs) -> Result<ExitCode> {
             .map(|rate| std::sync::Arc::new(rainmaker_engine::rate::RateLimit::new(rate))),
         gate: rainmaker_engine::guard::Gate::open(),
         max_delete_share: delete_share(&args),
+        exclude: Exclude::new(&args.exclude)?,
     };
     if !args.once {
         return continuous(&args, &options).await;
@@ -414,12 +416,14 @@ async fn continuous(args: &PushArgs, options: &PushOptions) -> Result<ExitCode> 
                 watch: false,
                 every,
                 guard: Some(thresholds(args)),
+                sync_now: None,
             }
         }
         None => Schedule {
             watch: true,
             every: args.rescan_every.max(Duration::from_secs(1)),
             guard: Some(thresholds(args)),
+            sync_now: None,
         },
     };
     let (events, listener) = event::channel();
@@ -458,9 +462,11 @@ async fn print_json_lines(mut events: tokio::sync::broadcast::Receiver<event::Ev
     use std::io::Write;
     loop {
         match events.recv().await {
-            Ok(event @ (event::Event::Progress { .. } | event::Event::Planned { .. })) => {
-                drop(event)
-            }
+            Ok(
+                event @ (event::Event::Progress { .. }
+                | event::Event::Planned { .. }
+                | event::Event::Resources { .. }),
+            ) => drop(event),
             Ok(event) => {
                 if let Ok(line) = serde_json::to_string(&event) {
                     let mut out = std::io::stdout().lock();
@@ -587,6 +593,14 @@ async fn push_configured(args: PushArgs, config: Option<&Path>) -> Result<ExitCo
     let cancel = shutdown_signal();
     let mut runs = tokio::task::JoinSet::new();
     for folder in &config.folders {
+        if folder.targets.is_empty() {
+            eprintln!(
+                "rainmaker: {} has no targets in {}; skipped",
+                folder.source.display(),
+                path.display()
+            );
+            continue;
+        }
         let mut targets = Vec::new();
         for t in &folder.targets {
             // A ws:// target written in the configuration file is taken as meant (the
@@ -612,6 +626,11 @@ async fn push_configured(args: PushArgs, config: Option<&Path>) -> Result<ExitCo
                 .map(|rate| std::sync::Arc::new(rainmaker_engine::rate::RateLimit::new(rate))),
             gate: rainmaker_engine::guard::Gate::open(),
             max_delete_share: delete_share(&args),
+            exclude: Exclude::new(if args.exclude.is_empty() {
+                &folder.exclude
+            } else {
+                &args.exclude
+            })?,
         };
         let mode = if args.once {
             Mode::Manual
@@ -647,6 +666,7 @@ async fn push_configured(args: PushArgs, config: Option<&Path>) -> Result<ExitCo
                         watch,
                         every,
                         guard: Some(thresholds),
+                        sync_now: None,
                     };
                     let board = status::spawn_writer(events.subscribe(), &options, label);
                     eprintln!(

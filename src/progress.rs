@@ -93,7 +93,7 @@ pub fn spawn(mut events: broadcast::Receiver<Event>, draw: bool) -> JoinHandle<(
                 ),
                 // The engine logs pauses and resumes itself, with their figures.
                 Event::Paused { .. } | Event::Resumed { .. } => {}
-                Event::Scanned { .. } | Event::Skipped { .. } => {}
+                Event::Scanned { .. } | Event::Skipped { .. } | Event::Resources { .. } => {}
             }
         }
         for bar in bars.values() {

@@ -15,8 +15,19 @@ use toml::Spanned;
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Config {
     pub serve: Option<Serve>,
+    /// `[[server]]`: the backup servers this machine knows, by name (the dashboard's list).
+    pub servers: Vec<Server>,
     pub folders: Vec<Folder>,
     pub guard: Guard,
+}
+
+/// `[[server]]`: a known server that folders name in `to`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Server {
+    pub name: String,
+    pub url: String,
+    pub token_file: PathBuf,
+    pub fingerprint: Option<String>,
 }
 
 /// `[serve]`: this machine receives mirrors.
@@ -37,6 +48,11 @@ pub struct Folder {
     pub source: PathBuf,
     pub mode: Mode,
     pub bwlimit: Option<f64>,
+    /// Paths left out (see [`crate::exclude`]).
+    pub exclude: Vec<String>,
+    /// The trading platform preset the folder was set up from, if any (for the dashboard).
+    pub preset: Option<String>,
+    /// Every target: the servers named in `to`, then the `[[folder.target]]` tables.
     pub targets: Vec<Target>,
 }
 
@@ -54,6 +70,8 @@ pub enum Mode {
 /// `[[folder.target]]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Target {
+    /// The `[[server]]` this target came from.
+    pub name: Option<String>,
     pub url: String,
     pub token_file: PathBuf,
     pub fingerprint: Option<String>,
@@ -114,6 +132,8 @@ pub fn default_path() -> PathBuf {
 struct RawConfig {
     serve: Option<RawServe>,
     #[serde(default)]
+    server: Vec<RawServer>,
+    #[serde(default)]
     folder: Vec<RawFolder>,
     guard: Option<RawGuard>,
 }
@@ -132,8 +152,21 @@ struct RawServe {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawServer {
+    name: Spanned<String>,
+    url: Spanned<String>,
+    token_file: PathBuf,
+    fingerprint: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawFolder {
     source: PathBuf,
+    preset: Option<String>,
+    exclude: Option<Spanned<Vec<String>>>,
+    #[serde(default)]
+    to: Vec<Spanned<String>>,
     #[serde(default)]
     mode: Option<Spanned<String>>,
     every: Option<Spanned<String>>,
@@ -206,6 +239,51 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         }
         None => None,
     };
+    let target_url = |url: &Spanned<String>, key: &str| {
+        let value = url.get_ref();
+        if value.starts_with("wss://") || value.starts_with("ws://") {
+            Ok(value.clone())
+        } else {
+            Err(at(
+                url.span(),
+                format!("{key}: {value:?} is not a target address; expected wss://HOST:PORT"),
+            ))
+        }
+    };
+    let fingerprint = |fp: Option<Spanned<String>>, key: &str| {
+        match fp {
+        Some(fp) => crate::transport::parse_fingerprint(fp.get_ref())
+            .map(Some)
+            .ok_or_else(|| {
+                at(
+                    fp.span(),
+                    format!(
+                        "{key}: {:?} is not a certificate fingerprint; expected SHA256: and 64 hex digits, as the agent prints it",
+                        fp.get_ref()
+                    ),
+                )
+            }),
+        None => Ok(None),
+    }
+    };
+    let mut servers: Vec<Server> = Vec::new();
+    for (i, s) in raw.server.into_iter().enumerate() {
+        let name = s.name.get_ref().trim();
+        if name.is_empty() || servers.iter().any(|known| known.name == name) {
+            return Err(at(
+                s.name.span(),
+                format!(
+                    "server[{i}].name: {name:?} is empty or used twice; every server needs its own name"
+                ),
+            ));
+        }
+        servers.push(Server {
+            name: name.to_string(),
+            url: target_url(&s.url, &format!("server[{i}].url"))?,
+            token_file: s.token_file,
+            fingerprint: fingerprint(s.fingerprint, &format!("server[{i}].fingerprint"))?,
+        });
+    }
     let mut folders = Vec::new();
     for (i, f) in raw.folder.into_iter().enumerate() {
         let key = |name: &str| format!("folder[{i}].{name}");
@@ -254,45 +332,49 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
             ),
             None => None,
         };
-        if f.target.is_empty() {
-            return Err(at(
-                0..0,
-                format!(
-                    "{}: a folder needs at least one [[folder.target]] with url and token_file",
-                    key("target")
-                ),
-            ));
-        }
+        let exclude = match f.exclude {
+            Some(list) => match crate::exclude::Exclude::new(list.get_ref()) {
+                Ok(_) => list.into_inner(),
+                Err(e) => return Err(at(list.span(), format!("{}: {e}", key("exclude")))),
+            },
+            None => Vec::new(),
+        };
         let mut targets = Vec::new();
-        for (j, t) in f.target.into_iter().enumerate() {
-            let url = t.url.get_ref();
-            if !(url.starts_with("wss://") || url.starts_with("ws://")) {
+        for name in &f.to {
+            let Some(server) = servers.iter().find(|s| &s.name == name.get_ref()) else {
                 return Err(at(
-                    t.url.span(),
+                    name.span(),
                     format!(
-                        "folder[{i}].target[{j}].url: {url:?} is not a target address; expected wss://HOST:PORT"
+                        "{}: no [[server]] is named {:?}; add one or correct the name",
+                        key("to"),
+                        name.get_ref()
                     ),
                 ));
-            }
-            let fingerprint = match t.fingerprint {
-                Some(fp) => Some(crate::transport::parse_fingerprint(fp.get_ref()).ok_or_else(|| {
-                    at(
-                        fp.span(),
-                        format!("folder[{i}].target[{j}].fingerprint: {:?} is not a certificate fingerprint; expected SHA256: and 64 hex digits, as the agent prints it", fp.get_ref()),
-                    )
-                })?),
-                None => None,
             };
             targets.push(Target {
-                url: t.url.into_inner(),
+                name: Some(server.name.clone()),
+                url: server.url.clone(),
+                token_file: server.token_file.clone(),
+                fingerprint: server.fingerprint.clone(),
+            });
+        }
+        for (j, t) in f.target.into_iter().enumerate() {
+            targets.push(Target {
+                name: None,
+                url: target_url(&t.url, &format!("folder[{i}].target[{j}].url"))?,
                 token_file: t.token_file,
-                fingerprint,
+                fingerprint: fingerprint(
+                    t.fingerprint,
+                    &format!("folder[{i}].target[{j}].fingerprint"),
+                )?,
             });
         }
         folders.push(Folder {
             source: f.source,
             mode,
             bwlimit,
+            exclude,
+            preset: f.preset,
             targets,
         });
     }
@@ -344,9 +426,148 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
     }
     Ok(Config {
         serve,
+        servers,
         folders,
         guard,
     })
+}
+
+/// Writes `config` as a configuration file that [`parse`] reads back to the same value; what
+/// the tray app saves. Comments of a hand-written file are not kept, so the file says so.
+pub fn render(config: &Config) -> String {
+    use toml::{Table, Value};
+    fn text(value: impl ToString) -> Value {
+        Value::String(value.to_string())
+    }
+    fn path(value: &Path) -> Value {
+        text(value.to_string_lossy())
+    }
+    let duration = |d: Duration| text(humantime::format_duration(d));
+    let mut root = Table::new();
+    if let Some(serve) = &config.serve {
+        let mut t = Table::new();
+        t.insert("root".into(), path(&serve.root));
+        t.insert("listen".into(), text(&serve.listen));
+        t.insert("token_file".into(), path(&serve.token_file));
+        if serve.insecure {
+            t.insert("insecure".into(), Value::Boolean(true));
+        }
+        if let Some(name) = &serve.name {
+            t.insert("name".into(), text(name));
+        }
+        if let Some(days) = serve.trash_days {
+            t.insert("trash_days".into(), Value::Integer(i64::from(days)));
+        }
+        root.insert("serve".into(), Value::Table(t));
+    }
+    let servers: Vec<Value> = config
+        .servers
+        .iter()
+        .map(|s| {
+            let mut t = Table::new();
+            t.insert("name".into(), text(&s.name));
+            t.insert("url".into(), text(&s.url));
+            t.insert("token_file".into(), path(&s.token_file));
+            if let Some(fp) = &s.fingerprint {
+                t.insert("fingerprint".into(), text(fp));
+            }
+            Value::Table(t)
+        })
+        .collect();
+    if !servers.is_empty() {
+        root.insert("server".into(), Value::Array(servers));
+    }
+    let folders: Vec<Value> = config
+        .folders
+        .iter()
+        .map(|f| {
+            let mut t = Table::new();
+            t.insert("source".into(), path(&f.source));
+            if let Some(preset) = &f.preset {
+                t.insert("preset".into(), text(preset));
+            }
+            match f.mode {
+                Mode::Manual => {
+                    t.insert("mode".into(), text("manual"));
+                }
+                Mode::Watch => {
+                    t.insert("mode".into(), text("watch"));
+                }
+                Mode::Every(every) => {
+                    t.insert("mode".into(), text("every"));
+                    t.insert("every".into(), duration(every));
+                }
+            }
+            if let Some(rate) = f.bwlimit {
+                t.insert("bwlimit".into(), text(format_rate(rate)));
+            }
+            if !f.exclude.is_empty() {
+                t.insert(
+                    "exclude".into(),
+                    Value::Array(f.exclude.iter().map(text).collect()),
+                );
+            }
+            let named: Vec<Value> = f
+                .targets
+                .iter()
+                .filter_map(|t| t.name.as_ref().map(text))
+                .collect();
+            t.insert("to".into(), Value::Array(named));
+            let inline: Vec<Value> = f
+                .targets
+                .iter()
+                .filter(|t| t.name.is_none())
+                .map(|target| {
+                    let mut t = Table::new();
+                    t.insert("url".into(), text(&target.url));
+                    t.insert("token_file".into(), path(&target.token_file));
+                    if let Some(fp) = &target.fingerprint {
+                        t.insert("fingerprint".into(), text(fp));
+                    }
+                    Value::Table(t)
+                })
+                .collect();
+            if !inline.is_empty() {
+                t.insert("target".into(), Value::Array(inline));
+            }
+            Value::Table(t)
+        })
+        .collect();
+    if !folders.is_empty() {
+        root.insert("folder".into(), Value::Array(folders));
+    }
+    let g = &config.guard;
+    let mut guard = Table::new();
+    guard.insert(
+        "pause_cpu_above".into(),
+        Value::Float(f64::from(g.pause_cpu_above)),
+    );
+    guard.insert("pause_cpu_for".into(), duration(g.pause_cpu_for));
+    if let Some(bytes) = g.pause_memory_below {
+        guard.insert("pause_memory_below".into(), text(format!("{bytes}B")));
+    }
+    if let Some(rate) = g.pause_net_above {
+        guard.insert("pause_net_above".into(), text(format_rate(rate)));
+    }
+    guard.insert("resume_after".into(), duration(g.resume_after));
+    root.insert("guard".into(), Value::Table(guard));
+    format!(
+        "# RainMaker configuration, saved by the RainMaker tray app (comments are not kept).\n\
+         # Check it with `rainmaker config check`.\n\n{}",
+        toml::to_string(&root).unwrap_or_default()
+    )
+}
+
+/// A rate as people write it, exact enough to read back: `20Mbit`, `512kbit`, or bytes.
+fn format_rate(bytes_per_second: f64) -> String {
+    let bits = bytes_per_second * 8.0;
+    if bits >= 1e6 && (bits / 1e6).fract() == 0.0 {
+        format!("{}Mbit", bits / 1e6)
+    } else if bits >= 1e3 && (bits / 1e3).fract() == 0.0 {
+        format!("{}kbit", bits / 1e3)
+    } else {
+        format!("{bytes_per_second}B")
+    }
 }
 
 fn line_column(text: &str, offset: usize) -> (usize, usize) {
@@ -435,6 +656,81 @@ pause_memory_below = "1GiB"
         assert_eq!(folder.mode, Mode::Every(Duration::from_secs(120)));
         assert_eq!(folder.bwlimit, Some(2.5e6));
         assert_eq!(config.guard.pause_memory_below, Some(1 << 30));
+    }
+
+    const SERVERS: &str = r#"
+[[server]]
+name = "cloud-a"
+url = "wss://10.0.0.1:7878"
+token_file = "/tokens/a"
+fingerprint = "SHA256:1111111111111111111111111111111111111111111111111111111111111111"
+[[server]]
+name = "office"
+url = "wss://office:7878"
+token_file = "/tokens/o"
+"#;
+
+    #[test]
+    fn folders_name_their_targets_among_the_servers() {
+        let text = format!(
+            "{SERVERS}[[folder]]\nsource = \"/nt8\"\npreset = \"ninjatrader8\"\nexclude = [\"cache\", \"*.log\"]\nto = [\"office\"]\n[[folder.target]]\nurl = \"wss://x:1\"\ntoken_file = \"/t\"\n"
+        );
+        let config = parse(&text, Path::new("t")).unwrap();
+        assert_eq!(config.servers.len(), 2);
+        let folder = &config.folders[0];
+        assert_eq!(folder.exclude, ["cache", "*.log"]);
+        assert_eq!(folder.preset.as_deref(), Some("ninjatrader8"));
+        let urls: Vec<_> = folder.targets.iter().map(|t| t.url.as_str()).collect();
+        assert_eq!(
+            urls,
+            ["wss://office:7878", "wss://x:1"],
+            "named servers, then inline targets"
+        );
+        assert_eq!(folder.targets[0].name.as_deref(), Some("office"));
+
+        let (line, _, message) = error(&format!(
+            "{SERVERS}[[folder]]\nsource = \"/s\"\nto = [\"ofice\"]\n"
+        ));
+        assert_eq!(line, 13, "{message}");
+        assert!(
+            message.contains("folder[0].to") && message.contains("\"ofice\""),
+            "{message}"
+        );
+        let (_, _, message) = error(&format!(
+            "{SERVERS}[[server]]\nname = \"office\"\nurl = \"wss://b:1\"\ntoken_file = \"/t\"\n"
+        ));
+        assert!(
+            message.contains("server[2].name") && message.contains("twice"),
+            "{message}"
+        );
+        let (line, _, message) = error("[[folder]]\nsource = \"/s\"\nexclude = [\"../up\"]\n");
+        assert_eq!(line, 3);
+        assert!(
+            message.contains("folder[0].exclude") && message.contains("inside the folder"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn what_render_writes_parses_back_to_the_same_configuration() {
+        let text = format!(
+            "[serve]\nroot = \"/srv\"\nlisten = \"0.0.0.0:7878\"\ntoken_file = \"/t\"\ntrash_days = 3\n{SERVERS}\
+             [[folder]]\nsource = \"/nt8\"\nmode = \"every\"\nevery = \"7m 30s\"\nbwlimit = \"20Mbit\"\nexclude = [\"cache\"]\nto = [\"cloud-a\", \"office\"]\n\
+             [[folder]]\nsource = \"/mt5\"\nmode = \"manual\"\nbwlimit = \"1234B\"\n[[folder.target]]\nurl = \"wss://x:1\"\ntoken_file = \"/t\"\n\
+             [guard]\npause_cpu_above = 70.5\npause_memory_below = \"1GiB\"\npause_net_above = \"8Mbit\"\nresume_after = \"1m\"\n"
+        );
+        let config = parse(&text, Path::new("t")).unwrap();
+        let written = render(&config);
+        let again =
+            parse(&written, Path::new("written")).unwrap_or_else(|e| panic!("{e}\n{written}"));
+        assert_eq!(
+            again, config,
+            "render then parse is the identity:\n{written}"
+        );
+        assert_eq!(
+            parse(&render(&Config::default()), Path::new("d")).unwrap(),
+            Config::default()
+        );
     }
 
     #[test]

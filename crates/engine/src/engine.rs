@@ -26,7 +26,7 @@ use tokio::sync::{Semaphore, broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 mod continuous;
-pub use continuous::{Schedule, push_continuous};
+pub use continuous::{Schedule, push_continuous, start_guard};
 
 /// Most handshakes in progress at once on a server.
 const MAX_HANDSHAKES: usize = 32;
@@ -79,6 +79,8 @@ pub struct PushOptions {
     /// Refuse a sync that would delete more than this share of a target's files (see
     /// [`plan::mass_delete`]); `None` allows any.
     pub max_delete_share: Option<f64>,
+    /// Paths of the source that are not mirrored.
+    pub exclude: crate::exclude::Exclude,
 }
 
 /// The default for [`PushOptions::stall_timeout`].
@@ -100,6 +102,7 @@ impl PushOptions {
             bwlimit: None,
             gate: crate::guard::Gate::open(),
             max_delete_share: Some(0.5),
+            exclude: crate::exclude::Exclude::none(),
         }
     }
 }
@@ -190,6 +193,24 @@ pub fn default_known_peers() -> PathBuf {
     data_dir().join("known_peers")
 }
 
+/// Checks that a target answers and accepts our token (a full handshake, then a clean
+/// close); returns the name the target gives itself. What the dashboard's online state is.
+pub async fn probe(
+    target: &TargetSpec,
+    source_name: &str,
+) -> Result<String, transport::TransportError> {
+    let conn = transport::connect(&ConnectOptions {
+        url: target.url.clone(),
+        trust: target.trust.clone(),
+        token: target.token.clone(),
+        source_name: source_name.to_owned(),
+    })
+    .await?;
+    let name = conn.remote_name().to_owned();
+    conn.close().await;
+    Ok(name)
+}
+
 /// Threads that may hash at once: the trading platform keeps the other cores.
 const HASH_THREADS: usize = 2;
 static HASHING: Semaphore = Semaphore::const_new(HASH_THREADS);
@@ -221,12 +242,17 @@ async fn low_priority<T: Send + 'static>(
 }
 
 /// Scans the source and records what changed in its index.
-fn scan_source(source: &Path, index: &Index) -> Result<scan::Scan, EngineError> {
+fn scan_source(
+    source: &Path,
+    exclude: &crate::exclude::Exclude,
+    index: &Index,
+) -> Result<scan::Scan, EngineError> {
     let previous = index.files()?;
-    let scanned = scan::scan(source, &previous).map_err(|e| EngineError::Source {
-        path: e.path,
-        reason: e.reason,
-    })?;
+    let scanned =
+        scan::scan_excluding(source, &previous, exclude).map_err(|e| EngineError::Source {
+            path: e.path,
+            reason: e.reason,
+        })?;
     // Lazily durable: after a crash the index falls back to an older state, whose records
     // still hold wherever the quick check accepts them; the rest is hashed again. An fsync
     // here would wait for every dirty page of the file system (ext4 orders data before
@@ -308,8 +334,12 @@ pub async fn push_once(
                 (i, result, started.elapsed().as_secs_f64())
             });
         }
-        let (source, idx) = (options.source.clone(), index.clone());
-        let scanned = low_priority(move || scan_source(&source, &idx)).await??;
+        let (source, exclude, idx) = (
+            options.source.clone(),
+            options.exclude.clone(),
+            index.clone(),
+        );
+        let scanned = low_priority(move || scan_source(&source, &exclude, &idx)).await??;
         tracing::debug!(elapsed = ?started.elapsed(), hashed = scanned.bytes_hashed, "source scanned");
         let digest = announce_scan(&scanned, events);
         files = scanned.tree.files.len() as u64;

@@ -55,6 +55,14 @@ pub enum Event {
     Paused { reason: String },
     /// The resource guard resumed sync.
     Resumed { after: String },
+    /// What the resource guard measured (about once a second while it runs).
+    Resources {
+        cpu_percent: f32,
+        /// Bytes of memory available to programs.
+        available_memory: u64,
+        /// Bytes per second of network traffic that is not RainMaker's.
+        other_traffic: f64,
+    },
     /// A target failed (down, refused, or not identical after every pass).
     TargetFailed { target: String, reason: String },
 }

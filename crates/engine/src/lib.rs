@@ -9,9 +9,11 @@
 //! - [`protocol`]: message types, version, limits, encode/decode (no I/O).
 //! - [`hash`]: block and file hashing with BLAKE3 (pure over readers and hash lists).
 //! - [`path`]: the check every path from the wire passes before it touches the disk.
+//! - [`preset`]: the folders and excludes of the common trading platforms.
 //! - [`fs`]: the one door to the disk: shared-mode reads, temp files, fsync, rename, metadata.
 //! - [`index`]: the persistent, crash-safe index of a folder (redb).
 //! - [`scan`]: walk a folder, quick-check against the index, hash what changed.
+//! - [`exclude`]: the paths of a source that are not mirrored (caches, logs, locks).
 //! - [`trash`]: what a target deletes or overwrites, kept for a retention period.
 //! - [`transport`]: wss client and server, TLS identity, pinning, token handshake, framing.
 //! - [`mirror`]: the plan (pure), the sender and the receiver of a session.
@@ -28,12 +30,14 @@
 pub mod config;
 pub mod engine;
 pub mod event;
+pub mod exclude;
 pub mod fs;
 pub mod guard;
 pub mod hash;
 pub mod index;
 pub mod mirror;
 pub mod path;
+pub mod preset;
 pub mod protocol;
 pub mod rate;
 pub mod scan;

@@ -9,6 +9,7 @@
 //! The same scan serves both sides: the source finds what to send, a target finds local edits
 //! that the next mirror must overwrite. RainMaker's own state folder is never scanned.
 
+use crate::exclude::Exclude;
 use crate::fs::{self, Stamp};
 use crate::hash;
 use crate::index::{Change, FileRecord};
@@ -63,6 +64,15 @@ pub struct ScanError {
 
 /// Scans `root` against the `previous` records of its index.
 pub fn scan(root: &Path, previous: &BTreeMap<String, FileRecord>) -> Result<Scan, ScanError> {
+    scan_excluding(root, previous, &Exclude::none())
+}
+
+/// [`scan`], leaving out what `exclude` matches (neither listed nor hashed).
+pub fn scan_excluding(
+    root: &Path,
+    previous: &BTreeMap<String, FileRecord>,
+    exclude: &Exclude,
+) -> Result<Scan, ScanError> {
     let meta = std::fs::metadata(root).map_err(|e| ScanError {
         path: root.to_path_buf(),
         reason: e.to_string(),
@@ -78,7 +88,12 @@ pub fn scan(root: &Path, previous: &BTreeMap<String, FileRecord>) -> Result<Scan
         .follow_links(false)
         .sort_by_file_name()
         .into_iter()
-        .filter_entry(|e| !(e.depth() == 1 && e.file_name() == STATE_DIR));
+        .filter_entry(|e| {
+            if e.depth() == 1 && e.file_name() == STATE_DIR {
+                return false;
+            }
+            e.depth() == 0 || exclude.is_empty() || !exclude.matches(&relative(root, e.path()))
+        });
     let mut walker = walker;
     while let Some(entry) = walker.next() {
         let entry = match entry {
@@ -443,5 +458,28 @@ mod tests {
     fn a_missing_root_is_a_clear_error() {
         let error = scan(Path::new("/no/such/folder"), &BTreeMap::new()).unwrap_err();
         assert!(error.to_string().contains("/no/such/folder"));
+    }
+
+    #[test]
+    fn excluded_paths_are_neither_listed_nor_entered() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        for (path, body) in [
+            ("db/ES.ncd", "ticks"),
+            ("db/cache/ES.tmp", "cache"),
+            ("log/trace.log", "log"),
+            ("workspace.xml", "ws"),
+            ("ninja.lock", "lock"),
+        ] {
+            write(root, path, body.as_bytes());
+        }
+        let exclude = Exclude::new(&["cache", "log", "*.lock"]).unwrap();
+        let scanned = scan_excluding(root, &BTreeMap::new(), &exclude).unwrap();
+        assert_eq!(
+            scanned.tree.files.keys().collect::<Vec<_>>(),
+            ["db/ES.ncd", "workspace.xml"],
+            "caches, logs and locks are left out; data and settings are kept"
+        );
+        assert!(!scanned.tree.dirs.contains("db/cache") && !scanned.tree.dirs.contains("log"));
     }
 }

@@ -170,7 +170,7 @@ impl Board {
                     }
                 }
             }
-            Event::Synced { .. } | Event::Skipped { .. } => return false,
+            Event::Synced { .. } | Event::Skipped { .. } | Event::Resources { .. } => return false,
         }
         true
     }

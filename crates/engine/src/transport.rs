@@ -376,6 +376,52 @@ async fn connect_to(opts: &ConnectOptions, target: &Target) -> Result<Connection
     Ok(connection)
 }
 
+/// Connects to `url` only as far as the TLS handshake and returns the fingerprint of the
+/// certificate the server presented (after checking that it holds the certificate's key).
+/// No token is sent and nothing is recorded: this is what a person is shown to confirm
+/// before a server is trusted.
+pub async fn peek_fingerprint(url: &str) -> Result<Fingerprint, TransportError> {
+    let target = Target::parse(url)?;
+    if !target.tls {
+        return Err(TransportError::BadUrl {
+            url: url.to_owned(),
+            reason: "a ws:// address has no certificate to check; use wss://".into(),
+        });
+    }
+    let peer = target.key.clone();
+    let handshake = async {
+        let tcp = TcpStream::connect((target.host.as_str(), target.port))
+            .await
+            .map_err(|source| TransportError::Connect {
+                peer: peer.clone(),
+                source,
+            })?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = PinVerifier::new(Vec::new(), &provider);
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| tls_error(&peer, e))?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier.clone())
+            .with_no_client_auth();
+        TlsConnector::from(Arc::new(config))
+            .connect(server_name(&target.host), tcp)
+            .await
+            .map_err(|e| tls_error(&peer, e))?;
+        verifier
+            .seen()
+            .ok_or_else(|| tls_error(&peer, "the server presented no certificate"))
+    };
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+        .await
+        .unwrap_or_else(|_| {
+            Err(TransportError::Timeout {
+                peer: peer.clone(),
+                stage: "TLS handshake",
+            })
+        })
+}
+
 /// A target's listening socket.
 pub struct Listener {
     tcp: TcpListener,
@@ -977,6 +1023,30 @@ mod tests {
             1,
             "a mismatch records nothing"
         );
+    }
+
+    #[tokio::test]
+    async fn peeking_shows_the_fingerprint_without_sending_the_token() {
+        let identity = Identity::generate().unwrap();
+        let listener = Arc::new(
+            Listener::bind("127.0.0.1:0", Some(identity.clone()))
+                .await
+                .unwrap(),
+        );
+        let server = serve_one(&listener);
+        let seen = peek_fingerprint(&wss(&listener)).await.unwrap();
+        assert_eq!(
+            seen,
+            identity.fingerprint(),
+            "the certificate the server holds"
+        );
+        let after = server.await.unwrap();
+        assert!(
+            after.is_err(),
+            "the server saw no Hello, so no token: {after:?}"
+        );
+        let plain = peek_fingerprint("ws://127.0.0.1:1").await.unwrap_err();
+        assert!(plain.to_string().contains("wss://"), "{plain}");
     }
 
     #[tokio::test]

@@ -40,6 +40,8 @@ pub struct Schedule {
     pub every: Duration,
     /// Pause sync while the machine is busy (the resource guard), with these thresholds.
     pub guard: Option<Thresholds>,
+    /// Scan at once when notified (the Sync now button).
+    pub sync_now: Option<Arc<tokio::sync::Notify>>,
 }
 
 /// One scan of the source, as every target loop sees it.
@@ -70,14 +72,7 @@ pub async fn push_continuous(
     };
     let mut options = options.clone();
     if let Some(thresholds) = &schedule.guard {
-        let (gate_tx, gate) = Gate::channel();
-        options.gate = gate;
-        tokio::spawn(run_guard(
-            thresholds.clone(),
-            gate_tx,
-            events.clone(),
-            cancel.clone(),
-        ));
+        options.gate = start_guard(thresholds.clone(), events.clone(), cancel.child_token());
     }
     let options = &options;
     let (snapshot_tx, snapshots) = latest::channel(None::<Arc<Snapshot>>);
@@ -99,8 +94,15 @@ pub async fn push_continuous(
     let mut sleep = SleepDetector::new(Duration::from_secs(5));
     let mut generation = 0;
     loop {
+        let asked = async {
+            match &schedule.sync_now {
+                Some(notify) => notify.notified().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             () = cancel.cancelled() => break,
+            () = asked => tracing::info!("sync asked for; scanning now"),
             _ = triggers.recv() => {
                 tokio::time::sleep(DEBOUNCE).await;
                 while triggers.try_recv().is_ok() {}
@@ -113,9 +115,13 @@ pub async fn push_continuous(
                 tracing::info!("the machine woke from sleep; syncing now");
             }
         }
-        let (source, idx) = (options.source.clone(), index.clone());
+        let (source, exclude, idx) = (
+            options.source.clone(),
+            options.exclude.clone(),
+            index.clone(),
+        );
         let started = Instant::now();
-        let scanned = match low_priority(move || scan_source(&source, &idx)).await {
+        let scanned = match low_priority(move || scan_source(&source, &exclude, &idx)).await {
             Ok(Ok(scanned)) => scanned,
             Ok(Err(e)) | Err(e) => {
                 tracing::warn!("{e}; retrying at the next change or tick");
@@ -138,8 +144,19 @@ pub async fn push_continuous(
     Ok(())
 }
 
-/// Samples the machine every second and opens or closes the gate; logs every pause and
-/// resume with its reason and figure.
+/// Starts the resource guard: a task that samples the machine every second until `cancel`
+/// fires, publishes each sample as [`Event::Resources`], and opens or closes the returned
+/// gate; every pause and resume is logged and published with its reason and figure.
+pub fn start_guard(
+    thresholds: Thresholds,
+    events: broadcast::Sender<Event>,
+    cancel: CancellationToken,
+) -> Gate {
+    let (gate_tx, gate) = Gate::channel();
+    tokio::spawn(run_guard(thresholds, gate_tx, events, cancel));
+    gate
+}
+
 async fn run_guard(
     thresholds: Thresholds,
     gate: latest::Sender<GateState>,
@@ -157,6 +174,11 @@ async fn run_guard(
             _ = tick.tick() => {}
         }
         let sample = sampler.sample(WIRE_TOTAL.load(Ordering::Relaxed));
+        let _ = events.send(Event::Resources {
+            cpu_percent: sample.cpu_percent,
+            available_memory: sample.available_memory,
+            other_traffic: sample.other_traffic,
+        });
         match guard.observe(&sample) {
             Some(Transition::Paused(reason)) => {
                 tracing::warn!("paused: {reason}");
