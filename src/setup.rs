@@ -77,12 +77,5 @@ pub fn check(given: Option<&Path>) -> Result<()> {
 
 /// The guard's thresholds from the configuration.
 pub fn thresholds(config: &Config) -> Thresholds {
-    let g = &config.guard;
-    Thresholds {
-        cpu_above: g.pause_cpu_above,
-        cpu_window: g.pause_cpu_for,
-        memory_below: g.pause_memory_below,
-        traffic_above: g.pause_net_above,
-        hold: g.resume_after,
-    }
+    config.guard.thresholds()
 }

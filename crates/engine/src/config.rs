@@ -100,6 +100,19 @@ impl Default for Guard {
     }
 }
 
+impl Guard {
+    /// The resource guard's thresholds this section sets.
+    pub fn thresholds(&self) -> crate::guard::Thresholds {
+        crate::guard::Thresholds {
+            cpu_above: self.pause_cpu_above,
+            cpu_window: self.pause_cpu_for,
+            memory_below: self.pause_memory_below,
+            traffic_above: self.pause_net_above,
+            hold: self.resume_after,
+        }
+    }
+}
+
 /// A configuration file that cannot be used.
 #[derive(Debug, Error)]
 pub enum ConfigError {

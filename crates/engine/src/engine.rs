@@ -181,11 +181,16 @@ pub fn data_dir() -> PathBuf {
 
 /// The default index folder of a source folder: one per source, under [`data_dir`].
 pub fn default_state_dir(source: &Path) -> PathBuf {
+    state_dir_in(&data_dir(), source)
+}
+
+/// The index folder of a source folder under the data folder `data`.
+pub fn state_dir_in(data: &Path, source: &Path) -> PathBuf {
     let canonical = source
         .canonicalize()
         .unwrap_or_else(|_| source.to_path_buf());
     let key = crate::hash::block_hash(canonical.to_string_lossy().as_bytes());
-    data_dir().join("sources").join(&hex::encode(key)[..16])
+    data.join("sources").join(&hex::encode(key)[..16])
 }
 
 /// The default known-peers file.

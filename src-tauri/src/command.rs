@@ -1,0 +1,140 @@
+//! The commands the dashboard calls: thin, each forwards to the [`Runner`] and returns
+//! `{code, message}` on error.
+
+use crate::error::UiError;
+use crate::runner::Runner;
+use crate::view::{Dashboard, FolderView, GuardView};
+use rainmaker_engine::preset::PRESETS;
+use serde::Serialize;
+use std::sync::Arc;
+use std::time::Duration;
+use tauri::ipc::Channel;
+use tauri::{AppHandle, Runtime, State};
+use tauri_plugin_autostart::ManagerExt;
+
+type Shell<'a> = State<'a, Arc<Runner>>;
+
+/// Snapshots go to the window at most this often.
+const UPDATE_EVERY: Duration = Duration::from_millis(250);
+
+/// A platform preset as the folder picker shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PresetView {
+    pub id: &'static str,
+    pub name: &'static str,
+    pub hint: &'static str,
+    pub exclude: Vec<&'static str>,
+    /// Where the platform keeps its data on this PC, if found.
+    pub folder: Option<String>,
+}
+
+#[tauri::command]
+pub fn dashboard(runner: Shell<'_>) -> Dashboard {
+    runner.dashboard()
+}
+
+/// Sends a fresh dashboard through `on_update` whenever it changes, until the window goes.
+#[tauri::command]
+pub fn watch(runner: Shell<'_>, on_update: Channel<Dashboard>) {
+    let runner = Arc::clone(&runner);
+    let mut changed = runner.subscribe();
+    tauri::async_runtime::spawn(async move {
+        loop {
+            if on_update.send(runner.dashboard()).is_err() {
+                return;
+            }
+            tokio::time::sleep(UPDATE_EVERY).await;
+            if changed.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+}
+
+#[tauri::command]
+pub fn presets() -> Vec<PresetView> {
+    PRESETS
+        .iter()
+        .map(|p| PresetView {
+            id: p.id,
+            name: p.name,
+            hint: p.hint,
+            exclude: p.exclude.to_vec(),
+            folder: p.folder().map(|f| f.display().to_string()),
+        })
+        .collect()
+}
+
+#[tauri::command]
+pub async fn peek_server(runner: Shell<'_>, url: String) -> Result<String, UiError> {
+    runner.peek(&url).await
+}
+
+#[tauri::command]
+pub async fn add_server(
+    runner: Shell<'_>,
+    name: String,
+    url: String,
+    token: String,
+    fingerprint: String,
+) -> Result<(), UiError> {
+    runner.add_server(&name, &url, &token, &fingerprint).await
+}
+
+#[tauri::command]
+pub fn rename_server(runner: Shell<'_>, old: String, new: String) -> Result<(), UiError> {
+    runner.rename_server(&old, &new)
+}
+
+#[tauri::command]
+pub fn remove_server(runner: Shell<'_>, name: String) -> Result<(), UiError> {
+    runner.remove_server(&name)
+}
+
+#[tauri::command]
+pub fn save_folder(runner: Shell<'_>, folder: FolderView) -> Result<(), UiError> {
+    runner.save_folder(&folder)
+}
+
+#[tauri::command]
+pub fn save_guard(runner: Shell<'_>, guard: GuardView) -> Result<(), UiError> {
+    runner.save_guard(&guard)
+}
+
+#[tauri::command]
+pub fn sync_now(runner: Shell<'_>) -> Result<(), UiError> {
+    runner.sync_now()
+}
+
+#[tauri::command]
+pub fn allow_mass_delete(runner: Shell<'_>) -> Result<(), UiError> {
+    runner.allow_mass_delete()
+}
+
+#[tauri::command]
+pub fn pause(runner: Shell<'_>) {
+    runner.pause();
+}
+
+#[tauri::command]
+pub fn resume(runner: Shell<'_>) {
+    runner.resume();
+}
+
+#[tauri::command]
+pub fn get_autostart<R: Runtime>(app: AppHandle<R>) -> Result<bool, UiError> {
+    app.autolaunch()
+        .is_enabled()
+        .map_err(|e| UiError::new("autostart", e.to_string()))
+}
+
+#[tauri::command]
+pub fn set_autostart<R: Runtime>(app: AppHandle<R>, enabled: bool) -> Result<(), UiError> {
+    let launcher = app.autolaunch();
+    let result = if enabled {
+        launcher.enable()
+    } else {
+        launcher.disable()
+    };
+    result.map_err(|e| UiError::new("autostart", format!("Cannot change start at login: {e}")))
+}

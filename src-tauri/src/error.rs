@@ -1,0 +1,90 @@
+//! Errors as the dashboard receives them: `{code, message}`, so the front end decides what to
+//! show by the code and never matches on text, and the message is in a trader's words.
+
+use rainmaker_engine::config::ConfigError;
+use rainmaker_engine::engine::EngineError;
+use rainmaker_engine::transport::TransportError;
+use serde::Serialize;
+
+/// An error for the dashboard.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UiError {
+    /// Stable and machine-readable: `bad_input`, `unreachable`, `refused`, `fingerprint`,
+    /// `config`, `io`, `busy`, or a transport code.
+    pub code: String,
+    /// What went wrong and what to do about it.
+    pub message: String,
+}
+
+impl UiError {
+    pub fn new(code: &str, message: impl Into<String>) -> UiError {
+        UiError {
+            code: code.to_owned(),
+            message: message.into(),
+        }
+    }
+
+    /// Input the user typed that cannot be used.
+    pub fn bad_input(message: impl Into<String>) -> UiError {
+        UiError::new("bad_input", message)
+    }
+}
+
+impl std::fmt::Display for UiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.message, self.code)
+    }
+}
+
+impl std::error::Error for UiError {}
+
+impl From<TransportError> for UiError {
+    fn from(e: TransportError) -> UiError {
+        let code = match &e {
+            TransportError::FingerprintChanged { .. } => "fingerprint",
+            TransportError::Refused { .. } | TransportError::WrongToken { .. } => "refused",
+            other => other.code(),
+        };
+        let message = match &e {
+            TransportError::Connect { peer, .. } => format!(
+                "Cannot reach {peer}. Check the address, that RainMaker runs on that server, and that its firewall lets the port through."
+            ),
+            TransportError::Refused { reason, .. } if reason.contains("token") => {
+                "The server refused the pairing token. Copy the token again from the server's token file.".to_owned()
+            }
+            TransportError::FingerprintChanged { peer, expected, got, .. } => format!(
+                "The certificate of {peer} is not the one you confirmed (expected {expected}, got {got}). If the server was reinstalled, remove it and add it again; otherwise someone may be intercepting the connection."
+            ),
+            other => other.to_string(),
+        };
+        UiError::new(code, message)
+    }
+}
+
+impl From<ConfigError> for UiError {
+    fn from(e: ConfigError) -> UiError {
+        UiError::new("config", e.to_string())
+    }
+}
+
+impl From<EngineError> for UiError {
+    fn from(e: EngineError) -> UiError {
+        match e {
+            EngineError::Transport(t) => t.into(),
+            EngineError::Source { path, reason } => UiError::new(
+                "source",
+                format!(
+                    "The source folder {} cannot be read: {reason}",
+                    path.display()
+                ),
+            ),
+            other => UiError::new("engine", other.to_string()),
+        }
+    }
+}
+
+impl From<std::io::Error> for UiError {
+    fn from(e: std::io::Error) -> UiError {
+        UiError::new("io", e.to_string())
+    }
+}

@@ -1,0 +1,1243 @@
+//! The mirror as the tray app runs it: the configured folder pushed to its targets by the
+//! engine (once on Sync, or continuously or on a schedule), the resource guard, the servers'
+//! online checks, and the dashboard's state folded from the engine's events.
+//!
+//! Nothing here knows Tauri: the shell asks for [`Runner::dashboard`] snapshots when
+//! [`Runner::subscribe`] says something changed, and shows [`Notice`]s as desktop
+//! notifications. Nothing here mirrors either: every sync is an engine call.
+
+use crate::error::UiError;
+use crate::settings;
+use crate::view::{
+    ActivityView, Dashboard, FolderView, GuardView, PauseView, ProgressView, ResourcesView,
+    ServerView,
+};
+use rainmaker_engine::config::{Config, Folder, Mode, Server, Target};
+use rainmaker_engine::engine::{self, PushOptions, Schedule, TargetSpec};
+use rainmaker_engine::event::{self, Event, PushReport};
+use rainmaker_engine::exclude::Exclude;
+use rainmaker_engine::guard::Gate;
+use rainmaker_engine::status::{self, Board};
+use rainmaker_engine::transport::{self, Trust};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tokio::runtime::Handle;
+use tokio::sync::{Notify, broadcast, mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+/// Lines kept in the recent-activity log.
+const ACTIVITY: usize = 200;
+/// How often every server is checked for being online.
+const PROBE_EVERY: Duration = Duration::from_secs(20);
+
+/// Something to tell the user outside the window (a desktop notification).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notice {
+    pub title: String,
+    pub body: String,
+}
+
+/// The running mirror of the tray app.
+#[derive(Debug)]
+pub struct Runner {
+    config_path: PathBuf,
+    /// RainMaker's data folder: the source's index, known peers.
+    data_dir: PathBuf,
+    this_pc: String,
+    total_memory: u64,
+    rt: Handle,
+    inner: Mutex<Inner>,
+    events: broadcast::Sender<Event>,
+    changed: watch::Sender<u64>,
+    notices: mpsc::Sender<Notice>,
+    shutdown: CancellationToken,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: Config,
+    board: Board,
+    progress: HashMap<String, Track>,
+    online: HashMap<String, Online>,
+    user_paused: bool,
+    resources: Option<ResourcesView>,
+    job: Option<Job>,
+    jobs_started: u64,
+    guard_cancel: CancellationToken,
+    gate: Gate,
+    sync_now: Arc<Notify>,
+    activity: VecDeque<ActivityView>,
+    mass_delete: Option<String>,
+    /// Targets (by URL) that are failing, so a notification goes out once per failure.
+    failing: HashSet<String>,
+}
+
+#[derive(Debug)]
+struct Job {
+    id: u64,
+    cancel: CancellationToken,
+    once: bool,
+}
+
+#[derive(Debug)]
+struct Track {
+    at: Instant,
+    view: ProgressView,
+}
+
+#[derive(Debug, Clone)]
+struct Online {
+    ok: bool,
+    remote_name: Option<String>,
+    reason: Option<String>,
+}
+
+impl Runner {
+    /// Reads the configuration at `config_path` and starts the guard, the online checks and,
+    /// for a continuous or scheduled folder, the mirror. The index lives under `data_dir`;
+    /// tasks run on `rt`.
+    pub fn start(
+        config_path: PathBuf,
+        data_dir: PathBuf,
+        rt: Handle,
+    ) -> Result<(Arc<Runner>, mpsc::Receiver<Notice>), UiError> {
+        let config = settings::load(&config_path)?;
+        let (events, _) = event::channel();
+        let (notices, notices_rx) = mpsc::channel(32);
+        let board = new_board(&config);
+        let runner = Arc::new(Runner {
+            config_path,
+            data_dir,
+            this_pc: host_name(),
+            total_memory: rainmaker_engine::schedule::total_memory(),
+            rt,
+            inner: Mutex::new(Inner {
+                config,
+                board,
+                progress: HashMap::new(),
+                online: HashMap::new(),
+                user_paused: false,
+                resources: None,
+                job: None,
+                jobs_started: 0,
+                guard_cancel: CancellationToken::new(),
+                gate: Gate::open(),
+                sync_now: Arc::new(Notify::new()),
+                activity: VecDeque::new(),
+                mass_delete: None,
+                failing: HashSet::new(),
+            }),
+            events,
+            changed: watch::channel(0).0,
+            notices,
+            shutdown: CancellationToken::new(),
+        });
+        runner.rt.spawn(runner.clone().fold_events());
+        runner.rt.spawn(runner.clone().probe_loop());
+        runner.restart_guard();
+        runner.restart();
+        runner.log("info", "RainMaker started".into());
+        Ok((runner, notices_rx))
+    }
+
+    /// Stops every task (the app quits).
+    pub fn stop(&self) {
+        let inner = self.lock();
+        if let Some(job) = &inner.job {
+            job.cancel.cancel();
+        }
+        inner.guard_cancel.cancel();
+        self.shutdown.cancel();
+    }
+
+    /// A counter that moves whenever the dashboard changed.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn touch(&self) {
+        self.changed.send_modify(|n| *n += 1);
+    }
+
+    fn log(&self, level: &str, text: String) {
+        match level {
+            "error" => tracing::error!("{text}"),
+            "warn" => tracing::warn!("{text}"),
+            _ => tracing::info!("{text}"),
+        }
+        let mut inner = self.lock();
+        inner.activity.push_front(ActivityView {
+            at: status::now(),
+            level: level.into(),
+            text,
+        });
+        inner.activity.truncate(ACTIVITY);
+        drop(inner);
+        self.touch();
+    }
+
+    fn notify(&self, title: &str, body: String) {
+        let _ = self.notices.try_send(Notice {
+            title: title.into(),
+            body,
+        });
+    }
+
+    /// Everything the dashboard shows, now.
+    pub fn dashboard(&self) -> Dashboard {
+        let inner = self.lock();
+        let now = status::now();
+        let folder = inner.config.folders.first();
+        let targets: Vec<&Target> = folder
+            .map(|f| f.targets.iter().collect())
+            .unwrap_or_default();
+        let servers: Vec<ServerView> = inner
+            .config
+            .servers
+            .iter()
+            .map(|server| {
+                let online = inner.online.get(&server.name);
+                let target = targets.iter().find(|t| t.url == server.url);
+                let status = inner
+                    .board
+                    .status()
+                    .targets
+                    .iter()
+                    .find(|t| t.url == server.url && target.is_some());
+                ServerView {
+                    name: server.name.clone(),
+                    url: server.url.clone(),
+                    fingerprint: server.fingerprint.clone(),
+                    role: if target.is_some() { "target" } else { "spare" }.into(),
+                    online: online.map(|o| o.ok),
+                    remote_name: online.and_then(|o| o.remote_name.clone()),
+                    state: status.map_or("idle".into(), |s| s.state.clone()),
+                    reason: status
+                        .and_then(|s| s.reason.clone())
+                        .or_else(|| online.and_then(|o| o.reason.clone())),
+                    last_sync: status.and_then(|s| s.last_sync),
+                    lag_seconds: status.map_or(0.0, |s| status::Status::lag(s, now)),
+                    progress: status
+                        .filter(|s| s.state == "syncing")
+                        .and_then(|_| inner.progress.get(&server.url))
+                        .map(|t| t.view.clone()),
+                }
+            })
+            .collect();
+        let paused = if inner.user_paused {
+            Some(PauseView {
+                by: "you".into(),
+                reason: "Paused from the dashboard or the tray menu".into(),
+            })
+        } else {
+            inner.board.status().paused.clone().map(|reason| PauseView {
+                by: "guard".into(),
+                reason,
+            })
+        };
+        let running = inner.job.as_ref().is_some_and(|j| j.once)
+            || servers.iter().any(|s| s.state == "syncing");
+        let overall = overall(&servers, paused.is_some(), running, folder.is_some());
+        let summary = summary(&overall, &servers, paused.as_ref());
+        let interval_warning = folder.and_then(|f| match f.mode {
+            Mode::Every(every) => {
+                rainmaker_engine::schedule::interval_warning(every, self.total_memory, &[])
+            }
+            _ => None,
+        });
+        Dashboard {
+            this_pc: self.this_pc.clone(),
+            config_path: self.config_path.display().to_string(),
+            overall,
+            summary,
+            servers,
+            folder: folder.map(|f| folder_view(f, &inner.config.servers)),
+            guard: guard_view(&inner.config),
+            resources: inner.resources.clone(),
+            paused,
+            running,
+            mass_delete: inner.mass_delete.clone(),
+            interval_warning,
+            activity: inner.activity.iter().cloned().collect(),
+        }
+    }
+
+    /// Connects to `url` only as far as TLS and returns its certificate's fingerprint, for
+    /// the user to compare with what the agent printed before trusting it.
+    pub async fn peek(&self, url: &str) -> Result<String, UiError> {
+        let url = check_url(url)?;
+        Ok(transport::peek_fingerprint(&url).await?)
+    }
+
+    /// Adds a server once it answered with the confirmed certificate and accepted the token.
+    pub async fn add_server(
+        self: &Arc<Self>,
+        name: &str,
+        url: &str,
+        token: &str,
+        fingerprint: &str,
+    ) -> Result<(), UiError> {
+        let name = check_name(name)?;
+        let url = check_url(url)?;
+        if token.trim().is_empty() {
+            return Err(UiError::bad_input(
+                "The pairing token is empty. Copy it from the server's token file.",
+            ));
+        }
+        let fingerprint = transport::parse_fingerprint(fingerprint).ok_or_else(|| {
+            UiError::bad_input(
+                "The certificate fingerprint is missing or garbled; check the server again.",
+            )
+        })?;
+        {
+            let inner = self.lock();
+            if inner.config.servers.iter().any(|s| s.name == name) {
+                return Err(UiError::bad_input(format!(
+                    "A server is already named {name:?}."
+                )));
+            }
+            if inner.config.servers.iter().any(|s| s.url == url) {
+                return Err(UiError::bad_input(format!("{url} is already in the list.")));
+            }
+        }
+        let spec = TargetSpec {
+            url: url.clone(),
+            trust: Trust::Pinned(fingerprint.clone()),
+            token: token.trim().to_owned(),
+        };
+        let remote = engine::probe(&spec, &self.this_pc).await?;
+        let token_file = settings::write_token(&self.config_path, &name, token)?;
+        self.change_config(|config| {
+            config.servers.push(Server {
+                name: name.clone(),
+                url: url.clone(),
+                token_file,
+                fingerprint: Some(fingerprint),
+            });
+            Ok(())
+        })?;
+        self.lock().online.insert(
+            name.clone(),
+            Online {
+                ok: true,
+                remote_name: Some(remote.clone()),
+                reason: None,
+            },
+        );
+        self.log(
+            "info",
+            format!("Added server {name} ({url}, calls itself {remote})"),
+        );
+        Ok(())
+    }
+
+    /// Renames a server (its targets follow).
+    pub fn rename_server(self: &Arc<Self>, old: &str, new: &str) -> Result<(), UiError> {
+        let new = check_name(new)?;
+        self.change_config(|config| {
+            if config.servers.iter().any(|s| s.name == new) {
+                return Err(UiError::bad_input(format!(
+                    "A server is already named {new:?}."
+                )));
+            }
+            let server = config
+                .servers
+                .iter_mut()
+                .find(|s| s.name == old)
+                .ok_or_else(|| UiError::bad_input(format!("There is no server named {old:?}.")))?;
+            server.name = new.clone();
+            for folder in &mut config.folders {
+                for target in &mut folder.targets {
+                    if target.name.as_deref() == Some(old) {
+                        target.name = Some(new.clone());
+                    }
+                }
+            }
+            Ok(())
+        })?;
+        let mut inner = self.lock();
+        if let Some(online) = inner.online.remove(old) {
+            inner.online.insert(new.clone(), online);
+        }
+        drop(inner);
+        self.log("info", format!("Renamed server {old} to {new}"));
+        Ok(())
+    }
+
+    /// Removes a server and stops mirroring to it; nothing on it is touched.
+    pub fn remove_server(self: &Arc<Self>, name: &str) -> Result<(), UiError> {
+        let mut removed = None;
+        self.change_config(|config| {
+            let at = config
+                .servers
+                .iter()
+                .position(|s| s.name == name)
+                .ok_or_else(|| UiError::bad_input(format!("There is no server named {name:?}.")))?;
+            let server = config.servers.remove(at);
+            for folder in &mut config.folders {
+                folder.targets.retain(|t| t.name.as_deref() != Some(name));
+            }
+            removed = Some(server);
+            Ok(())
+        })?;
+        if let Some(server) = removed
+            && server
+                .token_file
+                .starts_with(settings::token_dir(&self.config_path))
+        {
+            let _ = std::fs::remove_file(&server.token_file);
+        }
+        self.lock().online.remove(name);
+        self.restart();
+        self.log(
+            "info",
+            format!("Removed server {name}; its files were left as they are"),
+        );
+        Ok(())
+    }
+
+    /// Sets the folder to mirror, its targets, schedule, exclusions and bandwidth cap.
+    pub fn save_folder(self: &Arc<Self>, form: &FolderView) -> Result<(), UiError> {
+        let source = PathBuf::from(form.source.trim());
+        if form.source.trim().is_empty() {
+            return Err(UiError::bad_input("Pick the folder to mirror."));
+        }
+        match std::fs::metadata(&source) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => {
+                return Err(UiError::bad_input(format!(
+                    "{} is a file, not a folder.",
+                    source.display()
+                )));
+            }
+            Err(e) => {
+                return Err(UiError::bad_input(format!(
+                    "Cannot open the folder {}: {e}",
+                    source.display()
+                )));
+            }
+        }
+        let exclude: Vec<String> = form
+            .exclude
+            .iter()
+            .map(|p| p.trim().to_owned())
+            .filter(|p| !p.is_empty())
+            .collect();
+        Exclude::new(&exclude).map_err(|e| UiError::bad_input(format!("Excluded paths: {e}")))?;
+        let mode = match form.mode.as_str() {
+            "manual" => Mode::Manual,
+            "watch" => Mode::Watch,
+            "every" => {
+                let minutes = form.every_minutes.unwrap_or(5.0);
+                if !(minutes.is_finite() && (0.25..=24.0 * 60.0).contains(&minutes)) {
+                    return Err(UiError::bad_input(
+                        "The interval must be between 15 seconds and 24 hours.",
+                    ));
+                }
+                Mode::Every(Duration::from_secs_f64(minutes * 60.0))
+            }
+            other => return Err(UiError::bad_input(format!("Unknown schedule {other:?}."))),
+        };
+        let bwlimit = match form.bwlimit_mbit {
+            Some(mbit) if mbit.is_finite() && mbit > 0.0 => Some(mbit * 1e6 / 8.0),
+            Some(_) => {
+                return Err(UiError::bad_input(
+                    "The bandwidth cap must be above 0 Mbit/s (or empty for none).",
+                ));
+            }
+            None => None,
+        };
+        self.change_config(|config| {
+            let mut targets = Vec::new();
+            for name in &form.targets {
+                let server = config
+                    .servers
+                    .iter()
+                    .find(|s| &s.name == name)
+                    .ok_or_else(|| {
+                        UiError::bad_input(format!("There is no server named {name:?}."))
+                    })?;
+                targets.push(Target {
+                    name: Some(server.name.clone()),
+                    url: server.url.clone(),
+                    token_file: server.token_file.clone(),
+                    fingerprint: server.fingerprint.clone(),
+                });
+            }
+            let folder = Folder {
+                source: source.clone(),
+                mode,
+                bwlimit,
+                exclude: exclude.clone(),
+                preset: form.preset.clone().filter(|p| !p.is_empty()),
+                targets,
+            };
+            match config.folders.first_mut() {
+                Some(first) => *first = folder,
+                None => config.folders.push(folder),
+            }
+            Ok(())
+        })?;
+        {
+            let mut inner = self.lock();
+            inner.board = new_board(&inner.config);
+            inner.progress.clear();
+            inner.mass_delete = None;
+        }
+        self.restart();
+        self.log(
+            "info",
+            format!("Settings saved: {} ({})", source.display(), form.mode),
+        );
+        Ok(())
+    }
+
+    /// Sets the guard's thresholds.
+    pub fn save_guard(self: &Arc<Self>, form: &GuardView) -> Result<(), UiError> {
+        if !(1.0..=100.0).contains(&form.cpu_above) {
+            return Err(UiError::bad_input(
+                "The CPU threshold must be between 1% and 100%.",
+            ));
+        }
+        let seconds = |value: f64, what: &str| {
+            if value.is_finite() && (0.0..=3600.0).contains(&value) {
+                Ok(Duration::from_secs_f64(value))
+            } else {
+                Err(UiError::bad_input(format!(
+                    "{what} must be between 0 and 3600 seconds."
+                )))
+            }
+        };
+        let cpu_for = seconds(form.cpu_for_seconds, "The CPU window")?;
+        let resume_after = seconds(form.resume_after_seconds, "The resume delay")?;
+        let net = match form.net_above_mbit {
+            Some(mbit) if mbit.is_finite() && mbit > 0.0 => Some(mbit * 1e6 / 8.0),
+            Some(_) => {
+                return Err(UiError::bad_input(
+                    "The network threshold must be above 0 Mbit/s (or empty for none).",
+                ));
+            }
+            None => None,
+        };
+        self.change_config(|config| {
+            config.guard.pause_cpu_above = form.cpu_above;
+            config.guard.pause_cpu_for = cpu_for;
+            config.guard.resume_after = resume_after;
+            config.guard.pause_memory_below = form.memory_below_mb.map(|mb| mb << 20);
+            config.guard.pause_net_above = net;
+            Ok(())
+        })?;
+        self.restart_guard();
+        self.restart();
+        self.log("info", "Guard thresholds saved".into());
+        Ok(())
+    }
+
+    /// The Sync button: mirror now (and lift a pause made from the dashboard).
+    pub fn sync_now(self: &Arc<Self>) -> Result<(), UiError> {
+        let mut inner = self.lock();
+        let folder = inner.config.folders.first().ok_or_else(|| {
+            UiError::bad_input("Pick a folder to mirror and at least one target first.")
+        })?;
+        if folder.targets.is_empty() {
+            return Err(UiError::bad_input("Pick at least one target server first."));
+        }
+        let continuous = folder.mode != Mode::Manual;
+        inner.mass_delete = None;
+        let was_paused = std::mem::replace(&mut inner.user_paused, false);
+        let running = inner.job.is_some();
+        let notify = inner.sync_now.clone();
+        drop(inner);
+        self.log("info", "Sync started".into());
+        if !continuous {
+            self.start_once(false)
+        } else if was_paused || !running {
+            self.restart();
+            Ok(())
+        } else {
+            notify.notify_one();
+            Ok(())
+        }
+    }
+
+    /// Confirms a sync that stopped because it would delete many files on a target.
+    pub fn allow_mass_delete(self: &Arc<Self>) -> Result<(), UiError> {
+        let text = self.lock().mass_delete.take();
+        let Some(text) = text else {
+            return Err(UiError::bad_input("No sync is waiting for a confirmation."));
+        };
+        self.log(
+            "warn",
+            format!("Deletion confirmed from the dashboard: {text}"),
+        );
+        self.start_once(true)
+    }
+
+    /// Holds every sync until [`Runner::resume`].
+    pub fn pause(self: &Arc<Self>) {
+        let mut inner = self.lock();
+        inner.user_paused = true;
+        if let Some(job) = inner.job.take() {
+            job.cancel.cancel();
+        }
+        drop(inner);
+        self.log("info", "Paused from the dashboard".into());
+    }
+
+    pub fn resume(self: &Arc<Self>) {
+        self.lock().user_paused = false;
+        self.log("info", "Resumed".into());
+        self.restart();
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.lock().user_paused
+    }
+
+    /// Changes the configuration and saves it; nothing changes when it cannot be saved.
+    fn change_config(
+        &self,
+        change: impl FnOnce(&mut Config) -> Result<(), UiError>,
+    ) -> Result<(), UiError> {
+        let mut inner = self.lock();
+        let mut config = inner.config.clone();
+        change(&mut config)?;
+        settings::save(&self.config_path, &config)?;
+        inner.config = config;
+        drop(inner);
+        self.touch();
+        Ok(())
+    }
+
+    /// The options of a push of the configured folder.
+    fn push_options(
+        &self,
+        inner: &Inner,
+        allow_mass_delete: bool,
+    ) -> Result<Option<PushOptions>, UiError> {
+        let Some(folder) = inner.config.folders.first() else {
+            return Ok(None);
+        };
+        if folder.targets.is_empty() {
+            return Ok(None);
+        }
+        let mut targets = Vec::new();
+        for t in &folder.targets {
+            let trust = if t.url.starts_with("ws://") {
+                Trust::Insecure
+            } else {
+                match &t.fingerprint {
+                    Some(fp) => Trust::Pinned(fp.clone()),
+                    None => Trust::KnownPeers(self.data_dir.join("known_peers")),
+                }
+            };
+            targets.push(TargetSpec {
+                url: t.url.clone(),
+                trust,
+                token: settings::read_token(&t.token_file)?,
+            });
+        }
+        let mut options = PushOptions::new(
+            folder.source.clone(),
+            targets,
+            engine::state_dir_in(&self.data_dir, &folder.source),
+        );
+        options.source_name = self.this_pc.clone();
+        options.bwlimit = folder
+            .bwlimit
+            .map(|rate| Arc::new(rainmaker_engine::rate::RateLimit::new(rate)));
+        options.gate = inner.gate.clone();
+        options.exclude =
+            Exclude::new(&folder.exclude).map_err(|e| UiError::new("config", e.to_string()))?;
+        if allow_mass_delete {
+            options.max_delete_share = None;
+        }
+        Ok(Some(options))
+    }
+
+    /// Stops what runs and starts what the configuration says (continuous or scheduled
+    /// folders run until stopped; a manual folder waits for the Sync button).
+    fn restart(self: &Arc<Self>) {
+        let mut inner = self.lock();
+        if let Some(job) = inner.job.take() {
+            job.cancel.cancel();
+        }
+        if inner.user_paused {
+            return;
+        }
+        let Some(mode) = inner.config.folders.first().map(|f| f.mode) else {
+            return;
+        };
+        let (watch, every) = match mode {
+            Mode::Manual => return,
+            Mode::Watch => (true, Duration::from_secs(300)),
+            Mode::Every(every) => (false, every),
+        };
+        let options = match self.push_options(&inner, false) {
+            Ok(Some(options)) => options,
+            Ok(None) => return,
+            Err(e) => {
+                drop(inner);
+                self.log("error", e.message);
+                return;
+            }
+        };
+        let schedule = Schedule {
+            watch,
+            every,
+            guard: None,
+            sync_now: Some(inner.sync_now.clone()),
+        };
+        let job = self.new_job(&mut inner, false);
+        drop(inner);
+        let (runner, events) = (self.clone(), self.events.clone());
+        self.rt.spawn(async move {
+            let result = engine::push_continuous(&options, &schedule, &events, &job.cancel).await;
+            if let Err(e) = result {
+                runner.log("error", UiError::from(e).message);
+            }
+            runner.job_ended(job.id);
+        });
+        self.touch();
+    }
+
+    fn new_job(&self, inner: &mut Inner, once: bool) -> Job {
+        inner.jobs_started += 1;
+        let job = Job {
+            id: inner.jobs_started,
+            cancel: self.shutdown.child_token(),
+            once,
+        };
+        inner.job = Some(Job {
+            id: job.id,
+            cancel: job.cancel.clone(),
+            once,
+        });
+        job
+    }
+
+    fn job_ended(&self, id: u64) {
+        let mut inner = self.lock();
+        if inner.job.as_ref().is_some_and(|j| j.id == id) {
+            inner.job = None;
+        }
+        drop(inner);
+        self.touch();
+    }
+
+    /// One push of the folder to every target, then back to what the configuration says.
+    fn start_once(self: &Arc<Self>, allow_mass_delete: bool) -> Result<(), UiError> {
+        let mut inner = self.lock();
+        if inner.job.as_ref().is_some_and(|j| j.once) {
+            return Ok(());
+        }
+        if let Some(job) = inner.job.take() {
+            job.cancel.cancel();
+        }
+        inner.user_paused = false;
+        let options = self
+            .push_options(&inner, allow_mass_delete)?
+            .ok_or_else(|| {
+                UiError::bad_input("Pick a folder to mirror and at least one target first.")
+            })?;
+        let continuous = inner
+            .config
+            .folders
+            .first()
+            .is_some_and(|f| f.mode != Mode::Manual);
+        let job = self.new_job(&mut inner, true);
+        drop(inner);
+        let (runner, events) = (self.clone(), self.events.clone());
+        self.rt.spawn(async move {
+            let result = engine::push_once(&options, &events, &job.cancel).await;
+            let cancelled = job.cancel.is_cancelled();
+            runner.job_ended(job.id);
+            match result {
+                Ok(report) if !cancelled => runner.report(&report),
+                Ok(_) => {}
+                Err(e) => runner.log("error", UiError::from(e).message),
+            }
+            if continuous && !cancelled {
+                runner.restart();
+            }
+        });
+        self.touch();
+        Ok(())
+    }
+
+    fn report(&self, report: &PushReport) {
+        let names = self.names();
+        for t in &report.targets {
+            let name = names.get(&t.url).cloned().unwrap_or_else(|| t.url.clone());
+            if t.ok {
+                self.log(
+                    "info",
+                    format!(
+                        "{name} is in sync: {} files, {} sent in {}",
+                        t.files_sent,
+                        human_bytes(t.bytes_changed),
+                        human_seconds(t.seconds)
+                    ),
+                );
+            }
+        }
+        for skipped in &report.skipped {
+            self.log(
+                "warn",
+                format!("Not mirrored: {}: {}", skipped.path, skipped.reason),
+            );
+        }
+    }
+
+    /// Server names by URL.
+    fn names(&self) -> HashMap<String, String> {
+        self.lock()
+            .config
+            .servers
+            .iter()
+            .map(|s| (s.url.clone(), s.name.clone()))
+            .collect()
+    }
+
+    fn restart_guard(&self) {
+        let mut inner = self.lock();
+        inner.guard_cancel.cancel();
+        inner.guard_cancel = self.shutdown.child_token();
+        let _enter = self.rt.enter();
+        inner.gate = engine::start_guard(
+            inner.config.guard.thresholds(),
+            self.events.clone(),
+            inner.guard_cancel.clone(),
+        );
+    }
+
+    /// Folds the engine's events into the dashboard.
+    async fn fold_events(self: Arc<Self>) {
+        let mut events = self.events.subscribe();
+        loop {
+            let event = tokio::select! {
+                () = self.shutdown.cancelled() => return,
+                e = events.recv() => e,
+            };
+            let event = match event {
+                Ok(event) => event,
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => return,
+            };
+            self.fold(&event);
+        }
+    }
+
+    fn fold(&self, event: &Event) {
+        let names = self.names();
+        let name = |url: &str| names.get(url).cloned().unwrap_or_else(|| url.to_owned());
+        let mut inner = self.lock();
+        let changed = inner.board.apply(event, status::now());
+        match event {
+            Event::Resources {
+                cpu_percent,
+                available_memory,
+                other_traffic,
+            } => {
+                inner.resources = Some(ResourcesView {
+                    cpu_percent: *cpu_percent,
+                    available_memory_mb: available_memory >> 20,
+                    total_memory_mb: self.total_memory >> 20,
+                    other_traffic_mbit: other_traffic * 8.0 / 1e6,
+                });
+                drop(inner);
+                self.touch();
+                return;
+            }
+            Event::Planned {
+                target,
+                files,
+                bytes,
+            } => {
+                inner.progress.insert(
+                    target.clone(),
+                    Track {
+                        at: Instant::now(),
+                        view: ProgressView {
+                            files_total: *files,
+                            bytes_total: *bytes,
+                            ..ProgressView::default()
+                        },
+                    },
+                );
+                self.mark_online(&mut inner, target, true, None);
+            }
+            Event::Progress {
+                target,
+                files_done,
+                files_total,
+                bytes_done,
+                bytes_total,
+            } => {
+                if let Some(track) = inner.progress.get_mut(target) {
+                    let now = Instant::now();
+                    let dt = now.duration_since(track.at).as_secs_f64();
+                    if dt >= 0.2 {
+                        let moved = bytes_done.saturating_sub(track.view.bytes_done) as f64;
+                        let rate = moved / dt;
+                        track.view.rate = if track.view.rate == 0.0 {
+                            rate
+                        } else {
+                            0.7 * track.view.rate + 0.3 * rate
+                        };
+                        track.at = now;
+                        track.view.bytes_done = *bytes_done;
+                    }
+                    track.view.files_done = *files_done;
+                    track.view.files_total = *files_total;
+                    track.view.bytes_total = *bytes_total;
+                    let left = bytes_total.saturating_sub(*bytes_done) as f64;
+                    track.view.eta_seconds =
+                        (track.view.rate > 0.0).then(|| left / track.view.rate);
+                }
+            }
+            Event::InSync { target } => {
+                inner.progress.remove(target);
+                self.mark_online(&mut inner, target, true, None);
+                if inner.failing.remove(target) {
+                    drop(inner);
+                    self.notify(
+                        "Back in sync",
+                        format!("{} is in sync again.", name(target)),
+                    );
+                    self.log("info", format!("{} is back in sync", name(target)));
+                    return;
+                }
+            }
+            Event::TargetFailed { target, reason } => {
+                inner.progress.remove(target);
+                if reason.contains("--allow-mass-delete") {
+                    inner.mass_delete = Some(format!("{}: {reason}", name(target)));
+                }
+                self.mark_online(&mut inner, target, false, Some(reason.clone()));
+                let first = inner.failing.insert(target.clone());
+                drop(inner);
+                if first {
+                    self.notify("Sync failed", format!("{}: {reason}", name(target)));
+                }
+                self.log("error", format!("{}: {reason}", name(target)));
+                return;
+            }
+            Event::Paused { reason } => {
+                drop(inner);
+                self.log("warn", format!("Paused: {reason}"));
+                return;
+            }
+            Event::Resumed { after } => {
+                drop(inner);
+                self.log("info", format!("Resumed: clear of {after}"));
+                return;
+            }
+            Event::Skipped { path, reason } => {
+                drop(inner);
+                self.log("warn", format!("Not mirrored: {path}: {reason}"));
+                return;
+            }
+            Event::FileFailed {
+                target,
+                path,
+                reason,
+            } => {
+                drop(inner);
+                self.log("warn", format!("{}: {path}: {reason}", name(target)));
+                return;
+            }
+            Event::Synced {
+                target,
+                files_sent,
+                bytes_changed,
+                seconds,
+                ..
+            } if *files_sent > 0 => {
+                drop(inner);
+                self.log(
+                    "info",
+                    format!(
+                        "{}: {files_sent} files, {} in {}",
+                        name(target),
+                        human_bytes(*bytes_changed),
+                        human_seconds(*seconds)
+                    ),
+                );
+                return;
+            }
+            Event::Synced { .. } | Event::Scanned { .. } => {}
+        }
+        drop(inner);
+        if changed || matches!(event, Event::Progress { .. }) {
+            self.touch();
+        }
+    }
+
+    fn mark_online(&self, inner: &mut Inner, url: &str, ok: bool, reason: Option<String>) {
+        let Some(server) = inner.config.servers.iter().find(|s| s.url == url) else {
+            return;
+        };
+        let name = server.name.clone();
+        let entry = inner.online.entry(name).or_insert(Online {
+            ok,
+            remote_name: None,
+            reason: None,
+        });
+        entry.ok = ok;
+        entry.reason = reason;
+    }
+
+    /// Checks every server now and then: online, and still the server that was confirmed.
+    async fn probe_loop(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(PROBE_EVERY);
+        loop {
+            tokio::select! {
+                () = self.shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            self.probe_all().await;
+        }
+    }
+
+    /// Checks every server once.
+    pub async fn probe_all(&self) {
+        let servers = self.lock().config.servers.clone();
+        for server in servers {
+            let spec = match settings::read_token(&server.token_file) {
+                Ok(token) => TargetSpec {
+                    url: server.url.clone(),
+                    trust: match &server.fingerprint {
+                        Some(fp) => Trust::Pinned(fp.clone()),
+                        None if server.url.starts_with("ws://") => Trust::Insecure,
+                        None => Trust::KnownPeers(self.data_dir.join("known_peers")),
+                    },
+                    token,
+                },
+                Err(e) => {
+                    self.set_online(&server.name, false, None, Some(e.message));
+                    continue;
+                }
+            };
+            match engine::probe(&spec, &self.this_pc).await {
+                Ok(remote) => self.set_online(&server.name, true, Some(remote), None),
+                Err(e) => {
+                    self.set_online(&server.name, false, None, Some(UiError::from(e).message))
+                }
+            }
+        }
+    }
+
+    fn set_online(
+        &self,
+        name: &str,
+        ok: bool,
+        remote_name: Option<String>,
+        reason: Option<String>,
+    ) {
+        let mut inner = self.lock();
+        let was = inner.online.get(name).map(|o| o.ok);
+        let remote_name =
+            remote_name.or_else(|| inner.online.get(name).and_then(|o| o.remote_name.clone()));
+        inner.online.insert(
+            name.to_owned(),
+            Online {
+                ok,
+                remote_name,
+                reason: reason.clone(),
+            },
+        );
+        drop(inner);
+        match (was, ok) {
+            (Some(true), false) => {
+                self.notify(
+                    "Server offline",
+                    format!("{name}: {}", reason.clone().unwrap_or_default()),
+                );
+                self.log(
+                    "warn",
+                    format!("{name} went offline: {}", reason.unwrap_or_default()),
+                );
+            }
+            (Some(false), true) => {
+                self.notify("Server back online", format!("{name} answers again."));
+                self.log("info", format!("{name} is back online"));
+            }
+            _ => self.touch(),
+        }
+    }
+}
+
+fn new_board(config: &Config) -> Board {
+    let folder = config.folders.first();
+    let urls: Vec<String> = folder
+        .map(|f| f.targets.iter().map(|t| t.url.clone()).collect())
+        .unwrap_or_default();
+    let mode = match folder.map(|f| f.mode) {
+        Some(Mode::Manual) | None => "once",
+        Some(Mode::Watch) => "watch",
+        Some(Mode::Every(_)) => "every",
+    };
+    let source = folder
+        .map(|f| f.source.display().to_string())
+        .unwrap_or_default();
+    Board::new(std::process::id(), &source, mode, &urls)
+}
+
+fn folder_view(folder: &Folder, servers: &[Server]) -> FolderView {
+    FolderView {
+        source: folder.source.display().to_string(),
+        preset: folder.preset.clone(),
+        exclude: folder.exclude.clone(),
+        targets: folder
+            .targets
+            .iter()
+            .filter_map(|t| {
+                t.name.clone().or_else(|| {
+                    servers
+                        .iter()
+                        .find(|s| s.url == t.url)
+                        .map(|s| s.name.clone())
+                })
+            })
+            .collect(),
+        mode: match folder.mode {
+            Mode::Manual => "manual",
+            Mode::Watch => "watch",
+            Mode::Every(_) => "every",
+        }
+        .into(),
+        every_minutes: match folder.mode {
+            Mode::Every(every) => Some(every.as_secs_f64() / 60.0),
+            _ => None,
+        },
+        bwlimit_mbit: folder.bwlimit.map(|rate| rate * 8.0 / 1e6),
+    }
+}
+
+fn guard_view(config: &Config) -> GuardView {
+    let g = &config.guard;
+    GuardView {
+        cpu_above: g.pause_cpu_above,
+        cpu_for_seconds: g.pause_cpu_for.as_secs_f64(),
+        memory_below_mb: g.pause_memory_below.map(|b| b >> 20),
+        net_above_mbit: g.pause_net_above.map(|rate| rate * 8.0 / 1e6),
+        resume_after_seconds: g.resume_after.as_secs_f64(),
+    }
+}
+
+/// The tray icon's state.
+fn overall(servers: &[ServerView], paused: bool, running: bool, configured: bool) -> String {
+    let targets: Vec<&ServerView> = servers.iter().filter(|s| s.role == "target").collect();
+    if paused {
+        "paused"
+    } else if targets
+        .iter()
+        .any(|s| matches!(s.state.as_str(), "error" | "offline"))
+    {
+        "error"
+    } else if running {
+        "syncing"
+    } else if configured && !targets.is_empty() && targets.iter().all(|s| s.state == "in sync") {
+        "in_sync"
+    } else {
+        "idle"
+    }
+    .into()
+}
+
+fn summary(overall: &str, servers: &[ServerView], paused: Option<&PauseView>) -> String {
+    let targets: Vec<&ServerView> = servers.iter().filter(|s| s.role == "target").collect();
+    let in_sync = targets.iter().filter(|s| s.state == "in sync").count();
+    match overall {
+        "paused" => format!(
+            "RainMaker: paused — {}",
+            paused.map_or("", |p| p.reason.as_str())
+        ),
+        "error" => {
+            let bad: Vec<&str> = targets
+                .iter()
+                .filter(|s| matches!(s.state.as_str(), "error" | "offline"))
+                .map(|s| s.name.as_str())
+                .collect();
+            format!("RainMaker: {} not in sync", bad.join(", "))
+        }
+        "syncing" => format!(
+            "RainMaker: syncing ({in_sync} of {} in sync)",
+            targets.len()
+        ),
+        "in_sync" if targets.len() == 1 => format!("RainMaker: {} is in sync", targets[0].name),
+        "in_sync" => format!("RainMaker: all {} targets in sync", targets.len()),
+        _ if targets.is_empty() => "RainMaker: pick a folder and targets".into(),
+        _ => format!("RainMaker: {in_sync} of {} targets in sync", targets.len()),
+    }
+}
+
+fn check_name(name: &str) -> Result<String, UiError> {
+    let name = name.trim();
+    if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
+        return Err(UiError::bad_input(
+            "Give the server a name of 1 to 64 characters.",
+        ));
+    }
+    Ok(name.to_owned())
+}
+
+/// Accepts `HOST:PORT` or a wss:// address; returns the wss:// address.
+fn check_url(url: &str) -> Result<String, UiError> {
+    let url = url.trim().trim_end_matches('/');
+    let full = if url.contains("://") {
+        url.to_owned()
+    } else {
+        format!("wss://{url}")
+    };
+    let rest = full.strip_prefix("wss://").ok_or_else(|| {
+        UiError::bad_input(format!(
+            "{url:?} is not a server address; write HOST:PORT, e.g. 203.0.113.5:7878."
+        ))
+    })?;
+    let port_ok = rest
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+    if !port_ok {
+        return Err(UiError::bad_input(format!(
+            "{url:?} has no port; write HOST:PORT, e.g. 203.0.113.5:7878 (the port `rainmaker serve` listens on)."
+        )));
+    }
+    Ok(full)
+}
+
+fn host_name() -> String {
+    sysinfo::System::host_name().unwrap_or_else(|| "this PC".into())
+}
+
+fn human_seconds(seconds: f64) -> String {
+    if seconds < 1.0 {
+        format!("{:.0} ms", seconds * 1000.0)
+    } else {
+        format!("{seconds:.1} s")
+    }
+}
+
+fn human_bytes(bytes: u64) -> String {
+    let b = bytes as f64;
+    if b >= 1e9 {
+        format!("{:.2} GB", b / 1e9)
+    } else if b >= 1e6 {
+        format!("{:.1} MB", b / 1e6)
+    } else if b >= 1e3 {
+        format!("{:.1} kB", b / 1e3)
+    } else {
+        format!("{bytes} B")
+    }
+}

@@ -1,0 +1,116 @@
+//! What the dashboard shows, as plain serde data: one snapshot of everything, sent whole
+//! (it is small) whenever something changed, at most a few times a second.
+
+use serde::{Deserialize, Serialize};
+
+/// The whole dashboard.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Dashboard {
+    /// This PC's name (the source).
+    pub this_pc: String,
+    pub config_path: String,
+    /// `idle`, `in_sync`, `syncing`, `paused` or `error`: the tray icon's state.
+    pub overall: String,
+    /// One line for the tray's tooltip.
+    pub summary: String,
+    pub servers: Vec<ServerView>,
+    pub folder: Option<FolderView>,
+    pub guard: GuardView,
+    pub resources: Option<ResourcesView>,
+    pub paused: Option<PauseView>,
+    /// A sync is running now.
+    pub running: bool,
+    /// A sync stopped because it would delete too much; the text says what, and the
+    /// dashboard offers to allow it.
+    pub mass_delete: Option<String>,
+    /// Why the chosen interval is not advised, if it is not.
+    pub interval_warning: Option<String>,
+    /// The most recent first.
+    pub activity: Vec<ActivityView>,
+}
+
+/// A remote agent the user added.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ServerView {
+    pub name: String,
+    pub url: String,
+    pub fingerprint: Option<String>,
+    /// `target` when the folder mirrors to it, `spare` when not.
+    pub role: String,
+    /// `None` until it was checked.
+    pub online: Option<bool>,
+    /// The name the agent gives itself.
+    pub remote_name: Option<String>,
+    /// `in sync`, `syncing`, `paused`, `offline`, `error`, `waiting`, or `idle` (not a target).
+    pub state: String,
+    pub reason: Option<String>,
+    /// Unix seconds.
+    pub last_sync: Option<f64>,
+    /// Seconds it lags behind the source.
+    pub lag_seconds: f64,
+    pub progress: Option<ProgressView>,
+}
+
+/// A transfer to one target.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ProgressView {
+    pub files_done: u64,
+    pub files_total: u64,
+    pub bytes_done: u64,
+    pub bytes_total: u64,
+    /// Bytes per second, smoothed.
+    pub rate: f64,
+    pub eta_seconds: Option<f64>,
+}
+
+/// The folder this PC mirrors and how; also what the dashboard sends back to change it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FolderView {
+    pub source: String,
+    pub preset: Option<String>,
+    pub exclude: Vec<String>,
+    /// Server names.
+    pub targets: Vec<String>,
+    /// `manual`, `watch` or `every`.
+    pub mode: String,
+    pub every_minutes: Option<f64>,
+    /// The cap on RainMaker's traffic, megabits per second.
+    pub bwlimit_mbit: Option<f64>,
+}
+
+/// The guard's thresholds; also what the dashboard sends back to change them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GuardView {
+    pub cpu_above: f32,
+    pub cpu_for_seconds: f64,
+    pub memory_below_mb: Option<u64>,
+    pub net_above_mbit: Option<f64>,
+    pub resume_after_seconds: f64,
+}
+
+/// What the guard measured last.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ResourcesView {
+    pub cpu_percent: f32,
+    pub available_memory_mb: u64,
+    pub total_memory_mb: u64,
+    pub other_traffic_mbit: f64,
+}
+
+/// Why sync is held.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PauseView {
+    /// `you` (the Pause button) or `guard`.
+    pub by: String,
+    pub reason: String,
+}
+
+/// One line of the recent-activity log.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ActivityView {
+    /// Unix seconds.
+    pub at: f64,
+    /// `info`, `warn` or `error`.
+    pub level: String,
+    pub text: String,
+}

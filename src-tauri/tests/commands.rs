@@ -1,0 +1,271 @@
+//! The tray's commands through Tauri's mock runtime (no display): a real `rainmaker` server
+//! (the engine's, on a loopback port, with TLS) is added, a folder is picked and synced, and
+//! bad input comes back as `{code, message}` with nothing changed.
+
+use rainmaker_engine::engine::{ServeOptions, Server};
+use rainmaker_tray::runner::Runner;
+use serde_json::{Value, json};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tauri::ipc::{CallbackFn, InvokeBody};
+use tauri::test::{INVOKE_KEY, MockRuntime, mock_builder, mock_context, noop_assets};
+use tauri::webview::InvokeRequest;
+use tauri::{Manager, WebviewWindow, WebviewWindowBuilder};
+use tokio_util::sync::CancellationToken;
+
+const TOKEN: &str = "pairing-token-for-tests";
+
+struct Harness {
+    _dir: tempfile::TempDir,
+    root: std::path::PathBuf,
+    source: std::path::PathBuf,
+    config: std::path::PathBuf,
+    url: String,
+    fingerprint: String,
+    window: WebviewWindow<MockRuntime>,
+    _app: tauri::App<MockRuntime>,
+    runner: Arc<Runner>,
+    stop: CancellationToken,
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.runner.stop();
+        self.stop.cancel();
+    }
+}
+
+fn harness() -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let (root, source) = (dir.path().join("backup"), dir.path().join("NinjaTrader 8"));
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::create_dir_all(source.join("db/tick")).unwrap();
+    std::fs::create_dir_all(source.join("cache")).unwrap();
+    std::fs::write(source.join("db/tick/ES.ncd"), vec![7u8; 300_000]).unwrap();
+    std::fs::write(source.join("workspace.xml"), b"<workspace/>").unwrap();
+    std::fs::write(source.join("cache/bars.tmp"), b"rebuilt on the backup").unwrap();
+    let stop = CancellationToken::new();
+    let server = tauri::async_runtime::block_on(Server::bind(ServeOptions {
+        root: root.clone(),
+        listen: "127.0.0.1:0".into(),
+        token: TOKEN.into(),
+        insecure: false,
+        name: "backup-1".into(),
+        trash_retention: None,
+    }))
+    .unwrap();
+    let url = format!("127.0.0.1:{}", server.local_addr().port());
+    let fingerprint = server.fingerprint().unwrap().to_owned();
+    tauri::async_runtime::spawn(server.run(stop.clone()));
+    let config = dir.path().join("config/rainmaker.toml");
+    let rt = tauri::async_runtime::handle().inner().clone();
+    let (runner, _notices) = Runner::start(config.clone(), dir.path().join("data"), rt).unwrap();
+    let app = rainmaker_tray::commands(mock_builder())
+        .plugin(tauri_plugin_autostart::init(
+            tauri_plugin_autostart::MacosLauncher::LaunchAgent,
+            None,
+        ))
+        .build(mock_context(noop_assets()))
+        .unwrap();
+    app.manage(runner.clone());
+    let window = WebviewWindowBuilder::new(&app, "main", Default::default())
+        .build()
+        .unwrap();
+    Harness {
+        root,
+        source,
+        config,
+        url,
+        fingerprint,
+        window,
+        _app: app,
+        runner,
+        stop,
+        _dir: dir,
+    }
+}
+
+/// Invokes a command as the front end does; `Err` is the `{code, message}` it received.
+fn call(h: &Harness, cmd: &str, args: Value) -> Result<Value, Value> {
+    tauri::test::get_ipc_response(
+        &h.window,
+        InvokeRequest {
+            cmd: cmd.into(),
+            callback: CallbackFn(0),
+            error: CallbackFn(1),
+            url: "tauri://localhost".parse().unwrap(),
+            body: InvokeBody::Json(args),
+            headers: Default::default(),
+            invoke_key: INVOKE_KEY.to_string(),
+        },
+    )
+    .map(|body| body.deserialize::<Value>().unwrap())
+}
+
+fn wait_for(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !check() {
+        assert!(start.elapsed() < limit, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn folder(h: &Harness, targets: &[&str], mode: &str) -> Value {
+    json!({ "folder": {
+        "source": h.source.display().to_string(),
+        "preset": "ninjatrader8",
+        "exclude": ["cache", "log"],
+        "targets": targets,
+        "mode": mode,
+        "every_minutes": null,
+        "bwlimit_mbit": null,
+    }})
+}
+
+fn same(a: &Path, b: &Path) -> bool {
+    std::fs::read(a)
+        .ok()
+        .is_some_and(|x| std::fs::read(b).ok() == Some(x))
+}
+
+#[test]
+fn a_server_added_with_its_fingerprint_receives_the_folder_on_sync() {
+    let h = harness();
+    let peeked = call(&h, "peek_server", json!({ "url": h.url })).unwrap();
+    assert_eq!(
+        peeked, h.fingerprint,
+        "the dashboard shows the certificate the server really holds"
+    );
+
+    let refused = call(
+        &h,
+        "add_server",
+        json!({ "name": "cloud-1", "url": h.url, "token": "wrong", "fingerprint": h.fingerprint }),
+    )
+    .unwrap_err();
+    assert_eq!(refused["code"], "refused", "{refused}");
+    assert!(
+        !h.config.exists(),
+        "a refused server is not saved: nothing was written"
+    );
+
+    call(
+        &h,
+        "add_server",
+        json!({ "name": "cloud-1", "url": h.url, "token": TOKEN, "fingerprint": h.fingerprint }),
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(&h.config).unwrap();
+    assert!(
+        text.contains("name = \"cloud-1\"") && text.contains(&h.fingerprint),
+        "the server and its pinned fingerprint are in rainmaker.toml:\n{text}"
+    );
+    assert!(
+        !text.contains(TOKEN),
+        "the token is kept in its own file, not in the configuration"
+    );
+
+    call(&h, "save_folder", folder(&h, &["cloud-1"], "manual")).unwrap();
+    call(&h, "sync_now", json!({})).unwrap();
+    wait_for("the target is in sync", Duration::from_secs(30), || {
+        let d = call(&h, "dashboard", json!({})).unwrap();
+        d["servers"][0]["state"] == "in sync"
+    });
+    for file in ["db/tick/ES.ncd", "workspace.xml"] {
+        assert!(
+            same(&h.source.join(file), &h.root.join(file)),
+            "{file} arrived whole"
+        );
+    }
+    assert!(
+        !h.root.join("cache").exists(),
+        "the preset's cache folder is left out"
+    );
+    let d = call(&h, "dashboard", json!({})).unwrap();
+    assert_eq!(d["overall"], "in_sync", "{d}");
+    assert_eq!(d["servers"][0]["online"], true);
+    assert_eq!(d["servers"][0]["role"], "target");
+    assert!(d["servers"][0]["last_sync"].as_f64().is_some());
+    assert!(
+        d["activity"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["text"].as_str().unwrap().contains("cloud-1 is in sync")),
+        "the activity log says so: {}",
+        d["activity"]
+    );
+
+    // The settings survive a restart: a new runner reads the same file.
+    let rt = tauri::async_runtime::handle().inner().clone();
+    let (again, _) = Runner::start(h.config.clone(), h.config.with_file_name("data2"), rt).unwrap();
+    let d2 = again.dashboard();
+    again.stop();
+    assert_eq!(d2.servers.len(), 1);
+    assert_eq!(d2.folder.unwrap().targets, ["cloud-1"]);
+}
+
+#[test]
+fn bad_input_is_refused_with_a_code_and_changes_nothing() {
+    let h = harness();
+    for (args, why) in [
+        (json!({ "url": "cloud.example.com" }), "no port"),
+        (
+            json!({ "url": "http://cloud.example.com:80" }),
+            "not a server address",
+        ),
+    ] {
+        let e = call(&h, "peek_server", args).unwrap_err();
+        assert_eq!(e["code"], "bad_input", "{e}");
+        assert!(e["message"].as_str().unwrap().contains(why), "{e}");
+    }
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let e = call(
+        &h,
+        "peek_server",
+        json!({ "url": format!("127.0.0.1:{port}") }),
+    )
+    .unwrap_err();
+    assert_eq!(e["code"], "unreachable", "{e}");
+
+    let e = call(
+        &h,
+        "add_server",
+        json!({ "name": "x", "url": h.url, "token": TOKEN, "fingerprint": format!("SHA256:{}", "0".repeat(64)) }),
+    )
+    .unwrap_err();
+    assert_eq!(
+        e["code"], "fingerprint",
+        "another certificate is refused: {e}"
+    );
+
+    let mut missing = folder(&h, &[], "watch");
+    missing["folder"]["source"] = json!(h.source.join("nope").display().to_string());
+    let e = call(&h, "save_folder", missing).unwrap_err();
+    assert_eq!(e["code"], "bad_input", "{e}");
+    let mut bad = folder(&h, &["nobody"], "watch");
+    let e = call(&h, "save_folder", bad.clone()).unwrap_err();
+    assert!(e["message"].as_str().unwrap().contains("nobody"), "{e}");
+    bad["folder"]["targets"] = json!([]);
+    bad["folder"]["exclude"] = json!(["../up"]);
+    let e = call(&h, "save_folder", bad).unwrap_err();
+    assert!(
+        e["message"].as_str().unwrap().contains("inside the folder"),
+        "{e}"
+    );
+    let e = call(&h, "sync_now", json!({})).unwrap_err();
+    assert_eq!(e["code"], "bad_input", "nothing to sync yet: {e}");
+    assert!(!h.config.exists(), "no bad input reached the file");
+    let written: Vec<_> = std::fs::read_dir(&h.root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|name| name != ".rainmaker")
+        .collect();
+    assert!(
+        written.is_empty(),
+        "nothing was written on the target: {written:?}"
+    );
+}

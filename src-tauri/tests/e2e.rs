@@ -1,0 +1,307 @@
+//! The real tray app, end to end: it runs under its own Xvfb display and is driven through
+//! WebDriver (tauri-driver with WebKitWebDriver). A RainMaker server started here on a
+//! loopback port is added as a target (its fingerprint confirmed), a source folder picked,
+//! Sync clicked; the files must arrive and the dashboard must say the target is in sync.
+//! The test leaves a screenshot of the dashboard in the target folder (and under `docs/`
+//! when `RAINMAKER_SCREENSHOT` names a file).
+//!
+//! Needs Xvfb, dbus-run-session, WebKitWebDriver and tauri-driver on the PATH (`scripts/test`
+//! installs them).
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use rainmaker_engine::engine::{ServeOptions, Server};
+use serde_json::json;
+use std::io::{BufRead, BufReader};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+const TOKEN: &str = "e2e-pairing-token";
+
+/// A child process group that is killed when dropped.
+struct Group(Child);
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        let pgid = format!("-{}", self.0.id());
+        let _ = Command::new("kill").args(["-TERM", "--", &pgid]).status();
+        std::thread::sleep(Duration::from_millis(300));
+        let _ = Command::new("kill").args(["-KILL", "--", &pgid]).status();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_group(command: &mut Command) -> Group {
+    use std::os::unix::process::CommandExt;
+    let program = format!("{:?}", command.get_program());
+    Group(command.process_group(0).spawn().unwrap_or_else(|e| {
+        panic!("cannot start {program}: {e}; run scripts/test, which installs it")
+    }))
+}
+
+/// Starts Xvfb on a free display; returns it and its `:N` name.
+fn xvfb() -> (Group, String) {
+    let mut child = spawn_group(
+        Command::new("Xvfb")
+            .args([
+                "-displayfd",
+                "1",
+                "-screen",
+                "0",
+                "1280x860x24",
+                "-nolisten",
+                "tcp",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null()),
+    );
+    let mut line = String::new();
+    BufReader::new(child.0.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let display = format!(":{}", line.trim());
+    assert!(
+        line.trim().parse::<u32>().is_ok(),
+        "Xvfb printed no display number: {line:?}"
+    );
+    (child, display)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_port(port: u16, limit: Duration) {
+    let start = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < limit,
+            "nothing listens on port {port} after {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+async fn css(client: &Client, selector: &str) -> fantoccini::elements::Element {
+    client
+        .wait()
+        .at_most(Duration::from_secs(20))
+        .for_element(Locator::Css(selector))
+        .await
+        .unwrap_or_else(|e| panic!("the dashboard shows no {selector}: {e}"))
+}
+
+async fn text_of(client: &Client, selector: &str) -> String {
+    match client.find(Locator::Css(selector)).await {
+        Ok(el) => el.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
+fn identical(a: &Path, b: &Path) -> bool {
+    std::fs::read(a)
+        .ok()
+        .is_some_and(|x| std::fs::read(b).ok() == Some(x))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_adds_a_server_and_syncs_a_folder_to_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (root, source) = (dir.path().join("backup"), dir.path().join("NinjaTrader 8"));
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::create_dir_all(source.join("db/tick/ES 12-26")).unwrap();
+    std::fs::create_dir_all(source.join("workspaces")).unwrap();
+    let ticks: Vec<u8> = (0..2_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(source.join("db/tick/ES 12-26/20261127.Last.ncd"), &ticks).unwrap();
+    std::fs::write(
+        source.join("workspaces/Untitled 1.xml"),
+        b"<NinjaTrader><Workspace/></NinjaTrader>",
+    )
+    .unwrap();
+
+    let stop = CancellationToken::new();
+    let server = Server::bind(ServeOptions {
+        root: root.clone(),
+        listen: "127.0.0.1:0".into(),
+        token: TOKEN.into(),
+        insecure: false,
+        name: "cloud-e2e".into(),
+        trash_retention: None,
+    })
+    .await
+    .unwrap();
+    let address = format!("127.0.0.1:{}", server.local_addr().port());
+    let fingerprint = server.fingerprint().unwrap().to_owned();
+    let serving = tokio::spawn(server.run(stop.clone()));
+
+    let (_xvfb, display) = xvfb();
+    let (port, native) = (free_port(), free_port());
+    let _driver = spawn_group(
+        Command::new("dbus-run-session")
+            .args([
+                "--",
+                "tauri-driver",
+                "--port",
+                &port.to_string(),
+                "--native-port",
+                &native.to_string(),
+            ])
+            .env("DISPLAY", &display)
+            .env("RAINMAKER_CONFIG", dir.path().join("config/rainmaker.toml"))
+            .env("RAINMAKER_DATA_DIR", dir.path().join("data"))
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    // tauri-driver listens before WebKitWebDriver does; a session asked for too early fails.
+    wait_port(port, Duration::from_secs(30));
+    wait_port(native, Duration::from_secs(30));
+
+    let mut caps = serde_json::Map::new();
+    caps.insert("browserName".into(), json!("wry"));
+    caps.insert(
+        "tauri:options".into(),
+        json!({ "application": env!("CARGO_BIN_EXE_rainmaker-tray") }),
+    );
+    let client = ClientBuilder::native()
+        .capabilities(caps)
+        .connect(&format!("http://127.0.0.1:{port}"))
+        .await
+        .expect("a WebDriver session with the tray app");
+
+    css(&client, "[data-test=add-server]")
+        .await
+        .click()
+        .await
+        .unwrap();
+    css(&client, "input[name=server-name]")
+        .await
+        .send_keys("cloud-1")
+        .await
+        .unwrap();
+    css(&client, "input[name=server-address]")
+        .await
+        .send_keys(&address)
+        .await
+        .unwrap();
+    css(&client, "input[name=server-token]")
+        .await
+        .send_keys(TOKEN)
+        .await
+        .unwrap();
+    css(&client, "[data-test=check-server]")
+        .await
+        .click()
+        .await
+        .unwrap();
+    let shown = css(&client, "[data-test=fingerprint]")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        shown, fingerprint,
+        "the user is shown the certificate the server really holds"
+    );
+    css(&client, "[data-test=trust-server]")
+        .await
+        .click()
+        .await
+        .unwrap();
+    css(&client, "[data-test=server-cloud-1]").await;
+
+    let input = css(&client, "input[name=source]").await;
+    input.clear().await.unwrap();
+    input
+        .send_keys(&source.display().to_string())
+        .await
+        .unwrap();
+    css(&client, "select[name=preset]")
+        .await
+        .select_by_value("ninjatrader8")
+        .await
+        .unwrap();
+    css(&client, "select[name=mode]")
+        .await
+        .select_by_value("manual")
+        .await
+        .unwrap();
+    css(&client, "[data-test=target-cloud-1]")
+        .await
+        .click()
+        .await
+        .unwrap();
+    css(&client, "[data-test=save-folder]")
+        .await
+        .click()
+        .await
+        .unwrap();
+    assert!(
+        !root.join("workspaces").exists(),
+        "in manual mode nothing is sent before Sync"
+    );
+    css(&client, "[data-test=sync]")
+        .await
+        .click()
+        .await
+        .unwrap();
+
+    let start = Instant::now();
+    loop {
+        let state = text_of(&client, "[data-test=server-cloud-1] [data-test=state]").await;
+        if state == "In sync" {
+            break;
+        }
+        let error = text_of(&client, "[data-test=error]").await;
+        assert!(error.is_empty(), "the dashboard shows an error: {error}");
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "cloud-1 is {state:?}, not in sync, after 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for file in [
+        "db/tick/ES 12-26/20261127.Last.ncd",
+        "workspaces/Untitled 1.xml",
+    ] {
+        assert!(
+            identical(&source.join(file), &root.join(file)),
+            "{file} arrived on the target whole"
+        );
+    }
+    let overall = css(&client, "[data-test=overall]")
+        .await
+        .attr("data-state")
+        .await
+        .unwrap();
+    assert_eq!(
+        overall.as_deref(),
+        Some("in_sync"),
+        "the header says every target is in sync"
+    );
+    let config = std::fs::read_to_string(dir.path().join("config/rainmaker.toml")).unwrap();
+    assert!(
+        config.contains("to = [\"cloud-1\"]"),
+        "the choice is saved:\n{config}"
+    );
+
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let png = client.screenshot().await.unwrap();
+    let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
+    std::fs::write(&shot, &png).unwrap();
+    if let Some(path) = std::env::var_os("RAINMAKER_SCREENSHOT") {
+        std::fs::write(path, &png).unwrap();
+    }
+    eprintln!("screenshot: {}", shot.display());
+    let _ = client.close().await;
+    stop.cancel();
+    let _ = serving.await;
+}

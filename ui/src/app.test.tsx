@@ -1,0 +1,127 @@
+import { fireEvent, render, screen, waitFor } from "@testing-library/preact";
+import { App } from "./app";
+import { emptyDashboard, fakeBackend } from "./fake";
+
+function setup() {
+  const backend = fakeBackend(emptyDashboard());
+  const view = render(<App backend={backend} />);
+  const q = (selector: string) => view.container.querySelector(selector) as HTMLElement;
+  return { backend, view, q };
+}
+
+const type = (el: HTMLElement, value: string) => fireEvent.input(el, { target: { value } });
+
+describe("the dashboard", () => {
+  it("adds a server only after showing its fingerprint", async () => {
+    const { backend, q } = setup();
+    await screen.findByText("Servers");
+    fireEvent.click(q('[data-test="add-server"]'));
+    type(q('input[name="server-name"]'), "cloud-1");
+    type(q('input[name="server-address"]'), "203.0.113.5:7878");
+    type(q('input[name="server-token"]'), "s3cret");
+    fireEvent.click(q('[data-test="check-server"]'));
+    const fingerprint = await waitFor(() => {
+      const el = q('[data-test="fingerprint"]');
+      expect(el).not.toBeNull();
+      return el;
+    });
+    expect(fingerprint.textContent).toMatch(/^SHA256:(ab){32}$/);
+    expect(backend.calls.some((c) => c.startsWith("add"))).toBe(false);
+    fireEvent.click(q('[data-test="trust-server"]'));
+    await waitFor(() => expect(q('[data-test="server-cloud-1"]')).not.toBeNull());
+    expect(backend.calls).toContain(`add cloud-1 203.0.113.5:7878 SHA256:${"ab".repeat(32)}`);
+  });
+
+  it("shows a refused token in words and keeps the form", async () => {
+    const { q } = setup();
+    await screen.findByText("Servers");
+    fireEvent.click(q('[data-test="add-server"]'));
+    type(q('input[name="server-address"]'), "203.0.113.5:7878");
+    type(q('input[name="server-token"]'), "wrong");
+    fireEvent.click(q('[data-test="check-server"]'));
+    await waitFor(() => expect(q('[data-test="trust-server"]')).not.toBeNull());
+    fireEvent.click(q('[data-test="trust-server"]'));
+    const error = await waitFor(() => {
+      expect(q('[data-test="error"]')).not.toBeNull();
+      return q('[data-test="error"]');
+    });
+    expect(error.textContent).toContain("The server said no");
+    expect(error.textContent).toContain("refused the pairing token");
+    expect(q('[data-test="trust-server"]')).not.toBeNull();
+  });
+
+  it("an address without a port is refused before anything is trusted", async () => {
+    const { q } = setup();
+    await screen.findByText("Servers");
+    fireEvent.click(q('[data-test="add-server"]'));
+    type(q('input[name="server-address"]'), "cloud.example.com");
+    type(q('input[name="server-token"]'), "t");
+    fireEvent.click(q('[data-test="check-server"]'));
+    await waitFor(() => expect(q('[data-test="error"]').textContent).toContain("Please check what you entered"));
+    expect(q('[data-test="fingerprint"]')).toBeNull();
+  });
+
+  it("picks a preset, a folder and a target, then syncs and shows progress", async () => {
+    const { backend, q } = setup();
+    await backend.addServer("cloud-1", "203.0.113.5:7878", "t", "SHA256:" + "ab".repeat(32));
+    await screen.findByText("Servers");
+    const preset = (await waitFor(() => {
+      const el = q('select[name="preset"]') as HTMLSelectElement;
+      expect(el.options.length).toBeGreaterThan(1);
+      return el;
+    })) as HTMLSelectElement;
+    fireEvent.change(preset, { target: { value: "ninjatrader8" } });
+    await waitFor(() => expect((q('textarea[name="exclude"]') as HTMLTextAreaElement).value).toContain("cache"));
+    expect((q('input[name="source"]') as HTMLInputElement).value).toContain("NinjaTrader 8");
+    fireEvent.click(q('[data-test="target-cloud-1"]'));
+    fireEvent.click(q('[data-test="save-folder"]'));
+    await waitFor(() => expect(backend.state.folder?.targets).toEqual(["cloud-1"]));
+    expect(backend.state.folder?.exclude).toEqual(["cache", "log", "trace", "tmp", "*.lock"]);
+    fireEvent.click(q('[data-test="sync"]'));
+    await waitFor(() => expect(q('[data-test="progress-cloud-1"]')).not.toBeNull());
+    expect(q('[data-test="progress-cloud-1"]').textContent).toContain("1 of 4 files");
+    expect(q('[data-test="overall"]').dataset.state).toBe("syncing");
+  });
+
+  it("warns below five minutes and explains a guard pause", async () => {
+    const { backend, q } = setup();
+    await screen.findByText("Servers");
+    fireEvent.change(q('select[name="mode"]'), { target: { value: "every" } });
+    await waitFor(() => expect(q('input[name="every"]')).not.toBeNull());
+    type(q('input[name="every"]'), "1");
+    await waitFor(() => expect(q('[data-test="interval-warning"]').textContent).toContain("5 minutes"));
+    backend.update((d) => {
+      d.paused = { by: "guard", reason: "CPU 93% above 85% for 10 s" };
+      d.overall = "paused";
+      d.resources = { cpu_percent: 93, available_memory_mb: 8000, total_memory_mb: 16000, other_traffic_mbit: 1 };
+    });
+    await waitFor(() => expect(q('[data-test="paused-banner"]').textContent).toContain("CPU 93% above 85% for 10 s"));
+    expect(q('[data-test="gauge-cpu"]').className).toContain("over");
+    backend.update((d) => {
+      d.paused = null;
+      d.overall = "idle";
+    });
+    await waitFor(() => expect(q('[data-test="paused-banner"]')).toBeNull());
+  });
+
+  it("offers to confirm a sync stopped by the mass-delete guard", async () => {
+    const { backend, q } = setup();
+    backend.update((d) => {
+      d.mass_delete = "cloud-1: this sync would delete 1900 of 2000 files";
+    });
+    await waitFor(() => expect(q('[data-test="mass-delete"]')).not.toBeNull());
+    fireEvent.click(q('[data-test="allow-mass-delete"]'));
+    await waitFor(() => expect(q('[data-test="mass-delete"]')).toBeNull());
+    expect(backend.calls).toContain("allow mass delete");
+  });
+
+  it("pauses and resumes from the button", async () => {
+    const { backend, q } = setup();
+    await screen.findByText("Servers");
+    fireEvent.click(q('[data-test="pause"]'));
+    await waitFor(() => expect(q('[data-test="pause"]').textContent).toBe("Resume"));
+    fireEvent.click(q('[data-test="pause"]'));
+    await waitFor(() => expect(q('[data-test="pause"]').textContent).toBe("Pause"));
+    expect(backend.calls).toEqual(["pause", "resume"]);
+  });
+});

@@ -1,0 +1,121 @@
+// The dashboard: status and the Sync button on top, banners for pauses and errors, the
+// servers with their progress, what to mirror, the machine's health, and recent activity.
+
+import { useCallback, useEffect, useState } from "preact/hooks";
+import { Activity } from "./activity";
+import { toUiError, type Backend } from "./backend";
+import { errorTitle } from "./errors";
+import { FolderForm } from "./folder";
+import { Gauges, GuardForm } from "./health";
+import { ServerList } from "./servers";
+import type { Dashboard, UiError } from "./types";
+
+const OVERALL: Record<string, string> = {
+  in_sync: "All targets in sync",
+  syncing: "Syncing",
+  paused: "Paused",
+  error: "Needs attention",
+  idle: "Ready",
+};
+
+export function App({ backend }: { backend: Backend }) {
+  const [dash, setDash] = useState<Dashboard | null>(null);
+  const [error, setError] = useState<UiError | null>(null);
+  const [autostart, setAutostart] = useState<boolean | null>(null);
+
+  useEffect(() => {
+    backend.watch(setDash).catch((e) => setError(toUiError(e)));
+    backend.getAutostart().then(setAutostart, () => setAutostart(null));
+  }, [backend]);
+
+  /** Runs an action; a failure is shown in words. Returns whether it succeeded. */
+  const run = useCallback(async (action: () => Promise<unknown>) => {
+    try {
+      await action();
+      setError(null);
+      return true;
+    } catch (e) {
+      setError(toUiError(e));
+      return false;
+    }
+  }, []);
+
+  if (!dash) return <main class="loading">Starting RainMaker…</main>;
+  const userPaused = dash.paused?.by === "you";
+  return (
+    <main>
+      <header class={`top overall-${dash.overall}`}>
+        <div class="brand">
+          <img src="/icon.png" alt="" width={28} height={28} />
+          <h1>RainMaker</h1>
+        </div>
+        <div class="status" data-test="overall" data-state={dash.overall}>
+          <span class={`pill ${dash.overall}`}>{OVERALL[dash.overall] ?? dash.overall}</span>
+          <span class="summary">{dash.summary.replace(/^RainMaker: /, "")}</span>
+        </div>
+        <div class="actions">
+          <button class="primary big" data-test="sync" onClick={() => run(() => backend.syncNow())}>
+            Sync
+          </button>
+          <button data-test="pause" onClick={() => run(() => (userPaused ? backend.resume() : backend.pause()))}>
+            {userPaused ? "Resume" : "Pause"}
+          </button>
+        </div>
+      </header>
+
+      {error && (
+        <div class="banner error" role="alert" data-test="error">
+          <strong>{errorTitle(error)}.</strong> {error.message}
+          <button class="link" onClick={() => setError(null)} aria-label="Dismiss">
+            ×
+          </button>
+        </div>
+      )}
+      {dash.paused && (
+        <div class="banner paused" data-test="paused-banner">
+          <strong>Paused{dash.paused.by === "guard" ? "" : " by you"}:</strong> {dash.paused.reason}
+          {dash.paused.by === "guard" && <span> Sync resumes by itself when the machine is quiet again.</span>}
+        </div>
+      )}
+      {dash.mass_delete && (
+        <div class="banner warning" data-test="mass-delete">
+          <strong>Sync stopped to protect your backup.</strong> {dash.mass_delete}
+          <button class="danger" data-test="allow-mass-delete" onClick={() => run(() => backend.allowMassDelete())}>
+            Delete them anyway
+          </button>
+        </div>
+      )}
+
+      <div class="grid">
+        <div class="left">
+          <ServerList dash={dash} backend={backend} run={run} />
+          <FolderForm dash={dash} backend={backend} run={run} />
+        </div>
+        <div class="right">
+          <section class="card health">
+            <header>
+              <h2>This PC</h2>
+            </header>
+            <Gauges dash={dash} />
+            <GuardForm dash={dash} backend={backend} run={run} />
+            {autostart !== null && (
+              <label class="check">
+                <input
+                  type="checkbox"
+                  checked={autostart}
+                  onChange={async (e) => {
+                    const on = e.currentTarget.checked;
+                    if (await run(() => backend.setAutostart(on))) setAutostart(on);
+                  }}
+                />
+                Start RainMaker when I log in
+              </label>
+            )}
+          </section>
+          <Activity items={dash.activity} />
+          <p class="muted small">Settings: {dash.config_path}</p>
+        </div>
+      </div>
+    </main>
+  );
+}

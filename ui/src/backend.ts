@@ -1,0 +1,76 @@
+// The one module that talks to the tray app. Everything else gets a `Backend`, so the
+// dashboard also runs in a plain browser against the fake one (fake.ts).
+
+import type { Dashboard, FolderView, GuardView, Preset, UiError } from "./types";
+
+export interface Backend {
+  /** Calls `onUpdate` with the dashboard now and whenever it changes. */
+  watch(onUpdate: (d: Dashboard) => void): Promise<void>;
+  presets(): Promise<Preset[]>;
+  /** The certificate fingerprint the server presents, for the user to confirm. */
+  peekServer(url: string): Promise<string>;
+  addServer(name: string, url: string, token: string, fingerprint: string): Promise<void>;
+  renameServer(old: string, name: string): Promise<void>;
+  removeServer(name: string): Promise<void>;
+  saveFolder(folder: FolderView): Promise<void>;
+  saveGuard(guard: GuardView): Promise<void>;
+  syncNow(): Promise<void>;
+  allowMassDelete(): Promise<void>;
+  pause(): Promise<void>;
+  resume(): Promise<void>;
+  getAutostart(): Promise<boolean>;
+  setAutostart(enabled: boolean): Promise<void>;
+  /** Asks the user for a folder; null when cancelled or not available. */
+  pickFolder(start?: string): Promise<string | null>;
+}
+
+/** Whether the page runs inside the tray app. */
+export function inTauri(): boolean {
+  return typeof window !== "undefined" && "__TAURI_INTERNALS__" in window;
+}
+
+/** Turns whatever a call threw into `{code, message}`. */
+export function toUiError(e: unknown): UiError {
+  if (e && typeof e === "object" && "code" in e && "message" in e) {
+    return { code: String((e as UiError).code), message: String((e as UiError).message) };
+  }
+  return { code: "unknown", message: String(e) };
+}
+
+/** The backend of the real app. */
+export async function tauriBackend(): Promise<Backend> {
+  const { invoke, Channel } = await import("@tauri-apps/api/core");
+  const call = async <T>(cmd: string, args?: Record<string, unknown>): Promise<T> => {
+    try {
+      return await invoke<T>(cmd, args);
+    } catch (e) {
+      throw toUiError(e);
+    }
+  };
+  return {
+    async watch(onUpdate) {
+      const channel = new Channel<Dashboard>();
+      channel.onmessage = onUpdate;
+      await call("watch", { onUpdate: channel });
+    },
+    presets: () => call("presets"),
+    peekServer: (url) => call("peek_server", { url }),
+    addServer: (name, url, token, fingerprint) =>
+      call("add_server", { name, url, token, fingerprint }),
+    renameServer: (old, name) => call("rename_server", { old, new: name }),
+    removeServer: (name) => call("remove_server", { name }),
+    saveFolder: (folder) => call("save_folder", { folder }),
+    saveGuard: (guard) => call("save_guard", { guard }),
+    syncNow: () => call("sync_now"),
+    allowMassDelete: () => call("allow_mass_delete"),
+    pause: () => call("pause"),
+    resume: () => call("resume"),
+    getAutostart: () => call("get_autostart"),
+    setAutostart: (enabled) => call("set_autostart", { enabled }),
+    async pickFolder(start) {
+      const { open } = await import("@tauri-apps/plugin-dialog");
+      const picked = await open({ directory: true, multiple: false, defaultPath: start });
+      return typeof picked === "string" ? picked : null;
+    },
+  };
+}

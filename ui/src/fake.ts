@@ -1,0 +1,191 @@
+// A backend in memory with the same behaviour the tray app shows, for running the dashboard
+// in a plain browser (`npm run dev`) and for the front end's tests. It never talks to Tauri.
+
+import type { Backend } from "./backend";
+import type { Dashboard, FolderView, GuardView, Preset, ServerView, UiError } from "./types";
+
+export interface FakeBackend extends Backend {
+  state: Dashboard;
+  calls: string[];
+  /** Changes the state and tells the watcher, as the tray app does on an engine event. */
+  update(change: (d: Dashboard) => void): void;
+}
+
+const PRESETS: Preset[] = [
+  {
+    id: "ninjatrader8",
+    name: "NinjaTrader 8",
+    hint: "Documents\\NinjaTrader 8: historical data (db), workspaces, templates and custom code",
+    exclude: ["cache", "log", "trace", "tmp", "*.lock"],
+    folder: "C:\\Users\\trader\\Documents\\NinjaTrader 8",
+  },
+  {
+    id: "metatrader5",
+    name: "MetaTrader 5",
+    hint: "the terminal's data folder (File > Open Data Folder)",
+    exclude: ["logs", "MQL5/Logs", "Tester", "*.lock"],
+    folder: null,
+  },
+];
+
+export function emptyDashboard(): Dashboard {
+  return {
+    this_pc: "TRADING-PC",
+    config_path: "C:\\Users\\trader\\AppData\\Roaming\\rainmaker\\rainmaker.toml",
+    overall: "idle",
+    summary: "RainMaker: pick a folder and targets",
+    servers: [],
+    folder: null,
+    guard: {
+      cpu_above: 85,
+      cpu_for_seconds: 10,
+      memory_below_mb: null,
+      net_above_mbit: null,
+      resume_after_seconds: 15,
+    },
+    resources: { cpu_percent: 12, available_memory_mb: 9000, total_memory_mb: 16000, other_traffic_mbit: 0.4 },
+    paused: null,
+    running: false,
+    mass_delete: null,
+    interval_warning: null,
+    activity: [],
+  };
+}
+
+function fail(code: string, message: string): never {
+  throw { code, message } satisfies UiError;
+}
+
+export function fakeBackend(initial: Dashboard = emptyDashboard()): FakeBackend {
+  let watcher: ((d: Dashboard) => void) | null = null;
+  const tokens = new Map<string, string>();
+  const fake: FakeBackend = {
+    state: initial,
+    calls: [],
+    update(change) {
+      change(fake.state);
+      fake.state = { ...fake.state };
+      watcher?.(fake.state);
+    },
+    async watch(onUpdate) {
+      watcher = onUpdate;
+      onUpdate(fake.state);
+    },
+    async presets() {
+      return PRESETS;
+    },
+    async peekServer(url) {
+      fake.calls.push(`peek ${url}`);
+      if (!/:\d+$/.test(url)) fail("bad_input", `"${url}" has no port; write HOST:PORT.`);
+      if (url.includes("offline")) fail("unreachable", `Cannot reach ${url}.`);
+      return "SHA256:" + "ab".repeat(32);
+    },
+    async addServer(name, url, token, fingerprint) {
+      fake.calls.push(`add ${name} ${url} ${fingerprint}`);
+      if (!token.trim()) fail("bad_input", "The pairing token is empty. Copy it from the server's token file.");
+      if (token === "wrong") fail("refused", "The server refused the pairing token.");
+      if (fake.state.servers.some((s) => s.name === name)) fail("bad_input", `A server is already named "${name}".`);
+      tokens.set(name, token);
+      fake.update((d) => {
+        const server: ServerView = {
+          name,
+          url: url.includes("://") ? url : `wss://${url}`,
+          fingerprint,
+          role: "spare",
+          online: true,
+          remote_name: name,
+          state: "idle",
+          reason: null,
+          last_sync: null,
+          lag_seconds: 0,
+          progress: null,
+        };
+        d.servers = [...d.servers, server];
+      });
+    },
+    async renameServer(old, name) {
+      fake.calls.push(`rename ${old} ${name}`);
+      fake.update((d) => {
+        d.servers = d.servers.map((s) => (s.name === old ? { ...s, name } : s));
+        if (d.folder) d.folder = { ...d.folder, targets: d.folder.targets.map((t) => (t === old ? name : t)) };
+      });
+    },
+    async removeServer(name) {
+      fake.calls.push(`remove ${name}`);
+      fake.update((d) => {
+        d.servers = d.servers.filter((s) => s.name !== name);
+        if (d.folder) d.folder = { ...d.folder, targets: d.folder.targets.filter((t) => t !== name) };
+      });
+    },
+    async saveFolder(folder: FolderView) {
+      fake.calls.push(`save folder ${folder.source} -> ${folder.targets.join(",")} (${folder.mode})`);
+      if (!folder.source.trim()) fail("bad_input", "Pick the folder to mirror.");
+      fake.update((d) => {
+        d.folder = folder;
+        d.servers = d.servers.map((s) => {
+          const target = folder.targets.includes(s.name);
+          return { ...s, role: target ? "target" : "spare", state: target ? "waiting" : "idle" };
+        });
+        d.interval_warning =
+          folder.mode === "every" && (folder.every_minutes ?? 5) < 5
+            ? "syncing every 1m is below the recommended 5 minutes"
+            : null;
+      });
+    },
+    async saveGuard(guard: GuardView) {
+      fake.calls.push(`save guard ${guard.cpu_above}`);
+      fake.update((d) => {
+        d.guard = guard;
+      });
+    },
+    async syncNow() {
+      fake.calls.push("sync");
+      if (!fake.state.folder || fake.state.folder.targets.length === 0)
+        fail("bad_input", "Pick a folder to mirror and at least one target first.");
+      fake.update((d) => {
+        d.running = true;
+        d.paused = null;
+        d.overall = "syncing";
+        d.servers = d.servers.map((s) =>
+          s.role === "target"
+            ? {
+                ...s,
+                state: "syncing",
+                progress: { files_done: 1, files_total: 4, bytes_done: 2e6, bytes_total: 8e6, rate: 4e6, eta_seconds: 1.5 },
+              }
+            : s,
+        );
+      });
+    },
+    async allowMassDelete() {
+      fake.calls.push("allow mass delete");
+      fake.update((d) => {
+        d.mass_delete = null;
+      });
+    },
+    async pause() {
+      fake.calls.push("pause");
+      fake.update((d) => {
+        d.paused = { by: "you", reason: "Paused from the dashboard or the tray menu" };
+        d.overall = "paused";
+      });
+    },
+    async resume() {
+      fake.calls.push("resume");
+      fake.update((d) => {
+        d.paused = null;
+        d.overall = "idle";
+      });
+    },
+    async getAutostart() {
+      return false;
+    },
+    async setAutostart(enabled) {
+      fake.calls.push(`autostart ${enabled}`);
+    },
+    async pickFolder() {
+      return null;
+    },
+  };
+  return fake;
+}

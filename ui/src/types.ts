@@ -1,0 +1,94 @@
+// The dashboard's data, as the tray app's `view.rs` sends it.
+
+export type Overall = "idle" | "in_sync" | "syncing" | "paused" | "error";
+
+export interface Dashboard {
+  this_pc: string;
+  config_path: string;
+  overall: Overall;
+  summary: string;
+  servers: ServerView[];
+  folder: FolderView | null;
+  guard: GuardView;
+  resources: ResourcesView | null;
+  paused: PauseView | null;
+  running: boolean;
+  mass_delete: string | null;
+  interval_warning: string | null;
+  activity: ActivityView[];
+}
+
+export interface ServerView {
+  name: string;
+  url: string;
+  fingerprint: string | null;
+  role: "target" | "spare";
+  online: boolean | null;
+  remote_name: string | null;
+  state: string;
+  reason: string | null;
+  last_sync: number | null;
+  lag_seconds: number;
+  progress: ProgressView | null;
+}
+
+export interface ProgressView {
+  files_done: number;
+  files_total: number;
+  bytes_done: number;
+  bytes_total: number;
+  rate: number;
+  eta_seconds: number | null;
+}
+
+export type Mode = "manual" | "watch" | "every";
+
+export interface FolderView {
+  source: string;
+  preset: string | null;
+  exclude: string[];
+  targets: string[];
+  mode: Mode;
+  every_minutes: number | null;
+  bwlimit_mbit: number | null;
+}
+
+export interface GuardView {
+  cpu_above: number;
+  cpu_for_seconds: number;
+  memory_below_mb: number | null;
+  net_above_mbit: number | null;
+  resume_after_seconds: number;
+}
+
+export interface ResourcesView {
+  cpu_percent: number;
+  available_memory_mb: number;
+  total_memory_mb: number;
+  other_traffic_mbit: number;
+}
+
+export interface PauseView {
+  by: "you" | "guard";
+  reason: string;
+}
+
+export interface ActivityView {
+  at: number;
+  level: "info" | "warn" | "error";
+  text: string;
+}
+
+export interface Preset {
+  id: string;
+  name: string;
+  hint: string;
+  exclude: string[];
+  folder: string | null;
+}
+
+/** An error from the backend: a stable code and a message in plain words. */
+export interface UiError {
+  code: string;
+  message: string;
+}
