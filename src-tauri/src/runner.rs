@@ -1241,3 +1241,114 @@ fn human_bytes(bytes: u64) -> String {
         format!("{bytes} B")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn runner() -> (tempfile::TempDir, Arc<Runner>, mpsc::Receiver<Notice>) {
+        let dir = tempfile::tempdir().unwrap();
+        let (runner, notices) = Runner::start(
+            dir.path().join("rainmaker.toml"),
+            dir.path().join("data"),
+            Handle::current(),
+        )
+        .unwrap();
+        (dir, runner, notices)
+    }
+
+    #[tokio::test]
+    async fn a_failing_target_is_notified_once_and_again_when_it_is_back() {
+        let (_dir, runner, mut notices) = runner();
+        let failed = Event::TargetFailed {
+            target: "wss://b:1".into(),
+            reason: "cannot reach b:1".into(),
+        };
+        runner.fold(&failed);
+        runner.fold(&failed);
+        runner.fold(&Event::InSync {
+            target: "wss://b:1".into(),
+        });
+        let first = notices.try_recv().unwrap();
+        assert_eq!(first.title, "Sync failed");
+        assert!(first.body.contains("cannot reach b:1"), "{first:?}");
+        let second = notices.try_recv().unwrap();
+        assert_eq!(
+            second.title, "Back in sync",
+            "one notice per failure, then the recovery"
+        );
+        assert!(notices.try_recv().is_err());
+        runner.stop();
+    }
+
+    #[tokio::test]
+    async fn the_tray_state_and_tooltip_follow_the_targets() {
+        let view = |name: &str, state: &str| ServerView {
+            name: name.into(),
+            role: "target".into(),
+            state: state.into(),
+            ..ServerView::default()
+        };
+        let servers = [view("a", "in sync"), view("b", "in sync")];
+        assert_eq!(overall(&servers, false, false, true), "in_sync");
+        assert_eq!(
+            summary("in_sync", &servers, None),
+            "RainMaker: all 2 targets in sync"
+        );
+        let servers = [view("a", "in sync"), view("b", "offline")];
+        assert_eq!(
+            overall(&servers, false, true, true),
+            "error",
+            "an offline target outranks syncing"
+        );
+        assert_eq!(summary("error", &servers, None), "RainMaker: b not in sync");
+        let pause = PauseView {
+            by: "guard".into(),
+            reason: "CPU 93% above 85% for 10 s".into(),
+        };
+        assert_eq!(overall(&servers, true, true, true), "paused");
+        assert_eq!(
+            summary("paused", &servers, Some(&pause)),
+            "RainMaker: paused — CPU 93% above 85% for 10 s"
+        );
+        assert_eq!(overall(&[], false, false, false), "idle");
+    }
+
+    #[tokio::test]
+    async fn a_guard_pause_reaches_the_dashboard_with_its_reason() {
+        let (_dir, runner, _notices) = runner();
+        runner.fold(&Event::Paused {
+            reason: "CPU 93% above 85% for 10 s".into(),
+        });
+        let d = runner.dashboard();
+        let pause = d.paused.expect("a pause is shown");
+        assert_eq!(
+            (pause.by.as_str(), pause.reason.as_str()),
+            ("guard", "CPU 93% above 85% for 10 s")
+        );
+        assert_eq!(d.overall, "paused");
+        assert!(
+            d.activity
+                .iter()
+                .any(|a| a.text == "Paused: CPU 93% above 85% for 10 s")
+        );
+        runner.fold(&Event::Resumed {
+            after: "CPU 93% above 85% for 10 s".into(),
+        });
+        assert!(runner.dashboard().paused.is_none(), "and lifted on resume");
+        runner.stop();
+    }
+
+    #[test]
+    fn addresses_are_checked_before_any_connection() {
+        assert_eq!(
+            check_url("203.0.113.5:7878").unwrap(),
+            "wss://203.0.113.5:7878"
+        );
+        assert_eq!(check_url("wss://[::1]:7878/").unwrap(), "wss://[::1]:7878");
+        for bad in ["cloud.example.com", "http://x:1", "x:0", ":7878", "x:99999"] {
+            assert_eq!(check_url(bad).unwrap_err().code, "bad_input", "{bad}");
+        }
+        assert!(check_name("  ").is_err() && check_name(&"n".repeat(65)).is_err());
+    }
+}
