@@ -699,7 +699,8 @@ async fn push_configured(args: PushArgs, config: Option<&Path>) -> Result<ExitCo
 }
 
 fn exit_code(report: &PushReport) -> ExitCode {
-    if report.ok {
+    if report.ok || report.stopped {
+        // Stopped on request: a clean stop, every target resumes from what it kept.
         ExitCode::SUCCESS
     } else if report.partial {
         ExitCode::from(EXIT_PARTIAL)
@@ -721,6 +722,11 @@ fn print_summary(report: &PushReport) {
                 progress::size(t.bytes_changed),
                 progress::size(t.wire_bytes),
                 t.seconds
+            );
+        } else if report.stopped {
+            eprintln!(
+                "stopped  {}: {} files written before the stop; the next run resumes",
+                t.url, t.files_sent
             );
         } else {
             eprintln!(

@@ -25,6 +25,8 @@ enum Victim {
     Push,
     /// The agent is stopped with SIGTERM (a service stop), not killed.
     AgentStopped,
+    /// The push is stopped with SIGTERM (Ctrl-C, a service stop).
+    PushStopped,
 }
 
 /// The size of the largest temporary file in the target's state folder.
@@ -108,6 +110,33 @@ fn killed_transfer_resumes(victim: Victim) {
                 .expect("a push whose target stopped must end within 30 s");
             sandbox.serve_on(&dst, port)
         }
+        Victim::PushStopped => {
+            let started = Instant::now();
+            let sent = std::process::Command::new("kill")
+                .args(["-TERM", &push.id().to_string()])
+                .status()
+                .expect("run kill");
+            assert!(sent.success());
+            let status = wait_bounded(&mut push, Duration::from_secs(10))
+                .expect("a push stopped with SIGTERM must end within 10 s");
+            let took = started.elapsed();
+            println!("stopped the push with SIGTERM at {cut} bytes: {status} after {took:?}");
+            assert_eq!(
+                common::exit_code(status),
+                0,
+                "SIGTERM of push --once is a clean stop (exit 0)"
+            );
+            assert!(
+                took < Duration::from_secs(5),
+                "a clean stop is quick: {took:?}"
+            );
+            assert_eq!(
+                std::fs::read(dst.join("small.txt")).ok(),
+                std::fs::read(src.join("small.txt")).ok(),
+                "a file that arrived whole before the stop is committed on the target"
+            );
+            agent
+        }
         Victim::Push => {
             let _ = push.kill();
             let _ = push.wait();
@@ -167,4 +196,9 @@ fn sigkill_of_the_push_mid_transfer_resumes() {
 #[test]
 fn sigterm_of_the_target_mid_transfer_exits_cleanly_and_resumes() {
     killed_transfer_resumes(Victim::AgentStopped);
+}
+
+#[test]
+fn sigterm_of_the_push_mid_transfer_exits_cleanly_and_resumes() {
+    killed_transfer_resumes(Victim::PushStopped);
 }

@@ -32,6 +32,8 @@ pub use continuous::{Schedule, push_continuous, start_guard};
 const MAX_HANDSHAKES: usize = 32;
 /// How long a new session waits for the one still closing on the same folder.
 const SESSION_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long a stopped push waits for sessions that are not sending (connecting, listing).
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 /// Target size of one manifest part.
 const MANIFEST_PART_BYTES: usize = 4 << 20;
 
@@ -307,8 +309,10 @@ pub async fn push_once(
     let mut skipped = Vec::new();
     let mut files = 0;
     let mut done = vec![false; options.targets.len()];
+    let mut stopped = false;
     for pass in 1..=options.passes.max(1) {
         if cancel.is_cancelled() {
+            stopped = true;
             break;
         }
         // Targets connect and scan their side while the source scans its own.
@@ -326,11 +330,12 @@ pub async fn push_once(
             );
             let options = options.clone();
             let cache = cached_manifest_path(&options.state_dir, &target.url);
+            let stop = cancel.clone();
             sessions.spawn(async move {
                 let started = Instant::now();
                 let mut conn = None;
                 let result = session(
-                    &target, &options, &mut conn, tree_rx, &blocks, &events, &cache,
+                    &target, &options, &stop, &mut conn, tree_rx, &blocks, &events, &cache,
                 )
                 .await;
                 if let Some(conn) = conn {
@@ -357,10 +362,28 @@ pub async fn push_once(
             })
             .collect();
         let _ = tree_tx.send(Some((Arc::new(scanned.tree), digest)));
-        let joined = tokio::select! {
-            joined = sessions.join_all() => joined,
-            () = cancel.cancelled() => break,
-        };
+        let mut joined = Vec::new();
+        {
+            let all = async {
+                while let Some(result) = sessions.join_next().await {
+                    if let Ok(result) = result {
+                        joined.push(result);
+                    }
+                }
+            };
+            tokio::pin!(all);
+            tokio::select! {
+                () = &mut all => {}
+                () = cancel.cancelled() => {
+                    // Sessions that are sending finish the block in flight and close cleanly;
+                    // one still connecting or listing is given a moment, then dropped.
+                    let _ = tokio::time::timeout(STOP_GRACE, &mut all).await;
+                }
+            }
+        }
+        if cancel.is_cancelled() {
+            stopped = true;
+        }
         for (i, result, seconds) in joined {
             let report = &mut reports[i];
             report.passes = pass;
@@ -406,11 +429,15 @@ pub async fn push_once(
                 }
             }
         }
-        if done.iter().all(|d| *d) {
+        if stopped || done.iter().all(|d| *d) {
             break;
         }
     }
-    for report in &reports {
+    for report in &mut reports {
+        if stopped && !report.ok {
+            report.error = Some(SendError::Stopped.to_string());
+            continue;
+        }
         if let (false, Some(reason)) = (report.ok, &report.error) {
             let _ = events.send(Event::TargetFailed {
                 target: report.url.clone(),
@@ -422,6 +449,7 @@ pub async fn push_once(
     Ok(PushReport {
         ok: all_ok && skipped.is_empty(),
         partial: all_ok && !skipped.is_empty(),
+        stopped: stopped && !all_ok,
         seconds: started.elapsed().as_secs_f64(),
         files,
         bytes_read: blocks.bytes_read(),
@@ -431,9 +459,14 @@ pub async fn push_once(
 }
 
 /// One session with one target: connect, fetch its manifest, plan, send.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "each is one distinct input of a session; a struct would only rename them"
+)]
 async fn session(
     target: &TargetSpec,
     options: &PushOptions,
+    stop: &CancellationToken,
     open: &mut Option<transport::Connection>,
     mut tree_rx: tokio::sync::watch::Receiver<Option<(Arc<Tree>, Hash)>>,
     blocks: &Arc<BlockSource>,
@@ -511,6 +544,7 @@ async fn session(
             stall,
             limit: limit.as_deref(),
             gate: options.gate.clone(),
+            stop: stop.clone(),
         },
         blocks,
         events,

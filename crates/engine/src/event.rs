@@ -99,6 +99,9 @@ pub struct PushReport {
     pub ok: bool,
     /// Every target is identical to what could be read, but some source paths were skipped.
     pub partial: bool,
+    /// Stopped (a signal, the Pause button) before every target was identical; each target
+    /// kept what arrived whole and resumes from there.
+    pub stopped: bool,
     pub seconds: f64,
     pub files: u64,
     pub bytes_read: u64,

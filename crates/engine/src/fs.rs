@@ -276,6 +276,17 @@ pub fn sync_dirs(dirs: &[&Path]) -> io::Result<()> {
     in_parallel(dirs, |d| sync_dir(d))
 }
 
+/// An I/O error in words, with what to do when the disk is full.
+pub fn describe(error: &std::io::Error) -> String {
+    if error.kind() == std::io::ErrorKind::StorageFull {
+        format!(
+            "this server's disk is full ({error}); free space there and the next sync completes"
+        )
+    } else {
+        error.to_string()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -78,7 +78,9 @@ pub struct IndexError {
 /// A folder's index, open.
 #[derive(Debug)]
 pub struct Index {
-    db: Database,
+    /// The open store. After an I/O error (a full disk) redb refuses every later transaction
+    /// until the file is opened again, so it is reopened then (see [`Index::begin`]).
+    db: std::sync::RwLock<Option<Database>>,
     path: PathBuf,
     /// A commit without durability happened since the last durable one. The lock also
     /// orders commits with the flag, so two threads cannot leave it wrong.
@@ -102,12 +104,46 @@ impl Index {
             ))
         })?;
         let index = Index {
-            db,
+            db: std::sync::RwLock::new(Some(db)),
             path: path.to_path_buf(),
             lazy: std::sync::Mutex::new(false),
         };
         index.commit(&[], Durability::Immediate)?;
         Ok(index)
+    }
+
+    /// Begins a transaction with `begin`; when redb refuses because an earlier write failed
+    /// (the disk was full), the store is closed, opened again, and asked once more.
+    fn begin<T>(
+        &self,
+        begin: impl Fn(&Database) -> Result<T, redb::TransactionError>,
+    ) -> Result<T, IndexError> {
+        let first = {
+            let db = self.db.read().unwrap_or_else(|e| e.into_inner());
+            match db.as_ref() {
+                Some(db) => begin(db),
+                None => Err(redb::TransactionError::Storage(
+                    redb::StorageError::PreviousIo,
+                )),
+            }
+        };
+        match first {
+            Err(redb::TransactionError::Storage(redb::StorageError::PreviousIo)) => {
+                let mut db = self.db.write().unwrap_or_else(|e| e.into_inner());
+                drop(db.take());
+                tracing::warn!(
+                    "reopening the index {} after an I/O error",
+                    self.path.display()
+                );
+                let reopened = Database::create(&self.path).map_err(|e| {
+                    self.error(format!("cannot open it again after an I/O error: {e}"))
+                })?;
+                let result = begin(&reopened).map_err(|e| self.error(e));
+                *db = Some(reopened);
+                result
+            }
+            other => other.map_err(|e| self.error(e)),
+        }
     }
 
     fn error(&self, reason: impl std::fmt::Display) -> IndexError {
@@ -121,7 +157,7 @@ impl Index {
         &self,
         table: TableDefinition<&str, &[u8]>,
     ) -> Result<BTreeMap<String, T>, IndexError> {
-        let read = self.db.begin_read().map_err(|e| self.error(e))?;
+        let read = self.begin(Database::begin_read)?;
         let table = read.open_table(table).map_err(|e| self.error(e))?;
         let mut out = BTreeMap::new();
         for item in table.iter().map_err(|e| self.error(e))? {
@@ -163,7 +199,7 @@ impl Index {
     }
 
     fn commit(&self, changes: &[Change], durability: Durability) -> Result<(), IndexError> {
-        let mut write = self.db.begin_write().map_err(|e| self.error(e))?;
+        let mut write = self.begin(Database::begin_write)?;
         write
             .set_durability(durability)
             .map_err(|e| self.error(e))?;

@@ -15,7 +15,7 @@ use super::{
 use crate::event::Event;
 use crate::guard::{Gate, GateState, Guard, Sampler, Thresholds, Transition};
 use crate::index::Index;
-use crate::mirror::send::BlockSource;
+use crate::mirror::send::{BlockSource, SendError};
 use crate::protocol::Hash;
 use crate::scan::Tree;
 use crate::schedule::{Backoff, SleepDetector};
@@ -246,11 +246,18 @@ impl TargetLoop {
             }
             let started = Instant::now();
             let (_ready, tree) = latest::channel(Some((snapshot.tree.clone(), snapshot.digest)));
+            // On a stop, a session that is sending finishes its block and closes cleanly; one
+            // still connecting or listing is given a moment, then dropped.
+            let grace = async {
+                self.cancel.cancelled().await;
+                tokio::time::sleep(super::STOP_GRACE).await;
+            };
             let result = tokio::select! {
-                () = self.cancel.cancelled() => return,
-                r = session(&self.target, &self.options, &mut conn, tree, &snapshot.blocks, &self.events, &cache) => r,
+                () = grace => return,
+                r = session(&self.target, &self.options, &self.cancel, &mut conn, tree, &snapshot.blocks, &self.events, &cache) => r,
             };
             match result {
+                Err(SendError::Stopped) => return,
                 Ok((outcome, _plan, wire)) if outcome.digest == snapshot.digest => {
                     verified = Some(snapshot.digest);
                     backoff.reset();

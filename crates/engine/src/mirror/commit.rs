@@ -327,7 +327,7 @@ pub fn write_in_place(
         }
         if let Err(e) = fs::write_at(&file, offset, &buffer[..len]) {
             roll_back(&file, full, append.from_len, before);
-            return Err(format!("cannot write: {e}"));
+            return Err(format!("cannot write: {}", crate::fs::describe(&e)));
         }
         offset += len as u64;
     }

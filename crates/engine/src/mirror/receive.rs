@@ -51,7 +51,7 @@ pub enum ReceiveError {
     Index(#[from] IndexError),
     #[error("{0}")]
     Refused(String),
-    #[error("{what}: {source}")]
+    #[error("{what}: {}", crate::fs::describe(source))]
     Io {
         what: String,
         source: std::io::Error,
@@ -622,7 +622,10 @@ impl Receiver {
                                 self.bytes_written += len;
                                 Ok(())
                             }
-                            Err(e) => Err((begin.path.clone(), format!("cannot write: {e}"))),
+                            Err(e) => Err((
+                                begin.path.clone(),
+                                format!("cannot write: {}", crate::fs::describe(&e)),
+                            )),
                         }
                     }
                     Ok(_) => Err((
@@ -650,7 +653,10 @@ impl Receiver {
                             self.bytes_written += bytes.len() as u64;
                             Ok(())
                         }
-                        Err(e) => Err((append.path.clone(), format!("cannot write: {e}"))),
+                        Err(e) => Err((
+                            append.path.clone(),
+                            format!("cannot write: {}", crate::fs::describe(&e)),
+                        )),
                     }
                 }
             },

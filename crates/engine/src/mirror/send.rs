@@ -65,6 +65,8 @@ pub enum SendError {
         held: usize,
         percent: f64,
     },
+    #[error("stopped before the mirror finished; the next run resumes where it stopped")]
+    Stopped,
 }
 
 impl SendError {
@@ -329,6 +331,10 @@ pub struct Pace<'a> {
     pub stall: Duration,
     pub limit: Option<&'a RateLimit>,
     pub gate: Gate,
+    /// Once cancelled, the message in flight finishes, nothing more is sent, and the
+    /// connection is closed cleanly: the target commits every file that arrived whole and
+    /// keeps the verified blocks of the others for the next run.
+    pub stop: tokio_util::sync::CancellationToken,
 }
 
 /// Streams `plan` to the target and waits for its verdict.
@@ -344,6 +350,7 @@ pub async fn send_plan(
         stall,
         limit,
         mut gate,
+        stop,
     } = pace;
     let mut files: Vec<(&str, &FileRecord)> = Vec::new();
     let mut paths: HashMap<u64, String> = HashMap::new();
@@ -456,7 +463,15 @@ pub async fn send_plan(
                 })
                 .buffered(READ_AHEAD);
             let mut last_event = Instant::now();
-            while let Some((block_of, message)) = stream.next().await {
+            loop {
+                let next = tokio::select! {
+                    biased;
+                    () = stop.cancelled() => return Err(SendError::Stopped),
+                    next = stream.next() => next,
+                };
+                let Some((block_of, message)) = next else {
+                    break;
+                };
                 let id = match &message {
                     Ok(Message::FileEnd { id }) => Some(*id),
                     _ => block_of,
@@ -474,7 +489,11 @@ pub async fn send_plan(
                             data_bytes += block_end.min(record.stamp.size) - offset;
                         }
                         // The block in flight finishes; nothing else starts while paused.
-                        gate.pass().await;
+                        tokio::select! {
+                            biased;
+                            () = stop.cancelled() => return Err(SendError::Stopped),
+                            () = gate.pass() => {}
+                        }
                         if let Some(limit) = limit {
                             let bytes = match &message {
                                 Message::Data { payload, .. } => payload.wire_len() + 32,
@@ -517,6 +536,11 @@ pub async fn send_plan(
         tokio::select! {
             reply = &mut replies => reply?,
             sent = sending => {
+                if let Err(SendError::Stopped) = sent {
+                    // A clean close: the target commits what arrived whole, keeps the rest.
+                    sender.close().await;
+                    return Err(SendError::Stopped);
+                }
                 if let Err(error) = sent {
                     return Err(match tokio::time::timeout(Duration::from_secs(2), replies).await {
                         Ok(Err(refusal @ SendError::Refused(_))) => refusal,
