@@ -3,9 +3,11 @@
 //! - [`plan`]: what a target lacks, given the source's tree and the target's (pure).
 //! - [`send`]: the source's side: reads each needed block once, feeds every target.
 //! - [`receive`]: the target's side: verifies and applies what arrives, atomically.
+//! - [`fold`]: names the target's file system would merge (case, Unicode normalization).
 //! - [`commit`]: the target's group commit of verified files, on its own thread.
 
 pub mod commit;
+pub mod fold;
 pub mod plan;
 pub mod receive;
 pub mod send;

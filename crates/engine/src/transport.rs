@@ -41,7 +41,7 @@ use tokio::time::Instant;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
 
-pub use connection::{Connection, ConnectionReceiver, ConnectionSender, WIRE_TOTAL};
+pub use connection::{Connection, ConnectionReceiver, ConnectionSender, WIRE_TOTAL, read_frames};
 pub use identity::{Fingerprint, Identity, fingerprint_of, parse_fingerprint};
 pub use known_peers::KnownPeers;
 

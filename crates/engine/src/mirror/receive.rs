@@ -17,6 +17,7 @@
 //! file and is reported to the source.
 
 use super::commit::{Committed, Committer, Ready, ReadyKind, StagedAppend};
+use super::fold::{Folding, Names};
 use crate::fs;
 use crate::hash;
 use crate::index::{Change, Durability, FileRecord, Index, IndexError, PartialRecord};
@@ -102,6 +103,8 @@ pub struct Receiver {
     changed: bool,
     /// Bytes of file data written (after decompression), for reports and tests.
     pub bytes_written: u64,
+    /// The names here, as this file system compares them (case, normalization).
+    names: Names,
 }
 
 impl Receiver {
@@ -152,7 +155,16 @@ impl Receiver {
             ready_bytes: 0,
             changed: false,
             bytes_written: 0,
+            names: Names::new(Folding::default()),
         };
+        let folding = Folding::probe(&receiver.tmp);
+        if folding.any() {
+            tracing::info!(
+                "this file system {}; names that would merge are refused",
+                folding.describe()
+            );
+        }
+        receiver.names = Names::new(folding);
         receiver.roll_back_appends()?;
         Ok(receiver)
     }
@@ -195,6 +207,8 @@ impl Receiver {
         }
         self.index.apply(&scanned.changes, Durability::Immediate)?;
         self.tree = scanned.tree;
+        self.names
+            .reset(self.tree.files.keys().chain(self.tree.dirs.iter()));
         let partials = self.verify_partials()?;
         Ok((plan::to_entries(&self.tree), partials))
     }
@@ -260,10 +274,17 @@ impl Receiver {
         match message {
             Message::Mkdir { path } => {
                 let full = path::resolve(&self.root, &path, false).map_err(refused)?;
+                if let Some(why) = self.clash(&path) {
+                    return Err(ReceiveError::Io {
+                        what: format!("cannot create folder {path}"),
+                        source: std::io::Error::other(why),
+                    });
+                }
                 std::fs::create_dir_all(&full)
                     .map_err(io(format!("cannot create folder {path}")))?;
                 let mut dir = path.as_str();
                 loop {
+                    self.names.insert(dir);
                     self.tree.dirs.insert(dir.to_string());
                     match dir.rfind('/') {
                         Some(i) => dir = &dir[..i],
@@ -352,12 +373,18 @@ impl Receiver {
             .cloned()
             .collect();
         for path in gone {
+            self.names.remove(&path);
             self.tree.files.remove(&path);
             self.pending.push(Change::RemoveFile(path));
         }
-        self.tree
-            .dirs
-            .retain(|d| d != rel && !d.starts_with(&prefix));
+        let names = &mut self.names;
+        self.tree.dirs.retain(|d| {
+            let gone = d == rel || d.starts_with(&prefix);
+            if gone {
+                names.remove(d);
+            }
+            !gone
+        });
         Ok(())
     }
 
@@ -374,6 +401,11 @@ impl Receiver {
             )));
         }
         path::resolve(&self.root, &begin.path, true).map_err(refused)?;
+        if let Some(why) = self.clash(&begin.path) {
+            let path = begin.path.clone();
+            return Ok(self.fail(id, &path, why));
+        }
+        self.names.insert(&begin.path);
         let temp_name = temp_name(&begin.path, "part");
         let temp_path = self.tmp.join(&temp_name);
         let count = hash::block_count(begin.size);
@@ -815,6 +847,26 @@ impl Receiver {
     }
 
     /// Marks a file failed, undoes what it wrote, and returns the reply for the source.
+    /// Why `path` (or a folder on its way) cannot be written here: a name this file system
+    /// would take for another one already here.
+    fn clash(&self, path: &str) -> Option<String> {
+        let mut end = 0;
+        while end < path.len() {
+            end = path[end..].find('/').map_or(path.len(), |i| end + i);
+            if let Some(why) = self.names.clash(&path[..end]) {
+                return Some(why);
+            }
+            end += 1;
+        }
+        None
+    }
+
+    /// Compares names as a file system that ignores what `folding` says would (tests).
+    #[cfg(test)]
+    pub(crate) fn set_folding(&mut self, folding: Folding) {
+        self.names = Names::new(folding);
+    }
+
     fn fail(&mut self, id: u64, path: &str, reason: String) -> Vec<Message> {
         tracing::warn!(%path, %reason, "file failed");
         self.discard(id, true);
@@ -976,4 +1028,103 @@ fn unpack(payload: Payload, max: u64) -> Result<Vec<u8>, String> {
 
 fn refused(e: path::PathError) -> ReceiveError {
     ReceiveError::Refused(e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn empty_file(id: u64, path: &str) -> Message {
+        Message::FileBegin(FileBegin {
+            id,
+            path: path.into(),
+            size: 0,
+            mtime_ns: 1_700_000_000_000_000_000,
+            executable: false,
+            hash: hash::file_hash(0, &[]),
+            blocks: Vec::new(),
+            reuse: Vec::new(),
+            resume_blocks: 0,
+        })
+    }
+
+    fn failure(replies: &[Message]) -> Option<&str> {
+        replies.iter().find_map(|m| match m {
+            Message::FileFailed { reason, .. } => Some(reason.as_str()),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn a_name_the_file_system_would_merge_is_refused_and_the_first_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut receiver = Receiver::open(dir.path(), None).unwrap();
+        receiver.set_folding(Folding {
+            case: true,
+            unicode: true,
+        });
+        receiver.manifest().unwrap();
+        assert!(
+            failure(
+                &receiver
+                    .handle(Message::Mkdir {
+                        path: "Data".into()
+                    })
+                    .unwrap()
+            )
+            .is_none()
+        );
+        let replies = receiver
+            .handle(Message::Mkdir {
+                path: "data".into(),
+            })
+            .unwrap();
+        let why = failure(&replies).expect("a folder differing only in case is refused");
+        assert!(
+            why.contains("Data") && why.contains("ignores case"),
+            "{why}"
+        );
+
+        let replies = receiver.handle(empty_file(1, "Data/Notes.txt")).unwrap();
+        assert!(failure(&replies).is_none(), "{replies:?}");
+        receiver.handle(Message::FileEnd { id: 1 }).unwrap();
+        let replies = receiver.handle(empty_file(2, "Data/notes.TXT")).unwrap();
+        let why = failure(&replies).expect("a file differing only in case is refused");
+        assert!(
+            why.starts_with("Data/notes.TXT: Data/Notes.txt is already"),
+            "{why}"
+        );
+        receiver.handle(Message::FileEnd { id: 2 }).unwrap();
+        let replies = receiver.handle(empty_file(3, "data/other.txt")).unwrap();
+        assert!(
+            failure(&replies).is_some(),
+            "a file below a merged folder name is refused too"
+        );
+        receiver.handle(Message::FileEnd { id: 3 }).unwrap();
+        let replies = receiver.handle(empty_file(4, "caf\u{e9}.xml")).unwrap();
+        assert!(failure(&replies).is_none());
+        receiver.handle(Message::FileEnd { id: 4 }).unwrap();
+        let replies = receiver.handle(empty_file(5, "cafe\u{301}.xml")).unwrap();
+        assert!(
+            failure(&replies).is_some_and(|w| w.contains("normalization")),
+            "the decomposed spelling is refused: {replies:?}"
+        );
+        receiver.handle(Message::FileEnd { id: 5 }).unwrap();
+        receiver.handle(Message::Finish).unwrap();
+        assert!(
+            dir.path().join("Data/Notes.txt").exists(),
+            "the first name is kept"
+        );
+        assert!(!dir.path().join("Data/notes.TXT").exists() && !dir.path().join("data").exists());
+
+        // A case-only rename on the source: the old name is deleted, then the new one fits.
+        receiver.manifest().unwrap();
+        receiver
+            .handle(Message::Delete {
+                path: "Data/Notes.txt".into(),
+            })
+            .unwrap();
+        let replies = receiver.handle(empty_file(6, "Data/notes.TXT")).unwrap();
+        assert!(failure(&replies).is_none(), "{replies:?}");
+    }
 }

@@ -40,6 +40,43 @@ pub(super) fn ws_config() -> WebSocketConfig {
         .max_write_buffer_size(WRITE_BUFFER + 2 * (MAX_MESSAGE_BYTES + 64))
 }
 
+/// Reads `bytes` as a server reads a client's WebSocket stream, with the same limits, and
+/// decodes every binary message; stops at the first error. What the frame fuzz target runs.
+pub fn read_frames(bytes: &[u8]) -> (Vec<crate::protocol::Message>, Option<String>) {
+    use tokio_tungstenite::tungstenite::{self, protocol::Role};
+    /// Reads the input; what the WebSocket writes back (pongs, closes) goes nowhere.
+    struct Input<'a>(std::io::Cursor<&'a [u8]>);
+    impl std::io::Read for Input<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            self.0.read(buf)
+        }
+    }
+    impl std::io::Write for Input<'_> {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut ws = tungstenite::WebSocket::from_raw_socket(
+        Input(std::io::Cursor::new(bytes)),
+        Role::Server,
+        Some(ws_config()),
+    );
+    let mut messages = Vec::new();
+    loop {
+        match ws.read() {
+            Ok(tungstenite::Message::Binary(data)) => match crate::protocol::decode(&data) {
+                Ok(message) => messages.push(message),
+                Err(e) => return (messages, Some(e.to_string())),
+            },
+            Ok(_) => {}
+            Err(e) => return (messages, Some(e.to_string())),
+        }
+    }
+}
+
 /// Bytes of messages this process sent and received on every connection, so the resource
 /// guard can tell RainMaker's own traffic from the trading platform's.
 pub static WIRE_TOTAL: AtomicU64 = AtomicU64::new(0);
@@ -357,5 +394,43 @@ pub(super) fn ws_error(peer: &str, error: WsError) -> TransportError {
             peer,
             source: Box::new(other),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{Message, encode};
+    use tokio_tungstenite::tungstenite::{self, protocol::Role};
+
+    /// The bytes a client writes for `messages`.
+    fn client_bytes(messages: &[Message]) -> Vec<u8> {
+        let mut ws = tungstenite::WebSocket::from_raw_socket(
+            std::io::Cursor::new(Vec::new()),
+            Role::Client,
+            Some(ws_config()),
+        );
+        for m in messages {
+            ws.send(tungstenite::Message::Binary(encode(m).into()))
+                .unwrap();
+        }
+        ws.get_ref().get_ref().clone()
+    }
+
+    #[test]
+    fn frames_read_back_and_garbage_stops_with_an_error() {
+        let sent = [Message::Finish, Message::Delete { path: "a/b".into() }];
+        let bytes = client_bytes(&sent);
+        let (read, error) = read_frames(&bytes);
+        assert_eq!(read, sent, "what a client sent is what the server reads");
+        assert!(error.is_some(), "the end of the input ends the read");
+        let (read, error) = read_frames(&bytes[..bytes.len() - 1]);
+        assert_eq!(read.len(), 1, "a truncated frame is not read");
+        assert!(error.is_some());
+        let (read, error) = read_frames(b"\x82\xff\xff\xff\xff\xff\xff\xff\xff\xff");
+        assert!(
+            read.is_empty() && error.is_some(),
+            "an absurd length is refused"
+        );
     }
 }
