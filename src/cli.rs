@@ -38,8 +38,8 @@ pub enum Command {
     Status(StatusArgs),
     /// Serve and mirror what the configuration file says (what the service runs).
     Run,
-    /// Run RainMaker at boot: a systemd unit on Linux, a launchd agent on macOS, a boot task
-    /// on Windows.
+    /// Run RainMaker at boot: a systemd unit on Linux, a launchd agent on macOS, a Windows
+    /// service on Windows.
     #[command(subcommand)]
     Service(ServiceCommand),
     /// List or restore what mirrors deleted or replaced on this target.
@@ -216,6 +216,9 @@ pub enum ServiceCommand {
     Uninstall,
     /// Show the service manager's view of it.
     Status,
+    /// What the Windows service manager starts (`install` registers it); not for a shell.
+    #[command(hide = true)]
+    Run,
     /// Print the systemd unit that `install` writes (for packages and for checking).
     Unit {
         #[arg(long)]

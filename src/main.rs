@@ -8,6 +8,8 @@ mod progress;
 mod service;
 mod setup;
 mod status;
+#[cfg(windows)]
+mod winservice;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
@@ -30,6 +32,16 @@ const EXIT_PARTIAL: u8 = 3;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli);
+    if let Command::Service(cli::ServiceCommand::Run) = cli.command {
+        // The service control manager talks to this thread; the agent runs on its own.
+        return match service::run_as_service(cli.config.clone()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -119,6 +131,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     service::install(&service::Service::new(&path, user)?)
                 }
                 cli::ServiceCommand::Uninstall => service::uninstall(),
+                cli::ServiceCommand::Run => unreachable!("handled in main before the runtime"),
                 cli::ServiceCommand::Status => service::status(),
                 cli::ServiceCommand::Unit { user, exe } => {
                     let mut unit = service::Service::new(&path, user)?;
@@ -156,22 +169,34 @@ pub fn read_token(path: &Path) -> Result<String> {
 /// The process's shutdown token: it fires on the first Ctrl-C or SIGTERM (the block in flight
 /// finishes, indexes are flushed, the process exits 0); a second signal exits at once.
 fn shutdown_signal() -> CancellationToken {
+    static LISTENING: std::sync::Once = std::sync::Once::new();
+    let cancel = stop_token();
+    LISTENING.call_once(|| {
+        let fire = cancel.clone();
+        tokio::spawn(async move {
+            next_signal().await;
+            eprintln!("rainmaker: stopping; a second Ctrl-C or SIGTERM stops at once");
+            fire.cancel();
+            next_signal().await;
+            eprintln!("rainmaker: stopped at once");
+            std::process::exit(130);
+        });
+    });
+    cancel
+}
+
+/// The token that stops the agent cleanly: fired by a signal, or by the Windows service
+/// manager's Stop.
+pub fn stop_token() -> CancellationToken {
     static TOKEN: std::sync::OnceLock<CancellationToken> = std::sync::OnceLock::new();
-    TOKEN
-        .get_or_init(|| {
-            let cancel = CancellationToken::new();
-            let fire = cancel.clone();
-            tokio::spawn(async move {
-                next_signal().await;
-                eprintln!("rainmaker: stopping; a second Ctrl-C or SIGTERM stops at once");
-                fire.cancel();
-                next_signal().await;
-                eprintln!("rainmaker: stopped at once");
-                std::process::exit(130);
-            });
-            cancel
-        })
-        .clone()
+    TOKEN.get_or_init(CancellationToken::new).clone()
+}
+
+/// `rainmaker run` on a runtime of its own (the Windows service's thread).
+pub fn run_blocking(config: Option<std::path::PathBuf>) -> Result<ExitCode> {
+    tokio::runtime::Runtime::new()
+        .context("cannot start the async runtime")?
+        .block_on(run_configured(config.as_deref()))
 }
 
 /// Waits for Ctrl-C, or SIGTERM on Unix.

@@ -1,7 +1,8 @@
 //! `rainmaker service install|uninstall|status|unit`: run the agent (`rainmaker run`, which
 //! serves and mirrors what the configuration file says) at boot, restarted on failure, after
 //! the network is up, with nobody logged in. A systemd unit on Linux, a launchd agent on
-//! macOS, a task that starts at boot on Windows.
+//! macOS, a Windows service (registered with `sc.exe`, run through the service control
+//! dispatcher in `winservice.rs`) on Windows.
 
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
@@ -86,7 +87,7 @@ WantedBy=multi-user.target
 
 const UNIT_PATH: &str = "/etc/systemd/system/rainmaker.service";
 const LABEL: &str = "com.rainmaker.agent";
-const TASK: &str = "RainMaker";
+const WINDOWS_SERVICE: &str = "RainMaker";
 
 fn quote_systemd(path: &Path) -> String {
     let text = path.display().to_string();
@@ -147,19 +148,49 @@ pub fn install(service: &Service) -> Result<()> {
             .map_or_else(|| PathBuf::from(r"C:\ProgramData"), PathBuf::from)
             .join(r"RainMaker\logs");
         let command = format!(
-            "\"{}\" --config \"{}\" --log-dir \"{}\" run",
+            "\"{}\" --config \"{}\" --log-dir \"{}\" service run",
             service.exe.display(),
             service.config.display(),
             logs.display()
         );
+        // Starts at boot (delayed, once the network stack is up), as LocalSystem, and is
+        // restarted by the service manager when it fails.
         run(
-            "schtasks",
+            "sc.exe",
             &[
-                "/Create", "/F", "/TN", TASK, "/SC", "ONSTART", "/RU", "SYSTEM", "/TR", &command,
+                "create",
+                WINDOWS_SERVICE,
+                "binPath=",
+                &command,
+                "start=",
+                "delayed-auto",
+                "depend=",
+                "Tcpip",
+                "DisplayName=",
+                "RainMaker agent",
             ],
         )?;
-        run("schtasks", &["/Run", "/TN", TASK])?;
-        println!("installed the {TASK} task; RainMaker starts at boot");
+        run(
+            "sc.exe",
+            &[
+                "description",
+                WINDOWS_SERVICE,
+                "Keeps this server a hot mirror of a trading PC",
+            ],
+        )?;
+        run(
+            "sc.exe",
+            &[
+                "failure",
+                WINDOWS_SERVICE,
+                "reset=",
+                "86400",
+                "actions=",
+                "restart/5000/restart/5000/restart/60000",
+            ],
+        )?;
+        run("sc.exe", &["start", WINDOWS_SERVICE])?;
+        println!("installed the {WINDOWS_SERVICE} service; RainMaker starts at boot");
     } else {
         bail!(
             "installing a service is not supported on this system; run `rainmaker run` from its startup scripts"
@@ -185,8 +216,8 @@ pub fn uninstall() -> Result<()> {
         let _ = run("launchctl", &["unload", "-w", &path.display().to_string()]);
         std::fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
     } else if cfg!(windows) {
-        let _ = run("schtasks", &["/End", "/TN", TASK]);
-        run("schtasks", &["/Delete", "/F", "/TN", TASK])?;
+        let _ = run("sc.exe", &["stop", WINDOWS_SERVICE]);
+        run("sc.exe", &["delete", WINDOWS_SERVICE])?;
     } else {
         bail!("no service to remove on this system");
     }
@@ -205,11 +236,27 @@ pub fn status() -> Result<()> {
     } else if cfg!(target_os = "macos") {
         let _ = Command::new("launchctl").args(["list", LABEL]).status();
     } else if cfg!(windows) {
-        let _ = Command::new("schtasks")
-            .args(["/Query", "/TN", TASK, "/V", "/FO", "LIST"])
+        let _ = Command::new("sc.exe")
+            .args(["queryex", WINDOWS_SERVICE])
             .status();
     }
     Ok(())
+}
+
+/// `rainmaker service run`: what the Windows service manager starts. It hands this thread to
+/// the service control dispatcher and runs the agent until the service is stopped.
+pub fn run_as_service(config: Option<PathBuf>) -> Result<()> {
+    #[cfg(windows)]
+    {
+        crate::winservice::dispatch(config)
+    }
+    #[cfg(not(windows))]
+    {
+        let _ = config;
+        bail!(
+            "`service run` is what the Windows service manager starts; here the service runs `rainmaker run` (see `rainmaker service install`)"
+        )
+    }
 }
 
 fn launch_agent_path() -> Result<PathBuf> {

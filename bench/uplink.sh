@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# RainMaker over a real home uplink: S1 (initial mirror) and S2 (one trading session) from a
+# source namespace to a target namespace joined by a 20 Mbit/s link with 30 ms round trip and
+# 0.1% packet loss (bench/link.py, packet by packet), side by side with rsync (daemon
+# protocol, with -z since the link is slow) on the same data in the same run.
+#
+# Each time is compared with the physical limit: the bytes that had to cross (the whole folder
+# for S1, the bytes the session changed for S2) divided by the link rate.
+#
+#   sudo bench/uplink.sh            (root: it creates network namespaces and TUN devices)
+#   UPLINK_SCALE=0.25 ...           a smaller folder (default 1.0, about 1 GiB: S1 takes minutes)
+#   UPLINK_RATE=20mbit UPLINK_DELAY=15ms UPLINK_LOSS=0.1   the link (delay is one way)
+#
+# Results go to stdout as a markdown table and to bench/last-uplink.md.
+set -euo pipefail
+BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(dirname "$BENCH_DIR")
+SCALE=${UPLINK_SCALE:-1.0}
+RATE=${UPLINK_RATE:-20mbit}
+DELAY=${UPLINK_DELAY:-15ms}
+LOSS=${UPLINK_LOSS:-0.1}
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/rainmaker-target}"
+[ "$(id -u)" = 0 ] || { echo "uplink.sh needs root (network namespaces, TUN devices)" >&2; exit 1; }
+command -v rsync > /dev/null || { echo "rsync is not installed: apt-get install rsync" >&2; exit 1; }
+
+SRC_NS=rm-up-src DST_NS=rm-up-dst
+WORK=$(mktemp -d /tmp/rainmaker-uplink.XXXXXX)
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do kill "$pid" 2> /dev/null || true; done
+    sleep 0.5
+    for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2> /dev/null || true; done
+    ip netns del "$SRC_NS" 2> /dev/null || true
+    ip netns del "$DST_NS" 2> /dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+cargo build --release --quiet --manifest-path "$REPO/Cargo.toml" -p rainmaker
+RM="$CARGO_TARGET_DIR/release/rainmaker"
+src() { ip netns exec "$SRC_NS" "$@"; }
+
+ip netns del "$SRC_NS" 2> /dev/null || true
+ip netns del "$DST_NS" 2> /dev/null || true
+ip netns add "$SRC_NS"
+ip netns add "$DST_NS"
+python3 "$BENCH_DIR/link.py" "$SRC_NS" "$DST_NS" --rate "$RATE" --delay "$DELAY" --loss "$LOSS" \
+    > "$WORK/link.out" 2> "$WORK/link.err" &
+PIDS+=($!)
+for _ in $(seq 50); do grep -q ready "$WORK/link.out" 2> /dev/null && break; sleep 0.1; done
+grep -q ready "$WORK/link.out" || { cat "$WORK/link.err" >&2; exit 1; }
+
+echo "== generating the folder (scale $SCALE)" >&2
+SRC="$WORK/src"
+TOTAL=$(BENCH_SCALE=$SCALE python3 "$BENCH_DIR/gen.py" init "$SRC")
+mkdir -p "$WORK/dst-rm" "$WORK/dst-rsync"
+head -c 32 /dev/urandom | base64 > "$WORK/token"
+ip netns exec "$DST_NS" "$RM" serve --root "$WORK/dst-rm" --listen 10.78.0.2:7878 --token-file "$WORK/token" \
+    > /dev/null 2> "$WORK/serve.log" &
+PIDS+=($!)
+cat > "$WORK/rsyncd.conf" << CONF
+use chroot = no
+[mod]
+path = $WORK/dst-rsync
+read only = false
+uid = 0
+gid = 0
+CONF
+ip netns exec "$DST_NS" rsync --daemon --no-detach --config="$WORK/rsyncd.conf" --port=8873 \
+    --address=10.78.0.2 > /dev/null 2> "$WORK/rsyncd.log" &
+PIDS+=($!)
+sleep 1
+
+link_bytes() { src cat /sys/class/net/rmlinkA/statistics/tx_bytes; }
+# run NAME CMD...: time a command in the source namespace; sets T (seconds) and LINK (IP bytes up)
+run() {
+    local name=$1 before after start end
+    shift
+    before=$(link_bytes)
+    start=$(date +%s.%N)
+    src "$@" > "$WORK/$name.out" 2> "$WORK/$name.err" || { cat "$WORK/$name.err" >&2; exit 1; }
+    end=$(date +%s.%N)
+    after=$(link_bytes)
+    T=$(python3 -c "print(f'{$end - $start:.2f}')")
+    LINK=$((after - before))
+}
+push() { run "$1" "$RM" push "$SRC" --to wss://10.78.0.2:7878 --token-file "$WORK/token" \
+    --known-peers "$WORK/known" --state-dir "$WORK/state" --once --json; }
+sync_rsync() { run "$1" rsync -az --delete --stats "$SRC/" rsync://10.78.0.2:8873/mod/; }
+limit() { python3 -c "print(f'{$1 * 8 / $(python3 -c "
+r='$RATE'.lower()
+m={'gbit':1e9,'mbit':1e6,'kbit':1e3}
+print(next(float(r[:-len(k)])*v for k,v in m.items() if r.endswith(k)))"):.2f}')"; }
+ROWS=()
+row() { # scenario bytes rm_s rm_link rsync_s rsync_link
+    local lim
+    lim=$(limit "$2")
+    ROWS+=("| $1 | $2 | $lim | $3 | $(python3 -c "print(f'{$3/$lim:.2f}x')") | $4 | $5 | $(python3 -c "print(f'{$5/$lim:.2f}x')") | $6 |")
+}
+
+echo "== S1: initial mirror of $TOTAL bytes" >&2
+push s1-rm
+S1_RM=$T S1_RM_LINK=$LINK
+sync_rsync s1-rsync
+row "S1 initial" "$TOTAL" "$S1_RM" "$S1_RM_LINK" "$T" "$LINK"
+diff -r --exclude=.rainmaker "$SRC" "$WORK/dst-rm" > /dev/null || { echo "S1: the target differs" >&2; exit 1; }
+
+echo "== S2: one trading session" >&2
+CHANGED=$(python3 "$BENCH_DIR/gen.py" session "$SRC")
+push s2-rm
+S2_RM=$T S2_RM_LINK=$LINK
+sync_rsync s2-rsync
+row "S2 one session" "$CHANGED" "$S2_RM" "$S2_RM_LINK" "$T" "$LINK"
+diff -r --exclude=.rainmaker "$SRC" "$WORK/dst-rm" > /dev/null || { echo "S2: the target differs" >&2; exit 1; }
+diff -r "$SRC" "$WORK/dst-rsync" > /dev/null || { echo "S2: the rsync target differs" >&2; exit 1; }
+
+OUT="$BENCH_DIR/last-uplink.md"
+{
+    echo "Link: $RATE, ${DELAY} each way, ${LOSS}% loss (bench/link.py between two network namespaces); folder scale $SCALE."
+    echo "Limit = bytes that had to cross x 8 / link rate. Link bytes = IP bytes the source put on the link (with TCP/IP headers, TLS, retransmissions)."
+    echo
+    echo "| scenario | bytes to cross | limit s | rainmaker s | vs limit | rainmaker link bytes | rsync -z s | vs limit | rsync link bytes |"
+    echo "|---|---|---|---|---|---|---|---|---|"
+    printf '%s\n' "${ROWS[@]}"
+    echo
+    echo "rainmaker S2 report: $(tr -d '\n ' < "$WORK/s2-rm.out" | head -c 600)"
+    echo
+    echo "link: $(kill -TERM "${PIDS[0]}"; sleep 0.5; cat "$WORK/link.err" | tr '\n' ' ')"
+} | tee "$OUT"
