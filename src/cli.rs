@@ -36,6 +36,9 @@ pub enum Command {
     /// Show the pushes running on this machine: each target's state, lag, last sync and the
     /// bytes still to send.
     Status(StatusArgs),
+    /// Command an agent over its connection: its folder's state, pushes to other agents,
+    /// pause, resume, stop, events, promote and demote (needs its admin token).
+    Remote(RemoteArgs),
     /// Serve and mirror what the configuration file says (what the service runs).
     Run,
     /// Run RainMaker at boot: a systemd unit on Linux, a launchd agent on macOS, a Windows
@@ -75,6 +78,11 @@ pub struct ServeArgs {
     /// Days deleted and replaced files are kept in ROOT/.rainmaker/trash (0: not kept).
     #[arg(long, value_name = "DAYS")]
     pub trash_days: Option<u32>,
+    /// File holding the admin token, which also lets a client command this agent
+    /// (`rainmaker remote`); without it the agent takes no commands. (Or `[serve]
+    /// admin_token_file`.)
+    #[arg(long)]
+    pub admin_token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -258,4 +266,69 @@ fn parse_size(text: &str) -> Result<u64, String> {
         ));
     }
     rainmaker_engine::rate::parse_rate(text).map(|bytes| bytes as u64)
+}
+
+#[derive(Debug, Args)]
+pub struct RemoteArgs {
+    /// The agent to command, wss://HOST:PORT.
+    #[arg(long)]
+    pub agent: String,
+    /// File holding the agent's admin token.
+    #[arg(long)]
+    pub admin_token_file: PathBuf,
+    /// The agent's certificate fingerprint; without it the known-peers file is used.
+    #[arg(long)]
+    pub fingerprint: Option<String>,
+    /// Known-peers file (default: RainMaker's data folder).
+    #[arg(long)]
+    pub known_peers: Option<PathBuf>,
+    #[command(subcommand)]
+    pub action: RemoteAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RemoteAction {
+    /// The agent's folder: role (target or source), files, newest change, pushes.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Push the agent's folder to other agents (once, or --watch to keep mirroring).
+    Push {
+        /// Target agent, wss://HOST:PORT; repeat for several.
+        #[arg(long, required = true)]
+        to: Vec<String>,
+        /// File holding the targets' pairing token (one for all, or one per --to).
+        #[arg(long, required = true)]
+        target_token_file: Vec<PathBuf>,
+        /// A target's certificate fingerprint (one per --to, in order).
+        #[arg(long)]
+        target_fingerprint: Vec<String>,
+        #[arg(long)]
+        watch: bool,
+        /// Print the push's events until it ends; exit 0 only when every target is identical.
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Stop a push cleanly; `resume` goes on from what arrived.
+    Pause {
+        job: u64,
+    },
+    Resume {
+        job: u64,
+    },
+    /// Stop a push for good.
+    Stop {
+        job: u64,
+    },
+    /// Print the agent's events (JSON lines) until interrupted.
+    Events,
+    /// Make the agent the source of its folder (after a failover): it stops receiving.
+    Promote {
+        /// Even if a source mirrored into it within the last minute.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Make the agent a target again (after failback).
+    Demote,
 }

@@ -40,6 +40,7 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
 
     let token = format!("{:032x}", rng.random::<u128>());
     let server = Server::bind(ServeOptions {
+        admin_token: None,
         root: target.clone(),
         listen: "127.0.0.1:0".into(),
         token: token.clone(),

@@ -5,6 +5,7 @@
 mod cli;
 mod demo;
 mod progress;
+mod remote;
 mod service;
 mod setup;
 mod status;
@@ -149,6 +150,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Demo(args) => demo::run(args).await,
         Command::Status(args) => status::show(&args).map(|()| ExitCode::SUCCESS),
+        Command::Remote(args) => remote::run(args).await,
     }
 }
 
@@ -254,6 +256,12 @@ async fn serve(args: ServeArgs, config: Option<&Path>) -> Result<()> {
         .ok_or_else(|| missing("--token-file", "token_file"))?;
     let insecure = args.insecure || from_file.as_ref().is_some_and(|s| s.insecure);
     let token = read_token(&token_file)?;
+    let admin_token = args
+        .admin_token_file
+        .clone()
+        .or_else(|| from_file.as_ref().and_then(|s| s.admin_token_file.clone()))
+        .map(|path| read_token(&path))
+        .transpose()?;
     let name = args
         .name
         .clone()
@@ -266,12 +274,14 @@ async fn serve(args: ServeArgs, config: Option<&Path>) -> Result<()> {
         insecure,
         name: Some(name.clone()),
         trash_days: args.trash_days,
+        admin_token_file: None,
     };
     let days = args
         .trash_days
         .or_else(|| from_file.as_ref().and_then(|s| s.trash_days))
         .unwrap_or(7);
     let server = Server::bind(ServeOptions {
+        admin_token,
         root,
         listen,
         token,
@@ -298,7 +308,7 @@ async fn serve(args: ServeArgs, config: Option<&Path>) -> Result<()> {
     Ok(())
 }
 
-fn host_name() -> String {
+pub fn host_name() -> String {
     std::env::var("HOSTNAME")
         .or_else(|_| std::env::var("COMPUTERNAME"))
         .unwrap_or_else(|_| "rainmaker".into())
@@ -575,6 +585,7 @@ async fn run_configured(config: Option<&Path>) -> Result<ExitCode> {
                     insecure: false,
                     name: None,
                     trash_days: None,
+                    admin_token_file: None,
                 };
                 serve(args, config).await.map(|()| ExitCode::SUCCESS)
             }

@@ -47,6 +47,7 @@ fn harness() -> Harness {
     std::fs::write(source.join("cache/bars.tmp"), b"rebuilt on the backup").unwrap();
     let stop = CancellationToken::new();
     let server = tauri::async_runtime::block_on(Server::bind(ServeOptions {
+        admin_token: None,
         root: root.clone(),
         listen: "127.0.0.1:0".into(),
         token: TOKEN.into(),

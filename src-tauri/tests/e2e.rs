@@ -129,6 +129,7 @@ async fn the_dashboard_adds_a_server_and_syncs_a_folder_to_it() {
 
     let stop = CancellationToken::new();
     let server = Server::bind(ServeOptions {
+        admin_token: None,
         root: root.clone(),
         listen: "127.0.0.1:0".into(),
         token: TOKEN.into(),

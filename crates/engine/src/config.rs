@@ -40,6 +40,8 @@ pub struct Serve {
     pub name: Option<String>,
     /// Days deleted and replaced files stay in the trash.
     pub trash_days: Option<u32>,
+    /// The admin token that lets a client command this agent.
+    pub admin_token_file: Option<PathBuf>,
 }
 
 /// `[[folder]]`: a folder this machine mirrors to targets.
@@ -161,6 +163,7 @@ struct RawServe {
     insecure: bool,
     name: Option<String>,
     trash_days: Option<u32>,
+    admin_token_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -248,6 +251,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
                 insecure: s.insecure,
                 name: s.name,
                 trash_days: s.trash_days,
+                admin_token_file: s.admin_token_file,
             })
         }
         None => None,
@@ -471,6 +475,9 @@ pub fn render(config: &Config) -> String {
         if let Some(days) = serve.trash_days {
             t.insert("trash_days".into(), Value::Integer(i64::from(days)));
         }
+        if let Some(admin) = &serve.admin_token_file {
+            t.insert("admin_token_file".into(), path(admin));
+        }
         root.insert("serve".into(), Value::Table(t));
     }
     let servers: Vec<Value> = config
@@ -601,6 +608,7 @@ listen = "0.0.0.0:7878"                  # address and port to listen on
 token_file = "/etc/rainmaker/token"      # the pairing secret sources present
 # name = "backup-1"                      # shown to sources (default: the host name)
 # trash_days = 7                         # days deleted and replaced files are kept (0: not kept)
+# admin_token_file = "/etc/rainmaker/admin-token"  # lets the dashboard command this agent
 
 # A folder this machine mirrors to others (the trading PC). Repeat [[folder]] for more.
 # [[folder]]

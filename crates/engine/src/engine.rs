@@ -26,7 +26,9 @@ use tokio::sync::{Semaphore, broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 mod continuous;
+mod control;
 pub use continuous::{Schedule, push_continuous, start_guard};
+pub use control::Remote;
 
 /// Most handshakes in progress at once on a server.
 const MAX_HANDSHAKES: usize = 32;
@@ -572,6 +574,9 @@ pub struct ServeOptions {
     pub root: PathBuf,
     pub listen: String,
     pub token: String,
+    /// The token that also lets a client command this agent (see [`Remote`]); `None`: no
+    /// remote control.
+    pub admin_token: Option<String>,
     /// Plain ws:// instead of wss (loopback only).
     pub insecure: bool,
     /// The name sources see.
@@ -585,9 +590,12 @@ pub struct ServeOptions {
 pub struct Server {
     listener: Listener,
     receiver: Arc<tokio::sync::Mutex<Receiver>>,
-    token: Arc<str>,
+    tokens: Arc<transport::Tokens>,
     name: Arc<str>,
     fingerprint: Option<String>,
+    agent: Arc<control::Agent>,
+    /// Stops the pushes this agent was told to run when the server stops.
+    pushes: CancellationToken,
 }
 
 impl Server {
@@ -612,12 +620,26 @@ impl Server {
         };
         let fingerprint = identity.as_ref().map(Identity::fingerprint);
         let listener = Listener::bind(&options.listen, identity).await?;
+        if let Some(admin) = &options.admin_token
+            && (admin.trim().is_empty() || admin == &options.token)
+        {
+            return Err(EngineError::Setup(
+                "the admin token must be a secret of its own, not empty and not the pairing token"
+                    .into(),
+            ));
+        }
+        let pushes = CancellationToken::new();
         Ok(Server {
             listener,
             receiver: Arc::new(tokio::sync::Mutex::new(receiver)),
-            token: options.token.into(),
+            agent: control::Agent::new(&options.root, &options.name, pushes.clone()),
+            tokens: Arc::new(transport::Tokens {
+                receive: options.token,
+                admin: options.admin_token,
+            }),
             name: options.name.into(),
             fingerprint,
+            pushes,
         })
     }
 
@@ -649,20 +671,40 @@ impl Server {
                 tracing::warn!(peer = %incoming.peer_addr(), "too many connections at once; dropped");
                 continue;
             };
-            let (token, name, receiver, cancel) = (
-                self.token.clone(),
+            let (tokens, name, receiver, cancel, agent) = (
+                self.tokens.clone(),
                 self.name.clone(),
                 self.receiver.clone(),
                 cancel.clone(),
+                self.agent.clone(),
             );
             tokio::spawn(async move {
                 let peer = incoming.peer_addr();
-                let handshake = incoming.handshake(&token, &name).await;
+                let handshake = incoming.handshake_as(&tokens, &name).await;
                 drop(permit);
                 match handshake {
-                    Ok((conn, source)) => {
+                    Ok((mut conn, source, role)) => {
+                        let first = match conn.recv().await {
+                            Ok(Some(first)) => first,
+                            // A check that the agent answers (the tray's online state).
+                            Ok(None) | Err(_) => return,
+                        };
+                        if let Message::Control { .. } = first {
+                            tracing::info!(%peer, %source, ?role, "control client connected");
+                            agent.serve(conn, first, role).await;
+                            return;
+                        }
+                        if let Some(reason) = agent.refuses_mirrors() {
+                            tracing::warn!(%peer, %source, "refused a mirror session: {reason}");
+                            let _ = conn.send(&Message::Refused { reason }).await;
+                            conn.close().await;
+                            return;
+                        }
                         tracing::info!(%peer, %source, "source connected");
-                        match serve_session(conn, receiver, cancel).await {
+                        agent.session_started(&source);
+                        let result = serve_session(conn, receiver, cancel, first).await;
+                        agent.session_ended(&source);
+                        match result {
                             Ok(()) => tracing::info!(%peer, %source, "session ended"),
                             Err(e) => tracing::warn!(%peer, %source, "session aborted: {e}"),
                         }
@@ -672,6 +714,7 @@ impl Server {
                 }
             });
         }
+        self.pushes.cancel();
         // Let a session in flight close its files cleanly.
         let _ = self.receiver.lock().await;
         Ok(())
@@ -684,6 +727,7 @@ async fn serve_session(
     conn: transport::Connection,
     receiver: Arc<tokio::sync::Mutex<Receiver>>,
     cancel: CancellationToken,
+    first: Message,
 ) -> Result<(), String> {
     let (mut sender, mut incoming) = conn.split();
     // A source that reconnects after a cut may arrive while its old session is still closing:
@@ -701,6 +745,7 @@ async fn serve_session(
     };
     let (in_tx, mut in_rx) = mpsc::channel::<Message>(64);
     let (out_tx, mut out_rx) = mpsc::channel::<Message>(64);
+    let _ = in_tx.try_send(first);
     let worker = tokio::task::spawn_blocking(move || {
         let result = work(&mut guard, &mut in_rx, &out_tx);
         guard.close();

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 /// The version this build speaks. A peer that speaks another one is refused with both numbers.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// The first bytes of every `Hello`, so a stray client is told apart from an old RainMaker.
 pub const MAGIC: [u8; 8] = *b"RAINMKR\0";
 /// Size of a block: the unit of hashing, transfer and resume.
@@ -44,6 +44,8 @@ pub const MAX_FILE_SIZE: u64 = 32 << 30;
 pub const MAX_BLOCKS_PER_MESSAGE: usize = 16_384;
 /// Longest free-text field (reasons, names).
 pub const MAX_TEXT_BYTES: usize = 4096;
+/// Most targets one control request may name.
+pub const MAX_PUSH_TARGETS: usize = 64;
 
 /// A BLAKE3 hash.
 pub type Hash = [u8; 32];
@@ -111,6 +113,89 @@ pub enum Message {
     Finish,
     /// Target → source: the digest of the target's tree after the session.
     Finished { digest: Hash },
+    /// Admin client → agent: a command (only with the agent's admin token).
+    Control { id: u64, request: ControlRequest },
+    /// Agent → admin client: the answer to command `id`.
+    ControlReply { id: u64, reply: ControlReply },
+    /// Agent → subscribed admin client: an engine event as JSON (`event::Event`).
+    ControlEvent { json: String },
+}
+
+/// What an admin client can ask an agent (see `engine::control`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ControlRequest {
+    /// The folder this agent serves: its role, contents and pushes.
+    Status,
+    /// Push the served folder to these targets, once or continuously.
+    Push {
+        targets: Vec<RemoteTarget>,
+        watch: bool,
+    },
+    /// Stop a push cleanly; it can be resumed and goes on from what arrived.
+    Pause {
+        job: u64,
+    },
+    Resume {
+        job: u64,
+    },
+    /// Stop a push for good.
+    Stop {
+        job: u64,
+    },
+    /// Send every event of this agent's pushes until the connection closes.
+    Subscribe,
+    /// Make this agent the source of its folder: it stops receiving mirrors into it.
+    Promote {
+        force: bool,
+    },
+    /// Receive mirrors into the folder again.
+    Demote,
+}
+
+/// A target an agent is told to push to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteTarget {
+    pub url: String,
+    pub token: String,
+    pub fingerprint: Option<String>,
+}
+
+/// An agent's answer to a control request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ControlReply {
+    Status(AgentStatus),
+    Started { job: u64 },
+    Done,
+    Refused { reason: String },
+}
+
+/// An agent's folder, as an admin client sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentStatus {
+    pub name: String,
+    pub root: String,
+    /// `target` (receives mirrors) or `source` (promoted: pushes, receives nothing).
+    pub role: String,
+    pub files: u64,
+    pub bytes: u64,
+    /// The newest modification time in the folder (ns since the epoch): which side is newer.
+    pub newest_mtime_ns: i128,
+    /// A source holds a mirror session open into the folder right now.
+    pub receiving: bool,
+    /// The last source that mirrored into it, and when (Unix seconds).
+    pub last_source: Option<(String, u64)>,
+    pub jobs: Vec<JobStatus>,
+}
+
+/// A push an agent runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobStatus {
+    pub id: u64,
+    pub targets: Vec<String>,
+    pub watch: bool,
+    /// `running`, `paused`, `done`, `failed` or `stopped`.
+    pub state: String,
+    pub error: Option<String>,
 }
 
 impl Message {
@@ -137,6 +222,9 @@ impl Message {
             Message::SetMeta { .. } => "SetMeta",
             Message::Finish => "Finish",
             Message::Finished { .. } => "Finished",
+            Message::Control { .. } => "Control",
+            Message::ControlReply { .. } => "ControlReply",
+            Message::ControlEvent { .. } => "ControlEvent",
         }
     }
 }
@@ -398,6 +486,37 @@ fn check_limits(message: &Message) -> Result<(), ProtocolError> {
             }
             Ok(())
         }
+        Message::Control { request, .. } => match request {
+            ControlRequest::Push { targets, .. } => {
+                limit("push targets", targets.len(), MAX_PUSH_TARGETS)?;
+                for t in targets {
+                    limit("target address length", t.url.len(), MAX_TEXT_BYTES)?;
+                    limit("token length", t.token.len(), MAX_TEXT_BYTES)?;
+                    limit(
+                        "fingerprint length",
+                        t.fingerprint.as_ref().map_or(0, String::len),
+                        MAX_TEXT_BYTES,
+                    )?;
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        },
+        Message::ControlReply { reply, .. } => match reply {
+            ControlReply::Refused { reason } => {
+                limit("reason length", reason.len(), MAX_TEXT_BYTES)
+            }
+            ControlReply::Status(status) => {
+                limit("pushes", status.jobs.len(), MAX_PUSH_TARGETS * 16)?;
+                limit(
+                    "name length",
+                    status.name.len() + status.root.len(),
+                    2 * MAX_TEXT_BYTES,
+                )
+            }
+            _ => Ok(()),
+        },
+        Message::ControlEvent { json } => limit("event length", json.len(), 16 * MAX_TEXT_BYTES),
         Message::GetManifest { .. }
         | Message::FileEnd { .. }
         | Message::FileDone { .. }

@@ -550,6 +550,16 @@ impl Incoming {
             .await
     }
 
+    /// [`Incoming::handshake`] accepting the receive token or the admin token; returns what
+    /// the peer may do.
+    pub async fn handshake_as(
+        self,
+        tokens: &Tokens,
+        target_name: &str,
+    ) -> Result<(Connection, String, Role), TransportError> {
+        self.greet(tokens, target_name, HANDSHAKE_TIMEOUT).await
+    }
+
     /// [`Incoming::handshake`] with another bound than [`HANDSHAKE_TIMEOUT`].
     pub async fn handshake_within(
         self,
@@ -557,6 +567,20 @@ impl Incoming {
         target_name: &str,
         limit: Duration,
     ) -> Result<(Connection, String), TransportError> {
+        let tokens = Tokens {
+            receive: token.to_owned(),
+            admin: None,
+        };
+        let (connection, name, _) = self.greet(&tokens, target_name, limit).await?;
+        Ok((connection, name))
+    }
+
+    async fn greet(
+        self,
+        tokens: &Tokens,
+        target_name: &str,
+        limit: Duration,
+    ) -> Result<(Connection, String, Role), TransportError> {
         let peer = self.peer.to_string();
         let deadline = Instant::now() + limit;
         let upgraded = tokio::time::timeout_at(deadline, upgrade(self.tcp, self.tls, &peer)).await;
@@ -576,12 +600,12 @@ impl Incoming {
             }
         };
         let greeted = tokio::time::timeout_at(deadline, async {
-            let source_name = read_hello(&mut connection, token).await?;
+            let greeted = read_hello(&mut connection, tokens).await?;
             let welcome = Message::Welcome {
                 target_name: truncate(target_name, MAX_TEXT_BYTES).to_owned(),
             };
             connection.send(&welcome).await?;
-            Ok(source_name)
+            Ok(greeted)
         })
         .await
         .unwrap_or_else(|_| {
@@ -591,9 +615,9 @@ impl Incoming {
             })
         });
         match greeted {
-            Ok(source_name) => {
+            Ok((source_name, role)) => {
                 connection.remote_name = source_name.clone();
-                Ok((connection, source_name))
+                Ok((connection, source_name, role))
             }
             Err(e) => {
                 tracing::warn!(%peer, "refused a session: {e}");
@@ -625,8 +649,29 @@ async fn upgrade(
     Ok(Connection::new(ws, peer.to_owned()))
 }
 
-/// Reads the source's first message and checks it; returns the source's name.
-async fn read_hello(connection: &mut Connection, token: &str) -> Result<String, TransportError> {
+/// What a peer may do, by the token it presented.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Mirror into the folder (the pairing token).
+    Source,
+    /// Mirror, and command the agent (the admin token).
+    Admin,
+}
+
+/// The tokens an agent accepts.
+#[derive(Debug, Clone)]
+pub struct Tokens {
+    /// Lets a source mirror into the folder, nothing else.
+    pub receive: String,
+    /// Also lets a client command the agent (`engine::control`).
+    pub admin: Option<String>,
+}
+
+/// Reads the source's first message and checks it; returns the source's name and role.
+async fn read_hello(
+    connection: &mut Connection,
+    tokens: &Tokens,
+) -> Result<(String, Role), TransportError> {
     use futures_util::StreamExt;
     let peer = connection.peer.clone();
     let bytes = loop {
@@ -673,10 +718,17 @@ async fn read_hello(connection: &mut Connection, token: &str) -> Result<String, 
             theirs: version,
         });
     }
-    if !tokens_match(&their_token, token) {
-        return Err(TransportError::WrongToken { peer });
+    // Both are compared, so the time taken does not tell which one was tried.
+    let admin = tokens
+        .admin
+        .as_deref()
+        .is_some_and(|admin| tokens_match(&their_token, admin));
+    let receive = tokens_match(&their_token, &tokens.receive);
+    match (admin, receive) {
+        (true, _) => Ok((source_name, Role::Admin)),
+        (false, true) => Ok((source_name, Role::Source)),
+        (false, false) => Err(TransportError::WrongToken { peer }),
     }
-    Ok(source_name)
 }
 
 /// The version of a hello that does not decode as this version's `Hello`: its first fields

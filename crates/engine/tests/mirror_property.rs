@@ -187,6 +187,7 @@ fn apply(root: &Path, edit: &Edit) {
 /// A target agent on a loopback port, and the options to push to it.
 async fn start(source: &Path, target: &Path, state: &Path) -> (PushOptions, CancellationToken) {
     let server = Server::bind(ServeOptions {
+        admin_token: None,
         root: target.to_path_buf(),
         listen: "127.0.0.1:0".into(),
         token: "property-token".into(),

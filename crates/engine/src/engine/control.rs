@@ -1,0 +1,456 @@
+//! Remote control of an agent over its authenticated connection: an admin client (the tray,
+//! `rainmaker remote`) asks the agent for the state of its folder, tells it to push the folder
+//! to other agents (any server to any servers: cloud to cloud, or back home after a failover),
+//! pauses, resumes and stops those pushes, follows their events, and promotes the agent to be
+//! the source of its folder or demotes it back to a target.
+//!
+//! Only a client that presented the agent's admin token may command it; one with the pairing
+//! token can only mirror into it, and every refusal says why. A promoted agent refuses mirror
+//! sessions into its folder, so two sources never fight over one folder.
+
+use super::{PushOptions, Schedule, TargetSpec, push_continuous, push_once};
+use crate::event::Event;
+use crate::path::STATE_DIR;
+use crate::protocol::{
+    AgentStatus, ControlReply, ControlRequest, JobStatus, Message, RemoteTarget,
+};
+use crate::transport::{self, ConnectOptions, Connection, Role, TransportError, Trust};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+
+/// A source that mirrored into the folder this recently is taken to be still active: promote
+/// refuses unless forced.
+const RECENT_SOURCE: Duration = Duration::from_secs(60);
+
+/// The agent's side: its folder's role, the sessions into it, and the pushes it runs.
+#[derive(Debug)]
+pub(super) struct Agent {
+    root: PathBuf,
+    name: String,
+    promoted: AtomicBool,
+    receiving: AtomicBool,
+    last_source: Mutex<Option<(String, u64)>>,
+    jobs: Mutex<Vec<Job>>,
+    events: broadcast::Sender<Event>,
+    cancel: CancellationToken,
+}
+
+#[derive(Debug)]
+struct Job {
+    id: u64,
+    targets: Vec<RemoteTarget>,
+    watch: bool,
+    state: String,
+    error: Option<String>,
+    cancel: CancellationToken,
+}
+
+fn role_file(root: &Path) -> PathBuf {
+    root.join(STATE_DIR).join("role")
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Agent {
+    pub(super) fn new(root: &Path, name: &str, cancel: CancellationToken) -> Arc<Agent> {
+        let promoted = std::fs::read_to_string(role_file(root)).is_ok_and(|r| r.trim() == "source");
+        Arc::new(Agent {
+            root: root.to_path_buf(),
+            name: name.to_owned(),
+            promoted: AtomicBool::new(promoted),
+            receiving: AtomicBool::new(false),
+            last_source: Mutex::new(None),
+            jobs: Mutex::new(Vec::new()),
+            events: crate::event::channel().0,
+            cancel,
+        })
+    }
+
+    fn jobs(&self) -> MutexGuard<'_, Vec<Job>> {
+        self.jobs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Why a mirror session into the folder is refused now, if it is.
+    pub(super) fn refuses_mirrors(&self) -> Option<String> {
+        self.promoted.load(Ordering::SeqCst).then(|| {
+            format!(
+                "{} was promoted to be the source of this folder and does not receive mirrors; demote it (`rainmaker remote ... demote`) to mirror into it again",
+                self.name
+            )
+        })
+    }
+
+    /// A source is mirroring into the folder (until [`Agent::session_ended`]).
+    pub(super) fn session_started(&self, source: &str) {
+        self.receiving.store(true, Ordering::SeqCst);
+        *self.last_source.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((source.to_owned(), unix_now()));
+    }
+
+    pub(super) fn session_ended(&self, source: &str) {
+        self.receiving.store(false, Ordering::SeqCst);
+        *self.last_source.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((source.to_owned(), unix_now()));
+    }
+
+    /// Serves a control connection whose first message was `first`.
+    pub(super) async fn serve(self: Arc<Self>, conn: Connection, first: Message, role: Role) {
+        let (mut sender, mut receiver) = conn.split();
+        let (out_tx, mut out_rx) = mpsc::channel::<Message>(256);
+        let writer = tokio::spawn(async move {
+            while let Some(message) = out_rx.recv().await {
+                if sender.send(&message).await.is_err() {
+                    break;
+                }
+            }
+            sender.close().await;
+        });
+        let mut next = Some(first);
+        loop {
+            let message = match next.take() {
+                Some(message) => message,
+                None => match receiver.recv().await {
+                    Ok(Some(message)) => message,
+                    Ok(None) | Err(_) => break,
+                },
+            };
+            let Message::Control { id, request } = message else {
+                let _ = out_tx
+                    .send(Message::Refused {
+                        reason: format!("expected a control request, got {}", message.name()),
+                    })
+                    .await;
+                break;
+            };
+            let reply = if role != Role::Admin {
+                ControlReply::Refused {
+                    reason: format!(
+                        "{} accepted this token for mirroring only; commands need its admin token (`serve --admin-token-file`)",
+                        self.name
+                    ),
+                }
+            } else {
+                if request == ControlRequest::Subscribe {
+                    tokio::spawn(forward_events(self.events.subscribe(), out_tx.clone()));
+                }
+                self.handle(request).await
+            };
+            if let ControlReply::Refused { reason } = &reply {
+                tracing::warn!("refused a control request: {reason}");
+            }
+            if out_tx
+                .send(Message::ControlReply { id, reply })
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        drop(out_tx);
+        let _ = writer.await;
+    }
+
+    async fn handle(self: &Arc<Self>, request: ControlRequest) -> ControlReply {
+        let refuse = |reason: String| ControlReply::Refused { reason };
+        match request {
+            ControlRequest::Status => ControlReply::Status(self.status().await),
+            ControlRequest::Subscribe => ControlReply::Done,
+            ControlRequest::Push { targets, watch } => {
+                if targets.is_empty() {
+                    return refuse("a push needs at least one target".into());
+                }
+                let mut jobs = self.jobs();
+                let id = jobs.iter().map(|j| j.id).max().unwrap_or(0) + 1;
+                jobs.push(Job {
+                    id,
+                    targets,
+                    watch,
+                    state: "running".into(),
+                    error: None,
+                    cancel: self.cancel.child_token(),
+                });
+                drop(jobs);
+                self.start(id);
+                ControlReply::Started { job: id }
+            }
+            ControlRequest::Pause { job } | ControlRequest::Stop { job } => {
+                let stop = matches!(request, ControlRequest::Stop { .. });
+                let mut jobs = self.jobs();
+                let Some(j) = jobs.iter_mut().find(|j| j.id == job) else {
+                    return refuse(format!("there is no push {job} on {}", self.name));
+                };
+                j.cancel.cancel();
+                j.state = if stop { "stopped" } else { "paused" }.into();
+                ControlReply::Done
+            }
+            ControlRequest::Resume { job } => {
+                let mut jobs = self.jobs();
+                let Some(j) = jobs.iter_mut().find(|j| j.id == job) else {
+                    return refuse(format!("there is no push {job} on {}", self.name));
+                };
+                if j.state != "paused" {
+                    return refuse(format!("push {job} is {}, not paused", j.state));
+                }
+                j.state = "running".into();
+                j.error = None;
+                j.cancel = self.cancel.child_token();
+                drop(jobs);
+                self.start(job);
+                ControlReply::Done
+            }
+            ControlRequest::Promote { force } => {
+                let last = self
+                    .last_source
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
+                if self.receiving.load(Ordering::SeqCst) {
+                    let who = last.map_or_else(|| "a source".into(), |(name, _)| name);
+                    return refuse(format!(
+                        "{who} is mirroring into this folder right now: it is still the source. Stop it first, so two sources never write one folder"
+                    ));
+                }
+                if let Some((who, at)) = last
+                    && !force
+                    && unix_now().saturating_sub(at) < RECENT_SOURCE.as_secs()
+                {
+                    return refuse(format!(
+                        "{who} mirrored into this folder {} s ago and may still be the source; stop it, or promote with force if it is gone",
+                        unix_now().saturating_sub(at)
+                    ));
+                }
+                if let Err(e) = std::fs::write(role_file(&self.root), "source\n") {
+                    return refuse(format!("cannot record the new role: {e}"));
+                }
+                self.promoted.store(true, Ordering::SeqCst);
+                tracing::warn!(
+                    "promoted: {} is now the source of {}",
+                    self.name,
+                    self.root.display()
+                );
+                ControlReply::Done
+            }
+            ControlRequest::Demote => {
+                let running: Vec<u64> = self
+                    .jobs()
+                    .iter()
+                    .filter(|j| j.state == "running")
+                    .map(|j| j.id)
+                    .collect();
+                if !running.is_empty() {
+                    return refuse(format!(
+                        "stop its pushes first ({running:?}): a folder that receives mirrors must not also be pushed"
+                    ));
+                }
+                let _ = std::fs::remove_file(role_file(&self.root));
+                self.promoted.store(false, Ordering::SeqCst);
+                tracing::warn!("demoted: {} receives mirrors again", self.name);
+                ControlReply::Done
+            }
+        }
+    }
+
+    /// Runs push `id` until it ends or is paused or stopped.
+    fn start(self: &Arc<Self>, id: u64) {
+        let Some((targets, watch, cancel)) = self
+            .jobs()
+            .iter()
+            .find(|j| j.id == id)
+            .map(|j| (j.targets.clone(), j.watch, j.cancel.clone()))
+        else {
+            return;
+        };
+        let specs: Vec<TargetSpec> = targets
+            .iter()
+            .map(|t| TargetSpec {
+                url: t.url.clone(),
+                trust: match (&t.fingerprint, t.url.starts_with("ws://")) {
+                    (_, true) => Trust::Insecure,
+                    (Some(fp), false) => Trust::Pinned(fp.clone()),
+                    (None, false) => {
+                        Trust::KnownPeers(self.root.join(STATE_DIR).join("known_peers"))
+                    }
+                },
+                token: t.token.clone(),
+            })
+            .collect();
+        let mut options = PushOptions::new(
+            self.root.clone(),
+            specs,
+            self.root.join(STATE_DIR).join("source"),
+        );
+        options.source_name = self.name.clone();
+        let agent = self.clone();
+        tokio::spawn(async move {
+            let (state, error) = if watch {
+                let schedule = Schedule {
+                    watch: true,
+                    every: Duration::from_secs(300),
+                    guard: None,
+                    sync_now: None,
+                };
+                match push_continuous(&options, &schedule, &agent.events, &cancel).await {
+                    Ok(()) => ("stopped", None),
+                    Err(e) => ("failed", Some(e.to_string())),
+                }
+            } else {
+                match push_once(&options, &agent.events, &cancel).await {
+                    Ok(report) if report.ok => ("done", None),
+                    Ok(report) if report.stopped => ("paused", None),
+                    Ok(report) => (
+                        "failed",
+                        report.targets.iter().find_map(|t| t.error.clone()),
+                    ),
+                    Err(e) => ("failed", Some(e.to_string())),
+                }
+            };
+            let mut jobs = agent.jobs();
+            if let Some(j) = jobs.iter_mut().find(|j| j.id == id)
+                && j.state == "running"
+            {
+                j.state = state.into();
+                j.error = error;
+            }
+        });
+    }
+
+    async fn status(&self) -> AgentStatus {
+        let root = self.root.clone();
+        let (files, bytes, newest) = tokio::task::spawn_blocking(move || {
+            let mut totals = (0u64, 0u64, 0i128);
+            let walk = walkdir::WalkDir::new(&root)
+                .into_iter()
+                .filter_entry(|e| !(e.depth() == 1 && e.file_name() == STATE_DIR));
+            for entry in walk.flatten() {
+                if let Ok(meta) = entry.metadata()
+                    && meta.is_file()
+                {
+                    totals.0 += 1;
+                    totals.1 += meta.len();
+                    totals.2 = totals.2.max(crate::fs::stamp_of_meta(&meta).mtime_ns);
+                }
+            }
+            totals
+        })
+        .await
+        .unwrap_or_default();
+        AgentStatus {
+            name: self.name.clone(),
+            root: self.root.display().to_string(),
+            role: if self.promoted.load(Ordering::SeqCst) {
+                "source"
+            } else {
+                "target"
+            }
+            .into(),
+            files,
+            bytes,
+            newest_mtime_ns: newest,
+            receiving: self.receiving.load(Ordering::SeqCst),
+            last_source: self
+                .last_source
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+            jobs: self
+                .jobs()
+                .iter()
+                .map(|j| JobStatus {
+                    id: j.id,
+                    targets: j.targets.iter().map(|t| t.url.clone()).collect(),
+                    watch: j.watch,
+                    state: j.state.clone(),
+                    error: j.error.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Sends every event but resource samples to a subscribed client, as JSON.
+async fn forward_events(mut events: broadcast::Receiver<Event>, out: mpsc::Sender<Message>) {
+    loop {
+        match events.recv().await {
+            Ok(Event::Resources { .. }) => {}
+            Ok(event) => {
+                let Ok(json) = serde_json::to_string(&event) else {
+                    continue;
+                };
+                if out.send(Message::ControlEvent { json }).await.is_err() {
+                    return;
+                }
+            }
+            Err(broadcast::error::RecvError::Lagged(_)) => {}
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+/// An admin client's connection to an agent.
+#[derive(Debug)]
+pub struct Remote {
+    conn: Connection,
+    next_id: u64,
+    /// Events that arrived while waiting for a reply.
+    pending: std::collections::VecDeque<String>,
+}
+
+impl Remote {
+    /// Connects with the agent's admin token (in `options.token`).
+    pub async fn connect(options: &ConnectOptions) -> Result<Remote, TransportError> {
+        Ok(Remote {
+            conn: transport::connect(options).await?,
+            next_id: 1,
+            pending: Default::default(),
+        })
+    }
+
+    /// Sends a request and waits for its answer.
+    pub async fn call(&mut self, request: ControlRequest) -> Result<ControlReply, TransportError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.conn.send(&Message::Control { id, request }).await?;
+        loop {
+            match self.conn.recv().await? {
+                Some(Message::ControlReply { id: got, reply }) if got == id => return Ok(reply),
+                Some(Message::ControlEvent { json }) => self.pending.push_back(json),
+                Some(Message::Refused { reason }) => {
+                    return Ok(ControlReply::Refused { reason });
+                }
+                Some(_) => {}
+                None => {
+                    return Err(TransportError::Closed {
+                        peer: self.conn.peer(),
+                    });
+                }
+            }
+        }
+    }
+
+    /// The next event (JSON of `event::Event`) after a `Subscribe`; `None` when the agent
+    /// closed the connection.
+    pub async fn next_event(&mut self) -> Result<Option<String>, TransportError> {
+        if let Some(json) = self.pending.pop_front() {
+            return Ok(Some(json));
+        }
+        loop {
+            match self.conn.recv().await? {
+                Some(Message::ControlEvent { json }) => return Ok(Some(json)),
+                Some(_) => {}
+                None => return Ok(None),
+            }
+        }
+    }
+
+    pub async fn close(self) {
+        self.conn.close().await;
+    }
+}
