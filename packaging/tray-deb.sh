@@ -6,5 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/rainmaker-target}"
 ./scripts/setup
-ui/node_modules/.bin/tauri build --bundles deb "$@"
+# No debug line tables in the shipped app: they make the binary ten times larger.
+CARGO_PROFILE_RELEASE_DEBUG=false CARGO_PROFILE_RELEASE_STRIP=true \
+    ui/node_modules/.bin/tauri build --bundles deb "$@"
 ls -l "$CARGO_TARGET_DIR"/release/bundle/deb/*.deb

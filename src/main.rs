@@ -177,14 +177,21 @@ fn shutdown_signal() -> CancellationToken {
         let fire = cancel.clone();
         tokio::spawn(async move {
             next_signal().await;
-            eprintln!("rainmaker: stopping; a second Ctrl-C or SIGTERM stops at once");
+            // Stop first: a closed stderr must not keep the agent from stopping.
             fire.cancel();
+            say("rainmaker: stopping; a second Ctrl-C or SIGTERM stops at once");
             next_signal().await;
-            eprintln!("rainmaker: stopped at once");
+            say("rainmaker: stopped at once");
             std::process::exit(130);
         });
     });
     cancel
+}
+
+/// Writes a line to stderr, ignoring a stderr that is closed (eprintln! would panic).
+fn say(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
 }
 
 /// The token that stops the agent cleanly: fired by a signal, or by the Windows service
