@@ -77,8 +77,28 @@ pub async fn add_server(
     url: String,
     token: String,
     fingerprint: String,
+    admin_token: Option<String>,
 ) -> Result<(), UiError> {
-    runner.add_server(&name, &url, &token, &fingerprint).await
+    runner
+        .add_server(&name, &url, &token, &fingerprint, admin_token.as_deref())
+        .await
+}
+
+/// Tells server `from` to push its folder to the servers `to` (any server to any servers).
+#[tauri::command]
+pub async fn remote_push(runner: Shell<'_>, from: String, to: Vec<String>) -> Result<(), UiError> {
+    runner.remote_push(&from, &to).await
+}
+
+/// Makes a server the source of its folder (`source`), or a target again.
+#[tauri::command]
+pub async fn set_role(
+    runner: Shell<'_>,
+    name: String,
+    source: bool,
+    force: bool,
+) -> Result<(), UiError> {
+    runner.set_role(&name, source, force).await
 }
 
 #[tauri::command]

@@ -31,6 +31,8 @@ pub fn commands<R: Runtime>(builder: tauri::Builder<R>) -> tauri::Builder<R> {
         command::presets,
         command::peek_server,
         command::add_server,
+        command::remote_push,
+        command::set_role,
         command::rename_server,
         command::remove_server,
         command::save_folder,

@@ -13,12 +13,14 @@ use crate::view::{
     ServerView,
 };
 use rainmaker_engine::config::{Config, Folder, Mode, Server, Target};
+use rainmaker_engine::engine::Remote;
 use rainmaker_engine::engine::{self, PushOptions, Schedule, TargetSpec};
 use rainmaker_engine::event::{self, Event, PushReport};
 use rainmaker_engine::exclude::Exclude;
 use rainmaker_engine::guard::Gate;
+use rainmaker_engine::protocol::{AgentStatus, ControlReply, ControlRequest, RemoteTarget};
 use rainmaker_engine::status::{self, Board};
-use rainmaker_engine::transport::{self, Trust};
+use rainmaker_engine::transport::{self, ConnectOptions, Trust};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -72,6 +74,8 @@ struct Inner {
     mass_delete: Option<String>,
     /// Targets (by URL) that are failing, so a notification goes out once per failure.
     failing: HashSet<String>,
+    /// Targets (by URL) a server is pushing to on this PC's command.
+    remote_targets: HashSet<String>,
 }
 
 #[derive(Debug)]
@@ -92,6 +96,8 @@ struct Online {
     ok: bool,
     remote_name: Option<String>,
     reason: Option<String>,
+    /// What the server reported of its folder, when this PC holds its admin token.
+    status: Option<AgentStatus>,
 }
 
 impl Runner {
@@ -128,6 +134,7 @@ impl Runner {
                 activity: VecDeque::new(),
                 mass_delete: None,
                 failing: HashSet::new(),
+                remote_targets: HashSet::new(),
             }),
             events,
             changed: watch::channel(0).0,
@@ -227,10 +234,38 @@ impl Runner {
                         .or_else(|| online.and_then(|o| o.reason.clone())),
                     last_sync: status.and_then(|s| s.last_sync),
                     lag_seconds: status.map_or(0.0, |s| status::Status::lag(s, now)),
-                    progress: status
-                        .filter(|s| s.state == "syncing")
-                        .and_then(|_| inner.progress.get(&server.url))
-                        .map(|t| t.view.clone()),
+                    progress: (status.is_some_and(|s| s.state == "syncing")
+                        || inner.remote_targets.contains(&server.url))
+                    .then(|| inner.progress.get(&server.url).map(|t| t.view.clone()))
+                    .flatten(),
+                    admin: server.admin_token_file.is_some(),
+                    remote_role: online
+                        .and_then(|o| o.status.as_ref())
+                        .map(|s| s.role.clone()),
+                    fed_by: online
+                        .and_then(|o| o.status.as_ref())
+                        .and_then(|s| s.last_source.as_ref())
+                        .map(|(who, _)| who.clone()),
+                    remote_files: online.and_then(|o| o.status.as_ref()).map(|s| s.files),
+                    newest_change: online
+                        .and_then(|o| o.status.as_ref())
+                        .map(|s| s.newest_mtime_ns as f64 / 1e9),
+                    pushes: online
+                        .and_then(|o| o.status.as_ref())
+                        .map(|s| {
+                            s.jobs
+                                .iter()
+                                .map(|j| {
+                                    format!(
+                                        "push {} to {}: {}",
+                                        j.id,
+                                        j.targets.join(", "),
+                                        j.state
+                                    )
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default(),
                 }
             })
             .collect();
@@ -286,6 +321,7 @@ impl Runner {
         url: &str,
         token: &str,
         fingerprint: &str,
+        admin_token: Option<&str>,
     ) -> Result<(), UiError> {
         let name = check_name(name)?;
         let url = check_url(url)?;
@@ -316,13 +352,47 @@ impl Runner {
             token: token.trim().to_owned(),
         };
         let remote = engine::probe(&spec, &self.this_pc).await?;
+        let admin_token = admin_token.map(str::trim).filter(|t| !t.is_empty());
+        let mut status = None;
+        if let Some(admin) = admin_token {
+            let mut control = Remote::connect(&ConnectOptions {
+                token: admin.to_owned(),
+                ..self.connect_options(&spec)
+            })
+            .await?;
+            match control.call(ControlRequest::Status).await? {
+                ControlReply::Status(s) => status = Some(s),
+                ControlReply::Refused { reason } => {
+                    return Err(UiError::new(
+                        "refused",
+                        format!("The admin token was refused: {reason}"),
+                    ));
+                }
+                other => {
+                    return Err(UiError::new(
+                        "protocol",
+                        format!("Unexpected answer {other:?}"),
+                    ));
+                }
+            }
+            control.close().await;
+        }
         let token_file = settings::write_token(&self.config_path, &name, token)?;
+        let admin_token_file = match admin_token {
+            Some(admin) => Some(settings::write_admin_token(
+                &self.config_path,
+                &name,
+                admin,
+            )?),
+            None => None,
+        };
         self.change_config(|config| {
             config.servers.push(Server {
                 name: name.clone(),
                 url: url.clone(),
                 token_file,
                 fingerprint: Some(fingerprint),
+                admin_token_file,
             });
             Ok(())
         })?;
@@ -332,6 +402,7 @@ impl Runner {
                 ok: true,
                 remote_name: Some(remote.clone()),
                 reason: None,
+                status,
             },
         );
         self.log(
@@ -993,9 +1064,207 @@ impl Runner {
             ok,
             remote_name: None,
             reason: None,
+            status: None,
         });
         entry.ok = ok;
         entry.reason = reason;
+    }
+
+    fn connect_options(&self, spec: &TargetSpec) -> ConnectOptions {
+        ConnectOptions {
+            url: spec.url.clone(),
+            trust: spec.trust.clone(),
+            token: spec.token.clone(),
+            source_name: self.this_pc.clone(),
+        }
+    }
+
+    /// The trust and pairing token of a configured server.
+    fn spec_of(&self, server: &Server) -> Result<TargetSpec, UiError> {
+        Ok(TargetSpec {
+            url: server.url.clone(),
+            trust: match &server.fingerprint {
+                Some(fp) => Trust::Pinned(fp.clone()),
+                None if server.url.starts_with("ws://") => Trust::Insecure,
+                None => Trust::KnownPeers(self.data_dir.join("known_peers")),
+            },
+            token: settings::read_token(&server.token_file)?,
+        })
+    }
+
+    /// A control connection to a server whose admin token this PC holds.
+    async fn control(&self, name: &str) -> Result<Remote, UiError> {
+        let server = self
+            .lock()
+            .config
+            .servers
+            .iter()
+            .find(|s| s.name == name)
+            .cloned()
+            .ok_or_else(|| UiError::bad_input(format!("There is no server named {name:?}.")))?;
+        let Some(admin) = &server.admin_token_file else {
+            return Err(UiError::bad_input(format!(
+                "{name} was added without its admin token, so this PC cannot command it. Remove it and add it again with the admin token."
+            )));
+        };
+        let spec = self.spec_of(&server)?;
+        Ok(Remote::connect(&ConnectOptions {
+            token: settings::read_token(admin)?,
+            ..self.connect_options(&spec)
+        })
+        .await?)
+    }
+
+    async fn remote_status(&self, spec: &TargetSpec, admin: &Path) -> Result<AgentStatus, UiError> {
+        let mut control = Remote::connect(&ConnectOptions {
+            token: settings::read_token(admin)?,
+            ..self.connect_options(spec)
+        })
+        .await?;
+        let reply = control.call(ControlRequest::Status).await?;
+        control.close().await;
+        match reply {
+            ControlReply::Status(status) => Ok(status),
+            ControlReply::Refused { reason } => Err(UiError::new("refused", reason)),
+            other => Err(UiError::new(
+                "protocol",
+                format!("Unexpected answer {other:?}"),
+            )),
+        }
+    }
+
+    /// Tells server `from` to push its folder to servers `to`, and follows the push.
+    pub async fn remote_push(self: &Arc<Self>, from: &str, to: &[String]) -> Result<(), UiError> {
+        if to.is_empty() {
+            return Err(UiError::bad_input("Pick at least one server to push to."));
+        }
+        if to.iter().any(|t| t == from) {
+            return Err(UiError::bad_input(format!("{from} cannot push to itself.")));
+        }
+        let servers = self.lock().config.servers.clone();
+        let mut targets = Vec::new();
+        for name in to {
+            let server = servers
+                .iter()
+                .find(|s| &s.name == name)
+                .ok_or_else(|| UiError::bad_input(format!("There is no server named {name:?}.")))?;
+            targets.push(RemoteTarget {
+                url: server.url.clone(),
+                token: settings::read_token(&server.token_file)?,
+                fingerprint: server.fingerprint.clone(),
+            });
+        }
+        let urls: Vec<String> = targets.iter().map(|t| t.url.clone()).collect();
+        let mut control = self.control(from).await?;
+        expect_done(control.call(ControlRequest::Subscribe).await?)?;
+        let job = match control
+            .call(ControlRequest::Push {
+                targets,
+                watch: false,
+            })
+            .await?
+        {
+            ControlReply::Started { job } => job,
+            ControlReply::Refused { reason } => return Err(UiError::new("refused", reason)),
+            other => {
+                return Err(UiError::new(
+                    "protocol",
+                    format!("Unexpected answer {other:?}"),
+                ));
+            }
+        };
+        self.lock().remote_targets.extend(urls.iter().cloned());
+        self.log(
+            "info",
+            format!(
+                "{from} is pushing its folder to {} (push {job})",
+                to.join(", ")
+            ),
+        );
+        let (runner, from) = (self.clone(), from.to_owned());
+        self.rt.spawn(async move {
+            let ended = runner.follow(&mut control, job).await;
+            control.close().await;
+            {
+                let mut inner = runner.lock();
+                for url in &urls {
+                    inner.remote_targets.remove(url);
+                }
+            }
+            match ended {
+                Ok(state) if state == "done" => runner.log(
+                    "info",
+                    format!("{from} finished its push: every target is in sync"),
+                ),
+                Ok(state) => runner.log("error", format!("{from}'s push {job} ended: {state}")),
+                Err(e) => runner.log("error", format!("{from}'s push {job}: {}", e.message)),
+            }
+            runner.probe_all().await;
+        });
+        Ok(())
+    }
+
+    /// Folds a remote push's events into the dashboard until it ends; returns how it ended.
+    async fn follow(&self, control: &mut Remote, job: u64) -> Result<String, UiError> {
+        loop {
+            while let Ok(Ok(Some(json))) =
+                tokio::time::timeout(Duration::from_millis(200), control.next_event()).await
+            {
+                if let Ok(event) = serde_json::from_str::<Event>(&json) {
+                    self.fold(&event);
+                }
+            }
+            let ControlReply::Status(status) = control.call(ControlRequest::Status).await? else {
+                return Err(UiError::new("protocol", "the server stopped answering"));
+            };
+            match status.jobs.iter().find(|j| j.id == job) {
+                Some(j) if j.state == "running" => {}
+                Some(j) => {
+                    return Ok(match &j.error {
+                        Some(e) => format!("{}: {e}", j.state),
+                        None => j.state.clone(),
+                    });
+                }
+                None => return Err(UiError::new("protocol", format!("push {job} is gone"))),
+            }
+        }
+    }
+
+    /// Makes a server the source of its folder (failover) or a target again (failback).
+    pub async fn set_role(
+        self: &Arc<Self>,
+        name: &str,
+        source: bool,
+        force: bool,
+    ) -> Result<(), UiError> {
+        let mut control = self.control(name).await?;
+        let request = if source {
+            ControlRequest::Promote { force }
+        } else {
+            ControlRequest::Demote
+        };
+        let reply = control.call(request).await?;
+        control.close().await;
+        match reply {
+            ControlReply::Done => {}
+            ControlReply::Refused { reason } => return Err(UiError::new("refused", reason)),
+            other => {
+                return Err(UiError::new(
+                    "protocol",
+                    format!("Unexpected answer {other:?}"),
+                ));
+            }
+        }
+        self.log(
+            "warn",
+            if source {
+                format!("{name} is now the source of its folder; it no longer receives mirrors")
+            } else {
+                format!("{name} receives mirrors again")
+            },
+        );
+        self.probe_all().await;
+        Ok(())
     }
 
     /// Checks every server now and then: online, and still the server that was confirmed.
@@ -1010,30 +1279,37 @@ impl Runner {
         }
     }
 
-    /// Checks every server once.
+    /// Checks every server once (and asks those whose admin token this PC holds for the
+    /// state of their folder).
     pub async fn probe_all(&self) {
         let servers = self.lock().config.servers.clone();
         for server in servers {
-            let spec = match settings::read_token(&server.token_file) {
-                Ok(token) => TargetSpec {
-                    url: server.url.clone(),
-                    trust: match &server.fingerprint {
-                        Some(fp) => Trust::Pinned(fp.clone()),
-                        None if server.url.starts_with("ws://") => Trust::Insecure,
-                        None => Trust::KnownPeers(self.data_dir.join("known_peers")),
-                    },
-                    token,
-                },
+            let spec = match self.spec_of(&server) {
+                Ok(spec) => spec,
                 Err(e) => {
                     self.set_online(&server.name, false, None, Some(e.message));
                     continue;
                 }
             };
-            match engine::probe(&spec, &self.this_pc).await {
-                Ok(remote) => self.set_online(&server.name, true, Some(remote), None),
-                Err(e) => {
-                    self.set_online(&server.name, false, None, Some(UiError::from(e).message))
+            let checked = match &server.admin_token_file {
+                Some(file) => self
+                    .remote_status(&spec, file)
+                    .await
+                    .map(|s| (s.name.clone(), Some(s))),
+                None => engine::probe(&spec, &self.this_pc)
+                    .await
+                    .map(|name| (name, None))
+                    .map_err(UiError::from),
+            };
+            match checked {
+                Ok((remote, status)) => {
+                    self.set_online(&server.name, true, Some(remote), None);
+                    if let Some(online) = self.lock().online.get_mut(&server.name) {
+                        online.status = status;
+                    }
+                    self.touch();
                 }
+                Err(e) => self.set_online(&server.name, false, None, Some(e.message)),
             }
         }
     }
@@ -1049,12 +1325,14 @@ impl Runner {
         let was = inner.online.get(name).map(|o| o.ok);
         let remote_name =
             remote_name.or_else(|| inner.online.get(name).and_then(|o| o.remote_name.clone()));
+        let status = inner.online.get(name).and_then(|o| o.status.clone());
         inner.online.insert(
             name.to_owned(),
             Online {
                 ok,
                 remote_name,
                 reason: reason.clone(),
+                status,
             },
         );
         drop(inner);
@@ -1075,6 +1353,17 @@ impl Runner {
             }
             _ => self.touch(),
         }
+    }
+}
+
+fn expect_done(reply: ControlReply) -> Result<(), UiError> {
+    match reply {
+        ControlReply::Done => Ok(()),
+        ControlReply::Refused { reason } => Err(UiError::new("refused", reason)),
+        other => Err(UiError::new(
+            "protocol",
+            format!("Unexpected answer {other:?}"),
+        )),
     }
 }
 

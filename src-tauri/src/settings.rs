@@ -39,6 +39,24 @@ pub fn token_dir(config_path: &Path) -> PathBuf {
 
 /// Stores a server's pairing token in its own file (mode 0600 on Unix); returns the path.
 pub fn write_token(config_path: &Path, server: &str, token: &str) -> Result<PathBuf, UiError> {
+    write_secret(config_path, server, "token", token)
+}
+
+/// Stores a server's admin token (`NAME.admin`), like [`write_token`].
+pub fn write_admin_token(
+    config_path: &Path,
+    server: &str,
+    token: &str,
+) -> Result<PathBuf, UiError> {
+    write_secret(config_path, server, "admin", token)
+}
+
+fn write_secret(
+    config_path: &Path,
+    server: &str,
+    extension: &str,
+    token: &str,
+) -> Result<PathBuf, UiError> {
     let dir = token_dir(config_path);
     std::fs::create_dir_all(&dir)?;
     let safe: String = server
@@ -51,7 +69,7 @@ pub fn write_token(config_path: &Path, server: &str, token: &str) -> Result<Path
             }
         })
         .collect();
-    let path = dir.join(format!("{safe}.token"));
+    let path = dir.join(format!("{safe}.{extension}"));
     let temp = path.with_extension("tmp");
     {
         let mut options = std::fs::OpenOptions::new();
@@ -101,6 +119,7 @@ mod tests {
             url: "wss://127.0.0.1:7878".into(),
             token_file: token,
             fingerprint: None,
+            admin_token_file: None,
         });
         save(&path, &config).unwrap();
         assert_eq!(load(&path).unwrap(), config);

@@ -49,6 +49,17 @@ pub struct ServerView {
     /// Seconds it lags behind the source.
     pub lag_seconds: f64,
     pub progress: Option<ProgressView>,
+    /// This PC holds the server's admin token: it can push from it, promote and demote it.
+    pub admin: bool,
+    /// What the server says of its own folder (admin only): `source` (promoted) or `target`.
+    pub remote_role: Option<String>,
+    /// The last machine that mirrored into it: the chain, as the server reports it.
+    pub fed_by: Option<String>,
+    /// Files in its folder and its newest change (Unix seconds): which side is newer.
+    pub remote_files: Option<u64>,
+    pub newest_change: Option<f64>,
+    /// The pushes it runs, in words.
+    pub pushes: Vec<String>,
 }
 
 /// A transfer to one target.

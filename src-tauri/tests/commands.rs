@@ -270,3 +270,140 @@ fn bad_input_is_refused_with_a_code_and_changes_nothing() {
         "nothing was written on the target: {written:?}"
     );
 }
+
+/// Another agent, with an admin token, serving `root`.
+fn agent_with_admin(root: &Path, name: &str, stop: &CancellationToken) -> (String, String) {
+    std::fs::create_dir_all(root).unwrap();
+    let server = tauri::async_runtime::block_on(Server::bind(ServeOptions {
+        admin_token: Some(ADMIN.into()),
+        root: root.to_path_buf(),
+        listen: "127.0.0.1:0".into(),
+        token: TOKEN.into(),
+        insecure: false,
+        name: name.into(),
+        trash_retention: None,
+    }))
+    .unwrap();
+    let url = format!("127.0.0.1:{}", server.local_addr().port());
+    let fingerprint = server.fingerprint().unwrap().to_owned();
+    tauri::async_runtime::spawn(server.run(stop.clone()));
+    (url, fingerprint)
+}
+
+const ADMIN: &str = "admin-token-for-tests";
+
+#[test]
+fn the_dashboard_makes_one_server_push_to_another_and_promotes_it() {
+    let h = harness();
+    let dir = h.source.parent().unwrap().to_path_buf();
+    let (a_root, b_root) = (dir.join("cloud-a"), dir.join("cloud-b"));
+    std::fs::create_dir_all(a_root.join("db")).unwrap();
+    std::fs::write(a_root.join("db/ES.ncd"), vec![9u8; 200_000]).unwrap();
+    std::fs::write(a_root.join("workspace.xml"), b"<traded on cloud a/>").unwrap();
+    let (a_url, a_fp) = agent_with_admin(&a_root, "cloud-a", &h.stop);
+    let (b_url, b_fp) = agent_with_admin(&b_root, "cloud-b", &h.stop);
+
+    let wrong = call(
+        &h,
+        "add_server",
+        json!({ "name": "cloud-a", "url": a_url, "token": TOKEN, "fingerprint": a_fp, "adminToken": "nope" }),
+    )
+    .unwrap_err();
+    assert_eq!(
+        wrong["code"], "refused",
+        "a wrong admin token is refused: {wrong}"
+    );
+    call(
+        &h,
+        "add_server",
+        json!({ "name": "cloud-a", "url": a_url, "token": TOKEN, "fingerprint": a_fp, "adminToken": ADMIN }),
+    )
+    .unwrap();
+    call(
+        &h,
+        "add_server",
+        json!({ "name": "cloud-b", "url": b_url, "token": TOKEN, "fingerprint": b_fp, "adminToken": null }),
+    )
+    .unwrap();
+    let e = call(
+        &h,
+        "remote_push",
+        json!({ "from": "cloud-b", "to": ["cloud-a"] }),
+    )
+    .unwrap_err();
+    assert!(
+        e["message"].as_str().unwrap().contains("admin token"),
+        "{e}"
+    );
+
+    call(
+        &h,
+        "remote_push",
+        json!({ "from": "cloud-a", "to": ["cloud-b"] }),
+    )
+    .unwrap();
+    wait_for(
+        "cloud-b holds cloud-a's folder",
+        Duration::from_secs(30),
+        || {
+            same(&a_root.join("db/ES.ncd"), &b_root.join("db/ES.ncd"))
+                && same(&a_root.join("workspace.xml"), &b_root.join("workspace.xml"))
+        },
+    );
+    wait_for("the push is reported done", Duration::from_secs(30), || {
+        let d = call(&h, "dashboard", json!({})).unwrap();
+        d["activity"].as_array().unwrap().iter().any(|a| {
+            a["text"]
+                .as_str()
+                .unwrap()
+                .contains("cloud-a finished its push")
+        })
+    });
+
+    call(
+        &h,
+        "set_role",
+        json!({ "name": "cloud-a", "source": true, "force": false }),
+    )
+    .unwrap();
+    let d = call(&h, "dashboard", json!({})).unwrap();
+    let a = d["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "cloud-a")
+        .unwrap()
+        .clone();
+    assert_eq!(a["remote_role"], "source", "{a}");
+    assert_eq!(a["admin"], true);
+    let e = call(
+        &h,
+        "set_role",
+        json!({ "name": "cloud-b", "source": true, "force": false }),
+    )
+    .unwrap_err();
+    assert!(
+        e["message"].as_str().unwrap().contains("admin token"),
+        "{e}"
+    );
+    call(
+        &h,
+        "set_role",
+        json!({ "name": "cloud-a", "source": false, "force": false }),
+    )
+    .unwrap();
+    let d = call(&h, "dashboard", json!({})).unwrap();
+    let a = d["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "cloud-a")
+        .unwrap()
+        .clone();
+    assert_eq!(a["remote_role"], "target", "{a}");
+    let text = std::fs::read_to_string(&h.config).unwrap();
+    assert!(
+        text.contains("admin_token_file") && !text.contains(ADMIN),
+        "{text}"
+    );
+}

@@ -125,3 +125,30 @@ describe("the dashboard", () => {
     expect(backend.calls).toEqual(["pause", "resume"]);
   });
 });
+
+describe("any server to any servers", () => {
+  it("makes a server push to another, and promotes it after a failover", async () => {
+    const { backend, q } = setup();
+    await backend.addServer("cloud-a", "203.0.113.5:7878", "t", "SHA256:" + "ab".repeat(32), "admin");
+    await backend.addServer("cloud-b", "203.0.113.6:7878", "t", "SHA256:" + "cd".repeat(32));
+    await waitFor(() => expect(q('[data-test="push-from-cloud-a"]')).not.toBeNull());
+    expect(q('[data-test="push-from-cloud-b"]')).toBeNull();
+    fireEvent.click(q('[data-test="push-from-cloud-a"]'));
+    fireEvent.click(await waitFor(() => q('[data-test="push-to-cloud-b"]')));
+    fireEvent.click(q('[data-test="push-start-cloud-a"]'));
+    await waitFor(() => expect(q('[data-test="chain-cloud-b"]').textContent).toContain("receives from cloud-a"));
+    expect(backend.calls).toContain("push from cloud-a to cloud-b");
+
+    const confirm = vi.spyOn(window, "confirm").mockReturnValue(true);
+    backend.update((d) => {
+      d.servers = d.servers.map((s) => (s.name === "cloud-a" ? { ...s, fed_by: "TRADING-PC" } : s));
+    });
+    fireEvent.click(await waitFor(() => q('[data-test="promote-cloud-a"]')));
+    await waitFor(() => expect(q('[data-test="demote-cloud-a"]')).not.toBeNull());
+    expect(backend.calls).toContain("role cloud-a source force");
+    expect(confirm).toHaveBeenCalledTimes(2);
+    fireEvent.click(q('[data-test="demote-cloud-a"]'));
+    await waitFor(() => expect(q('[data-test="promote-cloud-a"]')).not.toBeNull());
+    confirm.mockRestore();
+  });
+});

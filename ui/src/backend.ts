@@ -9,7 +9,11 @@ export interface Backend {
   presets(): Promise<Preset[]>;
   /** The certificate fingerprint the server presents, for the user to confirm. */
   peekServer(url: string): Promise<string>;
-  addServer(name: string, url: string, token: string, fingerprint: string): Promise<void>;
+  addServer(name: string, url: string, token: string, fingerprint: string, adminToken?: string): Promise<void>;
+  /** Tells server `from` to push its folder to the servers `to`. */
+  remotePush(from: string, to: string[]): Promise<void>;
+  /** Makes a server the source of its folder (failover), or a target again (failback). */
+  setRole(name: string, source: boolean, force: boolean): Promise<void>;
   renameServer(old: string, name: string): Promise<void>;
   removeServer(name: string): Promise<void>;
   saveFolder(folder: FolderView): Promise<void>;
@@ -55,8 +59,10 @@ export async function tauriBackend(): Promise<Backend> {
     },
     presets: () => call("presets"),
     peekServer: (url) => call("peek_server", { url }),
-    addServer: (name, url, token, fingerprint) =>
-      call("add_server", { name, url, token, fingerprint }),
+    addServer: (name, url, token, fingerprint, adminToken) =>
+      call("add_server", { name, url, token, fingerprint, adminToken: adminToken || null }),
+    remotePush: (from, to) => call("remote_push", { from, to }),
+    setRole: (name, source, force) => call("set_role", { name, source, force }),
     renameServer: (old, name) => call("rename_server", { old, new: name }),
     removeServer: (name) => call("remove_server", { name }),
     saveFolder: (folder) => call("save_folder", { folder }),

@@ -80,8 +80,8 @@ export function fakeBackend(initial: Dashboard = emptyDashboard()): FakeBackend 
       if (url.includes("offline")) fail("unreachable", `Cannot reach ${url}.`);
       return "SHA256:" + "ab".repeat(32);
     },
-    async addServer(name, url, token, fingerprint) {
-      fake.calls.push(`add ${name} ${url} ${fingerprint}`);
+    async addServer(name, url, token, fingerprint, adminToken) {
+      fake.calls.push(`add ${name} ${url} ${fingerprint}${adminToken ? " admin" : ""}`);
       if (!token.trim()) fail("bad_input", "The pairing token is empty. Copy it from the server's token file.");
       if (token === "wrong") fail("refused", "The server refused the pairing token.");
       if (fake.state.servers.some((s) => s.name === name)) fail("bad_input", `A server is already named "${name}".`);
@@ -99,6 +99,12 @@ export function fakeBackend(initial: Dashboard = emptyDashboard()): FakeBackend 
           last_sync: null,
           lag_seconds: 0,
           progress: null,
+          admin: !!adminToken,
+          remote_role: adminToken ? "target" : null,
+          fed_by: null,
+          remote_files: adminToken ? 2043 : null,
+          newest_change: adminToken ? 1_795_000_000 : null,
+          pushes: [],
         };
         d.servers = [...d.servers, server];
       });
@@ -155,6 +161,25 @@ export function fakeBackend(initial: Dashboard = emptyDashboard()): FakeBackend 
               }
             : s,
         );
+      });
+    },
+    async remotePush(from, to) {
+      fake.calls.push(`push from ${from} to ${to.join(",")}`);
+      if (!fake.state.servers.find((s) => s.name === from)?.admin)
+        fail("bad_input", `${from} was added without its admin token, so this PC cannot command it.`);
+      fake.update((d) => {
+        d.servers = d.servers.map((s) =>
+          to.includes(s.name) ? { ...s, fed_by: from } : s.name === from ? { ...s, pushes: [`push 1 to ${to.join(", ")}: running`] } : s,
+        );
+      });
+    },
+    async setRole(name, source, force) {
+      fake.calls.push(`role ${name} ${source ? "source" : "target"}${force ? " force" : ""}`);
+      const server = fake.state.servers.find((s) => s.name === name);
+      if (source && server?.fed_by && !force)
+        fail("refused", `${server.fed_by} mirrored into this folder 5 s ago and may still be the source; stop it, or promote with force if it is gone`);
+      fake.update((d) => {
+        d.servers = d.servers.map((s) => (s.name === name ? { ...s, remote_role: source ? "source" : "target" } : s));
       });
     },
     async allowMassDelete() {

@@ -51,7 +51,7 @@ export function ServerList({ dash, backend, run }: { dash: Dashboard; backend: B
             <td />
           </tr>
           {dash.servers.map((s) => (
-            <ServerRow key={s.name} server={s} backend={backend} run={run} />
+            <ServerRow key={s.name} server={s} others={dash.servers.filter((o) => o.name !== s.name)} backend={backend} run={run} />
           ))}
         </tbody>
       </table>
@@ -63,15 +63,49 @@ export function ServerList({ dash, backend, run }: { dash: Dashboard; backend: B
   );
 }
 
-function ServerRow({ server: s, backend, run }: { server: ServerView; backend: Backend; run: Run }) {
+function ServerRow({
+  server: s,
+  others,
+  backend,
+  run,
+}: {
+  server: ServerView;
+  others: ServerView[];
+  backend: Backend;
+  run: Run;
+}) {
   const [renaming, setRenaming] = useState<string | null>(null);
+  const [pushing, setPushing] = useState<string[] | null>(null);
+  const promote = async () => {
+    if (!confirm(`Make ${s.name} the source of its folder? It stops receiving mirrors, so this PC cannot overwrite what it trades.`)) return;
+    try {
+      await backend.setRole(s.name, true, false);
+    } catch (e) {
+      const err = e as { code?: string; message?: string };
+      if (err.code === "refused" && err.message?.includes("force") && confirm(`${err.message}\n\nPromote anyway?`)) {
+        await run(() => backend.setRole(s.name, true, true));
+        return;
+      }
+      await run(() => Promise.reject(e));
+    }
+  };
   const online = s.online === null ? "checking" : s.online ? "online" : "offline";
   return (
     <>
       <tr data-test={`server-${s.name}`} class={`state-${s.state.replace(" ", "-")}`}>
         <td>
           {renaming === null ? (
-            <strong>{s.name}</strong>
+            <>
+              <strong>{s.name}</strong>
+              {s.remote_role === "source" && <span class="role source small-role">source</span>}
+              {(s.fed_by || s.remote_files !== null) && (
+                <div class="muted chain" data-test={`chain-${s.name}`}>
+                  {s.fed_by ? `receives from ${s.fed_by}` : ""}
+                  {s.fed_by && s.newest_change ? " · " : ""}
+                  {s.newest_change ? `newest change ${ago(s.newest_change)}` : ""}
+                </div>
+              )}
+            </>
           ) : (
             <form
               class="inline"
@@ -108,6 +142,22 @@ function ServerRow({ server: s, backend, run }: { server: ServerView; backend: B
         <td>{s.role === "target" ? ago(s.last_sync) : ""}</td>
         <td>{s.role === "target" && s.lag_seconds > 0 ? duration(s.lag_seconds) : ""}</td>
         <td class="actions">
+          {s.admin && (
+            <>
+              <button class="link" data-test={`push-from-${s.name}`} title={`Push ${s.name}'s folder to other servers`} onClick={() => setPushing(pushing ? null : [])}>
+                Push…
+              </button>
+              {s.remote_role === "source" ? (
+                <button class="link" data-test={`demote-${s.name}`} title="Receive mirrors again (after failback)" onClick={() => run(() => backend.setRole(s.name, false, false))}>
+                  Demote
+                </button>
+              ) : (
+                <button class="link" data-test={`promote-${s.name}`} title="Make it the source (after a failover)" onClick={promote}>
+                  Promote
+                </button>
+              )}
+            </>
+          )}
           <button class="link" title={`Rename ${s.name}`} aria-label="Rename" onClick={() => setRenaming(s.name)}>
             ✎
           </button>
@@ -125,6 +175,44 @@ function ServerRow({ server: s, backend, run }: { server: ServerView; backend: B
           </button>
         </td>
       </tr>
+      {pushing && (
+        <tr class="push-row">
+          <td colSpan={8}>
+            <div class="push-form" data-test={`push-form-${s.name}`}>
+              <span>Push {s.name}'s folder to:</span>
+              {others.map((o) => (
+                <label class="check" key={o.name}>
+                  <input
+                    type="checkbox"
+                    data-test={`push-to-${o.name}`}
+                    checked={pushing.includes(o.name)}
+                    onChange={(e) =>
+                      setPushing(e.currentTarget.checked ? [...pushing, o.name] : pushing.filter((n) => n !== o.name))
+                    }
+                  />
+                  {o.name}
+                </label>
+              ))}
+              <button
+                class="primary"
+                data-test={`push-start-${s.name}`}
+                disabled={pushing.length === 0}
+                onClick={async () => {
+                  if (await run(() => backend.remotePush(s.name, pushing))) setPushing(null);
+                }}
+              >
+                Push now
+              </button>
+              <button onClick={() => setPushing(null)}>Cancel</button>
+            </div>
+          </td>
+        </tr>
+      )}
+      {s.pushes.length > 0 && (
+        <tr class="reason-row muted">
+          <td colSpan={8}>{s.pushes.join(" · ")}</td>
+        </tr>
+      )}
       {s.progress && (
         <tr class="progress-row">
           <td colSpan={8}>
@@ -161,6 +249,7 @@ export function AddServer({ backend, run, onDone }: { backend: Backend; run: Run
   const [name, setName] = useState("");
   const [address, setAddress] = useState("");
   const [token, setToken] = useState("");
+  const [adminToken, setAdminToken] = useState("");
   const [fingerprint, setFingerprint] = useState<string | null>(null);
   const [busy, setBusy] = useState(false);
   const check = async (e: Event) => {
@@ -171,7 +260,7 @@ export function AddServer({ backend, run, onDone }: { backend: Backend; run: Run
   };
   const trust = async () => {
     setBusy(true);
-    const ok = await run(() => backend.addServer(name.trim() || address.trim(), address.trim(), token, fingerprint!));
+    const ok = await run(() => backend.addServer(name.trim() || address.trim(), address.trim(), token, fingerprint!, adminToken.trim() || undefined));
     setBusy(false);
     if (ok) onDone();
   };
@@ -204,6 +293,16 @@ export function AddServer({ backend, run, onDone }: { backend: Backend; run: Run
           value={token}
           onInput={(e) => setToken(e.currentTarget.value)}
           required
+        />
+      </label>
+      <label>
+        Admin token (optional: lets this PC make the server push, and promote it after a failover)
+        <input
+          name="server-admin-token"
+          type="password"
+          placeholder="from the server's admin token file"
+          value={adminToken}
+          onInput={(e) => setAdminToken(e.currentTarget.value)}
         />
       </label>
       {fingerprint === null ? (

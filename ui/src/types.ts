@@ -30,6 +30,15 @@ export interface ServerView {
   last_sync: number | null;
   lag_seconds: number;
   progress: ProgressView | null;
+  /** This PC holds the server's admin token: it can push from it, promote and demote it. */
+  admin: boolean;
+  /** What the server says of its folder: `source` (promoted) or `target`. */
+  remote_role: string | null;
+  /** The last machine that mirrored into it (the chain). */
+  fed_by: string | null;
+  remote_files: number | null;
+  newest_change: number | null;
+  pushes: string[];
 }
 
 export interface ProgressView {

@@ -28,6 +28,8 @@ pub struct Server {
     pub url: String,
     pub token_file: PathBuf,
     pub fingerprint: Option<String>,
+    /// The server's admin token, which lets this machine command it (push from it, promote).
+    pub admin_token_file: Option<PathBuf>,
 }
 
 /// `[serve]`: this machine receives mirrors.
@@ -173,6 +175,7 @@ struct RawServer {
     url: Spanned<String>,
     token_file: PathBuf,
     fingerprint: Option<Spanned<String>>,
+    admin_token_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -299,6 +302,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
             url: target_url(&s.url, &format!("server[{i}].url"))?,
             token_file: s.token_file,
             fingerprint: fingerprint(s.fingerprint, &format!("server[{i}].fingerprint"))?,
+            admin_token_file: s.admin_token_file,
         });
     }
     let mut folders = Vec::new();
@@ -490,6 +494,9 @@ pub fn render(config: &Config) -> String {
             t.insert("token_file".into(), path(&s.token_file));
             if let Some(fp) = &s.fingerprint {
                 t.insert("fingerprint".into(), text(fp));
+            }
+            if let Some(admin) = &s.admin_token_file {
+                t.insert("admin_token_file".into(), path(admin));
             }
             Value::Table(t)
         })
@@ -689,6 +696,7 @@ fingerprint = "SHA256:1111111111111111111111111111111111111111111111111111111111
 name = "office"
 url = "wss://office:7878"
 token_file = "/tokens/o"
+admin_token_file = "/tokens/o.admin"
 "#;
 
     #[test]
@@ -712,7 +720,7 @@ token_file = "/tokens/o"
         let (line, _, message) = error(&format!(
             "{SERVERS}[[folder]]\nsource = \"/s\"\nto = [\"ofice\"]\n"
         ));
-        assert_eq!(line, 13, "{message}");
+        assert_eq!(line, 14, "{message}");
         assert!(
             message.contains("folder[0].to") && message.contains("\"ofice\""),
             "{message}"

@@ -4,11 +4,11 @@
 //! Events go out on a bounded broadcast channel: a listener that falls behind loses old
 //! progress events, never slows the mirror.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 /// Something that happened in a push.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
     /// The source folder was scanned.
