@@ -90,6 +90,13 @@ pub async fn remote_push(runner: Shell<'_>, from: String, to: Vec<String>) -> Re
     runner.remote_push(&from, &to).await
 }
 
+/// Failback: this PC receives its folder back from server `from`; `address` is this PC as
+/// that server reaches it (HOST:PORT).
+#[tauri::command]
+pub async fn receive_from(runner: Shell<'_>, from: String, address: String) -> Result<(), UiError> {
+    runner.receive_from(&from, &address).await
+}
+
 /// Makes a server the source of its folder (`source`), or a target again.
 #[tauri::command]
 pub async fn set_role(

@@ -33,6 +33,7 @@ pub fn commands<R: Runtime>(builder: tauri::Builder<R>) -> tauri::Builder<R> {
         command::add_server,
         command::remote_push,
         command::set_role,
+        command::receive_from,
         command::rename_server,
         command::remove_server,
         command::save_folder,

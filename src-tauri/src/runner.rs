@@ -14,7 +14,7 @@ use crate::view::{
 };
 use rainmaker_engine::config::{Config, Folder, Mode, Server, Target};
 use rainmaker_engine::engine::Remote;
-use rainmaker_engine::engine::{self, PushOptions, Schedule, TargetSpec};
+use rainmaker_engine::engine::{self, PushOptions, Schedule, ServeOptions, TargetSpec};
 use rainmaker_engine::event::{self, Event, PushReport};
 use rainmaker_engine::exclude::Exclude;
 use rainmaker_engine::guard::Gate;
@@ -76,6 +76,8 @@ struct Inner {
     failing: HashSet<String>,
     /// Targets (by URL) a server is pushing to on this PC's command.
     remote_targets: HashSet<String>,
+    /// The newest change in this PC's folder, as of the last check.
+    local_newest: Option<f64>,
 }
 
 #[derive(Debug)]
@@ -135,6 +137,7 @@ impl Runner {
                 mass_delete: None,
                 failing: HashSet::new(),
                 remote_targets: HashSet::new(),
+                local_newest: None,
             }),
             events,
             changed: watch::channel(0).0,
@@ -292,6 +295,7 @@ impl Runner {
         });
         Dashboard {
             this_pc: self.this_pc.clone(),
+            this_pc_newest: inner.local_newest,
             config_path: self.config_path.display().to_string(),
             overall,
             summary,
@@ -1154,6 +1158,19 @@ impl Runner {
                 fingerprint: server.fingerprint.clone(),
             });
         }
+        self.start_remote_push(from, targets, &to.join(", "), None)
+            .await
+    }
+
+    /// Starts a push from server `from` to `targets` and follows it; `then` is cancelled when
+    /// it ends.
+    async fn start_remote_push(
+        self: &Arc<Self>,
+        from: &str,
+        targets: Vec<RemoteTarget>,
+        to: &str,
+        then: Option<CancellationToken>,
+    ) -> Result<(), UiError> {
         let urls: Vec<String> = targets.iter().map(|t| t.url.clone()).collect();
         let mut control = self.control(from).await?;
         expect_done(control.call(ControlRequest::Subscribe).await?)?;
@@ -1176,15 +1193,15 @@ impl Runner {
         self.lock().remote_targets.extend(urls.iter().cloned());
         self.log(
             "info",
-            format!(
-                "{from} is pushing its folder to {} (push {job})",
-                to.join(", ")
-            ),
+            format!("{from} is pushing its folder to {to} (push {job})"),
         );
         let (runner, from) = (self.clone(), from.to_owned());
         self.rt.spawn(async move {
             let ended = runner.follow(&mut control, job).await;
             control.close().await;
+            if let Some(then) = then {
+                then.cancel();
+            }
             {
                 let mut inner = runner.lock();
                 for url in &urls {
@@ -1228,6 +1245,81 @@ impl Runner {
                 None => return Err(UiError::new("protocol", format!("push {job} is gone"))),
             }
         }
+    }
+
+    /// Failback: this PC receives its folder back from server `from` (the source since a
+    /// failover). Local pushes pause; an agent serves the folder on `address` (HOST:PORT, as
+    /// the server reaches this PC) with a one-time token until the push has ended; what it
+    /// replaces goes to the folder's trash.
+    pub async fn receive_from(self: &Arc<Self>, from: &str, address: &str) -> Result<(), UiError> {
+        let source = self
+            .lock()
+            .config
+            .folders
+            .first()
+            .map(|f| f.source.clone())
+            .ok_or_else(|| {
+                UiError::bad_input("Pick this PC's folder first: it is what receives.")
+            })?;
+        let (host, port) = address
+            .trim()
+            .rsplit_once(':')
+            .and_then(|(h, p)| Some((h.trim_matches(['[', ']']).to_owned(), p.parse::<u16>().ok()?)))
+            .filter(|(h, _)| !h.is_empty())
+            .ok_or_else(|| {
+                UiError::bad_input(format!(
+                    "{address:?} is not HOST:PORT; give this PC's address as {from} reaches it, e.g. 192.168.1.20:7878"
+                ))
+            })?;
+        let loopback = host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+            || host == "localhost";
+        let listen = if loopback {
+            format!("{host}:{port}")
+        } else {
+            format!("0.0.0.0:{port}")
+        };
+        let token = hex_token();
+        self.pause();
+        let server = engine::Server::bind(ServeOptions {
+            root: source.clone(),
+            listen,
+            token: token.clone(),
+            admin_token: None,
+            insecure: false,
+            name: self.this_pc.clone(),
+            trash_retention: Some(Duration::from_secs(7 * 24 * 3600)),
+        })
+        .await?;
+        let port = server.local_addr().port();
+        let fingerprint = server.fingerprint().map(str::to_owned);
+        let stop = self.shutdown.child_token();
+        self.rt.spawn(server.run(stop.clone()));
+        let target = RemoteTarget {
+            url: format!(
+                "wss://{}:{port}",
+                if host.contains(':') {
+                    format!("[{host}]")
+                } else {
+                    host.clone()
+                }
+            ),
+            token,
+            fingerprint,
+        };
+        let started = self
+            .start_remote_push(
+                from,
+                vec![target],
+                &format!("{} (this PC)", self.this_pc),
+                Some(stop.clone()),
+            )
+            .await;
+        if started.is_err() {
+            stop.cancel();
+        }
+        started
     }
 
     /// Makes a server the source of its folder (failover) or a target again (failback).
@@ -1282,6 +1374,14 @@ impl Runner {
     /// Checks every server once (and asks those whose admin token this PC holds for the
     /// state of their folder).
     pub async fn probe_all(&self) {
+        let source = self.lock().config.folders.first().map(|f| f.source.clone());
+        if let Some(source) = source {
+            let newest = tokio::task::spawn_blocking(move || newest_change(&source))
+                .await
+                .ok()
+                .flatten();
+            self.lock().local_newest = newest;
+        }
         let servers = self.lock().config.servers.clone();
         for server in servers {
             let spec = match self.spec_of(&server) {
@@ -1354,6 +1454,40 @@ impl Runner {
             _ => self.touch(),
         }
     }
+}
+
+/// The newest modification time below `dir` (Unix seconds), RainMaker's state folder aside.
+fn newest_change(dir: &Path) -> Option<f64> {
+    let mut newest: Option<f64> = None;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            if entry.file_name() == ".rainmaker" {
+                continue;
+            }
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.is_dir() {
+                stack.push(entry.path());
+            } else if let Ok(modified) = meta.modified()
+                && let Ok(at) = modified.duration_since(std::time::UNIX_EPOCH)
+            {
+                let at = at.as_secs_f64();
+                newest = Some(newest.map_or(at, |n| n.max(at)));
+            }
+        }
+    }
+    newest
+}
+
+/// A one-time pairing token.
+fn hex_token() -> String {
+    use rand::RngCore;
+    let mut bytes = [0u8; 24];
+    rand::rng().fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn expect_done(reply: ControlReply) -> Result<(), UiError> {

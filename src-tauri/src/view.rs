@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 pub struct Dashboard {
     /// This PC's name (the source).
     pub this_pc: String,
+    /// The newest change in this PC's folder (Unix seconds), to compare with a server's.
+    pub this_pc_newest: Option<f64>,
     pub config_path: String,
     /// `idle`, `in_sync`, `syncing`, `paused` or `error`: the tray icon's state.
     pub overall: String,

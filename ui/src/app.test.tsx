@@ -147,8 +147,13 @@ describe("any server to any servers", () => {
     await waitFor(() => expect(q('[data-test="demote-cloud-a"]')).not.toBeNull());
     expect(backend.calls).toContain("role cloud-a source force");
     expect(confirm).toHaveBeenCalledTimes(2);
+    const prompt = vi.spyOn(window, "prompt").mockReturnValue("192.168.1.20:7878");
+    fireEvent.click(q('[data-test="bring-back-cloud-a"]'));
+    await waitFor(() => expect(backend.calls).toContain("receive from cloud-a at 192.168.1.20:7878"));
+    expect(String(prompt.mock.calls[0][0])).toContain("cloud-a has the newer data");
     fireEvent.click(q('[data-test="demote-cloud-a"]'));
     await waitFor(() => expect(q('[data-test="promote-cloud-a"]')).not.toBeNull());
     confirm.mockRestore();
+    prompt.mockRestore();
   });
 });

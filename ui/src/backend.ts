@@ -14,6 +14,9 @@ export interface Backend {
   remotePush(from: string, to: string[]): Promise<void>;
   /** Makes a server the source of its folder (failover), or a target again (failback). */
   setRole(name: string, source: boolean, force: boolean): Promise<void>;
+  /** Failback: this PC receives its folder from server `from`; `address` is this PC as it
+   *  reaches it. */
+  receiveFrom(from: string, address: string): Promise<void>;
   renameServer(old: string, name: string): Promise<void>;
   removeServer(name: string): Promise<void>;
   saveFolder(folder: FolderView): Promise<void>;
@@ -63,6 +66,7 @@ export async function tauriBackend(): Promise<Backend> {
       call("add_server", { name, url, token, fingerprint, adminToken: adminToken || null }),
     remotePush: (from, to) => call("remote_push", { from, to }),
     setRole: (name, source, force) => call("set_role", { name, source, force }),
+    receiveFrom: (from, address) => call("receive_from", { from, address }),
     renameServer: (old, name) => call("rename_server", { old, new: name }),
     removeServer: (name) => call("remove_server", { name }),
     saveFolder: (folder) => call("save_folder", { folder }),

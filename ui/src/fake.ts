@@ -31,6 +31,7 @@ const PRESETS: Preset[] = [
 export function emptyDashboard(): Dashboard {
   return {
     this_pc: "TRADING-PC",
+    this_pc_newest: 1_794_990_000,
     config_path: "C:\\Users\\trader\\AppData\\Roaming\\rainmaker\\rainmaker.toml",
     overall: "idle",
     summary: "RainMaker: pick a folder and targets",
@@ -180,6 +181,13 @@ export function fakeBackend(initial: Dashboard = emptyDashboard()): FakeBackend 
         fail("refused", `${server.fed_by} mirrored into this folder 5 s ago and may still be the source; stop it, or promote with force if it is gone`);
       fake.update((d) => {
         d.servers = d.servers.map((s) => (s.name === name ? { ...s, remote_role: source ? "source" : "target" } : s));
+      });
+    },
+    async receiveFrom(from, address) {
+      fake.calls.push(`receive from ${from} at ${address}`);
+      if (!/:\d+$/.test(address)) fail("bad_input", `"${address}" is not HOST:PORT.`);
+      fake.update((d) => {
+        d.this_pc_newest = d.servers.find((s) => s.name === from)?.newest_change ?? d.this_pc_newest;
       });
     },
     async allowMassDelete() {

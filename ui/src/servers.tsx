@@ -51,7 +51,15 @@ export function ServerList({ dash, backend, run }: { dash: Dashboard; backend: B
             <td />
           </tr>
           {dash.servers.map((s) => (
-            <ServerRow key={s.name} server={s} others={dash.servers.filter((o) => o.name !== s.name)} backend={backend} run={run} />
+            <ServerRow
+              key={s.name}
+              server={s}
+              others={dash.servers.filter((o) => o.name !== s.name)}
+              thisPc={dash.this_pc}
+              thisPcNewest={dash.this_pc_newest}
+              backend={backend}
+              run={run}
+            />
           ))}
         </tbody>
       </table>
@@ -66,16 +74,33 @@ export function ServerList({ dash, backend, run }: { dash: Dashboard; backend: B
 function ServerRow({
   server: s,
   others,
+  thisPc,
+  thisPcNewest,
   backend,
   run,
 }: {
   server: ServerView;
   others: ServerView[];
+  thisPc: string;
+  thisPcNewest: number | null;
   backend: Backend;
   run: Run;
 }) {
   const [renaming, setRenaming] = useState<string | null>(null);
   const [pushing, setPushing] = useState<string[] | null>(null);
+  const bringBack = async () => {
+    const newer =
+      s.newest_change !== null && thisPcNewest !== null
+        ? s.newest_change > thisPcNewest
+          ? `${s.name} has the newer data (changed ${ago(s.newest_change)}; ${thisPc} ${ago(thisPcNewest)}).`
+          : `${thisPc} has data as new as ${s.name}'s or newer (changed ${ago(thisPcNewest)}; ${s.name} ${ago(s.newest_change)}): bringing it back replaces it.`
+        : "";
+    const address = prompt(
+      `${newer}\n\nBring ${s.name}'s folder back to ${thisPc}? Syncing from this PC pauses, and ${s.name} pushes to this PC's address (HOST:PORT as ${s.name} reaches it; replaced files go to the trash):`,
+      "",
+    );
+    if (address) await run(() => backend.receiveFrom(s.name, address));
+  };
   const promote = async () => {
     if (!confirm(`Make ${s.name} the source of its folder? It stops receiving mirrors, so this PC cannot overwrite what it trades.`)) return;
     try {
@@ -147,6 +172,11 @@ function ServerRow({
               <button class="link" data-test={`push-from-${s.name}`} title={`Push ${s.name}'s folder to other servers`} onClick={() => setPushing(pushing ? null : [])}>
                 Push…
               </button>
+              {s.remote_role === "source" && (
+                <button class="link" data-test={`bring-back-${s.name}`} title="Failback: bring its folder back to this PC" onClick={bringBack}>
+                  Bring back
+                </button>
+              )}
               {s.remote_role === "source" ? (
                 <button class="link" data-test={`demote-${s.name}`} title="Receive mirrors again (after failback)" onClick={() => run(() => backend.setRole(s.name, false, false))}>
                   Demote

@@ -4,6 +4,7 @@ export type Overall = "idle" | "in_sync" | "syncing" | "paused" | "error";
 
 export interface Dashboard {
   this_pc: string;
+  this_pc_newest: number | null;
   config_path: string;
   overall: Overall;
   summary: string;
