@@ -78,6 +78,8 @@ struct Inner {
     remote_targets: HashSet<String>,
     /// The newest change in this PC's folder, as of the last check.
     local_newest: Option<f64>,
+    /// This PC is receiving its folder back from this server (failback): nothing is pushed.
+    receiving_from: Option<String>,
 }
 
 #[derive(Debug)]
@@ -138,6 +140,7 @@ impl Runner {
                 failing: HashSet::new(),
                 remote_targets: HashSet::new(),
                 local_newest: None,
+                receiving_from: None,
             }),
             events,
             changed: watch::channel(0).0,
@@ -618,9 +621,24 @@ impl Runner {
         Ok(())
     }
 
+    /// Refuses while this PC receives its folder back (a push now would send a half-restored
+    /// folder, with its deletions, to the other targets).
+    fn check_not_receiving(inner: &Inner) -> Result<(), UiError> {
+        match &inner.receiving_from {
+            Some(from) => Err(UiError::new(
+                "busy",
+                format!(
+                    "This PC is receiving its folder back from {from}; syncing from it can start when that has finished."
+                ),
+            )),
+            None => Ok(()),
+        }
+    }
+
     /// The Sync button: mirror now (and lift a pause made from the dashboard).
     pub fn sync_now(self: &Arc<Self>) -> Result<(), UiError> {
         let mut inner = self.lock();
+        Self::check_not_receiving(&inner)?;
         let folder = inner.config.folders.first().ok_or_else(|| {
             UiError::bad_input("Pick a folder to mirror and at least one target first.")
         })?;
@@ -670,6 +688,10 @@ impl Runner {
     }
 
     pub fn resume(self: &Arc<Self>) {
+        if let Err(e) = Self::check_not_receiving(&self.lock()) {
+            self.log("warn", e.message);
+            return;
+        }
         self.lock().user_paused = false;
         self.log("info", "Resumed".into());
         self.restart();
@@ -747,7 +769,7 @@ impl Runner {
         if let Some(job) = inner.job.take() {
             job.cancel.cancel();
         }
-        if inner.user_paused {
+        if inner.user_paused || inner.receiving_from.is_some() {
             return;
         }
         let Some(mode) = inner.config.folders.first().map(|f| f.mode) else {
@@ -813,6 +835,7 @@ impl Runner {
     /// One push of the folder to every target, then back to what the configuration says.
     fn start_once(self: &Arc<Self>, allow_mass_delete: bool) -> Result<(), UiError> {
         let mut inner = self.lock();
+        Self::check_not_receiving(&inner)?;
         if inner.job.as_ref().is_some_and(|j| j.once) {
             return Ok(());
         }
@@ -1275,13 +1298,14 @@ impl Runner {
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback())
             || host == "localhost";
-        let listen = if loopback {
-            format!("{host}:{port}")
-        } else {
-            format!("0.0.0.0:{port}")
+        let listen = match (loopback, host.contains(':')) {
+            (true, true) => format!("[{host}]:{port}"),
+            (true, false) => format!("{host}:{port}"),
+            (false, true) => format!("[::]:{port}"),
+            (false, false) => format!("0.0.0.0:{port}"),
         };
+        Self::check_not_receiving(&self.lock())?;
         let token = hex_token();
-        self.pause();
         let server = engine::Server::bind(ServeOptions {
             root: source.clone(),
             listen,
@@ -1295,7 +1319,18 @@ impl Runner {
         let port = server.local_addr().port();
         let fingerprint = server.fingerprint().map(str::to_owned);
         let stop = self.shutdown.child_token();
+        self.pause();
+        self.lock().receiving_from = Some(from.to_owned());
         self.rt.spawn(server.run(stop.clone()));
+        let (runner, done) = (self.clone(), stop.clone());
+        self.rt.spawn(async move {
+            done.cancelled().await;
+            runner.lock().receiving_from = None;
+            runner.log(
+                "info",
+                "This PC has stopped receiving; press Resume to mirror from it again".into(),
+            );
+        });
         let target = RemoteTarget {
             url: format!(
                 "wss://{}:{port}",

@@ -694,14 +694,13 @@ impl Server {
                             agent.serve(conn, first, role).await;
                             return;
                         }
-                        if let Some(reason) = agent.refuses_mirrors() {
+                        if let Err(reason) = agent.start_session(&source) {
                             tracing::warn!(%peer, %source, "refused a mirror session: {reason}");
                             let _ = conn.send(&Message::Refused { reason }).await;
                             conn.close().await;
                             return;
                         }
                         tracing::info!(%peer, %source, "source connected");
-                        agent.session_started(&source);
                         let result = serve_session(conn, receiver, cancel, first).await;
                         agent.session_ended(&source);
                         match result {
@@ -715,6 +714,10 @@ impl Server {
             });
         }
         self.pushes.cancel();
+        // Commanded pushes finish their block in flight and close cleanly.
+        self.agent
+            .wait_for_pushes(STOP_GRACE + std::time::Duration::from_secs(2))
+            .await;
         // Let a session in flight close its files cleanly.
         let _ = self.receiver.lock().await;
         Ok(())

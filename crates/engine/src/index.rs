@@ -80,7 +80,7 @@ pub struct IndexError {
 pub struct Index {
     /// The open store. After an I/O error (a full disk) redb refuses every later transaction
     /// until the file is opened again, so it is reopened then (see [`Index::begin`]).
-    db: std::sync::RwLock<Option<Database>>,
+    db: std::sync::RwLock<(u64, Option<Database>)>,
     path: PathBuf,
     /// A commit without durability happened since the last durable one. The lock also
     /// orders commits with the flag, so two threads cannot leave it wrong.
@@ -104,7 +104,7 @@ impl Index {
             ))
         })?;
         let index = Index {
-            db: std::sync::RwLock::new(Some(db)),
+            db: std::sync::RwLock::new((0, Some(db))),
             path: path.to_path_buf(),
             lazy: std::sync::Mutex::new(false),
         };
@@ -118,29 +118,33 @@ impl Index {
         &self,
         begin: impl Fn(&Database) -> Result<T, redb::TransactionError>,
     ) -> Result<T, IndexError> {
-        let first = {
+        let (generation, first) = {
             let db = self.db.read().unwrap_or_else(|e| e.into_inner());
-            match db.as_ref() {
-                Some(db) => begin(db),
+            let first = match db.1.as_ref() {
+                Some(store) => begin(store),
                 None => Err(redb::TransactionError::Storage(
                     redb::StorageError::PreviousIo,
                 )),
-            }
+            };
+            (db.0, first)
         };
         match first {
             Err(redb::TransactionError::Storage(redb::StorageError::PreviousIo)) => {
                 let mut db = self.db.write().unwrap_or_else(|e| e.into_inner());
-                drop(db.take());
-                tracing::warn!(
-                    "reopening the index {} after an I/O error",
-                    self.path.display()
-                );
-                let reopened = Database::create(&self.path).map_err(|e| {
-                    self.error(format!("cannot open it again after an I/O error: {e}"))
-                })?;
-                let result = begin(&reopened).map_err(|e| self.error(e));
-                *db = Some(reopened);
-                result
+                // Another thread may have reopened it already: use that one.
+                if db.0 == generation || db.1.is_none() {
+                    drop(db.1.take());
+                    tracing::warn!(
+                        "reopening the index {} after an I/O error",
+                        self.path.display()
+                    );
+                    let reopened = Database::create(&self.path).map_err(|e| {
+                        self.error(format!("cannot open it again after an I/O error: {e}"))
+                    })?;
+                    *db = (generation + 1, Some(reopened));
+                }
+                let store = db.1.as_ref().expect("just reopened");
+                begin(store).map_err(|e| self.error(e))
             }
             other => other.map_err(|e| self.error(e)),
         }

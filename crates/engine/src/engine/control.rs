@@ -16,7 +16,6 @@ use crate::protocol::{
 };
 use crate::transport::{self, ConnectOptions, Connection, Role, TransportError, Trust};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{broadcast, mpsc};
@@ -31,12 +30,20 @@ const RECENT_SOURCE: Duration = Duration::from_secs(60);
 pub(super) struct Agent {
     root: PathBuf,
     name: String,
-    promoted: AtomicBool,
-    receiving: AtomicBool,
-    last_source: Mutex<Option<(String, u64)>>,
+    /// The folder's role and the mirror sessions into it, changed together under one lock so
+    /// a promotion and a starting session cannot pass each other.
+    folder: Mutex<FolderState>,
     jobs: Mutex<Vec<Job>>,
     events: broadcast::Sender<Event>,
     cancel: CancellationToken,
+}
+
+#[derive(Debug, Default)]
+struct FolderState {
+    promoted: bool,
+    /// Mirror sessions in progress (or waiting for the folder).
+    sessions: u32,
+    last_source: Option<(String, u64)>,
 }
 
 #[derive(Debug)]
@@ -47,6 +54,14 @@ struct Job {
     state: String,
     error: Option<String>,
     cancel: CancellationToken,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Job {
+    /// Whether its task is still going (running, or still stopping after a pause).
+    fn busy(&self) -> bool {
+        self.task.as_ref().is_some_and(|t| !t.is_finished())
+    }
 }
 
 fn role_file(root: &Path) -> PathBuf {
@@ -65,9 +80,10 @@ impl Agent {
         Arc::new(Agent {
             root: root.to_path_buf(),
             name: name.to_owned(),
-            promoted: AtomicBool::new(promoted),
-            receiving: AtomicBool::new(false),
-            last_source: Mutex::new(None),
+            folder: Mutex::new(FolderState {
+                promoted,
+                ..FolderState::default()
+            }),
             jobs: Mutex::new(Vec::new()),
             events: crate::event::channel().0,
             cancel,
@@ -78,27 +94,39 @@ impl Agent {
         self.jobs.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Why a mirror session into the folder is refused now, if it is.
-    pub(super) fn refuses_mirrors(&self) -> Option<String> {
-        self.promoted.load(Ordering::SeqCst).then(|| {
-            format!(
-                "{} was promoted to be the source of this folder and does not receive mirrors; demote it (`rainmaker remote ... demote`) to mirror into it again",
-                self.name
-            )
-        })
+    fn folder(&self) -> MutexGuard<'_, FolderState> {
+        self.folder.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A source is mirroring into the folder (until [`Agent::session_ended`]).
-    pub(super) fn session_started(&self, source: &str) {
-        self.receiving.store(true, Ordering::SeqCst);
-        *self.last_source.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some((source.to_owned(), unix_now()));
+    /// A source wants to mirror into the folder: refused (with the reason) when the agent was
+    /// promoted, else counted until [`Agent::session_ended`].
+    pub(super) fn start_session(&self, source: &str) -> Result<(), String> {
+        let mut folder = self.folder();
+        if folder.promoted {
+            return Err(format!(
+                "{} was promoted to be the source of this folder and does not receive mirrors; demote it (`rainmaker remote ... demote`) to mirror into it again",
+                self.name
+            ));
+        }
+        folder.sessions += 1;
+        folder.last_source = Some((source.to_owned(), unix_now()));
+        Ok(())
     }
 
     pub(super) fn session_ended(&self, source: &str) {
-        self.receiving.store(false, Ordering::SeqCst);
-        *self.last_source.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some((source.to_owned(), unix_now()));
+        let mut folder = self.folder();
+        folder.sessions = folder.sessions.saturating_sub(1);
+        folder.last_source = Some((source.to_owned(), unix_now()));
+    }
+
+    /// Waits (at most `limit`) for the pushes this agent runs to stop after a cancel.
+    pub(super) async fn wait_for_pushes(&self, limit: Duration) {
+        let tasks: Vec<_> = self
+            .jobs()
+            .iter_mut()
+            .filter_map(|j| j.task.take())
+            .collect();
+        let _ = tokio::time::timeout(limit, futures_util::future::join_all(tasks)).await;
     }
 
     /// Serves a control connection whose first message was `first`.
@@ -114,6 +142,7 @@ impl Agent {
             sender.close().await;
         });
         let mut next = Some(first);
+        let mut forwarder: Option<tokio::task::JoinHandle<()>> = None;
         loop {
             let message = match next.take() {
                 Some(message) => message,
@@ -138,8 +167,11 @@ impl Agent {
                     ),
                 }
             } else {
-                if request == ControlRequest::Subscribe {
-                    tokio::spawn(forward_events(self.events.subscribe(), out_tx.clone()));
+                if request == ControlRequest::Subscribe && forwarder.is_none() {
+                    forwarder = Some(tokio::spawn(forward_events(
+                        self.events.subscribe(),
+                        out_tx.clone(),
+                    )));
                 }
                 self.handle(request).await
             };
@@ -153,6 +185,9 @@ impl Agent {
             {
                 break;
             }
+        }
+        if let Some(forwarder) = forwarder {
+            forwarder.abort();
         }
         drop(out_tx);
         let _ = writer.await;
@@ -168,8 +203,15 @@ impl Agent {
                     return refuse("a push needs at least one target".into());
                 }
                 let mut jobs = self.jobs();
+                if let Some(busy) = jobs.iter().find(|j| j.busy()) {
+                    return refuse(format!(
+                        "push {} is {} on {}; stop it first (one push of a folder at a time)",
+                        busy.id, busy.state, self.name
+                    ));
+                }
                 let id = jobs.iter().map(|j| j.id).max().unwrap_or(0) + 1;
                 jobs.push(Job {
+                    task: None,
                     id,
                     targets,
                     watch,
@@ -187,17 +229,28 @@ impl Agent {
                 let Some(j) = jobs.iter_mut().find(|j| j.id == job) else {
                     return refuse(format!("there is no push {job} on {}", self.name));
                 };
+                if !(j.state == "running" || (stop && j.state == "paused")) {
+                    return refuse(format!("push {job} is {}", j.state));
+                }
                 j.cancel.cancel();
                 j.state = if stop { "stopped" } else { "paused" }.into();
                 ControlReply::Done
             }
             ControlRequest::Resume { job } => {
                 let mut jobs = self.jobs();
+                if let Some(busy) = jobs.iter().find(|j| j.id != job && j.busy()) {
+                    return refuse(format!("push {} is {}; stop it first", busy.id, busy.state));
+                }
                 let Some(j) = jobs.iter_mut().find(|j| j.id == job) else {
                     return refuse(format!("there is no push {job} on {}", self.name));
                 };
                 if j.state != "paused" {
                     return refuse(format!("push {job} is {}, not paused", j.state));
+                }
+                if j.busy() {
+                    return refuse(format!(
+                        "push {job} is still stopping; resume it in a moment"
+                    ));
                 }
                 j.state = "running".into();
                 j.error = None;
@@ -207,18 +260,17 @@ impl Agent {
                 ControlReply::Done
             }
             ControlRequest::Promote { force } => {
-                let last = self
-                    .last_source
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .clone();
-                if self.receiving.load(Ordering::SeqCst) {
-                    let who = last.map_or_else(|| "a source".into(), |(name, _)| name);
+                let mut folder = self.folder();
+                if folder.sessions > 0 {
+                    let who = folder
+                        .last_source
+                        .clone()
+                        .map_or_else(|| "a source".into(), |(name, _)| name);
                     return refuse(format!(
                         "{who} is mirroring into this folder right now: it is still the source. Stop it first, so two sources never write one folder"
                     ));
                 }
-                if let Some((who, at)) = last
+                if let Some((who, at)) = folder.last_source.clone()
                     && !force
                     && unix_now().saturating_sub(at) < RECENT_SOURCE.as_secs()
                 {
@@ -230,7 +282,8 @@ impl Agent {
                 if let Err(e) = std::fs::write(role_file(&self.root), "source\n") {
                     return refuse(format!("cannot record the new role: {e}"));
                 }
-                self.promoted.store(true, Ordering::SeqCst);
+                folder.promoted = true;
+                drop(folder);
                 tracing::warn!(
                     "promoted: {} is now the source of {}",
                     self.name,
@@ -242,7 +295,7 @@ impl Agent {
                 let running: Vec<u64> = self
                     .jobs()
                     .iter()
-                    .filter(|j| j.state == "running")
+                    .filter(|j| j.busy())
                     .map(|j| j.id)
                     .collect();
                 if !running.is_empty() {
@@ -250,8 +303,10 @@ impl Agent {
                         "stop its pushes first ({running:?}): a folder that receives mirrors must not also be pushed"
                     ));
                 }
+                let mut folder = self.folder();
                 let _ = std::fs::remove_file(role_file(&self.root));
-                self.promoted.store(false, Ordering::SeqCst);
+                folder.promoted = false;
+                drop(folder);
                 tracing::warn!("demoted: {} receives mirrors again", self.name);
                 ControlReply::Done
             }
@@ -289,7 +344,7 @@ impl Agent {
         );
         options.source_name = self.name.clone();
         let agent = self.clone();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let (state, error) = if watch {
                 let schedule = Schedule {
                     watch: true,
@@ -320,6 +375,9 @@ impl Agent {
                 j.error = error;
             }
         });
+        if let Some(j) = self.jobs().iter_mut().find(|j| j.id == id) {
+            j.task = Some(task);
+        }
     }
 
     async fn status(&self) -> AgentStatus {
@@ -342,24 +400,23 @@ impl Agent {
         })
         .await
         .unwrap_or_default();
+        let folder = {
+            let f = self.folder();
+            FolderState {
+                promoted: f.promoted,
+                sessions: f.sessions,
+                last_source: f.last_source.clone(),
+            }
+        };
         AgentStatus {
             name: self.name.clone(),
             root: self.root.display().to_string(),
-            role: if self.promoted.load(Ordering::SeqCst) {
-                "source"
-            } else {
-                "target"
-            }
-            .into(),
+            role: if folder.promoted { "source" } else { "target" }.into(),
             files,
             bytes,
             newest_mtime_ns: newest,
-            receiving: self.receiving.load(Ordering::SeqCst),
-            last_source: self
-                .last_source
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone(),
+            receiving: folder.sessions > 0,
+            last_source: folder.last_source,
             jobs: self
                 .jobs()
                 .iter()
