@@ -112,6 +112,32 @@ pub fn plan(
             deletes_last.push(dir.clone());
         }
     }
+    // A name that differs from a new name of the source only in case or Unicode form is the
+    // same file on a Windows or macOS target: the old name must go first (deleted last, it
+    // would take the new file with it there), and nothing is copied from it.
+    let fold = |p: &str| {
+        super::fold::Folding {
+            case: true,
+            unicode: true,
+        }
+        .key(p)
+    };
+    let new_names: std::collections::HashSet<String> = source
+        .files
+        .keys()
+        .filter(|p| !target.files.contains_key(*p))
+        .chain(source.dirs.iter().filter(|d| !target.dirs.contains(*d)))
+        .map(|p| fold(p))
+        .collect();
+    let mut renamed = Vec::new();
+    if !new_names.is_empty() {
+        let (early, late): (Vec<String>, Vec<String>) = deletes_last
+            .into_iter()
+            .partition(|p| new_names.contains(&fold(p)));
+        deletes_last = late;
+        renamed = early;
+        deletes_first.extend(renamed.iter().cloned());
+    }
     deletes_first.sort();
     deletes_first.dedup();
     plan.ops
@@ -123,7 +149,22 @@ pub fn plan(
         }
     }
 
-    let located = locate_blocks(target, source);
+    let without_renamed;
+    let reusable = if renamed.is_empty() {
+        target
+    } else {
+        let mut t = target.clone();
+        t.files.retain(|p, _| {
+            !renamed.iter().any(|r| {
+                p == r
+                    || p.strip_prefix(r.as_str())
+                        .is_some_and(|rest| rest.starts_with('/'))
+            })
+        });
+        without_renamed = t;
+        &without_renamed
+    };
+    let located = locate_blocks(reusable, source);
     let partials: HashMap<&str, &Partial> = partials.iter().map(|p| (p.path.as_str(), p)).collect();
     for (path, record) in &source.files {
         let theirs = target
@@ -502,6 +543,45 @@ mod tests {
             "deletes come last"
         );
         assert_eq!(plan.ops[0], Op::Mkdir("new".into()));
+    }
+
+    #[test]
+    fn a_case_only_rename_deletes_the_old_name_first_and_copies_nothing_from_it() {
+        let a = data((BLOCK_SIZE * 2) as usize, 7);
+        let source = tree(
+            &[("Data/report.docx", &a), ("Data/notes.txt", &a)],
+            &["Data"],
+        );
+        let target = tree(
+            &[("Data/Report.docx", &a), ("Data/notes.txt", &a)],
+            &["Data"],
+        );
+        let p = plan(&source, &target, &[], &mut no_tail);
+        assert_eq!(p.ops[0], Op::Delete("Data/Report.docx".into()), "{p:?}");
+        assert!(
+            p.ops.iter().all(|op| !matches!(op, Op::Send(s) if s.reuse.iter().any(|r| r.from_path == "Data/Report.docx"))),
+            "nothing is copied from the old name: {p:?}"
+        );
+        assert_eq!(
+            p.data_bytes, 0,
+            "the blocks still come from the unchanged twin"
+        );
+
+        let source = tree(&[("data/x", &a)], &["data"]);
+        let target = tree(&[("Data/x", &a)], &["Data"]);
+        let p = plan(&source, &target, &[], &mut no_tail);
+        assert_eq!(
+            p.ops[0],
+            Op::Delete("Data".into()),
+            "a renamed folder goes first: {p:?}"
+        );
+
+        let both = tree(&[("Data.txt", &a), ("data.txt", &a)], &[]);
+        let p = plan(&both, &tree(&[("Data.txt", &a)], &[]), &[], &mut no_tail);
+        assert!(
+            !p.ops.contains(&Op::Delete("Data.txt".into())),
+            "a name the source still has is never deleted: {p:?}"
+        );
     }
 
     #[test]
