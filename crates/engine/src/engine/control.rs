@@ -24,6 +24,11 @@ use tokio_util::sync::CancellationToken;
 /// A source that mirrored into the folder this recently is taken to be still active: promote
 /// refuses unless forced.
 const RECENT_SOURCE: Duration = Duration::from_secs(60);
+/// Files, bytes and the newest change (ns) of a folder.
+type Totals = (u64, u64, i128);
+
+/// How long the folder's totals in a status answer are reused.
+const TOTALS_FRESH: Duration = Duration::from_secs(3);
 
 /// The agent's side: its folder's role, the sessions into it, and the pushes it runs.
 #[derive(Debug)]
@@ -36,6 +41,9 @@ pub(super) struct Agent {
     jobs: Mutex<Vec<Job>>,
     events: broadcast::Sender<Event>,
     cancel: CancellationToken,
+    /// The folder's totals from the last walk, and when: a client following a push asks for
+    /// the status often, and must not make the agent walk its folder each time.
+    totals: Mutex<Option<(std::time::Instant, Totals)>>,
 }
 
 #[derive(Debug, Default)]
@@ -87,6 +95,7 @@ impl Agent {
             jobs: Mutex::new(Vec::new()),
             events: crate::event::channel().0,
             cancel,
+            totals: Mutex::new(None),
         })
     }
 
@@ -381,8 +390,23 @@ impl Agent {
     }
 
     async fn status(&self) -> AgentStatus {
+        let cached = *self.totals.lock().unwrap_or_else(|e| e.into_inner());
+        let (files, bytes, newest) = match cached {
+            Some((at, totals)) if at.elapsed() < TOTALS_FRESH => totals,
+            _ => {
+                let totals = self.walk_totals().await;
+                *self.totals.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some((std::time::Instant::now(), totals));
+                totals
+            }
+        };
+        self.report(files, bytes, newest)
+    }
+
+    /// Files, bytes and the newest change in the folder (a walk of it, on a blocking thread).
+    async fn walk_totals(&self) -> Totals {
         let root = self.root.clone();
-        let (files, bytes, newest) = tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
             let mut totals = (0u64, 0u64, 0i128);
             let walk = walkdir::WalkDir::new(&root)
                 .into_iter()
@@ -399,7 +423,10 @@ impl Agent {
             totals
         })
         .await
-        .unwrap_or_default();
+        .unwrap_or_default()
+    }
+
+    fn report(&self, files: u64, bytes: u64, newest: i128) -> AgentStatus {
         let folder = {
             let f = self.folder();
             FolderState {
