@@ -355,21 +355,19 @@ fn trust(
     known_peers: &Path,
     insecure: bool,
 ) -> Result<Trust> {
-    if url.starts_with("ws://") {
-        if !insecure {
-            bail!(
-                "{url} is plain ws://, which is not encrypted; use wss:// or pass --insecure (for loopback tests only)"
-            );
-        }
-        return Ok(Trust::Insecure);
+    if url.starts_with("ws://") && !insecure {
+        bail!(
+            "{url} is plain ws://, which is not encrypted; use wss:// or pass --insecure (for loopback tests only)"
+        );
     }
-    if !url.starts_with("wss://") {
+    if !url.starts_with("ws://") && !url.starts_with("wss://") {
         bail!("{url} is not a target address; write it as wss://HOST:PORT");
     }
-    Ok(match fingerprint {
-        Some(fp) => Trust::Pinned(fp.clone()),
-        None => Trust::KnownPeers(known_peers.to_path_buf()),
-    })
+    Ok(Trust::for_url(
+        url,
+        fingerprint.map(String::as_str),
+        known_peers,
+    ))
 }
 
 async fn push(args: PushArgs) -> Result<ExitCode> {

@@ -11,15 +11,11 @@ use rainmaker_engine::transport::{ConnectOptions, Trust};
 use std::process::ExitCode;
 
 pub async fn run(args: RemoteArgs) -> Result<ExitCode> {
-    let trust = match (&args.fingerprint, args.agent.starts_with("ws://")) {
-        (_, true) => Trust::Insecure,
-        (Some(fp), false) => Trust::Pinned(fp.clone()),
-        (None, false) => Trust::KnownPeers(
-            args.known_peers
-                .clone()
-                .unwrap_or_else(engine::default_known_peers),
-        ),
-    };
+    let known_peers = args
+        .known_peers
+        .clone()
+        .unwrap_or_else(engine::default_known_peers);
+    let trust = Trust::for_url(&args.agent, args.fingerprint.as_deref(), &known_peers);
     let mut remote = Remote::connect(&ConnectOptions {
         url: args.agent.clone(),
         trust,

@@ -730,17 +730,9 @@ impl Runner {
         }
         let mut targets = Vec::new();
         for t in &folder.targets {
-            let trust = if t.url.starts_with("ws://") {
-                Trust::Insecure
-            } else {
-                match &t.fingerprint {
-                    Some(fp) => Trust::Pinned(fp.clone()),
-                    None => Trust::KnownPeers(self.data_dir.join("known_peers")),
-                }
-            };
             targets.push(TargetSpec {
                 url: t.url.clone(),
-                trust,
+                trust: self.trust(&t.url, t.fingerprint.as_deref()),
                 token: settings::read_token(&t.token_file)?,
             });
         }
@@ -1106,15 +1098,16 @@ impl Runner {
         }
     }
 
+    /// How this PC checks the server at `url`.
+    fn trust(&self, url: &str, fingerprint: Option<&str>) -> Trust {
+        Trust::for_url(url, fingerprint, &self.data_dir.join("known_peers"))
+    }
+
     /// The trust and pairing token of a configured server.
     fn spec_of(&self, server: &Server) -> Result<TargetSpec, UiError> {
         Ok(TargetSpec {
             url: server.url.clone(),
-            trust: match &server.fingerprint {
-                Some(fp) => Trust::Pinned(fp.clone()),
-                None if server.url.starts_with("ws://") => Trust::Insecure,
-                None => Trust::KnownPeers(self.data_dir.join("known_peers")),
-            },
+            trust: self.trust(&server.url, server.fingerprint.as_deref()),
             token: settings::read_token(&server.token_file)?,
         })
     }

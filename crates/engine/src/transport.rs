@@ -30,7 +30,7 @@ mod known_peers;
 mod pin;
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -221,6 +221,18 @@ pub enum Trust {
     KnownPeers(PathBuf),
     /// Plain `ws://` (only with `--insecure`): no TLS at all.
     Insecure,
+}
+
+impl Trust {
+    /// How to check the target at `url`: plain `ws://` is taken as meant (the caller decides
+    /// whether to allow it), else its pinned `fingerprint`, else the `known_peers` file.
+    pub fn for_url(url: &str, fingerprint: Option<&str>, known_peers: &Path) -> Trust {
+        match fingerprint {
+            _ if url.starts_with("ws://") => Trust::Insecure,
+            Some(fp) => Trust::Pinned(fp.to_owned()),
+            None => Trust::KnownPeers(known_peers.to_path_buf()),
+        }
+    }
 }
 
 /// What [`connect`] needs.
@@ -1074,6 +1086,23 @@ mod tests {
             known_peers_lines(&known).len(),
             1,
             "a mismatch records nothing"
+        );
+    }
+
+    #[test]
+    fn trust_follows_the_scheme_then_the_pin_then_the_known_peers() {
+        let known = Path::new("/k");
+        assert_eq!(
+            Trust::for_url("ws://a:1", Some("SHA256:x"), known),
+            Trust::Insecure
+        );
+        assert_eq!(
+            Trust::for_url("wss://a:1", Some("SHA256:x"), known),
+            Trust::Pinned("SHA256:x".into())
+        );
+        assert_eq!(
+            Trust::for_url("wss://a:1", None, known),
+            Trust::KnownPeers(known.to_path_buf())
         );
     }
 

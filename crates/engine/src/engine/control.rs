@@ -336,13 +336,11 @@ impl Agent {
             .iter()
             .map(|t| TargetSpec {
                 url: t.url.clone(),
-                trust: match (&t.fingerprint, t.url.starts_with("ws://")) {
-                    (_, true) => Trust::Insecure,
-                    (Some(fp), false) => Trust::Pinned(fp.clone()),
-                    (None, false) => {
-                        Trust::KnownPeers(self.root.join(STATE_DIR).join("known_peers"))
-                    }
-                },
+                trust: Trust::for_url(
+                    &t.url,
+                    t.fingerprint.as_deref(),
+                    &self.root.join(STATE_DIR).join("known_peers"),
+                ),
                 token: t.token.clone(),
             })
             .collect();
