@@ -1404,10 +1404,13 @@ impl Runner {
     pub async fn probe_all(&self) {
         let source = self.lock().config.folders.first().map(|f| f.source.clone());
         if let Some(source) = source {
-            let newest = tokio::task::spawn_blocking(move || newest_change(&source))
-                .await
-                .ok()
-                .flatten();
+            let newest = tokio::task::spawn_blocking(move || {
+                let totals = rainmaker_engine::fs::totals(&source);
+                (totals.files > 0).then(|| totals.newest_mtime_ns as f64 / 1e9)
+            })
+            .await
+            .ok()
+            .flatten();
             self.lock().local_newest = newest;
         }
         let servers = self.lock().config.servers.clone();
@@ -1482,32 +1485,6 @@ impl Runner {
             _ => self.touch(),
         }
     }
-}
-
-/// The newest modification time below `dir` (Unix seconds), RainMaker's state folder aside.
-fn newest_change(dir: &Path) -> Option<f64> {
-    let mut newest: Option<f64> = None;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            if entry.file_name() == ".rainmaker" {
-                continue;
-            }
-            let Ok(meta) = entry.metadata() else { continue };
-            if meta.is_dir() {
-                stack.push(entry.path());
-            } else if let Ok(modified) = meta.modified()
-                && let Ok(at) = modified.duration_since(std::time::UNIX_EPOCH)
-            {
-                let at = at.as_secs_f64();
-                newest = Some(newest.map_or(at, |n| n.max(at)));
-            }
-        }
-    }
-    newest
 }
 
 /// A one-time pairing token.

@@ -287,6 +287,34 @@ pub fn describe(error: &std::io::Error) -> String {
     }
 }
 
+/// How much a folder holds, RainMaker's state folder aside.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub files: u64,
+    pub bytes: u64,
+    /// The newest modification time of a file in it (ns since the epoch; 0 when empty).
+    pub newest_mtime_ns: i128,
+}
+
+/// Walks `root` and adds up its files (what an agent's status and the tray's "which side is
+/// newer" show).
+pub fn totals(root: &Path) -> Totals {
+    let mut totals = Totals::default();
+    let walk = walkdir::WalkDir::new(root)
+        .into_iter()
+        .filter_entry(|e| !(e.depth() == 1 && e.file_name() == crate::path::STATE_DIR));
+    for entry in walk.flatten() {
+        if let Ok(meta) = entry.metadata()
+            && meta.is_file()
+        {
+            totals.files += 1;
+            totals.bytes += meta.len();
+            totals.newest_mtime_ns = totals.newest_mtime_ns.max(stamp_of_meta(&meta).mtime_ns);
+        }
+    }
+    totals
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -24,8 +24,7 @@ use tokio_util::sync::CancellationToken;
 /// A source that mirrored into the folder this recently is taken to be still active: promote
 /// refuses unless forced.
 const RECENT_SOURCE: Duration = Duration::from_secs(60);
-/// Files, bytes and the newest change (ns) of a folder.
-type Totals = (u64, u64, i128);
+use crate::fs::Totals;
 
 /// How long the folder's totals in a status answer are reused.
 const TOTALS_FRESH: Duration = Duration::from_secs(3);
@@ -389,7 +388,7 @@ impl Agent {
 
     async fn status(&self) -> AgentStatus {
         let cached = *self.totals.lock().unwrap_or_else(|e| e.into_inner());
-        let (files, bytes, newest) = match cached {
+        let totals = match cached {
             Some((at, totals)) if at.elapsed() < TOTALS_FRESH => totals,
             _ => {
                 let totals = self.walk_totals().await;
@@ -398,33 +397,18 @@ impl Agent {
                 totals
             }
         };
-        self.report(files, bytes, newest)
+        self.report(totals)
     }
 
     /// Files, bytes and the newest change in the folder (a walk of it, on a blocking thread).
     async fn walk_totals(&self) -> Totals {
         let root = self.root.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut totals = (0u64, 0u64, 0i128);
-            let walk = walkdir::WalkDir::new(&root)
-                .into_iter()
-                .filter_entry(|e| !(e.depth() == 1 && e.file_name() == STATE_DIR));
-            for entry in walk.flatten() {
-                if let Ok(meta) = entry.metadata()
-                    && meta.is_file()
-                {
-                    totals.0 += 1;
-                    totals.1 += meta.len();
-                    totals.2 = totals.2.max(crate::fs::stamp_of_meta(&meta).mtime_ns);
-                }
-            }
-            totals
-        })
-        .await
-        .unwrap_or_default()
+        tokio::task::spawn_blocking(move || crate::fs::totals(&root))
+            .await
+            .unwrap_or_default()
     }
 
-    fn report(&self, files: u64, bytes: u64, newest: i128) -> AgentStatus {
+    fn report(&self, totals: Totals) -> AgentStatus {
         let folder = {
             let f = self.folder();
             FolderState {
@@ -437,9 +421,9 @@ impl Agent {
             name: self.name.clone(),
             root: self.root.display().to_string(),
             role: if folder.promoted { "source" } else { "target" }.into(),
-            files,
-            bytes,
-            newest_mtime_ns: newest,
+            files: totals.files,
+            bytes: totals.bytes,
+            newest_mtime_ns: totals.newest_mtime_ns,
             receiving: folder.sessions > 0,
             last_source: folder.last_source,
             jobs: self
