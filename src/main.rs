@@ -156,16 +156,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
 
 /// Reads a pairing token: the file's content without surrounding whitespace.
 pub fn read_token(path: &Path) -> Result<String> {
-    let token = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read the token file {}", path.display()))?;
-    let token = token.trim().to_string();
-    if token.is_empty() {
-        bail!(
-            "the token file {} is empty; put the pairing secret in it",
-            path.display()
-        );
-    }
-    Ok(token)
+    Ok(rainmaker_engine::config::read_token(path)?)
 }
 
 /// The process's shutdown token: it fires on the first Ctrl-C or SIGTERM (the block in flight

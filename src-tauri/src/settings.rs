@@ -86,13 +86,7 @@ fn write_secret(
 
 /// Reads a token file.
 pub fn read_token(path: &Path) -> Result<String, UiError> {
-    let token = std::fs::read_to_string(path).map_err(|e| {
-        UiError::new(
-            "config",
-            format!("Cannot read the token file {}: {e}", path.display()),
-        )
-    })?;
-    Ok(token.trim().to_owned())
+    config::read_token(path).map_err(|e| UiError::new("config", e.to_string()))
 }
 
 #[cfg(test)]

@@ -131,6 +131,36 @@ pub enum ConfigError {
     },
 }
 
+/// A pairing or admin token file that cannot be used.
+#[derive(Debug, Error)]
+#[error("{}", .message)]
+pub struct TokenError {
+    pub path: PathBuf,
+    pub message: String,
+}
+
+/// Reads a token file: its content without surrounding whitespace, which must not be empty.
+pub fn read_token(path: &Path) -> Result<String, TokenError> {
+    let fail = |message: String| TokenError {
+        path: path.to_path_buf(),
+        message,
+    };
+    let token = std::fs::read_to_string(path).map_err(|e| {
+        fail(format!(
+            "cannot read the token file {}: {e}",
+            path.display()
+        ))
+    })?;
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(fail(format!(
+            "the token file {} is empty; put the pairing secret in it",
+            path.display()
+        )));
+    }
+    Ok(token.to_owned())
+}
+
 /// The default location: `rainmaker.toml` in the OS's configuration folder
 /// (`%APPDATA%\rainmaker` on Windows, `~/.config/rainmaker` on Linux), or
 /// `RAINMAKER_CONFIG` when set.
