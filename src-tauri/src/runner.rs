@@ -360,30 +360,19 @@ impl Runner {
         };
         let remote = engine::probe(&spec, &self.this_pc).await?;
         let admin_token = admin_token.map(str::trim).filter(|t| !t.is_empty());
-        let mut status = None;
-        if let Some(admin) = admin_token {
-            let mut control = Remote::connect(&ConnectOptions {
-                token: admin.to_owned(),
-                ..self.connect_options(&spec)
-            })
-            .await?;
-            match control.call(ControlRequest::Status).await? {
-                ControlReply::Status(s) => status = Some(s),
-                ControlReply::Refused { reason } => {
-                    return Err(UiError::new(
+        let status = match admin_token {
+            Some(admin) => Some(self.remote_status(&spec, admin).await.map_err(|e| {
+                if e.code == "refused" {
+                    UiError::new(
                         "refused",
-                        format!("The admin token was refused: {reason}"),
-                    ));
+                        format!("The admin token was refused: {}", e.message),
+                    )
+                } else {
+                    e
                 }
-                other => {
-                    return Err(UiError::new(
-                        "protocol",
-                        format!("Unexpected answer {other:?}"),
-                    ));
-                }
-            }
-            control.close().await;
-        }
+            })?),
+            None => None,
+        };
         let token_file = settings::write_token(&self.config_path, &name, token)?;
         let admin_token_file = match admin_token {
             Some(admin) => Some(settings::write_admin_token(
@@ -1135,9 +1124,14 @@ impl Runner {
         .await?)
     }
 
-    async fn remote_status(&self, spec: &TargetSpec, admin: &Path) -> Result<AgentStatus, UiError> {
+    /// What the server at `spec` says of its folder, asked with its admin token.
+    async fn remote_status(
+        &self,
+        spec: &TargetSpec,
+        admin_token: &str,
+    ) -> Result<AgentStatus, UiError> {
         let mut control = Remote::connect(&ConnectOptions {
-            token: settings::read_token(admin)?,
+            token: admin_token.to_owned(),
             ..self.connect_options(spec)
         })
         .await?;
@@ -1145,11 +1139,7 @@ impl Runner {
         control.close().await;
         match reply {
             ControlReply::Status(status) => Ok(status),
-            ControlReply::Refused { reason } => Err(UiError::new("refused", reason)),
-            other => Err(UiError::new(
-                "protocol",
-                format!("Unexpected answer {other:?}"),
-            )),
+            other => Err(not_expected(other)),
         }
     }
 
@@ -1198,13 +1188,7 @@ impl Runner {
             .await?
         {
             ControlReply::Started { job } => job,
-            ControlReply::Refused { reason } => return Err(UiError::new("refused", reason)),
-            other => {
-                return Err(UiError::new(
-                    "protocol",
-                    format!("Unexpected answer {other:?}"),
-                ));
-            }
+            other => return Err(not_expected(other)),
         };
         self.lock().remote_targets.extend(urls.iter().cloned());
         self.log(
@@ -1365,16 +1349,7 @@ impl Runner {
         };
         let reply = control.call(request).await?;
         control.close().await;
-        match reply {
-            ControlReply::Done => {}
-            ControlReply::Refused { reason } => return Err(UiError::new("refused", reason)),
-            other => {
-                return Err(UiError::new(
-                    "protocol",
-                    format!("Unexpected answer {other:?}"),
-                ));
-            }
-        }
+        expect_done(reply)?;
         self.log(
             "warn",
             if source {
@@ -1423,10 +1398,13 @@ impl Runner {
                 }
             };
             let checked = match &server.admin_token_file {
-                Some(file) => self
-                    .remote_status(&spec, file)
-                    .await
-                    .map(|s| (s.name.clone(), Some(s))),
+                Some(file) => match settings::read_token(file) {
+                    Ok(admin) => self
+                        .remote_status(&spec, &admin)
+                        .await
+                        .map(|s| (s.name.clone(), Some(s))),
+                    Err(e) => Err(e),
+                },
                 None => engine::probe(&spec, &self.this_pc)
                     .await
                     .map(|name| (name, None))
@@ -1498,11 +1476,16 @@ fn hex_token() -> String {
 fn expect_done(reply: ControlReply) -> Result<(), UiError> {
     match reply {
         ControlReply::Done => Ok(()),
-        ControlReply::Refused { reason } => Err(UiError::new("refused", reason)),
-        other => Err(UiError::new(
-            "protocol",
-            format!("Unexpected answer {other:?}"),
-        )),
+        other => Err(not_expected(other)),
+    }
+}
+
+/// The error for an answer that is not the one asked for: the agent's refusal in its words,
+/// or anything else as a protocol error.
+fn not_expected(reply: ControlReply) -> UiError {
+    match reply {
+        ControlReply::Refused { reason } => UiError::new("refused", reason),
+        other => UiError::new("protocol", format!("Unexpected answer {other:?}")),
     }
 }
 

@@ -124,6 +124,17 @@ fn folder(h: &Harness, targets: &[&str], mode: &str) -> Value {
     }})
 }
 
+/// The dashboard's row of the server `name`.
+fn server(dashboard: &Value, name: &str) -> Value {
+    dashboard["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap_or_else(|| panic!("no server {name} on the dashboard: {dashboard}"))
+        .clone()
+}
+
 fn same(a: &Path, b: &Path) -> bool {
     std::fs::read(a)
         .ok()
@@ -367,13 +378,7 @@ fn the_dashboard_makes_one_server_push_to_another_and_promotes_it() {
     )
     .unwrap();
     let d = call(&h, "dashboard", json!({})).unwrap();
-    let a = d["servers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == "cloud-a")
-        .unwrap()
-        .clone();
+    let a = server(&d, "cloud-a");
     assert_eq!(a["remote_role"], "source", "{a}");
     assert_eq!(a["admin"], true);
     let e = call(
@@ -393,13 +398,7 @@ fn the_dashboard_makes_one_server_push_to_another_and_promotes_it() {
     )
     .unwrap();
     let d = call(&h, "dashboard", json!({})).unwrap();
-    let a = d["servers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == "cloud-a")
-        .unwrap()
-        .clone();
+    let a = server(&d, "cloud-a");
     assert_eq!(a["remote_role"], "target", "{a}");
     let text = std::fs::read_to_string(&h.config).unwrap();
     assert!(
