@@ -132,34 +132,23 @@ fn expect_done(reply: ControlReply, agent: &str) -> Result<()> {
 
 /// Prints the events until push `job` ends; exit 0 when it ended with every target identical.
 async fn follow_job(remote: &mut Remote, job: u64) -> Result<ExitCode> {
-    loop {
-        let reply = remote.call(ControlRequest::Status).await?;
-        let ControlReply::Status(status) = reply else {
-            bail!("the agent stopped answering");
-        };
-        let Some(state) = status.jobs.iter().find(|j| j.id == job) else {
-            bail!("push {job} is gone from the agent");
-        };
-        while let Ok(Ok(Some(json))) =
-            tokio::time::timeout(std::time::Duration::from_millis(200), remote.next_event()).await
-        {
+    let ended = remote
+        .follow(job, |json| {
             if !json.contains("\"progress\"") {
                 println!("{json}");
             }
-        }
-        match state.state.as_str() {
-            "running" => {}
-            "done" => return Ok(ExitCode::SUCCESS),
-            other => {
-                eprintln!(
-                    "push {job} {other}{}",
-                    state
-                        .error
-                        .as_ref()
-                        .map_or(String::new(), |e| format!(": {e}"))
-                );
-                return Ok(ExitCode::FAILURE);
-            }
-        }
+        })
+        .await?;
+    if ended.state == "done" {
+        return Ok(ExitCode::SUCCESS);
     }
+    eprintln!(
+        "push {job} {}{}",
+        ended.state,
+        ended
+            .error
+            .as_ref()
+            .map_or(String::new(), |e| format!(": {e}"))
+    );
+    Ok(ExitCode::FAILURE)
 }

@@ -1223,28 +1223,17 @@ impl Runner {
 
     /// Folds a remote push's events into the dashboard until it ends; returns how it ended.
     async fn follow(&self, control: &mut Remote, job: u64) -> Result<String, UiError> {
-        loop {
-            while let Ok(Ok(Some(json))) =
-                tokio::time::timeout(Duration::from_millis(200), control.next_event()).await
-            {
+        let ended = control
+            .follow(job, |json| {
                 if let Ok(event) = serde_json::from_str::<Event>(&json) {
                     self.fold(&event);
                 }
-            }
-            let ControlReply::Status(status) = control.call(ControlRequest::Status).await? else {
-                return Err(UiError::new("protocol", "the server stopped answering"));
-            };
-            match status.jobs.iter().find(|j| j.id == job) {
-                Some(j) if j.state == "running" => {}
-                Some(j) => {
-                    return Ok(match &j.error {
-                        Some(e) => format!("{}: {e}", j.state),
-                        None => j.state.clone(),
-                    });
-                }
-                None => return Err(UiError::new("protocol", format!("push {job} is gone"))),
-            }
-        }
+            })
+            .await?;
+        Ok(match &ended.error {
+            Some(e) => format!("{}: {e}", ended.state),
+            None => ended.state,
+        })
     }
 
     /// Failback: this PC receives its folder back from server `from` (the source since a

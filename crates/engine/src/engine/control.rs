@@ -516,6 +516,37 @@ impl Remote {
         }
     }
 
+    /// Follows push `job` after a `Subscribe`: hands each event (JSON) to `on_event` until
+    /// the agent reports the push is no longer running; returns how it ended.
+    pub async fn follow(
+        &mut self,
+        job: u64,
+        mut on_event: impl FnMut(String),
+    ) -> Result<JobStatus, TransportError> {
+        let broken = |peer: String, what: String| TransportError::Protocol {
+            peer,
+            source: crate::protocol::ProtocolError::Malformed(what),
+        };
+        loop {
+            while let Ok(Ok(Some(json))) =
+                tokio::time::timeout(Duration::from_millis(200), self.next_event()).await
+            {
+                on_event(json);
+            }
+            let ControlReply::Status(status) = self.call(ControlRequest::Status).await? else {
+                return Err(broken(
+                    self.conn.peer(),
+                    "the agent stopped answering".into(),
+                ));
+            };
+            match status.jobs.into_iter().find(|j| j.id == job) {
+                Some(j) if j.state == "running" => {}
+                Some(j) => return Ok(j),
+                None => return Err(broken(self.conn.peer(), format!("push {job} is gone"))),
+            }
+        }
+    }
+
     pub async fn close(self) {
         self.conn.close().await;
     }
