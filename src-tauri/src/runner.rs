@@ -22,7 +22,7 @@ use rainmaker_engine::protocol::{AgentStatus, ControlReply, ControlRequest, Remo
 use rainmaker_engine::status::{self, Board};
 use rainmaker_engine::transport::{self, ConnectOptions, Trust};
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::runtime::Handle;
@@ -168,10 +168,6 @@ impl Runner {
     /// A counter that moves whenever the dashboard changed.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
-    }
-
-    pub fn config_path(&self) -> &Path {
-        &self.config_path
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {

@@ -17,7 +17,6 @@ pub const MAX_PATTERNS: usize = 256;
 /// A compiled list of patterns.
 #[derive(Debug, Clone, Default)]
 pub struct Exclude {
-    patterns: Vec<String>,
     set: Option<GlobSet>,
 }
 
@@ -81,10 +80,7 @@ impl Exclude {
             pattern: kept.join(", "),
             reason: e.to_string(),
         })?;
-        Ok(Exclude {
-            patterns: kept,
-            set: Some(set),
-        })
+        Ok(Exclude { set: Some(set) })
     }
 
     /// Whether the `/`-separated relative path `rel` is excluded (its own name or path; the
@@ -96,11 +92,6 @@ impl Exclude {
     /// Whether nothing is excluded.
     pub fn is_empty(&self) -> bool {
         self.set.is_none()
-    }
-
-    /// The patterns, as given.
-    pub fn patterns(&self) -> &[String] {
-        &self.patterns
     }
 }
 
