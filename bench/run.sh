@@ -98,21 +98,8 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
-# wait_listen PORT PID LOG: wait until something accepts on 127.0.0.1:PORT
-wait_listen() {
-    local port=$1 pid=$2 log=$3 i
-    for ((i = 0; i < 300; i++)); do
-        kill -0 "$pid" 2> /dev/null || { tail -20 "$log" >&2; die "server on port $port exited"; }
-        if (exec 3<> "/dev/tcp/127.0.0.1/$port") 2> /dev/null; then return 0; fi
-        sleep 0.1
-    done
-    tail -20 "$log" >&2
-    die "nothing listens on port $port after 30 s"
-}
+# free_port, wait_listen
+source "$BENCH_DIR/lib.sh"
 
 # start_serve ROOT PORT: start a rainmaker target agent in the background
 start_serve() {

@@ -114,21 +114,8 @@ stop_pid() {
     wait "$pid" 2> /dev/null || true
 }
 
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
-# wait_listen PORT PID LOG: wait until something accepts on 127.0.0.1:PORT
-wait_listen() {
-    local port=$1 pid=$2 log=$3 i
-    for ((i = 0; i < 300; i++)); do
-        kill -0 "$pid" 2> /dev/null || { tail -20 "$log" >&2; die "server on port $port exited"; }
-        if (exec 3<> "/dev/tcp/127.0.0.1/$port") 2> /dev/null; then return 0; fi
-        sleep 0.1
-    done
-    tail -20 "$log" >&2
-    die "nothing listens on port $port after 30 s"
-}
+# free_port, wait_listen
+source "$BENCH_DIR/lib.sh"
 
 # wait_event FILE SECONDS: wait until a JSON-lines event log has a synced or in_sync event
 wait_event() {

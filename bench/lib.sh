@@ -1,0 +1,18 @@
+# Helpers the benchmark scripts share (sourced, not run). They call the script's own `die`.
+
+# free_port: a TCP port on 127.0.0.1 that nothing listens on now
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# wait_listen PORT PID LOG: wait until something accepts on 127.0.0.1:PORT
+wait_listen() {
+    local port=$1 pid=$2 log=$3 i
+    for ((i = 0; i < 300; i++)); do
+        kill -0 "$pid" 2> /dev/null || { tail -20 "$log" >&2; die "server on port $port exited"; }
+        if (exec 3<> "/dev/tcp/127.0.0.1/$port") 2> /dev/null; then return 0; fi
+        sleep 0.1
+    done
+    tail -20 "$log" >&2
+    die "nothing listens on port $port after 30 s"
+}
