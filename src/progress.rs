@@ -68,6 +68,12 @@ pub fn spawn(mut events: broadcast::Receiver<Event>, draw: bool) -> JoinHandle<(
                     if let Some(bar) = bars.get(&target) {
                         bar.finish_with_message("in sync");
                     }
+                    tracing::info!("in sync  {target}");
+                }
+                Event::Verifying { target } => {
+                    tracing::info!(
+                        "verifying  {target}: the earlier part of the grown files is being read again"
+                    );
                 }
                 Event::TargetFailed { target, reason } => match bars.get(&target) {
                     Some(bar) => bar.abandon_with_message(format!("failed: {reason}")),
@@ -87,7 +93,7 @@ pub fn spawn(mut events: broadcast::Receiver<Event>, draw: bool) -> JoinHandle<(
                     wire_bytes,
                     seconds,
                 } => tracing::info!(
-                    "in sync  {target}: {files_sent} files written, {} changed, {} on the wire, {seconds:.3} s",
+                    "synced  {target}: {files_sent} files written, {} changed, {} on the wire, {seconds:.3} s",
                     size(bytes_changed),
                     size(wire_bytes)
                 ),

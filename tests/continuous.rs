@@ -243,3 +243,57 @@ fn status_shows_each_target_of_a_running_push() {
     );
     drop(push);
 }
+
+/// In continuous mode a grown file's end is sent at once and the rest is proven afterwards: a
+/// file edited in its middle and grown in one go must still end identical, soon, without the
+/// periodic rescan, and the push must not say it is in sync before it is.
+#[test]
+fn watch_mode_proves_what_an_append_took_on_trust() {
+    use std::io::{Seek, SeekFrom};
+    let sandbox = Sandbox::new();
+    let src = sandbox.dir("src");
+    let dst = sandbox.dir("dst");
+    write_random(&src.join("db/tick/NQ.ncd"), 8, 6 << 20);
+    let agent = sandbox.serve(&dst);
+    let push = sandbox
+        .push(&src)
+        .to(&agent.url)
+        .arg("--watch")
+        .arg("--rescan-every")
+        .arg("1h")
+        .spawn_continuous();
+    let log = || push.log();
+    wait_identical(&src, &dst, Duration::from_secs(20), &log);
+    // Let the first scan's records age out of the racy window, so only the proof can help.
+    std::thread::sleep(Duration::from_millis(700));
+    let in_sync_before = push.log().matches("in sync  ").count();
+    {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(src.join("db/tick/NQ.ncd"))
+            .unwrap();
+        file.seek(SeekFrom::Start(2 << 20)).unwrap();
+        file.write_all(&[0xAB; 4096]).unwrap();
+        file.seek(SeekFrom::End(0)).unwrap();
+        file.write_all(&[0xCD; 3_000]).unwrap();
+    }
+    let took = wait_identical(&src, &dst, Duration::from_secs(10), &log);
+    eprintln!("identical {took:?} after the edit and the append");
+    // Every "in sync" after the change was said of an identical target: nothing changes the
+    // source any more, so a target that is identical now was identical when it was said.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while push.log().matches("in sync  ").count() == in_sync_before {
+        assert!(
+            Instant::now() < deadline,
+            "the target must be said in sync once the proof is done:\n{}",
+            push.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        push.log().contains("verifying  "),
+        "the tail went out before the proof, so the target was verifying first:\n{}",
+        push.log()
+    );
+    wait_identical(&src, &dst, Duration::from_secs(1), &log);
+}

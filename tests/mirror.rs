@@ -575,3 +575,57 @@ fn deleted_and_rewritten_files_can_be_taken_back_from_the_trash() {
         "the version the mirror replaced comes back"
     );
 }
+
+/// Rewrites `len` bytes at `at` in place and appends `grow` bytes, between two pushes: the
+/// shape of a repaired bar or a header update in a tick file that also grew.
+fn edit_middle_and_append(path: &Path, at: u64, len: usize, grow: usize, seed: u64) {
+    use std::io::{Seek, SeekFrom, Write};
+    let mut file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    file.seek(SeekFrom::Start(at)).unwrap();
+    file.write_all(&random_bytes(seed, len)).unwrap();
+    file.seek(SeekFrom::End(0)).unwrap();
+    file.write_all(&random_bytes(seed + 1, grow)).unwrap();
+}
+
+#[test]
+fn a_file_edited_in_its_middle_and_grown_is_never_reported_identical_until_it_is() {
+    let sandbox = Sandbox::new();
+    let (src, dst) = (sandbox.dir("src"), sandbox.dir("dst"));
+    // (size, where the edit goes, bytes appended): small and large files, edits near the
+    // start and deep inside, appends of 17 bytes to 3 MiB.
+    let shapes: [(usize, u64, usize); 4] = [
+        (8 << 20, 3 << 20, 4096),
+        (3 * BLOCK + 10, BLOCK as u64 + 5, 17),
+        (8 << 20, BLOCK as u64 + 1, 3 << 20),
+        (40 << 20, 37 << 20, 17),
+    ];
+    for (i, (size, _, _)) in shapes.iter().enumerate() {
+        write_random(&src.join(format!("db/{i}.ncd")), 40 + i as u64, *size);
+    }
+    let agent = sandbox.serve(&dst);
+    sandbox.push(&src).to(&agent.url).run().assert_ok();
+    for (i, (_, at, grow)) in shapes.iter().enumerate() {
+        edit_middle_and_append(
+            &src.join(format!("db/{i}.ncd")),
+            *at,
+            4096,
+            *grow,
+            50 + i as u64,
+        );
+    }
+    let second = sandbox.push(&src).to(&agent.url).run();
+    second.assert_ok();
+    let diff = tree_diff(&tree(&src), &tree(&dst));
+    assert!(
+        diff.is_empty(),
+        "exit 0 says every target is identical; these differ: {diff:?}\n{}",
+        second.describe()
+    );
+    let sent = second.target_u64(&agent.url, "bytes_changed");
+    let grown: usize = shapes.iter().map(|s| s.2).sum();
+    let bound = (grown + shapes.len() * (4096 + 2 * BLOCK)) as u64;
+    assert!(
+        sent <= bound,
+        "only the appended bytes and the blocks around each edit are sent: {sent} > {bound}"
+    );
+}

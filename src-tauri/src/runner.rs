@@ -1051,7 +1051,7 @@ impl Runner {
                 );
                 return;
             }
-            Event::Synced { .. } | Event::Scanned { .. } => {}
+            Event::Synced { .. } | Event::Scanned { .. } | Event::Verifying { .. } => {}
         }
         drop(inner);
         if changed || matches!(event, Event::Progress { .. }) {

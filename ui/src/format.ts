@@ -51,6 +51,8 @@ export function stateLabel(state: string): string {
   switch (state) {
     case "in sync":
       return "In sync";
+    case "verifying":
+      return "Verifying";
     case "syncing":
       return "Syncing";
     case "paused":

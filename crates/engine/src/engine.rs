@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 mod continuous;
 mod control;
+mod proof;
 pub use continuous::{Schedule, push_continuous, start_guard};
 pub use control::Remote;
 
@@ -250,18 +251,30 @@ async fn low_priority<T: Send + 'static>(
         .map_err(|_| EngineError::Setup("the hashing thread failed".into()))
 }
 
-/// Scans the source and records what changed in its index.
+/// Scans the source and records what changed in its index. `distrust` names files whose
+/// records failed a proof: they are read whole, whatever `growth` says.
 fn scan_source(
     source: &Path,
     exclude: &crate::exclude::Exclude,
     index: &Index,
+    growth: scan::Growth,
+    distrust: &[String],
 ) -> Result<scan::Scan, EngineError> {
-    let previous = index.files()?;
-    let scanned =
-        scan::scan_excluding(source, &previous, exclude).map_err(|e| EngineError::Source {
+    let mut previous = index.files()?;
+    for path in distrust {
+        if let Some(record) = previous.get_mut(path) {
+            // No block to take on trust: the file is hashed in full, its stamp (and so an
+            // executable bit the file system cannot show) kept.
+            record.blocks.clear();
+            record.racy = true;
+        }
+    }
+    let scanned = scan::scan_excluding(source, &previous, exclude, growth).map_err(|e| {
+        EngineError::Source {
             path: e.path,
             reason: e.reason,
-        })?;
+        }
+    })?;
     // Lazily durable: after a crash the index falls back to an older state, whose records
     // still hold wherever the quick check accepts them; the rest is hashed again. An fsync
     // here would wait for every dirty page of the file system (ext4 orders data before
@@ -351,7 +364,10 @@ pub async fn push_once(
             options.exclude.clone(),
             index.clone(),
         );
-        let scanned = low_priority(move || scan_source(&source, &exclude, &idx)).await??;
+        // Every record is proven: a push that exits 0 has read every block it says is there.
+        let scanned =
+            low_priority(move || scan_source(&source, &exclude, &idx, scan::Growth::Prove, &[]))
+                .await??;
         tracing::debug!(elapsed = ?started.elapsed(), hashed = scanned.bytes_hashed, "source scanned");
         let digest = announce_scan(&scanned, events);
         files = scanned.tree.files.len() as u64;

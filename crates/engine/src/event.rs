@@ -43,6 +43,9 @@ pub enum Event {
     },
     /// A target verified it is identical to the source.
     InSync { target: String },
+    /// A target verified it holds the source's newest scan, but that scan took blocks of a
+    /// grown file on trust; it is in sync once the source has read them again.
+    Verifying { target: String },
     /// A continuous or scheduled sync of one target finished.
     Synced {
         target: String,

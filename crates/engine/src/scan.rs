@@ -1,10 +1,19 @@
 //! Walk a folder, quick-check every file against the index, and hash only what changed.
 //!
-//! A file whose size, modification time and file id are unchanged is not opened. A file that
-//! grew is checked by re-hashing its old last block: if that block is unchanged the file is
-//! taken to have grown at its end, and only the bytes from that block on are read and hashed.
-//! Anything else is hashed again in full. Every file is hashed as the prefix it had when it
-//! was looked at, so a file that grows while it is scanned gives a consistent record.
+//! A file whose size, modification time and file id are unchanged is not opened. What a scan
+//! does with a file that grew is its [`Growth`]:
+//! - [`Growth::Prove`] reads the whole file again, so every record is what the disk holds. A
+//!   push that exits 0 scans this way, and so does every target: nothing that says "identical"
+//!   rests on a block that was not read.
+//! - [`Growth::Defer`] (continuous mode) hashes only from the old last block on, when that
+//!   block and the first are unchanged, so an append costs its own size and reaches the
+//!   targets at once. The blocks before were not read: the file is listed in
+//!   [`Scan::unproven`], its record is kept out of the quick check (`racy`), and [`prove`]
+//!   reads them later. Until that proof, no target that received the file is said to be in
+//!   sync; if it fails, the file is hashed again in full and the difference is sent.
+//!
+//! Every file is hashed as the prefix it had when it was looked at, so a file that grows while
+//! it is scanned gives a consistent record.
 //!
 //! The same scan serves both sides: the source finds what to send, a target finds local edits
 //! that the next mirror must overwrite. RainMaker's own state folder is never scanned.
@@ -42,12 +51,34 @@ pub struct Problem {
     pub reason: String,
 }
 
+/// What a scan does with a file that is longer than the index knew it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Growth {
+    /// Read the whole file, so its record is proven.
+    #[default]
+    Prove,
+    /// Hash only the grown end; the blocks before it are listed in [`Scan::unproven`].
+    Defer,
+}
+
+/// A file whose first `blocks` block hashes were taken from the index, not read from disk:
+/// [`prove`] must confirm them before a target holding this version is said to be in sync.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unproven {
+    pub path: String,
+    /// The whole-file hash of the version whose blocks are unproven.
+    pub hash: crate::protocol::Hash,
+    pub blocks: u64,
+}
+
 /// What a scan found and did.
 #[derive(Debug, Default)]
 pub struct Scan {
     pub tree: Tree,
     /// Index changes that bring the index in line with `tree`.
     pub changes: Vec<Change>,
+    /// Files whose records rest on blocks that were not read ([`Growth::Defer`] only).
+    pub unproven: Vec<Unproven>,
     /// Paths that were skipped (unreadable, symlinks, names that are not UTF-8).
     pub problems: Vec<Problem>,
     pub files_hashed: u64,
@@ -62,16 +93,18 @@ pub struct ScanError {
     pub reason: String,
 }
 
-/// Scans `root` against the `previous` records of its index.
+/// Scans `root` against the `previous` records of its index, proving every record.
 pub fn scan(root: &Path, previous: &BTreeMap<String, FileRecord>) -> Result<Scan, ScanError> {
-    scan_excluding(root, previous, &Exclude::none())
+    scan_excluding(root, previous, &Exclude::none(), Growth::Prove)
 }
 
-/// [`scan`], leaving out what `exclude` matches (neither listed nor hashed).
+/// [`scan`], leaving out what `exclude` matches (neither listed nor hashed), treating grown
+/// files as `growth` says.
 pub fn scan_excluding(
     root: &Path,
     previous: &BTreeMap<String, FileRecord>,
     exclude: &Exclude,
+    growth: Growth,
 ) -> Result<Scan, ScanError> {
     let meta = std::fs::metadata(root).map_err(|e| ScanError {
         path: root.to_path_buf(),
@@ -149,7 +182,7 @@ pub fn scan_excluding(
         if file_type.is_dir() {
             out.tree.dirs.insert(rel);
         } else if file_type.is_file() {
-            scan_file(entry.path(), rel, previous, &mut out);
+            scan_file(entry.path(), rel, previous, growth, &mut out);
         } else if file_type.is_symlink() {
             out.problems.push(Problem {
                 path: rel,
@@ -195,7 +228,13 @@ fn relative(root: &Path, path: &Path) -> String {
         .replace(std::path::MAIN_SEPARATOR, "/")
 }
 
-fn scan_file(full: &Path, rel: String, previous: &BTreeMap<String, FileRecord>, out: &mut Scan) {
+fn scan_file(
+    full: &Path,
+    rel: String,
+    previous: &BTreeMap<String, FileRecord>,
+    growth: Growth,
+    out: &mut Scan,
+) {
     let old = previous.get(&rel);
     if let (Some(old), Ok(meta)) = (old, std::fs::symlink_metadata(full))
         && !old.racy
@@ -204,10 +243,21 @@ fn scan_file(full: &Path, rel: String, previous: &BTreeMap<String, FileRecord>, 
         out.tree.files.insert(rel, old.clone());
         return;
     }
-    match hash_file(full, old) {
-        Ok((record, hashed)) => {
+    match hash_file(full, old, growth) {
+        Ok(Hashed {
+            record,
+            read: hashed,
+            unproven,
+        }) => {
             out.files_hashed += 1;
             out.bytes_hashed += hashed;
+            if unproven > 0 {
+                out.unproven.push(Unproven {
+                    path: rel.clone(),
+                    hash: record.hash,
+                    blocks: unproven,
+                });
+            }
             if old != Some(&record) {
                 out.changes
                     .push(Change::PutFile(rel.clone(), record.clone()));
@@ -227,9 +277,19 @@ fn scan_file(full: &Path, rel: String, previous: &BTreeMap<String, FileRecord>, 
     }
 }
 
-/// Hashes a file, reusing `old` when the file only grew. Returns the record and the number of
-/// bytes read.
-pub fn hash_file(path: &Path, old: Option<&FileRecord>) -> std::io::Result<(FileRecord, u64)> {
+/// A file's record as [`hash_file`] made it.
+#[derive(Debug)]
+pub struct Hashed {
+    pub record: FileRecord,
+    /// Bytes read.
+    pub read: u64,
+    /// Leading blocks taken from the old record without reading them (0 when proven).
+    pub unproven: u64,
+}
+
+/// Hashes a file. With [`Growth::Defer`], a file that looks like `old` grown at its end has
+/// only its end read, and the blocks before are reported unproven.
+pub fn hash_file(path: &Path, old: Option<&FileRecord>, growth: Growth) -> std::io::Result<Hashed> {
     let mut file = fs::open_shared(path)?;
     let meta = file.metadata()?;
     let stamp = fs::stamp(&file, &meta);
@@ -239,7 +299,8 @@ pub fn hash_file(path: &Path, old: Option<&FileRecord>) -> std::io::Result<(File
             crate::protocol::MAX_FILE_SIZE >> 30
         )));
     }
-    let (mut blocks, start) = match old.filter(|old| grew_at_end(&file, old, &stamp)) {
+    let grown = old.filter(|old| growth == Growth::Defer && grew_at_end(&file, old, &stamp));
+    let (mut blocks, start) = match grown {
         Some(old) => {
             let keep = (old.stamp.size - 1) / BLOCK_SIZE;
             (old.blocks[..keep as usize].to_vec(), keep * BLOCK_SIZE)
@@ -265,20 +326,35 @@ pub fn hash_file(path: &Path, old: Option<&FileRecord>) -> std::io::Result<(File
     let now = fs::mtime_now();
     // Where the file system has no executable bit, the one the index knew stays.
     let stamp = fs::stamp_with_exec(stamp, old.is_some_and(|o| o.stamp.executable));
+    let unproven = start / BLOCK_SIZE;
     let record = FileRecord {
         hash: hash::file_hash(stamp.size, &blocks),
-        racy: stamp.mtime_ns > now - RACY_WINDOW_NS,
+        // An unproven record is not trusted by the quick check either: the next scan that finds
+        // the file unchanged reads it whole, which proves it.
+        racy: unproven > 0 || stamp.mtime_ns > now - RACY_WINDOW_NS,
         stamp,
         blocks,
     };
-    Ok((record, read))
+    Ok(Hashed {
+        record,
+        read,
+        unproven,
+    })
+}
+
+/// Reads the first `blocks` blocks of the file at `path` and says whether each still has the
+/// hash `record` gives it: the proof an [`Unproven`] file waits for. An error (the file is gone,
+/// or shorter than that now) is not a proof.
+pub fn prove(path: &Path, record: &FileRecord, blocks: u64) -> std::io::Result<bool> {
+    let mut file = fs::open_shared(path)?;
+    let len = (blocks * BLOCK_SIZE).min(record.stamp.size);
+    let (read, got) = hash::hash_blocks(&mut file, len)?;
+    Ok(got == len && record.blocks.get(..read.len()) == Some(&read[..]))
 }
 
 /// Whether the file looks like `old` with bytes added at its end: it is longer, and its first
-/// block and `old`'s last block are unchanged. The blocks between are trusted, as the quick
-/// check trusts an unchanged time: a file rewritten in its middle *and* grown between two
-/// scans would be taken for an append (checking the first block catches the common case of
-/// a header updated in place).
+/// block and `old`'s last block are unchanged. The blocks between are not read; the caller
+/// reports them unproven.
 fn grew_at_end(file: &std::fs::File, old: &FileRecord, stamp: &Stamp) -> bool {
     if old.stamp.size == 0 || stamp.size <= old.stamp.size || old.blocks.is_empty() {
         return false;
@@ -350,7 +426,7 @@ mod tests {
             .write_all(&appended)
             .unwrap();
         fs::set_mtime(&root.join("db/tick.ncd"), 1_600_000_001_000_000_000).unwrap();
-        let grown = scan(root, &index).unwrap();
+        let grown = scan_excluding(root, &index, &Exclude::none(), Growth::Defer).unwrap();
         assert!(
             grown.bytes_hashed <= 2 * BLOCK_SIZE + 1100,
             "an append must cost the tail, not the file: read {}",
@@ -359,9 +435,69 @@ mod tests {
         let mut whole = big.clone();
         whole.extend(&appended);
         let (blocks, _) = hash::hash_blocks(&mut &whole[..], whole.len() as u64).unwrap();
+        let record = &grown.tree.files["db/tick.ncd"];
+        assert_eq!(record.hash, hash::file_hash(whole.len() as u64, &blocks));
         assert_eq!(
-            grown.tree.files["db/tick.ncd"].hash,
-            hash::file_hash(whole.len() as u64, &blocks)
+            grown.unproven,
+            [Unproven {
+                path: "db/tick.ncd".into(),
+                hash: record.hash,
+                blocks: 5
+            }],
+            "the blocks taken from the index are listed for the proof"
+        );
+        assert!(
+            record.racy,
+            "an unproven record is kept out of the quick check"
+        );
+        assert!(prove(&root.join("db/tick.ncd"), record, 5).unwrap());
+
+        let proven = scan(root, &index).unwrap();
+        assert_eq!(
+            proven.bytes_hashed,
+            whole.len() as u64,
+            "proving reads it all"
+        );
+        assert!(proven.unproven.is_empty());
+        assert_eq!(proven.tree.files["db/tick.ncd"].hash, record.hash);
+    }
+
+    #[test]
+    fn a_middle_edit_with_an_append_is_never_taken_for_an_append() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let mut bytes: Vec<u8> = (0..(8u64 << 20)).map(|i| (i % 251) as u8).collect();
+        write(root, "tick.ncd", &bytes);
+        let first = scan(root, &BTreeMap::new()).unwrap();
+        // 4 KiB rewritten at 3 MiB and 17 bytes appended, between two scans.
+        bytes[3 << 20..(3 << 20) + 4096].fill(0xEE);
+        bytes.extend(b"seventeen bytes!!");
+        write(root, "tick.ncd", &bytes);
+        let (truth, _) = hash::hash_blocks(&mut &bytes[..], bytes.len() as u64).unwrap();
+        let truth = hash::file_hash(bytes.len() as u64, &truth);
+
+        let proven = scan(root, &first.tree.files).unwrap();
+        assert_eq!(
+            proven.tree.files["tick.ncd"].hash, truth,
+            "a proving scan records what the disk holds"
+        );
+
+        let deferred =
+            scan_excluding(root, &first.tree.files, &Exclude::none(), Growth::Defer).unwrap();
+        let record = &deferred.tree.files["tick.ncd"];
+        assert_ne!(
+            record.hash, truth,
+            "the deferred record trusted the old middle"
+        );
+        let [unproven] = &deferred.unproven[..] else {
+            panic!(
+                "the grown file must be listed unproven: {:?}",
+                deferred.unproven
+            )
+        };
+        assert!(
+            !prove(&root.join("tick.ncd"), record, unproven.blocks).unwrap(),
+            "the proof must find the edited middle"
         );
     }
 
@@ -474,7 +610,7 @@ mod tests {
             write(root, path, body.as_bytes());
         }
         let exclude = Exclude::new(&["cache", "log", "*.lock"]).unwrap();
-        let scanned = scan_excluding(root, &BTreeMap::new(), &exclude).unwrap();
+        let scanned = scan_excluding(root, &BTreeMap::new(), &exclude, Growth::Prove).unwrap();
         assert_eq!(
             scanned.tree.files.keys().collect::<Vec<_>>(),
             ["db/ES.ncd", "workspace.xml"],

@@ -29,7 +29,7 @@ pub struct Status {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TargetStatus {
     pub url: String,
-    /// `in sync`, `syncing`, `paused`, `offline`, `error` or `waiting`.
+    /// `in sync`, `verifying`, `syncing`, `paused`, `offline`, `error` or `waiting`.
     pub state: String,
     /// The last error or offline reason.
     pub reason: Option<String>,
@@ -133,6 +133,16 @@ impl Board {
                 t.reason = None;
                 t.behind_since = None;
                 t.last_sync = Some(at);
+                t.bytes_pending = 0;
+            }
+            Event::Verifying { target } => {
+                let Some(t) = self.target(target) else {
+                    return false;
+                };
+                // The data is there; only the proof of what was not re-read is missing.
+                t.state = "verifying".into();
+                t.reason = None;
+                t.behind_since = None;
                 t.bytes_pending = 0;
             }
             Event::TargetFailed { target, reason } => {

@@ -7,7 +7,12 @@
 //! mirrors it, and on failure retries with capped, jittered backoff. So a target that is down
 //! or slow never holds back the others, bursts of changes coalesce into the newest snapshot,
 //! and a target that returns is caught up as soon as it answers, not at the next tick.
+//!
+//! Scans read only the grown end of a file that grew, so an append reaches the targets at
+//! once; the [`super::proof`] task proves the rest in the background, and a target is said
+//! to be in sync only once the snapshot it holds is proven ("verifying" until then).
 
+use super::proof::Prover;
 use super::{
     EngineError, PushOptions, announce_scan, cached_manifest_path, low_priority, scan_source,
     session,
@@ -17,7 +22,7 @@ use crate::guard::{Gate, GateState, Guard, Sampler, Thresholds, Transition};
 use crate::index::Index;
 use crate::mirror::send::{BlockSource, SendError};
 use crate::protocol::Hash;
-use crate::scan::Tree;
+use crate::scan::{Growth, Tree, Unproven};
 use crate::schedule::{Backoff, SleepDetector};
 use crate::transport::WIRE_TOTAL;
 use crate::watch;
@@ -46,11 +51,13 @@ pub struct Schedule {
 
 /// One scan of the source, as every target loop sees it.
 #[derive(Debug)]
-struct Snapshot {
-    generation: u64,
-    tree: Arc<Tree>,
-    digest: Hash,
-    blocks: Arc<BlockSource>,
+pub(super) struct Snapshot {
+    pub generation: u64,
+    pub tree: Arc<Tree>,
+    pub digest: Hash,
+    pub blocks: Arc<BlockSource>,
+    /// Records that rest on blocks the scan did not read, until the prover proves them.
+    pub unproven: Vec<Unproven>,
 }
 
 /// Mirrors the source to every target until `cancel` fires.
@@ -76,12 +83,26 @@ pub async fn push_continuous(
     }
     let options = &options;
     let (snapshot_tx, snapshots) = latest::channel(None::<Arc<Snapshot>>);
+    let (proven_tx, proven) = latest::channel(0u64);
+    let distrust = Arc::new(std::sync::Mutex::new(Vec::new()));
     let mut loops = tokio::task::JoinSet::new();
+    loops.spawn(
+        Prover {
+            source: options.source.clone(),
+            snapshots: snapshots.clone(),
+            proven: proven_tx,
+            distrust: distrust.clone(),
+            rescan: trigger_tx.clone(),
+            cancel: cancel.clone(),
+        }
+        .run(),
+    );
     for target in &options.targets {
         let job = TargetLoop {
             target: target.clone(),
             options: options.clone(),
             snapshots: snapshots.clone(),
+            proven: proven.clone(),
             rescan: trigger_tx.clone(),
             events: events.clone(),
             cancel: cancel.clone(),
@@ -120,8 +141,17 @@ pub async fn push_continuous(
             options.exclude.clone(),
             index.clone(),
         );
+        let distrusted = std::mem::take(
+            &mut *distrust
+                .lock()
+                .expect("the distrust list is never poisoned"),
+        );
         let started = Instant::now();
-        let scanned = match low_priority(move || scan_source(&source, &exclude, &idx)).await {
+        let scanned = match low_priority(move || {
+            scan_source(&source, &exclude, &idx, Growth::Defer, &distrusted)
+        })
+        .await
+        {
             Ok(Ok(scanned)) => scanned,
             Ok(Err(e)) | Err(e) => {
                 tracing::warn!("{e}; retrying at the next change or tick");
@@ -137,6 +167,7 @@ pub async fn push_continuous(
             digest,
             tree,
             blocks: Arc::new(BlockSource::new(options.source.clone(), compress)),
+            unproven: scanned.unproven,
         };
         let _ = snapshot_tx.send(Some(Arc::new(snapshot)));
     }
@@ -211,9 +242,18 @@ struct TargetLoop {
     target: super::TargetSpec,
     options: PushOptions,
     snapshots: latest::Receiver<Option<Arc<Snapshot>>>,
+    /// The newest generation the prover proved.
+    proven: latest::Receiver<u64>,
     rescan: mpsc::Sender<()>,
     events: broadcast::Sender<Event>,
     cancel: CancellationToken,
+}
+
+impl Snapshot {
+    /// Whether every record of this snapshot is proven, given the newest proven generation.
+    fn proven(&self, proven: u64) -> bool {
+        self.unproven.is_empty() || proven >= self.generation
+    }
 }
 
 impl TargetLoop {
@@ -227,18 +267,32 @@ impl TargetLoop {
         let mut at_least: u64 = 0;
         // The connection to the target, kept open between syncs.
         let mut conn = None;
+        // The target holds the `verified` tree, whose records still wait for their proof.
+        let mut awaiting_proof = false;
         loop {
-            let wanted = self.snapshots.wait_for(|s| {
-                s.as_ref()
-                    .is_some_and(|s| s.generation >= at_least && Some(s.digest) != verified)
-            });
-            let snapshot = tokio::select! {
-                () = self.cancel.cancelled() => return,
-                s = wanted => match s {
-                    Ok(s) => s.clone().expect("waited for a snapshot"),
-                    Err(_) => return,
-                },
+            let snapshot = loop {
+                let current = self.snapshots.borrow_and_update().clone();
+                if let Some(s) = current.filter(|s| s.generation >= at_least) {
+                    if Some(s.digest) != verified {
+                        break s;
+                    }
+                    if awaiting_proof && s.proven(*self.proven.borrow_and_update()) {
+                        // What the target verified is now proven to be what the source holds.
+                        awaiting_proof = false;
+                        let _ = self.events.send(Event::InSync {
+                            target: url.clone(),
+                        });
+                    }
+                }
+                tokio::select! {
+                    () = self.cancel.cancelled() => return,
+                    changed = self.snapshots.changed() => if changed.is_err() { return },
+                    changed = self.proven.changed(), if awaiting_proof => {
+                        if changed.is_err() { return }
+                    }
+                }
             };
+            awaiting_proof = false;
             let mut gate = self.options.gate.clone();
             tokio::select! {
                 () = self.cancel.cancelled() => return,
@@ -272,9 +326,16 @@ impl TargetLoop {
                         wire_bytes: wire,
                         seconds: started.elapsed().as_secs_f64(),
                     });
-                    let _ = self.events.send(Event::InSync {
-                        target: url.clone(),
-                    });
+                    if snapshot.proven(*self.proven.borrow()) {
+                        let _ = self.events.send(Event::InSync {
+                            target: url.clone(),
+                        });
+                    } else {
+                        awaiting_proof = true;
+                        let _ = self.events.send(Event::Verifying {
+                            target: url.clone(),
+                        });
+                    }
                 }
                 Ok((outcome, _, _)) => {
                     // The source or the target changed under the mirror: scan again.
