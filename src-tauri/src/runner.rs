@@ -1085,7 +1085,9 @@ impl Runner {
 
     /// How this PC checks the server at `url`.
     fn trust(&self, url: &str, fingerprint: Option<&str>) -> Trust {
-        Trust::for_url(url, fingerprint, &self.data_dir.join("known_peers"))
+        // Never on first use: a server is added with its fingerprint confirmed (or its pairing
+        // code); a hand-written one without a fingerprint must be in the known-peers file.
+        Trust::for_url(url, fingerprint, &self.data_dir.join("known_peers"), false)
     }
 
     /// The trust and pairing token of a configured server.
@@ -1276,6 +1278,7 @@ impl Runner {
             insecure: false,
             name: self.this_pc.clone(),
             trash_retention: Some(Duration::from_secs(7 * 24 * 3600)),
+            push_to: None,
         })
         .await?;
         let port = server.local_addr().port();

@@ -54,6 +54,7 @@ fn harness() -> Harness {
         insecure: false,
         name: "backup-1".into(),
         trash_retention: None,
+        push_to: None,
     }))
     .unwrap();
     let url = format!("127.0.0.1:{}", server.local_addr().port());
@@ -293,6 +294,7 @@ fn agent_with_admin(root: &Path, name: &str, stop: &CancellationToken) -> (Strin
         insecure: false,
         name: name.into(),
         trash_retention: None,
+        push_to: None,
     }))
     .unwrap();
     let url = format!("127.0.0.1:{}", server.local_addr().port());
