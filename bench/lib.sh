@@ -16,3 +16,15 @@ wait_listen() {
     tail -20 "$log" >&2
     die "nothing listens on port $port after 30 s"
 }
+
+# fingerprint_of LOG: the certificate fingerprint a `rainmaker serve` printed in LOG, for
+# --fingerprint (a push trusts no target on first use unless told to)
+fingerprint_of() {
+    local log=$1 fp i
+    for ((i = 0; i < 100; i++)); do
+        fp=$(sed -n 's/.*certificate fingerprint \(SHA256:[0-9a-f]*\).*/\1/p' "$log" | head -1)
+        if [[ -n $fp ]]; then echo "$fp"; return 0; fi
+        sleep 0.05
+    done
+    die "no certificate fingerprint in $log"
+}

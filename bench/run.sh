@@ -15,7 +15,7 @@
 # rsync runs as `rsync -a --delete --stats SRC/ rsync://127.0.0.1:PORT/mod/`
 # (rsync's own protocol, no -z, no TLS) against an rsync daemon; rainmaker runs
 # `rainmaker push SRC --to wss://127.0.0.1:PORT --once --json` against a
-# `rainmaker serve` (TLS, token auth, trust-on-first-use pinning). Each target is
+# `rainmaker serve` (TLS, token auth, the fingerprint each agent printed pinned). Each target is
 # checked against SRC after every scenario (diff -r, then size and mtime, to the
 # nanosecond, of every file), excluding .rainmaker; any difference fails the run.
 #
@@ -169,7 +169,9 @@ rsync_to() {
 push_to() {
     local name=$1 state=$2 known=$3 to=() url
     shift 3
-    for url in "$@"; do to+=(--to "$url"); done
+    for url in "$@"; do
+        to+=(--to "$url" --fingerprint "$(fingerprint_of "$WORK/logs/serve-${url##*:}.log")")
+    done
     timed "$name" "$RM" push "$SRC" "${to[@]}" --token-file "$TOKEN" --once --json \
         --state-dir "$state" --known-peers "$known"
     RM_WIRE=$(python3 - "$WORK/logs/$name.out" "$#" << 'EOF'

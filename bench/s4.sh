@@ -197,7 +197,7 @@ RM_URL="wss://127.0.0.1:$RM_PORT"
 SERVE_PID=$!
 PIDS+=("$SERVE_PID")
 wait_listen "$RM_PORT" "$SERVE_PID" "$WORK/logs/rm-serve.err"
-PUSH_ARGS=(--to "$RM_URL" --token-file "$TOKEN" --json --state-dir "$WORK/state" --known-peers "$WORK/known-peers")
+PUSH_ARGS=(--to "$RM_URL" --fingerprint "$(fingerprint_of "$WORK/logs/rm-serve.err")" --token-file "$TOKEN" --json --state-dir "$WORK/state" --known-peers "$WORK/known-peers")
 
 # first mirror, not measured
 timeout 600 "$RM" push "$SRC" "${PUSH_ARGS[@]}" --once > "$WORK/logs/rm-once.json" 2> "$WORK/logs/rm-once.err" ||

@@ -31,6 +31,9 @@ pub struct Cli {
 pub enum Command {
     /// Receive mirrors into a folder (run this on each backup server).
     Serve(ServeArgs),
+    /// Print this agent's pairing code: its address, certificate fingerprint and token in one
+    /// string, for `push --to`, `remote --agent`, rainmaker.toml and the tray's Add server.
+    Pair(PairArgs),
     /// Mirror a folder to one or more targets.
     Push(PushArgs),
     /// Show the pushes running on this machine: each target's state, lag, last sync and the
@@ -83,18 +86,49 @@ pub struct ServeArgs {
     /// admin_token_file`.)
     #[arg(long)]
     pub admin_token_file: Option<PathBuf>,
+    /// The only agent (HOST:PORT) an admin client may tell this one to push its folder to;
+    /// repeat for several. Without it (and without `[serve] push_to`), any agent whose
+    /// fingerprint the admin client gives.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub push_to: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct PairArgs {
+    /// The folder the agent serves (where its certificate is). (Or `[serve] root`.)
+    #[arg(long)]
+    pub root: Option<PathBuf>,
+    /// The address it listens on. (Or `[serve] listen`.)
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Its pairing token file. (Or `[serve] token_file`.)
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// Print the admin code instead (`rainmaker-admin://...`, for `remote --agent` and the
+    /// tray): it lets its holder command this agent.
+    #[arg(long)]
+    pub admin: bool,
+    /// The admin token file, with --admin. (Or `[serve] admin_token_file`.)
+    #[arg(long)]
+    pub admin_token_file: Option<PathBuf>,
+    /// The host sources reach this agent by (default: the listen address, or this machine's
+    /// host name when it listens on every interface), e.g. a public name or address.
+    #[arg(long)]
+    pub host: Option<String>,
 }
 
 #[derive(Debug, Args)]
 #[command(group = clap::ArgGroup::new("mode").args(["once", "watch", "every"]))]
 pub struct PushArgs {
     /// Folder to mirror. Without it, every [[folder]] of the configuration file is mirrored.
-    #[arg(requires_all = ["to", "token_file"])]
+    #[arg(requires = "to")]
     pub source: Option<PathBuf>,
-    /// Target agent, wss://HOST:PORT; repeat for several targets.
-    #[arg(long)]
+    /// Target agent: its pairing code (`rainmaker pair` prints it there), or wss://HOST:PORT
+    /// with --fingerprint and --token-file; repeat for several targets.
+    #[arg(long, value_name = "CODE|URL")]
     pub to: Vec<String>,
-    /// File holding the pairing token of the targets.
+    /// File holding the pairing token of the targets given by address (a pairing code
+    /// carries its own).
     #[arg(long)]
     pub token_file: Option<PathBuf>,
     /// Mirror once and exit: 0 when every target verified it is identical, 1 when a target
@@ -118,10 +152,14 @@ pub struct PushArgs {
     /// e.g. `{"event":"synced","target":...,"files_sent":1,"bytes_changed":2000,"wire_bytes":2300,...}`).
     #[arg(long)]
     pub json: bool,
-    /// Pin a target's certificate fingerprint (SHA256:...), one per --to in the same order;
-    /// without it the first connection is trusted and remembered in the known-peers file.
+    /// Pin a target's certificate fingerprint (SHA256:...), one per --to given as an address,
+    /// in the same order. Without it a target must be in the known-peers file.
     #[arg(long)]
     pub fingerprint: Vec<String>,
+    /// Trust a target that is neither pinned nor known on its first answer, and remember its
+    /// fingerprint: its token goes to whoever answers, so only on a network you trust.
+    #[arg(long)]
+    pub trust_first_use: bool,
     /// Known-peers file (default: in RainMaker's data folder).
     #[arg(long)]
     pub known_peers: Option<PathBuf>,
@@ -270,15 +308,20 @@ fn parse_size(text: &str) -> Result<u64, String> {
 
 #[derive(Debug, Args)]
 pub struct RemoteArgs {
-    /// The agent to command, wss://HOST:PORT.
-    #[arg(long)]
+    /// The agent to command: its admin code (`rainmaker pair --admin` prints it there), or
+    /// wss://HOST:PORT with --fingerprint and --admin-token-file.
+    #[arg(long, value_name = "CODE|URL")]
     pub agent: String,
-    /// File holding the agent's admin token.
+    /// File holding the agent's admin token (an admin code carries it).
     #[arg(long)]
-    pub admin_token_file: PathBuf,
+    pub admin_token_file: Option<PathBuf>,
     /// The agent's certificate fingerprint; without it the known-peers file is used.
     #[arg(long)]
     pub fingerprint: Option<String>,
+    /// Trust the agent on its first answer when it is neither pinned nor known (its admin
+    /// token goes to whoever answers).
+    #[arg(long)]
+    pub trust_first_use: bool,
     /// Known-peers file (default: RainMaker's data folder).
     #[arg(long)]
     pub known_peers: Option<PathBuf>,
@@ -293,17 +336,22 @@ pub enum RemoteAction {
         #[arg(long)]
         json: bool,
     },
-    /// Push the agent's folder to other agents (once, or --watch to keep mirroring).
+    /// Push the agent's folder to other agents (once, or --watch to keep mirroring). Each
+    /// target must be pinned: give its pairing code, or its address with its fingerprint.
     Push {
-        /// Target agent, wss://HOST:PORT; repeat for several.
-        #[arg(long, required = true)]
+        /// Target agent: its pairing code, or wss://HOST:PORT; repeat for several.
+        #[arg(long, required = true, value_name = "CODE|URL")]
         to: Vec<String>,
-        /// File holding the targets' pairing token (one for all, or one per --to).
-        #[arg(long, required = true)]
+        /// File holding the pairing token of the targets given by address (one for all, or
+        /// one per such --to).
+        #[arg(long)]
         target_token_file: Vec<PathBuf>,
-        /// A target's certificate fingerprint (one per --to, in order).
+        /// The certificate fingerprint of each target given by address, in order.
         #[arg(long)]
         target_fingerprint: Vec<String>,
+        /// Allow plain ws:// targets, which the agent accepts on its own loopback only.
+        #[arg(long)]
+        insecure: bool,
         #[arg(long)]
         watch: bool,
         /// Print the push's events until it ends; exit 0 only when every target is identical.

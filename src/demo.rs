@@ -47,6 +47,7 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
         insecure: false,
         name: "demo-backup".into(),
         trash_retention: Some(rainmaker_engine::trash::DEFAULT_RETENTION),
+        push_to: None,
     })
     .await
     .context("cannot start the demo target")?;
@@ -58,7 +59,8 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
 
     let backup = TargetSpec {
         url: url.clone(),
-        trust: Trust::KnownPeers(base.join("known_peers")),
+        // The demo started this agent itself, so it pins the fingerprint it printed.
+        trust: Trust::Pinned(fingerprint.clone()),
         token,
     };
     let mut options = PushOptions::new(source.clone(), vec![backup], base.join("source-index"));

@@ -9,19 +9,21 @@ mod remote;
 mod service;
 mod setup;
 mod status;
+mod target;
 #[cfg(windows)]
 mod winservice;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use cli::{Cli, Command, PushArgs, ServeArgs};
+use cli::{Cli, Command, PairArgs, PushArgs, ServeArgs};
 use rainmaker_engine::config::Mode;
 use rainmaker_engine::engine::{self, PushOptions, Schedule, ServeOptions, Server, TargetSpec};
 use rainmaker_engine::event::{self, PushReport};
 use rainmaker_engine::exclude::Exclude;
 use rainmaker_engine::guard::Thresholds;
+use rainmaker_engine::pairing::{self, Pairing};
 use rainmaker_engine::schedule::{SyncTiming, interval_warning, total_memory};
-use rainmaker_engine::transport::Trust;
+use rainmaker_engine::transport::{Role, Trust};
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -118,6 +120,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     let config = config.as_deref();
     match cli.command {
         Command::Serve(args) => serve(args, config).await.map(|()| ExitCode::SUCCESS),
+        Command::Pair(args) => pair(args, config).map(|()| ExitCode::SUCCESS),
         Command::Push(args) => match args.source.is_some() {
             true => push(args).await,
             false => push_configured(args, config).await,
@@ -222,81 +225,121 @@ async fn next_signal() {
     }
 }
 
+/// What `serve` and `pair` take from the flags, else from `[serve]` in the configuration file.
+#[derive(Debug)]
+struct ServeSettings {
+    root: std::path::PathBuf,
+    listen: String,
+    token_file: std::path::PathBuf,
+    admin_token_file: Option<std::path::PathBuf>,
+    insecure: bool,
+    name: Option<String>,
+    trash_days: Option<u32>,
+    push_to: Option<Vec<String>>,
+}
+
+impl ServeSettings {
+    fn resolve(args: &ServeArgs, config: Option<&Path>) -> Result<ServeSettings> {
+        let needs_config =
+            args.root.is_none() || args.listen.is_none() || args.token_file.is_none();
+        let (from_file, config_path) = match needs_config {
+            true => {
+                let (config, path) = setup::load(config)?;
+                (config.serve, path)
+            }
+            false => (None, setup::path(config)),
+        };
+        let missing = |flag: &str, key: &str| {
+            anyhow::anyhow!(
+                "{flag} is missing: give it, or set [serve] {key} in {} (`rainmaker init` writes one)",
+                config_path.display()
+            )
+        };
+        let file = from_file.as_ref();
+        Ok(ServeSettings {
+            root: args
+                .root
+                .clone()
+                .or_else(|| file.map(|s| s.root.clone()))
+                .ok_or_else(|| missing("--root", "root"))?,
+            listen: args
+                .listen
+                .clone()
+                .or_else(|| file.map(|s| s.listen.clone()))
+                .ok_or_else(|| missing("--listen", "listen"))?,
+            token_file: args
+                .token_file
+                .clone()
+                .or_else(|| file.map(|s| s.token_file.clone()))
+                .ok_or_else(|| missing("--token-file", "token_file"))?,
+            admin_token_file: args
+                .admin_token_file
+                .clone()
+                .or_else(|| file.and_then(|s| s.admin_token_file.clone())),
+            insecure: args.insecure || file.is_some_and(|s| s.insecure),
+            name: args
+                .name
+                .clone()
+                .or_else(|| file.and_then(|s| s.name.clone())),
+            trash_days: args.trash_days.or_else(|| file.and_then(|s| s.trash_days)),
+            push_to: if args.push_to.is_empty() {
+                file.and_then(|s| s.push_to.clone())
+            } else {
+                Some(args.push_to.clone())
+            },
+        })
+    }
+}
+
 async fn serve(args: ServeArgs, config: Option<&Path>) -> Result<()> {
-    let needs_config = args.root.is_none() || args.listen.is_none() || args.token_file.is_none();
-    let (from_file, config_path) = match needs_config {
-        true => {
-            let (config, path) = setup::load(config)?;
-            (config.serve, path)
-        }
-        false => (None, setup::path(config)),
-    };
-    let missing = |flag: &str, key: &str| {
-        anyhow::anyhow!(
-            "{flag} is missing: give it, or set [serve] {key} in {} (`rainmaker init` writes one)",
-            config_path.display()
-        )
-    };
-    let root = args
-        .root
-        .clone()
-        .or_else(|| from_file.as_ref().map(|s| s.root.clone()))
-        .ok_or_else(|| missing("--root", "root"))?;
-    let listen = args
-        .listen
-        .clone()
-        .or_else(|| from_file.as_ref().map(|s| s.listen.clone()))
-        .ok_or_else(|| missing("--listen", "listen"))?;
-    let token_file = args
-        .token_file
-        .clone()
-        .or_else(|| from_file.as_ref().map(|s| s.token_file.clone()))
-        .ok_or_else(|| missing("--token-file", "token_file"))?;
-    let insecure = args.insecure || from_file.as_ref().is_some_and(|s| s.insecure);
-    let token = read_token(&token_file)?;
-    let admin_token = args
+    let settings = ServeSettings::resolve(&args, config)?;
+    let token = read_token(&settings.token_file)?;
+    let admin_token = settings
         .admin_token_file
-        .clone()
-        .or_else(|| from_file.as_ref().and_then(|s| s.admin_token_file.clone()))
-        .map(|path| read_token(&path))
+        .as_deref()
+        .map(read_token)
         .transpose()?;
-    let name = args
-        .name
-        .clone()
-        .or_else(|| from_file.as_ref().and_then(|s| s.name.clone()))
-        .unwrap_or_else(host_name);
-    let args = ServeArgs {
-        root: Some(root.clone()),
-        listen: Some(listen.clone()),
-        token_file: Some(token_file),
-        insecure,
-        name: Some(name.clone()),
-        trash_days: args.trash_days,
-        admin_token_file: None,
-    };
-    let days = args
-        .trash_days
-        .or_else(|| from_file.as_ref().and_then(|s| s.trash_days))
-        .unwrap_or(7);
+    let days = settings.trash_days.unwrap_or(7);
     let server = Server::bind(ServeOptions {
         admin_token,
-        root,
-        listen,
-        token,
-        insecure,
-        name,
+        root: settings.root.clone(),
+        listen: settings.listen.clone(),
+        token: token.clone(),
+        insecure: settings.insecure,
+        name: settings.name.clone().unwrap_or_else(host_name),
         trash_retention: (days > 0).then(|| Duration::from_secs(u64::from(days) * 24 * 3600)),
+        push_to: settings.push_to.clone(),
     })
     .await
     .context("cannot start the agent")?;
-    let scheme = if args.insecure { "ws" } else { "wss" };
+    let scheme = if settings.insecure { "ws" } else { "wss" };
     eprintln!(
         "rainmaker: receiving mirrors into {} on {scheme}://{}",
-        args.root.as_deref().unwrap_or(Path::new("")).display(),
+        settings.root.display(),
         server.local_addr()
     );
     match server.fingerprint() {
-        Some(fp) => eprintln!("rainmaker: certificate fingerprint {fp}"),
+        Some(fp) => {
+            eprintln!("rainmaker: certificate fingerprint {fp}");
+            use std::io::IsTerminal;
+            if std::io::stderr().is_terminal() {
+                let code = Pairing {
+                    role: Role::Source,
+                    host: pairing::advertised_host(&settings.listen, &machine_name()),
+                    port: server.local_addr().port(),
+                    fingerprint: fp.to_owned(),
+                    token,
+                };
+                eprintln!(
+                    "rainmaker: pairing code {code}\n           (give it to a source: `rainmaker push FOLDER --to CODE --once`; it holds the pairing token, keep it secret)"
+                );
+            } else {
+                // Not a person's terminal: this output may be a log others can read.
+                eprintln!(
+                    "rainmaker: pairing code: run `rainmaker pair` on this machine to show it (not written to this log: it holds the pairing token)"
+                );
+            }
+        }
         None => {
             eprintln!("rainmaker: WARNING: --insecure: plain ws://, no encryption (loopback only)")
         }
@@ -306,45 +349,124 @@ async fn serve(args: ServeArgs, config: Option<&Path>) -> Result<()> {
     Ok(())
 }
 
+/// `rainmaker pair`: the agent's pairing code (or admin code) from its configuration, its
+/// certificate and its token file, on stdout.
+fn pair(args: PairArgs, config: Option<&Path>) -> Result<()> {
+    let serve_args = ServeArgs {
+        root: args.root.clone(),
+        listen: args.listen.clone(),
+        token_file: args.token_file.clone(),
+        insecure: false,
+        name: None,
+        trash_days: None,
+        admin_token_file: args.admin_token_file.clone(),
+        push_to: Vec::new(),
+    };
+    let settings = ServeSettings::resolve(&serve_args, config)?;
+    if settings.insecure {
+        bail!(
+            "this agent serves plain ws:// (insecure = true): it has no certificate, so no pairing code; serve over wss:// to pair"
+        );
+    }
+    let port = settings
+        .listen
+        .rsplit_once(':')
+        .and_then(|(_, port)| port.parse::<u16>().ok())
+        .filter(|port| *port != 0)
+        .with_context(|| {
+            format!(
+                "the listen address {} has no fixed port; give --listen with the port the agent printed",
+                settings.listen
+            )
+        })?;
+    let fingerprint =
+        rainmaker_engine::transport::fingerprint_in(&engine::identity_dir(&settings.root))?;
+    let (role, token) = if args.admin {
+        let file = settings.admin_token_file.as_deref().context(
+            "this agent has no admin token: give --admin-token-file, or set [serve] admin_token_file",
+        )?;
+        (Role::Admin, read_token(file)?)
+    } else {
+        (Role::Source, read_token(&settings.token_file)?)
+    };
+    let host = match &args.host {
+        Some(host) => host.trim().trim_matches(['[', ']']).to_ascii_lowercase(),
+        None => pairing::advertised_host(&settings.listen, &machine_name()),
+    };
+    let code = Pairing {
+        role,
+        host,
+        port,
+        fingerprint,
+        token,
+    };
+    // What this prints must read back: a host name with characters a code cannot hold is
+    // refused here, not on the source.
+    Pairing::parse(&code.to_string()).context("give another --host")?;
+    println!("{code}");
+    eprintln!(
+        "{}; keep it secret",
+        match role {
+            Role::Source =>
+                "give it to a source (`rainmaker push FOLDER --to CODE`, or Add server in the tray): it lets its holder mirror into this folder",
+            Role::Admin =>
+                "give it to whoever commands this agent (`rainmaker remote --agent CODE ...`): it lets its holder push this folder, promote and demote this agent",
+        }
+    );
+    Ok(())
+}
+
+/// This machine's name for a pairing code when the agent listens on every interface.
+fn machine_name() -> String {
+    pairing::host_name().unwrap_or_else(host_name)
+}
+
 pub fn host_name() -> String {
     std::env::var("HOSTNAME")
         .or_else(|_| std::env::var("COMPUTERNAME"))
         .unwrap_or_else(|_| "rainmaker".into())
 }
 
-/// Turns the command line's targets into engine targets, checking schemes and pins.
-fn targets(args: &PushArgs, token: &str) -> Result<Vec<TargetSpec>> {
-    if !args.fingerprint.is_empty() && args.fingerprint.len() != args.to.len() {
-        bail!(
-            "give one --fingerprint per --to, in the same order ({} targets, {} fingerprints)",
-            args.to.len(),
-            args.fingerprint.len()
-        );
-    }
+/// Turns the command line's targets (pairing codes, or addresses with --fingerprint and
+/// --token-file) into engine targets, checking schemes and pins.
+fn targets(args: &PushArgs) -> Result<Vec<TargetSpec>> {
     let known_peers = args
         .known_peers
         .clone()
         .unwrap_or_else(engine::default_known_peers);
-    args.to
-        .iter()
-        .enumerate()
-        .map(|(i, url)| {
-            Ok(TargetSpec {
-                url: url.clone(),
-                trust: trust(url, args.fingerprint.get(i), &known_peers, args.insecure)?,
-                token: token.to_string(),
-            })
+    let token_files: Vec<_> = args.token_file.iter().cloned().collect();
+    target::read(
+        &args.to,
+        &args.fingerprint,
+        &token_files,
+        ("--fingerprint", "--token-file"),
+    )?
+    .into_iter()
+    .map(|given| {
+        Ok(TargetSpec {
+            trust: trust(
+                &given.url,
+                given.fingerprint.as_ref(),
+                &known_peers,
+                args.insecure,
+                args.trust_first_use,
+            )?,
+            url: given.url,
+            token: given.token,
         })
-        .collect()
+    })
+    .collect()
 }
 
 /// How to check a target: plain ws:// only when `insecure` allows it, a pinned fingerprint
-/// when one is given, else the known-peers file.
+/// when one is given, else the known-peers file (which records a new peer only when
+/// `first_use` allows it).
 fn trust(
     url: &str,
     fingerprint: Option<&String>,
     known_peers: &Path,
     insecure: bool,
+    first_use: bool,
 ) -> Result<Trust> {
     if url.starts_with("ws://") && !insecure {
         bail!(
@@ -358,19 +480,18 @@ fn trust(
         url,
         fingerprint.map(String::as_str),
         known_peers,
+        first_use,
     ))
 }
 
 async fn push(args: PushArgs) -> Result<ExitCode> {
-    let token_file = args.token_file.clone().context("--token-file is missing")?;
-    let token = read_token(&token_file)?;
     if args.to.is_empty() {
-        bail!("give at least one --to wss://HOST:PORT");
+        bail!("give at least one --to: a target's pairing code, or wss://HOST:PORT");
     }
     if !(args.once || args.watch || args.every.is_some()) {
         bail!("say how to mirror: --once, --watch or --every [INTERVAL]");
     }
-    let targets = targets(&args, &token)?;
+    let targets = targets(&args)?;
     let source = args
         .source
         .clone()
@@ -582,6 +703,7 @@ async fn run_configured(config: Option<&Path>) -> Result<ExitCode> {
                     name: None,
                     trash_days: None,
                     admin_token_file: None,
+                    push_to: Vec::new(),
                 };
                 serve(args, config).await.map(|()| ExitCode::SUCCESS)
             }
@@ -640,7 +762,13 @@ async fn push_configured(args: PushArgs, config: Option<&Path>) -> Result<ExitCo
             // loopback).
             targets.push(TargetSpec {
                 url: t.url.clone(),
-                trust: trust(&t.url, t.fingerprint.as_ref(), &known_peers, true)?,
+                trust: trust(
+                    &t.url,
+                    t.fingerprint.as_ref(),
+                    &known_peers,
+                    true,
+                    args.trust_first_use,
+                )?,
                 token: read_token(&t.token_file)?,
             });
         }

@@ -1,52 +1,98 @@
 //! `rainmaker remote`: command an agent over its authenticated connection (the admin token):
 //! show its folder, push that folder to other agents (cloud to cloud, or back home after a
 //! failover), pause, resume and stop pushes, follow events, promote and demote.
+//!
+//! The agent is named by its admin code (`rainmaker pair --admin`), or by its address with
+//! `--fingerprint` (or a known-peers entry) and `--admin-token-file`; the admin token is only
+//! sent once its certificate is pinned.
 
 use crate::cli::{RemoteAction, RemoteArgs};
 use crate::read_token;
 use anyhow::{Context, Result, bail};
 use rainmaker_engine::engine::{self, Remote};
+use rainmaker_engine::pairing::Pairing;
 use rainmaker_engine::protocol::{ControlReply, ControlRequest, RemoteTarget};
-use rainmaker_engine::transport::{ConnectOptions, Trust};
+use rainmaker_engine::transport::{ConnectOptions, Role, Trust};
 use std::process::ExitCode;
 
-pub async fn run(args: RemoteArgs) -> Result<ExitCode> {
+/// The agent to command: its address, how to check it, and its admin token.
+fn agent_of(args: &RemoteArgs) -> Result<ConnectOptions> {
+    let source_name = crate::host_name();
+    if Pairing::is_code(&args.agent) {
+        let code = Pairing::parse(&args.agent)?;
+        if code.role != Role::Admin {
+            bail!(
+                "--agent is a pairing code (rainmaker://), which only lets its holder mirror;                  commanding the agent needs its admin code: run `rainmaker pair --admin` on it"
+            );
+        }
+        if args.admin_token_file.is_some() || args.fingerprint.is_some() {
+            bail!(
+                "an admin code carries the fingerprint and the token: drop --fingerprint and --admin-token-file"
+            );
+        }
+        return Ok(ConnectOptions {
+            url: code.url(),
+            trust: Trust::Pinned(code.fingerprint),
+            token: code.token,
+            source_name,
+        });
+    }
     let known_peers = args
         .known_peers
         .clone()
         .unwrap_or_else(engine::default_known_peers);
-    let trust = Trust::for_url(&args.agent, args.fingerprint.as_deref(), &known_peers);
-    let mut remote = Remote::connect(&ConnectOptions {
-        url: args.agent.clone(),
-        trust,
-        token: read_token(&args.admin_token_file)?,
-        source_name: crate::host_name(),
+    let file = args.admin_token_file.as_deref().context(
+        "--admin-token-file is missing: give it with the agent's address, or give the agent's          admin code as --agent (`rainmaker pair --admin` on it)",
+    )?;
+    Ok(ConnectOptions {
+        url: args.agent.trim().to_owned(),
+        trust: Trust::for_url(
+            &args.agent,
+            args.fingerprint.as_deref(),
+            &known_peers,
+            args.trust_first_use,
+        ),
+        token: read_token(file)?,
+        source_name,
     })
-    .await
-    .with_context(|| format!("cannot reach {}", args.agent))?;
-    let agent = &args.agent;
+}
+
+pub async fn run(args: RemoteArgs) -> Result<ExitCode> {
+    let options = agent_of(&args)?;
+    let mut remote = Remote::connect(&options)
+        .await
+        .with_context(|| format!("cannot reach {}", options.url))?;
+    let agent = &options.url;
     let request = match &args.action {
         RemoteAction::Status { .. } => ControlRequest::Status,
         RemoteAction::Push {
             to,
             target_token_file,
             target_fingerprint,
+            insecure,
             watch,
             ..
         } => {
-            if target_token_file.len() != 1 && target_token_file.len() != to.len() {
-                bail!("give one --target-token-file for all targets, or one per --to");
-            }
-            if !target_fingerprint.is_empty() && target_fingerprint.len() != to.len() {
-                bail!("give one --target-fingerprint per --to, in the same order, or none");
-            }
+            let given = crate::target::read(
+                to,
+                target_fingerprint,
+                target_token_file,
+                ("--target-fingerprint", "--target-token-file"),
+            )?;
             let mut targets = Vec::new();
-            for (i, url) in to.iter().enumerate() {
-                let file = &target_token_file[i.min(target_token_file.len() - 1)];
+            for target in given {
+                if target.url.starts_with("ws://") && !insecure {
+                    bail!(
+                        "{} is plain ws://: the folder and the token would cross in clear; use \
+                         the target's pairing code, or pass --insecure (the agent allows it to its \
+                         own loopback only)",
+                        target.url
+                    );
+                }
                 targets.push(RemoteTarget {
-                    url: url.clone(),
-                    token: read_token(file)?,
-                    fingerprint: target_fingerprint.get(i).cloned(),
+                    url: target.url,
+                    token: target.token,
+                    fingerprint: target.fingerprint,
                 });
             }
             ControlRequest::Push {

@@ -31,12 +31,12 @@ fn a_cascade_sends_each_byte_once_from_the_source() {
     let (agent_b, agent_c, agent_d) = (sandbox.serve(&b), sandbox.serve(&c), sandbox.serve(&d));
     let relay = sandbox
         .push(&b)
-        .to(&agent_c.url)
-        .to(&agent_d.url)
+        .target(&agent_c)
+        .target(&agent_d)
         .state_dir(&sandbox.path("state-b"))
         .arg("--watch")
         .spawn_continuous();
-    let first = sandbox.push(&a).to(&agent_b.url).run();
+    let first = sandbox.push(&a).target(&agent_b).run();
     first.assert_ok();
     let from_a = first.target_u64(&agent_b.url, "wire_bytes");
     for (name, dir) in [("C", &c), ("D", &d)] {
@@ -53,9 +53,9 @@ fn a_cascade_sends_each_byte_once_from_the_source() {
     let (agent_e, agent_f, agent_g) = (sandbox.serve(&e), sandbox.serve(&f), sandbox.serve(&g));
     let direct = sandbox
         .push(&a)
-        .to(&agent_e.url)
-        .to(&agent_f.url)
-        .to(&agent_g.url)
+        .target(&agent_e)
+        .target(&agent_f)
+        .target(&agent_g)
         .state_dir(&sandbox.path("state-direct"))
         .run();
     direct.assert_ok();

@@ -33,7 +33,7 @@ fn a_file_appended_to_while_it_is_sent_arrives_as_a_prefix_then_whole() {
             }
         })
     };
-    let first = sandbox.push(&src).to(&agent.url).run();
+    let first = sandbox.push(&src).target(&agent).run();
     let mirrored = std::fs::read(dst.join("db/tick.ncd")).unwrap_or_default();
     let source_now = std::fs::read(&path).unwrap();
     stop.store(true, Ordering::SeqCst);
@@ -45,7 +45,7 @@ fn a_file_appended_to_while_it_is_sent_arrives_as_a_prefix_then_whole() {
         source_now.len(),
         first.describe()
     );
-    sandbox.push(&src).to(&agent.url).run().assert_ok();
+    sandbox.push(&src).target(&agent).run().assert_ok();
     assert_same_tree(&src, &dst);
 }
 
@@ -57,7 +57,7 @@ fn a_file_truncated_or_replaced_while_it_is_sent_converges_to_a_real_version() {
     let original = random_bytes(91, 24 << 20);
     std::fs::write(&path, &original).unwrap();
     let agent = sandbox.serve(&dst);
-    let mut push = sandbox.push(&src).to(&agent.url).spawn();
+    let mut push = sandbox.push(&src).target(&agent).spawn();
     // Change the file under the push: first cut it in half in place (one truncate, so the
     // file is never anything but the original or its half), then replace it entirely the way
     // programs save files (written aside, renamed over it). A plain rewrite in place would
@@ -83,6 +83,6 @@ fn a_file_truncated_or_replaced_while_it_is_sent_converges_to_a_real_version() {
             mirrored.len()
         );
     }
-    sandbox.push(&src).to(&agent.url).run().assert_ok();
+    sandbox.push(&src).target(&agent).run().assert_ok();
     assert_same_tree(&src, &dst);
 }

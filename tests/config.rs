@@ -186,7 +186,7 @@ fn run_serves_what_the_file_says_and_stops_cleanly_on_sigterm() {
         .arg(&logs)
         .arg("run");
     let agent = sandbox.start_agent(command);
-    let result = sandbox.push(&src).to(&agent.url).run();
+    let result = sandbox.push(&src).target(&agent).run();
     assert_eq!(result.code, 0, "{}", result.describe());
     assert_same_tree(&src, &dst);
     let logged: String = std::fs::read_dir(&logs)

@@ -18,7 +18,7 @@ fn watch_mode_delivers_appends_new_files_and_deletes() {
     let agent = sandbox.serve(&dst);
     let push = sandbox
         .push(&src)
-        .to(&agent.url)
+        .target(&agent)
         .arg("--watch")
         .spawn_continuous();
     let log = || push.log();
@@ -66,7 +66,7 @@ fn a_target_that_returns_is_caught_up_within_five_seconds() {
     let port = agent.port();
     let push = sandbox
         .push(&src)
-        .to(&agent.url)
+        .target(&agent)
         .arg("--watch")
         .spawn_continuous();
     let log = || push.log();
@@ -98,7 +98,7 @@ fn a_short_interval_is_warned_about_and_still_syncs() {
     let agent = sandbox.serve(&dst);
     let push = sandbox
         .push(&src)
-        .to(&agent.url)
+        .target(&agent)
         .arg("--every")
         .arg("1s")
         .spawn_continuous();
@@ -142,7 +142,7 @@ fn a_change_the_watch_cannot_see_still_arrives_by_the_rescan() {
     let agent = sandbox.serve(&dst);
     let push = sandbox
         .push(&src)
-        .to(&agent.url)
+        .target(&agent)
         .arg("--watch")
         .arg("--rescan-every")
         .arg("1s")
@@ -169,7 +169,7 @@ fn the_guard_pauses_with_its_reason_and_lifting_the_threshold_resumes() {
     // No machine has a petabyte of memory available: the guard must pause before any sync.
     let paused = sandbox
         .push(&src)
-        .to(&agent.url)
+        .target(&agent)
         .arg("--watch")
         .arg("--pause-memory-below")
         .arg("1000000GiB")
@@ -192,7 +192,7 @@ fn the_guard_pauses_with_its_reason_and_lifting_the_threshold_resumes() {
 
     let resumed = sandbox
         .push(&src)
-        .to(&agent.url)
+        .target(&agent)
         .arg("--watch")
         .spawn_continuous();
     let log = || resumed.log();
@@ -209,8 +209,9 @@ fn status_shows_each_target_of_a_running_push() {
     let down = format!("wss://127.0.0.1:{}", common::dead_port());
     let push = sandbox
         .push(&src)
-        .to(&agent.url)
+        .target(&agent)
         .to(&down)
+        .fingerprint(common::SOME_FINGERPRINT)
         .arg("--watch")
         .spawn_continuous();
     let log = || push.log();

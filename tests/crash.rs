@@ -140,7 +140,7 @@ fn trial(seed: u64) {
     let agent = sandbox.serve(&dst);
     let port = agent.port();
     if incremental {
-        sandbox.push(&src).to(&agent.url).run().assert_ok();
+        sandbox.push(&src).target(&agent).run().assert_ok();
         change(&src, &mut rng);
     }
     let before = contents(&dst);
@@ -149,7 +149,7 @@ fn trial(seed: u64) {
     // the transfer (or at a random moment for a transfer too quick to catch).
     let threshold: u64 = rng.random_range(0..16 << 20);
     let limit = Duration::from_millis(rng.random_range(20..400));
-    let mut push = sandbox.push(&src).to(&agent.url).spawn();
+    let mut push = sandbox.push(&src).target(&agent).spawn();
     let started = std::time::Instant::now();
     loop {
         let staged = common::staged_bytes(&dst);
@@ -178,13 +178,13 @@ fn trial(seed: u64) {
         agent
     };
     // The agent that stayed up may still be closing the cut session; the push retries.
-    let mut result = sandbox.push(&src).to(&agent.url).run();
+    let mut result = sandbox.push(&src).target(&agent).run();
     for _ in 0..20 {
         if result.code == 0 {
             break;
         }
         std::thread::sleep(Duration::from_millis(100));
-        result = sandbox.push(&src).to(&agent.url).run();
+        result = sandbox.push(&src).target(&agent).run();
     }
     result.assert_ok();
     assert_same_tree(&src, &dst);

@@ -119,6 +119,7 @@ fn a_cut_connection_is_resumed_and_little_is_sent_again() {
     let result = sandbox
         .push(&src)
         .to(&url)
+        .fingerprint(agent.fp())
         .timeout(Duration::from_secs(60))
         .run();
     let why = result.describe();
@@ -154,7 +155,7 @@ fn a_stalled_then_throttled_link_still_delivers() {
     // Two seconds of silence in the middle: well inside the stall timeout, so no one gives up.
     let stall = Proxy::start(agent.port(), Fault::Stall(2 << 20, Duration::from_secs(2)));
     let url = format!("wss://127.0.0.1:{}", stall.port);
-    let result = sandbox.push(&src).to(&url).run();
+    let result = sandbox.push(&src).to(&url).fingerprint(agent.fp()).run();
     assert_eq!(
         result.code,
         0,
@@ -173,7 +174,7 @@ fn a_stalled_then_throttled_link_still_delivers() {
     let slow = Proxy::start(agent.port(), Fault::Throttle(4_000_000));
     let url = format!("wss://127.0.0.1:{}", slow.port);
     let started = std::time::Instant::now();
-    let result = sandbox.push(&src).to(&url).run();
+    let result = sandbox.push(&src).to(&url).fingerprint(agent.fp()).run();
     assert_eq!(result.code, 0, "{}", result.describe());
     assert!(
         started.elapsed() > Duration::from_secs(1),

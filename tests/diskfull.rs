@@ -73,7 +73,7 @@ fn a_full_target_disk_is_reported_leaves_no_partial_file_and_completes_once_free
     std::fs::write(src.join("workspace.xml"), b"<workspace/>").unwrap();
     let agent = sandbox.serve(&dst);
 
-    let full = sandbox.push(&src).to(&agent.url).run();
+    let full = sandbox.push(&src).target(&agent).run();
     assert_ne!(
         full.code, 0,
         "a mirror that cannot fit must not report success"
@@ -99,7 +99,7 @@ fn a_full_target_disk_is_reported_leaves_no_partial_file_and_completes_once_free
 
     println!("the source was told:\n{}", full.stderr.trim());
     mount.resize("64m");
-    let freed = sandbox.push(&src).to(&agent.url).run();
+    let freed = sandbox.push(&src).target(&agent).run();
     freed.assert_ok();
     assert_same_tree(&src, &dst);
     println!(

@@ -48,7 +48,8 @@ fn first_mirror_is_identical_and_reported() {
     first_tree(&src);
     let agent = sandbox.serve(&dst);
 
-    let result = sandbox.push(&src).to(&agent.url).run();
+    // By address, trusted on first use because the flag asks for it.
+    let result = sandbox.push(&src).to(&agent.url).trust_first_use().run();
     result.assert_ok();
     assert_same_tree(&src, &dst);
 
@@ -135,7 +136,7 @@ fn incremental_mirror_sends_only_what_changed() {
     let (src, dst) = (sandbox.dir("src"), sandbox.dir("dst"));
     first_tree(&src);
     let agent = sandbox.serve(&dst);
-    sandbox.push(&src).to(&agent.url).run().assert_ok();
+    sandbox.push(&src).target(&agent).run().assert_ok();
     assert_same_tree(&src, &dst);
 
     // Append to a file of several blocks.
@@ -156,7 +157,7 @@ fn incremental_mirror_sends_only_what_changed() {
     std::fs::remove_dir_all(src.join("old")).unwrap();
     chmod(&src.join("bin/run.sh"), 0o644);
 
-    let second = sandbox.push(&src).to(&agent.url).run();
+    let second = sandbox.push(&src).target(&agent).run();
     second.assert_ok();
     assert_same_tree(&src, &dst);
     let changed = second.target_u64(&agent.url, "bytes_changed");
@@ -170,7 +171,7 @@ fn incremental_mirror_sends_only_what_changed() {
         second.describe()
     );
 
-    let third = sandbox.push(&src).to(&agent.url).run();
+    let third = sandbox.push(&src).target(&agent).run();
     third.assert_ok();
     assert_same_tree(&src, &dst);
     assert_eq!(
@@ -190,7 +191,7 @@ fn local_edits_on_the_target_are_overwritten() {
     let (src, dst) = (sandbox.dir("src"), sandbox.dir("dst"));
     first_tree(&src);
     let agent = sandbox.serve(&dst);
-    sandbox.push(&src).to(&agent.url).run().assert_ok();
+    sandbox.push(&src).target(&agent).run().assert_ok();
     let source_before = tree(&src);
 
     // Someone edits the backup: same size, other bytes; another file's content replaced by a
@@ -206,7 +207,7 @@ fn local_edits_on_the_target_are_overwritten() {
         "the local edits must make the target differ before the push"
     );
 
-    let result = sandbox.push(&src).to(&agent.url).run();
+    let result = sandbox.push(&src).target(&agent).run();
     result.assert_ok();
     assert_same_tree(&src, &dst);
     assert_eq!(
@@ -227,9 +228,10 @@ fn one_target_down_does_not_stop_the_others() {
 
     let result = sandbox
         .push(&src)
-        .to(&agent1.url)
+        .target(&agent1)
         .to(&down)
-        .to(&agent3.url)
+        .fingerprint(common::SOME_FINGERPRINT)
+        .target(&agent3)
         .run();
     let why = result.describe();
     assert_eq!(
@@ -280,7 +282,7 @@ fn unmirrorable_paths_are_skipped_and_reported() {
     std::os::unix::fs::symlink("three.bin", src.join("data/link")).unwrap();
     let agent = sandbox.serve(&dst);
 
-    let result = sandbox.push(&src).to(&agent.url).run();
+    let result = sandbox.push(&src).target(&agent).run();
     let why = result.describe();
     assert_eq!(
         result.code, 3,
@@ -336,7 +338,7 @@ fn files_and_folders_swap_places_and_files_shrink() {
     write_random(&src.join("twin-a.bin"), 4, 2 * BLOCK);
     std::fs::write(src.join("name with spaces é.txt"), "ünïcødé").unwrap();
     let agent = sandbox.serve(&dst);
-    sandbox.push(&src).to(&agent.url).run().assert_ok();
+    sandbox.push(&src).target(&agent).run().assert_ok();
     assert_same_tree(&src, &dst);
 
     std::fs::remove_file(src.join("becomes-dir")).unwrap();
@@ -347,7 +349,7 @@ fn files_and_folders_swap_places_and_files_shrink() {
     std::fs::write(src.join("shrinks.bin"), &shrunk[..2 * BLOCK + 10]).unwrap();
     std::fs::copy(src.join("twin-a.bin"), src.join("twin-b.bin")).unwrap();
 
-    let result = sandbox.push(&src).to(&agent.url).run();
+    let result = sandbox.push(&src).target(&agent).run();
     result.assert_ok();
     assert_same_tree(&src, &dst);
     let changed = result.target_u64(&agent.url, "bytes_changed");
@@ -374,7 +376,7 @@ fn thousands_of_files_span_several_manifest_parts() {
         std::fs::write(path, format!("file {i}\n")).unwrap();
     }
     let agent = sandbox.serve(&dst);
-    let first = sandbox.push(&src).to(&agent.url).run();
+    let first = sandbox.push(&src).target(&agent).run();
     first.assert_ok();
     assert_same_tree(&src, &dst);
     assert_eq!(
@@ -386,7 +388,7 @@ fn thousands_of_files_span_several_manifest_parts() {
 
     // The target now lists more entries than one manifest part holds.
     std::fs::write(src.join("d1/f00001.txt"), "changed, and longer\n").unwrap();
-    let second = sandbox.push(&src).to(&agent.url).run();
+    let second = sandbox.push(&src).target(&agent).run();
     second.assert_ok();
     assert_same_tree(&src, &dst);
     assert_eq!(
@@ -418,8 +420,8 @@ fn a_stalled_target_is_failed_and_the_others_finish() {
     let (url1, url2) = (agent1.url.clone(), agent2.url.clone());
     let push = sandbox
         .push(&src)
-        .to(&url1)
-        .to(&url2)
+        .target(&agent1)
+        .target(&agent2)
         .arg("--stall-timeout")
         .arg("3");
     let running = std::thread::spawn(move || push.run());
@@ -465,8 +467,8 @@ fn bwlimit_holds_the_rate_within_ten_percent() {
     let (agent1, agent2) = (sandbox.serve(&dst1), sandbox.serve(&dst2));
     let result = sandbox
         .push(&src)
-        .to(&agent1.url)
-        .to(&agent2.url)
+        .target(&agent1)
+        .target(&agent2)
         .arg("--bwlimit")
         .arg("4MB")
         .run();
@@ -498,10 +500,10 @@ fn an_emptied_source_does_not_empty_the_backup_without_confirmation() {
         write_random(&src.join(format!("db/tick/{i}.ncd")), 20 + i, 5_000);
     }
     let agent = sandbox.serve(&dst);
-    sandbox.push(&src).to(&agent.url).run().assert_ok();
+    sandbox.push(&src).target(&agent).run().assert_ok();
     // The source's drive "is not mounted": the folder is there but empty.
     std::fs::remove_dir_all(src.join("db")).unwrap();
-    let refused = sandbox.push(&src).to(&agent.url).run();
+    let refused = sandbox.push(&src).target(&agent).run();
     let why = refused.describe();
     assert_eq!(
         refused.code, 1,
@@ -519,7 +521,7 @@ fn an_emptied_source_does_not_empty_the_backup_without_confirmation() {
     );
     let confirmed = sandbox
         .push(&src)
-        .to(&agent.url)
+        .target(&agent)
         .arg("--allow-mass-delete")
         .run();
     confirmed.assert_ok();
@@ -535,10 +537,10 @@ fn deleted_and_rewritten_files_can_be_taken_back_from_the_trash() {
     std::fs::write(src.join("workspaces/main.xml"), b"<workspace v=1/>").unwrap();
     std::fs::write(src.join("strategy.cs"), b"// version 1").unwrap();
     let agent = sandbox.serve(&dst);
-    sandbox.push(&src).to(&agent.url).run().assert_ok();
+    sandbox.push(&src).target(&agent).run().assert_ok();
     std::fs::remove_file(src.join("workspaces/main.xml")).unwrap();
     std::fs::write(src.join("strategy.cs"), b"// version 2, broken").unwrap();
-    sandbox.push(&src).to(&agent.url).run().assert_ok();
+    sandbox.push(&src).target(&agent).run().assert_ok();
     assert_same_tree(&src, &dst);
 
     let mut list = sandbox.command();

@@ -80,7 +80,7 @@ fn killed_transfer_resumes(victim: Victim) {
     let agent = sandbox.serve(&dst);
     let port = agent.port();
 
-    let mut push = sandbox.push(&src).to(&agent.url).spawn();
+    let mut push = sandbox.push(&src).target(&agent).spawn();
     let cut = wait_for_part(&dst, &mut push, &agent);
     let agent = match victim {
         Victim::Agent => {
@@ -160,7 +160,7 @@ fn killed_transfer_resumes(victim: Victim) {
         "a file whose transfer was cut must not appear under its final name"
     );
 
-    let result = sandbox.push(&src).to(&agent.url).run();
+    let result = sandbox.push(&src).target(&agent).run();
     result.assert_ok();
     assert_same_tree(&src, &dst);
     let resent = result.target_u64(&agent.url, "bytes_changed");

@@ -114,6 +114,13 @@ fn a_folder_crosses_a_slow_lossy_uplink_whole() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    let log = std::fs::read_to_string(sandbox.path("serve.log")).unwrap();
+    let fingerprint = log
+        .lines()
+        .find_map(|l| l.split("certificate fingerprint ").nth(1))
+        .expect("the agent printed its fingerprint")
+        .trim()
+        .to_owned();
 
     let push = |what: &str| {
         let mut c = in_ns(&ns.src);
@@ -122,6 +129,8 @@ fn a_folder_crosses_a_slow_lossy_uplink_whole() {
             .args([
                 "--to",
                 "wss://10.78.0.2:7878",
+                "--fingerprint",
+                &fingerprint,
                 "--once",
                 "--json",
                 "--token-file",

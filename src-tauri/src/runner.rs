@@ -18,9 +18,10 @@ use rainmaker_engine::engine::{self, PushOptions, Schedule, ServeOptions, Target
 use rainmaker_engine::event::{self, Event, PushReport};
 use rainmaker_engine::exclude::Exclude;
 use rainmaker_engine::guard::Gate;
+use rainmaker_engine::pairing::Pairing;
 use rainmaker_engine::protocol::{AgentStatus, ControlReply, ControlRequest, RemoteTarget};
 use rainmaker_engine::status::{self, Board};
-use rainmaker_engine::transport::{self, ConnectOptions, Trust};
+use rainmaker_engine::transport::{self, ConnectOptions, Role, TransportError, Trust};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -310,11 +311,25 @@ impl Runner {
         }
     }
 
-    /// Connects to `url` only as far as TLS and returns its certificate's fingerprint, for
-    /// the user to compare with what the agent printed before trusting it.
+    /// Connects to `url` (an address, or a pairing code) only as far as TLS and returns its
+    /// certificate's fingerprint, for the user to confirm before trusting it. A pairing code's
+    /// server must present the certificate the code pins.
     pub async fn peek(&self, url: &str) -> Result<String, UiError> {
-        let url = check_url(url)?;
-        Ok(transport::peek_fingerprint(&url).await?)
+        let (url, pinned) = match paired(url)? {
+            Some(code) => (code.url(), Some(code.fingerprint)),
+            None => (check_url(url)?, None),
+        };
+        let presented = transport::peek_fingerprint(&url).await?;
+        match pinned {
+            Some(pinned) if pinned != presented => Err(TransportError::FingerprintChanged {
+                peer: url.trim_start_matches("wss://").to_owned(),
+                expected: pinned,
+                got: presented,
+                known_peers: None,
+            }
+            .into()),
+            _ => Ok(presented),
+        }
     }
 
     /// Adds a server once it answered with the confirmed certificate and accepted the token.
@@ -327,7 +342,26 @@ impl Runner {
         admin_token: Option<&str>,
     ) -> Result<(), UiError> {
         let name = check_name(name)?;
-        let url = check_url(url)?;
+        // A pairing code brings the address, the pin and the token; the confirmed fingerprint
+        // must be the pinned one.
+        let code = paired(url)?;
+        let (url, token) = match &code {
+            Some(code) => {
+                if !token.trim().is_empty() && token.trim() != code.token {
+                    return Err(UiError::bad_input(
+                        "The pairing token differs from the one in the pairing code; leave it empty.",
+                    ));
+                }
+                if transport::parse_fingerprint(fingerprint).as_ref() != Some(&code.fingerprint) {
+                    return Err(UiError::new(
+                        "fingerprint",
+                        "The confirmed certificate is not the one the pairing code pins; check the server again.",
+                    ));
+                }
+                (code.url(), code.token.as_str())
+            }
+            None => (check_url(url)?, token),
+        };
         if token.trim().is_empty() {
             return Err(UiError::bad_input(
                 "The pairing token is empty. Copy it from the server's token file.",
@@ -1085,7 +1119,9 @@ impl Runner {
 
     /// How this PC checks the server at `url`.
     fn trust(&self, url: &str, fingerprint: Option<&str>) -> Trust {
-        Trust::for_url(url, fingerprint, &self.data_dir.join("known_peers"))
+        // Never on first use: a server is added with its fingerprint confirmed (or its pairing
+        // code); a hand-written one without a fingerprint must be in the known-peers file.
+        Trust::for_url(url, fingerprint, &self.data_dir.join("known_peers"), false)
     }
 
     /// The trust and pairing token of a configured server.
@@ -1276,6 +1312,7 @@ impl Runner {
             insecure: false,
             name: self.this_pc.clone(),
             trash_retention: Some(Duration::from_secs(7 * 24 * 3600)),
+            push_to: None,
         })
         .await?;
         let port = server.local_addr().port();
@@ -1590,6 +1627,20 @@ fn check_name(name: &str) -> Result<String, UiError> {
 }
 
 /// Accepts `HOST:PORT` or a wss:// address; returns the wss:// address.
+/// The pairing code the user pasted as the address, if it is one.
+fn paired(address: &str) -> Result<Option<Pairing>, UiError> {
+    if !Pairing::is_code(address) {
+        return Ok(None);
+    }
+    let code = Pairing::parse(address).map_err(|e| UiError::bad_input(e.to_string()))?;
+    if code.role != Role::Source {
+        return Err(UiError::bad_input(
+            "That is the server's admin code: paste its pairing code (`rainmaker pair`) as the address, and the admin token below.",
+        ));
+    }
+    Ok(Some(code))
+}
+
 fn check_url(url: &str) -> Result<String, UiError> {
     let url = url.trim().trim_end_matches('/');
     let full = if url.contains("://") {

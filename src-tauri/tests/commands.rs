@@ -54,6 +54,7 @@ fn harness() -> Harness {
         insecure: false,
         name: "backup-1".into(),
         trash_retention: None,
+        push_to: None,
     }))
     .unwrap();
     let url = format!("127.0.0.1:{}", server.local_addr().port());
@@ -293,6 +294,7 @@ fn agent_with_admin(root: &Path, name: &str, stop: &CancellationToken) -> (Strin
         insecure: false,
         name: name.into(),
         trash_retention: None,
+        push_to: None,
     }))
     .unwrap();
     let url = format!("127.0.0.1:{}", server.local_addr().port());
@@ -404,5 +406,49 @@ fn the_dashboard_makes_one_server_push_to_another_and_promotes_it() {
     assert!(
         text.contains("admin_token_file") && !text.contains(ADMIN),
         "{text}"
+    );
+}
+
+#[test]
+fn a_server_is_added_from_its_pairing_code_once_the_certificate_is_the_pinned_one() {
+    let h = harness();
+    let code = format!("rainmaker://{}#{}/{TOKEN}", h.url, h.fingerprint);
+
+    // A code whose pin is not the certificate that answers (a hijacked address): refused at
+    // the confirmation step already, with a code the UI can act on.
+    let other = format!("SHA256:{}", "0".repeat(64));
+    let hijacked = format!("rainmaker://{}#{other}/{TOKEN}", h.url);
+    let e = call(&h, "peek_server", json!({ "url": hijacked })).unwrap_err();
+    assert_eq!(e["code"], "fingerprint", "{e}");
+    let e = call(
+        &h,
+        "add_server",
+        json!({ "name": "cloud-1", "url": hijacked, "token": "", "fingerprint": h.fingerprint }),
+    )
+    .unwrap_err();
+    assert_eq!(
+        e["code"], "fingerprint",
+        "the confirmed fingerprint must be the pinned one: {e}"
+    );
+    assert!(!h.config.exists(), "nothing was saved");
+
+    // The real code: the confirmation step shows the pinned certificate, and the code alone
+    // (no token typed) adds the server.
+    let peeked = call(&h, "peek_server", json!({ "url": code })).unwrap();
+    assert_eq!(peeked, h.fingerprint);
+    call(
+        &h,
+        "add_server",
+        json!({ "name": "cloud-1", "url": code, "token": "", "fingerprint": peeked }),
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(&h.config).unwrap();
+    assert!(
+        text.contains(&format!("wss://{}", h.url)) && text.contains(&h.fingerprint),
+        "the address and the pin from the code are in rainmaker.toml:\n{text}"
+    );
+    assert!(
+        !text.contains(TOKEN) && !text.contains("rainmaker://"),
+        "the token goes to its own file, not into the configuration:\n{text}"
     );
 }

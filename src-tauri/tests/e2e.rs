@@ -136,6 +136,7 @@ async fn the_dashboard_adds_a_server_and_syncs_a_folder_to_it() {
         insecure: false,
         name: "cloud-e2e".into(),
         trash_retention: None,
+        push_to: None,
     })
     .await
     .unwrap();

@@ -25,6 +25,9 @@ use std::time::{Duration, Instant};
 
 /// The block size of the protocol (128 KiB).
 pub const BLOCK: usize = 128 * 1024;
+/// A well-formed fingerprint no agent has (for targets that are down anyway).
+pub const SOME_FINGERPRINT: &str =
+    "SHA256:0000000000000000000000000000000000000000000000000000000000000000";
 /// Longest a `rainmaker push` may run before a test gives up on it.
 pub const PUSH_TIMEOUT: Duration = Duration::from_secs(40);
 /// Longest an agent may take to print its address.
@@ -146,7 +149,12 @@ impl Sandbox {
                 command.arg("--insecure");
             }
             match Agent::start(command, insecure) {
-                Ok(agent) => return agent,
+                Ok(mut agent) => {
+                    if !insecure {
+                        agent.code = Some(self.pair(root, agent.port()));
+                    }
+                    return agent;
+                }
                 // A fixed port may still be held by the agent that was just stopped.
                 Err(log) if port != 0 && log.contains("cannot listen") => {
                     assert!(
@@ -159,6 +167,28 @@ impl Sandbox {
                 Err(log) => panic!("`rainmaker serve` did not start:\n{log}"),
             }
         }
+    }
+
+    /// `rainmaker pair` for the agent serving `root` on `127.0.0.1:port` with this sandbox's
+    /// token: its pairing code.
+    pub fn pair(&self, root: &Path, port: u16) -> String {
+        let mut command = self.command();
+        command
+            .arg("pair")
+            .arg("--root")
+            .arg(root)
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--token-file")
+            .arg(self.token_file());
+        let (code, stdout, stderr) = run_bounded(command, Duration::from_secs(10));
+        assert_eq!(code, 0, "`rainmaker pair` failed:\n{stdout}\n{stderr}");
+        let line = stdout.trim();
+        assert!(
+            line.starts_with("rainmaker://") && !line.contains(char::is_whitespace),
+            "`rainmaker pair` prints one code on stdout, got {stdout:?}"
+        );
+        line.to_owned()
     }
 
     /// A `rainmaker push SRC --once --json` with this sandbox's token, state folder and
@@ -238,6 +268,8 @@ pub struct Agent {
     pub addr: SocketAddr,
     /// `SHA256:<64 hex>`, as printed; `None` when insecure.
     pub fingerprint: Option<String>,
+    /// Its pairing code, as `rainmaker pair` printed it (agents the helpers started over wss).
+    pub code: Option<String>,
     log: Arc<Mutex<String>>,
 }
 
@@ -251,6 +283,7 @@ impl Agent {
             url: String::new(),
             addr: SocketAddr::from(([0, 0, 0, 0], 0)),
             fingerprint: None,
+            code: None,
             log,
         }
     }
@@ -318,6 +351,7 @@ impl Agent {
             url,
             addr,
             fingerprint,
+            code: None,
             log,
         })
     }
@@ -466,13 +500,33 @@ pub struct Push {
 }
 
 impl Push {
-    /// Adds a target URL.
+    /// Adds a target URL (pin it with [`Push::fingerprint`], or [`Push::trust_first_use`]).
     pub fn to(mut self, url: &str) -> Push {
         self.targets.push(url.to_string());
         self
     }
 
-    /// Pins the certificate of the targets (one `--fingerprint` per `--to`, in order).
+    /// Adds an agent by its pairing code (or, for an agent started without the helpers, by its
+    /// address and the fingerprint it printed): pinned, as a user does it.
+    pub fn target(mut self, agent: &Agent) -> Push {
+        match &agent.code {
+            Some(code) => self.targets.push(code.clone()),
+            None => {
+                self.targets.push(agent.url.clone());
+                self.fingerprints.push(agent.fp().to_owned());
+            }
+        }
+        self
+    }
+
+    /// Trusts targets that are neither pinned nor known on first use (`--trust-first-use`).
+    pub fn trust_first_use(mut self) -> Push {
+        self.extra.push("--trust-first-use".into());
+        self
+    }
+
+    /// Pins the certificate of the targets (one `--fingerprint` per `--to` given as an
+    /// address, in order).
     pub fn fingerprint(mut self, fingerprint: &str) -> Push {
         self.fingerprints.push(fingerprint.to_string());
         self

@@ -77,12 +77,19 @@ export function fakeBackend(initial: Dashboard = emptyDashboard()): FakeBackend 
     },
     async peekServer(url) {
       fake.calls.push(`peek ${url}`);
+      const code = /^rainmaker:\/\/([^#]+)#(SHA256:[0-9a-f]{64})\/(.+)$/.exec(url.trim());
+      if (code) return code[2];
       if (!/:\d+$/.test(url)) fail("bad_input", `"${url}" has no port; write HOST:PORT.`);
       if (url.includes("offline")) fail("unreachable", `Cannot reach ${url}.`);
       return "SHA256:" + "ab".repeat(32);
     },
     async addServer(name, url, token, fingerprint, adminToken) {
       fake.calls.push(`add ${name} ${url} ${fingerprint}${adminToken ? " admin" : ""}`);
+      const code = /^rainmaker:\/\/([^#]+)#(SHA256:[0-9a-f]{64})\/(.+)$/.exec(url.trim());
+      if (code) {
+        if (code[2] !== fingerprint) fail("fingerprint", "The confirmed certificate is not the one the pairing code pins.");
+        [url, token] = [code[1], code[3]];
+      }
       if (!token.trim()) fail("bad_input", "The pairing token is empty. Copy it from the server's token file.");
       if (token === "wrong") fail("refused", "The server refused the pairing token.");
       if (fake.state.servers.some((s) => s.name === name)) fail("bad_input", `A server is already named "${name}".`);

@@ -274,7 +274,13 @@ function Progress({ p, name }: { p: NonNullable<ServerView["progress"]>; name: s
   );
 }
 
-/** Address and token first; then the certificate's fingerprint to confirm; then it is added. */
+/** Whether the address field holds a pairing code (`rainmaker pair` prints it on the server). */
+const isPairingCode = (address: string) => address.trim().toLowerCase().startsWith("rainmaker://");
+
+/**
+ * Address and token first (or the server's pairing code, which holds both and the certificate's
+ * fingerprint); then the certificate's fingerprint to confirm; then it is added.
+ */
 export function AddServer({ backend, run, onDone }: { backend: Backend; run: Run; onDone: () => void }) {
   const [name, setName] = useState("");
   const [address, setAddress] = useState("");
@@ -302,10 +308,10 @@ export function AddServer({ backend, run, onDone }: { backend: Backend; run: Run
         <input name="server-name" placeholder="cloud-1" value={name} onInput={(e) => setName(e.currentTarget.value)} />
       </label>
       <label>
-        Address
+        Address or pairing code
         <input
           name="server-address"
-          placeholder="203.0.113.5:7878"
+          placeholder="203.0.113.5:7878, or rainmaker://… from `rainmaker pair`"
           value={address}
           onInput={(e) => {
             setAddress(e.currentTarget.value);
@@ -319,10 +325,11 @@ export function AddServer({ backend, run, onDone }: { backend: Backend; run: Run
         <input
           name="server-token"
           type="password"
-          placeholder="from the server's token file"
+          placeholder={isPairingCode(address) ? "in the pairing code" : "from the server's token file"}
           value={token}
           onInput={(e) => setToken(e.currentTarget.value)}
-          required
+          disabled={isPairingCode(address)}
+          required={!isPairingCode(address)}
         />
       </label>
       <label>
@@ -347,8 +354,9 @@ export function AddServer({ backend, run, onDone }: { backend: Backend; run: Run
       ) : (
         <div class="confirm">
           <p>
-            The server presents this certificate. Compare it with the fingerprint the server printed when RainMaker
-            started there (<code>rainmaker serve</code>). Trust it only if they are the same.
+            {isPairingCode(address)
+              ? "The server presents the certificate its pairing code names. Compare it with the fingerprint the server printed when RainMaker started there (rainmaker serve)."
+              : "The server presents this certificate. Compare it with the fingerprint the server printed when RainMaker started there (rainmaker serve). Trust it only if they are the same."}
           </p>
           <code data-test="fingerprint" class="fingerprint">
             {fingerprint}

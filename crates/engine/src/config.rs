@@ -44,6 +44,9 @@ pub struct Serve {
     pub trash_days: Option<u32>,
     /// The admin token that lets a client command this agent.
     pub admin_token_file: Option<PathBuf>,
+    /// The only agents (`host:port`) an admin client may tell this one to push to; `None`:
+    /// any agent it gives a pinned fingerprint for.
+    pub push_to: Option<Vec<String>>,
 }
 
 /// `[[folder]]`: a folder this machine mirrors to targets.
@@ -196,6 +199,7 @@ struct RawServe {
     name: Option<String>,
     trash_days: Option<u32>,
     admin_token_file: Option<PathBuf>,
+    push_to: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Deserialize)]
@@ -277,7 +281,31 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
                     ),
                 ));
             }
+            let push_to = match s.push_to {
+                Some(list) => Some(
+                    list.iter()
+                        .enumerate()
+                        .map(|(i, entry)| {
+                            crate::transport::authority_of(entry.get_ref()).map_err(|e| {
+                                at(
+                                    entry.span(),
+                                    format!(
+                                        "serve.push_to[{i}]: {:?} is not an agent's address ({}); expected HOST:PORT such as \"backup2.example.com:7878\"",
+                                        entry.get_ref(),
+                                        match e {
+                                            crate::transport::TransportError::BadUrl { reason, .. } => reason,
+                                            other => other.to_string(),
+                                        }
+                                    ),
+                                )
+                            })
+                        })
+                        .collect::<Result<Vec<_>, _>>()?,
+                ),
+                None => None,
+            };
             Some(Serve {
+                push_to,
                 root: s.root,
                 listen: s.listen.into_inner(),
                 token_file: s.token_file,
@@ -512,6 +540,12 @@ pub fn render(config: &Config) -> String {
         if let Some(admin) = &serve.admin_token_file {
             t.insert("admin_token_file".into(), path(admin));
         }
+        if let Some(list) = &serve.push_to {
+            t.insert(
+                "push_to".into(),
+                Value::Array(list.iter().map(text).collect()),
+            );
+        }
         root.insert("serve".into(), Value::Table(t));
     }
     let servers: Vec<Value> = config
@@ -646,6 +680,7 @@ token_file = "/etc/rainmaker/token"      # the pairing secret sources present
 # name = "backup-1"                      # shown to sources (default: the host name)
 # trash_days = 7                         # days deleted and replaced files are kept (0: not kept)
 # admin_token_file = "/etc/rainmaker/admin-token"  # lets the dashboard command this agent
+# push_to = ["backup2.example.com:7878"]  # the only agents the admin token may push this folder to
 
 # A folder this machine mirrors to others (the trading PC). Repeat [[folder]] for more.
 # [[folder]]
@@ -773,7 +808,7 @@ admin_token_file = "/tokens/o.admin"
     #[test]
     fn what_render_writes_parses_back_to_the_same_configuration() {
         let text = format!(
-            "[serve]\nroot = \"/srv\"\nlisten = \"0.0.0.0:7878\"\ntoken_file = \"/t\"\ntrash_days = 3\n{SERVERS}\
+            "[serve]\nroot = \"/srv\"\nlisten = \"0.0.0.0:7878\"\ntoken_file = \"/t\"\ntrash_days = 3\npush_to = [\"b2:7878\", \"wss://[::1]:9\"]\n{SERVERS}\
              [[folder]]\nsource = \"/nt8\"\nmode = \"every\"\nevery = \"7m 30s\"\nbwlimit = \"20Mbit\"\nexclude = [\"cache\"]\nto = [\"cloud-a\", \"office\"]\n\
              [[folder]]\nsource = \"/mt5\"\nmode = \"manual\"\nbwlimit = \"1234B\"\n[[folder.target]]\nurl = \"wss://x:1\"\ntoken_file = \"/t\"\n\
              [guard]\npause_cpu_above = 70.5\npause_memory_below = \"1GiB\"\npause_net_above = \"8Mbit\"\nresume_after = \"1m\"\n"
@@ -818,6 +853,15 @@ admin_token_file = "/tokens/o.admin"
         assert_eq!(line, 4);
         assert!(
             message.contains("folder[0].target[0].url") && message.contains("wss://"),
+            "{message}"
+        );
+
+        let (line, column, message) = error(
+            "[serve]\nroot = \"/r\"\nlisten = \"0.0.0.0:1\"\ntoken_file = \"/t\"\npush_to = [\"b2:7878\", \"b3\"]\n",
+        );
+        assert_eq!((line, column), (5, 23), "{message}");
+        assert!(
+            message.contains("serve.push_to[1]") && message.contains("HOST:PORT"),
             "{message}"
         );
 

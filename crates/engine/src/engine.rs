@@ -29,7 +29,7 @@ mod continuous;
 mod control;
 mod proof;
 pub use continuous::{Schedule, push_continuous, start_guard};
-pub use control::Remote;
+pub use control::{PushRefusal, Remote, check_target};
 
 /// Most handshakes in progress at once on a server.
 const MAX_HANDSHAKES: usize = 32;
@@ -599,6 +599,14 @@ pub struct ServeOptions {
     pub name: String,
     /// How long deleted and replaced files are kept in the trash (`None`: not kept).
     pub trash_retention: Option<std::time::Duration>,
+    /// The agents an admin client may tell this one to push to (`host:port` or
+    /// `wss://host:port`); `None`: any pinned agent.
+    pub push_to: Option<Vec<String>>,
+}
+
+/// Where an agent keeps its TLS identity (certificate and key) for the folder `root`.
+pub fn identity_dir(root: &Path) -> PathBuf {
+    root.join(STATE_DIR).join("tls")
 }
 
 /// A target agent, bound and ready.
@@ -630,9 +638,7 @@ impl Server {
         let identity = if options.insecure {
             None
         } else {
-            Some(Identity::load_or_create(
-                &options.root.join(STATE_DIR).join("tls"),
-            )?)
+            Some(Identity::load_or_create(&identity_dir(&options.root))?)
         };
         let fingerprint = identity.as_ref().map(Identity::fingerprint);
         let listener = Listener::bind(&options.listen, identity).await?;
@@ -644,11 +650,19 @@ impl Server {
                     .into(),
             ));
         }
+        let push_to = match &options.push_to {
+            Some(list) => Some(
+                list.iter()
+                    .map(|a| transport::authority_of(a))
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+            None => None,
+        };
         let pushes = CancellationToken::new();
         Ok(Server {
             listener,
             receiver: Arc::new(tokio::sync::Mutex::new(receiver)),
-            agent: control::Agent::new(&options.root, &options.name, pushes.clone()),
+            agent: control::Agent::new(&options.root, &options.name, push_to, pushes.clone()),
             tokens: Arc::new(transport::Tokens {
                 receive: options.token,
                 admin: options.admin_token,

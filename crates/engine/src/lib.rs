@@ -16,6 +16,7 @@
 //! - [`exclude`]: the paths of a source that are not mirrored (caches, logs, locks).
 //! - [`trash`]: what a target deletes or overwrites, kept for a retention period.
 //! - [`transport`]: wss client and server, TLS identity, pinning, token handshake, framing.
+//! - [`pairing`]: the pairing code that carries an agent's address, fingerprint and token.
 //! - [`mirror`]: the plan (pure), the sender and the receiver of a session.
 //! - [`watch`]: the change feed from the file system (notify), with rescan as the fallback.
 //! - [`schedule`]: backoff, interval advice, sleep detection: when to sync.
@@ -36,6 +37,7 @@ pub mod guard;
 pub mod hash;
 pub mod index;
 pub mod mirror;
+pub mod pairing;
 pub mod path;
 pub mod preset;
 pub mod protocol;

@@ -6,11 +6,14 @@
 //! each accepted [`Incoming`] connection goes through [`Incoming::handshake`], which checks the
 //! source's hello (magic, protocol version, token in constant time) and answers `Welcome` or
 //! `Refused`. A source calls [`connect`], which trusts the target only if its certificate has
-//! the expected fingerprint ([`Trust::Pinned`]) or the one recorded on first use in a
-//! known-peers file ([`Trust::KnownPeers`]). Both end with a [`Connection`] that carries
+//! the expected fingerprint ([`Trust::Pinned`], from `--fingerprint` or a
+//! [pairing code](crate::pairing)) or one recorded in a known-peers file ([`Trust::KnownPeers`]);
+//! trusting whoever answers a first connection ([`Trust::FirstUse`]) is only ever done when a
+//! person asked for it, because the token goes to that peer. Both end with a [`Connection`] that carries
 //! [`Message`]s, each decoded and checked by [`protocol::decode`]. Plain `ws://`
-//! ([`Trust::Insecure`], a listener without identity) exists for trusted networks and tests, and
-//! a listener refuses it on any address but loopback.
+//! ([`Trust::Insecure`], a listener without identity) exists for tests and tools on one machine:
+//! a listener refuses it on any address but loopback, and a client refuses to send a token over
+//! it to any address but loopback.
 //!
 //! ```text
 //! source                                   target
@@ -42,7 +45,7 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
 
 pub use connection::{Connection, ConnectionReceiver, ConnectionSender, WIRE_TOTAL, read_frames};
-pub use identity::{Fingerprint, Identity, fingerprint_of, parse_fingerprint};
+pub use identity::{Fingerprint, Identity, fingerprint_in, fingerprint_of, parse_fingerprint};
 pub use known_peers::KnownPeers;
 
 use crate::protocol::{self, MAGIC, MAX_TEXT_BYTES, Message, PROTOCOL_VERSION, ProtocolError};
@@ -128,6 +131,19 @@ pub enum TransportError {
          address (127.0.0.1, ::1, localhost); listen on loopback or drop --insecure"
     )]
     InsecureNonLoopback { addr: String },
+    #[error(
+        "refusing to send a token to {peer} over plain ws://: it is not a loopback address \
+         (127.0.0.1, ::1, localhost), so anyone on the way could read it; use wss:// with the \
+         agent's pairing code or --fingerprint"
+    )]
+    InsecureRemote { peer: String },
+    #[error(
+        "{peer} is not pinned: nothing says which certificate it must have, so its token would \
+         go to whoever answers; use its pairing code (`rainmaker pair` on it) or pass \
+         --fingerprint with the fingerprint it printed at start (or --trust-first-use to trust \
+         the first answer, on a network you trust)"
+    )]
+    NotPinned { peer: String },
     #[error("bad address {url:?}: {reason}")]
     BadUrl { url: String, reason: String },
     #[error(
@@ -185,6 +201,8 @@ impl TransportError {
             TransportError::Protocol { .. } => "protocol",
             TransportError::FingerprintChanged { .. } => "fingerprint_changed",
             TransportError::InsecureNonLoopback { .. } => "insecure_non_loopback",
+            TransportError::InsecureRemote { .. } => "insecure_remote",
+            TransportError::NotPinned { .. } => "not_pinned",
             TransportError::BadUrl { .. } => "bad_url",
             TransportError::BadFingerprint { .. } => "bad_fingerprint",
             TransportError::Closed { .. } => "closed",
@@ -212,24 +230,35 @@ impl TransportError {
 /// How a client checks the server's certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Trust {
-    /// Exactly this fingerprint (from `--fingerprint`); see [`parse_fingerprint`] for the
-    /// accepted spellings.
+    /// Exactly this fingerprint (from `--fingerprint` or a pairing code); see
+    /// [`parse_fingerprint`] for the accepted spellings.
     Pinned(Fingerprint),
-    /// Trust on first use through a known-peers file: if the file has an entry for
-    /// `host:port`, require it; if not, accept the certificate and record its fingerprint once
-    /// the target accepted our token.
+    /// A fingerprint recorded in this known-peers file for `host:port`; a peer the file does
+    /// not name is refused ([`TransportError::NotPinned`]) before anything is sent.
     KnownPeers(PathBuf),
+    /// Trust on first use (only when a person asked for it, `--trust-first-use`): as
+    /// [`Trust::KnownPeers`], but a peer the file does not name is accepted and its fingerprint
+    /// recorded once it accepted our token. That token goes to whoever answered.
+    FirstUse(PathBuf),
     /// Plain `ws://` (only with `--insecure`): no TLS at all.
     Insecure,
 }
 
 impl Trust {
     /// How to check the target at `url`: plain `ws://` is taken as meant (the caller decides
-    /// whether to allow it), else its pinned `fingerprint`, else the `known_peers` file.
-    pub fn for_url(url: &str, fingerprint: Option<&str>, known_peers: &Path) -> Trust {
+    /// whether to allow it; the transport allows it on loopback only), else its pinned
+    /// `fingerprint`, else the `known_peers` file, recording a new peer there only when
+    /// `first_use` was asked for.
+    pub fn for_url(
+        url: &str,
+        fingerprint: Option<&str>,
+        known_peers: &Path,
+        first_use: bool,
+    ) -> Trust {
         match fingerprint {
-            _ if url.starts_with("ws://") => Trust::Insecure,
+            _ if url.trim().starts_with("ws://") => Trust::Insecure,
             Some(fp) => Trust::Pinned(fp.to_owned()),
+            None if first_use => Trust::FirstUse(known_peers.to_path_buf()),
             None => Trust::KnownPeers(known_peers.to_path_buf()),
         }
     }
@@ -277,8 +306,24 @@ async fn connect_to(opts: &ConnectOptions, target: &Target) -> Result<Connection
         reason: reason.to_owned(),
     };
     // Decide what to trust before touching the network.
+    let mut addrs: Vec<SocketAddr> = Vec::new();
     let (accepted, known_peers) = match (&opts.trust, target.tls) {
-        (Trust::Insecure, false) => (None, None),
+        (Trust::Insecure, false) => {
+            // The token crosses in clear: only to this machine, checked on the addresses
+            // actually connected to (a name cannot resolve to loopback here and elsewhere
+            // there).
+            addrs = tokio::net::lookup_host((target.host.as_str(), target.port))
+                .await
+                .map_err(|source| TransportError::Connect {
+                    peer: peer.clone(),
+                    source,
+                })?
+                .collect();
+            if addrs.is_empty() || addrs.iter().any(|a| !is_loopback(a.ip())) {
+                return Err(TransportError::InsecureRemote { peer });
+            }
+            (None, None)
+        }
         (Trust::Insecure, true) => {
             return Err(bad_url(
                 "--insecure goes with a ws:// address; a wss:// target is checked with \
@@ -299,16 +344,27 @@ async fn connect_to(opts: &ConnectOptions, target: &Target) -> Result<Connection
         }
         (Trust::KnownPeers(path), true) => {
             let known = KnownPeers::load(path)?;
-            (Some(known.fingerprints(&peer)), Some((path.clone(), known)))
+            let pins = known.fingerprints(&peer);
+            if pins.is_empty() {
+                return Err(TransportError::NotPinned { peer });
+            }
+            (Some(pins), Some(path.clone()))
+        }
+        (Trust::FirstUse(path), true) => {
+            let known = KnownPeers::load(path)?;
+            (Some(known.fingerprints(&peer)), Some(path.clone()))
         }
     };
 
-    let tcp = TcpStream::connect((target.host.as_str(), target.port))
-        .await
-        .map_err(|source| TransportError::Connect {
-            peer: peer.clone(),
-            source,
-        })?;
+    let connected = if addrs.is_empty() {
+        TcpStream::connect((target.host.as_str(), target.port)).await
+    } else {
+        TcpStream::connect(&addrs[..]).await
+    };
+    let tcp = connected.map_err(|source| TransportError::Connect {
+        peer: peer.clone(),
+        source,
+    })?;
     let _ = tcp.set_nodelay(true);
 
     let (stream, fingerprint): (Box<dyn ByteStream>, Option<Fingerprint>) = match accepted {
@@ -331,7 +387,7 @@ async fn connect_to(opts: &ConnectOptions, target: &Target) -> Result<Connection
                             peer,
                             expected: accepted[0].clone(),
                             got,
-                            known_peers: known_peers.map(|(path, _)| path),
+                            known_peers,
                         });
                     }
                     return Err(tls_error(&peer, e));
@@ -379,9 +435,10 @@ async fn connect_to(opts: &ConnectOptions, target: &Target) -> Result<Connection
     }
 
     // First use: the target proved it holds the key and accepted our token; remember it.
-    if let (Some((path, known)), Some(seen)) = (known_peers, &fingerprint) {
+    if let (Trust::FirstUse(path), Some(seen)) = (&opts.trust, &fingerprint) {
+        let known = KnownPeers::load(path)?;
         if known.fingerprints(&peer).is_empty() {
-            known.append(&path, &peer, seen)?;
+            known.append(path, &peer, seen)?;
         }
     }
     connection.fingerprint = fingerprint;
@@ -811,23 +868,47 @@ fn server_name(host: &str) -> ServerName<'static> {
         .unwrap_or_else(|_| ServerName::try_from("rainmaker.invalid").expect("a valid DNS name"))
 }
 
-fn is_loopback(ip: IpAddr) -> bool {
+pub(crate) fn is_loopback(ip: IpAddr) -> bool {
     ip.to_canonical().is_loopback()
+}
+
+/// `host:port` (lower case, IPv6 in brackets) of an address written `host:port` or
+/// `wss://host:port`: how the known-peers file and an agent's `push_to` name a peer.
+pub fn authority_of(address: &str) -> Result<String, TransportError> {
+    let address = address.trim();
+    if address.contains("://") {
+        Target::parse(address).map(|t| t.key)
+    } else {
+        Target::parse(&format!("wss://{address}"))
+            .map(|t| t.key)
+            .map_err(|e| match e {
+                TransportError::BadUrl { reason, .. } => TransportError::BadUrl {
+                    url: address.to_owned(),
+                    reason,
+                },
+                other => other,
+            })
+    }
 }
 
 /// A target address parsed from a URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Target {
-    tls: bool,
+pub(crate) struct Target {
+    pub(crate) tls: bool,
     /// Host name or IP address, without IPv6 brackets.
-    host: String,
-    port: u16,
+    pub(crate) host: String,
+    pub(crate) port: u16,
     /// `host:port` (IPv6 in brackets, lower case): the key in the known-peers file.
-    key: String,
+    pub(crate) key: String,
 }
 
 impl Target {
-    fn parse(url: &str) -> Result<Target, TransportError> {
+    /// Whether the host is a loopback address by its text alone (`localhost`, `127.x`, `::1`).
+    pub(crate) fn is_loopback(&self) -> bool {
+        self.host == "localhost" || self.host.parse::<IpAddr>().is_ok_and(is_loopback)
+    }
+
+    pub(crate) fn parse(url: &str) -> Result<Target, TransportError> {
         let bad = |reason: &str| TransportError::BadUrl {
             url: url.to_owned(),
             reason: reason.to_owned(),
@@ -1005,9 +1086,29 @@ mod tests {
         let addr = listener.local_addr();
         let opts = options(wss(&listener), Trust::KnownPeers(known.clone()), TOKEN);
 
-        // First use: accepted and recorded.
+        // Not pinned and first use not asked for: refused before even connecting, so the
+        // token goes nowhere.
+        let err = connect(&opts).await.unwrap_err();
+        assert!(
+            matches!(&err, TransportError::NotPinned { peer } if *peer == addr.to_string()),
+            "an unknown peer without --trust-first-use is refused: {err:?}"
+        );
+        assert!(
+            err.to_string().contains("pairing code") && err.to_string().contains("--fingerprint"),
+            "the refusal says what to do: {err}"
+        );
+        assert!(!err.is_transient(), "only a person can pin a peer");
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), listener.accept())
+                .await
+                .is_err(),
+            "nothing may connect to a peer that is not pinned"
+        );
+
+        // First use, asked for: accepted and recorded.
+        let first_use = options(wss(&listener), Trust::FirstUse(known.clone()), TOKEN);
         let server = echo_one(&listener);
-        let mut client = connect(&opts).await.unwrap();
+        let mut client = connect(&first_use).await.unwrap();
         assert_eq!(client.remote_name(), "backup-1");
         assert_eq!(client.fingerprint(), Some(&identity.fingerprint()));
         client
@@ -1039,7 +1140,7 @@ mod tests {
             "the first connection records the target"
         );
 
-        // Second connection: the recorded fingerprint matches.
+        // Second connection, without first use: the recorded fingerprint matches.
         let server = echo_one(&listener);
         connect(&opts).await.unwrap().close().await;
         server.await.unwrap().unwrap();
@@ -1093,16 +1194,21 @@ mod tests {
     fn trust_follows_the_scheme_then_the_pin_then_the_known_peers() {
         let known = Path::new("/k");
         assert_eq!(
-            Trust::for_url("ws://a:1", Some("SHA256:x"), known),
+            Trust::for_url("ws://a:1", Some("SHA256:x"), known, true),
             Trust::Insecure
         );
         assert_eq!(
-            Trust::for_url("wss://a:1", Some("SHA256:x"), known),
+            Trust::for_url("wss://a:1", Some("SHA256:x"), known, true),
             Trust::Pinned("SHA256:x".into())
         );
         assert_eq!(
-            Trust::for_url("wss://a:1", None, known),
+            Trust::for_url("wss://a:1", None, known, false),
             Trust::KnownPeers(known.to_path_buf())
+        );
+        assert_eq!(
+            Trust::for_url("wss://a:1", None, known, true),
+            Trust::FirstUse(known.to_path_buf()),
+            "first use only when asked for"
         );
     }
 
@@ -1524,6 +1630,16 @@ mod tests {
             "bad_url",
             "--insecure with wss:// is a mistake: {err:?}"
         );
+        // A token in clear goes to this machine only, whatever the caller allowed.
+        for url in ["ws://192.0.2.1:7878", "ws://[2001:db8::1]:7878"] {
+            let err = connect(&options(url.into(), Trust::Insecure, TOKEN))
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(err, TransportError::InsecureRemote { .. }),
+                "plain ws:// off loopback must be refused before connecting: {url}: {err:?}"
+            );
+        }
     }
 
     #[tokio::test]

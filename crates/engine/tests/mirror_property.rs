@@ -217,6 +217,7 @@ async fn start(source: &Path, target: &Path, state: &Path) -> (PushOptions, Canc
         insecure: false,
         name: "prop".into(),
         trash_retention: Some(rainmaker_engine::trash::DEFAULT_RETENTION),
+        push_to: None,
     })
     .await
     .unwrap();

@@ -7,6 +7,11 @@
 //! Only a client that presented the agent's admin token may command it; one with the pairing
 //! token can only mirror into it, and every refusal says why. A promoted agent refuses mirror
 //! sessions into its folder, so two sources never fight over one folder.
+//!
+//! The admin token's holder can send the whole folder, and the target's token, wherever it
+//! says; so a commanded push goes only to a pinned certificate over `wss://` (or plain `ws://`
+//! to this machine's loopback), never on trust on first use, and only to the addresses of
+//! `[serve] push_to` when the agent has that list ([`check_target`], [`PushRefusal`]).
 
 use super::{PushOptions, Schedule, TargetSpec, push_continuous, push_once};
 use crate::event::Event;
@@ -14,7 +19,9 @@ use crate::path::STATE_DIR;
 use crate::protocol::{
     AgentStatus, ControlReply, ControlRequest, JobStatus, Message, RemoteTarget,
 };
-use crate::transport::{self, ConnectOptions, Connection, Role, TransportError, Trust};
+use crate::transport::{
+    self, ConnectOptions, Connection, Role, Target, TransportError, Trust, parse_fingerprint,
+};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -34,6 +41,8 @@ const TOTALS_FRESH: Duration = Duration::from_secs(3);
 pub(super) struct Agent {
     root: PathBuf,
     name: String,
+    /// `host:port` of every agent this one may push to (`[serve] push_to`); `None`: any.
+    push_to: Option<Vec<String>>,
     /// The folder's role and the mirror sessions into it, changed together under one lock so
     /// a promotion and a starting session cannot pass each other.
     folder: Mutex<FolderState>,
@@ -57,6 +66,8 @@ struct FolderState {
 struct Job {
     id: u64,
     targets: Vec<RemoteTarget>,
+    /// The targets as checked by [`check_target`].
+    specs: Vec<TargetSpec>,
     watch: bool,
     state: String,
     error: Option<String>,
@@ -82,11 +93,19 @@ fn unix_now() -> u64 {
 }
 
 impl Agent {
-    pub(super) fn new(root: &Path, name: &str, cancel: CancellationToken) -> Arc<Agent> {
+    /// `push_to`: the `host:port` of every agent it may push to (as [`transport::authority_of`]
+    /// writes them), or `None` for any.
+    pub(super) fn new(
+        root: &Path,
+        name: &str,
+        push_to: Option<Vec<String>>,
+        cancel: CancellationToken,
+    ) -> Arc<Agent> {
         let promoted = std::fs::read_to_string(role_file(root)).is_ok_and(|r| r.trim() == "source");
         Arc::new(Agent {
             root: root.to_path_buf(),
             name: name.to_owned(),
+            push_to,
             folder: Mutex::new(FolderState {
                 promoted,
                 ..FolderState::default()
@@ -210,6 +229,14 @@ impl Agent {
                 if targets.is_empty() {
                     return refuse("a push needs at least one target".into());
                 }
+                let specs = match targets
+                    .iter()
+                    .map(|t| check_target(t, self.push_to.as_deref(), &self.name))
+                    .collect::<Result<Vec<_>, _>>()
+                {
+                    Ok(specs) => specs,
+                    Err(refusal) => return refuse(refusal.to_string()),
+                };
                 let mut jobs = self.jobs();
                 if let Some(busy) = jobs.iter().find(|j| j.busy()) {
                     return refuse(format!(
@@ -222,6 +249,7 @@ impl Agent {
                     task: None,
                     id,
                     targets,
+                    specs,
                     watch,
                     state: "running".into(),
                     error: None,
@@ -323,26 +351,14 @@ impl Agent {
 
     /// Runs push `id` until it ends or is paused or stopped.
     fn start(self: &Arc<Self>, id: u64) {
-        let Some((targets, watch, cancel)) = self
+        let Some((specs, watch, cancel)) = self
             .jobs()
             .iter()
             .find(|j| j.id == id)
-            .map(|j| (j.targets.clone(), j.watch, j.cancel.clone()))
+            .map(|j| (j.specs.clone(), j.watch, j.cancel.clone()))
         else {
             return;
         };
-        let specs: Vec<TargetSpec> = targets
-            .iter()
-            .map(|t| TargetSpec {
-                url: t.url.clone(),
-                trust: Trust::for_url(
-                    &t.url,
-                    t.fingerprint.as_deref(),
-                    &self.root.join(STATE_DIR).join("known_peers"),
-                ),
-                token: t.token.clone(),
-            })
-            .collect();
         let mut options = PushOptions::new(
             self.root.clone(),
             specs,
@@ -439,6 +455,87 @@ impl Agent {
                 .collect(),
         }
     }
+}
+
+/// Why an agent refuses to push its folder where an admin client told it to. The agent sends
+/// the reason in its `Refused` answer; the client shows it as it is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PushRefusal {
+    #[error(
+        "{url}: a commanded push sends the whole folder and the target's token, so it goes only \
+         to a pinned certificate; give the target's pairing code as --to (`rainmaker pair` on \
+         it) or its fingerprint with --target-fingerprint"
+    )]
+    NotPinned { url: String },
+    #[error(
+        "{url}: plain ws:// sends the folder and the token in clear, so a commanded push uses \
+         it only to this agent's own loopback (127.0.0.1, ::1, localhost); use wss:// with the \
+         target's pairing code"
+    )]
+    InsecureRemote { url: String },
+    #[error(
+        "{url}: {agent} may only push to the addresses in its [serve] push_to ({allowed}); to \
+         allow this target, add \"{authority}\" to push_to in {agent}'s rainmaker.toml and \
+         restart it"
+    )]
+    NotAllowed {
+        url: String,
+        agent: String,
+        authority: String,
+        allowed: String,
+    },
+    #[error("{url}: {reason}")]
+    BadTarget { url: String, reason: String },
+}
+
+/// Checks a target of a commanded push: `wss://` with a fingerprint that parses (or `ws://` to
+/// loopback), and in `push_to` when the agent has that list. Returns how to reach it.
+pub fn check_target(
+    target: &RemoteTarget,
+    push_to: Option<&[String]>,
+    agent: &str,
+) -> Result<TargetSpec, PushRefusal> {
+    let url = target.url.clone();
+    let address = Target::parse(&url).map_err(|e| PushRefusal::BadTarget {
+        url: url.clone(),
+        reason: e.to_string(),
+    })?;
+    if let Some(allowed) = push_to
+        && !allowed.contains(&address.key)
+    {
+        return Err(PushRefusal::NotAllowed {
+            url,
+            agent: agent.to_owned(),
+            authority: address.key,
+            allowed: if allowed.is_empty() {
+                "none".to_owned()
+            } else {
+                allowed.join(", ")
+            },
+        });
+    }
+    let trust = match (&target.fingerprint, address.tls) {
+        (_, false) if address.is_loopback() => Trust::Insecure,
+        (_, false) => return Err(PushRefusal::InsecureRemote { url }),
+        (None, true) => return Err(PushRefusal::NotPinned { url }),
+        (Some(fp), true) => match parse_fingerprint(fp) {
+            Some(fp) => Trust::Pinned(fp),
+            None => {
+                return Err(PushRefusal::BadTarget {
+                    url,
+                    reason: format!(
+                        "{fp:?} is not a certificate fingerprint; expected SHA256: and 64 hex \
+                         digits, as the target prints it"
+                    ),
+                });
+            }
+        },
+    };
+    Ok(TargetSpec {
+        url: target.url.clone(),
+        trust,
+        token: target.token.clone(),
+    })
 }
 
 /// Sends every event but resource samples to a subscribed client, as JSON.
@@ -549,5 +646,98 @@ impl Remote {
 
     pub async fn close(self) {
         self.conn.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FP: &str = "SHA256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    fn target(url: &str, fingerprint: Option<&str>) -> RemoteTarget {
+        RemoteTarget {
+            url: url.into(),
+            token: "t".into(),
+            fingerprint: fingerprint.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn a_commanded_push_goes_to_a_pinned_certificate_only() {
+        let spec = check_target(&target("wss://b2:7878", Some(FP)), None, "a").unwrap();
+        assert_eq!(spec.trust, Trust::Pinned(FP.into()));
+        assert_eq!(
+            check_target(&target("wss://b2:7878", None), None, "a").unwrap_err(),
+            PushRefusal::NotPinned {
+                url: "wss://b2:7878".into()
+            },
+            "no trust on first use for a push the admin token commands"
+        );
+        assert!(matches!(
+            check_target(&target("wss://b2:7878", Some("SHA256:xyz")), None, "a"),
+            Err(PushRefusal::BadTarget { .. })
+        ));
+    }
+
+    #[test]
+    fn plain_ws_is_for_loopback_only() {
+        for url in [
+            "ws://127.0.0.1:7878",
+            "ws://localhost:7878",
+            "ws://[::1]:7878",
+        ] {
+            let spec = check_target(&target(url, None), None, "a").unwrap();
+            assert_eq!(spec.trust, Trust::Insecure, "{url}");
+        }
+        for url in [
+            "ws://10.0.0.5:7878",
+            "ws://evil.example:7878",
+            "ws://127.0.0.1.evil.example:7878",
+        ] {
+            assert_eq!(
+                check_target(&target(url, Some(FP)), None, "a").unwrap_err(),
+                PushRefusal::InsecureRemote { url: url.into() },
+                "the folder and the token must not cross in clear to {url}"
+            );
+        }
+    }
+
+    #[test]
+    fn push_to_limits_where_an_agent_may_push() {
+        let allowed = vec!["b2:7878".to_owned(), "[::1]:9000".to_owned()];
+        assert!(check_target(&target("wss://B2:7878/", Some(FP)), Some(&allowed), "a").is_ok());
+        assert!(check_target(&target("ws://[::1]:9000", None), Some(&allowed), "a").is_ok());
+        let refusal = check_target(
+            &target("wss://b3:7878", Some(FP)),
+            Some(&allowed),
+            "cloud-a",
+        )
+        .unwrap_err();
+        assert_eq!(
+            refusal,
+            PushRefusal::NotAllowed {
+                url: "wss://b3:7878".into(),
+                agent: "cloud-a".into(),
+                authority: "b3:7878".into(),
+                allowed: "b2:7878, [::1]:9000".into(),
+            }
+        );
+        let message = refusal.to_string();
+        assert!(
+            message.contains("push_to") && message.contains("\"b3:7878\""),
+            "the refusal names the list and what to add to it: {message}"
+        );
+        assert!(matches!(
+            check_target(&target("wss://b2:7879", Some(FP)), Some(&allowed), "a"),
+            Err(PushRefusal::NotAllowed { .. })
+        ));
+        assert!(
+            matches!(
+                check_target(&target("wss://b2:7878", Some(FP)), Some(&[]), "a"),
+                Err(PushRefusal::NotAllowed { .. })
+            ),
+            "an empty list allows nothing"
+        );
     }
 }

@@ -30,6 +30,21 @@ pub fn fingerprint_of(cert_der: &[u8]) -> Fingerprint {
     format!("{PREFIX}{}", hex::encode(digest.as_ref()))
 }
 
+/// The fingerprint of the identity kept in `dir`, read from its certificate alone (the key may
+/// be readable by the agent's user only). An error when there is none yet: the agent creates
+/// its identity the first time it serves.
+pub fn fingerprint_in(dir: &Path) -> Result<Fingerprint, TransportError> {
+    let cert_path = dir.join(CERT_FILE);
+    match fs::read(&cert_path) {
+        Ok(cert) => Ok(fingerprint_of(&cert)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(identity_error(
+            &cert_path,
+            "there is no certificate yet; start `rainmaker serve` once, it creates one".into(),
+        )),
+        Err(e) => Err(identity_error(&cert_path, format!("cannot read it: {e}"))),
+    }
+}
+
 /// Normalizes a fingerprint typed or pasted by a person: the `SHA256:` prefix is optional and
 /// case-insensitive, hex digits may be upper case and separated by `:`. Returns `None` when what
 /// remains is not 64 hex digits.
