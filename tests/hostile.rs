@@ -614,3 +614,130 @@ fn push_refuses_a_missing_source() {
         result.describe()
     );
 }
+
+/// Every file under the target's trash, by batch, with its content.
+fn trash_contents(root: &Path) -> Vec<(String, String, String)> {
+    let trash = root.join(".rainmaker/trash");
+    let mut out = Vec::new();
+    for batch in list(&trash) {
+        let dir = trash.join(&batch);
+        let mut stack = vec![dir.clone()];
+        while let Some(folder) = stack.pop() {
+            for entry in std::fs::read_dir(&folder).unwrap().flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else {
+                    let rel = path
+                        .strip_prefix(&dir)
+                        .unwrap()
+                        .to_string_lossy()
+                        .into_owned();
+                    let body = std::fs::read_to_string(&path).unwrap();
+                    out.push((batch.clone(), rel, body));
+                }
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Sends `messages` then `Finish`, and waits for `Finished`.
+async fn send_and_finish(ws: &mut Ws, messages: Vec<Message>, case: &str) {
+    for message in messages {
+        send(ws, &message).await;
+    }
+    send(ws, &Message::Finish).await;
+    loop {
+        match reply(ws).await {
+            Reply::Message(Message::Finished { .. }) => return,
+            Reply::Message(Message::FileDone { .. } | Message::FileFailed { .. }) => continue,
+            other => panic!("{case}: the session must finish, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_trash_keeps_every_version_whatever_order_a_source_sends() {
+    let target = Target::start();
+    std::fs::create_dir_all(target.root.join("a")).unwrap();
+    for (path, body) in [
+        ("doc.txt", "original doc"),
+        ("a/f", "f body"),
+        ("a/g", "g body"),
+    ] {
+        std::fs::write(target.root.join(path), body).unwrap();
+    }
+    let case = "overwrite then delete, and a file then its folder";
+    let mut ws = target.session().await;
+    let mut messages = file_messages(1, "doc.txt", b"second doc");
+    for path in ["doc.txt", "a/f", "a"] {
+        messages.push(Message::Delete { path: path.into() });
+    }
+    send_and_finish(&mut ws, messages, case).await;
+    let kept = trash_contents(&target.root);
+    let bodies: Vec<&str> = kept.iter().map(|(_, _, body)| body.as_str()).collect();
+    for wanted in ["original doc", "second doc", "f body", "g body"] {
+        assert!(
+            bodies.contains(&wanted),
+            "{case}: every version the session replaced or deleted is in the trash; \
+             {wanted:?} is missing from {kept:?}\nagent log:\n{}",
+            target.agent.log()
+        );
+    }
+    assert!(
+        !target.agent.log().contains("deleting it"),
+        "nothing falls back to a permanent delete:\n{}",
+        target.agent.log()
+    );
+    assert_eq!(
+        list(&target.root),
+        [".rainmaker"],
+        "{case}: the deletes happened"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_that_never_asks_for_the_manifest_has_a_batch_of_its_own() {
+    let target = Target::start();
+    for (path, body) in [("x.txt", "x body"), ("y.txt", "y body")] {
+        std::fs::write(target.root.join(path), body).unwrap();
+    }
+    let mut ws = target.session().await;
+    let first = vec![Message::Delete {
+        path: "x.txt".into(),
+    }];
+    send_and_finish(&mut ws, first, "a first session").await;
+    let _ = ws.close(None).await;
+
+    let case = "a session straight from the hello to a delete";
+    let deadline = Instant::now() + REPLY_TIMEOUT;
+    let mut ws = loop {
+        let mut ws = connect(target.agent.addr).await;
+        send(&mut ws, &hello(PROTOCOL_VERSION, &target.sandbox.token())).await;
+        match reply(&mut ws).await {
+            Reply::Message(Message::Welcome { .. }) => break ws,
+            _ if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            other => panic!("{case}: a correct hello must be welcomed, got {other:?}"),
+        }
+    };
+    let second = vec![Message::Delete {
+        path: "y.txt".into(),
+    }];
+    send_and_finish(&mut ws, second, case).await;
+    let kept = trash_contents(&target.root);
+    let batch_of = |name: &str| {
+        kept.iter()
+            .find(|(_, rel, _)| rel == name)
+            .map(|(batch, _, _)| batch.clone())
+            .unwrap_or_else(|| panic!("{name} must be in the trash: {kept:?}"))
+    };
+    assert_ne!(
+        batch_of("x.txt"),
+        batch_of("y.txt"),
+        "{case}: each session's deletes go into a batch of its own: {kept:?}"
+    );
+}

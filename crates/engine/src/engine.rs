@@ -780,6 +780,7 @@ async fn serve_session(
     let (out_tx, mut out_rx) = mpsc::channel::<Message>(64);
     let _ = in_tx.try_send(first);
     let worker = tokio::task::spawn_blocking(move || {
+        guard.begin_session();
         let result = work(&mut guard, &mut in_rx, &out_tx);
         guard.close();
         if let Err(reason) = &result {

@@ -269,7 +269,7 @@ impl Committer {
         }
         match std::fs::symlink_metadata(&full) {
             Ok(m) if m.is_dir() => return Err(std::io::Error::other("a folder is in the way")),
-            Ok(m) if m.is_file() => self.trash.keep_before_replace(&full, rel),
+            Ok(m) if m.is_file() => self.trash.keep_before_replace(&full, rel)?,
             _ => {}
         }
         std::fs::rename(temp_path, &full)?;

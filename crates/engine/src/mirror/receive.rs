@@ -189,13 +189,18 @@ impl Receiver {
         Ok(())
     }
 
-    /// Quick-checks the folder and lists it, with the resumable temporary files.
-    pub fn manifest(&mut self) -> Result<(Vec<Entry>, Vec<Partial>), ReceiveError> {
-        self.changed = false;
-        // What this session removes or replaces goes into a batch of its own.
+    /// Starts a session: what it removes or replaces goes into a trash batch of its own,
+    /// whether or not it asks for the manifest.
+    pub fn begin_session(&mut self) {
         self.join_commit();
         self.committer.trash.start_batch();
         self.committer.trash.purge(std::time::SystemTime::now());
+    }
+
+    /// Quick-checks the folder and lists it, with the resumable temporary files.
+    pub fn manifest(&mut self) -> Result<(Vec<Entry>, Vec<Partial>), ReceiveError> {
+        self.changed = false;
+        self.join_commit();
         self.flush(Durability::Immediate)?;
         let previous = self.index.files()?;
         let scanned = scan::scan(&self.root, &previous).map_err(|e| ReceiveError::Root {
