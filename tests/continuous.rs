@@ -258,7 +258,7 @@ fn watch_mode_proves_what_an_append_took_on_trust() {
     let agent = sandbox.serve(&dst);
     let push = sandbox
         .push(&src)
-        .to(&agent.url)
+        .target(&agent)
         .arg("--watch")
         .arg("--rescan-every")
         .arg("1h")

@@ -458,13 +458,17 @@ fn a_stalled_target_is_failed_and_the_others_finish() {
     assert_same_tree(&src, &dst1);
 }
 
+/// The cap is a limit that must never be crossed, whatever else the machine is doing; how
+/// close to it a run gets depends on the machine, so it is printed, not asserted (the
+/// benchmark reports it).
 #[test]
-fn bwlimit_holds_the_rate_within_ten_percent() {
+fn bwlimit_is_never_exceeded() {
     let sandbox = Sandbox::new();
     let src = sandbox.dir("src");
     write_random(&src.join("big.dat"), 9, 6 << 20);
     let (dst1, dst2) = (sandbox.dir("dst1"), sandbox.dir("dst2"));
     let (agent1, agent2) = (sandbox.serve(&dst1), sandbox.serve(&dst2));
+    let cap: f64 = 4e6;
     let result = sandbox
         .push(&src)
         .target(&agent1)
@@ -474,18 +478,28 @@ fn bwlimit_holds_the_rate_within_ten_percent() {
         .run();
     let why = result.describe();
     assert_eq!(result.code, 0, "{why}");
+    let data = result.target_u64(&agent1.url, "bytes_changed")
+        + result.target_u64(&agent2.url, "bytes_changed");
     let wire =
         result.target_u64(&agent1.url, "wire_bytes") + result.target_u64(&agent2.url, "wire_bytes");
     let seconds = result.json["seconds"].as_f64().unwrap();
-    let rate = wire as f64 / seconds;
     eprintln!(
-        "{wire} bytes to two targets in {seconds:.2} s: {:.2} MB/s under a 4 MB/s cap",
-        rate / 1e6
+        "{data} data bytes ({wire} on the wire) to two targets in {seconds:.2} s: {:.2} MB/s \
+         under a 4 MB/s cap",
+        data as f64 / seconds / 1e6
     );
+    // The bucket starts empty and holds at most a tenth of a second of the rate (or one
+    // 256 KiB message): by any instant t, at most burst + cap * t bytes of data have gone.
+    let burst = (cap / 10.0).max(256.0 * 1024.0);
     assert!(
-        (3.6e6..=4.4e6).contains(&rate),
-        "the cap is shared by all targets and holds within 10%: measured {:.2} MB/s\n{why}",
-        rate / 1e6
+        data as f64 <= cap * seconds + burst,
+        "the cap is shared by all targets and never exceeded: {data} bytes in {seconds:.2} s \
+         is more than {cap} B/s allows\n{why}"
+    );
+    assert_eq!(
+        data,
+        2 * (6 << 20),
+        "both targets received the whole file\n{why}"
     );
     assert_same_tree(&src, &dst1);
     assert_same_tree(&src, &dst2);
@@ -605,7 +619,7 @@ fn a_file_edited_in_its_middle_and_grown_is_never_reported_identical_until_it_is
         write_random(&src.join(format!("db/{i}.ncd")), 40 + i as u64, *size);
     }
     let agent = sandbox.serve(&dst);
-    sandbox.push(&src).to(&agent.url).run().assert_ok();
+    sandbox.push(&src).target(&agent).run().assert_ok();
     for (i, (_, at, grow)) in shapes.iter().enumerate() {
         edit_middle_and_append(
             &src.join(format!("db/{i}.ncd")),
@@ -615,7 +629,7 @@ fn a_file_edited_in_its_middle_and_grown_is_never_reported_identical_until_it_is
             50 + i as u64,
         );
     }
-    let second = sandbox.push(&src).to(&agent.url).run();
+    let second = sandbox.push(&src).target(&agent).run();
     second.assert_ok();
     let diff = tree_diff(&tree(&src), &tree(&dst));
     assert!(
