@@ -369,15 +369,10 @@ impl Runner {
             })?),
             None => None,
         };
-        let token_file = settings::write_token(&self.config_path, &name, token)?;
-        let admin_token_file = match admin_token {
-            Some(admin) => Some(settings::write_admin_token(
-                &self.config_path,
-                &name,
-                admin,
-            )?),
-            None => None,
-        };
+        let settings::TokenFiles {
+            token: token_file,
+            admin: admin_token_file,
+        } = settings::write_tokens(&self.config_path, &name, token, admin_token)?;
         self.change_config(|config| {
             config.servers.push(Server {
                 name: name.clone(),
@@ -439,7 +434,7 @@ impl Runner {
 
     /// Removes a server and stops mirroring to it; nothing on it is touched.
     pub fn remove_server(self: &Arc<Self>, name: &str) -> Result<(), UiError> {
-        let mut removed = None;
+        let mut unused = Vec::new();
         self.change_config(|config| {
             let at = config
                 .servers
@@ -450,15 +445,28 @@ impl Runner {
             for folder in &mut config.folders {
                 folder.targets.retain(|t| t.name.as_deref() != Some(name));
             }
-            removed = Some(server);
+            // Only the dashboard's own token files, and only those no other server uses (an
+            // older version could give two servers one file).
+            let in_use = |path: &PathBuf| {
+                config
+                    .servers
+                    .iter()
+                    .any(|s| &s.token_file == path || s.admin_token_file.as_ref() == Some(path))
+                    || config
+                        .folders
+                        .iter()
+                        .any(|f| f.targets.iter().any(|t| &t.token_file == path))
+            };
+            let dir = settings::token_dir(&self.config_path);
+            unused = [Some(server.token_file), server.admin_token_file]
+                .into_iter()
+                .flatten()
+                .filter(|p| p.starts_with(&dir) && !in_use(p))
+                .collect();
             Ok(())
         })?;
-        if let Some(server) = removed
-            && server
-                .token_file
-                .starts_with(settings::token_dir(&self.config_path))
-        {
-            let _ = std::fs::remove_file(&server.token_file);
+        for file in unused {
+            let _ = std::fs::remove_file(file);
         }
         self.lock().online.remove(name);
         self.restart();
