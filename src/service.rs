@@ -14,7 +14,19 @@ pub struct Service {
     pub exe: PathBuf,
     pub config: PathBuf,
     pub user: String,
+    /// The folder it receives mirrors into (`[serve] root`), the one place it writes besides
+    /// its state and logs.
+    pub root: Option<PathBuf>,
+    /// Every path the configuration names (folders, token files), to tell whether the unit
+    /// may hide the home folders and /tmp.
+    pub paths: Vec<PathBuf>,
+    /// It listens on a port below 1024, which needs `CAP_NET_BIND_SERVICE`.
+    pub low_port: bool,
 }
+
+/// Where the service keeps its data (known peers, the sources' indexes, push status):
+/// systemd creates it for the service's user (`StateDirectory=`).
+const STATE_DIR: &str = "/var/lib/rainmaker";
 
 impl Service {
     /// The service for this binary and configuration file, running as `user` (default: the
@@ -28,7 +40,118 @@ impl Service {
             .or_else(|| std::env::var("USER").ok())
             .or_else(|| std::env::var("USERNAME").ok())
             .unwrap_or_else(|| "root".into());
-        Ok(Service { exe, config, user })
+        let mut service = Service {
+            exe,
+            config,
+            user,
+            root: None,
+            paths: Vec::new(),
+            low_port: false,
+        };
+        // A configuration that does not load yet (a fresh `init`) gives the strictest unit;
+        // `install` checks that the file exists, `run` that it is valid.
+        if let Ok(loaded) = rainmaker_engine::config::load(&service.config) {
+            let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+            if let Some(serve) = &loaded.serve {
+                service.root = Some(absolute(&serve.root));
+                service.paths.push(absolute(&serve.token_file));
+                service
+                    .paths
+                    .extend(serve.admin_token_file.as_deref().map(absolute));
+                service.low_port = serve
+                    .listen
+                    .rsplit(':')
+                    .next()
+                    .and_then(|p| p.parse::<u16>().ok())
+                    .is_some_and(|port| port < 1024);
+            }
+            for folder in &loaded.folders {
+                service.paths.push(absolute(&folder.source));
+                service
+                    .paths
+                    .extend(folder.targets.iter().map(|t| absolute(&t.token_file)));
+            }
+            for server in &loaded.servers {
+                service.paths.push(absolute(&server.token_file));
+                service
+                    .paths
+                    .extend(server.admin_token_file.as_deref().map(absolute));
+            }
+        }
+        Ok(service)
+    }
+
+    /// Every path the service touches: its binary, its configuration and what that names.
+    fn touched(&self) -> impl Iterator<Item = &Path> {
+        [self.exe.as_path(), self.config.as_path()]
+            .into_iter()
+            .chain(self.root.as_deref())
+            .chain(self.paths.iter().map(PathBuf::as_path))
+    }
+
+    /// The sandbox of the systemd unit: what `systemd-analyze security` scores, as tight as
+    /// the agent allows. It needs the network (IPv4, IPv6, and Unix sockets for name lookups),
+    /// its root, its state folder and its logs; /proc for the resource guard's CPU, memory and
+    /// network figures; and lowering its hashing threads' priority (`@resources`).
+    fn hardening(&self) -> String {
+        let under = |dirs: &[&str]| {
+            self.touched()
+                .any(|p| dirs.iter().any(|d| p.starts_with(d)))
+        };
+        let mut lines = vec![
+            "NoNewPrivileges=yes".to_string(),
+            "ProtectSystem=strict".into(),
+        ];
+        // LogsDirectory= and StateDirectory= are writable by themselves.
+        if let Some(root) = &self.root {
+            lines.push(format!("ReadWritePaths={}", quote_systemd(root)));
+        }
+        // A folder or token file in a home folder must stay reachable: read-only, with the
+        // root (if there) made writable by ReadWritePaths= above.
+        lines.push(
+            if under(&["/home", "/root", "/run/user"]) {
+                "ProtectHome=read-only"
+            } else {
+                "ProtectHome=yes"
+            }
+            .into(),
+        );
+        if !under(&["/tmp", "/var/tmp"]) {
+            lines.push("PrivateTmp=yes".into());
+        }
+        if self.low_port {
+            lines.push("CapabilityBoundingSet=CAP_NET_BIND_SERVICE".into());
+            lines.push("AmbientCapabilities=CAP_NET_BIND_SERVICE".into());
+        } else {
+            lines.push("CapabilityBoundingSet=".into());
+        }
+        lines.extend(
+            [
+                "PrivateDevices=yes",
+                "PrivateMounts=yes",
+                "ProtectClock=yes",
+                "ProtectControlGroups=yes",
+                "ProtectHostname=yes",
+                "ProtectKernelLogs=yes",
+                "ProtectKernelModules=yes",
+                "ProtectKernelTunables=yes",
+                "ProtectProc=invisible",
+                "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX",
+                "RestrictNamespaces=yes",
+                "RestrictRealtime=yes",
+                "RestrictSUIDSGID=yes",
+                "LockPersonality=yes",
+                "MemoryDenyWriteExecute=yes",
+                "RemoveIPC=yes",
+                "SystemCallArchitectures=native",
+                "SystemCallFilter=@system-service",
+                "SystemCallFilter=~@privileged",
+                "SystemCallErrorNumber=EPERM",
+                "UMask=0027",
+            ]
+            .map(String::from),
+        );
+        lines.join("\n")
     }
 
     /// The systemd unit.
@@ -43,12 +166,16 @@ After=network-online.target
 Type=simple
 User={user}
 LogsDirectory=rainmaker
+StateDirectory=rainmaker
+StateDirectoryMode=0700
 ExecStart={exe} --config {config} --log-dir /var/log/rainmaker run
 Restart=on-failure
 RestartSec=5
 KillSignal=SIGTERM
 TimeoutStopSec=20
 Environment=RUST_LOG=info
+Environment=RAINMAKER_DATA_DIR={STATE_DIR}
+{hardening}
 
 [Install]
 WantedBy=multi-user.target
@@ -56,6 +183,7 @@ WantedBy=multi-user.target
             user = self.user,
             exe = quote_systemd(&self.exe),
             config = quote_systemd(&self.config),
+            hardening = self.hardening(),
         )
     }
 
@@ -130,8 +258,10 @@ pub fn install(service: &Service) -> Result<()> {
         run("systemctl", &["daemon-reload"])?;
         run("systemctl", &["enable", "--now", "rainmaker.service"])?;
         println!(
-            "installed {UNIT_PATH}; RainMaker starts at boot as {}",
-            service.user
+            "installed {UNIT_PATH}; RainMaker starts at boot as {}, keeps its state in \
+             {STATE_DIR} (`sudo -u {} RAINMAKER_DATA_DIR={STATE_DIR} rainmaker status` shows its \
+             pushes) and writes only there, in /var/log/rainmaker and in its root",
+            service.user, service.user
         );
     } else if cfg!(target_os = "macos") {
         let path = launch_agent_path()?;

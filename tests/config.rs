@@ -161,6 +161,114 @@ fn the_systemd_unit_passes_systemd_analyze_verify() {
     );
 }
 
+/// The exposure `systemd-analyze security` gives a unit file (0 safe .. 10 unsafe).
+fn exposure(unit: &Path) -> f64 {
+    let analyze = std::process::Command::new("systemd-analyze")
+        .args(["security", "--offline=yes", "--no-pager"])
+        .arg(unit)
+        .output()
+        .expect("systemd-analyze is needed for this test (apt-get install systemd)");
+    let said = String::from_utf8_lossy(&analyze.stdout).to_string();
+    said.lines()
+        .find_map(|l| l.split_once("Overall exposure level for rainmaker.service:"))
+        .and_then(|(_, rest)| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure level in:\n{said}"))
+}
+
+#[test]
+fn the_systemd_unit_is_confined_to_the_network_its_root_state_and_logs() {
+    let sandbox = Sandbox::new();
+    let root = sandbox.dir("root with space");
+    let config = sandbox.path("rainmaker.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[serve]\nroot = {:?}\nlisten = \"0.0.0.0:7878\"\ntoken_file = {:?}\n",
+            root.display().to_string(),
+            sandbox.token_file().display().to_string()
+        ),
+    )
+    .unwrap();
+    let (code, unit, err) = rainmaker(
+        &sandbox,
+        &config,
+        &[
+            "service",
+            "unit",
+            "--user",
+            "rainmaker",
+            "--exe",
+            "/usr/bin/rainmaker",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    for line in [
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        &format!("ReadWritePaths=\"{}\"", root.display()),
+        "LogsDirectory=rainmaker",
+        "StateDirectory=rainmaker",
+        "Environment=RAINMAKER_DATA_DIR=/var/lib/rainmaker",
+        "CapabilityBoundingSet=\n",
+        "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX",
+        "SystemCallArchitectures=native",
+        "LockPersonality=yes",
+        "RestrictRealtime=yes",
+        "ProtectKernelTunables=yes",
+    ] {
+        assert!(
+            unit.contains(line),
+            "the agent needs only the network, its root, its state and its logs, so the unit \
+             says {line:?}:\n{unit}"
+        );
+    }
+    let in_tmp = root.starts_with("/tmp");
+    assert_eq!(
+        unit.contains("PrivateTmp=yes"),
+        !in_tmp,
+        "a private /tmp would hide a root under /tmp, and only then is it left out:\n{unit}"
+    );
+    let path = sandbox.path("rainmaker.service");
+    std::fs::write(&path, &unit).unwrap();
+    let score = exposure(&path);
+    println!("systemd-analyze security: {score}");
+    assert!(
+        score <= 2.5,
+        "the unit must stay hardened (exposure {score}, was 9.6 before it was):\n{unit}"
+    );
+
+    // A port below 1024 keeps the one capability it needs; a root in a home folder keeps the
+    // home folders readable instead of hidden.
+    std::fs::write(
+        &config,
+        "[serve]\nroot = \"/home/trader/NinjaTrader 8\"\nlisten = \"0.0.0.0:443\"\ntoken_file = \"/etc/rainmaker/token\"\n",
+    )
+    .unwrap();
+    let (code, unit, err) = rainmaker(
+        &sandbox,
+        &config,
+        &[
+            "service",
+            "unit",
+            "--user",
+            "trader",
+            "--exe",
+            "/usr/bin/rainmaker",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        unit.contains("CapabilityBoundingSet=CAP_NET_BIND_SERVICE")
+            && unit.contains("AmbientCapabilities=CAP_NET_BIND_SERVICE"),
+        "port 443 needs CAP_NET_BIND_SERVICE:\n{unit}"
+    );
+    assert!(
+        unit.contains("ProtectHome=read-only")
+            && unit.contains("ReadWritePaths=\"/home/trader/NinjaTrader 8\""),
+        "a root in a home folder stays writable:\n{unit}"
+    );
+}
+
 #[test]
 fn run_serves_what_the_file_says_and_stops_cleanly_on_sigterm() {
     let sandbox = Sandbox::new();

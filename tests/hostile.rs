@@ -481,6 +481,41 @@ async fn a_symlink_on_the_target_is_never_followed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_meta_on_a_folder_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut target = Target::start();
+    std::fs::create_dir(target.root.join("d")).unwrap();
+    std::fs::write(target.root.join("d/f"), b"kept\n").unwrap();
+    let case = "SetMeta clearing a folder's execute bit";
+    let mut ws = target.session().await;
+    send(
+        &mut ws,
+        &Message::SetMeta {
+            path: "d".into(),
+            mtime_ns: 0,
+            executable: false,
+        },
+    )
+    .await;
+    send(&mut ws, &Message::Finish).await;
+    let reason = expect_refused(&mut ws, case).await;
+    assert!(
+        reason.contains("folder") && reason.contains('d'),
+        "{case}: the reason must say a folder's mode is not set, got {reason:?}"
+    );
+    let mode = std::fs::metadata(target.root.join("d"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(
+        mode & 0o100,
+        0o100,
+        "{case}: the agent must still be able to enter the folder (mode {mode:o})"
+    );
+    target.assert_intact(case, &["d"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn data_for_an_unknown_file_is_refused() {
     let mut target = Target::start();
     let case = "Data for a file id never begun";

@@ -403,15 +403,10 @@ impl Runner {
             })?),
             None => None,
         };
-        let token_file = settings::write_token(&self.config_path, &name, token)?;
-        let admin_token_file = match admin_token {
-            Some(admin) => Some(settings::write_admin_token(
-                &self.config_path,
-                &name,
-                admin,
-            )?),
-            None => None,
-        };
+        let settings::TokenFiles {
+            token: token_file,
+            admin: admin_token_file,
+        } = settings::write_tokens(&self.config_path, &name, token, admin_token)?;
         self.change_config(|config| {
             config.servers.push(Server {
                 name: name.clone(),
@@ -473,7 +468,7 @@ impl Runner {
 
     /// Removes a server and stops mirroring to it; nothing on it is touched.
     pub fn remove_server(self: &Arc<Self>, name: &str) -> Result<(), UiError> {
-        let mut removed = None;
+        let mut unused = Vec::new();
         self.change_config(|config| {
             let at = config
                 .servers
@@ -484,15 +479,28 @@ impl Runner {
             for folder in &mut config.folders {
                 folder.targets.retain(|t| t.name.as_deref() != Some(name));
             }
-            removed = Some(server);
+            // Only the dashboard's own token files, and only those no other server uses (an
+            // older version could give two servers one file).
+            let in_use = |path: &PathBuf| {
+                config
+                    .servers
+                    .iter()
+                    .any(|s| &s.token_file == path || s.admin_token_file.as_ref() == Some(path))
+                    || config
+                        .folders
+                        .iter()
+                        .any(|f| f.targets.iter().any(|t| &t.token_file == path))
+            };
+            let dir = settings::token_dir(&self.config_path);
+            unused = [Some(server.token_file), server.admin_token_file]
+                .into_iter()
+                .flatten()
+                .filter(|p| p.starts_with(&dir) && !in_use(p))
+                .collect();
             Ok(())
         })?;
-        if let Some(server) = removed
-            && server
-                .token_file
-                .starts_with(settings::token_dir(&self.config_path))
-        {
-            let _ = std::fs::remove_file(&server.token_file);
+        for file in unused {
+            let _ = std::fs::remove_file(file);
         }
         self.lock().online.remove(name);
         self.restart();
@@ -1270,8 +1278,9 @@ impl Runner {
 
     /// Failback: this PC receives its folder back from server `from` (the source since a
     /// failover). Local pushes pause; an agent serves the folder on `address` (HOST:PORT, as
-    /// the server reaches this PC) with a one-time token until the push has ended; what it
-    /// replaces goes to the folder's trash.
+    /// the server reaches this PC, and only there) with a one-time token that opens sessions
+    /// for [`FAILBACK_TOKEN_LIFETIME`] and ends with the push; what it replaces goes to the
+    /// folder's trash.
     pub async fn receive_from(self: &Arc<Self>, from: &str, address: &str) -> Result<(), UiError> {
         let source = self
             .lock()
@@ -1282,26 +1291,7 @@ impl Runner {
             .ok_or_else(|| {
                 UiError::bad_input("Pick this PC's folder first: it is what receives.")
             })?;
-        let (host, port) = address
-            .trim()
-            .rsplit_once(':')
-            .and_then(|(h, p)| Some((h.trim_matches(['[', ']']).to_owned(), p.parse::<u16>().ok()?)))
-            .filter(|(h, _)| !h.is_empty())
-            .ok_or_else(|| {
-                UiError::bad_input(format!(
-                    "{address:?} is not HOST:PORT; give this PC's address as {from} reaches it, e.g. 192.168.1.20:7878"
-                ))
-            })?;
-        let loopback = host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
-            || host == "localhost";
-        let listen = match (loopback, host.contains(':')) {
-            (true, true) => format!("[{host}]:{port}"),
-            (true, false) => format!("{host}:{port}"),
-            (false, true) => format!("[::]:{port}"),
-            (false, false) => format!("0.0.0.0:{port}"),
-        };
+        let (listen, url) = failback_address(from, address)?;
         Self::check_not_receiving(&self.lock())?;
         let token = hex_token();
         let server = engine::Server::bind(ServeOptions {
@@ -1314,8 +1304,14 @@ impl Runner {
             trash_retention: Some(Duration::from_secs(7 * 24 * 3600)),
             push_to: None,
         })
-        .await?;
-        let port = server.local_addr().port();
+        .await
+        .map_err(|e| {
+            UiError::bad_input(format!(
+                "{e}. Give an address of this PC's own network connection as {from} reaches \
+                 it (behind a router, this PC's LAN address with the port forwarded to it)."
+            ))
+        })?
+        .expire_token_after(FAILBACK_TOKEN_LIFETIME);
         let fingerprint = server.fingerprint().map(str::to_owned);
         let stop = self.shutdown.child_token();
         self.pause();
@@ -1331,14 +1327,7 @@ impl Runner {
             );
         });
         let target = RemoteTarget {
-            url: format!(
-                "wss://{}:{port}",
-                if host.contains(':') {
-                    format!("[{host}]")
-                } else {
-                    host.clone()
-                }
-            ),
+            url,
             token,
             fingerprint,
         };
@@ -1616,6 +1605,31 @@ fn summary(overall: &str, servers: &[ServerView], paused: Option<&PauseView>) ->
     }
 }
 
+/// How long the failback receiver's one-time token opens sessions: the push it was made for
+/// starts at once; a session already open goes on to its end.
+pub const FAILBACK_TOKEN_LIFETIME: Duration = Duration::from_secs(10 * 60);
+
+/// Where the failback receiver listens and the address `from` pushes to, from the HOST:PORT
+/// the user gave: the listener binds that address only, never every interface.
+fn failback_address(from: &str, address: &str) -> Result<(String, String), UiError> {
+    let (host, port) = address
+        .trim()
+        .rsplit_once(':')
+        .and_then(|(h, p)| Some((h.trim_matches(['[', ']']).to_owned(), p.parse::<u16>().ok()?)))
+        .filter(|(h, _)| !h.is_empty())
+        .ok_or_else(|| {
+            UiError::bad_input(format!(
+                "{address:?} is not HOST:PORT; give this PC's address as {from} reaches it, e.g. 192.168.1.20:7878"
+            ))
+        })?;
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host
+    };
+    Ok((format!("{host}:{port}"), format!("wss://{host}:{port}")))
+}
+
 fn check_name(name: &str) -> Result<String, UiError> {
     let name = name.trim();
     if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
@@ -1784,6 +1798,83 @@ mod tests {
         });
         assert!(runner.dashboard().paused.is_none(), "and lifted on resume");
         runner.stop();
+    }
+
+    #[test]
+    fn the_failback_receiver_listens_only_on_the_address_given() {
+        for (given, listen, url) in [
+            (
+                "192.168.1.20:7878",
+                "192.168.1.20:7878",
+                "wss://192.168.1.20:7878",
+            ),
+            ("[fd00::5]:7878", "[fd00::5]:7878", "wss://[fd00::5]:7878"),
+            ("127.0.0.1:9000", "127.0.0.1:9000", "wss://127.0.0.1:9000"),
+            ("home-pc:7878", "home-pc:7878", "wss://home-pc:7878"),
+        ] {
+            assert_eq!(
+                failback_address("cloud-a", given).unwrap(),
+                (listen.to_owned(), url.to_owned()),
+                "{given}: never every interface"
+            );
+        }
+        assert!(failback_address("cloud-a", "no-port").is_err());
+    }
+
+    #[tokio::test]
+    async fn the_failback_receiver_binds_no_other_address() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path().join("NinjaTrader 8");
+        std::fs::create_dir_all(&folder).unwrap();
+        let (runner, _notices) = Runner::start(
+            dir.path().join("rainmaker.toml"),
+            dir.path().join("data"),
+            Handle::current(),
+        )
+        .unwrap();
+        runner
+            .change_config(|c| {
+                c.folders.push(Folder {
+                    source: folder.clone(),
+                    mode: Mode::Manual,
+                    bwlimit: None,
+                    exclude: Vec::new(),
+                    preset: None,
+                    targets: Vec::new(),
+                });
+                Ok(())
+            })
+            .unwrap();
+        // This machine's address on its network (no packet is sent to find it).
+        let probe = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        let lan = probe
+            .connect("203.0.113.1:9")
+            .and_then(|()| probe.local_addr())
+            .map(|a| a.ip())
+            .ok()
+            .filter(|ip| !ip.is_loopback() && !ip.is_unspecified());
+        let Some(lan) = lan else {
+            println!("skipped: this machine has no network address besides loopback");
+            runner.stop();
+            return;
+        };
+        // The port is taken on loopback: a receiver that binds every interface fails; one that
+        // binds the address given only does not.
+        let taken = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+        let port = taken.local_addr().unwrap().port();
+        drop(taken);
+        let elsewhere = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+        let e = runner
+            .receive_from("no-such-server", &format!("{lan}:{port}"))
+            .await
+            .unwrap_err();
+        drop(elsewhere);
+        runner.stop();
+        assert!(
+            e.message.contains("no-such-server") && !e.message.contains("listen"),
+            "the receiver binds {lan}:{port} only, so 127.0.0.1:{port} being taken does not \
+             matter; it may fail only for the unknown server: {e:?}"
+        );
     }
 
     #[test]

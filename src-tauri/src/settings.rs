@@ -37,26 +37,23 @@ pub fn token_dir(config_path: &Path) -> PathBuf {
         .join("tokens")
 }
 
-/// Stores a server's pairing token in its own file (mode 0600 on Unix); returns the path.
-pub fn write_token(config_path: &Path, server: &str, token: &str) -> Result<PathBuf, UiError> {
-    write_secret(config_path, server, "token", token)
+/// Where a server's secrets live: `KEY.token` (pairing) and `KEY.admin` in [`token_dir`].
+/// The key is the server's name made safe for a file name, plus a number when another server
+/// already holds that key, so no two servers ever share a token file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenFiles {
+    pub token: PathBuf,
+    pub admin: Option<PathBuf>,
 }
 
-/// Stores a server's admin token (`NAME.admin`), like [`write_token`].
-pub fn write_admin_token(
+/// Stores a new server's pairing token and, if given, its admin token, each in a file of its
+/// own (mode 0600 on Unix) under a key no other server has.
+pub fn write_tokens(
     config_path: &Path,
     server: &str,
     token: &str,
-) -> Result<PathBuf, UiError> {
-    write_secret(config_path, server, "admin", token)
-}
-
-fn write_secret(
-    config_path: &Path,
-    server: &str,
-    extension: &str,
-    token: &str,
-) -> Result<PathBuf, UiError> {
+    admin: Option<&str>,
+) -> Result<TokenFiles, UiError> {
     let dir = token_dir(config_path);
     std::fs::create_dir_all(&dir)?;
     let safe: String = server
@@ -69,7 +66,34 @@ fn write_secret(
             }
         })
         .collect();
-    let path = dir.join(format!("{safe}.{extension}"));
+    // Claims the key by creating its token file: two names that look alike (`cloud a`,
+    // `cloud/a`) or two adds at once still get a file each.
+    let key = (1u32..)
+        .map(|n| {
+            if n == 1 {
+                safe.clone()
+            } else {
+                format!("{safe}-{n}")
+            }
+        })
+        .find(|key| {
+            !dir.join(format!("{key}.admin")).exists()
+                && std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(dir.join(format!("{key}.token")))
+                    .is_ok()
+        })
+        .expect("some key is free");
+    let token = write_secret(&dir.join(format!("{key}.token")), token)?;
+    let admin = match admin {
+        Some(admin) => Some(write_secret(&dir.join(format!("{key}.admin")), admin)?),
+        None => None,
+    };
+    Ok(TokenFiles { token, admin })
+}
+
+fn write_secret(path: &Path, token: &str) -> Result<PathBuf, UiError> {
     let temp = path.with_extension("tmp");
     {
         let mut options = std::fs::OpenOptions::new();
@@ -80,8 +104,8 @@ fn write_secret(
         std::io::Write::write_all(&mut file, token.trim().as_bytes())?;
         file.sync_all()?;
     }
-    std::fs::rename(&temp, &path)?;
-    Ok(path)
+    std::fs::rename(&temp, path)?;
+    Ok(path.to_path_buf())
 }
 
 /// Reads a token file.
@@ -98,9 +122,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("rainmaker").join("rainmaker.toml");
         assert_eq!(load(&path).unwrap(), Config::default(), "no file: empty");
-        let token = write_token(&path, "cloud a/1", "secret\n").unwrap();
+        let token = write_tokens(&path, "cloud a/1", "secret\n", None)
+            .unwrap()
+            .token;
         assert_eq!(token.file_name().unwrap(), "cloud_a_1.token");
         assert_eq!(read_token(&token).unwrap(), "secret");
+        let other = write_tokens(&path, "cloud/a 1", "other", Some("admin")).unwrap();
+        assert_eq!(
+            other.token.file_name().unwrap(),
+            "cloud_a_1-2.token",
+            "a name that looks alike gets a key of its own"
+        );
+        assert_eq!(
+            read_token(&token).unwrap(),
+            "secret",
+            "and leaves the first alone"
+        );
+        assert_eq!(read_token(&other.admin.unwrap()).unwrap(), "admin");
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;

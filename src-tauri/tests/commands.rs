@@ -452,3 +452,54 @@ fn a_server_is_added_from_its_pairing_code_once_the_certificate_is_the_pinned_on
         "the token goes to its own file, not into the configuration:\n{text}"
     );
 }
+
+#[test]
+fn servers_whose_names_look_alike_keep_a_token_file_each() {
+    let h = harness();
+    let other_root = h.source.parent().unwrap().join("other");
+    let (other_url, other_fp) = agent_with_admin(&other_root, "other", &h.stop);
+    call(
+        &h,
+        "add_server",
+        json!({ "name": "cloud a", "url": h.url, "token": TOKEN, "fingerprint": h.fingerprint }),
+    )
+    .unwrap();
+    // The same name once made safe for a file name.
+    call(
+        &h,
+        "add_server",
+        json!({ "name": "cloud/a", "url": other_url, "token": TOKEN, "fingerprint": other_fp, "adminToken": ADMIN }),
+    )
+    .unwrap();
+    let config = rainmaker_engine::config::load(&h.config).unwrap();
+    let [first, second] = &config.servers[..] else {
+        panic!("two servers were added: {:?}", config.servers);
+    };
+    assert_ne!(
+        first.token_file, second.token_file,
+        "each server has a token file of its own"
+    );
+    let second_admin = second.admin_token_file.clone().unwrap();
+
+    call(&h, "remove_server", json!({ "name": "cloud/a" })).unwrap();
+    let config = rainmaker_engine::config::load(&h.config).unwrap();
+    assert_eq!(
+        rainmaker_engine::config::read_token(&config.servers[0].token_file).unwrap(),
+        TOKEN,
+        "removing one server must not delete another's token"
+    );
+    assert!(
+        !second.token_file.exists() && !second_admin.exists(),
+        "the removed server's own token files go with it"
+    );
+    call(&h, "save_folder", folder(&h, &["cloud a"], "manual")).unwrap();
+    call(&h, "sync_now", json!({})).unwrap();
+    wait_for(
+        "the remaining server is in sync",
+        Duration::from_secs(30),
+        || {
+            let d = call(&h, "dashboard", json!({})).unwrap();
+            server(&d, "cloud a")["state"] == "in sync"
+        },
+    );
+}

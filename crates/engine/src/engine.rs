@@ -620,6 +620,8 @@ pub struct Server {
     agent: Arc<control::Agent>,
     /// Stops the pushes this agent was told to run when the server stops.
     pushes: CancellationToken,
+    /// When the pairing token stops opening sessions (a one-time token), if it does.
+    token_expires: Option<tokio::time::Instant>,
 }
 
 impl Server {
@@ -670,7 +672,17 @@ impl Server {
             name: options.name.into(),
             fingerprint,
             pushes,
+            token_expires: None,
         })
+    }
+
+    /// Makes the pairing token a one-time token that expires `lifetime` from now: after it, a
+    /// connection presenting it is refused as with a wrong token. A session opened before
+    /// goes on to its end. (The tray's failback receiver: the token must not stay good for as
+    /// long as the receiver happens to run.)
+    pub fn expire_token_after(mut self, lifetime: std::time::Duration) -> Server {
+        self.token_expires = Some(tokio::time::Instant::now() + lifetime);
+        self
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -685,6 +697,11 @@ impl Server {
     /// Serves until `cancel` fires; one mirror session into the root at a time.
     pub async fn run(self, cancel: CancellationToken) -> Result<(), EngineError> {
         let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+        // What the tokens become once the pairing token expired: a secret nobody holds.
+        let expired = Arc::new(transport::Tokens {
+            receive: hex::encode(rand::random::<[u8; 32]>()),
+            admin: self.tokens.admin.clone(),
+        });
         loop {
             let incoming = tokio::select! {
                 incoming = self.listener.accept() => incoming,
@@ -701,8 +718,12 @@ impl Server {
                 tracing::warn!(peer = %incoming.peer_addr(), "too many connections at once; dropped");
                 continue;
             };
+            let tokens = match self.token_expires {
+                Some(at) if tokio::time::Instant::now() >= at => expired.clone(),
+                _ => self.tokens.clone(),
+            };
             let (tokens, name, receiver, cancel, agent) = (
-                self.tokens.clone(),
+                tokens,
                 self.name.clone(),
                 self.receiver.clone(),
                 cancel.clone(),
@@ -927,6 +948,40 @@ mod tests {
         assert!(
             nice > 0,
             "the hashing thread must yield to the trading platform: nice {nice}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_one_time_token_opens_no_session_after_it_expired() {
+        let root = tempfile::tempdir().unwrap();
+        let server = Server::bind(ServeOptions {
+            root: root.path().to_path_buf(),
+            listen: "127.0.0.1:0".into(),
+            token: "one-time".into(),
+            admin_token: None,
+            insecure: false,
+            name: "this-pc".into(),
+            trash_retention: None,
+        })
+        .await
+        .unwrap()
+        .expire_token_after(std::time::Duration::from_millis(500));
+        let spec = TargetSpec {
+            url: format!("wss://127.0.0.1:{}", server.local_addr().port()),
+            trust: Trust::Pinned(server.fingerprint().unwrap().to_owned()),
+            token: "one-time".into(),
+        };
+        let stop = CancellationToken::new();
+        tokio::spawn(server.run(stop.clone()));
+        probe(&spec, "server")
+            .await
+            .expect("the token opens a session before it expires");
+        tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+        let refused = probe(&spec, "server").await;
+        stop.cancel();
+        assert!(
+            matches!(refused, Err(transport::TransportError::Refused { .. })),
+            "an expired one-time token must be refused, got {refused:?}"
         );
     }
 

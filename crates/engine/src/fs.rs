@@ -77,6 +77,23 @@ fn system_time_ns(t: SystemTime) -> i128 {
 
 /// Sets a file's modification time.
 pub fn set_mtime(path: &Path, mtime_ns: i128) -> io::Result<()> {
+    filetime::set_symlink_file_times(
+        path,
+        filetime::FileTime::from_system_time(SystemTime::now()),
+        file_time(mtime_ns)?,
+    )
+}
+
+/// Sets the modification time of an open file (see [`open_in_root`]).
+pub fn set_mtime_of(file: &File, mtime_ns: i128) -> io::Result<()> {
+    filetime::set_file_handle_times(
+        file,
+        Some(filetime::FileTime::from_system_time(SystemTime::now())),
+        Some(file_time(mtime_ns)?),
+    )
+}
+
+fn file_time(mtime_ns: i128) -> io::Result<filetime::FileTime> {
     let nanos = Duration::from_nanos(mtime_ns.unsigned_abs().min(u64::MAX as u128) as u64);
     let time = if mtime_ns >= 0 {
         UNIX_EPOCH.checked_add(nanos)
@@ -84,11 +101,78 @@ pub fn set_mtime(path: &Path, mtime_ns: i128) -> io::Result<()> {
         UNIX_EPOCH.checked_sub(nanos)
     }
     .ok_or_else(|| io::Error::other(format!("time {mtime_ns} ns is out of range here")))?;
-    filetime::set_symlink_file_times(
-        path,
-        filetime::FileTime::from_system_time(SystemTime::now()),
-        filetime::FileTime::from_system_time(time),
-    )
+    Ok(filetime::FileTime::from_system_time(time))
+}
+
+/// Opens an existing file under a mirrored root to change it in place: its data (`write`)
+/// or only its time and mode. A symlink in its last component is not followed (earlier
+/// components are [`crate::path::resolve`]'s job), and anything but a regular file with
+/// exactly one link is refused: a symlink or hard link swapped in under the root must never
+/// let a write, a rollback or a mode change reach a file outside it.
+pub fn open_in_root(path: &Path, write: bool) -> io::Result<File> {
+    let mut options = OpenOptions::new();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        // O_NONBLOCK: opening a FIFO planted under the root must not hang the agent.
+        options
+            .read(!write)
+            .write(write)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK);
+    }
+    #[cfg(windows)]
+    {
+        use std::os::windows::fs::OpenOptionsExt;
+        const FILE_FLAG_OPEN_REPARSE_POINT: u32 = 0x0020_0000;
+        const FILE_READ_ATTRIBUTES: u32 = 0x80;
+        const FILE_WRITE_ATTRIBUTES: u32 = 0x100;
+        const FILE_SHARE_READ: u32 = 0x1;
+        const FILE_SHARE_WRITE: u32 = 0x2;
+        options
+            .custom_flags(FILE_FLAG_OPEN_REPARSE_POINT)
+            .share_mode(FILE_SHARE_READ | FILE_SHARE_WRITE);
+        if write {
+            options.read(true).write(true);
+        } else {
+            options.access_mode(FILE_READ_ATTRIBUTES | FILE_WRITE_ATTRIBUTES);
+        }
+    }
+    #[cfg(not(any(unix, windows)))]
+    options.read(!write).write(write);
+    let file = options.open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(io::Error::other(format!(
+            "{} is not a regular file (a symlink or something else is in its place); \
+             RainMaker changes only regular files in place",
+            path.display()
+        )));
+    }
+    let links = link_count(&file, &meta);
+    if links != 1 {
+        return Err(io::Error::other(format!(
+            "{} has {links} hard links; RainMaker changes a file in place only when no other \
+             name shares it (remove the other links, and the next sync sends it whole)",
+            path.display()
+        )));
+    }
+    Ok(file)
+}
+
+#[cfg(unix)]
+fn link_count(_file: &File, meta: &Metadata) -> u64 {
+    std::os::unix::fs::MetadataExt::nlink(meta)
+}
+
+#[cfg(windows)]
+fn link_count(file: &File, _meta: &Metadata) -> u64 {
+    // Unknown is treated as shared: the caller refuses to write.
+    winapi_util::file::information(file).map_or(0, |info| u64::from(info.number_of_links()))
+}
+
+#[cfg(not(any(unix, windows)))]
+fn link_count(_file: &File, _meta: &Metadata) -> u64 {
+    1
 }
 
 #[cfg(unix)]
@@ -122,6 +206,27 @@ pub fn set_executable(path: &Path, executable: bool) -> io::Result<()> {
 
 #[cfg(not(unix))]
 pub fn set_executable(_path: &Path, _executable: bool) -> io::Result<()> {
+    Ok(())
+}
+
+/// [`set_executable`] on an open file (see [`open_in_root`]).
+#[cfg(unix)]
+pub fn set_executable_of(file: &File, executable: bool) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = file.metadata()?.permissions().mode();
+    let new = if executable {
+        mode | ((mode & 0o444) >> 2)
+    } else {
+        mode & !0o111
+    };
+    if new != mode {
+        file.set_permissions(std::fs::Permissions::from_mode(new))?;
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+pub fn set_executable_of(_file: &File, _executable: bool) -> io::Result<()> {
     Ok(())
 }
 
@@ -180,7 +285,12 @@ pub fn same_stamp(a: &Stamp, b: &Stamp) -> bool {
     a.size == b.size
         && a.mtime_ns == b.mtime_ns
         && (!HAS_EXEC_BIT || a.executable == b.executable)
-        && (a.file_id == b.file_id || a.file_id == 0 || b.file_id == 0)
+        && same_file_id(a, b)
+}
+
+/// Whether two stamps name the same file (an id of 0 means "unknown" and matches).
+pub fn same_file_id(a: &Stamp, b: &Stamp) -> bool {
+    a.file_id == b.file_id || a.file_id == 0 || b.file_id == 0
 }
 
 /// Reads exactly `buf.len()` bytes at `offset`, or fewer at the end of the file.

@@ -103,7 +103,7 @@ pub enum Message {
     FileFailed { id: u64, reason: String },
     /// Source → target: remove a file or an empty folder.
     Delete { path: String },
-    /// Source → target: set a file's or folder's modification time and executable bit.
+    /// Source → target: set a file's modification time and executable bit (never a folder's).
     SetMeta {
         path: String,
         mtime_ns: i128,

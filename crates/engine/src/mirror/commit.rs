@@ -13,7 +13,7 @@ use crate::fs;
 use crate::index::{AppendRecord, Change, Durability, FileRecord, Index};
 use crate::path;
 use crate::protocol::{Append, BLOCK_SIZE, FileBegin, Hash, Message};
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -205,8 +205,8 @@ impl Committer {
                         continue;
                     };
                     let done = synced.clone().and_then(|()| {
-                        fs::set_executable(&full, append.executable)
-                            .and_then(|()| fs::set_mtime(&full, append.mtime_ns))
+                        fs::set_executable_of(&file, append.executable)
+                            .and_then(|()| fs::set_mtime_of(&file, append.mtime_ns))
                             .map_err(|e| e.to_string())
                     });
                     match done {
@@ -227,7 +227,7 @@ impl Committer {
                             replies.push(Message::FileDone { id });
                         }
                         Err(reason) => {
-                            roll_back(&file, &full, append.from_len, &before);
+                            roll_back(&file, append.from_len, &before);
                             changes.push(Change::RemoveAppend(append.path.clone()));
                             failed.push((id, append.path, reason));
                         }
@@ -300,21 +300,20 @@ fn record(
 }
 
 /// Copies a verified append from its side file to the end of the target's file, if the file
-/// is still as it was verified. Returns the file, for the group's sync.
+/// is still as it was verified. The file is opened without following a symlink and checked
+/// through the open handle, so nothing swapped in under the root since is written. Returns
+/// the file, for the group's sync.
 pub fn write_in_place(
     append: &Append,
     side: &File,
     full: &Path,
     before: &FileRecord,
 ) -> Result<File, String> {
-    let current = std::fs::symlink_metadata(full).map(|m| fs::stamp_of_meta(&m));
+    let file = fs::open_in_root(full, true).map_err(|e| format!("cannot open it: {e}"))?;
+    let current = file.metadata().map(|m| fs::stamp(&file, &m));
     if !matches!(&current, Ok(s) if fs::same_stamp(s, &before.stamp)) {
         return Err("the target's copy changed during the mirror".into());
     }
-    let file = OpenOptions::new()
-        .write(true)
-        .open(full)
-        .map_err(|e| format!("cannot open it: {e}"))?;
     let mut buffer = vec![0u8; BLOCK_SIZE as usize];
     let mut offset = append.from_len;
     while offset < append.size {
@@ -322,11 +321,11 @@ pub fn write_in_place(
         let n = fs::read_at(side, offset - append.from_len, &mut buffer[..len])
             .map_err(|e| e.to_string())?;
         if n != len {
-            roll_back(&file, full, append.from_len, before);
+            roll_back(&file, append.from_len, before);
             return Err("the staged append is short".into());
         }
         if let Err(e) = fs::write_at(&file, offset, &buffer[..len]) {
-            roll_back(&file, full, append.from_len, before);
+            roll_back(&file, append.from_len, before);
             return Err(format!("cannot write: {}", crate::fs::describe(&e)));
         }
         offset += len as u64;
@@ -334,9 +333,123 @@ pub fn write_in_place(
     Ok(file)
 }
 
-/// Truncates a file back to its last verified length and time.
-pub fn roll_back(file: &File, full: &Path, from_len: u64, before: &FileRecord) {
+/// Truncates an open file back to its last verified length and time.
+pub fn roll_back(file: &File, from_len: u64, before: &FileRecord) {
     let _ = file.set_len(from_len);
     let _ = file.sync_data();
-    let _ = fs::set_mtime(full, before.stamp.mtime_ns);
+    let _ = fs::set_mtime_of(file, before.stamp.mtime_ns);
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+    use crate::hash;
+    use crate::mirror::receive::Receiver;
+    use crate::path::STATE_DIR;
+
+    const PRECIOUS: &[u8] = b"precious data outside the root";
+
+    /// A root and, next to it, a file the agent must never change.
+    fn root_and_victim() -> (tempfile::TempDir, PathBuf, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        std::fs::create_dir(&root).unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, PRECIOUS).unwrap();
+        (dir, root, victim)
+    }
+
+    fn record_of(path: &Path) -> FileRecord {
+        let content = std::fs::read(path).unwrap();
+        let blocks = vec![hash::block_hash(&content)];
+        FileRecord {
+            stamp: fs::stamp_of_meta(&std::fs::metadata(path).unwrap()),
+            hash: hash::file_hash(content.len() as u64, &blocks),
+            blocks,
+            racy: false,
+        }
+    }
+
+    /// Records an interrupted append of `rel` from 3 bytes, as a crash mid-commit leaves it.
+    fn record_interrupted_append(root: &Path, rel: &str, before: FileRecord) {
+        std::fs::create_dir_all(root.join(STATE_DIR)).unwrap();
+        let index = Index::open(&root.join(STATE_DIR).join("index.redb")).unwrap();
+        let record = AppendRecord {
+            from_len: 3,
+            before,
+        };
+        index
+            .apply(
+                &[Change::PutAppend(rel.into(), record)],
+                Durability::Immediate,
+            )
+            .unwrap();
+    }
+
+    #[test]
+    fn an_append_is_never_written_into_a_hard_link_to_a_file_outside_the_root() {
+        let (dir, root, victim) = root_and_victim();
+        let full = root.join("f");
+        std::fs::hard_link(&victim, &full).unwrap();
+        // The scan recorded it as it is: the stamp matches, only the link count tells.
+        let before = record_of(&full);
+        let side_path = dir.path().join("side");
+        std::fs::write(&side_path, b"more").unwrap();
+        let side = File::open(&side_path).unwrap();
+        let size = PRECIOUS.len() as u64;
+        let append = Append {
+            id: 1,
+            path: "f".into(),
+            from_len: size,
+            from_hash: before.hash,
+            size: size + 4,
+            mtime_ns: 0,
+            executable: false,
+            hash: [0; 32],
+            tail_blocks: Vec::new(),
+        };
+        let result = write_in_place(&append, &side, &full, &before);
+        let reason = result.expect_err("a file with a second name outside the root is refused");
+        assert!(reason.contains("hard links"), "{reason}");
+        assert_eq!(
+            std::fs::read(&victim).unwrap(),
+            PRECIOUS,
+            "a file outside the root must never grow through a hard link in it"
+        );
+    }
+
+    #[test]
+    fn a_rollback_follows_no_symlink_and_no_hard_link_swapped_in() {
+        for swap in ["symlink", "hard link"] {
+            let (_dir, root, victim) = root_and_victim();
+            let full = root.join("f");
+            match swap {
+                "symlink" => std::os::unix::fs::symlink(&victim, &full).unwrap(),
+                _ => std::fs::hard_link(&victim, &full).unwrap(),
+            }
+            record_interrupted_append(&root, "f", record_of(&victim));
+            Receiver::open(&root, None).unwrap();
+            assert_eq!(
+                std::fs::read(&victim).unwrap(),
+                PRECIOUS,
+                "rolling back an append must not truncate a file outside the root through a {swap}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_rollback_truncates_the_recorded_file() {
+        let (_dir, root, _victim) = root_and_victim();
+        let full = root.join("f");
+        std::fs::write(&full, b"abc").unwrap();
+        let before = record_of(&full);
+        std::fs::write(&full, b"abc and a torn append").unwrap();
+        record_interrupted_append(&root, "f", before);
+        Receiver::open(&root, None).unwrap();
+        assert_eq!(
+            std::fs::read(&full).unwrap(),
+            b"abc",
+            "an interrupted append goes back to its last verified length"
+        );
+    }
 }

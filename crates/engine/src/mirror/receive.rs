@@ -174,15 +174,31 @@ impl Receiver {
         &self.root
     }
 
+    /// Truncates each file an interrupted append grew back to its recorded length, but only
+    /// the very file the record is about: no symlink is followed, and a file that is not the
+    /// recorded one (another identity, or a hard link shared with a name elsewhere) is left
+    /// as it is for the next sync to replace.
     fn roll_back_appends(&mut self) -> Result<(), ReceiveError> {
         for (rel, record) in self.index.appends()? {
-            let full = self.root.join(&rel);
-            if let Ok(file) = OpenOptions::new().write(true).open(&full) {
-                let _ = file.set_len(record.from_len);
-                let _ = file.sync_all();
-                let _ = fs::set_mtime(&full, record.before.stamp.mtime_ns);
+            let opened = path::resolve(&self.root, &rel, false)
+                .map_err(|e| std::io::Error::other(e.to_string()))
+                .and_then(|full| fs::open_in_root(&full, true));
+            match opened {
+                Ok(file)
+                    if file.metadata().is_ok_and(|m| {
+                        fs::same_file_id(&fs::stamp(&file, &m), &record.before.stamp)
+                    }) =>
+                {
+                    super::commit::roll_back(&file, record.from_len, &record.before);
+                    tracing::warn!(path = %rel, len = record.from_len, "rolled an interrupted append back to its last verified length");
+                }
+                Ok(_) => {
+                    tracing::warn!(path = %rel, "an interrupted append is not rolled back: another file took its place; the next sync replaces it");
+                }
+                Err(e) => {
+                    tracing::warn!(path = %rel, "an interrupted append is not rolled back: {e}; the next sync replaces it");
+                }
             }
-            tracing::warn!(path = %rel, len = record.from_len, "rolled an interrupted append back to its last verified length");
             self.index
                 .apply(&[Change::RemoveAppend(rel)], Durability::Immediate)?;
         }
@@ -310,12 +326,21 @@ impl Receiver {
             } => {
                 let replies = self.commit_ready();
                 let full = path::resolve(&self.root, &path, false).map_err(refused)?;
-                fs::set_executable(&full, executable)
+                if std::fs::symlink_metadata(&full).is_ok_and(|m| m.is_dir()) {
+                    // Clearing a folder's execute bit would lock the agent out of it.
+                    return Err(ReceiveError::Refused(format!(
+                        "SetMeta names the folder {path}: a source sets the time and mode of \
+                         files only"
+                    )));
+                }
+                let file = fs::open_in_root(&full, false)
+                    .map_err(io(format!("cannot set the mode and time of {path}")))?;
+                fs::set_executable_of(&file, executable)
                     .map_err(io(format!("cannot set the mode of {path}")))?;
-                fs::set_mtime(&full, mtime_ns)
+                fs::set_mtime_of(&file, mtime_ns)
                     .map_err(io(format!("cannot set the time of {path}")))?;
                 if let Some(record) = self.tree.files.get_mut(&path)
-                    && let Ok(meta) = std::fs::metadata(&full)
+                    && let Ok(meta) = file.metadata()
                 {
                     record.stamp = fs::stamp_with_exec(fs::stamp_of_meta(&meta), executable);
                     self.pending.push(Change::PutFile(path, record.clone()));
