@@ -21,7 +21,7 @@ use rainmaker_engine::event::{self, PushReport};
 use rainmaker_engine::exclude::Exclude;
 use rainmaker_engine::guard::Thresholds;
 use rainmaker_engine::schedule::{SyncTiming, interval_warning, total_memory};
-use rainmaker_engine::transport::Trust;
+use rainmaker_engine::transport::{Limits, Trust};
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -289,6 +289,10 @@ async fn serve(args: ServeArgs, config: Option<&Path>) -> Result<()> {
     })
     .await
     .context("cannot start the agent")?;
+    let server = match test_idle_limit() {
+        Some(idle) => server.with_limits(Limits::default().with_idle(idle)),
+        None => server,
+    };
     let scheme = if args.insecure { "ws" } else { "wss" };
     eprintln!(
         "rainmaker: receiving mirrors into {} on {scheme}://{}",
@@ -304,6 +308,13 @@ async fn serve(args: ServeArgs, config: Option<&Path>) -> Result<()> {
     server.run(shutdown_signal()).await?;
     eprintln!("rainmaker: stopped");
     Ok(())
+}
+
+/// The idle limit the end-to-end tests set (`RAINMAKER_TEST_IDLE_MS`, milliseconds), so a
+/// frozen source is noticed in a moment instead of the 30 s an agent allows. For tests only.
+fn test_idle_limit() -> Option<Duration> {
+    let ms: u64 = std::env::var("RAINMAKER_TEST_IDLE_MS").ok()?.parse().ok()?;
+    Some(Duration::from_millis(ms.max(100)))
 }
 
 pub fn host_name() -> String {

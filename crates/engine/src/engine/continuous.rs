@@ -9,8 +9,8 @@
 //! and a target that returns is caught up as soon as it answers, not at the next tick.
 
 use super::{
-    EngineError, PushOptions, announce_scan, cached_manifest_path, low_priority, scan_source,
-    session,
+    EngineError, PushOptions, announce_scan, cached_manifest_path, keep_alive_while, low_priority,
+    scan_source, session,
 };
 use crate::event::Event;
 use crate::guard::{Gate, GateState, Guard, Sampler, Thresholds, Transition};
@@ -234,7 +234,7 @@ impl TargetLoop {
             });
             let snapshot = tokio::select! {
                 () = self.cancel.cancelled() => return,
-                s = wanted => match s {
+                s = keep_alive_while(&mut conn, wanted) => match s {
                     Ok(s) => s.clone().expect("waited for a snapshot"),
                     Err(_) => return,
                 },
@@ -242,7 +242,7 @@ impl TargetLoop {
             let mut gate = self.options.gate.clone();
             tokio::select! {
                 () = self.cancel.cancelled() => return,
-                () = gate.pass() => {}
+                () = keep_alive_while(&mut conn, gate.pass()) => {}
             }
             let started = Instant::now();
             let (_ready, tree) = latest::channel(Some((snapshot.tree.clone(), snapshot.digest)));
