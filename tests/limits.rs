@@ -151,8 +151,8 @@ fn promote_force_ends_the_session_of_a_frozen_source() {
         "without force, a connected source stays the source"
     );
     assert!(
-        stderr.contains("force"),
-        "the refusal names the way out: {stderr}"
+        stderr.contains("right now"),
+        "the refusal says a source is connected: {stderr}"
     );
 
     let asked = Instant::now();
