@@ -1497,6 +1497,7 @@ mod tests {
     async fn wrong_tokens_from_one_address_are_slowed_down() {
         let listener = Listener::bind("127.0.0.1:0", None).await.unwrap();
         let listener = Arc::new(listener.with_limits(Limits {
+            free_failures: 0,
             backoff_first: Duration::from_millis(400),
             backoff_max: Duration::from_millis(800),
             ..Limits::default()

@@ -4,9 +4,10 @@
 //! Before a peer has shown a token, it gets little: a slot among [`Limits::handshakes`] (at
 //! most [`Limits::handshakes_per_address`] per address, an IPv6 /64 counting as one address),
 //! [`Limits::handshake`] to finish TLS, the WebSocket upgrade and its hello, and
-//! [`Limits::pre_auth_bytes`] of input. An address that sent a wrong token waits out a
-//! doubling backoff ([`Limits::backoff_first`] up to [`Limits::backoff_max`]) before its next
-//! token is even compared, so guessing a token costs time. After authentication a peer that
+//! [`Limits::pre_auth_bytes`] of input. An address that sent more than
+//! [`Limits::free_failures`] wrong tokens waits out a doubling backoff
+//! ([`Limits::backoff_first`] up to [`Limits::backoff_max`]) before its next token is even
+//! compared, so guessing a token costs time. After authentication a peer that
 //! sends nothing, not even the answer to a ping, for [`Limits::idle`] is dropped, so a frozen
 //! source never holds the folder.
 //!
@@ -30,7 +31,11 @@ pub struct Limits {
     pub handshake: Duration,
     /// Bytes a peer may send before its token was accepted (TLS, upgrade request, hello).
     pub pre_auth_bytes: usize,
-    /// How long an address waits after its first wrong token; doubled at each further one.
+    /// Wrong tokens an address may send before it has to wait (typos, a source set up with
+    /// the wrong file); the count starts again after a right token.
+    pub free_failures: u32,
+    /// How long an address waits after its first wrong token past the free ones; doubled at
+    /// each further one.
     pub backoff_first: Duration,
     /// The longest wait after wrong tokens.
     pub backoff_max: Duration,
@@ -47,6 +52,7 @@ impl Default for Limits {
             handshakes_per_address: 8,
             handshake: Duration::from_secs(5),
             pre_auth_bytes: 64 * 1024,
+            free_failures: 3,
             backoff_first: Duration::from_secs(1),
             backoff_max: Duration::from_secs(60),
             idle: Duration::from_secs(30),
@@ -190,7 +196,10 @@ impl Admission {
 
     /// The wait after `count` wrong tokens in a row.
     fn delay(&self, count: u32) -> Duration {
-        let doublings = count.saturating_sub(1).min(20);
+        let Some(past_free) = count.checked_sub(self.limits.free_failures + 1) else {
+            return Duration::ZERO;
+        };
+        let doublings = past_free.min(20);
         self.limits
             .backoff_first
             .saturating_mul(1 << doublings)
@@ -321,6 +330,14 @@ mod tests {
         let admission = Admission::new(Limits::default());
         let guesser = ip("192.0.2.7");
         assert_eq!(admission.backoff(guesser, Instant::now()), None);
+        for _ in 0..Limits::default().free_failures {
+            assert_eq!(admission.failed(guesser, Instant::now()), Duration::ZERO);
+            assert_eq!(
+                admission.backoff(guesser, Instant::now()),
+                None,
+                "a typo or two costs nothing"
+            );
+        }
         let mut waits = Vec::new();
         for _ in 0..8 {
             let wait = admission.failed(guesser, Instant::now());
@@ -345,7 +362,7 @@ mod tests {
         assert_eq!(admission.backoff(guesser, Instant::now()), None);
         assert_eq!(
             admission.failed(guesser, Instant::now()),
-            Duration::from_secs(1),
+            Duration::ZERO,
             "a right token starts the count again"
         );
     }
@@ -360,7 +377,7 @@ mod tests {
         assert!(admission.state().failures.len() <= MAX_REMEMBERED);
         let newest = IpAddr::from((MAX_REMEMBERED as u32 + 99).to_be_bytes());
         assert!(
-            admission.backoff(newest, Instant::now()).is_some(),
+            admission.state().failures.contains_key(&newest),
             "the newest guesser is the one remembered"
         );
     }
