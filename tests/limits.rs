@@ -360,3 +360,53 @@ fn an_honest_push_gets_through_200_idle_connections() {
         took.as_secs_f64()
     );
 }
+
+#[test]
+fn short_or_readable_secrets_are_warned_about() {
+    let sandbox = Sandbox::new();
+    let root = sandbox.dir("target");
+    let start = |token: &Path| {
+        let mut command = sandbox.command();
+        command
+            .arg("serve")
+            .arg("--root")
+            .arg(&root)
+            .args(["--listen", "127.0.0.1:0"])
+            .arg("--token-file")
+            .arg(token);
+        sandbox.start_agent(command)
+    };
+
+    let weak = sandbox.path("weak.token");
+    std::fs::write(&weak, "hunter2\n").unwrap();
+    common::chmod(&weak, 0o644);
+    let agent = start(&weak);
+    let log = agent.log();
+    assert!(
+        log.contains("7 characters") && log.contains("urandom"),
+        "a short token is warned about, with how to make a good one:\n{log}"
+    );
+    assert!(
+        log.contains("can be read by other users") && log.contains("chmod 600"),
+        "a token file others can read is warned about:\n{log}"
+    );
+    drop(agent);
+
+    // The sandbox's token is long and readable by its owner only; the key was made 0600.
+    let agent = start(&sandbox.token_file());
+    let log = agent.log();
+    assert!(
+        !log.contains("characters") && !log.contains("can be read"),
+        "good secrets get no warning:\n{log}"
+    );
+    drop(agent);
+
+    let key = root.join(".rainmaker/tls/key.der");
+    common::chmod(&key, 0o644);
+    let agent = start(&sandbox.token_file());
+    let log = agent.log();
+    assert!(
+        log.contains("TLS key") && log.contains("can be read by other users"),
+        "a TLS key others can read is warned about:\n{log}"
+    );
+}
