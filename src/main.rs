@@ -4,6 +4,7 @@
 
 mod cli;
 mod demo;
+mod logfile;
 mod progress;
 mod remote;
 mod service;
@@ -81,31 +82,26 @@ fn init_logging(cli: &Cli) {
     } else {
         stderr.boxed()
     };
-    let file = cli.log_dir.as_ref().and_then(|dir| {
-        let appender = tracing_appender::rolling::Builder::new()
-            .rotation(tracing_appender::rolling::Rotation::DAILY)
-            .filename_prefix("rainmaker")
-            .filename_suffix("log")
-            .max_log_files(14)
-            .build(dir);
-        match appender {
-            Ok(appender) => Some(
-                tracing_subscriber::fmt::layer()
-                    .with_writer(appender)
-                    .with_ansi(false)
-                    .with_target(false)
-                    .json()
-                    .boxed(),
-            ),
-            Err(e) => {
-                eprintln!(
-                    "warning: cannot log to {}: {e}; logging to stderr only",
-                    dir.display()
-                );
-                None
-            }
-        }
-    });
+    let file =
+        cli.log_dir
+            .as_ref()
+            .and_then(|dir| match logfile::CappedLog::new(dir, logfile::DAY_CAP) {
+                Ok(appender) => Some(
+                    tracing_subscriber::fmt::layer()
+                        .with_writer(appender)
+                        .with_ansi(false)
+                        .with_target(false)
+                        .json()
+                        .boxed(),
+                ),
+                Err(e) => {
+                    eprintln!(
+                        "warning: cannot log to {}: {e}; logging to stderr only",
+                        dir.display()
+                    );
+                    None
+                }
+            });
     tracing_subscriber::registry()
         .with(filter)
         .with(stderr)
