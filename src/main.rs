@@ -4,6 +4,7 @@
 
 mod cli;
 mod demo;
+mod logfile;
 mod progress;
 mod remote;
 mod service;
@@ -23,7 +24,7 @@ use rainmaker_engine::exclude::Exclude;
 use rainmaker_engine::guard::Thresholds;
 use rainmaker_engine::pairing::{self, Pairing};
 use rainmaker_engine::schedule::{SyncTiming, interval_warning, total_memory};
-use rainmaker_engine::transport::{Role, Trust};
+use rainmaker_engine::transport::{Limits, Role, Trust};
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -83,31 +84,26 @@ fn init_logging(cli: &Cli) {
     } else {
         stderr.boxed()
     };
-    let file = cli.log_dir.as_ref().and_then(|dir| {
-        let appender = tracing_appender::rolling::Builder::new()
-            .rotation(tracing_appender::rolling::Rotation::DAILY)
-            .filename_prefix("rainmaker")
-            .filename_suffix("log")
-            .max_log_files(14)
-            .build(dir);
-        match appender {
-            Ok(appender) => Some(
-                tracing_subscriber::fmt::layer()
-                    .with_writer(appender)
-                    .with_ansi(false)
-                    .with_target(false)
-                    .json()
-                    .boxed(),
-            ),
-            Err(e) => {
-                eprintln!(
-                    "warning: cannot log to {}: {e}; logging to stderr only",
-                    dir.display()
-                );
-                None
-            }
-        }
-    });
+    let file =
+        cli.log_dir
+            .as_ref()
+            .and_then(|dir| match logfile::CappedLog::new(dir, logfile::DAY_CAP) {
+                Ok(appender) => Some(
+                    tracing_subscriber::fmt::layer()
+                        .with_writer(appender)
+                        .with_ansi(false)
+                        .with_target(false)
+                        .json()
+                        .boxed(),
+                ),
+                Err(e) => {
+                    eprintln!(
+                        "warning: cannot log to {}: {e}; logging to stderr only",
+                        dir.display()
+                    );
+                    None
+                }
+            });
     tracing_subscriber::registry()
         .with(filter)
         .with(stderr)
@@ -312,6 +308,10 @@ async fn serve(args: ServeArgs, config: Option<&Path>) -> Result<()> {
     })
     .await
     .context("cannot start the agent")?;
+    let server = match test_idle_limit() {
+        Some(idle) => server.with_limits(Limits::default().with_idle(idle)),
+        None => server,
+    };
     let scheme = if settings.insecure { "ws" } else { "wss" };
     eprintln!(
         "rainmaker: receiving mirrors into {} on {scheme}://{}",
@@ -419,6 +419,13 @@ fn pair(args: PairArgs, config: Option<&Path>) -> Result<()> {
 /// This machine's name for a pairing code when the agent listens on every interface.
 fn machine_name() -> String {
     pairing::host_name().unwrap_or_else(host_name)
+}
+
+/// The idle limit the end-to-end tests set (`RAINMAKER_TEST_IDLE_MS`, milliseconds), so a
+/// frozen source is noticed in a moment instead of the 30 s an agent allows. For tests only.
+fn test_idle_limit() -> Option<Duration> {
+    let ms: u64 = std::env::var("RAINMAKER_TEST_IDLE_MS").ok()?.parse().ok()?;
+    Some(Duration::from_millis(ms.max(100)))
 }
 
 pub fn host_name() -> String {

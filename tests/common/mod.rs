@@ -65,6 +65,8 @@ impl Sandbox {
             .map(|b| format!("{b:02x}"))
             .collect();
         std::fs::write(dir.path().join("token"), format!("{token}\n")).unwrap();
+        // As the README makes it: readable by its owner only (the agent warns otherwise).
+        chmod(&dir.path().join("token"), 0o600);
         Sandbox { dir }
     }
 

@@ -143,6 +143,8 @@ pub struct TokenError {
 }
 
 /// Reads a token file: its content without surrounding whitespace, which must not be empty.
+/// A short token, or a file other users can read, is logged as a warning
+/// ([`crate::secret::token_warnings`]).
 pub fn read_token(path: &Path) -> Result<String, TokenError> {
     let fail = |message: String| TokenError {
         path: path.to_path_buf(),
@@ -160,6 +162,9 @@ pub fn read_token(path: &Path) -> Result<String, TokenError> {
             "the token file {} is empty; put the pairing secret in it",
             path.display()
         )));
+    }
+    for warning in crate::secret::token_warnings(path, token) {
+        tracing::warn!("{warning}");
     }
     Ok(token.to_owned())
 }

@@ -16,7 +16,7 @@ use crate::mirror::send::{self, BlockSource, SendError};
 use crate::path::STATE_DIR;
 use crate::protocol::{Hash, MAX_ENTRIES_PER_PART, Message};
 use crate::scan::{self, Tree};
-use crate::transport::{self, ConnectOptions, Identity, Listener, Trust};
+use crate::transport::{self, ConnectOptions, Identity, Limits, Listener, Trust};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -31,8 +31,6 @@ mod proof;
 pub use continuous::{Schedule, push_continuous, start_guard};
 pub use control::{PushRefusal, Remote, check_target};
 
-/// Most handshakes in progress at once on a server.
-const MAX_HANDSHAKES: usize = 32;
 /// How long a new session waits for the one still closing on the same folder.
 const SESSION_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// How long a stopped push waits for sessions that are not sending (connecting, listing).
@@ -476,6 +474,26 @@ pub async fn push_once(
     })
 }
 
+/// Waits for `until`; meanwhile a connection kept for the next sync answers the target's
+/// pings, so the target does not take this source for frozen. A kept connection that breaks
+/// while idle is dropped (the next sync connects anew).
+async fn keep_alive_while<T>(
+    conn: &mut Option<transport::Connection>,
+    until: impl std::future::Future<Output = T>,
+) -> T {
+    tokio::pin!(until);
+    if let Some(kept) = conn.as_mut() {
+        match kept.idle_until(&mut until).await {
+            Ok(out) => return out,
+            Err(e) => {
+                tracing::debug!("the connection kept for the next sync ended: {e}");
+                *conn = None;
+            }
+        }
+    }
+    until.await
+}
+
 /// One session with one target: connect, fetch its manifest, plan, send.
 #[allow(
     clippy::too_many_arguments,
@@ -521,11 +539,12 @@ async fn session(
     let base = if reused { counted(&conn) } else { 0 };
     let cached = load_cached_manifest(cache);
     let (theirs, partials) = send::fetch_manifest(&mut conn, cached, stall).await?;
-    let (tree, digest): (Arc<Tree>, Hash) = tree_rx
-        .wait_for(Option::is_some)
-        .await
+    // While the source still scans, the connection answers the target's pings.
+    let scanned = conn
+        .idle_until(async { tree_rx.wait_for(Option::is_some).await.map(|t| t.clone()) })
+        .await?;
+    let (tree, digest): (Arc<Tree>, Hash) = scanned
         .map_err(|_| SendError::Protocol("the source could not be scanned".into()))?
-        .clone()
         .expect("waited for a tree");
     let tree = &tree;
     if let Some(share) = options.max_delete_share
@@ -694,9 +713,17 @@ impl Server {
         self.fingerprint.as_deref()
     }
 
+    /// This server with other limits than [`Limits::default`] (a short idle limit in tests).
+    pub fn with_limits(self, limits: Limits) -> Server {
+        Server {
+            listener: self.listener.with_limits(limits),
+            ..self
+        }
+    }
+
     /// Serves until `cancel` fires; one mirror session into the root at a time.
     pub async fn run(self, cancel: CancellationToken) -> Result<(), EngineError> {
-        let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+        let limits = self.listener.limits().clone();
         // What the tokens become once the pairing token expired: a secret nobody holds.
         let expired = Arc::new(transport::Tokens {
             receive: hex::encode(rand::random::<[u8; 32]>()),
@@ -714,28 +741,23 @@ impl Server {
                     continue;
                 }
             };
-            let Ok(permit) = handshakes.clone().try_acquire_owned() else {
-                tracing::warn!(peer = %incoming.peer_addr(), "too many connections at once; dropped");
-                continue;
-            };
             let tokens = match self.token_expires {
                 Some(at) if tokio::time::Instant::now() >= at => expired.clone(),
                 _ => self.tokens.clone(),
             };
-            let (tokens, name, receiver, cancel, agent) = (
+            let (tokens, name, receiver, cancel, agent, limits) = (
                 tokens,
                 self.name.clone(),
                 self.receiver.clone(),
                 cancel.clone(),
                 self.agent.clone(),
+                limits.clone(),
             );
             tokio::spawn(async move {
                 let peer = incoming.peer_addr();
-                let handshake = incoming.handshake_as(&tokens, &name).await;
-                drop(permit);
-                match handshake {
+                match incoming.handshake_as(&tokens, &name).await {
                     Ok((mut conn, source, role)) => {
-                        let first = match conn.recv().await {
+                        let first = match conn.recv_within(limits.idle).await {
                             Ok(Some(first)) => first,
                             // A check that the agent answers (the tray's online state).
                             Ok(None) | Err(_) => return,
@@ -745,14 +767,23 @@ impl Server {
                             agent.serve(conn, first, role).await;
                             return;
                         }
-                        if let Err(reason) = agent.start_session(&source) {
-                            tracing::warn!(%peer, %source, "refused a mirror session: {reason}");
-                            let _ = conn.send(&Message::Refused { reason }).await;
-                            conn.close().await;
-                            return;
-                        }
+                        let end = match agent.start_session(&source) {
+                            Ok(end) => end,
+                            Err(reason) => {
+                                tracing::warn!(%peer, %source, "refused a mirror session: {reason}");
+                                let _ = conn.send(&Message::Refused { reason }).await;
+                                conn.close().await;
+                                return;
+                            }
+                        };
                         tracing::info!(%peer, %source, "source connected");
-                        let result = serve_session(conn, receiver, cancel, first).await;
+                        let session = Session {
+                            receiver,
+                            cancel,
+                            end,
+                            limits,
+                        };
+                        let result = serve_session(conn, session, first).await;
                         agent.session_ended(&source);
                         match result {
                             Ok(()) => tracing::info!(%peer, %source, "session ended"),
@@ -775,20 +806,45 @@ impl Server {
     }
 }
 
+/// What a mirror session into the folder runs with.
+struct Session {
+    receiver: Arc<tokio::sync::Mutex<Receiver>>,
+    /// The agent stops.
+    cancel: CancellationToken,
+    /// The agent ends this session (a forced promotion).
+    end: CancellationToken,
+    limits: Limits,
+}
+
 /// Runs one session: the connection's messages go to a blocking worker that owns the
-/// receiver; its replies go back on the connection.
+/// receiver; its replies go back on the connection. The source is pinged, and a source that
+/// sends nothing for the idle limit (frozen, or its machine gone with the connection
+/// half-open) is dropped, so the folder is free again.
 async fn serve_session(
     conn: transport::Connection,
-    receiver: Arc<tokio::sync::Mutex<Receiver>>,
-    cancel: CancellationToken,
+    session: Session,
     first: Message,
 ) -> Result<(), String> {
+    let Session {
+        receiver,
+        cancel,
+        end,
+        limits,
+    } = session;
     let (mut sender, mut incoming) = conn.split();
     // A source that reconnects after a cut may arrive while its old session is still closing:
     // wait a moment for the folder before turning anyone away.
-    let Ok(mut guard) = tokio::time::timeout(SESSION_WAIT, receiver.lock_owned()).await else {
-        let reason =
-            "another source is mirroring into this folder right now; try again when it ends";
+    let waited = tokio::select! {
+        waited = tokio::time::timeout(SESSION_WAIT, receiver.lock_owned()) => waited.ok(),
+        () = end.cancelled() => None,
+    };
+    let Some(mut guard) = waited else {
+        let reason = match end.is_cancelled() {
+            true => "the agent was promoted to be the source of this folder",
+            false => {
+                "another source is mirroring into this folder right now; try again when it ends"
+            }
+        };
         let _ = sender
             .send(&Message::Refused {
                 reason: reason.into(),
@@ -798,7 +854,7 @@ async fn serve_session(
         return Err(reason.into());
     };
     let (in_tx, mut in_rx) = mpsc::channel::<Message>(64);
-    let (out_tx, mut out_rx) = mpsc::channel::<Message>(64);
+    let (out_tx, out_rx) = mpsc::channel::<Message>(64);
     let _ = in_tx.try_send(first);
     let worker = tokio::task::spawn_blocking(move || {
         guard.begin_session();
@@ -813,25 +869,31 @@ async fn serve_session(
     });
     // Ends the reading side once the worker has nothing more to say.
     let finished = cancel.child_token();
+    let idle = limits.idle;
     let reading = async move {
         let result = loop {
-            match incoming.recv().await {
+            let next = tokio::select! {
+                next = incoming.recv_within(idle) => next.map_err(|e| e.to_string()),
+                () = end.cancelled() => Err(
+                    "the agent was promoted to be the source of this folder; its mirror session was ended".to_string(),
+                ),
+            };
+            let reason = match next {
                 Ok(Some(message)) => {
                     if in_tx.send(message).await.is_err() {
                         break Ok(());
                     }
+                    continue;
                 }
                 Ok(None) => break Err("the source closed the connection".to_string()),
-                Err(e) => {
-                    let reason = e.to_string();
-                    let _ = in_tx
-                        .send(Message::Refused {
-                            reason: reason.clone(),
-                        })
-                        .await;
-                    break Err(reason);
-                }
-            }
+                Err(reason) => reason,
+            };
+            let _ = in_tx
+                .send(Message::Refused {
+                    reason: reason.clone(),
+                })
+                .await;
+            break Err(reason);
         };
         drop(in_tx);
         result
@@ -842,12 +904,26 @@ async fn serve_session(
             () = finished.cancelled() => Ok(()),
         }
     };
+    // A source that stopped reading must not hold the writer either: every write is bounded
+    // by the idle limit, and the replies channel is dropped with the writer, so the worker
+    // never waits on it.
     let writing = async {
-        while let Some(message) = out_rx.recv().await {
-            if sender.send(&message).await.is_err() {
+        let mut out_rx = out_rx;
+        let mut ping = tokio::time::interval(limits.ping_every);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let sent = tokio::select! {
+                message = out_rx.recv() => match message {
+                    Some(message) => tokio::time::timeout(idle, sender.send(&message)).await,
+                    None => break,
+                },
+                _ = ping.tick() => tokio::time::timeout(idle, sender.ping()).await,
+            };
+            if !matches!(sent, Ok(Ok(()))) {
                 break;
             }
         }
+        drop(out_rx);
         sender.close().await;
         finished.cancel();
     };
@@ -962,6 +1038,7 @@ mod tests {
             insecure: false,
             name: "this-pc".into(),
             trash_retention: None,
+            push_to: None,
         })
         .await
         .unwrap()

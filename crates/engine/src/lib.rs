@@ -15,8 +15,10 @@
 //! - [`scan`]: walk a folder, quick-check against the index, hash what changed.
 //! - [`exclude`]: the paths of a source that are not mirrored (caches, logs, locks).
 //! - [`trash`]: what a target deletes or overwrites, kept for a retention period.
-//! - [`transport`]: wss client and server, TLS identity, pinning, token handshake, framing.
+//! - [`transport`]: wss client and server, TLS identity, pinning, token handshake, framing,
+//!   and the limits a listener keeps before and after authentication.
 //! - [`pairing`]: the pairing code that carries an agent's address, fingerprint and token.
+//! - [`secret`]: warnings about short tokens and secret files other users can read.
 //! - [`mirror`]: the plan (pure), the sender and the receiver of a session.
 //! - [`watch`]: the change feed from the file system (notify), with rescan as the fallback.
 //! - [`schedule`]: backoff, interval advice, sleep detection: when to sync.
@@ -44,6 +46,7 @@ pub mod protocol;
 pub mod rate;
 pub mod scan;
 pub mod schedule;
+pub mod secret;
 pub mod status;
 pub mod transport;
 pub mod trash;

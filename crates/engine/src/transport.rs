@@ -25,8 +25,12 @@
 //! ```
 //!
 //! Parts: [`identity`](Identity) (certificate, key, fingerprint), `known_peers` (the
-//! trust-on-first-use file), `pin` (the certificate verifier) and `connection` (framing).
+//! trust-on-first-use file), `pin` (the certificate verifier), `connection` (framing),
+//! `admission` (the [`Limits`] a listener keeps before and after authentication) and `budget`
+//! (the byte budget of an unauthenticated peer).
 
+mod admission;
+mod budget;
 mod connection;
 mod identity;
 mod known_peers;
@@ -48,11 +52,15 @@ pub use connection::{Connection, ConnectionReceiver, ConnectionSender, WIRE_TOTA
 pub use identity::{Fingerprint, Identity, fingerprint_in, fingerprint_of, parse_fingerprint};
 pub use known_peers::KnownPeers;
 
+pub use admission::Limits;
+use admission::{Admission, Permit};
+
 use crate::protocol::{self, MAGIC, MAX_TEXT_BYTES, Message, PROTOCOL_VERSION, ProtocolError};
 use connection::{ByteStream, ws_config, ws_error};
 use pin::PinVerifier;
 
-/// How long connecting, TLS, the WebSocket upgrade and the hello may take together.
+/// How long connecting, TLS, the WebSocket upgrade and the hello may take together, on a
+/// client (a listener has its own [`Limits::handshake`]).
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a clean close waits for the peer's answer.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -94,6 +102,18 @@ pub enum TransportError {
     Timeout { peer: String, stage: &'static str },
     #[error("{peer} refused the session: {reason}")]
     Refused { peer: String, reason: String },
+    #[error(
+        "{peer} sent nothing for {} s, not even the answer to a ping; the session was ended so \
+         it does not hold the folder (a frozen or cut-off source reconnects when it is back)",
+        after.as_secs_f64()
+    )]
+    Idle { peer: String, after: Duration },
+    #[error(
+        "{peer} sent wrong tokens; its next token is compared in {} s (each wrong token \
+         doubles the wait); check the token file of the source",
+        wait.as_secs_f64().ceil()
+    )]
+    Backoff { peer: String, wait: Duration },
     #[error(
         "{peer} sent a wrong pairing token; if it is one of your sources, give it this \
          target's token file"
@@ -195,6 +215,8 @@ impl TransportError {
             TransportError::WebSocket { .. } => "websocket",
             TransportError::Timeout { .. } => "timeout",
             TransportError::Refused { .. } => "refused",
+            TransportError::Idle { .. } => "idle",
+            TransportError::Backoff { .. } => "backoff",
             TransportError::WrongToken { .. } => "wrong_token",
             TransportError::VersionMismatch { .. } => "version_mismatch",
             TransportError::NotRainMaker { .. } => "not_rainmaker",
@@ -222,6 +244,7 @@ impl TransportError {
                 | TransportError::Tls { .. }
                 | TransportError::WebSocket { .. }
                 | TransportError::Timeout { .. }
+                | TransportError::Idle { .. }
                 | TransportError::Closed { .. }
         )
     }
@@ -496,6 +519,7 @@ pub struct Listener {
     tcp: TcpListener,
     tls: Option<TlsAcceptor>,
     local: SocketAddr,
+    admission: Arc<Admission>,
 }
 
 impl std::fmt::Debug for Listener {
@@ -546,7 +570,25 @@ impl Listener {
             context: format!("cannot read the address bound for {addr}"),
             source,
         })?;
-        Ok(Listener { tcp, tls, local })
+        Ok(Listener {
+            tcp,
+            tls,
+            local,
+            admission: Admission::new(Limits::default()),
+        })
+    }
+
+    /// This listener with other limits than [`Limits::default`].
+    pub fn with_limits(self, limits: Limits) -> Listener {
+        Listener {
+            admission: Admission::new(limits),
+            ..self
+        }
+    }
+
+    /// The limits this listener keeps.
+    pub fn limits(&self) -> &Limits {
+        &self.admission.limits
     }
 
     /// The address actually bound (useful with port 0).
@@ -559,23 +601,38 @@ impl Listener {
         self.tls.is_some()
     }
 
-    /// Accepts one TCP connection; the handshake is left to [`Incoming::handshake`], so a slow
-    /// peer does not hold up the accept loop.
+    /// Accepts the next TCP connection that gets a handshake slot (see [`Limits`]); one from
+    /// an address that has its share of the slots, or while every slot is taken, is closed at
+    /// once (and logged, a few lines a minute at most). The handshake is left to
+    /// [`Incoming::handshake`], so a slow peer does not hold up the accept loop.
     pub async fn accept(&self) -> Result<Incoming, TransportError> {
-        let (tcp, peer) = self
-            .tcp
-            .accept()
-            .await
-            .map_err(|source| TransportError::Io {
-                context: format!("cannot accept a connection on {}", self.local),
-                source,
-            })?;
-        let _ = tcp.set_nodelay(true);
-        Ok(Incoming {
-            tcp,
-            peer,
-            tls: self.tls.clone(),
-        })
+        loop {
+            let (tcp, peer) = self
+                .tcp
+                .accept()
+                .await
+                .map_err(|source| TransportError::Io {
+                    context: format!("cannot accept a connection on {}", self.local),
+                    source,
+                })?;
+            let permit = match self.admission.admit(peer.ip()) {
+                Ok(permit) => permit,
+                Err(turned) => {
+                    if let Some(left_out) = self.admission.may_log(Instant::now()) {
+                        tracing::warn!(%peer, "closed a new connection: {turned}{}", left_out_note(left_out));
+                    }
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            return Ok(Incoming {
+                tcp,
+                peer,
+                tls: self.tls.clone(),
+                admission: Arc::clone(&self.admission),
+                _permit: permit,
+            });
+        }
     }
 }
 
@@ -584,6 +641,9 @@ pub struct Incoming {
     tcp: TcpStream,
     peer: SocketAddr,
     tls: Option<TlsAcceptor>,
+    admission: Arc<Admission>,
+    /// The handshake slot, given back when the handshake ends either way.
+    _permit: Permit,
 }
 
 impl std::fmt::Debug for Incoming {
@@ -601,7 +661,8 @@ impl Incoming {
         self.peer
     }
 
-    /// TLS, the WebSocket upgrade and the source's hello, bounded by [`HANDSHAKE_TIMEOUT`].
+    /// TLS, the WebSocket upgrade and the source's hello, bounded by the listener's
+    /// [`Limits::handshake`] and [`Limits::pre_auth_bytes`].
     ///
     /// The first message must be a `Hello` with RainMaker's magic (else
     /// [`TransportError::NotRainMaker`], or [`TransportError::Protocol`] when it does not
@@ -615,8 +676,8 @@ impl Incoming {
         token: &str,
         target_name: &str,
     ) -> Result<(Connection, String), TransportError> {
-        self.handshake_within(token, target_name, HANDSHAKE_TIMEOUT)
-            .await
+        let limit = self.admission.limits.handshake;
+        self.handshake_within(token, target_name, limit).await
     }
 
     /// [`Incoming::handshake`] accepting the receive token or the admin token; returns what
@@ -626,10 +687,11 @@ impl Incoming {
         tokens: &Tokens,
         target_name: &str,
     ) -> Result<(Connection, String, Role), TransportError> {
-        self.greet(tokens, target_name, HANDSHAKE_TIMEOUT).await
+        let limit = self.admission.limits.handshake;
+        self.greet(tokens, target_name, limit).await
     }
 
-    /// [`Incoming::handshake`] with another bound than [`HANDSHAKE_TIMEOUT`].
+    /// [`Incoming::handshake`] with another time bound than the listener's.
     pub async fn handshake_within(
         self,
         token: &str,
@@ -651,12 +713,21 @@ impl Incoming {
         limit: Duration,
     ) -> Result<(Connection, String, Role), TransportError> {
         let peer = self.peer.to_string();
+        let admission = Arc::clone(&self.admission);
+        // A stranger can knock many times: its refusals are logged a few lines a minute.
+        let at = self.peer;
+        let log_refusal = |what: &str, e: &TransportError| {
+            if let Some(left_out) = admission.may_log(Instant::now()) {
+                tracing::warn!(peer = %at, "refused a {what}: {e}{}", left_out_note(left_out));
+            }
+        };
         let deadline = Instant::now() + limit;
-        let upgraded = tokio::time::timeout_at(deadline, upgrade(self.tcp, self.tls, &peer)).await;
+        let (tcp, lift) = budget::budgeted(self.tcp, admission.limits.pre_auth_bytes);
+        let upgraded = tokio::time::timeout_at(deadline, upgrade(tcp, self.tls, &peer)).await;
         let mut connection = match upgraded {
             Ok(Ok(connection)) => connection,
             Ok(Err(e)) => {
-                tracing::warn!(%peer, "refused a connection: {e}");
+                log_refusal("connection", &e);
                 return Err(e);
             }
             Err(_) => {
@@ -664,12 +735,14 @@ impl Incoming {
                     peer,
                     stage: "TLS and WebSocket handshake",
                 };
-                tracing::warn!(peer = %self.peer, "refused a connection: {e}");
+                log_refusal("connection", &e);
                 return Err(e);
             }
         };
+        let ip = self.peer.ip();
         let greeted = tokio::time::timeout_at(deadline, async {
-            let greeted = read_hello(&mut connection, tokens).await?;
+            let greeted = read_hello(&mut connection, tokens, &admission, ip).await?;
+            lift.lift();
             let welcome = Message::Welcome {
                 target_name: truncate(target_name, MAX_TEXT_BYTES).to_owned(),
             };
@@ -689,7 +762,7 @@ impl Incoming {
                 Ok((connection, source_name, role))
             }
             Err(e) => {
-                tracing::warn!(%peer, "refused a session: {e}");
+                log_refusal("session", &e);
                 if let Some(reason) = refusal_reason(&e) {
                     let refused = Message::Refused {
                         reason: truncate(&reason, MAX_TEXT_BYTES).to_owned(),
@@ -704,7 +777,7 @@ impl Incoming {
 }
 
 async fn upgrade(
-    tcp: TcpStream,
+    tcp: budget::Budgeted<TcpStream>,
     tls: Option<TlsAcceptor>,
     peer: &str,
 ) -> Result<Connection, TransportError> {
@@ -736,10 +809,13 @@ pub struct Tokens {
     pub admin: Option<String>,
 }
 
-/// Reads the source's first message and checks it; returns the source's name and role.
+/// Reads the source's first message and checks it; returns the source's name and role. An
+/// address that sent wrong tokens is refused without a comparison until its backoff ran out.
 async fn read_hello(
     connection: &mut Connection,
     tokens: &Tokens,
+    admission: &Admission,
+    ip: IpAddr,
 ) -> Result<(String, Role), TransportError> {
     use futures_util::StreamExt;
     let peer = connection.peer.clone();
@@ -787,16 +863,32 @@ async fn read_hello(
             theirs: version,
         });
     }
+    if let Some(wait) = admission.backoff(ip, Instant::now()) {
+        return Err(TransportError::Backoff { peer, wait });
+    }
     // Both are compared, so the time taken does not tell which one was tried.
     let admin = tokens
         .admin
         .as_deref()
         .is_some_and(|admin| tokens_match(&their_token, admin));
     let receive = tokens_match(&their_token, &tokens.receive);
-    match (admin, receive) {
-        (true, _) => Ok((source_name, Role::Admin)),
-        (false, true) => Ok((source_name, Role::Source)),
-        (false, false) => Err(TransportError::WrongToken { peer }),
+    let role = match (admin, receive) {
+        (true, _) => Role::Admin,
+        (false, true) => Role::Source,
+        (false, false) => {
+            admission.failed(ip, Instant::now());
+            return Err(TransportError::WrongToken { peer });
+        }
+    };
+    admission.succeeded(ip);
+    Ok((source_name, role))
+}
+
+/// What a log line adds when lines before it were left out.
+fn left_out_note(left_out: u64) -> String {
+    match left_out {
+        0 => String::new(),
+        n => format!(" ({n} more such lines were left out of the log)"),
     }
 }
 
@@ -835,6 +927,11 @@ fn refusal_reason(error: &TransportError) -> Option<String> {
         }
         TransportError::WebSocket { source, .. } => format!("bad WebSocket message: {source}"),
         TransportError::Timeout { .. } => "no hello in time".to_owned(),
+        TransportError::Backoff { wait, .. } => format!(
+            "too many wrong tokens from your address: the next token is compared in {} s; \
+             give the source the target's token file (--token-file)",
+            wait.as_secs_f64().ceil()
+        ),
         _ => return None,
     })
 }
@@ -993,6 +1090,7 @@ fn truncate(text: &str, max: usize) -> &str {
 mod tests {
     use super::*;
     use futures_util::{SinkExt, StreamExt};
+    use std::net::Ipv4Addr;
     use std::path::Path;
     use tokio::task::JoinHandle;
     use tokio_tungstenite::tungstenite::Bytes;
@@ -1481,6 +1579,151 @@ mod tests {
         assert_eq!(client.wire_bytes_sent(), before, "nothing was sent");
         client.close().await;
         server.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_large_first_message_is_not_read_before_authentication() {
+        let listener = Arc::new(Listener::bind("127.0.0.1:0", None).await.unwrap());
+        let budget = listener.limits().pre_auth_bytes;
+        let server = serve_one(&listener);
+        let mut ws = raw_ws_client(&listener).await;
+        // Well under the protocol's maximum, far over what a hello needs.
+        let _ = ws
+            .send(WsMessage::Binary(Bytes::from(vec![7u8; 1 << 20])))
+            .await;
+        let err = server.await.unwrap().unwrap_err();
+        assert!(
+            err.to_string()
+                .contains(&format!("more than {budget} bytes before it authenticated")),
+            "a stranger's first message is cut at the pre-auth budget, not read whole: {err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn wrong_tokens_from_one_address_are_slowed_down() {
+        let listener = Listener::bind("127.0.0.1:0", None).await.unwrap();
+        let listener = Arc::new(listener.with_limits(Limits {
+            free_failures: 0,
+            backoff_first: Duration::from_millis(400),
+            backoff_max: Duration::from_millis(800),
+            ..Limits::default()
+        }));
+        let url = format!("ws://{}", listener.local_addr());
+        let attempt = |token: &'static str| {
+            let (listener, url) = (Arc::clone(&listener), url.clone());
+            async move {
+                let server = serve_one(&listener);
+                let client = connect(&options(url, Trust::Insecure, token)).await;
+                let served = server.await.unwrap();
+                (client.map(|_| ()), served.map(|_| ()))
+            }
+        };
+        let (client, server) = attempt("a guess").await;
+        assert!(
+            matches!(server, Err(TransportError::WrongToken { .. })),
+            "{server:?}"
+        );
+        assert!(client.is_err());
+        // Right after a wrong token, even the right one is not compared.
+        let (client, server) = attempt(TOKEN).await;
+        assert!(
+            matches!(server, Err(TransportError::Backoff { .. })),
+            "an address that just guessed wrong waits: {server:?}"
+        );
+        match client {
+            Err(TransportError::Refused { reason, .. }) => assert!(
+                reason.contains("wrong tokens") && reason.contains("compared in"),
+                "the source is told why and for how long: {reason}"
+            ),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        // A second wrong token after the wait doubles it.
+        tokio::time::sleep(Duration::from_millis(450)).await;
+        let (_, server) = attempt("another guess").await;
+        assert!(
+            matches!(server, Err(TransportError::WrongToken { .. })),
+            "{server:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(450)).await;
+        let (_, server) = attempt(TOKEN).await;
+        assert!(
+            matches!(server, Err(TransportError::Backoff { .. })),
+            "the second wait is longer than the first: {server:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let (client, server) = attempt(TOKEN).await;
+        assert!(
+            client.is_ok() && server.is_ok(),
+            "once the wait ran out the right token is accepted: {client:?} {server:?}"
+        );
+        let (_, server) = attempt("a third guess").await;
+        assert_eq!(
+            listener
+                .admission
+                .backoff(Ipv4Addr::LOCALHOST.into(), Instant::now())
+                .map(|_| ()),
+            Some(()),
+            "{server:?}"
+        );
+        let wait = listener
+            .admission
+            .failed(Ipv4Addr::LOCALHOST.into(), Instant::now());
+        assert_eq!(
+            wait,
+            Duration::from_millis(800),
+            "the right token reset the count: this is the second wrong one since"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_silent_peer_is_idle_and_one_waiting_in_idle_until_is_not() {
+        let listener = Arc::new(Listener::bind("127.0.0.1:0", None).await.unwrap());
+        let url = format!("ws://{}", listener.local_addr());
+        // A client that reads nothing: the server's reader sees no frame and gives up.
+        let server = serve_one(&listener);
+        let client = connect(&options(url.clone(), Trust::Insecure, TOKEN))
+            .await
+            .unwrap();
+        let (mut conn, _) = server.await.unwrap().unwrap();
+        let err = conn
+            .recv_within(Duration::from_millis(200))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), "idle", "{err:?}");
+        assert!(err.is_transient());
+        drop((conn, client));
+
+        // A client that waits in idle_until answers the server's pings, so it stays alive.
+        let server = serve_one(&listener);
+        let mut client = connect(&options(url, Trust::Insecure, TOKEN))
+            .await
+            .unwrap();
+        let (conn, _) = server.await.unwrap().unwrap();
+        let (mut sender, mut receiver) = conn.split();
+        let pinging = tokio::spawn(async move {
+            for _ in 0..12 {
+                sender.ping().await.unwrap();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            sender
+        });
+        let waiting = tokio::spawn(async move {
+            client
+                .idle_until(tokio::time::sleep(Duration::from_millis(1200)))
+                .await
+                .unwrap();
+            client.send(&Message::Finish).await.unwrap();
+            client
+        });
+        assert_eq!(
+            receiver
+                .recv_within(Duration::from_millis(300))
+                .await
+                .unwrap(),
+            Some(Message::Finish),
+            "pongs kept a quiet peer alive for four idle limits"
+        );
+        drop((pinging.await.unwrap(), waiting.await.unwrap()));
     }
 
     #[tokio::test]

@@ -14,8 +14,8 @@
 
 use super::proof::Prover;
 use super::{
-    EngineError, PushOptions, announce_scan, cached_manifest_path, low_priority, scan_source,
-    session,
+    EngineError, PushOptions, announce_scan, cached_manifest_path, keep_alive_while, low_priority,
+    scan_source, session,
 };
 use crate::event::Event;
 use crate::guard::{Gate, GateState, Guard, Sampler, Thresholds, Transition};
@@ -284,19 +284,26 @@ impl TargetLoop {
                         });
                     }
                 }
-                tokio::select! {
-                    () = self.cancel.cancelled() => return,
-                    changed = self.snapshots.changed() => if changed.is_err() { return },
-                    changed = self.proven.changed(), if awaiting_proof => {
-                        if changed.is_err() { return }
+                // The kept connection answers the agent's pings while nothing is to be sent.
+                let (snapshots, proven, cancel) =
+                    (&mut self.snapshots, &mut self.proven, &self.cancel);
+                let woke = keep_alive_while(&mut conn, async {
+                    tokio::select! {
+                        () = cancel.cancelled() => false,
+                        changed = snapshots.changed() => changed.is_ok(),
+                        changed = proven.changed(), if awaiting_proof => changed.is_ok(),
                     }
+                })
+                .await;
+                if !woke {
+                    return;
                 }
             };
             awaiting_proof = false;
             let mut gate = self.options.gate.clone();
             tokio::select! {
                 () = self.cancel.cancelled() => return,
-                () = gate.pass() => {}
+                () = keep_alive_while(&mut conn, gate.pass()) => {}
             }
             let started = Instant::now();
             let (_ready, tree) = latest::channel(Some((snapshot.tree.clone(), snapshot.digest)));

@@ -6,7 +6,9 @@
 //!
 //! Only a client that presented the agent's admin token may command it; one with the pairing
 //! token can only mirror into it, and every refusal says why. A promoted agent refuses mirror
-//! sessions into its folder, so two sources never fight over one folder.
+//! sessions into its folder, so two sources never fight over one folder. A forced promotion
+//! ends the mirror sessions into the folder (a source that froze or lost its machine may still
+//! hold one), so failing over never waits on the old source.
 //!
 //! The admin token's holder can send the whole folder, and the target's token, wherever it
 //! says; so a commanded push goes only to a pinned certificate over `wss://` (or plain `ws://`
@@ -35,6 +37,8 @@ use crate::fs::Totals;
 
 /// How long the folder's totals in a status answer are reused.
 const TOTALS_FRESH: Duration = Duration::from_secs(3);
+/// How long a forced promotion waits for the sessions it ended to let go of the folder.
+const END_SESSIONS_WAIT: Duration = Duration::from_secs(15);
 
 /// The agent's side: its folder's role, the sessions into it, and the pushes it runs.
 #[derive(Debug)]
@@ -60,6 +64,8 @@ struct FolderState {
     /// Mirror sessions in progress (or waiting for the folder).
     sessions: u32,
     last_source: Option<(String, u64)>,
+    /// Ends the sessions in progress (a forced promotion); replaced once fired.
+    end_sessions: CancellationToken,
 }
 
 #[derive(Debug)]
@@ -126,8 +132,9 @@ impl Agent {
     }
 
     /// A source wants to mirror into the folder: refused (with the reason) when the agent was
-    /// promoted, else counted until [`Agent::session_ended`].
-    pub(super) fn start_session(&self, source: &str) -> Result<(), String> {
+    /// promoted, else counted until [`Agent::session_ended`]. The token returned fires when the
+    /// session must end (a forced promotion).
+    pub(super) fn start_session(&self, source: &str) -> Result<CancellationToken, String> {
         let mut folder = self.folder();
         if folder.promoted {
             return Err(format!(
@@ -137,7 +144,22 @@ impl Agent {
         }
         folder.sessions += 1;
         folder.last_source = Some((source.to_owned(), unix_now()));
-        Ok(())
+        Ok(folder.end_sessions.child_token())
+    }
+
+    /// Waits (at most `limit`) until no mirror session holds the folder; returns whether none
+    /// does.
+    async fn sessions_gone(&self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if self.folder().sessions == 0 {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     pub(super) fn session_ended(&self, source: &str) {
@@ -296,30 +318,23 @@ impl Agent {
                 ControlReply::Done
             }
             ControlRequest::Promote { force } => {
-                let mut folder = self.folder();
-                if folder.sessions > 0 {
-                    let who = folder
-                        .last_source
-                        .clone()
-                        .map_or_else(|| "a source".into(), |(name, _)| name);
-                    return refuse(format!(
-                        "{who} is mirroring into this folder right now: it is still the source. Stop it first, so two sources never write one folder"
-                    ));
+                let (ended, who) = match self.promote(force) {
+                    Ok(ended) => ended,
+                    Err(reason) => return refuse(reason),
+                };
+                if ended > 0 {
+                    tracing::warn!(
+                        "promoting with force: ended the mirror session of {}",
+                        who.as_deref().unwrap_or("a source")
+                    );
+                    if !self.sessions_gone(END_SESSIONS_WAIT).await {
+                        return refuse(format!(
+                            "{} is promoted and refuses new mirror sessions, but the session it ended has not let go of the folder after {} s; ask again in a moment",
+                            self.name,
+                            END_SESSIONS_WAIT.as_secs()
+                        ));
+                    }
                 }
-                if let Some((who, at)) = folder.last_source.clone()
-                    && !force
-                    && unix_now().saturating_sub(at) < RECENT_SOURCE.as_secs()
-                {
-                    return refuse(format!(
-                        "{who} mirrored into this folder {} s ago and may still be the source; stop it, or promote with force if it is gone",
-                        unix_now().saturating_sub(at)
-                    ));
-                }
-                if let Err(e) = std::fs::write(role_file(&self.root), "source\n") {
-                    return refuse(format!("cannot record the new role: {e}"));
-                }
-                folder.promoted = true;
-                drop(folder);
                 tracing::warn!(
                     "promoted: {} is now the source of {}",
                     self.name,
@@ -347,6 +362,41 @@ impl Agent {
                 ControlReply::Done
             }
         }
+    }
+
+    /// Makes the folder's role `source`, unless a source is (or was just) mirroring into it
+    /// and `force` is not given; with `force`, the sessions in progress are told to end.
+    /// Returns how many were, and the name of the last source.
+    fn promote(&self, force: bool) -> Result<(u32, Option<String>), String> {
+        let mut folder = self.folder();
+        if folder.sessions > 0 && !force {
+            let who = folder
+                .last_source
+                .clone()
+                .map_or_else(|| "a source".into(), |(name, _)| name);
+            return Err(format!(
+                "{who} is mirroring into this folder right now: it is still the source. Stop it first, so two sources never write one folder; if it is frozen or gone, promote with force, which ends its session"
+            ));
+        }
+        if let Some((who, at)) = folder.last_source.clone()
+            && !force
+            && unix_now().saturating_sub(at) < RECENT_SOURCE.as_secs()
+        {
+            return Err(format!(
+                "{who} mirrored into this folder {} s ago and may still be the source; stop it, or promote with force if it is gone",
+                unix_now().saturating_sub(at)
+            ));
+        }
+        std::fs::write(role_file(&self.root), "source\n")
+            .map_err(|e| format!("cannot record the new role: {e}"))?;
+        folder.promoted = true;
+        // Sessions already in are ended; new ones are refused from now on.
+        let ended = folder.sessions;
+        if ended > 0 {
+            folder.end_sessions.cancel();
+            folder.end_sessions = CancellationToken::new();
+        }
+        Ok((ended, folder.last_source.clone().map(|(name, _)| name)))
     }
 
     /// Runs push `id` until it ends or is paused or stopped.
@@ -431,6 +481,7 @@ impl Agent {
                 promoted: f.promoted,
                 sessions: f.sessions,
                 last_source: f.last_source.clone(),
+                end_sessions: CancellationToken::new(),
             }
         };
         AgentStatus {

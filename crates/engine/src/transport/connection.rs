@@ -5,10 +5,17 @@
 //! comes out of [`Connection::recv`] respects the protocol's limits; pings are answered by the
 //! WebSocket layer; a close from the peer ends the stream with `Ok(None)`, while a connection
 //! cut without a close is [`TransportError::Closed`].
+//!
+//! Keepalive: a side that waits on a quiet peer reads with [`Connection::recv_within`] (any
+//! frame, a pong too, restarts the clock; a peer silent for longer is
+//! [`TransportError::Idle`]) and pings it with [`ConnectionSender::ping`]; a side with nothing
+//! to say for a while waits in [`Connection::idle_until`], which answers the peer's pings.
 
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, Stream, StreamExt};
@@ -128,7 +135,45 @@ impl Connection {
 
     /// The next message, or `None` once the peer closed the connection cleanly.
     pub async fn recv(&mut self) -> Result<Option<Message>, TransportError> {
-        recv_from(&mut self.ws, &self.peer, &self.received).await
+        recv_from(&mut self.ws, &self.peer, &self.received, None).await
+    }
+
+    /// [`Connection::recv`], failing with [`TransportError::Idle`] when the peer sends no
+    /// frame at all (no message, ping or pong) for `idle`.
+    pub async fn recv_within(&mut self, idle: Duration) -> Result<Option<Message>, TransportError> {
+        recv_from(&mut self.ws, &self.peer, &self.received, Some(idle)).await
+    }
+
+    /// Waits for `until` while the connection has nothing to carry, reading meanwhile so the
+    /// peer's pings are answered and it does not take this side for frozen. A peer that closes
+    /// or cuts the connection, or sends a message nobody asked for, ends the wait with an
+    /// error; `until` is then left unfinished.
+    pub async fn idle_until<T>(
+        &mut self,
+        until: impl Future<Output = T>,
+    ) -> Result<T, TransportError> {
+        tokio::pin!(until);
+        loop {
+            tokio::select! {
+                out = &mut until => return Ok(out),
+                frame = self.ws.next() => match frame {
+                    Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_))) => {}
+                    Some(Ok(WsMessage::Close(_))) | None => {
+                        return Err(TransportError::Closed { peer: self.peer.clone() });
+                    }
+                    Some(Ok(other)) => {
+                        return Err(TransportError::Protocol {
+                            peer: self.peer.clone(),
+                            source: ProtocolError::Malformed(format!(
+                                "a message of {} bytes while nothing was asked",
+                                other.len()
+                            )),
+                        });
+                    }
+                    Some(Err(e)) => return Err(ws_error(&self.peer, e)),
+                },
+            }
+        }
     }
 
     /// Splits the connection so one task can send while another receives.
@@ -234,6 +279,14 @@ impl ConnectionSender {
         self.sent.load(Ordering::Relaxed)
     }
 
+    /// Sends a WebSocket ping; the peer's WebSocket answers it as it reads.
+    pub async fn ping(&mut self) -> Result<(), TransportError> {
+        self.sink
+            .send(WsMessage::Ping(Bytes::new()))
+            .await
+            .map_err(|e| ws_error(&self.peer, e))
+    }
+
     /// The counter behind [`ConnectionSender::wire_bytes_sent`].
     pub fn wire_counter(&self) -> Arc<AtomicU64> {
         Arc::clone(&self.sent)
@@ -286,7 +339,13 @@ impl fmt::Debug for ConnectionReceiver {
 impl ConnectionReceiver {
     /// The next message, or `None` once the peer closed the connection cleanly.
     pub async fn recv(&mut self) -> Result<Option<Message>, TransportError> {
-        recv_from(&mut self.stream, &self.peer, &self.received).await
+        recv_from(&mut self.stream, &self.peer, &self.received, None).await
+    }
+
+    /// [`ConnectionReceiver::recv`], failing with [`TransportError::Idle`] when the peer
+    /// sends no frame at all for `idle`.
+    pub async fn recv_within(&mut self, idle: Duration) -> Result<Option<Message>, TransportError> {
+        recv_from(&mut self.stream, &self.peer, &self.received, Some(idle)).await
     }
 
     /// The peer as `host:port`.
@@ -324,12 +383,22 @@ async fn recv_from<S>(
     stream: &mut S,
     peer: &str,
     received: &AtomicU64,
+    idle: Option<Duration>,
 ) -> Result<Option<Message>, TransportError>
 where
     S: Stream<Item = Result<WsMessage, WsError>> + Unpin,
 {
     loop {
-        match stream.next().await {
+        let frame = match idle {
+            None => stream.next().await,
+            Some(after) => tokio::time::timeout(after, stream.next())
+                .await
+                .map_err(|_| TransportError::Idle {
+                    peer: peer.to_owned(),
+                    after,
+                })?,
+        };
+        match frame {
             None => return Ok(None),
             Some(Ok(WsMessage::Binary(bytes))) => {
                 received.fetch_add(bytes.len() as u64, Ordering::Relaxed);

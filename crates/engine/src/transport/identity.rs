@@ -113,6 +113,9 @@ impl Identity {
         };
         let identity = Identity { cert, key };
         identity.check(&cert_path, &key_path)?;
+        if let Some(warning) = crate::secret::readable_by_others(&key_path, "TLS key") {
+            tracing::warn!("{warning}");
+        }
         Ok(identity)
     }
 
