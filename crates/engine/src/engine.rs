@@ -16,6 +16,7 @@ use crate::mirror::send::{self, BlockSource, SendError};
 use crate::path::STATE_DIR;
 use crate::protocol::{Hash, MAX_ENTRIES_PER_PART, Message};
 use crate::scan::{self, Tree};
+use crate::snapshot::Snapshots;
 use crate::transport::{self, ConnectOptions, Identity, Limits, Listener, Trust};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -257,6 +258,7 @@ fn scan_source(
     index: &Index,
     growth: scan::Growth,
     distrust: &[String],
+    databases: &Snapshots,
 ) -> Result<scan::Scan, EngineError> {
     let mut previous = index.files()?;
     for path in distrust {
@@ -267,18 +269,38 @@ fn scan_source(
             record.racy = true;
         }
     }
-    let scanned = scan::scan_excluding(source, &previous, exclude, growth).map_err(|e| {
-        EngineError::Source {
+    let scanned = scan::scan_excluding(source, &previous, exclude, growth, Some(databases))
+        .map_err(|e| EngineError::Source {
             path: e.path,
             reason: e.reason,
-        }
-    })?;
+        })?;
     // Lazily durable: after a crash the index falls back to an older state, whose records
     // still hold wherever the quick check accepts them; the rest is hashed again. An fsync
     // here would wait for every dirty page of the file system (ext4 orders data before
     // metadata), which is what a push of an unchanged folder must not do.
     index.apply(&scanned.changes, Durability::None)?;
+    databases.retain(|path| scanned.databases.contains(path));
+    if let Some(copied) = &scanned.copied {
+        tracing::debug!(
+            longest_step = ?copied.longest_step,
+            steps = copied.steps,
+            restarts = copied.restarts,
+            bytes = copied.bytes,
+            "databases copied"
+        );
+    }
     Ok(scanned)
+}
+
+/// The consistent copies of a source's databases, kept in its state folder.
+fn snapshots(state_dir: &Path) -> Result<Snapshots, EngineError> {
+    let dir = state_dir.join("snapshots");
+    Snapshots::new(dir.clone()).map_err(|e| {
+        EngineError::Setup(format!(
+            "cannot create {} for the copies of live databases: {e}",
+            dir.display()
+        ))
+    })
 }
 
 /// Tells listeners what a scan of the source found (the tree's digest, skipped paths);
@@ -309,6 +331,7 @@ pub async fn push_once(
 ) -> Result<PushReport, EngineError> {
     let started = Instant::now();
     let index = Arc::new(Index::open(&options.state_dir.join("index.redb"))?);
+    let databases = Arc::new(snapshots(&options.state_dir)?);
     let compress = options.compress.wanted(&options.targets);
     let blocks = Arc::new(BlockSource::new(options.source.clone(), compress));
     let mut reports: Vec<TargetReport> = options
@@ -357,15 +380,18 @@ pub async fn push_once(
                 (i, result, started.elapsed().as_secs_f64())
             });
         }
-        let (source, exclude, idx) = (
+        let (source, exclude, idx, dbs) = (
             options.source.clone(),
             options.exclude.clone(),
             index.clone(),
+            databases.clone(),
         );
         // Every record is proven: a push that exits 0 has read every block it says is there.
-        let scanned =
-            low_priority(move || scan_source(&source, &exclude, &idx, scan::Growth::Prove, &[]))
-                .await??;
+        let scanned = low_priority(move || {
+            scan_source(&source, &exclude, &idx, scan::Growth::Prove, &[], &dbs)
+        })
+        .await??;
+        blocks.read_copies(scanned.copies.clone());
         tracing::debug!(elapsed = ?started.elapsed(), hashed = scanned.bytes_hashed, "source scanned");
         let digest = announce_scan(&scanned, events);
         files = scanned.tree.files.len() as u64;

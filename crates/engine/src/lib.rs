@@ -13,6 +13,7 @@
 //! - [`fs`]: the one door to the disk: shared-mode reads, temp files, fsync, rename, metadata.
 //! - [`index`]: the persistent, crash-safe index of a folder (redb).
 //! - [`scan`]: walk a folder, quick-check against the index, hash what changed.
+//! - [`snapshot`]: consistent copies of live SQLite databases, read through SQLite itself.
 //! - [`exclude`]: the paths of a source that are not mirrored (caches, logs, locks).
 //! - [`trash`]: what a target deletes or overwrites, kept for a retention period.
 //! - [`transport`]: wss client and server, TLS identity, pinning, token handshake, framing,
@@ -47,6 +48,7 @@ pub mod rate;
 pub mod scan;
 pub mod schedule;
 pub mod secret;
+pub mod snapshot;
 pub mod status;
 pub mod transport;
 pub mod trash;

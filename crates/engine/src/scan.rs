@@ -15,6 +15,10 @@
 //! Every file is hashed as the prefix it had when it was looked at, so a file that grows while
 //! it is scanned gives a consistent record.
 //!
+//! On the source, a SQLite database (known by its header) is read through SQLite into a
+//! consistent copy ([`crate::snapshot`]); its record is the copy's, and its companion files
+//! (`-wal`, `-shm`, `-journal`) are not listed.
+//!
 //! The same scan serves both sides: the source finds what to send, a target finds local edits
 //! that the next mirror must overwrite. RainMaker's own state folder is never scanned.
 
@@ -24,9 +28,11 @@ use crate::hash;
 use crate::index::{Change, FileRecord};
 use crate::path::STATE_DIR;
 use crate::protocol::BLOCK_SIZE;
+use crate::snapshot::{self, Snapshots};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use thiserror::Error;
 
 /// A file modified less than this before it was hashed is hashed again on the next scan if its
@@ -79,6 +85,16 @@ pub struct Scan {
     pub changes: Vec<Change>,
     /// Files whose records rest on blocks that were not read ([`Growth::Defer`] only).
     pub unproven: Vec<Unproven>,
+    /// The consistent copies whose content the records of databases describe, by path: what
+    /// is sent for them is read from here, not from the live file.
+    pub copies: BTreeMap<String, Arc<snapshot::Copy>>,
+    /// Paths of the databases found (whether or not a copy could be taken).
+    pub databases: BTreeSet<String>,
+    /// What copying the databases cost their writers, if any was copied.
+    pub copied: Option<snapshot::Taken>,
+    /// A database changed since its copy, too recently to be copied again: scan again after
+    /// this long.
+    pub copy_again_in: Option<std::time::Duration>,
     /// Paths that were skipped (unreadable, symlinks, names that are not UTF-8).
     pub problems: Vec<Problem>,
     pub files_hashed: u64,
@@ -95,16 +111,17 @@ pub struct ScanError {
 
 /// Scans `root` against the `previous` records of its index, proving every record.
 pub fn scan(root: &Path, previous: &BTreeMap<String, FileRecord>) -> Result<Scan, ScanError> {
-    scan_excluding(root, previous, &Exclude::none(), Growth::Prove)
+    scan_excluding(root, previous, &Exclude::none(), Growth::Prove, None)
 }
 
 /// [`scan`], leaving out what `exclude` matches (neither listed nor hashed), treating grown
-/// files as `growth` says.
+/// files as `growth` says, and reading databases through `databases` when given (the source).
 pub fn scan_excluding(
     root: &Path,
     previous: &BTreeMap<String, FileRecord>,
     exclude: &Exclude,
     growth: Growth,
+    databases: Option<&Snapshots>,
 ) -> Result<Scan, ScanError> {
     let meta = std::fs::metadata(root).map_err(|e| ScanError {
         path: root.to_path_buf(),
@@ -182,6 +199,21 @@ pub fn scan_excluding(
         if file_type.is_dir() {
             out.tree.dirs.insert(rel);
         } else if file_type.is_file() {
+            if databases.is_some()
+                && snapshot::companion_of(&rel).is_some_and(|db| out.databases.contains(db))
+            {
+                // Part of a database that is sent as one consistent copy.
+                continue;
+            }
+            if let Some(snapshots) = databases
+                && previous
+                    .get(&rel)
+                    .is_none_or(|old| !unchanged(entry.path(), old))
+                && snapshot::is_database(entry.path())
+            {
+                scan_database(snapshots, entry.path(), rel, previous, &mut out);
+                continue;
+            }
             scan_file(entry.path(), rel, previous, growth, &mut out);
         } else if file_type.is_symlink() {
             out.problems.push(Problem {
@@ -226,6 +258,64 @@ fn relative(root: &Path, path: &Path) -> String {
         .unwrap_or(path)
         .to_string_lossy()
         .replace(std::path::MAIN_SEPARATOR, "/")
+}
+
+/// Whether a file's stamp is the one its record was made from (the quick check).
+fn unchanged(full: &Path, old: &FileRecord) -> bool {
+    !old.racy
+        && std::fs::symlink_metadata(full)
+            .is_ok_and(|meta| fs::same_stamp(&old.stamp, &fs::stamp_of_meta(&meta)))
+}
+
+/// Lists a database by a consistent copy of it; when no copy can be taken, keeps what the
+/// index knew (the targets keep their last good copy) and says why.
+fn scan_database(
+    snapshots: &Snapshots,
+    full: &Path,
+    rel: String,
+    previous: &BTreeMap<String, FileRecord>,
+    out: &mut Scan,
+) {
+    out.databases.insert(rel.clone());
+    match snapshots.take(full, &rel, RACY_WINDOW_NS) {
+        Ok(snapshot::Taking {
+            record,
+            copy,
+            taken,
+            again_in,
+        }) => {
+            if let Some(wait) = again_in {
+                out.copy_again_in = Some(out.copy_again_in.map_or(wait, |w| w.min(wait)));
+            }
+            if taken.steps > 0 {
+                out.files_hashed += 1;
+                out.bytes_hashed += taken.bytes;
+                let worst = out.copied.get_or_insert_with(Default::default);
+                worst.longest_step = worst.longest_step.max(taken.longest_step);
+                worst.steps += taken.steps;
+                worst.restarts += taken.restarts;
+                worst.bytes += taken.bytes;
+            }
+            if previous.get(&rel) != Some(&record) {
+                out.changes
+                    .push(Change::PutFile(rel.clone(), record.clone()));
+            }
+            out.copies.insert(rel.clone(), copy);
+            out.tree.files.insert(rel, record);
+        }
+        Err(reason) => {
+            out.problems.push(Problem {
+                path: rel.clone(),
+                reason: format!(
+                    "it is a database and no consistent copy of it could be read ({reason}); \
+                     the backups keep their last copy"
+                ),
+            });
+            if let Some(old) = previous.get(&rel) {
+                out.tree.files.insert(rel, old.clone());
+            }
+        }
+    }
 }
 
 fn scan_file(
@@ -426,7 +516,7 @@ mod tests {
             .write_all(&appended)
             .unwrap();
         fs::set_mtime(&root.join("db/tick.ncd"), 1_600_000_001_000_000_000).unwrap();
-        let grown = scan_excluding(root, &index, &Exclude::none(), Growth::Defer).unwrap();
+        let grown = scan_excluding(root, &index, &Exclude::none(), Growth::Defer, None).unwrap();
         assert!(
             grown.bytes_hashed <= 2 * BLOCK_SIZE + 1100,
             "an append must cost the tail, not the file: read {}",
@@ -482,8 +572,14 @@ mod tests {
             "a proving scan records what the disk holds"
         );
 
-        let deferred =
-            scan_excluding(root, &first.tree.files, &Exclude::none(), Growth::Defer).unwrap();
+        let deferred = scan_excluding(
+            root,
+            &first.tree.files,
+            &Exclude::none(),
+            Growth::Defer,
+            None,
+        )
+        .unwrap();
         let record = &deferred.tree.files["tick.ncd"];
         assert_ne!(
             record.hash, truth,
@@ -610,7 +706,8 @@ mod tests {
             write(root, path, body.as_bytes());
         }
         let exclude = Exclude::new(&["cache", "log", "*.lock"]).unwrap();
-        let scanned = scan_excluding(root, &BTreeMap::new(), &exclude, Growth::Prove).unwrap();
+        let scanned =
+            scan_excluding(root, &BTreeMap::new(), &exclude, Growth::Prove, None).unwrap();
         assert_eq!(
             scanned.tree.files.keys().collect::<Vec<_>>(),
             ["db/ES.ncd", "workspace.xml"],

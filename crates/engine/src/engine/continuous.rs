@@ -35,6 +35,8 @@ use tokio_util::sync::CancellationToken;
 
 /// Wait after a change before scanning, so a burst of writes is one scan.
 const DEBOUNCE: Duration = Duration::from_millis(5);
+/// A live database is copied at most this often; its targets lag it by about this much.
+const COPY_EVERY: Duration = Duration::from_secs(1);
 
 /// When the continuous loop scans.
 #[derive(Debug, Clone)]
@@ -68,6 +70,7 @@ pub async fn push_continuous(
     cancel: &CancellationToken,
 ) -> Result<(), EngineError> {
     let index = Arc::new(Index::open(&options.state_dir.join("index.redb"))?);
+    let databases = Arc::new(super::snapshots(&options.state_dir)?.every(COPY_EVERY));
     let compress = options.compress.wanted(&options.targets);
     let (trigger_tx, mut triggers) = mpsc::channel::<()>(1);
     let _watch = match schedule.watch {
@@ -114,6 +117,8 @@ pub async fn push_continuous(
     let mut clock = tokio::time::interval(Duration::from_secs(1));
     let mut sleep = SleepDetector::new(Duration::from_secs(5));
     let mut generation = 0;
+    // When a database that changed too soon after its last copy is to be copied again.
+    let mut copy_due: Option<tokio::time::Instant> = None;
     loop {
         let asked = async {
             match &schedule.sync_now {
@@ -129,6 +134,7 @@ pub async fn push_continuous(
                 while triggers.try_recv().is_ok() {}
             }
             _ = ticker.tick() => {}
+            () = sleep_until_due(copy_due) => copy_due = None,
             _ = clock.tick() => {
                 if !sleep.check() {
                     continue;
@@ -136,10 +142,11 @@ pub async fn push_continuous(
                 tracing::info!("the machine woke from sleep; syncing now");
             }
         }
-        let (source, exclude, idx) = (
+        let (source, exclude, idx, dbs) = (
             options.source.clone(),
             options.exclude.clone(),
             index.clone(),
+            databases.clone(),
         );
         let distrusted = std::mem::take(
             &mut *distrust
@@ -148,7 +155,7 @@ pub async fn push_continuous(
         );
         let started = Instant::now();
         let scanned = match low_priority(move || {
-            scan_source(&source, &exclude, &idx, Growth::Defer, &distrusted)
+            scan_source(&source, &exclude, &idx, Growth::Defer, &distrusted, &dbs)
         })
         .await
         {
@@ -158,6 +165,10 @@ pub async fn push_continuous(
                 continue;
             }
         };
+        if let Some(wait) = scanned.copy_again_in {
+            let due = tokio::time::Instant::now() + wait;
+            copy_due = Some(copy_due.map_or(due, |d| d.min(due)));
+        }
         generation += 1;
         tracing::debug!(generation, elapsed = ?started.elapsed(), hashed = scanned.bytes_hashed, "scanned");
         let digest = announce_scan(&scanned, events);
@@ -166,13 +177,23 @@ pub async fn push_continuous(
             generation,
             digest,
             tree,
-            blocks: Arc::new(BlockSource::new(options.source.clone(), compress)),
+            blocks: Arc::new(
+                BlockSource::new(options.source.clone(), compress).reading_copies(scanned.copies),
+            ),
             unproven: scanned.unproven,
         };
         let _ = snapshot_tx.send(Some(Arc::new(snapshot)));
     }
     loops.shutdown().await;
     Ok(())
+}
+
+/// Waits until `due`, or for ever when nothing is due.
+async fn sleep_until_due(due: Option<tokio::time::Instant>) {
+    match due {
+        Some(due) => tokio::time::sleep_until(due).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Starts the resource guard: a task that samples the machine every second until `cancel`

@@ -97,9 +97,13 @@ pub fn plan(
     let mut deletes_first = Vec::new();
     let mut deletes_last = Vec::new();
 
-    // Type conflicts must go before anything is created in their place.
+    // Type conflicts must go before anything is created in their place, and so must a
+    // journal or WAL beside a database the source sends whole: SQLite would apply it to the new
+    // copy, which it does not belong to.
     for path in target.files.keys() {
-        if source.dirs.contains(path) {
+        let stale_companion = crate::snapshot::companion_of(path)
+            .is_some_and(|db| source.files.contains_key(db) && !source.files.contains_key(path));
+        if source.dirs.contains(path) || stale_companion {
             deletes_first.push(path.clone());
         } else if !source.files.contains_key(path) && !under_deleted(&deletes_first, path) {
             deletes_last.push(path.clone());
@@ -581,6 +585,30 @@ mod tests {
         assert!(
             !p.ops.contains(&Op::Delete("Data.txt".into())),
             "a name the source still has is never deleted: {p:?}"
+        );
+    }
+
+    #[test]
+    fn a_stale_journal_beside_a_database_goes_before_the_database_comes() {
+        let old = data(5000, 1);
+        let new = data(5000, 2);
+        let source = tree(&[("db/nt.sqlite", &new)], &["db"]);
+        let target = tree(
+            &[
+                ("db/nt.sqlite", &old),
+                ("db/nt.sqlite-wal", &old),
+                ("db/nt.sqlite-journal", &old),
+            ],
+            &["db"],
+        );
+        let p = plan(&source, &target, &[], &mut no_tail);
+        assert_eq!(
+            &p.ops[..2],
+            [
+                Op::Delete("db/nt.sqlite-journal".into()),
+                Op::Delete("db/nt.sqlite-wal".into())
+            ],
+            "SQLite would replay them into the new copy: {p:?}"
         );
     }
 

@@ -23,7 +23,7 @@ use crate::rate::RateLimit;
 use crate::scan::Tree;
 use crate::transport::{Connection, ConnectionReceiver, TransportError};
 use futures_util::StreamExt;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -94,6 +94,8 @@ type Slot = Arc<OnceCell<Arc<Payload>>>;
 #[derive(Debug)]
 pub struct BlockSource {
     root: PathBuf,
+    /// Files read from a consistent copy instead of the live file (databases).
+    copies: Mutex<BTreeMap<String, Arc<crate::snapshot::Copy>>>,
     cache: Mutex<(HashMap<Key, Slot>, VecDeque<Key>)>,
     incompressible: Mutex<HashMap<(String, Hash), u32>>,
     bytes_read: AtomicU64,
@@ -105,10 +107,30 @@ impl BlockSource {
     pub fn new(root: PathBuf, compress: bool) -> BlockSource {
         BlockSource {
             root,
+            copies: Mutex::new(BTreeMap::new()),
             compress,
             cache: Mutex::new((HashMap::new(), VecDeque::new())),
             incompressible: Mutex::new(HashMap::new()),
             bytes_read: AtomicU64::new(0),
+        }
+    }
+
+    /// This block source, reading the files of `copies` from their copies.
+    pub fn reading_copies(self, copies: BTreeMap<String, Arc<crate::snapshot::Copy>>) -> Self {
+        self.read_copies(copies);
+        self
+    }
+
+    /// From now on, reads the files of `copies` from their copies (the scan's databases).
+    pub fn read_copies(&self, copies: BTreeMap<String, Arc<crate::snapshot::Copy>>) {
+        *self.copies.lock().expect("copies lock") = copies;
+    }
+
+    /// Where the bytes of `path` are read from.
+    fn location(&self, path: &str) -> PathBuf {
+        match self.copies.lock().expect("copies lock").get(path) {
+            Some(copy) => copy.path.clone(),
+            None => self.root.join(path),
         }
     }
 
@@ -121,7 +143,7 @@ impl BlockSource {
     /// `len`; what the plan needs to recognise an append.
     pub fn tail_hash(&self, path: &str, len: u64) -> Option<Hash> {
         let start = len - len % BLOCK_SIZE;
-        let file = fs::open_shared(&self.root.join(path)).ok()?;
+        let file = fs::open_shared(&self.location(path)).ok()?;
         let mut buffer = vec![0u8; (len - start) as usize];
         let n = fs::read_at(&file, start, &mut buffer).ok()?;
         self.bytes_read.fetch_add(n as u64, Ordering::Relaxed);
@@ -175,7 +197,7 @@ impl BlockSource {
             return Err(format!("block {index} is past the end of {path}"));
         }
         let file =
-            fs::open_shared(&self.root.join(path)).map_err(|e| format!("cannot read it: {e}"))?;
+            fs::open_shared(&self.location(path)).map_err(|e| format!("cannot read it: {e}"))?;
         let mut buffer = vec![0u8; len];
         let n =
             fs::read_at(&file, start, &mut buffer).map_err(|e| format!("cannot read it: {e}"))?;
