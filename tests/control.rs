@@ -198,3 +198,32 @@ fn a_promoted_target_becomes_the_source_and_fails_the_fresh_data_back() {
     sandbox.push(&home).to(&agent_cloud.url).run().assert_ok();
     assert_same_tree(&home, &cloud);
 }
+
+#[test]
+fn an_agents_name_reaches_the_terminal_with_its_control_characters_escaped() {
+    let sandbox = Sandbox::new();
+    let root = sandbox.dir("a");
+    // Retitles the terminal, rings the bell and clears the screen, if printed as it is.
+    let name = "cloud\u{1b}]0;pwned\u{7}\u{1b}[2J";
+    let mut command = sandbox.command();
+    command
+        .arg("serve")
+        .arg("--root")
+        .arg(&root)
+        .args(["--listen", "127.0.0.1:0", "--name", name])
+        .arg("--token-file")
+        .arg(sandbox.token_file())
+        .arg("--admin-token-file")
+        .arg(admin_token(&sandbox));
+    let agent = sandbox.start_agent(command);
+    let (code, out, err) = remote(&sandbox, &agent, &admin_token(&sandbox), &["status"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        !out.contains(['\u{1b}', '\u{7}']),
+        "a name from a peer must never reach the terminal raw: {out:?}"
+    );
+    assert!(
+        out.contains("cloud\\u{1b}]0;pwned\\u{7}\\u{1b}[2J"),
+        "it is shown, escaped: {out:?}"
+    );
+}
