@@ -395,3 +395,32 @@ fn the_admin_client_pins_its_agent() {
     assert_ne!(code, 0);
     assert!(stderr.contains("pair --admin"), "{stderr}");
 }
+
+#[test]
+fn an_agents_name_reaches_the_terminal_with_its_control_characters_escaped() {
+    let sandbox = Sandbox::new();
+    let root = sandbox.dir("a");
+    // Retitles the terminal, rings the bell and clears the screen, if printed as it is.
+    let name = "cloud\u{1b}]0;pwned\u{7}\u{1b}[2J";
+    let mut command = sandbox.command();
+    command
+        .arg("serve")
+        .arg("--root")
+        .arg(&root)
+        .args(["--listen", "127.0.0.1:0", "--name", name])
+        .arg("--token-file")
+        .arg(sandbox.token_file())
+        .arg("--admin-token-file")
+        .arg(admin_token(&sandbox));
+    let agent = sandbox.start_agent(command);
+    let (code, out, err) = remote(&sandbox, &agent, &admin_token(&sandbox), &["status"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        !out.contains(['\u{1b}', '\u{7}']),
+        "a name from a peer must never reach the terminal raw: {out:?}"
+    );
+    assert!(
+        out.contains("cloud\\u{1b}]0;pwned\\u{7}\\u{1b}[2J"),
+        "it is shown, escaped: {out:?}"
+    );
+}

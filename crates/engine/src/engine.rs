@@ -682,6 +682,16 @@ impl Server {
         let receiver = tokio::task::spawn_blocking(move || Receiver::open(&root, retention))
             .await
             .map_err(|e| EngineError::Setup(e.to_string()))??;
+        // The TLS key and the trash: the owner's and SYSTEM's only (Windows; Unix modes).
+        let state = options.root.join(STATE_DIR);
+        if let Err(e) = crate::fs::restrict_to_owner(&state) {
+            tracing::warn!(
+                "cannot limit {} to its owner and SYSTEM: {e}; other users of this machine may \
+                 read the TLS key and the trash there (a file system without permissions, such \
+                 as FAT, cannot do better: put the root on NTFS)",
+                state.display()
+            );
+        }
         let identity = if options.insecure {
             None
         } else {

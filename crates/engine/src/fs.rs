@@ -167,7 +167,7 @@ fn link_count(_file: &File, meta: &Metadata) -> u64 {
 #[cfg(windows)]
 fn link_count(file: &File, _meta: &Metadata) -> u64 {
     // Unknown is treated as shared: the caller refuses to write.
-    winapi_util::file::information(file).map_or(0, |info| u64::from(info.number_of_links()))
+    winapi_util::file::information(file).map_or(0, |info| info.number_of_links())
 }
 
 #[cfg(not(any(unix, windows)))]
@@ -264,6 +264,44 @@ fn meta_file_id(_meta: &Metadata) -> u128 {
 #[cfg(not(any(unix, windows)))]
 fn file_id(_file: &File, _meta: &Metadata) -> u128 {
     0
+}
+
+/// Limits a folder RainMaker keeps secrets in (the TLS key, the trash) to its owner and
+/// SYSTEM, for what is in it now and what is created in it later. On Unix the folder and
+/// key are created with modes 0700 and 0600 instead, and this does nothing.
+///
+/// On Windows it runs `icacls DIR /inheritance:r /grant:r *S-1-5-18:(OI)(CI)F
+/// *S-1-3-4:(OI)(CI)F`: the ACEs inherited from the folder above (which usually let every
+/// user read) are removed, and full control is granted to LocalSystem (S-1-5-18) and to
+/// OWNER RIGHTS (S-1-3-4, the owner of each file and folder) only, inherited by files and
+/// folders inside.
+#[cfg(windows)]
+pub fn restrict_to_owner(dir: &Path) -> io::Result<()> {
+    let out = std::process::Command::new("icacls")
+        .arg(dir)
+        .args([
+            "/inheritance:r",
+            "/grant:r",
+            "*S-1-5-18:(OI)(CI)F",
+            "*S-1-3-4:(OI)(CI)F",
+            "/Q",
+        ])
+        .output()?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "icacls {} failed ({}): {}",
+            dir.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stdout).trim()
+        )))
+    }
+}
+
+#[cfg(not(windows))]
+pub fn restrict_to_owner(_dir: &Path) -> io::Result<()> {
+    Ok(())
 }
 
 /// Whether this platform's files have an executable bit. Where they do not (Windows), the

@@ -27,6 +27,7 @@
 //! - [`rate`]: the bandwidth cap, a token bucket shared by every target.
 //! - [`status`]: the state of a running push (per target: state, lag, last sync, pending).
 //! - [`event`]: typed events and reports for the agent and the tray.
+//! - [`text`]: text from a peer (names, reasons) with its control characters escaped.
 //! - [`config`]: the configuration file `rainmaker.toml`, checked with locations.
 //! - [`engine`]: wires the above into `push` (once, continuous, on an interval) and `serve`,
 //!   the API the agent and tray call.
@@ -50,6 +51,7 @@ pub mod schedule;
 pub mod secret;
 pub mod snapshot;
 pub mod status;
+pub mod text;
 pub mod transport;
 pub mod trash;
 pub mod watch;

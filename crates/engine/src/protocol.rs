@@ -199,6 +199,41 @@ pub struct JobStatus {
 }
 
 impl Message {
+    /// Escapes the control characters of every free-text field (names, reasons, a status's
+    /// texts, an event's JSON; never a path or a token), as the transport does to every
+    /// message it receives: see [`crate::text`].
+    pub fn escape_text(&mut self) {
+        use crate::text::escape_in_place as escape;
+        match self {
+            Message::Hello { source_name, .. } => escape(source_name),
+            Message::Welcome { target_name } => escape(target_name),
+            Message::Refused { reason }
+            | Message::FileAbort { reason, .. }
+            | Message::FileFailed { reason, .. } => escape(reason),
+            Message::ControlEvent { json } => escape(json),
+            Message::ControlReply { reply, .. } => match reply {
+                ControlReply::Refused { reason } => escape(reason),
+                ControlReply::Status(status) => {
+                    escape(&mut status.name);
+                    escape(&mut status.root);
+                    escape(&mut status.role);
+                    if let Some((source, _)) = &mut status.last_source {
+                        escape(source);
+                    }
+                    for job in &mut status.jobs {
+                        job.targets.iter_mut().for_each(escape);
+                        escape(&mut job.state);
+                        if let Some(error) = &mut job.error {
+                            escape(error);
+                        }
+                    }
+                }
+                ControlReply::Started { .. } | ControlReply::Done => {}
+            },
+            _ => {}
+        }
+    }
+
     /// The message's name, for errors and logs (never its content, which may be large).
     pub fn name(&self) -> &'static str {
         match self {
@@ -643,6 +678,73 @@ mod tests {
         fn garbage_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
             let _ = decode(&bytes);
         }
+    }
+
+    #[test]
+    fn text_from_a_peer_is_escaped_and_paths_and_tokens_are_not() {
+        let raw = "evil\u{1b}[2J";
+        let mut hello = Message::Hello {
+            magic: MAGIC,
+            version: PROTOCOL_VERSION,
+            token: raw.into(),
+            source_name: raw.into(),
+        };
+        hello.escape_text();
+        assert_eq!(
+            hello,
+            Message::Hello {
+                magic: MAGIC,
+                version: PROTOCOL_VERSION,
+                token: raw.into(),
+                source_name: "evil\\u{1b}[2J".into(),
+            },
+            "the name a source gives goes into logs and statuses escaped; its token is compared as it is"
+        );
+        let mut reply = Message::ControlReply {
+            id: 1,
+            reply: ControlReply::Status(AgentStatus {
+                name: raw.into(),
+                root: raw.into(),
+                role: "target".into(),
+                files: 0,
+                bytes: 0,
+                newest_mtime_ns: 0,
+                receiving: false,
+                last_source: Some((raw.into(), 0)),
+                jobs: vec![JobStatus {
+                    id: 1,
+                    targets: vec![raw.into()],
+                    watch: false,
+                    state: "failed".into(),
+                    error: Some(raw.into()),
+                }],
+            }),
+        };
+        reply.escape_text();
+        let Message::ControlReply {
+            reply: ControlReply::Status(status),
+            ..
+        } = &reply
+        else {
+            unreachable!()
+        };
+        let texts = [
+            &status.name,
+            &status.root,
+            &status.last_source.as_ref().unwrap().0,
+            &status.jobs[0].targets[0],
+            status.jobs[0].error.as_ref().unwrap(),
+        ];
+        for text in texts {
+            assert!(!text.contains('\u{1b}'), "{text:?} is escaped");
+        }
+        let mut delete = Message::Delete { path: raw.into() };
+        delete.escape_text();
+        assert_eq!(
+            delete,
+            Message::Delete { path: raw.into() },
+            "a path is checked (and refused) by the receiver, never rewritten"
+        );
     }
 
     #[test]

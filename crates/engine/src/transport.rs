@@ -831,7 +831,11 @@ async fn read_hello(
         }
     };
     let hello = match protocol::decode(&bytes) {
-        Ok(message) => message,
+        // The source's name goes into logs and statuses: shown, never obeyed.
+        Ok(mut message) => {
+            message.escape_text();
+            message
+        }
         Err(source) => {
             // A hello from another version may not decode; its first fields still tell.
             if let Some(theirs) = hello_version(&bytes).filter(|v| *v != PROTOCOL_VERSION) {

@@ -403,12 +403,14 @@ where
             Some(Ok(WsMessage::Binary(bytes))) => {
                 received.fetch_add(bytes.len() as u64, Ordering::Relaxed);
                 WIRE_TOTAL.fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                return protocol::decode(&bytes).map(Some).map_err(|source| {
-                    TransportError::Protocol {
+                let mut message =
+                    protocol::decode(&bytes).map_err(|source| TransportError::Protocol {
                         peer: peer.to_owned(),
                         source,
-                    }
-                });
+                    })?;
+                // What the peer wrote for people to read is shown, never obeyed.
+                message.escape_text();
+                return Ok(Some(message));
             }
             Some(Ok(WsMessage::Text(_))) => {
                 return Err(TransportError::Protocol {

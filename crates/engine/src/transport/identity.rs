@@ -214,7 +214,8 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
         use std::os::unix::fs::DirBuilderExt;
         builder.mode(0o700);
     }
-    builder.create(dir)
+    builder.create(dir)?;
+    crate::fs::restrict_to_owner(dir)
 }
 
 /// Writes `bytes` to a temporary file next to `path`, syncs it and renames it into place, so a
