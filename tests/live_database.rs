@@ -200,6 +200,10 @@ fn mirror_live_database(mode: &str) {
         .push(&src)
         .target(&agent)
         .arg("--watch")
+        // The bound holds while sync runs: the guard must not pause it because this test
+        // machine is busy (on a trading PC, a pause for a busy CPU is what the trader wants).
+        .arg("--pause-cpu-for")
+        .arg("1h")
         .spawn_continuous();
     let started = Instant::now();
     let target_db = dst.join("db/NinjaTrader.sqlite");
@@ -303,4 +307,97 @@ fn a_live_database_in_wal_mode_opens_at_every_instant() {
 #[test]
 fn a_live_database_in_rollback_journal_mode_opens_at_every_instant() {
     mirror_live_database("DELETE");
+}
+
+/// A file that is not a database but is rewritten in place all the time (a chart's state, a
+/// history file's header): every attempt to read and send it meets a newer version. It must
+/// still reach the target, whole, within [`BOUND`]: it is read through a stable copy.
+#[test]
+fn a_file_rewritten_all_the_time_reaches_the_target_within_the_bound() {
+    use std::io::{Seek, SeekFrom};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    const LEN: usize = 8 << 20;
+    let sandbox = Sandbox::new();
+    let src = sandbox.dir("src");
+    let dst = sandbox.dir("dst");
+    let live = src.join("charts/state.dat");
+    std::fs::create_dir_all(live.parent().unwrap()).unwrap();
+    std::fs::write(&live, vec![0u8; LEN]).unwrap();
+    let written: Arc<Mutex<Vec<(u8, f64)>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (live, written, stop) = (live.clone(), written.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut file = std::fs::OpenOptions::new().write(true).open(&live).unwrap();
+            let mut round = 0u8;
+            while !stop.load(Ordering::Relaxed) {
+                round = round.wrapping_add(1).max(1);
+                // In place, in pieces, as a platform rewrites its state: a read in between
+                // sees a mix of two versions.
+                file.seek(SeekFrom::Start(0)).unwrap();
+                for _ in 0..8 {
+                    file.write_all(&vec![round; LEN / 8]).unwrap();
+                    std::thread::sleep(Duration::from_millis(4));
+                }
+                written.lock().unwrap().push((round, unix_now()));
+                std::thread::sleep(Duration::from_millis(60));
+            }
+        })
+    };
+    let agent = sandbox.serve(&dst);
+    let push = sandbox
+        .push(&src)
+        .target(&agent)
+        .arg("--watch")
+        // The bound holds while sync runs: the guard must not pause it because this test
+        // machine is busy (on a trading PC, a pause for a busy CPU is what the trader wants).
+        .arg("--pause-cpu-for")
+        .arg("1h")
+        .spawn_continuous();
+    let target = dst.join("charts/state.dat");
+    let started = Instant::now();
+    let (mut seen, mut worst, mut torn) = (0, 0.0f64, Vec::new());
+    while started.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(100));
+        let at = unix_now();
+        let Ok(bytes) = std::fs::read(&target) else {
+            assert!(
+                started.elapsed() < BOUND,
+                "the file must reach the target within {BOUND:?}:\n{}",
+                push.log()
+            );
+            continue;
+        };
+        if bytes.len() != LEN || bytes.iter().any(|b| *b != bytes[0]) {
+            torn.push(format!("{at:.3}"));
+            continue;
+        }
+        seen += 1;
+        let round = bytes[0];
+        // How long the target had lacked a newer version the source had finished writing.
+        let history = written.lock().unwrap().clone();
+        let mine = history.iter().rposition(|(r, _)| *r == round);
+        let newer = mine.map_or(history.first(), |i| history.get(i + 1));
+        if let Some((_, when)) = newer.filter(|(_, when)| *when <= at) {
+            worst = worst.max(at - when);
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    eprintln!("rewritten file: {seen} whole versions seen, worst staleness {worst:.3} s");
+    assert!(
+        torn.is_empty(),
+        "the target only ever holds a version the source had, whole; torn at {torn:?}"
+    );
+    assert!(
+        seen >= 20,
+        "the target was sampled ({seen} times)\n{}",
+        push.log()
+    );
+    assert!(
+        worst <= BOUND.as_secs_f64(),
+        "the target lagged {worst:.3} s behind a file that never stops changing (bound {BOUND:?})\n{}",
+        push.log()
+    );
 }

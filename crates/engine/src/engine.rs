@@ -292,6 +292,20 @@ fn scan_source(
     Ok(scanned)
 }
 
+/// Files no larger than this that failed on a target are read through a stable copy from
+/// then on: a file that keeps changing fails its check on every target otherwise.
+const COPY_FAILED_UP_TO: u64 = 64 << 20;
+
+/// Marks the files that failed on a target in `outcome` to be read through stable copies.
+fn read_failed_through_copies(databases: &Snapshots, tree: &Tree, outcome: &send::Outcome) {
+    databases.mark_unstable(outcome.failed.iter().filter_map(|(path, _)| {
+        tree.files
+            .get(path)
+            .filter(|r| r.stamp.size <= COPY_FAILED_UP_TO)
+            .map(|_| path.clone())
+    }));
+}
+
 /// The consistent copies of a source's databases, kept in its state folder.
 fn snapshots(state_dir: &Path) -> Result<Snapshots, EngineError> {
     let dir = state_dir.join("snapshots");
@@ -403,7 +417,8 @@ pub async fn push_once(
                 reason: p.reason.clone(),
             })
             .collect();
-        let _ = tree_tx.send(Some((Arc::new(scanned.tree), digest)));
+        let tree = Arc::new(scanned.tree);
+        let _ = tree_tx.send(Some((tree.clone(), digest)));
         let mut joined = Vec::new();
         {
             let all = async {
@@ -443,6 +458,7 @@ pub async fn push_once(
                             target: report.url.clone(),
                         });
                     } else {
+                        read_failed_through_copies(&databases, &tree, &outcome);
                         let why = outcome
                             .failed
                             .first()

@@ -209,12 +209,24 @@ pub fn scan_excluding(
                 && previous
                     .get(&rel)
                     .is_none_or(|old| !unchanged(entry.path(), old))
-                && snapshot::is_database(entry.path())
             {
-                scan_database(snapshots, entry.path(), rel, previous, &mut out);
-                continue;
+                if snapshot::is_database(entry.path()) {
+                    scan_database(snapshots, entry.path(), rel, previous, &mut out);
+                    continue;
+                }
+                if snapshots.is_unstable(&rel) {
+                    scan_copy(snapshots, entry.path(), rel, previous, &mut out);
+                    continue;
+                }
             }
-            scan_file(entry.path(), rel, previous, growth, &mut out);
+            let can_copy = databases.is_some();
+            if let Err(unstable) =
+                scan_file(entry.path(), rel, previous, growth, can_copy, &mut out)
+                && let Some(snapshots) = databases
+            {
+                snapshots.mark_unstable([unstable.clone()]);
+                scan_copy(snapshots, entry.path(), unstable, previous, &mut out);
+            }
         } else if file_type.is_symlink() {
             out.problems.push(Problem {
                 path: rel,
@@ -277,7 +289,43 @@ fn scan_database(
     out: &mut Scan,
 ) {
     out.databases.insert(rel.clone());
-    match snapshots.take(full, &rel, RACY_WINDOW_NS) {
+    let taking = snapshots.take(full, &rel, RACY_WINDOW_NS);
+    list_copy(
+        taking,
+        "it is a database and no consistent copy of it could be read",
+        rel,
+        previous,
+        out,
+    );
+}
+
+/// Lists a file that keeps changing by a stable copy of it.
+fn scan_copy(
+    snapshots: &Snapshots,
+    full: &Path,
+    rel: String,
+    previous: &BTreeMap<String, FileRecord>,
+    out: &mut Scan,
+) {
+    let taking = snapshots.copy_stable(full, &rel, RACY_WINDOW_NS);
+    list_copy(
+        taking,
+        "it keeps changing and no stable copy of it could be taken",
+        rel,
+        previous,
+        out,
+    );
+}
+
+/// Lists a file by the copy `taking` made of it.
+fn list_copy(
+    taking: Result<snapshot::Taking, String>,
+    failed: &str,
+    rel: String,
+    previous: &BTreeMap<String, FileRecord>,
+    out: &mut Scan,
+) {
+    match taking {
         Ok(snapshot::Taking {
             record,
             copy,
@@ -306,10 +354,7 @@ fn scan_database(
         Err(reason) => {
             out.problems.push(Problem {
                 path: rel.clone(),
-                reason: format!(
-                    "it is a database and no consistent copy of it could be read ({reason}); \
-                     the backups keep their last copy"
-                ),
+                reason: format!("{failed} ({reason}); the backups keep their last copy"),
             });
             if let Some(old) = previous.get(&rel) {
                 out.tree.files.insert(rel, old.clone());
@@ -318,20 +363,23 @@ fn scan_database(
     }
 }
 
+/// Lists one file. A file that changed while it was read is left to the caller (`Err` with
+/// its path) when `can_copy`: it is read through a stable copy instead.
 fn scan_file(
     full: &Path,
     rel: String,
     previous: &BTreeMap<String, FileRecord>,
     growth: Growth,
+    can_copy: bool,
     out: &mut Scan,
-) {
+) -> Result<(), String> {
     let old = previous.get(&rel);
     if let (Some(old), Ok(meta)) = (old, std::fs::symlink_metadata(full))
         && !old.racy
         && fs::same_stamp(&old.stamp, &fs::stamp_of_meta(&meta))
     {
         out.tree.files.insert(rel, old.clone());
-        return;
+        return Ok(());
     }
     match hash_file(full, old, growth) {
         Ok(Hashed {
@@ -354,6 +402,7 @@ fn scan_file(
             }
             out.tree.files.insert(rel, record);
         }
+        Err(e) if can_copy && e.get_ref().is_some_and(|e| e.is::<Changed>()) => return Err(rel),
         Err(e) => {
             out.problems.push(Problem {
                 path: rel.clone(),
@@ -365,7 +414,13 @@ fn scan_file(
             }
         }
     }
+    Ok(())
 }
+
+/// A file changed while it was read: what was read may mix two versions.
+#[derive(Debug, Error)]
+#[error("{0}; it will be read again on the next pass")]
+pub struct Changed(&'static str);
 
 /// A file's record as [`hash_file`] made it.
 #[derive(Debug)]
@@ -381,8 +436,7 @@ pub struct Hashed {
 /// only its end read, and the blocks before are reported unproven.
 pub fn hash_file(path: &Path, old: Option<&FileRecord>, growth: Growth) -> std::io::Result<Hashed> {
     let mut file = fs::open_shared(path)?;
-    let meta = file.metadata()?;
-    let stamp = fs::stamp(&file, &meta);
+    let mut stamp = fs::stamp(&file, &file.metadata()?);
     if stamp.size > crate::protocol::MAX_FILE_SIZE {
         return Err(std::io::Error::other(format!(
             "it is larger than the {} GiB RainMaker mirrors",
@@ -390,6 +444,12 @@ pub fn hash_file(path: &Path, old: Option<&FileRecord>, growth: Growth) -> std::
         )));
     }
     let grown = old.filter(|old| growth == Growth::Defer && grew_at_end(&file, old, &stamp));
+    if grown.is_none() {
+        // A whole read must start after a quiet moment: a write in the same tick of the file
+        // system's clock as the last one keeps the file's time, and a rewrite in place during
+        // the read would go unseen. (An append read from its old end is a prefix either way.)
+        stamp = wait_until_quiet(&file, stamp)?;
+    }
     let (mut blocks, start) = match grown {
         Some(old) => {
             let keep = (old.stamp.size - 1) / BLOCK_SIZE;
@@ -400,18 +460,18 @@ pub fn hash_file(path: &Path, old: Option<&FileRecord>, growth: Growth) -> std::
     file.seek(SeekFrom::Start(start))?;
     let (tail, read) = hash::hash_blocks(&mut file, stamp.size - start)?;
     if read != stamp.size - start {
-        return Err(std::io::Error::other(
-            "it was truncated while being read; it will be read again on the next pass",
-        ));
+        return Err(std::io::Error::other(Changed(
+            "it was truncated while being read",
+        )));
     }
     blocks.extend(tail);
     // Growth while reading is fine (the prefix read is what was stamped); a change that did
     // not make the file longer is a rewrite in place, and what was read may mix versions.
     let after = fs::stamp(&file, &file.metadata()?);
     if after.mtime_ns != stamp.mtime_ns && after.size <= stamp.size {
-        return Err(std::io::Error::other(
-            "it was rewritten while being read; it will be read again on the next pass",
-        ));
+        return Err(std::io::Error::other(Changed(
+            "it was rewritten while being read",
+        )));
     }
     let now = fs::mtime_now();
     // Where the file system has no executable bit, the one the index knew stays.
@@ -440,6 +500,30 @@ pub fn prove(path: &Path, record: &FileRecord, blocks: u64) -> std::io::Result<b
     let len = (blocks * BLOCK_SIZE).min(record.stamp.size);
     let (read, got) = hash::hash_blocks(&mut file, len)?;
     Ok(got == len && record.blocks.get(..read.len()) == Some(&read[..]))
+}
+
+/// Waits (a few times [`snapshot::QUIET`] at most) until the open `file` was last written at
+/// least [`snapshot::QUIET`] ago; returns its stamp then. A file that is never left alone that
+/// long is read anyway if it grew meanwhile (an append), else reported changed, for the caller
+/// to copy it in a quiet moment or try again.
+fn wait_until_quiet(file: &std::fs::File, mut stamp: Stamp) -> std::io::Result<Stamp> {
+    let quiet = snapshot::QUIET.as_nanos() as i128;
+    let first = stamp.size;
+    for _ in 0..5 {
+        let age = fs::mtime_now() - stamp.mtime_ns;
+        if age >= quiet {
+            return Ok(stamp);
+        }
+        std::thread::sleep(std::time::Duration::from_nanos((quiet - age).max(0) as u64));
+        stamp = fs::stamp(file, &file.metadata()?);
+    }
+    if stamp.size > first {
+        // Growing all the time: read as the prefix it has (a rewrite is still caught after).
+        return Ok(stamp);
+    }
+    Err(std::io::Error::other(Changed(
+        "it is being written without a pause",
+    )))
 }
 
 /// Whether the file looks like `old` with bytes added at its end: it is longer, and its first

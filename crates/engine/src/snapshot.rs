@@ -144,6 +144,8 @@ pub struct Snapshots {
     next: AtomicU64,
     known: Mutex<HashMap<String, Known>>,
     every: Duration,
+    /// Plain files that changed under a read or a send: read through a stable copy from now on.
+    unstable: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Snapshots {
@@ -158,7 +160,25 @@ impl Snapshots {
             next: AtomicU64::new(0),
             known: Mutex::new(HashMap::new()),
             every: Duration::ZERO,
+            unstable: Mutex::new(Default::default()),
         })
+    }
+
+    /// From now on, reads these files through a stable copy ([`Snapshots::copy_stable`]): they
+    /// changed while they were read or sent.
+    pub fn mark_unstable(&self, paths: impl IntoIterator<Item = String>) {
+        self.unstable
+            .lock()
+            .expect("the unstable list is never poisoned")
+            .extend(paths);
+    }
+
+    /// Whether `path` is read through a stable copy.
+    pub fn is_unstable(&self, path: &str) -> bool {
+        self.unstable
+            .lock()
+            .expect("the unstable list is never poisoned")
+            .contains(path)
     }
 
     /// Copies a database at most once per `every` (continuous mode); the default copies it
@@ -171,6 +191,29 @@ impl Snapshots {
     /// copy's content with the database's time. The last copy is reused when neither the
     /// database nor a companion changed since it was taken.
     pub fn take(&self, full: &Path, rel: &str, racy_window_ns: i128) -> Result<Taking, String> {
+        self.take_with(full, rel, racy_window_ns, backup_into)
+    }
+
+    /// A private copy of a file that is not a database but keeps changing (it changed under
+    /// every read or send), taken in a quiet moment and checked stable: its size, time and file
+    /// id were the same before and after the copy, and it had not been written just before
+    /// (a write in the same tick of the file system's clock would keep its time).
+    pub fn copy_stable(
+        &self,
+        full: &Path,
+        rel: &str,
+        racy_window_ns: i128,
+    ) -> Result<Taking, String> {
+        self.take_with(full, rel, racy_window_ns, copy_checked)
+    }
+
+    fn take_with(
+        &self,
+        full: &Path,
+        rel: &str,
+        racy_window_ns: i128,
+        copier: fn(&Path, &Path) -> Result<Taken, String>,
+    ) -> Result<Taking, String> {
         let live = Live::of(full);
         {
             let known = self
@@ -199,7 +242,7 @@ impl Snapshots {
         let copy = Arc::new(Copy {
             path: self.dir.join(format!("{n}.sqlite")),
         });
-        let mut taken = backup_into(full, &copy.path)?;
+        let mut taken = copier(full, &copy.path)?;
         let mut file =
             std::fs::File::open(&copy.path).map_err(|e| format!("cannot read its copy: {e}"))?;
         let size = file.metadata().map_err(|e| e.to_string())?.len();
@@ -245,13 +288,49 @@ impl Snapshots {
         })
     }
 
-    /// Forgets databases that are no longer in the folder.
+    /// Forgets copies of files that are no longer in the folder or no longer copied.
     pub fn retain(&self, keep: impl Fn(&str) -> bool) {
         self.known
             .lock()
             .expect("the snapshot list is never poisoned")
             .retain(|rel, _| keep(rel));
     }
+}
+
+/// How long a file must have been left alone before it is read whole or copied: longer than a
+/// tick of any file system's clock that RainMaker trusts (see `scan`'s racy window).
+pub const QUIET: Duration = Duration::from_millis(20);
+/// Attempts at a stable copy before giving up for this scan.
+const COPY_ATTEMPTS: u32 = 25;
+
+/// Copies a plain file that keeps changing into `to`, in a moment it was left alone.
+fn copy_checked(from: &Path, to: &Path) -> Result<Taken, String> {
+    let stamp = |p: &Path| {
+        std::fs::symlink_metadata(p)
+            .map(|m| fs::stamp_of_meta(&m))
+            .map_err(|e| format!("cannot read it: {e}"))
+    };
+    let mut taken = Taken::default();
+    for _ in 0..COPY_ATTEMPTS {
+        let before = stamp(from)?;
+        let quiet_for = fs::mtime_now() - before.mtime_ns;
+        if quiet_for < QUIET.as_nanos() as i128 {
+            taken.restarts += 1;
+            std::thread::sleep(QUIET);
+            continue;
+        }
+        let started = Instant::now();
+        std::fs::copy(from, to).map_err(|e| format!("cannot copy it: {e}"))?;
+        taken.longest_step = taken.longest_step.max(started.elapsed());
+        taken.steps += 1;
+        if fs::same_stamp(&stamp(from)?, &before) {
+            return Ok(taken);
+        }
+        taken.restarts += 1;
+    }
+    Err(format!(
+        "it changed under each of {COPY_ATTEMPTS} attempts to copy it; the next scan tries again"
+    ))
 }
 
 /// Copies the database at `from` into a new file `to` with SQLite's online backup.
@@ -404,6 +483,39 @@ mod tests {
             snapshots.retain(|_| false);
             assert!(!old.exists(), "a copy no one refers to is removed");
         }
+    }
+
+    #[test]
+    fn a_file_that_keeps_changing_is_copied_in_a_quiet_moment() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("chart.dat");
+        std::fs::write(&path, vec![7u8; 300_000]).unwrap();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let (path, stop) = (path.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut round = 0u8;
+                while !stop.load(Ordering::Relaxed) {
+                    round = round.wrapping_add(1);
+                    // Rewritten in place, whole, every 50 ms: never a torn copy may come out.
+                    std::fs::write(&path, vec![round; 300_000]).unwrap();
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            })
+        };
+        let snapshots = Snapshots::new(dir.path().join("snapshots")).unwrap();
+        for _ in 0..5 {
+            let taking = snapshots.copy_stable(&path, "chart.dat", 0).unwrap();
+            let bytes = std::fs::read(&taking.copy.path).unwrap();
+            assert_eq!(bytes.len(), 300_000, "a whole version");
+            assert!(
+                bytes.iter().all(|b| *b == bytes[0]),
+                "one version, not a mix of two"
+            );
+            std::thread::sleep(Duration::from_millis(30));
+        }
+        stop.store(true, Ordering::Relaxed);
+        writer.join().unwrap();
     }
 
     #[test]

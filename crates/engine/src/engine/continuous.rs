@@ -109,6 +109,7 @@ pub async fn push_continuous(
             rescan: trigger_tx.clone(),
             events: events.clone(),
             cancel: cancel.clone(),
+            databases: databases.clone(),
         };
         loops.spawn(job.run());
     }
@@ -268,6 +269,8 @@ struct TargetLoop {
     rescan: mpsc::Sender<()>,
     events: broadcast::Sender<Event>,
     cancel: CancellationToken,
+    /// The source's copies: files that failed on the target are read through one next time.
+    databases: Arc<crate::snapshot::Snapshots>,
 }
 
 impl Snapshot {
@@ -369,6 +372,7 @@ impl TargetLoop {
                     // The source or the target changed under the mirror: scan again.
                     let first = outcome.failed.first().map(|(p, r)| format!("{p}: {r}"));
                     tracing::info!(target = %url, reason = ?first, "not identical yet; rescanning");
+                    super::read_failed_through_copies(&self.databases, &snapshot.tree, &outcome);
                     at_least = snapshot.generation + 1;
                     let _ = self.rescan.try_send(());
                 }
