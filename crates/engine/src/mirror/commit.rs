@@ -29,6 +29,7 @@ use crate::fs::{self, Stamp};
 use crate::index::{AppendBytes, Change, Durability, FileRecord, Index, Step};
 use crate::path;
 use crate::protocol::{Append, BLOCK_SIZE, FileBegin, Hash, Message};
+use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -270,22 +271,44 @@ impl Committer {
         let mut inline_left = INLINE_BATCH;
         // Appends kept in side files that were not synced yet.
         let mut unsynced: Vec<(usize, PathBuf)> = Vec::new();
+        // What an earlier step of the batch puts at a path: the file id a removal must find
+        // there (a renamed file keeps its temporary file's id; 0 for a folder made here).
+        let mut made: HashMap<String, u128> = HashMap::new();
+        let on_disk = |rel: &str| {
+            path::resolve(&self.root, rel, true)
+                .ok()
+                .and_then(|full| std::fs::symlink_metadata(full).ok())
+                .map(|meta| fs::stamp_of_meta(&meta).file_id)
+        };
+        let make_folders = |made: &mut HashMap<String, u128>, rel: &str| {
+            let mut end = 0;
+            while let Some(i) = rel[end..].find('/') {
+                end += i;
+                let dir = &rel[..end];
+                if !made.contains_key(dir) && on_disk(dir).is_none() {
+                    made.insert(dir.to_string(), 0);
+                }
+                end += 1;
+            }
+        };
         for item in staged {
             let (step, outcome) = match &item {
                 Staged::Remove { path } => {
-                    let found = path::resolve(&self.root, path, true)
-                        .ok()
-                        .and_then(|full| std::fs::symlink_metadata(full).ok());
-                    let Some(meta) = found else {
+                    let Some(file_id) = made.get(path).copied().or_else(|| on_disk(path)) else {
                         continue; // nothing there: nothing to remove
                     };
+                    let below = format!("{path}/");
+                    made.retain(|p, _| p != path && !p.starts_with(&below));
                     let step = Step::Remove {
                         path: path.clone(),
-                        file_id: fs::stamp_of_meta(&meta).file_id,
+                        file_id,
                     };
                     (step, None)
                 }
-                Staged::Mkdir { path } => (Step::Mkdir { path: path.clone() }, None),
+                Staged::Mkdir { path } => {
+                    make_folders(&mut made, &format!("{path}/"));
+                    (Step::Mkdir { path: path.clone() }, None)
+                }
                 Staged::SetMeta {
                     path,
                     mtime_ns,
@@ -303,19 +326,26 @@ impl Committer {
                     begin,
                     temp_path,
                     resumable,
-                } => (
-                    Step::Place {
-                        path: begin.path.clone(),
-                        temp_name: file_name(temp_path),
-                    },
-                    Some(Outcome {
-                        id: *id,
-                        hash: begin.hash,
-                        blocks: begin.blocks.clone(),
-                        executable: begin.executable,
-                        resumable: *resumable,
-                    }),
-                ),
+                } => {
+                    make_folders(&mut made, &begin.path);
+                    let temp_id = std::fs::symlink_metadata(temp_path)
+                        .map(|m| fs::stamp_of_meta(&m).file_id)
+                        .unwrap_or(0);
+                    made.insert(begin.path.clone(), temp_id);
+                    (
+                        Step::Place {
+                            path: begin.path.clone(),
+                            temp_name: file_name(temp_path),
+                        },
+                        Some(Outcome {
+                            id: *id,
+                            hash: begin.hash,
+                            blocks: begin.blocks.clone(),
+                            executable: begin.executable,
+                            resumable: *resumable,
+                        }),
+                    )
+                }
                 Staged::Append {
                     id,
                     append,
