@@ -908,10 +908,15 @@ async fn serve_session(
     let (in_tx, mut in_rx) = mpsc::channel::<Message>(64);
     let (out_tx, out_rx) = mpsc::channel::<Message>(64);
     let _ = in_tx.try_send(first);
+    // Set when the source itself closed the connection (not a cut, not this agent stopping):
+    // only then is what arrived whole applied before the session's end.
+    let closed_by_source = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let source_closed = closed_by_source.clone();
     let worker = tokio::task::spawn_blocking(move || {
         guard.begin_session();
         let result = work(&mut guard, &mut in_rx, &out_tx);
-        guard.close();
+        let clean = result.is_ok() && source_closed.load(std::sync::atomic::Ordering::SeqCst);
+        guard.close(clean);
         if let Err(reason) = &result {
             let _ = out_tx.blocking_send(Message::Refused {
                 reason: reason.clone(),
@@ -937,7 +942,10 @@ async fn serve_session(
                     }
                     continue;
                 }
-                Ok(None) => break Err("the source closed the connection".to_string()),
+                Ok(None) => {
+                    closed_by_source.store(true, std::sync::atomic::Ordering::SeqCst);
+                    break Err("the source closed the connection".to_string());
+                }
                 Err(reason) => reason,
             };
             let _ = in_tx

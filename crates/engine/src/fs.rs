@@ -391,6 +391,46 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
     }
 }
 
+/// Takes an advisory lock on an open file, exclusive or shared, waiting for it (`flock`).
+/// Where the platform has no advisory locks RainMaker uses (not Unix), it does nothing.
+/// (`File::lock` would do, but it needs Rust 1.89 and the workspace builds with 1.85: this is
+/// the one `unsafe` call, a plain syscall on a descriptor we own.)
+#[allow(unsafe_code)]
+pub fn lock(file: &File, exclusive: bool) -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::io::AsRawFd;
+        let op = if exclusive {
+            libc::LOCK_EX
+        } else {
+            libc::LOCK_SH
+        };
+        // SAFETY: flock on a descriptor this File owns; no memory is passed.
+        if unsafe { libc::flock(file.as_raw_fd(), op) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (file, exclusive);
+    Ok(())
+}
+
+/// Releases the lock [`lock`] took.
+#[allow(unsafe_code)]
+pub fn unlock(file: &File) -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::io::AsRawFd;
+        // SAFETY: as in `lock`.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_UN) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = file;
+    Ok(())
+}
+
 /// Threads that sync one batch: concurrent fsyncs share journal commits.
 const SYNC_THREADS: usize = 4;
 

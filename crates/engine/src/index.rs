@@ -1,6 +1,7 @@
 //! The persistent index of a folder: for every file its quick-check stamp, block hashes and
 //! whole-file hash; on a target also the interrupted transfers and in-place appends that a
-//! crash must resume or roll back.
+//! crash must resume or roll back, and the batch of steps that applies a session, recorded
+//! before its first step so that a crash in the middle is completed at the next start.
 //!
 //! The store is [redb]: an embedded key-value store in pure Rust whose copy-on-write B-trees
 //! make every commit atomic and crash-safe (a killed process or a power cut leaves the last
@@ -26,6 +27,9 @@ pub use redb::Durability;
 const FILES: TableDefinition<&str, &[u8]> = TableDefinition::new("files");
 const PARTIALS: TableDefinition<&str, &[u8]> = TableDefinition::new("partials");
 const APPENDS: TableDefinition<&str, &[u8]> = TableDefinition::new("appends");
+const BATCH: TableDefinition<&str, &[u8]> = TableDefinition::new("batch");
+/// The one key of the batch table: at most one batch is recorded at a time.
+const BATCH_KEY: &str = "steps";
 
 /// What the index knows about one file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,6 +60,45 @@ pub struct AppendRecord {
     pub before: FileRecord,
 }
 
+/// One step of a recorded batch ([`crate::mirror::commit`]): a change a session makes to the
+/// target, applied in the order of the batch. Every step can be performed again after a crash
+/// and ends where it would have ended the first time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Step {
+    /// Remove `path` into the trash, if it is still the file or folder `file_id` (0: unknown).
+    Remove { path: String, file_id: u128 },
+    /// Create the folder `path` and its parents.
+    Mkdir { path: String },
+    /// Rename the verified temporary file `temp_name` (in the target's `tmp` folder) to `path`;
+    /// done when the temporary file is gone.
+    Place { path: String, temp_name: String },
+    /// Write bytes `from_len..size` at the end of `path`, which held `before` (same file id).
+    Append {
+        path: String,
+        before: Stamp,
+        from_len: u64,
+        size: u64,
+        mtime_ns: i128,
+        executable: bool,
+        bytes: AppendBytes,
+    },
+    /// Set the time and executable bit of `path`.
+    SetMeta {
+        path: String,
+        mtime_ns: i128,
+        executable: bool,
+    },
+}
+
+/// Where the bytes of a recorded append are.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AppendBytes {
+    /// In the record itself (small appends: the index commit is their only sync).
+    Inline(Vec<u8>),
+    /// In this synced side file of the target's `tmp` folder.
+    Side(String),
+}
+
 /// One change to the index.
 #[derive(Debug, Clone)]
 pub enum Change {
@@ -65,6 +108,10 @@ pub enum Change {
     RemovePartial(String),
     PutAppend(String, AppendRecord),
     RemoveAppend(String),
+    /// Records the batch about to be applied (replacing any).
+    PutBatch(Vec<Step>),
+    /// The recorded batch is applied.
+    ClearBatch,
 }
 
 /// An index that could not be opened, read or written.
@@ -189,6 +236,11 @@ impl Index {
         self.load(APPENDS)
     }
 
+    /// The batch recorded and not yet cleared, if any: a crash interrupted its steps.
+    pub fn batch(&self) -> Result<Option<Vec<Step>>, IndexError> {
+        Ok(self.load::<Vec<Step>>(BATCH)?.remove(BATCH_KEY))
+    }
+
     /// Applies `changes` in one atomic transaction. With no changes, nothing is written,
     /// unless a durable commit must make earlier lazy ones durable.
     pub fn apply(&self, changes: &[Change], durability: Durability) -> Result<(), IndexError> {
@@ -211,6 +263,7 @@ impl Index {
             let mut files = write.open_table(FILES).map_err(|e| self.error(e))?;
             let mut partials = write.open_table(PARTIALS).map_err(|e| self.error(e))?;
             let mut appends = write.open_table(APPENDS).map_err(|e| self.error(e))?;
+            let mut batch = write.open_table(BATCH).map_err(|e| self.error(e))?;
             for change in changes {
                 let result = match change {
                     Change::PutFile(path, r) => {
@@ -225,6 +278,10 @@ impl Index {
                         .insert(path.as_str(), encode(r).as_slice())
                         .map(drop),
                     Change::RemoveAppend(path) => appends.remove(path.as_str()).map(drop),
+                    Change::PutBatch(steps) => {
+                        batch.insert(BATCH_KEY, encode(steps).as_slice()).map(drop)
+                    }
+                    Change::ClearBatch => batch.remove(BATCH_KEY).map(drop),
                 };
                 result.map_err(|e| self.error(e))?;
             }
@@ -294,6 +351,36 @@ mod tests {
         assert_eq!(files["b"], record(2));
         assert_eq!(index.appends().unwrap()["b"].from_len, 2);
         assert!(index.partials().unwrap().is_empty());
+        assert!(index.batch().unwrap().is_none());
+    }
+
+    #[test]
+    fn a_recorded_batch_survives_a_reopen_until_cleared() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.redb");
+        let steps = vec![
+            Step::Mkdir { path: "ws".into() },
+            Step::Place {
+                path: "ws/a".into(),
+                temp_name: "0123.part".into(),
+            },
+        ];
+        {
+            let index = Index::open(&path).unwrap();
+            index
+                .apply(&[Change::PutBatch(steps.clone())], Durability::Immediate)
+                .unwrap();
+        }
+        let index = Index::open(&path).unwrap();
+        assert_eq!(
+            index.batch().unwrap(),
+            Some(steps),
+            "a recorded batch is what a restart completes"
+        );
+        index
+            .apply(&[Change::ClearBatch], Durability::Immediate)
+            .unwrap();
+        assert!(index.batch().unwrap().is_none());
     }
 
     #[test]

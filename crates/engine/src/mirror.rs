@@ -4,7 +4,7 @@
 //! - [`send`]: the source's side: reads each needed block once, feeds every target.
 //! - [`receive`]: the target's side: verifies and applies what arrives, atomically.
 //! - [`fold`]: names the target's file system would merge (case, Unicode normalization).
-//! - [`commit`]: the target's group commit of verified files, on its own thread.
+//! - [`commit`]: the batch that applies a session on the target as one recorded step.
 
 pub mod commit;
 pub mod fold;

@@ -2,10 +2,11 @@
 //!
 //! Nothing unverified ever takes a final name. A new version of a file is built in a
 //! temporary file under `ROOT/.rainmaker/tmp`; every block is checked against its BLAKE3 hash
-//! as it arrives, the whole file against the source's file hash at the end, then the file is
-//! fsynced and renamed into place. An append is written in place, but only after the length
-//! it started from is durably recorded in the index, so a crash (or a failed check) rolls the
-//! file back to that verified length.
+//! as it arrives, the whole file against the source's file hash at the end. An append is
+//! received into a side file and checked against the target's old tail. Nothing of a session
+//! is visible under the root until its end: then its changes (renames, appends, deletes into
+//! the trash, new folders, times) are applied as one batch recorded in the index, which a
+//! crash in the middle completes at the next start ([`super::commit`]).
 //!
 //! Interrupted transfers are resumable: a large file's temporary file and its block list are
 //! recorded, and when the target opens again the temporary file is re-verified block by block;
@@ -16,7 +17,7 @@
 //! while a problem with one file (a block that does not match, a full disk) fails only that
 //! file and is reported to the source.
 
-use super::commit::{Committed, Committer, Ready, ReadyKind, StagedAppend};
+use super::commit::{APPLY_LOCK, Committer, Ready, ReadyKind, Sealed, Staged, StagedAppend};
 use super::fold::{Folding, Names};
 use crate::fs;
 use crate::hash;
@@ -39,9 +40,14 @@ pub const STEP_FAILED: u64 = u64::MAX;
 const RESUMABLE_BLOCKS: u64 = 4;
 /// Finished files are committed to the index in batches of this size.
 const BATCH: usize = 256;
-/// Verified files are synced and renamed in groups of at most this many files or bytes.
+/// Verified files are synced in groups of at most this many files or bytes.
 const READY_FILES: usize = 256;
 const READY_BYTES: u64 = 64 << 20;
+/// A session is applied as one batch up to this many changes or bytes; a larger one is applied
+/// in several batches of this size, each whole. The bound keeps the record, the memory the
+/// staged changes take and the data held back in `tmp` small (a session of 300,000 files).
+const STAGE_STEPS: usize = 10_000;
+const STAGE_BYTES: u64 = 1 << 30;
 
 /// Why a target cannot receive, or why a session was aborted.
 #[derive(Debug, Error)]
@@ -91,12 +97,19 @@ pub struct Receiver {
     tmp: PathBuf,
     index: Arc<Index>,
     committer: Committer,
-    /// The batch being committed in the background, if any.
-    committing: Option<std::thread::JoinHandle<Committed>>,
+    /// The group being synced in the background, if any.
+    sealing: Option<std::thread::JoinHandle<Sealed>>,
+    /// Changes of this session waiting for its batch, with their place in its order.
+    staged: Vec<(u64, Staged)>,
+    /// The next change's place in the session's order.
+    seq: u64,
+    /// Changes and bytes of this session not yet applied (staged, ready or being synced).
+    staged_steps: usize,
+    staged_bytes: u64,
     tree: Tree,
     pending: Vec<Change>,
     flight: HashMap<u64, InFlight>,
-    /// Verified files waiting for the next group commit.
+    /// Verified files waiting for the next group sync.
     ready: Vec<Ready>,
     ready_bytes: u64,
     /// Whether this session changed anything on disk (else its finish needs no rescan).
@@ -136,10 +149,20 @@ impl Receiver {
             .and_then(|()| std::fs::remove_file(&probe))
             .map_err(|e| fail(format!("it is not writable: {e}")))?;
         let index = Arc::new(Index::open(&state.join("index.redb"))?);
+        let lock_path = state.join(APPLY_LOCK);
+        let lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock_path)
+            .map_err(|e| fail(format!("cannot open {}: {e}", lock_path.display())))?;
         let committer = Committer {
             root: root.to_path_buf(),
+            tmp: tmp.clone(),
             index: index.clone(),
             trash: crate::trash::Trash::new(&state, retention),
+            lock: Arc::new(lock),
         };
         committer.trash.purge(std::time::SystemTime::now());
         let mut receiver = Receiver {
@@ -147,7 +170,11 @@ impl Receiver {
             tmp,
             index,
             committer,
-            committing: None,
+            sealing: None,
+            staged: Vec::new(),
+            seq: 0,
+            staged_steps: 0,
+            staged_bytes: 0,
             tree: Tree::default(),
             pending: Vec::new(),
             flight: HashMap::new(),
@@ -166,6 +193,13 @@ impl Receiver {
         }
         receiver.names = Names::new(folding);
         receiver.roll_back_appends()?;
+        let completed = receiver.committer.complete()?;
+        if completed > 0 {
+            tracing::warn!(
+                steps = completed,
+                "completed the batch of a session that a crash interrupted while it was applied"
+            );
+        }
         Ok(receiver)
     }
 
@@ -189,7 +223,7 @@ impl Receiver {
                         fs::same_file_id(&fs::stamp(&file, &m), &record.before.stamp)
                     }) =>
                 {
-                    super::commit::roll_back(&file, record.from_len, &record.before);
+                    super::commit::roll_back(&file, record.from_len, record.before.stamp.mtime_ns);
                     tracing::warn!(path = %rel, len = record.from_len, "rolled an interrupted append back to its last verified length");
                 }
                 Ok(_) => {
@@ -208,7 +242,7 @@ impl Receiver {
     /// Starts a session: what it removes or replaces goes into a trash batch of its own,
     /// whether or not it asks for the manifest.
     pub fn begin_session(&mut self) {
-        self.join_commit();
+        self.discard_staged();
         self.committer.trash.start_batch();
         self.committer.trash.purge(std::time::SystemTime::now());
     }
@@ -216,7 +250,9 @@ impl Receiver {
     /// Quick-checks the folder and lists it, with the resumable temporary files.
     pub fn manifest(&mut self) -> Result<(Vec<Entry>, Vec<Partial>), ReceiveError> {
         self.changed = false;
-        self.join_commit();
+        // Only a session's end applies what it staged; its temporary files must stay until
+        // then, and the stray ones are removed below.
+        self.discard_staged();
         self.flush(Durability::Immediate)?;
         let previous = self.index.files()?;
         let scanned = scan::scan(&self.root, &previous).map_err(|e| ReceiveError::Root {
@@ -294,15 +330,13 @@ impl Receiver {
     fn apply(&mut self, message: Message) -> Result<Vec<Message>, ReceiveError> {
         match message {
             Message::Mkdir { path } => {
-                let full = path::resolve(&self.root, &path, false).map_err(refused)?;
+                path::resolve(&self.root, &path, false).map_err(refused)?;
                 if let Some(why) = self.clash(&path) {
                     return Err(ReceiveError::Io {
                         what: format!("cannot create folder {path}"),
                         source: std::io::Error::other(why),
                     });
                 }
-                std::fs::create_dir_all(&full)
-                    .map_err(io(format!("cannot create folder {path}")))?;
                 let mut dir = path.as_str();
                 loop {
                     self.names.insert(dir);
@@ -312,19 +346,18 @@ impl Receiver {
                         None => break,
                     }
                 }
-                Ok(vec![])
+                self.stage(Staged::Mkdir { path });
+                self.apply_if_big()
             }
             Message::Delete { path } => {
-                let replies = self.commit_ready();
                 self.delete(&path)?;
-                Ok(replies)
+                self.apply_if_big()
             }
             Message::SetMeta {
                 path,
                 mtime_ns,
                 executable,
             } => {
-                let replies = self.commit_ready();
                 let full = path::resolve(&self.root, &path, false).map_err(refused)?;
                 if std::fs::symlink_metadata(&full).is_ok_and(|m| m.is_dir()) {
                     // Clearing a folder's execute bit would lock the agent out of it.
@@ -333,19 +366,12 @@ impl Receiver {
                          files only"
                     )));
                 }
-                let file = fs::open_in_root(&full, false)
-                    .map_err(io(format!("cannot set the mode and time of {path}")))?;
-                fs::set_executable_of(&file, executable)
-                    .map_err(io(format!("cannot set the mode of {path}")))?;
-                fs::set_mtime_of(&file, mtime_ns)
-                    .map_err(io(format!("cannot set the time of {path}")))?;
-                if let Some(record) = self.tree.files.get_mut(&path)
-                    && let Ok(meta) = file.metadata()
-                {
-                    record.stamp = fs::stamp_with_exec(fs::stamp_of_meta(&meta), executable);
-                    self.pending.push(Change::PutFile(path, record.clone()));
-                }
-                Ok(replies)
+                self.stage(Staged::SetMeta {
+                    path,
+                    mtime_ns,
+                    executable,
+                });
+                self.apply_if_big()
             }
             Message::FileBegin(begin) => self.begin(begin),
             Message::BlockList { id, blocks } => self.block_list(id, blocks),
@@ -362,7 +388,7 @@ impl Receiver {
                 Ok(vec![])
             }
             Message::Finish => {
-                let mut replies = self.commit_ready();
+                let mut replies = self.apply_staged();
                 replies.push(Message::Finished {
                     digest: self.finish()?,
                 });
@@ -375,25 +401,12 @@ impl Receiver {
         }
     }
 
+    /// Notes a delete; it is applied with the session's batch.
     fn delete(&mut self, rel: &str) -> Result<(), ReceiveError> {
-        let full = path::resolve(&self.root, rel, true).map_err(refused)?;
-        match std::fs::symlink_metadata(&full) {
-            Ok(meta) if meta.is_dir() => self
-                .committer
-                .trash
-                .remove(&full, rel, true)
-                .map_err(io(format!("cannot delete folder {rel}")))?,
-            // A symlink is removed itself, never followed, and not kept.
-            Ok(meta) if meta.file_type().is_symlink() => {
-                std::fs::remove_file(&full).map_err(io(format!("cannot delete {rel}")))?
-            }
-            Ok(_) => self
-                .committer
-                .trash
-                .remove(&full, rel, false)
-                .map_err(io(format!("cannot delete {rel}")))?,
-            Err(_) => {}
-        }
+        path::resolve(&self.root, rel, true).map_err(refused)?;
+        self.stage(Staged::Remove {
+            path: rel.to_string(),
+        });
         let prefix = format!("{rel}/");
         let gone: Vec<String> = self
             .tree
@@ -757,6 +770,7 @@ impl Receiver {
             ) {
                 Ok(()) => Ok(Ready {
                     id,
+                    seq: 0,
                     kind: ReadyKind::Append(staged),
                 }),
                 Err(reason) => {
@@ -765,58 +779,132 @@ impl Receiver {
                 }
             },
         };
-        let ready = match verified {
+        let mut ready = match verified {
             Ok(ready) => ready,
             Err(reason) => {
                 tracing::warn!(%reason, "file failed");
                 return Ok(vec![Message::FileFailed { id, reason }]);
             }
         };
+        ready.seq = self.next_seq();
+        self.staged_steps += 1;
+        self.staged_bytes += ready.bytes();
         self.ready_bytes += ready.bytes();
         self.ready.push(ready);
         let mut replies = vec![];
         if self.ready.len() >= READY_FILES || self.ready_bytes >= READY_BYTES {
-            replies = self.start_commit();
+            replies = self.start_seal();
         }
+        replies.extend(self.apply_if_big()?);
         self.flush_if_big()?;
         Ok(replies)
     }
 
-    /// Waits for the batch being committed, if any, and takes in its results.
-    fn join_commit(&mut self) -> Vec<Message> {
-        let Some(handle) = self.committing.take() else {
+    fn next_seq(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+
+    /// Notes a change that is not a file, in the session's order.
+    fn stage(&mut self, change: Staged) {
+        let seq = self.next_seq();
+        self.staged.push((seq, change));
+        self.staged_steps += 1;
+    }
+
+    /// Waits for the group being synced, if any, and stages its files.
+    fn join_seal(&mut self) -> Vec<Message> {
+        let Some(handle) = self.sealing.take() else {
             return vec![];
         };
         match handle.join() {
-            Ok(done) => {
-                self.tree.files.extend(done.files);
-                done.replies
+            Ok(sealed) => {
+                self.staged.extend(sealed.staged);
+                sealed.replies
             }
             Err(_) => {
                 // Its files are unaccounted for; the digest at the finish says so to the source.
-                tracing::error!("a group commit failed unexpectedly");
+                tracing::error!("a group sync failed unexpectedly");
                 vec![]
             }
         }
     }
 
-    /// Starts committing the ready files on the commit thread, after the previous batch.
-    fn start_commit(&mut self) -> Vec<Message> {
-        let replies = self.join_commit();
+    /// Starts syncing the ready files on a background thread, after the previous group.
+    fn start_seal(&mut self) -> Vec<Message> {
+        let replies = self.join_seal();
         let ready = std::mem::take(&mut self.ready);
         self.ready_bytes = 0;
         if !ready.is_empty() {
             let committer = self.committer.clone();
-            self.committing = Some(std::thread::spawn(move || committer.commit(ready)));
+            self.sealing = Some(std::thread::spawn(move || committer.seal(ready)));
         }
         replies
     }
 
-    /// Commits everything ready and waits for it.
-    fn commit_ready(&mut self) -> Vec<Message> {
-        let mut replies = self.start_commit();
-        replies.extend(self.join_commit());
+    /// Applies the session's batch now when it reached the bound (a session larger than the
+    /// bound is applied in several batches, each whole).
+    fn apply_if_big(&mut self) -> Result<Vec<Message>, ReceiveError> {
+        if self.staged_steps >= STAGE_STEPS || self.staged_bytes >= STAGE_BYTES {
+            tracing::info!(
+                changes = self.staged_steps,
+                bytes = self.staged_bytes,
+                "the session is larger than one batch; applying what arrived so far"
+            );
+            return Ok(self.apply_staged());
+        }
+        Ok(vec![])
+    }
+
+    /// Syncs what is still waiting and applies every staged change as one recorded batch.
+    fn apply_staged(&mut self) -> Vec<Message> {
+        let mut replies = self.start_seal();
+        replies.extend(self.join_seal());
+        let mut staged = std::mem::take(&mut self.staged);
+        self.staged_steps = 0;
+        self.staged_bytes = 0;
+        if staged.is_empty() {
+            return replies;
+        }
+        staged.sort_by_key(|(seq, _)| *seq);
+        let applied = self
+            .committer
+            .apply(staged.into_iter().map(|(_, s)| s).collect());
+        self.tree.files.extend(applied.files);
+        for (path, stamp) in applied.stamps {
+            if let Some(record) = self.tree.files.get_mut(&path) {
+                record.stamp = fs::stamp_with_exec(stamp, record.stamp.executable);
+                self.pending.push(Change::PutFile(path, record.clone()));
+            }
+        }
+        replies.extend(applied.replies);
         replies
+    }
+
+    /// Drops every staged change: nothing of it is applied. Resumable temporary files stay.
+    fn discard_staged(&mut self) {
+        self.join_seal();
+        for ready in std::mem::take(&mut self.ready) {
+            match ready.kind {
+                ReadyKind::New {
+                    temp_path,
+                    resumable: false,
+                    ..
+                } => {
+                    let _ = std::fs::remove_file(temp_path);
+                }
+                ReadyKind::New { .. } => {}
+                ReadyKind::Append(staged) => {
+                    let _ = std::fs::remove_file(staged.side_path);
+                }
+            }
+        }
+        for (_, staged) in std::mem::take(&mut self.staged) {
+            staged.discard();
+        }
+        self.ready_bytes = 0;
+        self.staged_steps = 0;
+        self.staged_bytes = 0;
     }
 
     fn flush_if_big(&mut self) -> Result<(), ReceiveError> {
@@ -855,6 +943,7 @@ impl Receiver {
         match prepared {
             Ok(()) => Ok(Ready {
                 id,
+                seq: 0,
                 kind: ReadyKind::New {
                     begin,
                     temp,
@@ -934,13 +1023,20 @@ impl Receiver {
         }
     }
 
-    /// Ends a session that stopped early: appends roll back, temporary files stay resumable.
-    pub fn close(&mut self) {
+    /// Ends a session. Files still arriving are dropped (temporary files stay resumable).
+    /// With `clean` (the source closed the session itself, as a user stopping a push does),
+    /// what arrived whole is applied as one batch; after a cut connection, an abort or a stop
+    /// of this agent nothing is applied, so the target keeps the last whole batch.
+    pub fn close(&mut self, clean: bool) {
         let ids: Vec<u64> = self.flight.keys().copied().collect();
         for id in ids {
             self.discard(id, true);
         }
-        self.commit_ready();
+        if clean {
+            self.apply_staged();
+        } else {
+            self.discard_staged();
+        }
         if let Err(e) = self.flush(Durability::Immediate) {
             tracing::warn!("{e}");
         }
