@@ -1,7 +1,12 @@
-//! Presets for the common trading platforms: where each keeps its data, and the caches, logs
-//! and locks that are rebuilt on a backup and need not cross the uplink.
+//! Presets for the common trading platforms: where each keeps its data, the caches, logs and
+//! locks that are rebuilt on a backup and need not cross the uplink, and what the platform
+//! keeps open and rewrites while it runs.
 //!
-//! A preset only fills in a folder and an exclude list; the user can change both.
+//! A preset only fills in a folder and an exclude list; the user can change both. What is
+//! live needs no setting: a SQLite database is known by its header and always read through a
+//! consistent copy, and a file that changes under a read is read through a stable copy
+//! ([`crate::snapshot`]). The `live` list says what to expect, and where each entry comes from:
+//! a platform's documentation, or an observation of its behaviour taken as an assumption.
 
 use serde::Serialize;
 use std::path::PathBuf;
@@ -16,6 +21,41 @@ pub struct Preset {
     pub hint: &'static str,
     /// Patterns left out (see [`crate::exclude`]).
     pub exclude: &'static [&'static str],
+    /// What the platform keeps open and rewrites while it runs.
+    pub live: &'static [Live],
+}
+
+/// A file a platform keeps open and writes while it runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Live {
+    /// A pattern of [`crate::exclude`]'s syntax.
+    pub pattern: &'static str,
+    pub kind: LiveKind,
+    /// Where this comes from.
+    pub basis: Basis,
+    pub note: &'static str,
+}
+
+/// How a live file changes, and so how it is read consistently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LiveKind {
+    /// A SQLite database: read through SQLite's online backup.
+    Database,
+    /// Records added at the end: the append path, proven before "in sync".
+    Appended,
+    /// Rewritten in place: read in a quiet moment, through a stable copy if it keeps changing.
+    Rewritten,
+}
+
+/// Whether a file's place and format are in the platform's documentation, or observed and
+/// assumed. How often a file is rewritten is behaviour, never documented: it is what the
+/// engine is built to survive either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Basis {
+    Documented,
+    Assumed,
 }
 
 /// Every preset, in the order the dashboard lists them.
@@ -25,6 +65,33 @@ pub const PRESETS: &[Preset] = &[
         name: "NinjaTrader 8",
         hint: "Documents\\NinjaTrader 8: historical data (db), workspaces, templates and custom code",
         exclude: &["cache", "log", "trace", "tmp", "*.lock"],
+        live: &[
+            Live {
+                pattern: "db/NinjaTrader.sqlite",
+                kind: LiveKind::Database,
+                basis: Basis::Documented,
+                note: "accounts, executions, instruments, ATM strategy templates (NinjaTrader's \
+                       help names db\\NinjaTrader.sqlite as the database to reset)",
+            },
+            Live {
+                pattern: "db/tick/**/*.ncd",
+                kind: LiveKind::Appended,
+                basis: Basis::Assumed,
+                note: "tick data, one file per instrument and day, grown while recording",
+            },
+            Live {
+                pattern: "db/minute/**/*.ncd",
+                kind: LiveKind::Appended,
+                basis: Basis::Assumed,
+                note: "minute bars, grown while recording",
+            },
+            Live {
+                pattern: "workspaces/*.xml",
+                kind: LiveKind::Rewritten,
+                basis: Basis::Assumed,
+                note: "workspaces, rewritten whole when saved",
+            },
+        ],
     },
     Preset {
         id: "metatrader4",
@@ -37,18 +104,75 @@ pub const PRESETS: &[Preset] = &[
             "tester/logs",
             "*.lock",
         ],
+        live: &[
+            Live {
+                pattern: "history/**/*.hst",
+                kind: LiveKind::Rewritten,
+                basis: Basis::Documented,
+                note: "bar history: a header and fixed-size bar records (the .hst format is \
+                       documented by MetaQuotes); the last bar is rewritten on every tick and \
+                       new bars appended",
+            },
+            Live {
+                pattern: "history/**/*.fxt",
+                kind: LiveKind::Rewritten,
+                basis: Basis::Assumed,
+                note: "strategy tester tick files",
+            },
+            Live {
+                pattern: "config/*.ini",
+                kind: LiveKind::Rewritten,
+                basis: Basis::Assumed,
+                note: "terminal and account settings, rewritten when they change",
+            },
+        ],
     },
     Preset {
         id: "metatrader5",
         name: "MetaTrader 5",
         hint: "the terminal's data folder (File > Open Data Folder): bases, MQL5, profiles, config",
         exclude: &["logs", "MQL5/Logs", "Tester", "*.lock"],
+        live: &[
+            Live {
+                pattern: "bases/**/history/**/*.hcc",
+                kind: LiveKind::Rewritten,
+                basis: Basis::Assumed,
+                note: "bar history by year; the current year's file is rewritten as bars close",
+            },
+            Live {
+                pattern: "bases/**/ticks/**/*.tkc",
+                kind: LiveKind::Rewritten,
+                basis: Basis::Assumed,
+                note: "ticks by month; the current month's file grows and its index is rewritten",
+            },
+        ],
     },
     Preset {
         id: "sierrachart",
         name: "Sierra Chart",
         hint: "the installation folder (C:\\SierraChart): Data, chartbooks and settings",
         exclude: &["Logs", "*.tmp", "*.lock"],
+        live: &[
+            Live {
+                pattern: "Data/*.scid",
+                kind: LiveKind::Appended,
+                basis: Basis::Documented,
+                note: "intraday data: a 56-byte header and 40-byte records appended (Sierra \
+                       Chart documents the Intraday Data File Format)",
+            },
+            Live {
+                pattern: "Data/*.dly",
+                kind: LiveKind::Rewritten,
+                basis: Basis::Assumed,
+                note: "daily bars as text lines; the last line is rewritten during the day",
+            },
+            Live {
+                pattern: "*.Cht",
+                kind: LiveKind::Rewritten,
+                basis: Basis::Assumed,
+                note: "chartbooks, rewritten whole when saved",
+            },
+        ],
     },
 ];
 
@@ -109,5 +233,41 @@ mod tests {
         }
         let nt8 = Exclude::new(find("ninjatrader8").unwrap().exclude).unwrap();
         assert!(nt8.matches("db/cache") && nt8.matches("log") && nt8.matches("trace"));
+    }
+
+    #[test]
+    fn every_live_pattern_compiles_matches_an_example_and_is_not_excluded() {
+        let examples = [
+            "db/NinjaTrader.sqlite",
+            "db/tick/ES 12-26/20261127.Last.ncd",
+            "db/minute/ES 12-26/20261127.Last.ncd",
+            "workspaces/Untitled 1.xml",
+            "history/ICMarkets-Live/EURUSD1.hst",
+            "history/ICMarkets-Live/EURUSD1_0.fxt",
+            "config/terminal.ini",
+            "bases/ICMarkets-Live/history/EURUSD/2026.hcc",
+            "bases/ICMarkets-Live/ticks/EURUSD/202611.tkc",
+            "Data/ESZ26.scid",
+            "Data/ESZ26.dly",
+            "Futures.Cht",
+        ];
+        for preset in PRESETS {
+            let excluded = Exclude::new(preset.exclude).unwrap();
+            for live in preset.live {
+                let pattern = Exclude::new(&[live.pattern])
+                    .unwrap_or_else(|e| panic!("{}: {}: {e}", preset.name, live.pattern));
+                let example = examples
+                    .iter()
+                    .find(|e| pattern.matches(e))
+                    .unwrap_or_else(|| {
+                        panic!("{}: {} matches no example", preset.name, live.pattern)
+                    });
+                assert!(
+                    !excluded.matches(example),
+                    "{}: live data {example} must not be left out",
+                    preset.name
+                );
+            }
+        }
     }
 }
