@@ -145,6 +145,16 @@ pub struct TokenError {
 /// Reads a token file: its content without surrounding whitespace, which must not be empty.
 /// A short token, or a file other users can read, is logged as a warning
 /// ([`crate::secret::token_warnings`]).
+/// The pairing code a token file holds, when it holds one instead of a bare token.
+fn code_in(token_file: &Path) -> Option<crate::pairing::Pairing> {
+    let text = std::fs::read_to_string(token_file).ok()?;
+    crate::pairing::Pairing::is_code(&text)
+        .then(|| crate::pairing::Pairing::parse(&text).ok())
+        .flatten()
+}
+
+/// Reads a token file: the bare token, or the pairing code `rainmaker pair` printed, whose
+/// token it takes.
 pub fn read_token(path: &Path) -> Result<String, TokenError> {
     let fail = |message: String| TokenError {
         path: path.to_path_buf(),
@@ -156,7 +166,19 @@ pub fn read_token(path: &Path) -> Result<String, TokenError> {
             path.display()
         ))
     })?;
-    let token = token.trim();
+    let mut token = token.trim().to_owned();
+    if crate::pairing::Pairing::is_code(&token) {
+        token = crate::pairing::Pairing::parse(&token)
+            .map_err(|e| {
+                fail(format!(
+                    "the token file {} holds a pairing code that cannot be read: {}",
+                    path.display(),
+                    e.reason
+                ))
+            })?
+            .token;
+    }
+    let token = token.as_str();
     if token.is_empty() {
         return Err(fail(format!(
             "the token file {} is empty; put the pairing secret in it",
@@ -211,7 +233,8 @@ struct RawServe {
 #[serde(deny_unknown_fields)]
 struct RawServer {
     name: Spanned<String>,
-    url: Spanned<String>,
+    /// May be left out when `token_file` holds the server's pairing code.
+    url: Option<Spanned<String>>,
     token_file: PathBuf,
     fingerprint: Option<Spanned<String>>,
     admin_token_file: Option<PathBuf>,
@@ -360,11 +383,50 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
                 ),
             ));
         }
+        let mut url = match &s.url {
+            Some(url) => Some(target_url(url, &format!("server[{i}].url"))?),
+            None => None,
+        };
+        let fp_span = s.fingerprint.as_ref().map(|f| f.span());
+        let mut pin = fingerprint(s.fingerprint, &format!("server[{i}].fingerprint"))?;
+        // A token file may hold the server's pairing code: its address and pin come with it.
+        if let Some(code) = code_in(&s.token_file) {
+            let same = |u: &str| u.trim_end_matches('/').eq_ignore_ascii_case(&code.url());
+            if let Some(given) = url.as_deref().filter(|u| !same(u)) {
+                return Err(at(
+                    s.url.as_ref().map_or(s.name.span(), |u| u.span()),
+                    format!(
+                        "server[{i}].url: {given} is not the agent the pairing code in {} names ({}); correct one of them",
+                        s.token_file.display(),
+                        code.url()
+                    ),
+                ));
+            }
+            if pin.as_ref().is_some_and(|p| *p != code.fingerprint) {
+                return Err(at(
+                    fp_span.unwrap_or(s.name.span()),
+                    format!(
+                        "server[{i}].fingerprint is not the certificate the pairing code in {} pins; remove it or correct it",
+                        s.token_file.display()
+                    ),
+                ));
+            }
+            url = Some(code.url());
+            pin = Some(code.fingerprint.clone());
+        }
+        let Some(url) = url else {
+            return Err(at(
+                s.name.span(),
+                format!(
+                    "server[{i}].url is missing: give url = \"wss://HOST:PORT\", or put the server's pairing code (`rainmaker pair` on it) in its token_file"
+                ),
+            ));
+        };
         servers.push(Server {
             name: name.to_string(),
-            url: target_url(&s.url, &format!("server[{i}].url"))?,
+            url,
             token_file: s.token_file,
-            fingerprint: fingerprint(s.fingerprint, &format!("server[{i}].fingerprint"))?,
+            fingerprint: pin,
             admin_token_file: s.admin_token_file,
         });
     }
@@ -806,6 +868,50 @@ admin_token_file = "/tokens/o.admin"
         assert_eq!(line, 3);
         assert!(
             message.contains("folder[0].exclude") && message.contains("inside the folder"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_server_may_be_given_by_the_pairing_code_in_its_token_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let fp = format!("SHA256:{}", "ab".repeat(32));
+        let code = format!("rainmaker://backup1:7878#{fp}/s3cret-token-of-enough-length\n");
+        let file = dir.path().join("backup1.code");
+        std::fs::write(&file, &code).unwrap();
+        let text = format!(
+            "[[server]]\nname = \"backup1\"\ntoken_file = {:?}\n",
+            file.display().to_string()
+        );
+        let config = parse(&text, Path::new("t")).unwrap();
+        let server = &config.servers[0];
+        assert_eq!(
+            server.url, "wss://backup1:7878",
+            "the address comes from the code"
+        );
+        assert_eq!(
+            server.fingerprint.as_deref(),
+            Some(fp.as_str()),
+            "and the pin, before any token is sent"
+        );
+        assert_eq!(read_token(&file).unwrap(), "s3cret-token-of-enough-length");
+
+        let other = format!("{text}url = \"wss://elsewhere:7878\"\n");
+        let message = parse(&other, Path::new("t")).unwrap_err().to_string();
+        assert!(
+            message.contains("server[0].url") && message.contains("pairing code"),
+            "an address that is not the code's is refused: {message}"
+        );
+        let pinned_elsewhere = format!("{text}fingerprint = \"SHA256:{}\"\n", "cd".repeat(32));
+        let message = parse(&pinned_elsewhere, Path::new("t"))
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("server[0].fingerprint"), "{message}");
+
+        std::fs::write(&file, "plain-token-without-a-code-here").unwrap();
+        let message = parse(&text, Path::new("t")).unwrap_err().to_string();
+        assert!(
+            message.contains("server[0].url is missing") && message.contains("pairing code"),
             "{message}"
         );
     }
