@@ -18,8 +18,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// How far the target's newest row may lag the source's.
-const BOUND: Duration = Duration::from_secs(5);
+/// How far the target's newest row may lag the source's. A live database is copied once a
+/// second, so the lag is about a second (see RELIABILITY.md); this is the limit that must never
+/// be crossed, even on a test machine running other builds at a load of 6 on 2 cores.
+const BOUND: Duration = Duration::from_secs(10);
 /// How long the writer writes while the target is sampled.
 const WRITING: Duration = Duration::from_secs(12);
 
@@ -259,11 +261,17 @@ fn mirror_live_database(mode: &str) {
 /// The source keeps `-wal`/`-shm` files beside the database; the target has only the database,
 /// whose rows must be the source's (the source's read with its WAL, as SQLite reads it).
 fn wait_identical_except_companions(src: &Path, dst: &Path, log: &dyn Fn() -> String) {
-    // Opened on a copy: opening a WAL database makes its -wal and -shm files beside it.
+    // Opened on a copy, with its WAL if it has one (the source's may still hold the newest
+    // rows): opening a WAL database makes its -wal and -shm files beside it.
     let scratch = tempfile::tempdir().unwrap();
     let rows = |db: &Path| -> Option<i64> {
         let copy = scratch.path().join("rows.sqlite");
         let _ = std::fs::remove_file(scratch.path().join("rows.sqlite-wal"));
+        let _ = std::fs::remove_file(scratch.path().join("rows.sqlite-shm"));
+        let wal = db.with_file_name(format!("{}-wal", db.file_name()?.to_string_lossy()));
+        if wal.exists() {
+            std::fs::copy(&wal, scratch.path().join("rows.sqlite-wal")).ok()?;
+        }
         std::fs::copy(db, &copy).ok()?;
         let db = Connection::open(&copy).ok()?;
         db.query_row(

@@ -32,6 +32,8 @@ mod proof;
 pub use continuous::{Schedule, push_continuous, start_guard};
 pub use control::{PushRefusal, Remote, check_target};
 
+/// How long a session that ended reads what its source still sends, before closing.
+const CLOSE_LINGER: std::time::Duration = std::time::Duration::from_millis(500);
 /// How long a new session waits for the one still closing on the same folder.
 const SESSION_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// How long a stopped push waits for sessions that are not sending (connecting, listing).
@@ -928,6 +930,7 @@ async fn serve_session(
     let finished = cancel.child_token();
     let idle = limits.idle;
     let reading = async move {
+        let mut draining = false;
         let result = loop {
             let next = tokio::select! {
                 next = incoming.recv_within(idle) => next.map_err(|e| e.to_string()),
@@ -937,8 +940,11 @@ async fn serve_session(
             };
             let reason = match next {
                 Ok(Some(message)) => {
-                    if in_tx.send(message).await.is_err() {
-                        break Ok(());
+                    // Once the worker is done (it refused), what still comes is read and
+                    // dropped: closing with unread data would reset the connection, and the
+                    // source would lose the refusal it is about to read.
+                    if !draining && in_tx.send(message).await.is_err() {
+                        draining = true;
                     }
                     continue;
                 }
@@ -959,9 +965,14 @@ async fn serve_session(
         result
     };
     let reading = async {
+        tokio::pin!(reading);
         tokio::select! {
-            r = reading => r,
-            () = finished.cancelled() => Ok(()),
+            r = &mut reading => r,
+            () = finished.cancelled() => {
+                // The last reply and the close are sent: read until the source closes too (a
+                // moment at most), so the connection is not reset under its last reply.
+                tokio::time::timeout(CLOSE_LINGER, &mut reading).await.unwrap_or(Ok(()))
+            }
         }
     };
     // A source that stopped reading must not hold the writer either: every write is bounded

@@ -494,11 +494,18 @@ mod tests {
         let writer = {
             let (path, stop) = (path.clone(), stop.clone());
             std::thread::spawn(move || {
+                use std::io::{Seek, Write};
+                let mut file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
                 let mut round = 0u8;
                 while !stop.load(Ordering::Relaxed) {
                     round = round.wrapping_add(1);
-                    // Rewritten in place, whole, every 50 ms: never a torn copy may come out.
-                    std::fs::write(&path, vec![round; 300_000]).unwrap();
+                    // Rewritten in place, in three pieces, every 50 ms: a copy taken during a
+                    // rewrite would mix two versions; none may come out.
+                    file.rewind().unwrap();
+                    for _ in 0..3 {
+                        file.write_all(&[round; 100_000]).unwrap();
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
                     std::thread::sleep(Duration::from_millis(50));
                 }
             })

@@ -971,6 +971,9 @@ mod tests {
                 .apply(&[Change::PutBatch(steps)], Durability::Immediate)
                 .unwrap();
         }
+        // A later step's verified temporary file exists before the batch runs (so it never
+        // takes the inode number the deleted file frees).
+        std::fs::write(tmp.join("late.part"), b"new").unwrap();
         // The crash came after the delete, half of the renames and part of the append.
         std::fs::remove_file(root.join("gone")).unwrap();
         for i in 0..10 {
@@ -983,7 +986,7 @@ mod tests {
             .write_all(b"45")
             .unwrap();
         // A file where the deleted one was, put there by a later step, must stay.
-        std::fs::write(root.join("gone"), b"new").unwrap();
+        std::fs::rename(tmp.join("late.part"), root.join("gone")).unwrap();
 
         let receiver = Receiver::open(root, None).unwrap();
         let seen = visible(root);
