@@ -274,8 +274,9 @@ RELAY_PID=$!
 PIDS+=("$RELAY_PID")
 wait_listen "$RELAY_PORT" "$RELAY_PID" "$WORK/logs/relay.err"
 RELAY_EVENTS="$WORK/logs/rm-relay-watch.jsonl"
-"$RM" push "$SRC" --to "wss://127.0.0.1:$RELAY_PORT" --token-file "$TOKEN" --json --state-dir "$WORK/state" \
-    --known-peers "$WORK/known-peers-relay" --watch > "$RELAY_EVENTS" 2> "$WORK/logs/rm-relay-watch.err" &
+"$RM" push "$SRC" --to "wss://127.0.0.1:$RELAY_PORT" \
+    --fingerprint "$(fingerprint_of "$WORK/logs/rm-serve.err")" --token-file "$TOKEN" --json \
+    --state-dir "$WORK/state" --known-peers "$WORK/known-peers-relay" --watch > "$RELAY_EVENTS" 2> "$WORK/logs/rm-relay-watch.err" &
 RELAY_WATCH_PID=$!
 PIDS+=("$RELAY_WATCH_PID")
 wait_event "$RELAY_EVENTS" 30 || die "push --watch through the relay: no synced/in_sync event within 30 s"

@@ -134,6 +134,8 @@ pub fn scan_excluding(
         });
     }
     let mut out = Scan::default();
+    // Files whose quick check failed, hashed after the walk.
+    let mut to_hash: Vec<(PathBuf, String)> = Vec::new();
     let walker = walkdir::WalkDir::new(root)
         .follow_links(false)
         .sort_by_file_name()
@@ -219,13 +221,12 @@ pub fn scan_excluding(
                     continue;
                 }
             }
-            let can_copy = databases.is_some();
-            if let Err(unstable) =
-                scan_file(entry.path(), rel, previous, growth, can_copy, &mut out)
-                && let Some(snapshots) = databases
-            {
-                snapshots.mark_unstable([unstable.clone()]);
-                scan_copy(snapshots, entry.path(), unstable, previous, &mut out);
+            match previous.get(&rel) {
+                Some(old) if unchanged(entry.path(), old) => {
+                    out.tree.files.insert(rel, old.clone());
+                }
+                // Hashed after the walk, on a few threads.
+                _ => to_hash.push((entry.path().to_path_buf(), rel)),
             }
         } else if file_type.is_symlink() {
             out.problems.push(Problem {
@@ -237,6 +238,16 @@ pub fn scan_excluding(
                 path: rel,
                 reason: "it is not a regular file or folder; skipped".into(),
             });
+        }
+    }
+    let hashed = hash_all(&to_hash, previous, growth);
+    for ((full, rel), result) in to_hash.into_iter().zip(hashed) {
+        let can_copy = databases.is_some();
+        if let Err(unstable) = list_hashed(rel, previous, result, can_copy, &mut out)
+            && let Some(snapshots) = databases
+        {
+            snapshots.mark_unstable([unstable.clone()]);
+            scan_copy(snapshots, &full, unstable, previous, &mut out);
         }
     }
     for path in previous.keys() {
@@ -363,25 +374,58 @@ fn list_copy(
     }
 }
 
-/// Lists one file. A file that changed while it was read is left to the caller (`Err` with
-/// its path) when `can_copy`: it is read through a stable copy instead.
-fn scan_file(
-    full: &Path,
-    rel: String,
+/// Threads that hash a scan's changed files (at the lowest priority, as the scan itself).
+const HASH_WORKERS: usize = 2;
+
+/// Hashes the files of `jobs` on up to [`HASH_WORKERS`] threads; the results in `jobs`' order.
+fn hash_all(
+    jobs: &[(PathBuf, String)],
     previous: &BTreeMap<String, FileRecord>,
     growth: Growth,
+) -> Vec<std::io::Result<Hashed>> {
+    let hash = |(full, rel): &(PathBuf, String)| hash_file(full, previous.get(rel), growth);
+    let workers = HASH_WORKERS.min(jobs.len());
+    if workers <= 1 {
+        return jobs.iter().map(hash).collect();
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let slots: Vec<std::sync::Mutex<Option<std::io::Result<Hashed>>>> =
+        jobs.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| {
+                let _ = thread_priority::set_current_thread_priority(
+                    thread_priority::ThreadPriority::Min,
+                );
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(job) = jobs.get(i) else { break };
+                    *slots[i].lock().expect("a hashing slot is never poisoned") = Some(hash(job));
+                }
+            });
+        }
+    });
+    slots
+        .into_iter()
+        .map(|slot| {
+            slot.into_inner()
+                .expect("a hashing slot is never poisoned")
+                .expect("every job was hashed")
+        })
+        .collect()
+}
+
+/// Lists one hashed file. A file that changed while it was read is left to the caller (`Err`
+/// with its path) when `can_copy`: it is read through a stable copy instead.
+fn list_hashed(
+    rel: String,
+    previous: &BTreeMap<String, FileRecord>,
+    result: std::io::Result<Hashed>,
     can_copy: bool,
     out: &mut Scan,
 ) -> Result<(), String> {
     let old = previous.get(&rel);
-    if let (Some(old), Ok(meta)) = (old, std::fs::symlink_metadata(full))
-        && !old.racy
-        && fs::same_stamp(&old.stamp, &fs::stamp_of_meta(&meta))
-    {
-        out.tree.files.insert(rel, old.clone());
-        return Ok(());
-    }
-    match hash_file(full, old, growth) {
+    match result {
         Ok(Hashed {
             record,
             read: hashed,
