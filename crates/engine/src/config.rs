@@ -774,6 +774,20 @@ resume_after = "15s"        # every condition clear this long before sync resume
 mod tests {
     use super::*;
 
+    #[cfg(windows)]
+    #[test]
+    fn the_configuration_file_is_under_appdata() {
+        if std::env::var_os("RAINMAKER_CONFIG").is_some() {
+            return;
+        }
+        let roaming = std::env::var_os("APPDATA").expect("Windows sets %APPDATA%");
+        assert_eq!(
+            default_path(),
+            Path::new(&roaming).join("rainmaker").join("rainmaker.toml"),
+            "the configuration follows the user: %APPDATA%\\rainmaker\\rainmaker.toml"
+        );
+    }
+
     fn error(text: &str) -> (usize, usize, String) {
         match parse(text, Path::new("rainmaker.toml")) {
             Err(ConfigError::Invalid {

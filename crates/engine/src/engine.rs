@@ -1098,6 +1098,40 @@ mod tests {
         );
     }
 
+    #[cfg(windows)]
+    #[tokio::test]
+    async fn hashing_runs_at_the_lowest_priority() {
+        use thread_priority::{ThreadPriority, WinAPIThreadPriority, get_current_thread_priority};
+        let priority = low_priority(get_current_thread_priority)
+            .await
+            .unwrap()
+            .expect("GetThreadPriority answers");
+        assert_eq!(
+            priority,
+            ThreadPriority::Os(WinAPIThreadPriority::Lowest.into()),
+            "the hashing thread must yield to the trading platform (THREAD_PRIORITY_LOWEST)"
+        );
+        assert_eq!(
+            get_current_thread_priority().unwrap(),
+            ThreadPriority::Os(WinAPIThreadPriority::Normal.into()),
+            "only the hashing thread is lowered"
+        );
+    }
+
+    #[cfg(windows)]
+    #[test]
+    fn the_data_folder_is_under_localappdata() {
+        if std::env::var_os("RAINMAKER_DATA_DIR").is_some() {
+            return;
+        }
+        let local = std::env::var_os("LOCALAPPDATA").expect("Windows sets %LOCALAPPDATA%");
+        assert_eq!(
+            data_dir(),
+            std::path::Path::new(&local).join("rainmaker"),
+            "indexes, identity and logs are this machine's: %LOCALAPPDATA%, not the roaming profile"
+        );
+    }
+
     #[tokio::test]
     async fn a_one_time_token_opens_no_session_after_it_expired() {
         let root = tempfile::tempdir().unwrap();

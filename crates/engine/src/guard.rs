@@ -4,7 +4,9 @@
 //! below a threshold, or when traffic that is not RainMaker's exceeds a threshold; it resumes
 //! only after every condition has stayed clear for a hold time, so a noisy signal does not
 //! make it flap. [`Guard`] is the pure policy, driven by [`Sample`]s with their own times so
-//! tests can script them; [`Sampler`] reads the real machine with sysinfo.
+//! tests can script them; [`Sampler`] reads the real machine with sysinfo, and on Windows
+//! reads CPU use with `GetSystemTimes` ([`crate::win32`]) instead of sysinfo's performance
+//! counters, which Wine lacks.
 
 use serde::Serialize;
 use std::fmt;
@@ -201,8 +203,58 @@ impl Guard {
 pub struct Sampler {
     system: sysinfo::System,
     networks: sysinfo::Networks,
+    cpu: Cpu,
     started: std::time::Instant,
     last: Option<(std::time::Instant, u64, u64)>,
+}
+
+/// Where CPU use comes from: sysinfo, or on Windows the machine's CPU times, kept from the
+/// last sample to the next (with the last share, for when no time passed between them).
+#[cfg(not(windows))]
+#[derive(Debug)]
+struct Cpu;
+
+#[cfg(windows)]
+#[derive(Debug)]
+struct Cpu {
+    last: Option<crate::win32::SystemTimes>,
+    percent: f32,
+}
+
+impl Cpu {
+    #[cfg(not(windows))]
+    fn new(system: &mut sysinfo::System) -> Cpu {
+        system.refresh_cpu_usage();
+        Cpu
+    }
+
+    #[cfg(not(windows))]
+    fn percent(&mut self, system: &mut sysinfo::System) -> f32 {
+        system.refresh_cpu_usage();
+        system.global_cpu_usage()
+    }
+
+    #[cfg(windows)]
+    fn new(_system: &mut sysinfo::System) -> Cpu {
+        Cpu {
+            last: crate::win32::system_times().ok(),
+            percent: 0.0,
+        }
+    }
+
+    #[cfg(windows)]
+    fn percent(&mut self, _system: &mut sysinfo::System) -> f32 {
+        let now = crate::win32::system_times().ok();
+        if let (Some(now), Some(last)) = (now, self.last)
+            && let Some(percent) = now.busy_percent_since(&last)
+        {
+            self.percent = percent;
+        }
+        if now.is_some() {
+            self.last = now;
+        }
+        self.percent
+    }
 }
 
 impl Default for Sampler {
@@ -214,9 +266,10 @@ impl Default for Sampler {
 impl Sampler {
     pub fn new() -> Sampler {
         let mut system = sysinfo::System::new();
-        system.refresh_cpu_usage();
+        let cpu = Cpu::new(&mut system);
         Sampler {
             system,
+            cpu,
             networks: sysinfo::Networks::new_with_refreshed_list(),
             started: std::time::Instant::now(),
             last: None,
@@ -227,7 +280,7 @@ impl Sampler {
     /// so that its own traffic is not counted against it. Call it at least
     /// [`sysinfo::MINIMUM_CPU_UPDATE_INTERVAL`] apart.
     pub fn sample(&mut self, ours: u64) -> Sample {
-        self.system.refresh_cpu_usage();
+        let cpu_percent = self.cpu.percent(&mut self.system);
         self.system.refresh_memory();
         self.networks.refresh(true);
         let total: u64 = self
@@ -249,7 +302,7 @@ impl Sampler {
         self.last = Some((now, total, ours));
         Sample {
             at: now.duration_since(self.started),
-            cpu_percent: self.system.global_cpu_usage(),
+            cpu_percent,
             available_memory: self.system.available_memory(),
             other_traffic,
         }

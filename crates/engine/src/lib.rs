@@ -29,6 +29,7 @@
 //! - [`event`]: typed events and reports for the agent and the tray.
 //! - [`text`]: text from a peer (names, reasons) with its control characters escaped.
 //! - [`config`]: the configuration file `rainmaker.toml`, checked with locations.
+//! - [`win32`]: CPU times and Wine detection, asked of Windows itself.
 //! - [`engine`]: wires the above into `push` (once, continuous, on an interval) and `serve`,
 //!   the API the agent and tray call.
 
@@ -55,3 +56,4 @@ pub mod text;
 pub mod transport;
 pub mod trash;
 pub mod watch;
+pub mod win32;

@@ -340,6 +340,30 @@ mod tests {
         assert!(resolve(root.path(), "other/role", false).is_ok());
     }
 
+    #[cfg(windows)]
+    #[test]
+    fn the_short_name_of_the_state_folder_is_refused() {
+        // Windows makes 8.3 short names by its rules (`RAINMA~1`); Wine by its own (a hash),
+        // which no rule foresees: then only the folder's identity tells.
+        let root = tempfile::tempdir().unwrap();
+        let state = root.path().join(STATE_DIR);
+        std::fs::create_dir(&state).unwrap();
+        let short = crate::win32::short_path(&state).unwrap();
+        let alias = short.file_name().unwrap().to_str().unwrap().to_owned();
+        if alias == STATE_DIR {
+            eprintln!("this volume makes no 8.3 short names; the rules are tested above");
+            return;
+        }
+        assert!(
+            root.path().join(&alias).is_dir(),
+            "{alias} opens the state folder"
+        );
+        let error = resolve(root.path(), &format!("{alias}/role"), false)
+            .expect_err("a short name of the state folder must be refused");
+        assert!(error.reason.contains("state folder"), "{alias}: {error}");
+        assert!(resolve(root.path(), "other/role", false).is_ok());
+    }
+
     #[cfg(unix)]
     #[test]
     fn symlinks_on_the_target_are_never_followed() {

@@ -160,11 +160,31 @@ mod tests {
         let mut names = Names::new(Folding::default());
         names.reset(&["Data.txt".to_string()]);
         assert!(names.clash("data.txt").is_none());
+    }
+
+    #[cfg(not(any(windows, target_os = "macos")))]
+    #[test]
+    fn the_probe_finds_a_linux_file_system_tells_names_apart() {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(
             Folding::probe(dir.path()),
             Folding::default(),
             "Linux file systems tell case and normalization apart"
+        );
+    }
+
+    #[cfg(windows)]
+    #[test]
+    fn the_probe_finds_windows_ignores_case_but_not_normalization() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(
+            Folding::probe(dir.path()),
+            Folding {
+                case: true,
+                unicode: false
+            },
+            "NTFS folders ignore case unless made case-sensitive, and keep both Unicode \
+             spellings of a name apart"
         );
     }
 }
