@@ -2,6 +2,9 @@
 //! file is refused with its location, key and what was expected; `serve` and `push` run
 //! from the file, and flags override it.
 
+// On Windows the systemd unit's helpers go unused with those tests.
+#![cfg_attr(windows, allow(dead_code, unused_imports))]
+
 mod common;
 
 use common::{Sandbox, assert_same_tree, run_bounded, write_random};
@@ -129,6 +132,8 @@ fn serve_and_push_run_from_the_file_and_flags_override_it() {
     assert_same_tree(&src, &dst);
 }
 
+// Not on Windows: systemd is Linux's service manager.
+#[cfg(unix)]
 #[test]
 fn the_systemd_unit_passes_systemd_analyze_verify() {
     let sandbox = Sandbox::new();
@@ -175,6 +180,8 @@ fn exposure(unit: &Path) -> f64 {
         .unwrap_or_else(|| panic!("no exposure level in:\n{said}"))
 }
 
+// Not on Windows: systemd is Linux's service manager.
+#[cfg(unix)]
 #[test]
 fn the_systemd_unit_is_confined_to_the_network_its_root_state_and_logs() {
     let sandbox = Sandbox::new();
@@ -269,6 +276,9 @@ fn the_systemd_unit_is_confined_to_the_network_its_root_state_and_logs() {
     );
 }
 
+// Not on Windows: it stops the agent with SIGTERM, which Windows does not have (the
+// service stop is in tests/windows.rs).
+#[cfg(unix)]
 #[test]
 fn run_serves_what_the_file_says_and_stops_cleanly_on_sigterm() {
     let sandbox = Sandbox::new();

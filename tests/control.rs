@@ -125,6 +125,9 @@ fn an_agent_commanded_with_its_admin_token_pushes_and_other_tokens_command_nothi
     assert_same_tree(&a, &b);
 }
 
+// Not on Windows: it stops the agent with SIGTERM, which Windows does not have (the
+// service stop is in tests/windows.rs).
+#[cfg(unix)]
 #[test]
 fn a_promoted_target_becomes_the_source_and_fails_the_fresh_data_back() {
     let sandbox = Sandbox::new();

@@ -3,6 +3,9 @@
 //! afterwards. The source must hear a clear error, no file may appear under its final name
 //! with content the source never had, and once space is freed the mirror completes.
 
+// Not on Windows: it mounts a tmpfs, which only Linux has.
+#![cfg(target_os = "linux")]
+
 mod common;
 
 use common::{Sandbox, assert_same_tree, write_random};

@@ -405,6 +405,8 @@ async fn paths_that_leave_the_root_are_refused() {
     target.assert_intact(case, &[]).await;
 }
 
+// Not on Windows: makes a Unix symlink; a Windows symlink needs a privilege a test does not have.
+#[cfg(unix)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_symlink_on_the_target_is_never_followed() {
     let mut target = Target::start();
@@ -480,6 +482,8 @@ async fn a_symlink_on_the_target_is_never_followed() {
     );
 }
 
+// Not on Windows: sets Unix permission bits.
+#[cfg(unix)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn set_meta_on_a_folder_is_refused() {
     use std::os::unix::fs::PermissionsExt;

@@ -24,8 +24,10 @@ enum Victim {
     Agent,
     Push,
     /// The agent is stopped with SIGTERM (a service stop), not killed.
+    #[cfg(unix)]
     AgentStopped,
     /// The push is stopped with SIGTERM (Ctrl-C, a service stop).
+    #[cfg(unix)]
     PushStopped,
 }
 
@@ -96,6 +98,7 @@ fn killed_transfer_resumes(victim: Victim) {
             println!("killed the agent at {cut} bytes; temporary file now {part} bytes");
             sandbox.serve_on(&dst, port)
         }
+        #[cfg(unix)]
         Victim::AgentStopped => {
             let started = Instant::now();
             let code = agent.terminate();
@@ -110,6 +113,7 @@ fn killed_transfer_resumes(victim: Victim) {
                 .expect("a push whose target stopped must end within 30 s");
             sandbox.serve_on(&dst, port)
         }
+        #[cfg(unix)]
         Victim::PushStopped => {
             let started = Instant::now();
             let sent = std::process::Command::new("kill")
@@ -146,9 +150,16 @@ fn killed_transfer_resumes(victim: Victim) {
             let _ = push.kill();
             let _ = push.wait();
             println!("killed the push at {cut} bytes");
-            // The agent must notice the cut connection before it takes the next session.
+            // The agent must notice the cut connection before it takes the next session. Under
+            // Wine 8 the connection of a killed Windows process was not seen to end within 10 s
+            // (it was within the agent's 30 s ping timeout), so there the wait is longer.
+            let notice = if rainmaker_engine::win32::under_wine() {
+                Duration::from_secs(45)
+            } else {
+                Duration::from_secs(10)
+            };
             assert!(
-                agent.wait_for_log("session aborted", Duration::from_secs(10)),
+                agent.wait_for_log("session aborted", notice),
                 "the agent must log that the session was cut; its log:\n{}",
                 agent.log()
             );
@@ -198,11 +209,17 @@ fn sigkill_of_the_push_mid_transfer_resumes() {
     killed_transfer_resumes(Victim::Push);
 }
 
+// Not on Windows: it stops the agent with SIGTERM, which Windows does not have (the
+// service stop is in tests/windows.rs).
+#[cfg(unix)]
 #[test]
 fn sigterm_of_the_target_mid_transfer_exits_cleanly_and_resumes() {
     killed_transfer_resumes(Victim::AgentStopped);
 }
 
+// Not on Windows: it stops the agent with SIGTERM, which Windows does not have (the
+// service stop is in tests/windows.rs).
+#[cfg(unix)]
 #[test]
 fn sigterm_of_the_push_mid_transfer_exits_cleanly_and_resumes() {
     killed_transfer_resumes(Victim::PushStopped);

@@ -255,10 +255,19 @@ pub fn wait_bounded(child: &mut Child, timeout: Duration) -> Option<ExitStatus> 
 
 /// The exit code, or 128 + the signal for a process that was killed.
 pub fn exit_code(status: ExitStatus) -> i32 {
-    use std::os::unix::process::ExitStatusExt;
-    status
-        .code()
-        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        status
+            .code()
+            .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+    }
+    #[cfg(not(unix))]
+    {
+        status
+            .code()
+            .expect("a Windows process always has an exit code")
+    }
 }
 
 /// A running `rainmaker serve`. Dropping it kills the process.
@@ -399,6 +408,8 @@ impl Agent {
     }
 
     /// Stops the agent with SIGTERM, as a service manager would, and waits for it to exit.
+    /// (Windows has no SIGTERM: its service stop is tested in tests/windows.rs.)
+    #[cfg(unix)]
     pub fn terminate(mut self) -> i32 {
         let sent = Command::new("kill")
             .arg("-TERM")
@@ -437,6 +448,13 @@ pub fn wait_identical(
     within: Duration,
     log: &dyn Fn() -> String,
 ) -> Duration {
+    // Under Wine every file call of both agents goes through the Wine server: the same sync
+    // takes a few times longer, so it is given three times the time there.
+    let within = if rainmaker_engine::win32::under_wine() {
+        within * 3
+    } else {
+        within
+    };
     let started = Instant::now();
     loop {
         let diff = tree_diff(&tree(source), &tree(target));
@@ -715,7 +733,6 @@ pub fn tree(root: &Path) -> BTreeMap<String, Node> {
 }
 
 fn walk(dir: &Path, prefix: &str, out: &mut BTreeMap<String, Node>) {
-    use std::os::unix::fs::MetadataExt;
     let entries =
         std::fs::read_dir(dir).unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()));
     for entry in entries {
@@ -737,13 +754,36 @@ fn walk(dir: &Path, prefix: &str, out: &mut BTreeMap<String, Node>) {
             Node::File {
                 len: meta.len(),
                 hash: blake3::hash(&bytes).to_hex().to_string(),
-                mtime_ns: meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128,
-                executable: meta.mode() & 0o111 != 0,
+                mtime_ns: mtime_ns(&meta),
+                executable: is_executable(&meta),
             }
         } else {
             Node::Special
         };
         out.insert(rel, node);
+    }
+}
+
+/// A file's modification time in nanoseconds since the epoch (100 ns steps on Windows).
+pub fn mtime_ns(meta: &std::fs::Metadata) -> i128 {
+    let modified = meta.modified().unwrap();
+    match modified.duration_since(std::time::UNIX_EPOCH) {
+        Ok(after) => after.as_nanos() as i128,
+        Err(before) => -(before.duration().as_nanos() as i128),
+    }
+}
+
+/// Whether a Unix file has an executable bit set; Windows has none.
+fn is_executable(meta: &std::fs::Metadata) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        meta.permissions().mode() & 0o111 != 0
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = meta;
+        false
     }
 }
 
@@ -826,10 +866,16 @@ pub fn set_mtime(path: &Path, secs: i64, nanos: u32) {
     filetime::set_file_mtime(path, filetime::FileTime::from_unix_time(secs, nanos)).unwrap();
 }
 
-/// Sets a file's Unix mode.
+/// Sets a file's Unix mode. Windows has no mode bits (RainMaker mirrors only Unix's
+/// executable bit, and keeps secret files to their owner with ACLs there), so it does nothing.
 pub fn chmod(path: &Path, mode: u32) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    #[cfg(not(unix))]
+    let _ = (path, mode);
 }
 
 /// Total size of the regular files below `root` (without `.rainmaker`).
