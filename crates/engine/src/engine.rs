@@ -929,6 +929,10 @@ async fn serve_session(
     // Ends the reading side once the worker has nothing more to say.
     let finished = cancel.child_token();
     let idle = limits.idle;
+    // Set once the session is over for this agent (the worker ended, or the agent stops):
+    // what the source still sends is read and dropped, never given to the worker.
+    let drain = std::sync::atomic::AtomicBool::new(false);
+    let drain = &drain;
     let reading = async move {
         let mut draining = false;
         let result = loop {
@@ -943,7 +947,10 @@ async fn serve_session(
                     // Once the worker is done (it refused), what still comes is read and
                     // dropped: closing with unread data would reset the connection, and the
                     // source would lose the refusal it is about to read.
-                    if !draining && in_tx.send(message).await.is_err() {
+                    if !draining
+                        && (drain.load(std::sync::atomic::Ordering::SeqCst)
+                            || in_tx.send(message).await.is_err())
+                    {
                         draining = true;
                     }
                     continue;
@@ -969,8 +976,10 @@ async fn serve_session(
         tokio::select! {
             r = &mut reading => r,
             () = finished.cancelled() => {
-                // The last reply and the close are sent: read until the source closes too (a
-                // moment at most), so the connection is not reset under its last reply.
+                // The last reply and the close are sent (or the agent stops): read, and drop,
+                // until the source closes too (a moment at most), so the connection is not reset
+                // under its last reply.
+                drain.store(true, std::sync::atomic::Ordering::SeqCst);
                 tokio::time::timeout(CLOSE_LINGER, &mut reading).await.unwrap_or(Ok(()))
             }
         }
