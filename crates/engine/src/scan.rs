@@ -207,11 +207,15 @@ pub fn scan_excluding(
                 // Part of a database that is sent as one consistent copy.
                 continue;
             }
-            if let Some(snapshots) = databases
-                && previous
-                    .get(&rel)
-                    .is_none_or(|old| !unchanged(entry.path(), old))
+            // The quick check, once: one stat per unchanged file.
+            if let Some(old) = previous
+                .get(&rel)
+                .filter(|old| unchanged(entry.path(), old))
             {
+                out.tree.files.insert(rel, old.clone());
+                continue;
+            }
+            if let Some(snapshots) = databases {
                 if snapshot::is_database(entry.path()) {
                     scan_database(snapshots, entry.path(), rel, previous, &mut out);
                     continue;
@@ -221,13 +225,8 @@ pub fn scan_excluding(
                     continue;
                 }
             }
-            match previous.get(&rel) {
-                Some(old) if unchanged(entry.path(), old) => {
-                    out.tree.files.insert(rel, old.clone());
-                }
-                // Hashed after the walk, on a few threads.
-                _ => to_hash.push((entry.path().to_path_buf(), rel)),
-            }
+            // Hashed after the walk, on a few threads.
+            to_hash.push((entry.path().to_path_buf(), rel));
         } else if file_type.is_symlink() {
             out.problems.push(Problem {
                 path: rel,
