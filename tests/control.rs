@@ -8,50 +8,8 @@
 mod common;
 
 use common::{Agent, Sandbox, assert_same_tree, run_bounded, write_random};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::Duration;
-
-fn admin_token(sandbox: &Sandbox) -> PathBuf {
-    let path = sandbox.path("admin.token");
-    if !path.exists() {
-        std::fs::write(&path, "admin-secret-for-the-tests-0123456789").unwrap();
-    }
-    path
-}
-
-/// `rainmaker serve` with an admin token.
-fn serve_admin(sandbox: &Sandbox, root: &Path) -> Agent {
-    serve_admin_with(sandbox, root, &[])
-}
-
-/// `rainmaker serve` with an admin token and other flags.
-fn serve_admin_with(sandbox: &Sandbox, root: &Path, extra: &[&str]) -> Agent {
-    let mut command = sandbox.command();
-    command
-        .arg("serve")
-        .arg("--root")
-        .arg(root)
-        .args(["--listen", "127.0.0.1:0", "--name", "cloud"])
-        .arg("--token-file")
-        .arg(sandbox.token_file())
-        .arg("--admin-token-file")
-        .arg(admin_token(sandbox))
-        .args(extra);
-    sandbox.start_agent(command)
-}
-
-/// `rainmaker remote --agent AGENT ... ARGS`; returns the exit code, stdout and stderr.
-fn remote(sandbox: &Sandbox, agent: &Agent, token: &Path, args: &[&str]) -> (i32, String, String) {
-    let mut command: Command = sandbox.command();
-    command
-        .arg("remote")
-        .args(["--agent", &agent.url, "--fingerprint", agent.fp()])
-        .arg("--admin-token-file")
-        .arg(token)
-        .args(args);
-    run_bounded(command, Duration::from_secs(60))
-}
 
 fn files_in(dir: &Path) -> usize {
     common::list(dir)
@@ -66,14 +24,13 @@ fn an_agent_commanded_with_its_admin_token_pushes_and_other_tokens_command_nothi
     let (a, b) = (sandbox.dir("a"), sandbox.dir("b"));
     write_random(&a.join("db/tick/ES.ncd"), 3, 3 << 20);
     std::fs::write(a.join("workspace.xml"), b"<w/>").unwrap();
-    let agent_a = serve_admin(&sandbox, &a);
+    let agent_a = sandbox.serve_admin(&a, &[], &[]);
     let agent_b = sandbox.serve(&b);
 
     let wrong = sandbox.path("wrong.token");
     std::fs::write(&wrong, "not-a-token-of-this-agent").unwrap();
     let push = |token: &Path| {
-        remote(
-            &sandbox,
+        sandbox.remote(
             &agent_a,
             token,
             &[
@@ -98,12 +55,8 @@ fn an_agent_commanded_with_its_admin_token_pushes_and_other_tokens_command_nothi
     assert_ne!(code, 0, "a wrong token commands nothing");
     assert!(stderr.contains("token"), "the refusal says why: {stderr}");
     assert_eq!(files_in(&b), 0, "nothing reached B");
-    let (code, status, _) = remote(
-        &sandbox,
-        &agent_a,
-        &admin_token(&sandbox),
-        &["status", "--json"],
-    );
+    let (code, status, _) =
+        sandbox.remote(&agent_a, &sandbox.admin_token_file(), &["status", "--json"]);
     assert_eq!(code, 0);
     let status: serde_json::Value = serde_json::from_str(&status).unwrap();
     assert_eq!(
@@ -113,7 +66,7 @@ fn an_agent_commanded_with_its_admin_token_pushes_and_other_tokens_command_nothi
     );
     assert_eq!(status["role"], "target");
 
-    let (code, events, stderr) = push(&admin_token(&sandbox));
+    let (code, events, stderr) = push(&sandbox.admin_token_file());
     assert_eq!(
         code, 0,
         "a commanded push ends with B identical:\n{events}\n{stderr}"
@@ -133,8 +86,8 @@ fn a_promoted_target_becomes_the_source_and_fails_the_fresh_data_back() {
     let sandbox = Sandbox::new();
     let (home, cloud) = (sandbox.dir("home"), sandbox.dir("cloud"));
     write_random(&home.join("db/tick/ES.ncd"), 4, 1 << 20);
-    let agent_cloud = serve_admin(&sandbox, &cloud);
-    let admin = admin_token(&sandbox);
+    let agent_cloud = sandbox.serve_admin(&cloud, &[], &[]);
+    let admin = sandbox.admin_token_file();
     sandbox.push(&home).target(&agent_cloud).run().assert_ok();
 
     // While home keeps mirroring, the cloud refuses to become a second source.
@@ -148,7 +101,7 @@ fn a_promoted_target_becomes_the_source_and_fails_the_fresh_data_back() {
         "{}",
         watching.log()
     );
-    let (code, _, stderr) = remote(&sandbox, &agent_cloud, &admin, &["promote"]);
+    let (code, _, stderr) = sandbox.remote(&agent_cloud, &admin, &["promote"]);
     assert_ne!(code, 0);
     assert!(
         stderr.contains("mirroring into this folder right now"),
@@ -157,13 +110,13 @@ fn a_promoted_target_becomes_the_source_and_fails_the_fresh_data_back() {
     assert_eq!(watching.terminate(), 0);
 
     // Failover: home is gone; the cloud is promoted (it heard from home a moment ago, so force).
-    let (code, _, stderr) = remote(&sandbox, &agent_cloud, &admin, &["promote"]);
+    let (code, _, stderr) = sandbox.remote(&agent_cloud, &admin, &["promote"]);
     assert_ne!(
         code, 0,
         "a source heard from a moment ago may still be alive"
     );
     assert!(stderr.contains("force"), "{stderr}");
-    let (code, _, stderr) = remote(&sandbox, &agent_cloud, &admin, &["promote", "--force"]);
+    let (code, _, stderr) = sandbox.remote(&agent_cloud, &admin, &["promote", "--force"]);
     assert_eq!(code, 0, "{stderr}");
     let refused = sandbox.push(&home).target(&agent_cloud).run();
     assert_ne!(
@@ -179,14 +132,13 @@ fn a_promoted_target_becomes_the_source_and_fails_the_fresh_data_back() {
     // Trading goes on in the cloud.
     write_random(&cloud.join("db/tick/NQ.ncd"), 5, 300_000);
     std::fs::write(cloud.join("workspace.xml"), b"<w traded='on the cloud'/>").unwrap();
-    let (_, status, _) = remote(&sandbox, &agent_cloud, &admin, &["status", "--json"]);
+    let (_, status, _) = sandbox.remote(&agent_cloud, &admin, &["status", "--json"]);
     let status: serde_json::Value = serde_json::from_str(&status).unwrap();
     assert_eq!(status["role"], "source");
 
     // Failback: home receives from the cloud, then the cloud is a target again.
     let agent_home = sandbox.serve(&home);
-    let (code, out, stderr) = remote(
-        &sandbox,
+    let (code, out, stderr) = sandbox.remote(
         &agent_cloud,
         &admin,
         &[
@@ -203,7 +155,7 @@ fn a_promoted_target_becomes_the_source_and_fails_the_fresh_data_back() {
     assert_eq!(code, 0, "failback:\n{out}\n{stderr}");
     assert_same_tree(&cloud, &home);
     drop(agent_home);
-    let (code, _, stderr) = remote(&sandbox, &agent_cloud, &admin, &["demote"]);
+    let (code, _, stderr) = sandbox.remote(&agent_cloud, &admin, &["demote"]);
     assert_eq!(code, 0, "{stderr}");
     std::fs::write(home.join("after.txt"), b"home trades again").unwrap();
     sandbox.push(&home).target(&agent_cloud).run().assert_ok();
@@ -220,7 +172,7 @@ fn silent() -> std::net::TcpListener {
 /// The jobs an agent reports.
 fn jobs(sandbox: &Sandbox, agent: &Agent) -> Vec<serde_json::Value> {
     let (code, status, stderr) =
-        remote(sandbox, agent, &admin_token(sandbox), &["status", "--json"]);
+        sandbox.remote(agent, &sandbox.admin_token_file(), &["status", "--json"]);
     assert_eq!(code, 0, "{stderr}");
     let status: serde_json::Value = serde_json::from_str(&status).unwrap();
     status["jobs"].as_array().unwrap().clone()
@@ -231,15 +183,14 @@ fn a_commanded_push_goes_only_to_a_pinned_certificate() {
     let sandbox = Sandbox::new();
     let a = sandbox.dir("a");
     std::fs::write(a.join("workspace.xml"), b"<w/>").unwrap();
-    let agent_a = serve_admin(&sandbox, &a);
-    let admin = admin_token(&sandbox);
+    let agent_a = sandbox.serve_admin(&a, &[], &[]);
+    let admin = sandbox.admin_token_file();
     let token_file = sandbox.token_file().display().to_string();
     let stranger = silent();
     let stranger_url = format!("wss://{}", stranger.local_addr().unwrap());
 
     // No fingerprint: the agent would trust whoever answers with its folder and the token.
-    let (code, _, stderr) = remote(
-        &sandbox,
+    let (code, _, stderr) = sandbox.remote(
         &agent_a,
         &admin,
         &[
@@ -256,8 +207,7 @@ fn a_commanded_push_goes_only_to_a_pinned_certificate() {
         "the refusal says how to pin the target: {stderr}"
     );
     // Plain ws:// off loopback, even with --insecure: the folder would cross in clear.
-    let (code, _, stderr) = remote(
-        &sandbox,
+    let (code, _, stderr) = sandbox.remote(
         &agent_a,
         &admin,
         &[
@@ -272,8 +222,7 @@ fn a_commanded_push_goes_only_to_a_pinned_certificate() {
     assert_ne!(code, 0, "plain ws:// off loopback is refused");
     assert!(stderr.contains("loopback"), "{stderr}");
     // Plain ws:// on loopback needs --insecure on the client.
-    let (code, _, stderr) = remote(
-        &sandbox,
+    let (code, _, stderr) = sandbox.remote(
         &agent_a,
         &admin,
         &[
@@ -305,11 +254,11 @@ fn push_to_limits_where_an_agent_pushes() {
     std::fs::write(a.join("workspace.xml"), b"<w/>").unwrap();
     let (agent_b, agent_c) = (sandbox.serve(&b), sandbox.serve(&c));
     let allowed = format!("127.0.0.1:{}", agent_b.port());
-    let agent_a = serve_admin_with(&sandbox, &a, &["--push-to", &allowed]);
-    let admin = admin_token(&sandbox);
+    let agent_a = sandbox.serve_admin(&a, &["--push-to", &allowed], &[]);
+    let admin = sandbox.admin_token_file();
 
     let code_c = agent_c.code.clone().unwrap();
-    let (code, _, stderr) = remote(&sandbox, &agent_a, &admin, &["push", "--to", &code_c]);
+    let (code, _, stderr) = sandbox.remote(&agent_a, &admin, &["push", "--to", &code_c]);
     assert_ne!(code, 0, "a target outside push_to is refused");
     assert!(
         stderr.contains("push_to") && stderr.contains(&format!("127.0.0.1:{}", agent_c.port())),
@@ -318,12 +267,8 @@ fn push_to_limits_where_an_agent_pushes() {
     assert_eq!(files_in(&c), 0, "nothing reached C");
 
     let code_b = agent_b.code.clone().unwrap();
-    let (code, out, stderr) = remote(
-        &sandbox,
-        &agent_a,
-        &admin,
-        &["push", "--to", &code_b, "--follow"],
-    );
+    let (code, out, stderr) =
+        sandbox.remote(&agent_a, &admin, &["push", "--to", &code_b, "--follow"]);
     assert_eq!(
         code, 0,
         "a target in push_to, by its pairing code:\n{out}\n{stderr}"
@@ -335,8 +280,8 @@ fn push_to_limits_where_an_agent_pushes() {
 fn the_admin_client_pins_its_agent() {
     let sandbox = Sandbox::new();
     let a = sandbox.dir("a");
-    let agent_a = serve_admin(&sandbox, &a);
-    let admin = admin_token(&sandbox);
+    let agent_a = sandbox.serve_admin(&a, &[], &[]);
+    let admin = sandbox.admin_token_file();
     let run = |args: &[&str]| {
         let mut command = sandbox.command();
         command.arg("remote").args(args);
@@ -414,9 +359,9 @@ fn an_agents_name_reaches_the_terminal_with_its_control_characters_escaped() {
         .arg("--token-file")
         .arg(sandbox.token_file())
         .arg("--admin-token-file")
-        .arg(admin_token(&sandbox));
+        .arg(sandbox.admin_token_file());
     let agent = sandbox.start_agent(command);
-    let (code, out, err) = remote(&sandbox, &agent, &admin_token(&sandbox), &["status"]);
+    let (code, out, err) = sandbox.remote(&agent, &sandbox.admin_token_file(), &["status"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(
         !out.contains(['\u{1b}', '\u{7}']),

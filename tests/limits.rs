@@ -10,64 +10,12 @@
 
 mod common;
 
-use common::{Agent, Sandbox, run_bounded, staged_bytes, wait_identical, write_random};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use common::{Agent, Sandbox, staged_bytes, wait_identical, write_random};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// The idle limit the agents of these tests run with (`RAINMAKER_TEST_IDLE_MS`).
 const IDLE_MS: &str = "1500";
-
-// SIGSTOP and SIGCONT, Unix only.
-#[cfg(unix)]
-/// Sends `signal` (`STOP`, `CONT`) to the process `pid`.
-fn signal(pid: u32, signal: &str) {
-    let sent = Command::new("kill")
-        .arg(format!("-{signal}"))
-        .arg(pid.to_string())
-        .status()
-        .expect("run kill");
-    assert!(sent.success(), "kill -{signal} {pid} failed");
-}
-
-fn admin_token(sandbox: &Sandbox) -> PathBuf {
-    let path = sandbox.path("admin.token");
-    if !path.exists() {
-        std::fs::write(&path, "admin-secret-for-the-limit-tests-0123456789").unwrap();
-        common::chmod(&path, 0o600);
-    }
-    path
-}
-
-/// `rainmaker serve` on loopback with an admin token and the given environment.
-fn serve(sandbox: &Sandbox, root: &Path, env: &[(&str, &str)]) -> Agent {
-    let mut command = sandbox.command();
-    command
-        .arg("serve")
-        .arg("--root")
-        .arg(root)
-        .args(["--listen", "127.0.0.1:0", "--name", "cloud"])
-        .arg("--token-file")
-        .arg(sandbox.token_file())
-        .arg("--admin-token-file")
-        .arg(admin_token(sandbox));
-    for (key, value) in env {
-        command.env(key, value);
-    }
-    sandbox.start_agent(command)
-}
-
-/// `rainmaker remote --agent AGENT ... ARGS` with the admin token.
-fn remote(sandbox: &Sandbox, agent: &Agent, args: &[&str]) -> (i32, String, String) {
-    let mut command = sandbox.command();
-    command
-        .arg("remote")
-        .args(["--agent", &agent.url, "--fingerprint", agent.fp()])
-        .arg("--admin-token-file")
-        .arg(admin_token(sandbox))
-        .args(args);
-    run_bounded(command, Duration::from_secs(60))
-}
 
 /// A second source's push into the agent's folder, with its own state folder.
 fn push_from_another_source(sandbox: &Sandbox, agent: &Agent) -> common::PushResult {
@@ -88,7 +36,7 @@ fn a_frozen_source_lets_go_of_the_folder_after_the_idle_limit() {
     let sandbox = Sandbox::new();
     let (source, target) = (sandbox.dir("source"), sandbox.dir("target"));
     write_random(&source.join("db/tick/ES.ncd"), 1, 24 << 20);
-    let agent = serve(&sandbox, &target, &[("RAINMAKER_TEST_IDLE_MS", IDLE_MS)]);
+    let agent = sandbox.serve_admin(&target, &[], &[("RAINMAKER_TEST_IDLE_MS", IDLE_MS)]);
     // Slow enough that the freeze lands mid-transfer.
     let watching = sandbox
         .push(&source)
@@ -107,7 +55,7 @@ fn a_frozen_source_lets_go_of_the_folder_after_the_idle_limit() {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
-    signal(watching.pid(), "STOP");
+    common::signal(watching.pid(), "STOP");
     let frozen = Instant::now();
 
     assert!(
@@ -127,7 +75,7 @@ fn a_frozen_source_lets_go_of_the_folder_after_the_idle_limit() {
         "frozen source let go and another source mirrored {:.1} s after SIGSTOP (idle limit {IDLE_MS} ms)",
         frozen.elapsed().as_secs_f64()
     );
-    signal(watching.pid(), "CONT");
+    common::signal(watching.pid(), "CONT");
     watching.sigkill();
 }
 
@@ -140,7 +88,7 @@ fn promote_force_ends_the_session_of_a_frozen_source() {
     write_random(&home.join("db/tick/ES.ncd"), 2, 1 << 20);
     // The agent's own idle limit (30 s) is longer than this test waits: the promotion must
     // end the session itself.
-    let agent = serve(&sandbox, &cloud, &[]);
+    let agent = sandbox.serve_admin(&cloud, &[], &[]);
     let watching = sandbox
         .push(&home)
         .to(&agent.url)
@@ -152,9 +100,9 @@ fn promote_force_ends_the_session_of_a_frozen_source() {
         "{}",
         watching.log()
     );
-    signal(watching.pid(), "STOP");
+    common::signal(watching.pid(), "STOP");
 
-    let (code, _, stderr) = remote(&sandbox, &agent, &["promote"]);
+    let (code, _, stderr) = sandbox.remote(&agent, &sandbox.admin_token_file(), &["promote"]);
     assert_ne!(
         code, 0,
         "without force, a connected source stays the source"
@@ -165,7 +113,8 @@ fn promote_force_ends_the_session_of_a_frozen_source() {
     );
 
     let asked = Instant::now();
-    let (code, _, stderr) = remote(&sandbox, &agent, &["promote", "--force"]);
+    let (code, _, stderr) =
+        sandbox.remote(&agent, &sandbox.admin_token_file(), &["promote", "--force"]);
     assert_eq!(
         code,
         0,
@@ -177,7 +126,7 @@ fn promote_force_ends_the_session_of_a_frozen_source() {
         "the promotion took {:?}",
         asked.elapsed()
     );
-    let (_, status, _) = remote(&sandbox, &agent, &["status", "--json"]);
+    let (_, status, _) = sandbox.remote(&agent, &sandbox.admin_token_file(), &["status", "--json"]);
     let status: serde_json::Value = serde_json::from_str(&status).unwrap();
     assert_eq!(status["role"], "source", "{status}");
     assert_eq!(
@@ -190,7 +139,7 @@ fn promote_force_ends_the_session_of_a_frozen_source() {
     );
 
     // The old source wakes up and finds a new source in its place.
-    signal(watching.pid(), "CONT");
+    common::signal(watching.pid(), "CONT");
     std::fs::write(home.join("late.txt"), b"written after the failover").unwrap();
     assert!(
         watching.wait_for_log("promoted", Duration::from_secs(20)),
@@ -209,7 +158,7 @@ fn a_quiet_source_keeps_its_session_by_answering_pings() {
     let sandbox = Sandbox::new();
     let (source, target) = (sandbox.dir("source"), sandbox.dir("target"));
     std::fs::write(source.join("workspace.xml"), b"<w/>").unwrap();
-    let agent = serve(&sandbox, &target, &[("RAINMAKER_TEST_IDLE_MS", "600")]);
+    let agent = sandbox.serve_admin(&target, &[], &[("RAINMAKER_TEST_IDLE_MS", "600")]);
     let watching = sandbox
         .push(&source)
         .to(&agent.url)

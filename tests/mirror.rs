@@ -411,16 +411,6 @@ fn thousands_of_files_span_several_manifest_parts() {
 }
 
 // Signals, Unix only.
-#[cfg(unix)]
-/// Sends a signal to a process with `kill`.
-fn signal(pid: u32, name: &str) {
-    let status = std::process::Command::new("kill")
-        .arg(format!("-{name}"))
-        .arg(pid.to_string())
-        .status()
-        .expect("run kill");
-    assert!(status.success(), "kill -{name} {pid} failed");
-}
 
 // Not on Windows: freezes a process with SIGSTOP and SIGCONT, which Windows does not have.
 #[cfg(unix)]
@@ -451,9 +441,9 @@ fn a_stalled_target_is_failed_and_the_others_finish() {
         }
         std::thread::sleep(std::time::Duration::from_millis(2));
     };
-    signal(agent2.pid(), "STOP");
+    common::signal(agent2.pid(), "STOP");
     let result = running.join().expect("the push thread");
-    signal(agent2.pid(), "CONT");
+    common::signal(agent2.pid(), "CONT");
     assert!(under_way, "the second agent never started receiving");
     let why = result.describe();
     assert_eq!(result.code, 1, "a stalled target fails the push\n{why}");

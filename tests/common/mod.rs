@@ -193,6 +193,48 @@ impl Sandbox {
         line.to_owned()
     }
 
+    /// The admin token file of this sandbox's agents, made on first use, readable by its owner
+    /// only.
+    pub fn admin_token_file(&self) -> PathBuf {
+        let path = self.path("admin.token");
+        if !path.exists() {
+            std::fs::write(&path, "admin-secret-for-the-tests-0123456789").unwrap();
+            chmod(&path, 0o600);
+        }
+        path
+    }
+
+    /// `rainmaker serve` on loopback, named `cloud`, with the pairing token, the admin token
+    /// ([`Sandbox::admin_token_file`]), `extra` flags and `env`.
+    pub fn serve_admin(&self, root: &Path, extra: &[&str], env: &[(&str, &str)]) -> Agent {
+        let mut command = self.command();
+        command
+            .arg("serve")
+            .arg("--root")
+            .arg(root)
+            .args(["--listen", "127.0.0.1:0", "--name", "cloud"])
+            .arg("--token-file")
+            .arg(self.token_file())
+            .arg("--admin-token-file")
+            .arg(self.admin_token_file())
+            .args(extra)
+            .envs(env.iter().copied());
+        self.start_agent(command)
+    }
+
+    /// `rainmaker remote --agent AGENT --fingerprint FP --admin-token-file TOKEN ARGS`, pinned;
+    /// returns the exit code, stdout and stderr.
+    pub fn remote(&self, agent: &Agent, token: &Path, args: &[&str]) -> (i32, String, String) {
+        let mut command = self.command();
+        command
+            .arg("remote")
+            .args(["--agent", &agent.url, "--fingerprint", agent.fp()])
+            .arg("--admin-token-file")
+            .arg(token)
+            .args(args);
+        run_bounded(command, Duration::from_secs(60))
+    }
+
     /// A `rainmaker push SRC --once --json` with this sandbox's token, state folder and
     /// known-peers file; add targets with [`Push::to`].
     pub fn push(&self, source: &Path) -> Push {
@@ -921,4 +963,15 @@ pub fn file_count(root: &Path) -> u64 {
 pub fn dead_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.local_addr().unwrap().port()
+}
+
+/// Sends the signal `name` (`STOP`, `CONT`, `TERM`, ...) to the process `pid`.
+#[cfg(unix)]
+pub fn signal(pid: u32, name: &str) {
+    let sent = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill");
+    assert!(sent.success(), "kill -{name} {pid} failed");
 }
