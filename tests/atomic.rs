@@ -102,7 +102,13 @@ fn a_target_killed_while_it_applies_a_session_shows_no_half_session_after_restar
                 "trial {trial}: the session never reached the point to kill at; agent log:\n{}",
                 agent.log()
             );
-            std::thread::yield_now();
+            if cfg!(windows) {
+                // Each read holds the file open; on Windows that keeps it from being replaced
+                // (a moment apart, the agent's rename gets its turn).
+                std::thread::sleep(Duration::from_millis(1));
+            } else {
+                std::thread::yield_now();
+            }
         }
         agent.sigkill();
         let at_kill = distinct(&sessions(&dst.join("s")));

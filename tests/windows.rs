@@ -4,7 +4,9 @@
 //! - A platform keeps its files open for writing and lets others only read them
 //!   (`FILE_SHARE_READ`, no `FILE_SHARE_DELETE`); a helper process built for Windows (this test
 //!   program, started again as [`helper_holds_a_file_open_for_writing`]) does that while it
-//!   appends, and RainMaker still mirrors the file.
+//!   appends, and RainMaker still mirrors the file. A file held with no read sharing at all is
+//!   read through a shadow copy of its volume (not under Wine, which has none: there the push
+//!   says so and keeps the backup's copy).
 //! - A rename that changes only the case of a name, which a case-insensitive file system sees as
 //!   the same name.
 //! - Paths longer than the old 260-character limit.
@@ -40,9 +42,14 @@ const LINE: usize = 4096;
 fn helper_holds_a_file_open_for_writing() {
     let path = std::env::var_os("RAINMAKER_TEST_HOLD").expect("RAINMAKER_TEST_HOLD names the file");
     let stop = std::env::var_os("RAINMAKER_TEST_HOLD_STOP").expect("and RAINMAKER_TEST_HOLD_STOP");
+    // `RAINMAKER_TEST_HOLD_SHARE=none`: nobody else may even read it.
+    let share = match std::env::var("RAINMAKER_TEST_HOLD_SHARE").as_deref() {
+        Ok("none") => 0,
+        _ => FILE_SHARE_READ,
+    };
     let mut file = std::fs::OpenOptions::new()
         .append(true)
-        .share_mode(FILE_SHARE_READ)
+        .share_mode(share)
         .open(&path)
         .expect("open the file for appending");
     println!("holding");
@@ -64,25 +71,7 @@ fn a_file_held_open_for_writing_by_another_process_is_mirrored_while_it_grows() 
     write_random(&path, 70, 8 << 20);
     write_random(&src.join("db/quiet.bin"), 71, 100_000);
     let stop = sandbox.path("stop-holding");
-    let mut helper = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--ignored",
-            "--exact",
-            "helper_holds_a_file_open_for_writing",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("RAINMAKER_TEST_HOLD", &path)
-        .env("RAINMAKER_TEST_HOLD_STOP", &stop)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the helper process");
-    let mut lines = BufReader::new(helper.stdout.take().unwrap()).lines();
-    assert!(
-        lines.any(|l| l.is_ok_and(|l| l.contains("holding"))),
-        "the helper opens the file"
-    );
+    let mut helper = hold(&path, &stop, "read");
 
     // The helper holds it as a platform does: nobody else may write it or delete it.
     let write = std::fs::OpenOptions::new().write(true).open(&path);
@@ -120,6 +109,104 @@ fn a_file_held_open_for_writing_by_another_process_is_mirrored_while_it_grows() 
         random_bytes(71, 100_000)
     );
 
+    sandbox.push(&src).target(&agent).run().assert_ok();
+    assert_same_tree(&src, &dst);
+}
+
+/// Starts the helper holding `path` with the share mode `share` (`read` or `none`), and waits
+/// until it holds the file; it stops once `stop` exists.
+fn hold(path: &Path, stop: &Path, share: &str) -> std::process::Child {
+    let mut helper = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--ignored",
+            "--exact",
+            "helper_holds_a_file_open_for_writing",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("RAINMAKER_TEST_HOLD", path)
+        .env("RAINMAKER_TEST_HOLD_STOP", stop)
+        .env("RAINMAKER_TEST_HOLD_SHARE", share)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the helper process");
+    let mut lines = BufReader::new(helper.stdout.take().unwrap()).lines();
+    assert!(
+        lines.any(|l| l.is_ok_and(|l| l.contains("holding"))),
+        "the helper opens the file"
+    );
+    // The rest of what it prints is read too: with its pipe closed, the helper would fail.
+    std::thread::spawn(move || lines.for_each(drop));
+    helper
+}
+
+/// A file held with no read sharing at all cannot be read by anyone; Windows shows it as it
+/// stood at one instant in a shadow copy of its volume, which RainMaker reads it from
+/// (`shadow.rs`). Wine has no shadow copies: there the push must say so, name the file, not
+/// claim to be in sync, and leave the backup's last copy of it untouched.
+#[test]
+fn a_file_held_without_read_sharing_is_read_through_a_shadow_copy() {
+    let sandbox = Sandbox::new();
+    let (src, dst) = (sandbox.dir("src"), sandbox.dir("dst"));
+    let path = src.join("MQL5/Files/ticks.bin");
+    write_random(&path, 80, 1 << 20);
+    write_random(&src.join("MQL5/quiet.bin"), 81, 50_000);
+    let agent = sandbox.serve(&dst);
+    sandbox.push(&src).target(&agent).run().assert_ok();
+
+    let stop = sandbox.path("stop-holding");
+    let mut helper = hold(&path, &stop, "none");
+    assert_eq!(
+        std::fs::read(&path).err().and_then(|e| e.raw_os_error()),
+        Some(SHARING_VIOLATION),
+        "held with no sharing, the file cannot be read by another process"
+    );
+    write_random(&src.join("MQL5/quiet.bin"), 82, 60_000);
+    let run = sandbox.push(&src).target(&agent).run();
+    std::fs::write(&stop, b"").unwrap();
+    let status = common::wait_bounded(&mut helper, Duration::from_secs(20))
+        .expect("the helper stops when told");
+    assert!(status.success(), "the helper ran without error: {status}");
+    let source_now = std::fs::read(&path).expect("the helper let go of it");
+    let mirrored = std::fs::read(dst.join("MQL5/Files/ticks.bin")).unwrap();
+    assert_eq!(
+        std::fs::read(dst.join("MQL5/quiet.bin")).unwrap(),
+        random_bytes(82, 60_000),
+        "the rest of the folder is mirrored\n{}",
+        run.describe()
+    );
+    if under_wine() {
+        for line in run.stderr.lines().filter(|l| l.starts_with("skipped")) {
+            eprintln!("under Wine: {line}");
+        }
+        assert_ne!(
+            run.code,
+            0,
+            "not in sync without the held file\n{}",
+            run.describe()
+        );
+        assert!(
+            run.stderr.contains("MQL5/Files/ticks.bin")
+                && run.stderr.contains("without sharing it for reading")
+                && run.stderr.contains("shadow copy"),
+            "the push names the file and why it could not be read\n{}",
+            run.describe()
+        );
+        assert_eq!(
+            mirrored,
+            random_bytes(80, 1 << 20),
+            "the backup keeps its last copy of the held file"
+        );
+    } else {
+        run.assert_ok();
+        assert!(
+            mirrored.len() >= 1 << 20 && source_now.starts_with(&mirrored),
+            "the backup holds the file as it stood at one instant ({} of {} bytes)",
+            mirrored.len(),
+            source_now.len()
+        );
+    }
     sandbox.push(&src).target(&agent).run().assert_ok();
     assert_same_tree(&src, &dst);
 }

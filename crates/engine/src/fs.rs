@@ -391,10 +391,39 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
     }
 }
 
-/// Takes an advisory lock on an open file, exclusive or shared, waiting for it (`flock`).
-/// Where the platform has no advisory locks RainMaker uses (not Unix), it does nothing.
-/// (`File::lock` would do, but it needs Rust 1.89 and the workspace builds with 1.85: this is
-/// the one `unsafe` call, a plain syscall on a descriptor we own.)
+/// How long a rename on Windows keeps trying while another program holds the file it replaces.
+pub const RENAME_PATIENCE: Duration = Duration::from_secs(2);
+
+/// Renames `from` to `to`, replacing `to`. On Windows a program that has `to` (or `from`) open
+/// makes the rename fail for as long as it holds it (an antivirus scanning a new file, an
+/// indexer, a backup reader, and under Wine any open handle at all): the rename is tried again,
+/// 5 ms apart doubling up to 200 ms, for [`RENAME_PATIENCE`], before the error is returned.
+/// Elsewhere it is `std::fs::rename`.
+pub fn rename(from: &Path, to: &Path) -> io::Result<()> {
+    let mut pause = Duration::from_millis(5);
+    let started = std::time::Instant::now();
+    loop {
+        match std::fs::rename(from, to) {
+            Err(e) if cfg!(windows) && is_held(&e) && started.elapsed() < RENAME_PATIENCE => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(200));
+            }
+            done => return done,
+        }
+    }
+}
+
+/// Whether an error is Windows saying another program holds the file (access denied, a
+/// sharing or a lock violation).
+fn is_held(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::PermissionDenied || matches!(e.raw_os_error(), Some(5 | 32 | 33))
+}
+
+/// Takes a lock on an open file, exclusive or shared, waiting for it: `flock` on Unix, a
+/// lock of the whole file with `LockFileEx` on Windows (there it also keeps other programs
+/// from reading or writing the locked bytes, which for a lock file is no matter).
+/// (`File::lock` would do, but it needs Rust 1.89 and the workspace builds with 1.85: these
+/// are plain system calls on a descriptor or handle we own.)
 #[allow(unsafe_code)]
 pub fn lock(file: &File, exclusive: bool) -> io::Result<()> {
     #[cfg(unix)]
@@ -410,7 +439,28 @@ pub fn lock(file: &File, exclusive: bool) -> io::Result<()> {
             return Err(io::Error::last_os_error());
         }
     }
-    #[cfg(not(unix))]
+    #[cfg(windows)]
+    {
+        use std::os::windows::io::AsRawHandle;
+        use windows_sys::Win32::Storage::FileSystem::{LOCKFILE_EXCLUSIVE_LOCK, LockFileEx};
+        use windows_sys::Win32::System::IO::OVERLAPPED;
+        let flags = if exclusive {
+            LOCKFILE_EXCLUSIVE_LOCK
+        } else {
+            0
+        };
+        // SAFETY: the handle is this File's, open for the call; the OVERLAPPED (offset 0) is
+        // a zeroed local the call reads, on a handle opened for synchronous use, so the call
+        // returns only once the lock is held.
+        let ok = unsafe {
+            let mut at: OVERLAPPED = std::mem::zeroed();
+            LockFileEx(file.as_raw_handle(), flags, 0, u32::MAX, u32::MAX, &mut at)
+        };
+        if ok == 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    #[cfg(not(any(unix, windows)))]
     let _ = (file, exclusive);
     Ok(())
 }
@@ -426,7 +476,21 @@ pub fn unlock(file: &File) -> io::Result<()> {
             return Err(io::Error::last_os_error());
         }
     }
-    #[cfg(not(unix))]
+    #[cfg(windows)]
+    {
+        use std::os::windows::io::AsRawHandle;
+        use windows_sys::Win32::Storage::FileSystem::UnlockFileEx;
+        use windows_sys::Win32::System::IO::OVERLAPPED;
+        // SAFETY: as in `lock`, for the range `lock` took.
+        let ok = unsafe {
+            let mut at: OVERLAPPED = std::mem::zeroed();
+            UnlockFileEx(file.as_raw_handle(), 0, u32::MAX, u32::MAX, &mut at)
+        };
+        if ok == 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    #[cfg(not(any(unix, windows)))]
     let _ = file;
     Ok(())
 }

@@ -50,6 +50,7 @@ pub mod rate;
 pub mod scan;
 pub mod schedule;
 pub mod secret;
+pub mod shadow;
 pub mod snapshot;
 pub mod status;
 pub mod text;

@@ -242,11 +242,18 @@ pub fn scan_excluding(
     let hashed = hash_all(&to_hash, previous, growth);
     for ((full, rel), result) in to_hash.into_iter().zip(hashed) {
         let can_copy = databases.is_some();
-        if let Err(unstable) = list_hashed(rel, previous, result, can_copy, &mut out)
-            && let Some(snapshots) = databases
-        {
-            snapshots.mark_unstable([unstable.clone()]);
-            scan_copy(snapshots, &full, unstable, previous, &mut out);
+        match (
+            list_hashed(rel, previous, result, can_copy, &mut out),
+            databases,
+        ) {
+            (Err(ReadBy::StableCopy(rel)), Some(snapshots)) => {
+                snapshots.mark_unstable([rel.clone()]);
+                scan_copy(snapshots, &full, rel, previous, &mut out);
+            }
+            (Err(ReadBy::ShadowCopy(rel)), Some(snapshots)) => {
+                scan_shadow(snapshots, &full, rel, previous, &mut out);
+            }
+            _ => {}
         }
     }
     for path in previous.keys() {
@@ -321,6 +328,24 @@ fn scan_copy(
     list_copy(
         taking,
         "it keeps changing and no stable copy of it could be taken",
+        rel,
+        previous,
+        out,
+    );
+}
+
+/// Lists a file another program holds without read sharing by a shadow copy of it (Windows).
+fn scan_shadow(
+    snapshots: &Snapshots,
+    full: &Path,
+    rel: String,
+    previous: &BTreeMap<String, FileRecord>,
+    out: &mut Scan,
+) {
+    let taking = snapshots.copy_from_shadow(full, &rel, RACY_WINDOW_NS);
+    list_copy(
+        taking,
+        "another program holds it open without sharing it for reading",
         rel,
         previous,
         out,
@@ -414,15 +439,24 @@ fn hash_all(
         .collect()
 }
 
-/// Lists one hashed file. A file that changed while it was read is left to the caller (`Err`
-/// with its path) when `can_copy`: it is read through a stable copy instead.
+/// A file a plain read could not list, and the copy that reads it instead.
+enum ReadBy {
+    /// It changed while it was read.
+    StableCopy(String),
+    /// Another program holds it without read sharing (Windows).
+    ShadowCopy(String),
+}
+
+/// Lists one hashed file. A file that changed while it was read, or that another program
+/// holds without read sharing, is left to the caller (`Err` with its path) when `can_copy`:
+/// it is read through a copy instead.
 fn list_hashed(
     rel: String,
     previous: &BTreeMap<String, FileRecord>,
     result: std::io::Result<Hashed>,
     can_copy: bool,
     out: &mut Scan,
-) -> Result<(), String> {
+) -> Result<(), ReadBy> {
     let old = previous.get(&rel);
     match result {
         Ok(Hashed {
@@ -445,7 +479,10 @@ fn list_hashed(
             }
             out.tree.files.insert(rel, record);
         }
-        Err(e) if can_copy && e.get_ref().is_some_and(|e| e.is::<Changed>()) => return Err(rel),
+        Err(e) if can_copy && e.get_ref().is_some_and(|e| e.is::<Changed>()) => {
+            return Err(ReadBy::StableCopy(rel));
+        }
+        Err(e) if can_copy && crate::shadow::is_locked(&e) => return Err(ReadBy::ShadowCopy(rel)),
         Err(e) => {
             out.problems.push(Problem {
                 path: rel.clone(),

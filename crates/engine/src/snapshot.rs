@@ -17,6 +17,12 @@
 //! the copy again, and after [`MAX_RESTARTS`] restarts the rest is copied in one step, which
 //! holds the writer for as long as copying the database takes.
 //!
+//! Three routes lead to a private copy, behind one interface (each gives a [`Taking`]): a
+//! database through SQLite's backup API ([`Snapshots::take`]); a plain file that changed
+//! under every read through a copy checked stable ([`Snapshots::copy_stable`]); and, on
+//! Windows, a file another program holds open without sharing it for reading through a shadow
+//! copy of its volume ([`Snapshots::copy_from_shadow`], [`crate::shadow`]).
+//!
 //! A copy is kept while any scan's records refer to it, and taken again only when the
 //! database or a companion changed (size, time or file id), so an idle database costs a few
 //! `stat` calls per scan; a database that changes all the time is copied at most once per
@@ -28,6 +34,7 @@
 use crate::fs::{self, Stamp};
 use crate::hash;
 use crate::index::FileRecord;
+use crate::shadow::Shadows;
 use rusqlite::{Connection, OpenFlags, backup};
 use std::collections::HashMap;
 use std::io::Read;
@@ -146,6 +153,8 @@ pub struct Snapshots {
     every: Duration,
     /// Plain files that changed under a read or a send: read through a stable copy from now on.
     unstable: Mutex<std::collections::HashSet<String>>,
+    /// Shadow copies of the folder's volume, for files held without read sharing (Windows).
+    shadows: Shadows,
 }
 
 impl Snapshots {
@@ -161,6 +170,7 @@ impl Snapshots {
             known: Mutex::new(HashMap::new()),
             every: Duration::ZERO,
             unstable: Mutex::new(Default::default()),
+            shadows: Shadows::default(),
         })
     }
 
@@ -191,7 +201,7 @@ impl Snapshots {
     /// copy's content with the database's time. The last copy is reused when neither the
     /// database nor a companion changed since it was taken.
     pub fn take(&self, full: &Path, rel: &str, racy_window_ns: i128) -> Result<Taking, String> {
-        self.take_with(full, rel, racy_window_ns, backup_into)
+        self.take_with(full, rel, racy_window_ns, &backup_into)
     }
 
     /// A private copy of a file that is not a database but keeps changing (it changed under
@@ -204,15 +214,30 @@ impl Snapshots {
         rel: &str,
         racy_window_ns: i128,
     ) -> Result<Taking, String> {
-        self.take_with(full, rel, racy_window_ns, copy_checked)
+        self.take_with(full, rel, racy_window_ns, &copy_checked)
     }
 
+    /// A private copy of a file another program holds open without sharing it for reading,
+    /// taken from a shadow copy of its volume ([`crate::shadow`], Windows only).
+    pub fn copy_from_shadow(
+        &self,
+        full: &Path,
+        rel: &str,
+        racy_window_ns: i128,
+    ) -> Result<Taking, String> {
+        self.take_with(full, rel, racy_window_ns, &|from, to| {
+            self.shadows.copy(from, to)
+        })
+    }
+
+    /// The one way every copy is taken, whatever `copier` reads it with: reused while the
+    /// file and its companions keep their stamps, then hashed and recorded.
     fn take_with(
         &self,
         full: &Path,
         rel: &str,
         racy_window_ns: i128,
-        copier: fn(&Path, &Path) -> Result<Taken, String>,
+        copier: &dyn Fn(&Path, &Path) -> Result<Taken, String>,
     ) -> Result<Taking, String> {
         let live = Live::of(full);
         {

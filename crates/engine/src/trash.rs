@@ -112,7 +112,7 @@ impl Trash {
         }
         let _slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         let kept = self.free_slot(rel)?;
-        std::fs::rename(full, &kept).map_err(|e| {
+        crate::fs::rename(full, &kept).map_err(|e| {
             io::Error::new(
                 e.kind(),
                 format!("cannot move it into the trash ({e}); it was left in place"),

@@ -17,8 +17,8 @@
 //!
 //! What a reader of the target sees: the state after one batch or after the next, plus the
 //! time the steps themselves take (renames: microseconds a file), during which it holds the
-//! exclusive lock on `ROOT/.rainmaker/apply.lock` ([`APPLY_LOCK`], an advisory `flock` on
-//! Unix; Windows has none yet). A reader that takes a shared lock on that file while it reads
+//! exclusive lock on `ROOT/.rainmaker/apply.lock` ([`APPLY_LOCK`]: `flock` on Unix,
+//! `LockFileEx` on Windows). A reader that takes a shared lock on that file while it reads
 //! (a failover script, a copy of the backup) sees whole batches only. A batch is a whole session, up to a bound (the receiver applies a
 //! session larger than the bound in several batches, each whole); a session cut before its
 //! end applies what arrived whole only when the source closed it cleanly (a user stopping the
@@ -689,7 +689,7 @@ impl Committer {
             Ok(m) if m.is_file() => self.trash.keep_before_replace(&full, rel)?,
             _ => {}
         }
-        std::fs::rename(temp_path, &full)?;
+        fs::rename(temp_path, &full)?;
         Ok(full)
     }
 }
