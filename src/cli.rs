@@ -380,3 +380,27 @@ pub enum RemoteAction {
     /// Make the agent a target again (after failback).
     Demote,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_s_defaults_are_the_engine_s() {
+        let Command::Push(push) = Cli::parse_from(["rainmaker", "push"]).command else {
+            panic!("`push` parses as a push");
+        };
+        assert_eq!(
+            push.rescan_every,
+            rainmaker_engine::app::mirror::WATCH_RESCAN
+        );
+        assert_eq!(
+            push.stall_timeout,
+            rainmaker_engine::engine::STALL_TIMEOUT.as_secs()
+        );
+        assert_eq!(
+            f64::from(push.max_delete) / 100.0,
+            rainmaker_engine::app::mirror::MASS_DELETE_SHARE
+        );
+    }
+}

@@ -17,10 +17,10 @@ mod winservice;
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use cli::{Cli, Command, PairArgs, PushArgs, ServeArgs};
+use rainmaker_engine::app::{self, Mirror, Overrides};
 use rainmaker_engine::config::Mode;
-use rainmaker_engine::engine::{self, PushOptions, Schedule, ServeOptions, Server, TargetSpec};
+use rainmaker_engine::engine::{self, ServeOptions, Server, TargetSpec};
 use rainmaker_engine::event::{self, PushReport};
-use rainmaker_engine::exclude::Exclude;
 use rainmaker_engine::guard::Thresholds;
 use rainmaker_engine::pairing::{self, Pairing};
 use rainmaker_engine::schedule::{SyncTiming, interval_warning, total_memory};
@@ -302,7 +302,10 @@ async fn serve(args: ServeArgs, config: Option<&Path>) -> Result<()> {
         listen: settings.listen.clone(),
         token: token.clone(),
         insecure: settings.insecure,
-        name: settings.name.clone().unwrap_or_else(host_name),
+        name: settings
+            .name
+            .clone()
+            .unwrap_or_else(app::mirror::machine_name),
         trash_retention: (days > 0).then(|| Duration::from_secs(u64::from(days) * 24 * 3600)),
         push_to: settings.push_to.clone(),
     })
@@ -325,7 +328,7 @@ async fn serve(args: ServeArgs, config: Option<&Path>) -> Result<()> {
             if std::io::stderr().is_terminal() {
                 let code = Pairing {
                     role: Role::Source,
-                    host: pairing::advertised_host(&settings.listen, &machine_name()),
+                    host: pairing::advertised_host(&settings.listen, &app::mirror::machine_name()),
                     port: server.local_addr().port(),
                     fingerprint: fp.to_owned(),
                     token,
@@ -391,7 +394,7 @@ fn pair(args: PairArgs, config: Option<&Path>) -> Result<()> {
     };
     let host = match &args.host {
         Some(host) => host.trim().trim_matches(['[', ']']).to_ascii_lowercase(),
-        None => pairing::advertised_host(&settings.listen, &machine_name()),
+        None => pairing::advertised_host(&settings.listen, &app::mirror::machine_name()),
     };
     let code = Pairing {
         role,
@@ -416,22 +419,11 @@ fn pair(args: PairArgs, config: Option<&Path>) -> Result<()> {
     Ok(())
 }
 
-/// This machine's name for a pairing code when the agent listens on every interface.
-fn machine_name() -> String {
-    pairing::host_name().unwrap_or_else(host_name)
-}
-
 /// The idle limit the end-to-end tests set (`RAINMAKER_TEST_IDLE_MS`, milliseconds), so a
 /// frozen source is noticed in a moment instead of the 30 s an agent allows. For tests only.
 fn test_idle_limit() -> Option<Duration> {
     let ms: u64 = std::env::var("RAINMAKER_TEST_IDLE_MS").ok()?.parse().ok()?;
     Some(Duration::from_millis(ms.max(100)))
-}
-
-pub fn host_name() -> String {
-    std::env::var("HOSTNAME")
-        .or_else(|_| std::env::var("COMPUTERNAME"))
-        .unwrap_or_else(|_| "rainmaker".into())
 }
 
 /// Turns the command line's targets (pairing codes, or addresses with --fingerprint and
@@ -508,31 +500,22 @@ async fn push(args: PushArgs) -> Result<ExitCode> {
     if !meta.is_dir() {
         bail!("the source {} is not a folder", source.display());
     }
-    let options = PushOptions {
-        state_dir: args
-            .state_dir
-            .clone()
-            .unwrap_or_else(|| engine::default_state_dir(&source)),
-        source,
-        targets,
-        source_name: host_name(),
-        passes: 3,
-        compress: match args.compress {
-            cli::CompressArg::Auto => engine::Compress::Auto,
-            cli::CompressArg::Always => engine::Compress::Always,
-            cli::CompressArg::Never => engine::Compress::Never,
-        },
-        stall_timeout: std::time::Duration::from_secs(args.stall_timeout),
-        bwlimit: args
-            .bwlimit
-            .map(|rate| std::sync::Arc::new(rainmaker_engine::rate::RateLimit::new(rate))),
-        gate: rainmaker_engine::guard::Gate::open(),
-        max_delete_share: delete_share(&args),
-        exclude: Exclude::new(&args.exclude)?,
+    let mode = if args.watch {
+        Mode::Watch
+    } else {
+        args.every.map_or(Mode::Manual, Mode::Every)
     };
+    let mirror = Mirror::new(
+        &Mirror::folder(source, mode),
+        targets,
+        &engine::data_dir(),
+        app::mirror::machine_name(),
+        overrides(&args),
+    )?;
     if !args.once {
-        return continuous(&args, &options).await;
+        return continuous(&args, &mirror).await;
     }
+    let options = mirror.options;
     let (events, listener) = event::channel();
     let bars = progress::spawn(listener, !args.json || progress::stderr_is_terminal());
     let board = status::spawn_writer(events.subscribe(), &options, "once");
@@ -559,32 +542,22 @@ fn thresholds(args: &PushArgs) -> Thresholds {
 }
 
 /// `push --watch` and `push --every`: runs until Ctrl-C or SIGTERM.
-async fn continuous(args: &PushArgs, options: &PushOptions) -> Result<ExitCode> {
-    let schedule = match args.every {
-        Some(every) => {
-            if every < Duration::from_secs(1) {
-                bail!(
-                    "--every {} is too short; give at least 1s",
-                    humantime::format_duration(every)
-                );
-            }
-            if let Some(warning) = interval_warning(every, total_memory(), &[]) {
-                eprintln!("warning: {warning}");
-            }
-            Schedule {
-                watch: false,
-                every,
-                guard: Some(thresholds(args)),
-                sync_now: None,
-            }
+async fn continuous(args: &PushArgs, mirror: &Mirror) -> Result<ExitCode> {
+    if let Some(every) = args.every {
+        if every < Duration::from_secs(1) {
+            bail!(
+                "--every {} is too short; give at least 1s",
+                humantime::format_duration(every)
+            );
         }
-        None => Schedule {
-            watch: true,
-            every: args.rescan_every.max(Duration::from_secs(1)),
-            guard: Some(thresholds(args)),
-            sync_now: None,
-        },
-    };
+        if let Some(warning) = interval_warning(every, total_memory(), &[]) {
+            eprintln!("warning: {warning}");
+        }
+    }
+    let options = &mirror.options;
+    let schedule = mirror
+        .schedule(Some(thresholds(args)), None)
+        .context("continuous mirroring needs --watch or --every")?;
     let (events, listener) = event::channel();
     let watcher = progress::spawn(listener, false);
     if args.json {
@@ -688,6 +661,24 @@ fn delete_share(args: &PushArgs) -> Option<f64> {
     (!args.allow_mass_delete).then_some(f64::from(args.max_delete) / 100.0)
 }
 
+/// What the command line's flags change of a folder's settings.
+fn overrides(args: &PushArgs) -> Overrides {
+    Overrides {
+        bwlimit: args.bwlimit,
+        exclude: args.exclude.clone(),
+        compress: match args.compress {
+            cli::CompressArg::Auto => engine::Compress::Auto,
+            cli::CompressArg::Always => engine::Compress::Always,
+            cli::CompressArg::Never => engine::Compress::Never,
+        },
+        stall_timeout: Duration::from_secs(args.stall_timeout),
+        max_delete_share: delete_share(args),
+        watch_rescan: args.rescan_every.max(Duration::from_secs(1)),
+        state_dir: args.state_dir.clone(),
+        ..Overrides::default()
+    }
+}
+
 /// `rainmaker run`: the `[serve]` section and every `[[folder]]` of the configuration file,
 /// together, until stopped.
 async fn run_configured(config: Option<&Path>) -> Result<ExitCode> {
@@ -762,60 +753,39 @@ async fn push_configured(args: PushArgs, config: Option<&Path>) -> Result<ExitCo
             );
             continue;
         }
-        let mut targets = Vec::new();
-        for t in &folder.targets {
-            // A ws:// target written in the configuration file is taken as meant (the
-            // file's checker only accepts ws:// and wss://; agents refuse plain ws:// off
-            // loopback).
-            targets.push(TargetSpec {
-                url: t.url.clone(),
-                trust: trust(
-                    &t.url,
-                    t.fingerprint.as_ref(),
-                    &known_peers,
-                    true,
-                    args.trust_first_use,
-                )?,
-                token: read_token(&t.token_file)?,
-            });
-        }
-        let options = PushOptions {
-            state_dir: engine::default_state_dir(&folder.source),
-            source: folder.source.clone(),
-            targets,
-            source_name: host_name(),
-            passes: 3,
-            compress: engine::Compress::Auto,
-            stall_timeout: Duration::from_secs(args.stall_timeout),
-            bwlimit: args
-                .bwlimit
-                .or(folder.bwlimit)
-                .map(|rate| std::sync::Arc::new(rainmaker_engine::rate::RateLimit::new(rate))),
-            gate: rainmaker_engine::guard::Gate::open(),
-            max_delete_share: delete_share(&args),
-            exclude: Exclude::new(if args.exclude.is_empty() {
-                &folder.exclude
-            } else {
-                &args.exclude
-            })?,
-        };
+        // A ws:// target written in the configuration file is taken as meant (the file's
+        // checker only accepts ws:// and wss://; agents refuse plain ws:// off loopback).
+        let targets = folder
+            .targets
+            .iter()
+            .map(|t| app::mirror::target_spec(t, &known_peers, args.trust_first_use))
+            .collect::<Result<Vec<_>, _>>()?;
         let mode = if args.once {
             Mode::Manual
         } else if args.watch {
             Mode::Watch
-        } else if let Some(every) = args.every {
-            Mode::Every(every)
         } else {
-            folder.mode
+            args.every.map_or(folder.mode, Mode::Every)
         };
-        let (thresholds, cancel, rescan) = (thresholds.clone(), cancel.clone(), args.rescan_every);
+        let mirror = Mirror::new(
+            folder,
+            targets,
+            &engine::data_dir(),
+            app::mirror::machine_name(),
+            Overrides {
+                mode: Some(mode),
+                ..overrides(&args)
+            },
+        )?;
+        let (thresholds, cancel) = (thresholds.clone(), cancel.clone());
         runs.spawn(async move {
             let (events, listener) = event::channel();
             let printer = progress::spawn(listener, false);
-            let (label, result) = match mode {
-                Mode::Manual => {
-                    let board = status::spawn_writer(events.subscribe(), &options, "once");
-                    let report = engine::push_once(&options, &events, &cancel).await;
+            let options = &mirror.options;
+            let (label, result) = match mirror.schedule(Some(thresholds), None) {
+                None => {
+                    let board = status::spawn_writer(events.subscribe(), options, "once");
+                    let report = engine::push_once(options, &events, &cancel).await;
                     drop(events);
                     let _ = board.await;
                     let code = report.map(|r| {
@@ -824,23 +794,14 @@ async fn push_configured(args: PushArgs, config: Option<&Path>) -> Result<ExitCo
                     });
                     ("once", code)
                 }
-                Mode::Watch | Mode::Every(_) => {
-                    let (watch, every, label) = match mode {
-                        Mode::Every(every) => (false, every, "every"),
-                        _ => (true, rescan, "watch"),
-                    };
-                    let schedule = Schedule {
-                        watch,
-                        every,
-                        guard: Some(thresholds),
-                        sync_now: None,
-                    };
-                    let board = status::spawn_writer(events.subscribe(), &options, label);
+                Some(schedule) => {
+                    let label = if schedule.watch { "watch" } else { "every" };
+                    let board = status::spawn_writer(events.subscribe(), options, label);
                     eprintln!(
                         "rainmaker: mirroring {} ({label})",
                         options.source.display()
                     );
-                    let done = engine::push_continuous(&options, &schedule, &events, &cancel).await;
+                    let done = engine::push_continuous(options, &schedule, &events, &cancel).await;
                     drop(events);
                     let _ = board.await;
                     (label, done.map(|()| ExitCode::SUCCESS))

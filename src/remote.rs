@@ -17,7 +17,7 @@ use std::process::ExitCode;
 
 /// The agent to command: its address, how to check it, and its admin token.
 fn agent_of(args: &RemoteArgs) -> Result<ConnectOptions> {
-    let source_name = crate::host_name();
+    let source_name = rainmaker_engine::app::mirror::machine_name();
     if Pairing::is_code(&args.agent) {
         let code = Pairing::parse(&args.agent)?;
         if code.role != Role::Admin {

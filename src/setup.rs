@@ -71,8 +71,27 @@ pub fn check(given: Option<&Path>) -> Result<()> {
     if said.is_empty() {
         said.push("neither serves nor mirrors anything yet".into());
     }
-    println!("{}: ok; this machine {}", path.display(), said.join("; "));
-    Ok(())
+    let problems = rainmaker_engine::app::ready::check(&config);
+    if problems.is_empty() {
+        println!("{}: ok; this machine {}", path.display(), said.join("; "));
+        return Ok(());
+    }
+    println!(
+        "{}: the file is well formed (this machine {}), but {} thing(s) would keep it from \
+         working here:",
+        path.display(),
+        said.join("; "),
+        problems.len()
+    );
+    for problem in &problems {
+        println!("- {}\n  fix: {}", problem.what, problem.fix);
+    }
+    bail!(
+        "{} is not ready on this machine ({} problem(s) above); checked as this user, so run \
+         the check as the user the agent runs as",
+        path.display(),
+        problems.len()
+    )
 }
 
 /// The guard's thresholds from the configuration.

@@ -24,14 +24,67 @@ fn init_writes_a_file_that_passes_the_check_and_will_not_overwrite_it() {
     let (code, out, err) = rainmaker(&sandbox, &config, &["init"]);
     assert_eq!(code, 0, "{out}{err}");
     let (code, out, err) = rainmaker(&sandbox, &config, &["config", "check"]);
-    assert_eq!(code, 0, "the starting file must pass the check: {out}{err}");
-    assert!(out.contains("ok"), "{out}");
+    // The starting file is well formed, and names a folder and a token file that are not
+    // there yet: the check says so, with the fixes, instead of "ok".
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("well formed")
+            && out.contains("/srv/rainmaker/NinjaTrader 8")
+            && out.contains("mkdir -p")
+            && out.contains("/etc/rainmaker/token")
+            && out.contains("fix:"),
+        "{out}"
+    );
     let (code, _, err) = rainmaker(&sandbox, &config, &["init"]);
     assert_ne!(code, 0, "init must not overwrite a file the user edited");
     assert!(
         err.contains("already exists") && err.contains("--force"),
         "{err}"
     );
+}
+
+/// `config check` checks what the agent will need, not only the file's form: the folder that
+/// receives, its token file, and a free listen address; then, once they are there, says ok.
+#[test]
+fn the_check_names_what_the_agent_would_lack_and_passes_once_it_is_there() {
+    let sandbox = Sandbox::new();
+    let config = sandbox.path("rainmaker.toml");
+    let root = sandbox.path("receive here");
+    let token = sandbox.path("etc/serve-token");
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listen = held.local_addr().unwrap().to_string();
+    let text = |listen: &str| {
+        format!(
+            "[serve]\nroot = {:?}\nlisten = {listen:?}\ntoken_file = {:?}\n",
+            root.to_string_lossy().replace('\\', "/"),
+            token.to_string_lossy().replace('\\', "/")
+        )
+    };
+    std::fs::write(&config, text(&listen)).unwrap();
+    let (code, out, err) = rainmaker(&sandbox, &config, &["config", "check"]);
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(out.contains("3 thing(s)"), "{out}");
+    assert!(
+        out.contains("receive here") && out.contains("mkdir"),
+        "{out}"
+    );
+    assert!(out.contains("token") && out.contains("urandom"), "{out}");
+    assert!(out.contains(&listen) && out.contains("free port"), "{out}");
+    assert!(err.contains("not ready"), "{err}");
+
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::create_dir_all(token.parent().unwrap()).unwrap();
+    std::fs::write(&token, "a-long-random-secret-of-many-characters\n").unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    drop(held);
+    std::fs::write(&config, text("127.0.0.1:0")).unwrap();
+    let (code, out, err) = rainmaker(&sandbox, &config, &["config", "check"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(": ok;"), "{out}");
 }
 
 #[test]

@@ -12,9 +12,10 @@ use crate::view::{
     ActivityView, Dashboard, FolderView, GuardView, PauseView, ProgressView, ResourcesView,
     ServerView,
 };
+use rainmaker_engine::app::{self, Mirror, Overrides};
 use rainmaker_engine::config::{Config, Folder, Mode, Server, Target};
 use rainmaker_engine::engine::Remote;
-use rainmaker_engine::engine::{self, PushOptions, Schedule, ServeOptions, TargetSpec};
+use rainmaker_engine::engine::{self, ServeOptions, TargetSpec};
 use rainmaker_engine::event::{self, Event, PushReport};
 use rainmaker_engine::exclude::Exclude;
 use rainmaker_engine::guard::Gate;
@@ -121,7 +122,7 @@ impl Runner {
         let runner = Arc::new(Runner {
             config_path,
             data_dir,
-            this_pc: host_name(),
+            this_pc: app::mirror::machine_name(),
             total_memory: rainmaker_engine::schedule::total_memory(),
             rt,
             inner: Mutex::new(Inner {
@@ -743,42 +744,42 @@ impl Runner {
         Ok(())
     }
 
-    /// The options of a push of the configured folder.
-    fn push_options(
-        &self,
-        inner: &Inner,
-        allow_mass_delete: bool,
-    ) -> Result<Option<PushOptions>, UiError> {
+    /// The mirror of the configured folder.
+    fn mirror(&self, inner: &Inner, allow_mass_delete: bool) -> Result<Option<Mirror>, UiError> {
         let Some(folder) = inner.config.folders.first() else {
             return Ok(None);
         };
         if folder.targets.is_empty() {
             return Ok(None);
         }
-        let mut targets = Vec::new();
-        for t in &folder.targets {
-            targets.push(TargetSpec {
-                url: t.url.clone(),
-                trust: self.trust(&t.url, t.fingerprint.as_deref()),
-                token: settings::read_token(&t.token_file)?,
-            });
-        }
-        let mut options = PushOptions::new(
-            folder.source.clone(),
+        // Never trusted on first use: a server is added with its fingerprint confirmed (or
+        // its pairing code); a hand-written one without a fingerprint must be in the
+        // known-peers file.
+        let known_peers = app::mirror::known_peers_in(&self.data_dir);
+        let targets = folder
+            .targets
+            .iter()
+            .map(|t| app::mirror::target_spec(t, &known_peers, false))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| UiError::new("config", e.to_string()))?;
+        let overrides = Overrides {
+            gate: Some(inner.gate.clone()),
+            max_delete_share: if allow_mass_delete {
+                None
+            } else {
+                Overrides::default().max_delete_share
+            },
+            ..Overrides::default()
+        };
+        Mirror::new(
+            folder,
             targets,
-            engine::state_dir_in(&self.data_dir, &folder.source),
-        );
-        options.source_name = self.this_pc.clone();
-        options.bwlimit = folder
-            .bwlimit
-            .map(|rate| Arc::new(rainmaker_engine::rate::RateLimit::new(rate)));
-        options.gate = inner.gate.clone();
-        options.exclude =
-            Exclude::new(&folder.exclude).map_err(|e| UiError::new("config", e.to_string()))?;
-        if allow_mass_delete {
-            options.max_delete_share = None;
-        }
-        Ok(Some(options))
+            &self.data_dir,
+            self.this_pc.clone(),
+            overrides,
+        )
+        .map(Some)
+        .map_err(|e| UiError::new("config", e.to_string()))
     }
 
     /// Stops what runs and starts what the configuration says (continuous or scheduled
@@ -791,16 +792,8 @@ impl Runner {
         if inner.user_paused || inner.receiving_from.is_some() {
             return;
         }
-        let Some(mode) = inner.config.folders.first().map(|f| f.mode) else {
-            return;
-        };
-        let (watch, every) = match mode {
-            Mode::Manual => return,
-            Mode::Watch => (true, Duration::from_secs(300)),
-            Mode::Every(every) => (false, every),
-        };
-        let options = match self.push_options(&inner, false) {
-            Ok(Some(options)) => options,
+        let mirror = match self.mirror(&inner, false) {
+            Ok(Some(mirror)) => mirror,
             Ok(None) => return,
             Err(e) => {
                 drop(inner);
@@ -808,12 +801,11 @@ impl Runner {
                 return;
             }
         };
-        let schedule = Schedule {
-            watch,
-            every,
-            guard: None,
-            sync_now: Some(inner.sync_now.clone()),
+        // The guard runs beside every job here (restart_guard), so the schedule has none.
+        let Some(schedule) = mirror.schedule(None, Some(inner.sync_now.clone())) else {
+            return;
         };
+        let options = mirror.options;
         let job = self.new_job(&mut inner, false);
         drop(inner);
         let (runner, events) = (self.clone(), self.events.clone());
@@ -863,7 +855,8 @@ impl Runner {
         }
         inner.user_paused = false;
         let options = self
-            .push_options(&inner, allow_mass_delete)?
+            .mirror(&inner, allow_mass_delete)?
+            .map(|mirror| mirror.options)
             .ok_or_else(|| {
                 UiError::bad_input("Pick a folder to mirror and at least one target first.")
             })?;
@@ -1129,7 +1122,12 @@ impl Runner {
     fn trust(&self, url: &str, fingerprint: Option<&str>) -> Trust {
         // Never on first use: a server is added with its fingerprint confirmed (or its pairing
         // code); a hand-written one without a fingerprint must be in the known-peers file.
-        Trust::for_url(url, fingerprint, &self.data_dir.join("known_peers"), false)
+        Trust::for_url(
+            url,
+            fingerprint,
+            &app::mirror::known_peers_in(&self.data_dir),
+            false,
+        )
     }
 
     /// The trust and pairing token of a configured server.
@@ -1301,7 +1299,7 @@ impl Runner {
             admin_token: None,
             insecure: false,
             name: self.this_pc.clone(),
-            trash_retention: Some(Duration::from_secs(7 * 24 * 3600)),
+            trash_retention: Some(rainmaker_engine::trash::DEFAULT_RETENTION),
             push_to: None,
         })
         .await
@@ -1676,10 +1674,6 @@ fn check_url(url: &str) -> Result<String, UiError> {
         )));
     }
     Ok(full)
-}
-
-fn host_name() -> String {
-    sysinfo::System::host_name().unwrap_or_else(|| "this PC".into())
 }
 
 fn human_seconds(seconds: f64) -> String {

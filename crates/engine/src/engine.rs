@@ -93,21 +93,22 @@ pub struct PushOptions {
 pub const STALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl PushOptions {
-    /// Options with the defaults the agent uses: three passes, compression when it helps,
-    /// the default stall timeout, no bandwidth cap, no guard, and the mass-delete guard at
-    /// half of a target's files.
+    /// Options with the defaults ([`crate::app::mirror`]): its passes, compression when it
+    /// helps, the default stall timeout, no bandwidth cap, no guard, and the mass-delete
+    /// guard at its share of a target's files. Shells build them through
+    /// [`crate::app::Mirror`].
     pub fn new(source: PathBuf, targets: Vec<TargetSpec>, state_dir: PathBuf) -> PushOptions {
         PushOptions {
             source,
             targets,
             state_dir,
             source_name: "rainmaker".into(),
-            passes: 3,
+            passes: crate::app::mirror::PASSES,
             compress: Compress::Auto,
             stall_timeout: STALL_TIMEOUT,
             bwlimit: None,
             gate: crate::guard::Gate::open(),
-            max_delete_share: Some(0.5),
+            max_delete_share: Some(crate::app::mirror::MASS_DELETE_SHARE),
             exclude: crate::exclude::Exclude::none(),
         }
     }

@@ -30,9 +30,13 @@
 //! - [`text`]: text from a peer (names, reasons) with its control characters escaped.
 //! - [`config`]: the configuration file `rainmaker.toml`, checked with locations.
 //! - [`win32`]: CPU times and Wine detection, asked of Windows itself.
+//! - [`app`]: the application layer every shell drives: a configured folder turned into a
+//!   mirror, with the defaults in one place.
+//! - [`shadow`]: shadow copies of a volume, for files held with no read sharing (Windows).
 //! - [`engine`]: wires the above into `push` (once, continuous, on an interval) and `serve`,
 //!   the API the agent and tray call.
 
+pub mod app;
 pub mod config;
 pub mod engine;
 pub mod event;

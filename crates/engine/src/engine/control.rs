@@ -15,7 +15,9 @@
 //! to this machine's loopback), never on trust on first use, and only to the addresses of
 //! `[serve] push_to` when the agent has that list ([`check_target`], [`PushRefusal`]).
 
-use super::{PushOptions, Schedule, TargetSpec, push_continuous, push_once};
+use super::{TargetSpec, push_continuous, push_once};
+use crate::app::{Mirror, Overrides};
+use crate::config::Mode;
 use crate::event::Event;
 use crate::path::STATE_DIR;
 use crate::protocol::{
@@ -409,35 +411,23 @@ impl Agent {
         else {
             return;
         };
-        let mut options = PushOptions::new(
-            self.root.clone(),
+        let mode = if watch { Mode::Watch } else { Mode::Manual };
+        let mirror = Mirror::new(
+            &Mirror::folder(self.root.clone(), mode),
             specs,
-            self.root.join(STATE_DIR).join("source"),
+            &self.root,
+            self.name.clone(),
+            Overrides {
+                // The agent's own folder keeps its source index in its state folder.
+                state_dir: Some(self.root.join(STATE_DIR).join("source")),
+                ..Overrides::default()
+            },
         );
-        options.source_name = self.name.clone();
         let agent = self.clone();
         let task = tokio::spawn(async move {
-            let (state, error) = if watch {
-                let schedule = Schedule {
-                    watch: true,
-                    every: Duration::from_secs(300),
-                    guard: None,
-                    sync_now: None,
-                };
-                match push_continuous(&options, &schedule, &agent.events, &cancel).await {
-                    Ok(()) => ("stopped", None),
-                    Err(e) => ("failed", Some(e.to_string())),
-                }
-            } else {
-                match push_once(&options, &agent.events, &cancel).await {
-                    Ok(report) if report.ok => ("done", None),
-                    Ok(report) if report.stopped => ("paused", None),
-                    Ok(report) => (
-                        "failed",
-                        report.targets.iter().find_map(|t| t.error.clone()),
-                    ),
-                    Err(e) => ("failed", Some(e.to_string())),
-                }
+            let (state, error) = match mirror {
+                Err(e) => ("failed", Some(e.to_string())),
+                Ok(mirror) => agent.run_push(&mirror, &cancel).await,
             };
             let mut jobs = agent.jobs();
             if let Some(j) = jobs.iter_mut().find(|j| j.id == id)
@@ -449,6 +439,31 @@ impl Agent {
         });
         if let Some(j) = self.jobs().iter_mut().find(|j| j.id == id) {
             j.task = Some(task);
+        }
+    }
+
+    /// Runs a commanded push until it ends or is stopped; its final state and error.
+    async fn run_push(
+        &self,
+        mirror: &Mirror,
+        cancel: &CancellationToken,
+    ) -> (&'static str, Option<String>) {
+        let options = &mirror.options;
+        match mirror.schedule(None, None) {
+            Some(schedule) => match push_continuous(options, &schedule, &self.events, cancel).await
+            {
+                Ok(()) => ("stopped", None),
+                Err(e) => ("failed", Some(e.to_string())),
+            },
+            None => match push_once(options, &self.events, cancel).await {
+                Ok(report) if report.ok => ("done", None),
+                Ok(report) if report.stopped => ("paused", None),
+                Ok(report) => (
+                    "failed",
+                    report.targets.iter().find_map(|t| t.error.clone()),
+                ),
+                Err(e) => ("failed", Some(e.to_string())),
+            },
         }
     }
 
