@@ -20,7 +20,7 @@ use cli::{Cli, Command, PairArgs, PushArgs, ServeArgs};
 use rainmaker_engine::app::{self, Mirror, Overrides};
 use rainmaker_engine::config::Mode;
 use rainmaker_engine::engine::{self, ServeOptions, Server, TargetSpec};
-use rainmaker_engine::event::{self, PushReport};
+use rainmaker_engine::event::{self, PushReport, Refusal};
 use rainmaker_engine::guard::Thresholds;
 use rainmaker_engine::pairing::{self, Pairing};
 use rainmaker_engine::schedule::{SyncTiming, interval_warning, total_memory};
@@ -826,6 +826,20 @@ async fn push_configured(args: PushArgs, config: Option<&Path>) -> Result<ExitCo
     Ok(worst)
 }
 
+/// What the command line adds to a refusal a user can act on: the flag that does it.
+pub(crate) fn refusal_hint(refusal: Option<Refusal>) -> &'static str {
+    match refusal {
+        Some(Refusal::MassDelete) => {
+            ". If the deletions are wanted, run again with --allow-mass-delete"
+        }
+        Some(Refusal::FingerprintChanged) => "",
+        Some(Refusal::WrongToken) => {
+            ". Give --token-file the target's token file (or its pairing code)"
+        }
+        _ => "",
+    }
+}
+
 fn exit_code(report: &PushReport) -> ExitCode {
     if report.ok || report.stopped {
         // Stopped on request: a clean stop, every target resumes from what it kept.
@@ -858,9 +872,10 @@ fn print_summary(report: &PushReport) {
             );
         } else {
             eprintln!(
-                "FAILED   {}: {}",
+                "FAILED   {}: {}{}",
                 t.url,
-                t.error.as_deref().unwrap_or("unknown error")
+                t.error.as_deref().unwrap_or("unknown error"),
+                refusal_hint(t.refusal)
             );
         }
     }

@@ -75,9 +75,20 @@ pub fn spawn(mut events: broadcast::Receiver<Event>, draw: bool) -> JoinHandle<(
                         "verifying  {target}: the earlier part of the grown files is being read again"
                     );
                 }
-                Event::TargetFailed { target, reason } => match bars.get(&target) {
-                    Some(bar) => bar.abandon_with_message(format!("failed: {reason}")),
-                    None => tracing::debug!(%target, %reason, "target failed"),
+                Event::TargetFailed {
+                    target,
+                    reason,
+                    refusal,
+                } => match bars.get(&target) {
+                    Some(bar) => bar.abandon_with_message(format!(
+                        "failed: {reason}{}",
+                        crate::refusal_hint(Some(refusal))
+                    )),
+                    None => match crate::refusal_hint(Some(refusal)) {
+                        "" => tracing::debug!(%target, %reason, "target failed"),
+                        // The engine logged the reason; the command line says what to do.
+                        hint => tracing::warn!(%target, "{}", hint.trim_start_matches(". ")),
+                    },
                 },
                 Event::FileFailed {
                     target,

@@ -10,8 +10,9 @@ use crate::cli::{RemoteAction, RemoteArgs};
 use crate::read_token;
 use anyhow::{Context, Result, bail};
 use rainmaker_engine::engine::{self, Remote};
+use rainmaker_engine::event::Event;
 use rainmaker_engine::pairing::Pairing;
-use rainmaker_engine::protocol::{ControlReply, ControlRequest, RemoteTarget};
+use rainmaker_engine::protocol::{ControlReply, ControlRequest, JobState, Refusal, RemoteTarget};
 use rainmaker_engine::transport::{ConnectOptions, Role, Trust};
 use std::process::ExitCode;
 
@@ -113,7 +114,9 @@ pub async fn run(args: RemoteArgs) -> Result<ExitCode> {
     }
     let reply = remote.call(request).await?;
     let code = match (&args.action, reply) {
-        (_, ControlReply::Refused { reason }) => bail!("{agent} refused: {reason}"),
+        (_, ControlReply::Refused { reason, refusal }) => {
+            bail!("{agent} refused: {reason}{}", hint(refusal))
+        }
         (RemoteAction::Status { json }, ControlReply::Status(status)) => {
             if *json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
@@ -171,7 +174,9 @@ pub async fn run(args: RemoteArgs) -> Result<ExitCode> {
 fn expect_done(reply: ControlReply, agent: &str) -> Result<()> {
     match reply {
         ControlReply::Done => Ok(()),
-        ControlReply::Refused { reason } => bail!("{agent} refused: {reason}"),
+        ControlReply::Refused { reason, refusal } => {
+            bail!("{agent} refused: {reason}{}", hint(refusal))
+        }
         other => bail!("{agent} answered {other:?}"),
     }
 }
@@ -180,12 +185,15 @@ fn expect_done(reply: ControlReply, agent: &str) -> Result<()> {
 async fn follow_job(remote: &mut Remote, job: u64) -> Result<ExitCode> {
     let ended = remote
         .follow(job, |json| {
-            if !json.contains("\"progress\"") {
+            // Every event but the many progress ticks, as the agent sent it.
+            let tick = serde_json::from_str::<Event>(&json)
+                .is_ok_and(|event| matches!(event, Event::Progress { .. }));
+            if !tick {
                 println!("{json}");
             }
         })
         .await?;
-    if ended.state == "done" {
+    if ended.state == JobState::Done {
         return Ok(ExitCode::SUCCESS);
     }
     eprintln!(
@@ -197,4 +205,14 @@ async fn follow_job(remote: &mut Remote, job: u64) -> Result<ExitCode> {
             .map_or(String::new(), |e| format!(": {e}"))
     );
     Ok(ExitCode::FAILURE)
+}
+
+/// What the command line adds to a refusal a user can act on: the command or flag that does it.
+fn hint(refusal: Refusal) -> &'static str {
+    match refusal {
+        Refusal::WrongToken => "; give `--admin-token-file` the agent's admin token file",
+        Refusal::Busy | Refusal::RecentSource => "; `promote --force` promotes it anyway",
+        Refusal::Promoted => "; `demote` makes it a target again",
+        _ => "",
+    }
 }

@@ -107,7 +107,7 @@ impl Target {
                     Reply::Message(Message::ManifestEnd { .. } | Message::ManifestSame { .. }) => {
                         return ws;
                     }
-                    Reply::Message(Message::Refused { reason })
+                    Reply::Message(Message::Refused { reason, .. })
                         if reason.contains("another source") && Instant::now() < deadline =>
                     {
                         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -189,7 +189,7 @@ async fn reply(ws: &mut Ws) -> Reply {
 async fn expect_refused(ws: &mut Ws, case: &str) -> String {
     loop {
         match reply(ws).await {
-            Reply::Message(Message::Refused { reason }) => {
+            Reply::Message(Message::Refused { reason, .. }) => {
                 println!("{case}: refused: {reason}");
                 return reason;
             }
@@ -206,7 +206,7 @@ async fn expect_refused(ws: &mut Ws, case: &str) -> String {
 async fn expect_refused_or_closed(ws: &mut Ws, case: &str) -> String {
     loop {
         match reply(ws).await {
-            Reply::Message(Message::Refused { reason }) => {
+            Reply::Message(Message::Refused { reason, .. }) => {
                 println!("{case}: refused: {reason}");
                 return reason;
             }
@@ -562,7 +562,7 @@ async fn a_second_source_is_refused_while_one_mirrors() {
     let reason = loop {
         match reply(&mut second).await {
             Reply::Message(Message::Welcome { .. }) => continue,
-            Reply::Message(Message::Refused { reason }) => break reason,
+            Reply::Message(Message::Refused { reason, .. }) => break reason,
             other => {
                 panic!("{case}: two sources must never write into one root at once, got {other:?}")
             }

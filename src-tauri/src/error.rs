@@ -3,14 +3,16 @@
 
 use rainmaker_engine::config::ConfigError;
 use rainmaker_engine::engine::EngineError;
+use rainmaker_engine::protocol::Refusal;
 use rainmaker_engine::transport::TransportError;
 use serde::Serialize;
 
 /// An error for the dashboard.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct UiError {
-    /// Stable and machine-readable: `bad_input`, `unreachable`, `refused`, `fingerprint`,
-    /// `config`, `io`, `busy`, or a transport code.
+    /// Stable and machine-readable: `bad_input`, `unreachable`, `config`, `io`, a refusal's
+    /// code ([`refusal_code`]: `refused`, `wrong_token`, `fingerprint`, `promoted`, `busy`,
+    /// `recent_source`, ...), or a transport code.
     pub code: String,
     /// What went wrong and what to do about it.
     pub message: String,
@@ -28,6 +30,25 @@ impl UiError {
     pub fn bad_input(message: impl Into<String>) -> UiError {
         UiError::new("bad_input", message)
     }
+
+    /// A server's refusal, coded by what the user can do about it (never by its text).
+    pub fn refused(refusal: Refusal, reason: impl Into<String>) -> UiError {
+        UiError::new(refusal_code(refusal), reason)
+    }
+}
+
+/// The dashboard's code of a refusal: `refused` when there is nothing to offer but the reason.
+pub fn refusal_code(refusal: Refusal) -> &'static str {
+    match refusal {
+        Refusal::Other => "refused",
+        Refusal::WrongToken => "wrong_token",
+        Refusal::Version => "version",
+        Refusal::FingerprintChanged => "fingerprint",
+        Refusal::Promoted => "promoted",
+        Refusal::Busy => "busy",
+        Refusal::RecentSource => "recent_source",
+        Refusal::MassDelete => "mass_delete",
+    }
 }
 
 impl std::fmt::Display for UiError {
@@ -40,16 +61,18 @@ impl std::error::Error for UiError {}
 
 impl From<TransportError> for UiError {
     fn from(e: TransportError) -> UiError {
-        let code = match &e {
-            TransportError::FingerprintChanged { .. } => "fingerprint",
-            TransportError::Refused { .. } | TransportError::WrongToken { .. } => "refused",
-            other => other.code(),
+        let code = match e.refusal() {
+            Refusal::Other => match &e {
+                TransportError::Refused { .. } => "refused",
+                other => other.code(),
+            },
+            refusal => refusal_code(refusal),
         };
         let message = match &e {
             TransportError::Connect { peer, .. } => format!(
                 "Cannot reach {peer}. Check the address, that RainMaker runs on that server, and that its firewall lets the port through."
             ),
-            TransportError::Refused { reason, .. } if reason.contains("token") => {
+            _ if e.refusal() == Refusal::WrongToken => {
                 "The server refused the pairing token. Copy the token again from the server's token file.".to_owned()
             }
             TransportError::FingerprintChanged { peer, expected, got, .. } => format!(

@@ -6,7 +6,7 @@
 //! [`Runner::subscribe`] says something changed, and shows [`Notice`]s as desktop
 //! notifications. Nothing here mirrors either: every sync is an engine call.
 
-use crate::error::UiError;
+use crate::error::{UiError, refusal_code};
 use crate::settings;
 use crate::view::{
     ActivityView, Dashboard, FolderView, GuardView, PauseView, ProgressView, ResourcesView,
@@ -20,7 +20,9 @@ use rainmaker_engine::event::{self, Event, PushReport};
 use rainmaker_engine::exclude::Exclude;
 use rainmaker_engine::guard::Gate;
 use rainmaker_engine::pairing::Pairing;
-use rainmaker_engine::protocol::{AgentStatus, ControlReply, ControlRequest, RemoteTarget};
+use rainmaker_engine::protocol::{
+    AgentStatus, ControlReply, ControlRequest, JobState, JobStatus, Refusal, RemoteTarget,
+};
 use rainmaker_engine::status::{self, Board};
 use rainmaker_engine::transport::{self, ConnectOptions, Role, TransportError, Trust};
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -243,9 +245,7 @@ impl Runner {
                     .then(|| inner.progress.get(&server.url).map(|t| t.view.clone()))
                     .flatten(),
                     admin: server.admin_token_file.is_some(),
-                    remote_role: online
-                        .and_then(|o| o.status.as_ref())
-                        .map(|s| s.role.clone()),
+                    remote_role: online.and_then(|o| o.status.as_ref()).map(|s| s.role),
                     fed_by: online
                         .and_then(|o| o.status.as_ref())
                         .and_then(|s| s.last_source.as_ref())
@@ -393,9 +393,9 @@ impl Runner {
         let admin_token = admin_token.map(str::trim).filter(|t| !t.is_empty());
         let status = match admin_token {
             Some(admin) => Some(self.remote_status(&spec, admin).await.map_err(|e| {
-                if e.code == "refused" {
-                    UiError::new(
-                        "refused",
+                if e.code == refusal_code(Refusal::WrongToken) {
+                    UiError::refused(
+                        Refusal::WrongToken,
                         format!("The admin token was refused: {}", e.message),
                     )
                 } else {
@@ -1029,9 +1029,13 @@ impl Runner {
                     return;
                 }
             }
-            Event::TargetFailed { target, reason } => {
+            Event::TargetFailed {
+                target,
+                reason,
+                refusal,
+            } => {
                 inner.progress.remove(target);
-                if reason.contains("--allow-mass-delete") {
+                if *refusal == Refusal::MassDelete {
                     inner.mass_delete = Some(format!("{}: {reason}", name(target)));
                 }
                 self.mark_online(&mut inner, target, false, Some(reason.clone()));
@@ -1247,11 +1251,18 @@ impl Runner {
                 }
             }
             match ended {
-                Ok(state) if state == "done" => runner.log(
+                Ok(ended) if ended.state == JobState::Done => runner.log(
                     "info",
                     format!("{from} finished its push: every target is in sync"),
                 ),
-                Ok(state) => runner.log("error", format!("{from}'s push {job} ended: {state}")),
+                Ok(ended) => runner.log(
+                    "error",
+                    format!(
+                        "{from}'s push {job} ended: {}{}",
+                        ended.state,
+                        ended.error.map_or(String::new(), |e| format!(": {e}"))
+                    ),
+                ),
                 Err(e) => runner.log("error", format!("{from}'s push {job}: {}", e.message)),
             }
             runner.probe_all().await;
@@ -1260,18 +1271,14 @@ impl Runner {
     }
 
     /// Folds a remote push's events into the dashboard until it ends; returns how it ended.
-    async fn follow(&self, control: &mut Remote, job: u64) -> Result<String, UiError> {
-        let ended = control
+    async fn follow(&self, control: &mut Remote, job: u64) -> Result<JobStatus, UiError> {
+        Ok(control
             .follow(job, |json| {
                 if let Ok(event) = serde_json::from_str::<Event>(&json) {
                     self.fold(&event);
                 }
             })
-            .await?;
-        Ok(match &ended.error {
-            Some(e) => format!("{}: {e}", ended.state),
-            None => ended.state,
-        })
+            .await?)
     }
 
     /// Failback: this PC receives its folder back from server `from` (the source since a
@@ -1493,7 +1500,7 @@ fn expect_done(reply: ControlReply) -> Result<(), UiError> {
 /// or anything else as a protocol error.
 fn not_expected(reply: ControlReply) -> UiError {
     match reply {
-        ControlReply::Refused { reason } => UiError::new("refused", reason),
+        ControlReply::Refused { reason, refusal } => UiError::refused(refusal, reason),
         other => UiError::new("protocol", format!("Unexpected answer {other:?}")),
     }
 }
@@ -1718,6 +1725,7 @@ mod tests {
         let failed = Event::TargetFailed {
             target: "wss://b:1".into(),
             reason: "cannot reach b:1".into(),
+            refusal: Refusal::Other,
         };
         runner.fold(&failed);
         runner.fold(&failed);

@@ -1,6 +1,7 @@
 //! What the dashboard shows, as plain serde data: one snapshot of everything, sent whole
 //! (it is small) whenever something changed, at most a few times a second.
 
+use rainmaker_engine::protocol::FolderRole;
 use serde::{Deserialize, Serialize};
 
 /// The whole dashboard.
@@ -54,7 +55,7 @@ pub struct ServerView {
     /// This PC holds the server's admin token: it can push from it, promote and demote it.
     pub admin: bool,
     /// What the server says of its own folder (admin only): `source` (promoted) or `target`.
-    pub remote_role: Option<String>,
+    pub remote_role: Option<FolderRole>,
     /// The last machine that mirrored into it: the chain, as the server reports it.
     pub fed_by: Option<String>,
     /// Files in its folder and its newest change (Unix seconds): which side is newer.

@@ -157,7 +157,7 @@ fn a_server_added_with_its_fingerprint_receives_the_folder_on_sync() {
         json!({ "name": "cloud-1", "url": h.url, "token": "wrong", "fingerprint": h.fingerprint }),
     )
     .unwrap_err();
-    assert_eq!(refused["code"], "refused", "{refused}");
+    assert_eq!(refused["code"], "wrong_token", "{refused}");
     assert!(
         !h.config.exists(),
         "a refused server is not saved: nothing was written"
@@ -323,7 +323,7 @@ fn the_dashboard_makes_one_server_push_to_another_and_promotes_it() {
     )
     .unwrap_err();
     assert_eq!(
-        wrong["code"], "refused",
+        wrong["code"], "wrong_token",
         "a wrong admin token is refused: {wrong}"
     );
     call(

@@ -66,7 +66,7 @@ describe("the dashboard", () => {
       expect(q('[data-test="error"]')).not.toBeNull();
       return q('[data-test="error"]');
     });
-    expect(error.textContent).toContain("The server said no");
+    expect(error.textContent).toContain("Wrong token");
     expect(error.textContent).toContain("refused the pairing token");
     expect(q('[data-test="trust-server"]')).not.toBeNull();
   });

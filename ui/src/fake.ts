@@ -91,7 +91,7 @@ export function fakeBackend(initial: Dashboard = emptyDashboard()): FakeBackend 
         [url, token] = [code[1], code[3]];
       }
       if (!token.trim()) fail("bad_input", "The pairing token is empty. Copy it from the server's token file.");
-      if (token === "wrong") fail("refused", "The server refused the pairing token.");
+      if (token === "wrong") fail("wrong_token", "The server refused the pairing token.");
       if (fake.state.servers.some((s) => s.name === name)) fail("bad_input", `A server is already named "${name}".`);
       tokens.set(name, token);
       fake.update((d) => {
@@ -185,7 +185,7 @@ export function fakeBackend(initial: Dashboard = emptyDashboard()): FakeBackend 
       fake.calls.push(`role ${name} ${source ? "source" : "target"}${force ? " force" : ""}`);
       const server = fake.state.servers.find((s) => s.name === name);
       if (source && server?.fed_by && !force)
-        fail("refused", `${server.fed_by} mirrored into this folder 5 s ago and may still be the source; stop it, or promote with force if it is gone`);
+        fail("recent_source", `${server.fed_by} mirrored into this folder 5 s ago and may still be the source; stop it, or promote with force if it is gone`);
       fake.update((d) => {
         d.servers = d.servers.map((s) => (s.name === name ? { ...s, remote_role: source ? "source" : "target" } : s));
       });

@@ -107,7 +107,9 @@ function ServerRow({
       await backend.setRole(s.name, true, false);
     } catch (e) {
       const err = e as { code?: string; message?: string };
-      if (err.code === "refused" && err.message?.includes("force") && confirm(`${err.message}\n\nPromote anyway?`)) {
+      // A source that may still be writing: the server refuses until asked with force.
+      const mayForce = err.code === "busy" || err.code === "recent_source";
+      if (mayForce && confirm(`${err.message}\n\nPromote anyway?`)) {
         await run(() => backend.setRole(s.name, true, true));
         return;
       }

@@ -34,7 +34,7 @@ export interface ServerView {
   /** This PC holds the server's admin token: it can push from it, promote and demote it. */
   admin: boolean;
   /** What the server says of its folder: `source` (promoted) or `target`. */
-  remote_role: string | null;
+  remote_role: "target" | "source" | null;
   /** The last machine that mirrored into it (the chain). */
   fed_by: string | null;
   remote_files: number | null;

@@ -14,7 +14,7 @@ use crate::mirror::plan::{self, Plan};
 use crate::mirror::receive::{ReceiveError, Receiver};
 use crate::mirror::send::{self, BlockSource, SendError};
 use crate::path::STATE_DIR;
-use crate::protocol::{Hash, MAX_ENTRIES_PER_PART, Message};
+use crate::protocol::{Hash, MAX_ENTRIES_PER_PART, Message, Refusal};
 use crate::scan::{self, Tree};
 use crate::snapshot::Snapshots;
 use crate::transport::{self, ConnectOptions, Identity, Limits, Listener, Trust};
@@ -487,6 +487,7 @@ pub async fn push_once(
                         done[i] = true;
                     }
                     report.error = Some(error.to_string());
+                    report.refusal = Some(error.refusal());
                 }
             }
         }
@@ -497,12 +498,14 @@ pub async fn push_once(
     for report in &mut reports {
         if stopped && !report.ok {
             report.error = Some(SendError::Stopped.to_string());
+            report.refusal = Some(Refusal::Other);
             continue;
         }
         if let (false, Some(reason)) = (report.ok, &report.error) {
             let _ = events.send(Event::TargetFailed {
                 target: report.url.clone(),
                 reason: reason.clone(),
+                refusal: report.refusal.unwrap_or_default(),
             });
         }
     }
@@ -826,7 +829,11 @@ impl Server {
                             Ok(end) => end,
                             Err(reason) => {
                                 tracing::warn!(%peer, %source, "refused a mirror session: {reason}");
-                                let _ = conn.send(&Message::Refused { reason }).await;
+                                let refused = Message::Refused {
+                                    reason,
+                                    refusal: Refusal::Promoted,
+                                };
+                                let _ = conn.send(&refused).await;
                                 conn.close().await;
                                 return;
                             }
@@ -894,15 +901,20 @@ async fn serve_session(
         () = end.cancelled() => None,
     };
     let Some(mut guard) = waited else {
-        let reason = match end.is_cancelled() {
-            true => "the agent was promoted to be the source of this folder",
-            false => {
-                "another source is mirroring into this folder right now; try again when it ends"
-            }
+        let (reason, refusal) = match end.is_cancelled() {
+            true => (
+                "the agent was promoted to be the source of this folder",
+                Refusal::Promoted,
+            ),
+            false => (
+                "another source is mirroring into this folder right now; try again when it ends",
+                Refusal::Busy,
+            ),
         };
         let _ = sender
             .send(&Message::Refused {
                 reason: reason.into(),
+                refusal,
             })
             .await;
         sender.close().await;
@@ -923,6 +935,7 @@ async fn serve_session(
         if let Err(reason) = &result {
             let _ = out_tx.blocking_send(Message::Refused {
                 reason: reason.clone(),
+                refusal: Refusal::Other,
             });
         }
         result
@@ -938,10 +951,13 @@ async fn serve_session(
         let mut draining = false;
         let result = loop {
             let next = tokio::select! {
-                next = incoming.recv_within(idle) => next.map_err(|e| e.to_string()),
-                () = end.cancelled() => Err(
+                next = incoming.recv_within(idle) => next.map_err(|e| match e {
+                    transport::TransportError::Closed { .. } => ReadEnd::Closed(e.to_string()),
+                    other => ReadEnd::Failed(other.to_string()),
+                }),
+                () = end.cancelled() => Err(ReadEnd::Failed(
                     "the agent was promoted to be the source of this folder; its mirror session was ended".to_string(),
-                ),
+                )),
             };
             let reason = match next {
                 Ok(Some(message)) => {
@@ -958,13 +974,15 @@ async fn serve_session(
                 }
                 Ok(None) => {
                     closed_by_source.store(true, std::sync::atomic::Ordering::SeqCst);
-                    break Err("the source closed the connection".to_string());
+                    ReadEnd::Closed("the source closed the connection".to_string())
                 }
-                Err(reason) => reason,
+                Err(end) => end,
             };
+            let (ReadEnd::Closed(text) | ReadEnd::Failed(text)) = &reason;
             let _ = in_tx
                 .send(Message::Refused {
-                    reason: reason.clone(),
+                    reason: text.clone(),
+                    refusal: Refusal::Other,
                 })
                 .await;
             break Err(reason);
@@ -1014,10 +1032,19 @@ async fn serve_session(
     }
     let worked = worked.map_err(|e| e.to_string())?;
     worked.and(match read_result {
-        Ok(()) => Ok(()),
-        Err(e) if e.contains("closed") => Ok(()),
-        Err(e) => Err(e),
+        // The source closed the connection, or it was cut after the worker's end: the worker
+        // decided what the session applied.
+        Ok(()) | Err(ReadEnd::Closed(_)) => Ok(()),
+        Err(ReadEnd::Failed(e)) => Err(e),
     })
+}
+
+/// How reading a session's messages ended.
+enum ReadEnd {
+    /// The source closed the connection, or it was cut.
+    Closed(String),
+    /// Anything else: the reason.
+    Failed(String),
 }
 
 /// The worker's loop over the session's messages.
@@ -1059,7 +1086,7 @@ fn work(
                 }
                 reply(Message::ManifestEnd { partials })?;
             }
-            Message::Refused { reason } => return Err(reason),
+            Message::Refused { reason, .. } => return Err(reason),
             message => {
                 let finished = matches!(message, Message::Finish);
                 for r in receiver.handle(message).map_err(|e| e.to_string())? {

@@ -1,9 +1,10 @@
 //! Typed events and reports: what the engine tells the agent's progress bar, its logs, and
-//! (later) the tray app, without knowing which of them is listening.
+//! the tray app, without knowing which of them is listening.
 //!
 //! Events go out on a bounded broadcast channel: a listener that falls behind loses old
 //! progress events, never slows the mirror.
 
+pub use crate::protocol::Refusal;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
@@ -67,7 +68,13 @@ pub enum Event {
         other_traffic: f64,
     },
     /// A target failed (down, refused, or not identical after every pass).
-    TargetFailed { target: String, reason: String },
+    TargetFailed {
+        target: String,
+        reason: String,
+        /// What a user can do about it.
+        #[serde(default)]
+        refusal: Refusal,
+    },
 }
 
 /// Capacity of the event channel.
@@ -93,6 +100,8 @@ pub struct TargetReport {
     pub seconds: f64,
     pub passes: u32,
     pub error: Option<String>,
+    /// With an error: what a user can do about it.
+    pub refusal: Option<Refusal>,
 }
 
 /// What happened in a push.

@@ -10,7 +10,7 @@
 //! A session, source on the left:
 //! ```text
 //! Hello{version, token}        ->
-//!                              <- Welcome{..} | Refused{reason}
+//!                              <- Welcome{..} | Refused{reason, refusal}
 //! GetManifest{cached}          ->
 //!                              <- ManifestSame{partials}
 //!                                 | ManifestPart{entries}* ManifestEnd{partials}
@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 /// The version this build speaks. A peer that speaks another one is refused with both numbers.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 /// The first bytes of every `Hello`, so a stray client is told apart from an old RainMaker.
 pub const MAGIC: [u8; 8] = *b"RAINMKR\0";
 /// Size of a block: the unit of hashing, transfer and resume.
@@ -63,8 +63,9 @@ pub enum Message {
     },
     /// Target → source: the token and version were accepted.
     Welcome { target_name: String },
-    /// Either side: the session is refused or aborted; the reason is for a human.
-    Refused { reason: String },
+    /// Either side: the session is refused or aborted; the reason is for a human, the
+    /// refusal for a program deciding what to offer (a button, a hint).
+    Refused { reason: String, refusal: Refusal },
     /// Source → target: send your manifest, unless its digest is `cached` (the source then
     /// already holds it from the last session).
     GetManifest { cached: Option<Hash> },
@@ -166,7 +167,73 @@ pub enum ControlReply {
     Status(AgentStatus),
     Started { job: u64 },
     Done,
-    Refused { reason: String },
+    Refused { reason: String, refusal: Refusal },
+}
+
+/// What a refusal is about, when it is something a user can act on: shells decide what to
+/// offer from this, never from a refusal's text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Refusal {
+    /// Nothing a user can do but read the reason.
+    #[default]
+    Other,
+    /// The pairing or admin token was wrong (or was not the one this needs).
+    WrongToken,
+    /// The two ends speak different protocol versions.
+    Version,
+    /// The target's certificate is not the one this machine trusts for it.
+    FingerprintChanged,
+    /// The agent was promoted to be the source of its folder: it takes no mirror.
+    Promoted,
+    /// Another source is mirroring into the folder right now.
+    Busy,
+    /// A source mirrored into the folder within the last minute: promoting needs force.
+    RecentSource,
+    /// The mirror would delete more than the allowed share of the target's files.
+    MassDelete,
+}
+
+/// A folder's role on its agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FolderRole {
+    /// Receives mirrors.
+    Target,
+    /// Promoted after a failover: pushes, receives nothing.
+    Source,
+}
+
+/// Where a push an agent runs stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    Running,
+    Paused,
+    Done,
+    Failed,
+    Stopped,
+}
+
+impl std::fmt::Display for FolderRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FolderRole::Target => "target",
+            FolderRole::Source => "source",
+        })
+    }
+}
+
+impl std::fmt::Display for JobState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            JobState::Running => "running",
+            JobState::Paused => "paused",
+            JobState::Done => "done",
+            JobState::Failed => "failed",
+            JobState::Stopped => "stopped",
+        })
+    }
 }
 
 /// An agent's folder, as an admin client sees it.
@@ -174,8 +241,7 @@ pub enum ControlReply {
 pub struct AgentStatus {
     pub name: String,
     pub root: String,
-    /// `target` (receives mirrors) or `source` (promoted: pushes, receives nothing).
-    pub role: String,
+    pub role: FolderRole,
     pub files: u64,
     pub bytes: u64,
     /// The newest modification time in the folder (ns since the epoch): which side is newer.
@@ -193,8 +259,7 @@ pub struct JobStatus {
     pub id: u64,
     pub targets: Vec<String>,
     pub watch: bool,
-    /// `running`, `paused`, `done`, `failed` or `stopped`.
-    pub state: String,
+    pub state: JobState,
     pub error: Option<String>,
 }
 
@@ -207,22 +272,20 @@ impl Message {
         match self {
             Message::Hello { source_name, .. } => escape(source_name),
             Message::Welcome { target_name } => escape(target_name),
-            Message::Refused { reason }
+            Message::Refused { reason, .. }
             | Message::FileAbort { reason, .. }
             | Message::FileFailed { reason, .. } => escape(reason),
             Message::ControlEvent { json } => escape(json),
             Message::ControlReply { reply, .. } => match reply {
-                ControlReply::Refused { reason } => escape(reason),
+                ControlReply::Refused { reason, .. } => escape(reason),
                 ControlReply::Status(status) => {
                     escape(&mut status.name);
                     escape(&mut status.root);
-                    escape(&mut status.role);
                     if let Some((source, _)) = &mut status.last_source {
                         escape(source);
                     }
                     for job in &mut status.jobs {
                         job.targets.iter_mut().for_each(escape);
-                        escape(&mut job.state);
                         if let Some(error) = &mut job.error {
                             escape(error);
                         }
@@ -431,7 +494,7 @@ fn check_limits(message: &Message) -> Result<(), ProtocolError> {
         Message::Welcome { target_name } => {
             limit("target name length", target_name.len(), MAX_TEXT_BYTES)
         }
-        Message::Refused { reason }
+        Message::Refused { reason, .. }
         | Message::FileAbort { reason, .. }
         | Message::FileFailed { reason, .. } => {
             limit("reason length", reason.len(), MAX_TEXT_BYTES)
@@ -538,7 +601,7 @@ fn check_limits(message: &Message) -> Result<(), ProtocolError> {
             _ => Ok(()),
         },
         Message::ControlReply { reply, .. } => match reply {
-            ControlReply::Refused { reason } => {
+            ControlReply::Refused { reason, .. } => {
                 limit("reason length", reason.len(), MAX_TEXT_BYTES)
             }
             ControlReply::Status(status) => {
@@ -598,7 +661,10 @@ mod tests {
                     source_name: name,
                 }
             }),
-            "[ -~]{0,40}".prop_map(|reason| Message::Refused { reason }),
+            "[ -~]{0,40}".prop_map(|reason| Message::Refused {
+                reason,
+                refusal: Refusal::Promoted
+            }),
             prop::option::of(hash()).prop_map(|cached| Message::GetManifest { cached }),
             prop::collection::vec(
                 (path(), prop::option::of(file_meta())).prop_map(|(path, meta)| Entry {
@@ -705,7 +771,7 @@ mod tests {
             reply: ControlReply::Status(AgentStatus {
                 name: raw.into(),
                 root: raw.into(),
-                role: "target".into(),
+                role: FolderRole::Target,
                 files: 0,
                 bytes: 0,
                 newest_mtime_ns: 0,
@@ -715,7 +781,7 @@ mod tests {
                     id: 1,
                     targets: vec![raw.into()],
                     watch: false,
-                    state: "failed".into(),
+                    state: JobState::Failed,
                     error: Some(raw.into()),
                 }],
             }),

@@ -145,7 +145,7 @@ impl Board {
                 t.behind_since = None;
                 t.bytes_pending = 0;
             }
-            Event::TargetFailed { target, reason } => {
+            Event::TargetFailed { target, reason, .. } => {
                 let continuous = self.status.mode != "once";
                 let Some(t) = self.target(target) else {
                     return false;
@@ -265,6 +265,7 @@ mod tests {
             &Event::TargetFailed {
                 target: "wss://b".into(),
                 reason: "connection refused".into(),
+                refusal: crate::event::Refusal::Other,
             },
             100.6,
         );

@@ -55,7 +55,9 @@ pub use known_peers::KnownPeers;
 pub use admission::Limits;
 use admission::{Admission, Permit};
 
-use crate::protocol::{self, MAGIC, MAX_TEXT_BYTES, Message, PROTOCOL_VERSION, ProtocolError};
+use crate::protocol::{
+    self, MAGIC, MAX_TEXT_BYTES, Message, PROTOCOL_VERSION, ProtocolError, Refusal,
+};
 use connection::{ByteStream, ws_config, ws_error};
 use pin::PinVerifier;
 
@@ -101,7 +103,11 @@ pub enum TransportError {
     )]
     Timeout { peer: String, stage: &'static str },
     #[error("{peer} refused the session: {reason}")]
-    Refused { peer: String, reason: String },
+    Refused {
+        peer: String,
+        reason: String,
+        refusal: Refusal,
+    },
     #[error(
         "{peer} sent nothing for {} s, not even the answer to a ping; the session was ended so \
          it does not hold the folder (a frozen or cut-off source reconnects when it is back)",
@@ -230,6 +236,17 @@ impl TransportError {
             TransportError::Closed { .. } => "closed",
             TransportError::Identity { .. } => "identity",
             TransportError::KnownPeers { .. } => "known_peers",
+        }
+    }
+
+    /// What a user can do about this error, as a type ([`Refusal::Other`]: read it).
+    pub fn refusal(&self) -> Refusal {
+        match self {
+            TransportError::Refused { refusal, .. } => *refusal,
+            TransportError::WrongToken { .. } => Refusal::WrongToken,
+            TransportError::VersionMismatch { .. } => Refusal::Version,
+            TransportError::FingerprintChanged { .. } => Refusal::FingerprintChanged,
+            _ => Refusal::Other,
         }
     }
 
@@ -439,10 +456,11 @@ async fn connect_to(opts: &ConnectOptions, target: &Target) -> Result<Connection
         .await?;
     match connection.recv().await? {
         Some(Message::Welcome { target_name }) => connection.remote_name = target_name,
-        Some(Message::Refused { reason }) => {
+        Some(Message::Refused { reason, refusal }) => {
             return Err(TransportError::Refused {
                 peer,
                 reason: printable(&reason),
+                refusal,
             });
         }
         Some(other) => {
@@ -766,6 +784,7 @@ impl Incoming {
                 if let Some(reason) = refusal_reason(&e) {
                     let refused = Message::Refused {
                         reason: truncate(&reason, MAX_TEXT_BYTES).to_owned(),
+                        refusal: e.refusal(),
                     };
                     let _ = tokio::time::timeout(CLOSE_TIMEOUT, connection.send(&refused)).await;
                 }
@@ -1150,7 +1169,7 @@ mod tests {
         let mut refused = None;
         while let Some(Ok(message)) = ws.next().await {
             if let WsMessage::Binary(bytes) = message {
-                if let Ok(Message::Refused { reason }) = protocol::decode(&bytes) {
+                if let Ok(Message::Refused { reason, .. }) = protocol::decode(&bytes) {
                     refused = Some(reason);
                 }
             }
@@ -1437,7 +1456,10 @@ mod tests {
             .await
             .unwrap_err();
         match &err {
-            TransportError::Refused { reason, .. } => {
+            TransportError::Refused {
+                reason, refusal, ..
+            } => {
+                assert_eq!(*refusal, Refusal::WrongToken, "and what it can do about it");
                 assert!(
                     reason.contains("token"),
                     "the source must learn why: {reason}"

@@ -383,6 +383,7 @@ impl TargetLoop {
                         let _ = self.events.send(Event::TargetFailed {
                             target: url.clone(),
                             reason,
+                            refusal: error.refusal(),
                         });
                     }
                     online = Some(false);

@@ -21,7 +21,8 @@ use crate::config::Mode;
 use crate::event::Event;
 use crate::path::STATE_DIR;
 use crate::protocol::{
-    AgentStatus, ControlReply, ControlRequest, JobStatus, Message, RemoteTarget,
+    AgentStatus, ControlReply, ControlRequest, FolderRole, JobState, JobStatus, Message, Refusal,
+    RemoteTarget,
 };
 use crate::transport::{
     self, ConnectOptions, Connection, Role, Target, TransportError, Trust, parse_fingerprint,
@@ -77,7 +78,7 @@ struct Job {
     /// The targets as checked by [`check_target`].
     specs: Vec<TargetSpec>,
     watch: bool,
-    state: String,
+    state: JobState,
     error: Option<String>,
     cancel: CancellationToken,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -140,7 +141,7 @@ impl Agent {
         let mut folder = self.folder();
         if folder.promoted {
             return Err(format!(
-                "{} was promoted to be the source of this folder and does not receive mirrors; demote it (`rainmaker remote ... demote`) to mirror into it again",
+                "{} was promoted to be the source of this folder and does not receive mirrors; demote it to mirror into it again",
                 self.name
             ));
         }
@@ -206,6 +207,7 @@ impl Agent {
                 let _ = out_tx
                     .send(Message::Refused {
                         reason: format!("expected a control request, got {}", message.name()),
+                        refusal: Refusal::Other,
                     })
                     .await;
                 break;
@@ -213,9 +215,10 @@ impl Agent {
             let reply = if role != Role::Admin {
                 ControlReply::Refused {
                     reason: format!(
-                        "{} accepted this token for mirroring only; commands need its admin token (`serve --admin-token-file`)",
+                        "{} accepted this token for mirroring only; commands need its admin token",
                         self.name
                     ),
+                    refusal: Refusal::WrongToken,
                 }
             } else {
                 if request == ControlRequest::Subscribe && forwarder.is_none() {
@@ -226,7 +229,7 @@ impl Agent {
                 }
                 self.handle(request).await
             };
-            if let ControlReply::Refused { reason } = &reply {
+            if let ControlReply::Refused { reason, .. } = &reply {
                 tracing::warn!("refused a control request: {reason}");
             }
             if out_tx
@@ -245,7 +248,10 @@ impl Agent {
     }
 
     async fn handle(self: &Arc<Self>, request: ControlRequest) -> ControlReply {
-        let refuse = |reason: String| ControlReply::Refused { reason };
+        let refuse = |reason: String| ControlReply::Refused {
+            reason,
+            refusal: Refusal::Other,
+        };
         match request {
             ControlRequest::Status => ControlReply::Status(self.status().await),
             ControlRequest::Subscribe => ControlReply::Done,
@@ -275,7 +281,7 @@ impl Agent {
                     targets,
                     specs,
                     watch,
-                    state: "running".into(),
+                    state: JobState::Running,
                     error: None,
                     cancel: self.cancel.child_token(),
                 });
@@ -289,11 +295,15 @@ impl Agent {
                 let Some(j) = jobs.iter_mut().find(|j| j.id == job) else {
                     return refuse(format!("there is no push {job} on {}", self.name));
                 };
-                if !(j.state == "running" || (stop && j.state == "paused")) {
+                if !(j.state == JobState::Running || (stop && j.state == JobState::Paused)) {
                     return refuse(format!("push {job} is {}", j.state));
                 }
                 j.cancel.cancel();
-                j.state = if stop { "stopped" } else { "paused" }.into();
+                j.state = if stop {
+                    JobState::Stopped
+                } else {
+                    JobState::Paused
+                };
                 ControlReply::Done
             }
             ControlRequest::Resume { job } => {
@@ -304,7 +314,7 @@ impl Agent {
                 let Some(j) = jobs.iter_mut().find(|j| j.id == job) else {
                     return refuse(format!("there is no push {job} on {}", self.name));
                 };
-                if j.state != "paused" {
+                if j.state != JobState::Paused {
                     return refuse(format!("push {job} is {}, not paused", j.state));
                 }
                 if j.busy() {
@@ -312,7 +322,7 @@ impl Agent {
                         "push {job} is still stopping; resume it in a moment"
                     ));
                 }
-                j.state = "running".into();
+                j.state = JobState::Running;
                 j.error = None;
                 j.cancel = self.cancel.child_token();
                 drop(jobs);
@@ -322,7 +332,7 @@ impl Agent {
             ControlRequest::Promote { force } => {
                 let (ended, who) = match self.promote(force) {
                     Ok(ended) => ended,
-                    Err(reason) => return refuse(reason),
+                    Err((reason, refusal)) => return ControlReply::Refused { reason, refusal },
                 };
                 if ended > 0 {
                     tracing::warn!(
@@ -369,28 +379,35 @@ impl Agent {
     /// Makes the folder's role `source`, unless a source is (or was just) mirroring into it
     /// and `force` is not given; with `force`, the sessions in progress are told to end.
     /// Returns how many were, and the name of the last source.
-    fn promote(&self, force: bool) -> Result<(u32, Option<String>), String> {
+    fn promote(&self, force: bool) -> Result<(u32, Option<String>), (String, Refusal)> {
+        let refuse = |reason: String, refusal| (reason, refusal);
         let mut folder = self.folder();
         if folder.sessions > 0 && !force {
             let who = folder
                 .last_source
                 .clone()
                 .map_or_else(|| "a source".into(), |(name, _)| name);
-            return Err(format!(
-                "{who} is mirroring into this folder right now: it is still the source. Stop it first, so two sources never write one folder; if it is frozen or gone, promote with force, which ends its session"
+            return Err(refuse(
+                format!(
+                    "{who} is mirroring into this folder right now: it is still the source. Stop it first, so two sources never write one folder; if it is frozen or gone, promote with force, which ends its session"
+                ),
+                Refusal::Busy,
             ));
         }
         if let Some((who, at)) = folder.last_source.clone()
             && !force
             && unix_now().saturating_sub(at) < RECENT_SOURCE.as_secs()
         {
-            return Err(format!(
-                "{who} mirrored into this folder {} s ago and may still be the source; stop it, or promote with force if it is gone",
-                unix_now().saturating_sub(at)
+            return Err(refuse(
+                format!(
+                    "{who} mirrored into this folder {} s ago and may still be the source; stop it, or promote with force if it is gone",
+                    unix_now().saturating_sub(at)
+                ),
+                Refusal::RecentSource,
             ));
         }
         std::fs::write(role_file(&self.root), "source\n")
-            .map_err(|e| format!("cannot record the new role: {e}"))?;
+            .map_err(|e| refuse(format!("cannot record the new role: {e}"), Refusal::Other))?;
         folder.promoted = true;
         // Sessions already in are ended; new ones are refused from now on.
         let ended = folder.sessions;
@@ -426,14 +443,14 @@ impl Agent {
         let agent = self.clone();
         let task = tokio::spawn(async move {
             let (state, error) = match mirror {
-                Err(e) => ("failed", Some(e.to_string())),
+                Err(e) => (JobState::Failed, Some(e.to_string())),
                 Ok(mirror) => agent.run_push(&mirror, &cancel).await,
             };
             let mut jobs = agent.jobs();
             if let Some(j) = jobs.iter_mut().find(|j| j.id == id)
-                && j.state == "running"
+                && j.state == JobState::Running
             {
-                j.state = state.into();
+                j.state = state;
                 j.error = error;
             }
         });
@@ -447,22 +464,22 @@ impl Agent {
         &self,
         mirror: &Mirror,
         cancel: &CancellationToken,
-    ) -> (&'static str, Option<String>) {
+    ) -> (JobState, Option<String>) {
         let options = &mirror.options;
         match mirror.schedule(None, None) {
             Some(schedule) => match push_continuous(options, &schedule, &self.events, cancel).await
             {
-                Ok(()) => ("stopped", None),
-                Err(e) => ("failed", Some(e.to_string())),
+                Ok(()) => (JobState::Stopped, None),
+                Err(e) => (JobState::Failed, Some(e.to_string())),
             },
             None => match push_once(options, &self.events, cancel).await {
-                Ok(report) if report.ok => ("done", None),
-                Ok(report) if report.stopped => ("paused", None),
+                Ok(report) if report.ok => (JobState::Done, None),
+                Ok(report) if report.stopped => (JobState::Paused, None),
                 Ok(report) => (
-                    "failed",
+                    JobState::Failed,
                     report.targets.iter().find_map(|t| t.error.clone()),
                 ),
-                Err(e) => ("failed", Some(e.to_string())),
+                Err(e) => (JobState::Failed, Some(e.to_string())),
             },
         }
     }
@@ -502,7 +519,11 @@ impl Agent {
         AgentStatus {
             name: self.name.clone(),
             root: self.root.display().to_string(),
-            role: if folder.promoted { "source" } else { "target" }.into(),
+            role: if folder.promoted {
+                FolderRole::Source
+            } else {
+                FolderRole::Target
+            },
             files: totals.files,
             bytes: totals.bytes,
             newest_mtime_ns: totals.newest_mtime_ns,
@@ -515,7 +536,7 @@ impl Agent {
                     id: j.id,
                     targets: j.targets.iter().map(|t| t.url.clone()).collect(),
                     watch: j.watch,
-                    state: j.state.clone(),
+                    state: j.state,
                     error: j.error.clone(),
                 })
                 .collect(),
@@ -651,8 +672,8 @@ impl Remote {
             match self.conn.recv().await? {
                 Some(Message::ControlReply { id: got, reply }) if got == id => return Ok(reply),
                 Some(Message::ControlEvent { json }) => self.pending.push_back(json),
-                Some(Message::Refused { reason }) => {
-                    return Ok(ControlReply::Refused { reason });
+                Some(Message::Refused { reason, refusal }) => {
+                    return Ok(ControlReply::Refused { reason, refusal });
                 }
                 Some(_) => {}
                 None => {
@@ -703,7 +724,7 @@ impl Remote {
                 ));
             };
             match status.jobs.into_iter().find(|j| j.id == job) {
-                Some(j) if j.state == "running" => {}
+                Some(j) if j.state == JobState::Running => {}
                 Some(j) => return Ok(j),
                 None => return Err(broken(self.conn.peer(), format!("push {job} is gone"))),
             }

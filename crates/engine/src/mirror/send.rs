@@ -17,7 +17,7 @@ use crate::hash;
 use crate::index::FileRecord;
 use crate::mirror::plan::{Op, Plan};
 use crate::protocol::{
-    Append, BLOCK_SIZE, FileBegin, Hash, MAX_BLOCKS_PER_MESSAGE, Message, Partial, Payload,
+    Append, BLOCK_SIZE, FileBegin, Hash, MAX_BLOCKS_PER_MESSAGE, Message, Partial, Payload, Refusal,
 };
 use crate::rate::RateLimit;
 use crate::scan::Tree;
@@ -47,8 +47,8 @@ const ZSTD_LEVEL: i32 = 1;
 pub enum SendError {
     #[error(transparent)]
     Transport(#[from] TransportError),
-    #[error("the target refused: {0}")]
-    Refused(String),
+    #[error("the target refused: {reason}")]
+    Refused { reason: String, refusal: Refusal },
     #[error("the target broke the protocol: {0}")]
     Protocol(String),
     #[error("the target closed the connection")]
@@ -58,7 +58,7 @@ pub enum SendError {
     #[error(
         "this would delete {doomed} of the target's {held} files (more than {percent:.0}%): is the \
          source folder on a drive that is not mounted, or was it emptied by mistake? Nothing was \
-         changed. If the deletions are wanted, run again with --allow-mass-delete"
+         changed"
     )]
     MassDelete {
         doomed: usize,
@@ -70,6 +70,16 @@ pub enum SendError {
 }
 
 impl SendError {
+    /// What a user can do about it, as a type.
+    pub fn refusal(&self) -> Refusal {
+        match self {
+            SendError::Transport(e) => e.refusal(),
+            SendError::Refused { refusal, .. } => *refusal,
+            SendError::MassDelete { .. } => Refusal::MassDelete,
+            _ => Refusal::Other,
+        }
+    }
+
     /// Whether the connection was up and then cut: worth another pass, which resumes what was
     /// verified. A target that cannot be reached, refuses or stalls is not.
     pub fn is_cut(&self) -> bool {
@@ -278,7 +288,9 @@ async fn fetch(
                 crate::mirror::plan::add_entries(&mut tree, part)
             }
             Some(Message::ManifestEnd { partials }) => return Ok((tree, partials)),
-            Some(Message::Refused { reason }) => return Err(SendError::Refused(reason)),
+            Some(Message::Refused { reason, refusal }) => {
+                return Err(SendError::Refused { reason, refusal });
+            }
             Some(other) => {
                 return Err(SendError::Protocol(format!(
                     "expected the manifest, got {other:?}"
@@ -334,7 +346,9 @@ async fn collect_replies(
                 failed.push((path, reason));
             }
             Some(Message::Finished { digest }) => return Ok((digest, failed)),
-            Some(Message::Refused { reason }) => return Err(SendError::Refused(reason)),
+            Some(Message::Refused { reason, refusal }) => {
+                return Err(SendError::Refused { reason, refusal });
+            }
             Some(other) => {
                 return Err(SendError::Protocol(format!(
                     "unexpected reply {}",
@@ -565,7 +579,7 @@ pub async fn send_plan(
                 }
                 if let Err(error) = sent {
                     return Err(match tokio::time::timeout(Duration::from_secs(2), replies).await {
-                        Ok(Err(refusal @ SendError::Refused(_))) => refusal,
+                        Ok(Err(refusal @ SendError::Refused { .. })) => refusal,
                         _ => error,
                     });
                 }
