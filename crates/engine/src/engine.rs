@@ -973,8 +973,12 @@ async fn serve_session(
                     continue;
                 }
                 Ok(None) => {
+                    // A clean close: the worker sees its channel end and applies what
+                    // arrived whole.
                     closed_by_source.store(true, std::sync::atomic::Ordering::SeqCst);
-                    ReadEnd::Closed("the source closed the connection".to_string())
+                    break Err(ReadEnd::Closed(
+                        "the source closed the connection".to_string(),
+                    ));
                 }
                 Err(end) => end,
             };
