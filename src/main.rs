@@ -24,7 +24,7 @@ use rainmaker_engine::event::{self, PushReport, Refusal};
 use rainmaker_engine::guard::Thresholds;
 use rainmaker_engine::pairing::{self, Pairing};
 use rainmaker_engine::schedule::{SyncTiming, interval_warning, total_memory};
-use rainmaker_engine::transport::{Limits, Role, Trust};
+use rainmaker_engine::transport::{Address, Limits, Role, Trust};
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -467,13 +467,12 @@ fn trust(
     insecure: bool,
     first_use: bool,
 ) -> Result<Trust> {
-    if url.starts_with("ws://") && !insecure {
+    let address = Address::parse(url)
+        .map_err(|e| anyhow::anyhow!("{e}; write a target as wss://HOST:PORT"))?;
+    if !address.tls && !insecure {
         bail!(
             "{url} is plain ws://, which is not encrypted; use wss:// or pass --insecure (for loopback tests only)"
         );
-    }
-    if !url.starts_with("ws://") && !url.starts_with("wss://") {
-        bail!("{url} is not a target address; write it as wss://HOST:PORT");
     }
     Ok(Trust::for_url(
         url,

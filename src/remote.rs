@@ -13,7 +13,7 @@ use rainmaker_engine::engine::{self, Remote};
 use rainmaker_engine::event::Event;
 use rainmaker_engine::pairing::Pairing;
 use rainmaker_engine::protocol::{ControlReply, ControlRequest, JobState, Refusal, RemoteTarget};
-use rainmaker_engine::transport::{ConnectOptions, Role, Trust};
+use rainmaker_engine::transport::{Address, ConnectOptions, Role, Trust};
 use std::process::ExitCode;
 
 /// The agent to command: its address, how to check it, and its admin token.
@@ -82,7 +82,7 @@ pub async fn run(args: RemoteArgs) -> Result<ExitCode> {
             )?;
             let mut targets = Vec::new();
             for target in given {
-                if target.url.starts_with("ws://") && !insecure {
+                if Address::parse(&target.url).is_ok_and(|a| !a.tls) && !insecure {
                     bail!(
                         "{} is plain ws://: the folder and the token would cross in clear; use \
                          the target's pairing code, or pass --insecure (the agent allows it to its \

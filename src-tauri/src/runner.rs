@@ -24,7 +24,7 @@ use rainmaker_engine::protocol::{
     AgentStatus, ControlReply, ControlRequest, JobState, JobStatus, Refusal, RemoteTarget,
 };
 use rainmaker_engine::status::{self, Board};
-use rainmaker_engine::transport::{self, ConnectOptions, Role, TransportError, Trust};
+use rainmaker_engine::transport::{self, Address, ConnectOptions, Role, TransportError, Trust};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -1662,25 +1662,22 @@ fn paired(address: &str) -> Result<Option<Pairing>, UiError> {
 
 fn check_url(url: &str) -> Result<String, UiError> {
     let url = url.trim().trim_end_matches('/');
-    let full = if url.contains("://") {
-        url.to_owned()
-    } else {
-        format!("wss://{url}")
-    };
-    let rest = full.strip_prefix("wss://").ok_or_else(|| {
+    let address = Address::parse_host_port(url).map_err(|e| {
+        let why = match e {
+            TransportError::BadUrl { reason, .. } => reason,
+            other => other.to_string(),
+        };
         UiError::bad_input(format!(
-            "{url:?} is not a server address; write HOST:PORT, e.g. 203.0.113.5:7878."
+            "{url:?} is not a server address ({why}); write HOST:PORT, e.g. 203.0.113.5:7878 \
+             (the port `rainmaker serve` listens on)."
         ))
     })?;
-    let port_ok = rest
-        .rsplit_once(':')
-        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
-    if !port_ok {
+    if !address.tls {
         return Err(UiError::bad_input(format!(
-            "{url:?} has no port; write HOST:PORT, e.g. 203.0.113.5:7878 (the port `rainmaker serve` listens on)."
+            "{url:?} is not encrypted (ws://); write HOST:PORT, e.g. 203.0.113.5:7878."
         )));
     }
-    Ok(full)
+    Ok(address.url())
 }
 
 fn human_seconds(seconds: f64) -> String {
@@ -1886,7 +1883,19 @@ mod tests {
             "wss://203.0.113.5:7878"
         );
         assert_eq!(check_url("wss://[::1]:7878/").unwrap(), "wss://[::1]:7878");
-        for bad in ["cloud.example.com", "http://x:1", "x:0", ":7878", "x:99999"] {
+        assert_eq!(
+            check_url("WSS://Cloud.Example:7878").unwrap(),
+            "wss://cloud.example:7878",
+            "one parser: the scheme and host in any case"
+        );
+        for bad in [
+            "cloud.example.com",
+            "http://x:1",
+            "x:0",
+            ":7878",
+            "x:99999",
+            "ws://x:1",
+        ] {
             assert_eq!(check_url(bad).unwrap_err().code, "bad_input", "{bad}");
         }
         assert!(check_name("  ").is_err() && check_name(&"n".repeat(65)).is_err());

@@ -223,7 +223,7 @@ fn a_server_added_with_its_fingerprint_receives_the_folder_on_sync() {
 fn bad_input_is_refused_with_a_code_and_changes_nothing() {
     let h = harness();
     for (args, why) in [
-        (json!({ "url": "cloud.example.com" }), "no port"),
+        (json!({ "url": "cloud.example.com" }), "port is missing"),
         (
             json!({ "url": "http://cloud.example.com:80" }),
             "not a server address",

@@ -347,13 +347,18 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
     };
     let target_url = |url: &Spanned<String>, key: &str| {
         let value = url.get_ref();
-        if value.starts_with("wss://") || value.starts_with("ws://") {
-            Ok(value.clone())
-        } else {
-            Err(at(
+        match crate::transport::Address::parse(value) {
+            Ok(_) => Ok(value.clone()),
+            Err(e) => Err(at(
                 url.span(),
-                format!("{key}: {value:?} is not a target address; expected wss://HOST:PORT"),
-            ))
+                format!(
+                    "{key}: {value:?} is not a target address ({}); expected wss://HOST:PORT",
+                    match e {
+                        crate::transport::TransportError::BadUrl { reason, .. } => reason,
+                        other => other.to_string(),
+                    }
+                ),
+            )),
         }
     };
     let fingerprint = |fp: Option<Spanned<String>>, key: &str| {

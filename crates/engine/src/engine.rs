@@ -136,16 +136,7 @@ impl Compress {
 
 /// Whether a target URL names a loopback host.
 fn is_loopback_url(url: &str) -> bool {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let host_port = rest.split('/').next().unwrap_or(rest);
-    let host = match host_port.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or(v6),
-        None => host_port.rsplit_once(':').map_or(host_port, |(h, _)| h),
-    };
-    host.eq_ignore_ascii_case("localhost")
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
+    transport::Address::parse(url).is_ok_and(|a| a.is_loopback())
 }
 
 /// Where the source keeps the manifest a target had at the end of their last session.

@@ -296,7 +296,7 @@ impl Trust {
         first_use: bool,
     ) -> Trust {
         match fingerprint {
-            _ if url.trim().starts_with("ws://") => Trust::Insecure,
+            _ if Address::parse(url).is_ok_and(|a| !a.tls) => Trust::Insecure,
             Some(fp) => Trust::Pinned(fp.to_owned()),
             None if first_use => Trust::FirstUse(known_peers.to_path_buf()),
             None => Trust::KnownPeers(known_peers.to_path_buf()),
@@ -329,7 +329,7 @@ pub async fn connect_within(
     opts: &ConnectOptions,
     limit: Duration,
 ) -> Result<Connection, TransportError> {
-    let target = Target::parse(&opts.url)?;
+    let target = Address::parse(&opts.url)?;
     match tokio::time::timeout(limit, connect_to(opts, &target)).await {
         Ok(result) => result,
         Err(_) => Err(TransportError::Timeout {
@@ -339,7 +339,7 @@ pub async fn connect_within(
     }
 }
 
-async fn connect_to(opts: &ConnectOptions, target: &Target) -> Result<Connection, TransportError> {
+async fn connect_to(opts: &ConnectOptions, target: &Address) -> Result<Connection, TransportError> {
     let peer = target.key.clone();
     let bad_url = |reason: &str| TransportError::BadUrl {
         url: opts.url.clone(),
@@ -491,7 +491,7 @@ async fn connect_to(opts: &ConnectOptions, target: &Target) -> Result<Connection
 /// No token is sent and nothing is recorded: this is what a person is shown to confirm
 /// before a server is trusted.
 pub async fn peek_fingerprint(url: &str) -> Result<Fingerprint, TransportError> {
-    let target = Target::parse(url)?;
+    let target = Address::parse(url)?;
     if !target.tls {
         return Err(TransportError::BadUrl {
             url: url.to_owned(),
@@ -995,40 +995,50 @@ pub(crate) fn is_loopback(ip: IpAddr) -> bool {
 /// `host:port` (lower case, IPv6 in brackets) of an address written `host:port` or
 /// `wss://host:port`: how the known-peers file and an agent's `push_to` name a peer.
 pub fn authority_of(address: &str) -> Result<String, TransportError> {
-    let address = address.trim();
-    if address.contains("://") {
-        Target::parse(address).map(|t| t.key)
-    } else {
-        Target::parse(&format!("wss://{address}"))
-            .map(|t| t.key)
-            .map_err(|e| match e {
-                TransportError::BadUrl { reason, .. } => TransportError::BadUrl {
-                    url: address.to_owned(),
-                    reason,
-                },
-                other => other,
-            })
-    }
+    Address::parse_host_port(address.trim()).map(|a| a.key)
 }
 
-/// A target address parsed from a URL.
+/// An agent's address, parsed from `wss://HOST:PORT` (or `ws://` for loopback tests): the one
+/// parser every caller uses. The scheme and host are case-insensitive; a trailing path, query
+/// or fragment is ignored; IPv6 addresses go in brackets.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Target {
-    pub(crate) tls: bool,
-    /// Host name or IP address, without IPv6 brackets.
-    pub(crate) host: String,
-    pub(crate) port: u16,
+pub struct Address {
+    /// `wss://` (TLS) rather than `ws://`.
+    pub tls: bool,
+    /// Host name or IP address, lower case, without IPv6 brackets.
+    pub host: String,
+    pub port: u16,
     /// `host:port` (IPv6 in brackets, lower case): the key in the known-peers file.
-    pub(crate) key: String,
+    pub key: String,
 }
 
-impl Target {
+impl Address {
     /// Whether the host is a loopback address by its text alone (`localhost`, `127.x`, `::1`).
-    pub(crate) fn is_loopback(&self) -> bool {
+    pub fn is_loopback(&self) -> bool {
         self.host == "localhost" || self.host.parse::<IpAddr>().is_ok_and(is_loopback)
     }
 
-    pub(crate) fn parse(url: &str) -> Result<Target, TransportError> {
+    /// The address as a URL: `wss://host:port` (or `ws://`), lower case.
+    pub fn url(&self) -> String {
+        format!("{}://{}", if self.tls { "wss" } else { "ws" }, self.key)
+    }
+
+    /// Parses `wss://HOST:PORT`; `HOST:PORT` alone is taken as `wss://`.
+    pub fn parse_host_port(address: &str) -> Result<Address, TransportError> {
+        if address.contains("://") {
+            return Address::parse(address);
+        }
+        Address::parse(&format!("wss://{address}")).map_err(|e| match e {
+            TransportError::BadUrl { reason, .. } => TransportError::BadUrl {
+                url: address.to_owned(),
+                reason,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses `wss://HOST:PORT` or `ws://HOST:PORT`.
+    pub fn parse(url: &str) -> Result<Address, TransportError> {
         let bad = |reason: &str| TransportError::BadUrl {
             url: url.to_owned(),
             reason: reason.to_owned(),
@@ -1082,7 +1092,7 @@ impl Target {
         } else {
             format!("{host}:{port}")
         };
-        Ok(Target {
+        Ok(Address {
             tls,
             host,
             port,
@@ -1968,12 +1978,12 @@ mod tests {
 
     #[test]
     fn urls_are_parsed_into_host_port_keys() {
-        let t = Target::parse("wss://Backup.Example:7878/ignored?x#y").unwrap();
+        let t = Address::parse("wss://Backup.Example:7878/ignored?x#y").unwrap();
         assert_eq!(
             (t.tls, t.host.as_str(), t.port, t.key.as_str()),
             (true, "backup.example", 7878, "backup.example:7878")
         );
-        let t = Target::parse("ws://[::1]:80").unwrap();
+        let t = Address::parse("ws://[::1]:80").unwrap();
         assert_eq!(
             (t.tls, t.host.as_str(), t.port, t.key.as_str()),
             (false, "::1", 80, "[::1]:80")
@@ -1989,7 +1999,7 @@ mod tests {
             "wss://user@backup:7878",
             "wss://:7878",
         ] {
-            let err = Target::parse(bad).unwrap_err();
+            let err = Address::parse(bad).unwrap_err();
             assert_eq!(err.code(), "bad_url", "{bad} must be refused");
             assert!(
                 err.to_string().contains(bad),

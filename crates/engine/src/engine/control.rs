@@ -25,7 +25,7 @@ use crate::protocol::{
     RemoteTarget,
 };
 use crate::transport::{
-    self, ConnectOptions, Connection, Role, Target, TransportError, Trust, parse_fingerprint,
+    self, Address, ConnectOptions, Connection, Role, TransportError, Trust, parse_fingerprint,
 };
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -583,7 +583,7 @@ pub fn check_target(
     agent: &str,
 ) -> Result<TargetSpec, PushRefusal> {
     let url = target.url.clone();
-    let address = Target::parse(&url).map_err(|e| PushRefusal::BadTarget {
+    let address = Address::parse(&url).map_err(|e| PushRefusal::BadTarget {
         url: url.clone(),
         reason: e.to_string(),
     })?;
