@@ -9,10 +9,10 @@
 use crate::cli::{RemoteAction, RemoteArgs};
 use crate::read_token;
 use anyhow::{Context, Result, bail};
-use rainmaker_engine::engine::{self, Remote};
+use rainmaker_engine::engine::{self, Remote, RemoteError};
 use rainmaker_engine::event::Event;
 use rainmaker_engine::pairing::Pairing;
-use rainmaker_engine::protocol::{ControlReply, ControlRequest, JobState, Refusal, RemoteTarget};
+use rainmaker_engine::protocol::{AgentStatus, JobState, Refusal, RemoteTarget};
 use rainmaker_engine::transport::{Address, ConnectOptions, Role, Trust};
 use std::process::ExitCode;
 
@@ -63,133 +63,135 @@ pub async fn run(args: RemoteArgs) -> Result<ExitCode> {
     let mut remote = Remote::connect(&options)
         .await
         .with_context(|| format!("cannot reach {}", options.url))?;
-    let agent = &options.url;
-    let request = match &args.action {
-        RemoteAction::Status { .. } => ControlRequest::Status,
+    let targets = match &args.action {
         RemoteAction::Push {
             to,
             target_token_file,
             target_fingerprint,
             insecure,
-            watch,
             ..
-        } => {
-            let given = crate::target::read(
-                to,
-                target_fingerprint,
-                target_token_file,
-                ("--target-fingerprint", "--target-token-file"),
-            )?;
-            let mut targets = Vec::new();
-            for target in given {
-                if Address::parse(&target.url).is_ok_and(|a| !a.tls) && !insecure {
-                    bail!(
-                        "{} is plain ws://: the folder and the token would cross in clear; use \
-                         the target's pairing code, or pass --insecure (the agent allows it to its \
-                         own loopback only)",
-                        target.url
-                    );
-                }
-                targets.push(RemoteTarget {
-                    url: target.url,
-                    token: target.token,
-                    fingerprint: target.fingerprint,
-                });
-            }
-            ControlRequest::Push {
-                targets,
-                watch: *watch,
-            }
-        }
-        RemoteAction::Pause { job } => ControlRequest::Pause { job: *job },
-        RemoteAction::Resume { job } => ControlRequest::Resume { job: *job },
-        RemoteAction::Stop { job } => ControlRequest::Stop { job: *job },
-        RemoteAction::Events => ControlRequest::Subscribe,
-        RemoteAction::Promote { force } => ControlRequest::Promote { force: *force },
-        RemoteAction::Demote => ControlRequest::Demote,
+        } => push_targets(to, target_fingerprint, target_token_file, *insecure)?,
+        _ => Vec::new(),
     };
-    let follow = matches!(&args.action, RemoteAction::Push { follow: true, .. });
-    if follow {
-        expect_done(remote.call(ControlRequest::Subscribe).await?, agent)?;
-    }
-    let reply = remote.call(request).await?;
-    let code = match (&args.action, reply) {
-        (_, ControlReply::Refused { reason, refusal }) => {
-            bail!("{agent} refused: {reason}{}", hint(refusal))
-        }
-        (RemoteAction::Status { json }, ControlReply::Status(status)) => {
-            if *json {
-                println!("{}", serde_json::to_string_pretty(&status)?);
-            } else {
-                let newest = status.newest_mtime_ns / 1_000_000_000;
-                println!(
-                    "{} ({}): {} files, {} bytes, newest change at {} (Unix seconds); {}",
-                    status.name,
-                    status.role,
-                    status.files,
-                    status.bytes,
-                    newest,
-                    match (&status.receiving, &status.last_source) {
-                        (true, Some((who, _))) => format!("{who} is mirroring into it now"),
-                        (false, Some((who, at))) => format!("last mirrored into by {who} at {at}"),
-                        _ => "nothing mirrored into it since it started".into(),
-                    }
-                );
-                for job in &status.jobs {
-                    println!(
-                        "push {}: {} to {}{}",
-                        job.id,
-                        job.state,
-                        job.targets.join(", "),
-                        job.error
-                            .as_ref()
-                            .map_or(String::new(), |e| format!(" ({e})"))
-                    );
-                }
-            }
-            ExitCode::SUCCESS
-        }
-        (RemoteAction::Push { .. }, ControlReply::Started { job }) => {
-            eprintln!("{agent}: push {job} started");
-            if follow {
-                follow_job(&mut remote, job).await?
-            } else {
-                println!("{job}");
-                ExitCode::SUCCESS
-            }
-        }
-        (RemoteAction::Events, ControlReply::Done) => {
-            while let Some(json) = remote.next_event().await? {
-                println!("{json}");
-            }
-            ExitCode::SUCCESS
-        }
-        (_, ControlReply::Done) => ExitCode::SUCCESS,
-        (_, other) => bail!("{agent} answered {other:?}"),
-    };
+    let code = command(&mut remote, &args.action, targets, &options.url)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}{}", hint(e.refusal())))?;
     remote.close().await;
     Ok(code)
 }
 
-fn expect_done(reply: ControlReply, agent: &str) -> Result<()> {
-    match reply {
-        ControlReply::Done => Ok(()),
-        ControlReply::Refused { reason, refusal } => {
-            bail!("{agent} refused: {reason}{}", hint(refusal))
+/// Runs one command on `agent` and prints its answer; `targets`: a push's, checked.
+async fn command(
+    remote: &mut Remote,
+    action: &RemoteAction,
+    targets: Vec<RemoteTarget>,
+    agent: &str,
+) -> Result<ExitCode, RemoteError> {
+    match action {
+        RemoteAction::Status { json } => {
+            let status = remote.status().await?;
+            print_status(&status, *json);
         }
-        other => bail!("{agent} answered {other:?}"),
+        RemoteAction::Push { watch, follow, .. } => {
+            if *follow {
+                remote.subscribe().await?;
+            }
+            let job = remote.push(targets, *watch).await?;
+            eprintln!("{agent}: push {job} started");
+            if *follow {
+                return follow_job(remote, job).await;
+            }
+            println!("{job}");
+        }
+        RemoteAction::Pause { job } => remote.pause(*job).await?,
+        RemoteAction::Resume { job } => remote.resume(*job).await?,
+        RemoteAction::Stop { job } => remote.stop(*job).await?,
+        RemoteAction::Events => {
+            remote.subscribe().await?;
+            while let Some(event) = remote.next_event().await? {
+                println!("{}", serde_json::to_string(&event).unwrap_or_default());
+            }
+        }
+        RemoteAction::Promote { force } => remote.promote(*force).await?,
+        RemoteAction::Demote => remote.demote().await?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The targets of `remote push`, checked.
+fn push_targets(
+    to: &[String],
+    target_fingerprint: &[String],
+    target_token_file: &[std::path::PathBuf],
+    insecure: bool,
+) -> Result<Vec<RemoteTarget>> {
+    let given = crate::target::read(
+        to,
+        target_fingerprint,
+        target_token_file,
+        ("--target-fingerprint", "--target-token-file"),
+    )?;
+    let mut targets = Vec::new();
+    for target in given {
+        if Address::parse(&target.url).is_ok_and(|a| !a.tls) && !insecure {
+            bail!(
+                "{} is plain ws://: the folder and the token would cross in clear; use \
+                 the target's pairing code, or pass --insecure (the agent allows it to its \
+                 own loopback only)",
+                target.url
+            );
+        }
+        targets.push(RemoteTarget {
+            url: target.url,
+            token: target.token,
+            fingerprint: target.fingerprint,
+        });
+    }
+    Ok(targets)
+}
+
+fn print_status(status: &AgentStatus, json: bool) {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(status).unwrap_or_default()
+        );
+        return;
+    }
+    let newest = status.newest_mtime_ns / 1_000_000_000;
+    println!(
+        "{} ({}): {} files, {} bytes, newest change at {} (Unix seconds); {}",
+        status.name,
+        status.role,
+        status.files,
+        status.bytes,
+        newest,
+        match (&status.receiving, &status.last_source) {
+            (true, Some((who, _))) => format!("{who} is mirroring into it now"),
+            (false, Some((who, at))) => format!("last mirrored into by {who} at {at}"),
+            _ => "nothing mirrored into it since it started".into(),
+        }
+    );
+    for job in &status.jobs {
+        println!(
+            "push {}: {} to {}{}",
+            job.id,
+            job.state,
+            job.targets.join(", "),
+            job.error
+                .as_ref()
+                .map_or(String::new(), |e| format!(" ({e})"))
+        );
     }
 }
 
 /// Prints the events until push `job` ends; exit 0 when it ended with every target identical.
-async fn follow_job(remote: &mut Remote, job: u64) -> Result<ExitCode> {
+async fn follow_job(remote: &mut Remote, job: u64) -> Result<ExitCode, RemoteError> {
     let ended = remote
-        .follow(job, |json| {
-            // Every event but the many progress ticks, as the agent sent it.
-            let tick = serde_json::from_str::<Event>(&json)
-                .is_ok_and(|event| matches!(event, Event::Progress { .. }));
-            if !tick {
-                println!("{json}");
+        .follow(job, |event| {
+            // Every event but the many progress ticks.
+            if !matches!(event, Event::Progress { .. }) {
+                println!("{}", serde_json::to_string(&event).unwrap_or_default());
             }
         })
         .await?;

@@ -2,7 +2,7 @@
 //! show by the code and never matches on text, and the message is in a trader's words.
 
 use rainmaker_engine::config::ConfigError;
-use rainmaker_engine::engine::EngineError;
+use rainmaker_engine::engine::{EngineError, RemoteError};
 use rainmaker_engine::protocol::Refusal;
 use rainmaker_engine::transport::TransportError;
 use serde::Serialize;
@@ -81,6 +81,18 @@ impl From<TransportError> for UiError {
             other => other.to_string(),
         };
         UiError::new(code, message)
+    }
+}
+
+impl From<RemoteError> for UiError {
+    fn from(e: RemoteError) -> UiError {
+        match e {
+            RemoteError::Transport(e) => e.into(),
+            RemoteError::Refused {
+                reason, refusal, ..
+            } => UiError::refused(refusal, reason),
+            other => UiError::new("protocol", other.to_string()),
+        }
     }
 }
 

@@ -20,9 +20,7 @@ use rainmaker_engine::event::{self, Event, PushReport};
 use rainmaker_engine::exclude::Exclude;
 use rainmaker_engine::guard::Gate;
 use rainmaker_engine::pairing::Pairing;
-use rainmaker_engine::protocol::{
-    AgentStatus, ControlReply, ControlRequest, JobState, JobStatus, Refusal, RemoteTarget,
-};
+use rainmaker_engine::protocol::{AgentStatus, JobState, JobStatus, Refusal, RemoteTarget};
 use rainmaker_engine::status::{self, Board};
 use rainmaker_engine::transport::{self, Address, ConnectOptions, Role, TransportError, Trust};
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -1177,12 +1175,9 @@ impl Runner {
             ..self.connect_options(spec)
         })
         .await?;
-        let reply = control.call(ControlRequest::Status).await?;
+        let status = control.status().await;
         control.close().await;
-        match reply {
-            ControlReply::Status(status) => Ok(status),
-            other => Err(not_expected(other)),
-        }
+        Ok(status?)
     }
 
     /// Tells server `from` to push its folder to servers `to`, and follows the push.
@@ -1221,17 +1216,8 @@ impl Runner {
     ) -> Result<(), UiError> {
         let urls: Vec<String> = targets.iter().map(|t| t.url.clone()).collect();
         let mut control = self.control(from).await?;
-        expect_done(control.call(ControlRequest::Subscribe).await?)?;
-        let job = match control
-            .call(ControlRequest::Push {
-                targets,
-                watch: false,
-            })
-            .await?
-        {
-            ControlReply::Started { job } => job,
-            other => return Err(not_expected(other)),
-        };
+        control.subscribe().await?;
+        let job = control.push(targets, false).await?;
         self.lock().remote_targets.extend(urls.iter().cloned());
         self.log(
             "info",
@@ -1272,13 +1258,7 @@ impl Runner {
 
     /// Folds a remote push's events into the dashboard until it ends; returns how it ended.
     async fn follow(&self, control: &mut Remote, job: u64) -> Result<JobStatus, UiError> {
-        Ok(control
-            .follow(job, |json| {
-                if let Ok(event) = serde_json::from_str::<Event>(&json) {
-                    self.fold(&event);
-                }
-            })
-            .await?)
+        Ok(control.follow(job, |event| self.fold(&event)).await?)
     }
 
     /// Failback: this PC receives its folder back from server `from` (the source since a
@@ -1358,14 +1338,13 @@ impl Runner {
         force: bool,
     ) -> Result<(), UiError> {
         let mut control = self.control(name).await?;
-        let request = if source {
-            ControlRequest::Promote { force }
+        let done = if source {
+            control.promote(force).await
         } else {
-            ControlRequest::Demote
+            control.demote().await
         };
-        let reply = control.call(request).await?;
         control.close().await;
-        expect_done(reply)?;
+        done?;
         self.log(
             "warn",
             if source {
@@ -1487,22 +1466,6 @@ fn hex_token() -> String {
     let mut bytes = [0u8; 24];
     rand::rng().fill_bytes(&mut bytes);
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn expect_done(reply: ControlReply) -> Result<(), UiError> {
-    match reply {
-        ControlReply::Done => Ok(()),
-        other => Err(not_expected(other)),
-    }
-}
-
-/// The error for an answer that is not the one asked for: the agent's refusal in its words,
-/// or anything else as a protocol error.
-fn not_expected(reply: ControlReply) -> UiError {
-    match reply {
-        ControlReply::Refused { reason, refusal } => UiError::refused(refusal, reason),
-        other => UiError::new("protocol", format!("Unexpected answer {other:?}")),
-    }
 }
 
 fn new_board(config: &Config) -> Board {

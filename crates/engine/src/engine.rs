@@ -30,7 +30,7 @@ mod continuous;
 mod control;
 mod proof;
 pub use continuous::{Schedule, push_continuous, start_guard};
-pub use control::{PushRefusal, Remote, check_target};
+pub use control::{PushRefusal, Remote, RemoteError, check_target};
 
 /// How long a session that ended reads what its source still sends, before closing.
 const CLOSE_LINGER: std::time::Duration = std::time::Duration::from_millis(500);

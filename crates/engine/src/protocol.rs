@@ -445,10 +445,26 @@ pub fn decode(bytes: &[u8]) -> Result<Message, ProtocolError> {
     if bytes.len() > MAX_MESSAGE_BYTES {
         return Err(ProtocolError::TooLarge(bytes.len()));
     }
-    let message: Message =
-        postcard::from_bytes(bytes).map_err(|e| ProtocolError::Malformed(e.to_string()))?;
+    let message: Message = match postcard::from_bytes(bytes) {
+        Ok(message) => message,
+        Err(e) => older_refused(bytes).ok_or_else(|| ProtocolError::Malformed(e.to_string()))?,
+    };
     check_limits(&message)?;
     Ok(message)
+}
+
+/// The first byte of an encoded `Refused` (its variant's index).
+const REFUSED_TAG: u8 = 2;
+
+/// A `Refused` as version 2 wrote it (its reason alone). It is the one message a peer of
+/// another version must still be understood in: it is how that peer says the versions differ.
+fn older_refused(bytes: &[u8]) -> Option<Message> {
+    let rest = bytes.strip_prefix(&[REFUSED_TAG])?;
+    let (reason, rest): (String, &[u8]) = postcard::take_from_bytes(rest).ok()?;
+    rest.is_empty().then_some(Message::Refused {
+        reason,
+        refusal: Refusal::Other,
+    })
 }
 
 fn limit(what: &'static str, got: usize, max: usize) -> Result<(), ProtocolError> {
@@ -810,6 +826,28 @@ mod tests {
             delete,
             Message::Delete { path: raw.into() },
             "a path is checked (and refused) by the receiver, never rewritten"
+        );
+    }
+
+    #[test]
+    fn a_refusal_from_the_version_before_is_still_read() {
+        let now = encode(&Message::Refused {
+            reason: "why".into(),
+            refusal: Refusal::Version,
+        });
+        assert_eq!(now[0], REFUSED_TAG);
+        // Version 2: the tag, then the reason, and nothing after it.
+        let older = postcard::to_stdvec(&(REFUSED_TAG, "protocol version mismatch")).unwrap();
+        assert_eq!(
+            decode(&older).unwrap(),
+            Message::Refused {
+                reason: "protocol version mismatch".into(),
+                refusal: Refusal::Other,
+            }
+        );
+        assert!(
+            decode(&[REFUSED_TAG]).is_err(),
+            "a truncated one is still malformed"
         );
     }
 

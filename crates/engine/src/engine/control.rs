@@ -30,6 +30,7 @@ use crate::transport::{
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use thiserror::Error;
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
@@ -644,12 +645,44 @@ async fn forward_events(mut events: broadcast::Receiver<Event>, out: mpsc::Sende
     }
 }
 
-/// An admin client's connection to an agent.
+/// What a command to an agent ended in, when not its answer.
+#[derive(Debug, Error)]
+pub enum RemoteError {
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// The agent refused the command; `refusal` says what a user can do about it.
+    #[error("{agent} refused: {reason}")]
+    Refused {
+        agent: String,
+        reason: String,
+        refusal: Refusal,
+    },
+    /// The agent answered something else than the command's answer.
+    #[error("{agent} answered {answer} to {request}")]
+    Unexpected {
+        agent: String,
+        request: &'static str,
+        answer: String,
+    },
+}
+
+impl RemoteError {
+    /// What a user can do about it, as a type.
+    pub fn refusal(&self) -> Refusal {
+        match self {
+            RemoteError::Transport(e) => e.refusal(),
+            RemoteError::Refused { refusal, .. } => *refusal,
+            RemoteError::Unexpected { .. } => Refusal::Other,
+        }
+    }
+}
+
+/// An admin client's connection to an agent: one typed method per command.
 #[derive(Debug)]
 pub struct Remote {
     conn: Connection,
     next_id: u64,
-    /// Events that arrived while waiting for a reply.
+    /// Events that arrived while waiting for a reply (JSON of [`Event`]).
     pending: std::collections::VecDeque<String>,
 }
 
@@ -663,70 +696,152 @@ impl Remote {
         })
     }
 
-    /// Sends a request and waits for its answer.
-    pub async fn call(&mut self, request: ControlRequest) -> Result<ControlReply, TransportError> {
+    /// The agent's folder, its role and its pushes.
+    pub async fn status(&mut self) -> Result<AgentStatus, RemoteError> {
+        match self.call(ControlRequest::Status).await? {
+            ControlReply::Status(status) => Ok(status),
+            other => Err(self.unexpected("status", &other)),
+        }
+    }
+
+    /// Asks for the agent's events from now on ([`Remote::next_event`]).
+    pub async fn subscribe(&mut self) -> Result<(), RemoteError> {
+        self.expect_done(ControlRequest::Subscribe, "subscribe")
+            .await
+    }
+
+    /// Starts a push of the agent's folder to `targets` (continuously with `watch`); its id.
+    pub async fn push(
+        &mut self,
+        targets: Vec<RemoteTarget>,
+        watch: bool,
+    ) -> Result<u64, RemoteError> {
+        match self.call(ControlRequest::Push { targets, watch }).await? {
+            ControlReply::Started { job } => Ok(job),
+            other => Err(self.unexpected("push", &other)),
+        }
+    }
+
+    pub async fn pause(&mut self, job: u64) -> Result<(), RemoteError> {
+        self.expect_done(ControlRequest::Pause { job }, "pause")
+            .await
+    }
+
+    pub async fn resume(&mut self, job: u64) -> Result<(), RemoteError> {
+        self.expect_done(ControlRequest::Resume { job }, "resume")
+            .await
+    }
+
+    pub async fn stop(&mut self, job: u64) -> Result<(), RemoteError> {
+        self.expect_done(ControlRequest::Stop { job }, "stop").await
+    }
+
+    /// Makes the agent the source of its folder (`force`: even if a source may still be
+    /// mirroring into it).
+    pub async fn promote(&mut self, force: bool) -> Result<(), RemoteError> {
+        self.expect_done(ControlRequest::Promote { force }, "promote")
+            .await
+    }
+
+    /// Makes the agent a target again.
+    pub async fn demote(&mut self) -> Result<(), RemoteError> {
+        self.expect_done(ControlRequest::Demote, "demote").await
+    }
+
+    async fn expect_done(
+        &mut self,
+        request: ControlRequest,
+        name: &'static str,
+    ) -> Result<(), RemoteError> {
+        match self.call(request).await? {
+            ControlReply::Done => Ok(()),
+            other => Err(self.unexpected(name, &other)),
+        }
+    }
+
+    fn unexpected(&self, request: &'static str, answer: &ControlReply) -> RemoteError {
+        RemoteError::Unexpected {
+            agent: self.conn.peer(),
+            request,
+            answer: format!("{answer:?}"),
+        }
+    }
+
+    /// Sends a request and waits for its answer; a refusal is [`RemoteError::Refused`].
+    async fn call(&mut self, request: ControlRequest) -> Result<ControlReply, RemoteError> {
         let id = self.next_id;
         self.next_id += 1;
         self.conn.send(&Message::Control { id, request }).await?;
-        loop {
+        let reply = loop {
             match self.conn.recv().await? {
-                Some(Message::ControlReply { id: got, reply }) if got == id => return Ok(reply),
+                Some(Message::ControlReply { id: got, reply }) if got == id => break reply,
                 Some(Message::ControlEvent { json }) => self.pending.push_back(json),
                 Some(Message::Refused { reason, refusal }) => {
-                    return Ok(ControlReply::Refused { reason, refusal });
+                    break ControlReply::Refused { reason, refusal };
                 }
                 Some(_) => {}
                 None => {
                     return Err(TransportError::Closed {
                         peer: self.conn.peer(),
-                    });
+                    }
+                    .into());
                 }
             }
+        };
+        match reply {
+            ControlReply::Refused { reason, refusal } => Err(RemoteError::Refused {
+                agent: self.conn.peer(),
+                reason,
+                refusal,
+            }),
+            reply => Ok(reply),
         }
     }
 
-    /// The next event (JSON of `event::Event`) after a `Subscribe`; `None` when the agent
-    /// closed the connection.
-    pub async fn next_event(&mut self) -> Result<Option<String>, TransportError> {
-        if let Some(json) = self.pending.pop_front() {
-            return Ok(Some(json));
-        }
+    /// The next event after [`Remote::subscribe`]; `None` when the agent closed the
+    /// connection. (On the wire an event is its JSON, the form the agent's `--json` prints:
+    /// an [`Event`] is tagged by a field, which the wire's compact encoding cannot carry.)
+    pub async fn next_event(&mut self) -> Result<Option<Event>, RemoteError> {
         loop {
-            match self.conn.recv().await? {
-                Some(Message::ControlEvent { json }) => return Ok(Some(json)),
-                Some(_) => {}
-                None => return Ok(None),
+            let json = match self.pending.pop_front() {
+                Some(json) => json,
+                None => match self.conn.recv().await? {
+                    Some(Message::ControlEvent { json }) => json,
+                    Some(_) => continue,
+                    None => return Ok(None),
+                },
+            };
+            // An event this build does not know (a newer agent's) is skipped.
+            if let Ok(event) = serde_json::from_str::<Event>(&json) {
+                return Ok(Some(event));
             }
         }
     }
 
-    /// Follows push `job` after a `Subscribe`: hands each event (JSON) to `on_event` until
+    /// Follows push `job` after [`Remote::subscribe`]: hands each event to `on_event` until
     /// the agent reports the push is no longer running; returns how it ended.
     pub async fn follow(
         &mut self,
         job: u64,
-        mut on_event: impl FnMut(String),
-    ) -> Result<JobStatus, TransportError> {
-        let broken = |peer: String, what: String| TransportError::Protocol {
-            peer,
-            source: crate::protocol::ProtocolError::Malformed(what),
-        };
+        mut on_event: impl FnMut(Event),
+    ) -> Result<JobStatus, RemoteError> {
         loop {
-            while let Ok(Ok(Some(json))) =
+            while let Ok(Ok(Some(event))) =
                 tokio::time::timeout(Duration::from_millis(200), self.next_event()).await
             {
-                on_event(json);
+                on_event(event);
             }
-            let ControlReply::Status(status) = self.call(ControlRequest::Status).await? else {
-                return Err(broken(
-                    self.conn.peer(),
-                    "the agent stopped answering".into(),
-                ));
-            };
+            let status = self.status().await?;
             match status.jobs.into_iter().find(|j| j.id == job) {
                 Some(j) if j.state == JobState::Running => {}
                 Some(j) => return Ok(j),
-                None => return Err(broken(self.conn.peer(), format!("push {job} is gone"))),
+                None => {
+                    return Err(RemoteError::Unexpected {
+                        agent: self.conn.peer(),
+                        request: "status",
+                        answer: format!("no push {job}"),
+                    });
+                }
             }
         }
     }
