@@ -221,7 +221,8 @@ pub fn scan_excluding(
                     continue;
                 }
                 if snapshots.is_unstable(&rel) {
-                    scan_copy(snapshots, entry.path(), rel, previous, &mut out);
+                    let taking = snapshots.copy_stable(entry.path(), &rel, RACY_WINDOW_NS);
+                    list_copy(taking, KEEPS_CHANGING, rel, previous, &mut out);
                     continue;
                 }
             }
@@ -248,10 +249,12 @@ pub fn scan_excluding(
         ) {
             (Err(ReadBy::StableCopy(rel)), Some(snapshots)) => {
                 snapshots.mark_unstable([rel.clone()]);
-                scan_copy(snapshots, &full, rel, previous, &mut out);
+                let taking = snapshots.copy_stable(&full, &rel, RACY_WINDOW_NS);
+                list_copy(taking, KEEPS_CHANGING, rel, previous, &mut out);
             }
             (Err(ReadBy::ShadowCopy(rel)), Some(snapshots)) => {
-                scan_shadow(snapshots, &full, rel, previous, &mut out);
+                let taking = snapshots.copy_from_shadow(&full, &rel, RACY_WINDOW_NS);
+                list_copy(taking, HELD, rel, previous, &mut out);
             }
             _ => {}
         }
@@ -316,43 +319,13 @@ fn scan_database(
     );
 }
 
-/// Lists a file that keeps changing by a stable copy of it.
-fn scan_copy(
-    snapshots: &Snapshots,
-    full: &Path,
-    rel: String,
-    previous: &BTreeMap<String, FileRecord>,
-    out: &mut Scan,
-) {
-    let taking = snapshots.copy_stable(full, &rel, RACY_WINDOW_NS);
-    list_copy(
-        taking,
-        "it keeps changing and no stable copy of it could be taken",
-        rel,
-        previous,
-        out,
-    );
-}
+/// Why a file read through a stable copy could not be listed.
+const KEEPS_CHANGING: &str = "it keeps changing and no stable copy of it could be taken";
+/// Why a file read through a shadow copy could not be listed (Windows).
+const HELD: &str = "another program holds it open without sharing it for reading";
 
-/// Lists a file another program holds without read sharing by a shadow copy of it (Windows).
-fn scan_shadow(
-    snapshots: &Snapshots,
-    full: &Path,
-    rel: String,
-    previous: &BTreeMap<String, FileRecord>,
-    out: &mut Scan,
-) {
-    let taking = snapshots.copy_from_shadow(full, &rel, RACY_WINDOW_NS);
-    list_copy(
-        taking,
-        "another program holds it open without sharing it for reading",
-        rel,
-        previous,
-        out,
-    );
-}
-
-/// Lists a file by the copy `taking` made of it.
+/// Lists a file by the copy `taking` made of it; when none could be made, keeps what the index
+/// knew (the targets keep their last good copy) and says why (`failed`).
 fn list_copy(
     taking: Result<snapshot::Taking, String>,
     failed: &str,

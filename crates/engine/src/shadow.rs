@@ -258,6 +258,25 @@ mod imp {
         result.and_then(|()| check(status, what))
     }
 
+    /// Calls the method in `slot` of the components `c`, which starts an `IVssAsync`
+    /// operation, and waits for it to end.
+    ///
+    /// SAFETY: `c` is a live IVssBackupComponents whose `slot` holds a method taking the
+    /// object and a pointer through which it writes the operation (`PrepareForBackup`,
+    /// `DoSnapshotSet`).
+    unsafe fn run_async(c: *mut Object, slot: usize, what: &str) -> Result<(), String> {
+        let mut operation: *mut Object = std::ptr::null_mut();
+        // SAFETY: as the caller promised; `operation` is a live local written once.
+        let hr = unsafe {
+            method::<unsafe extern "system" fn(*mut Object, *mut *mut Object) -> HRESULT>(c, slot)(
+                c,
+                &mut operation,
+            )
+        };
+        check(hr, what)?;
+        finish(operation, what)
+    }
+
     /// Joins COM on this thread (multi-threaded), and sets the process's COM security once
     /// as VSS requesters must; both are harmless when done already.
     fn join_com() {
@@ -329,7 +348,6 @@ mod imp {
             let mut volume_wide: Vec<u16> = volume.as_os_str().encode_wide().chain([0]).collect();
             let mut set_id = GUID::from_u128(0);
             let mut snapshot_id = GUID::from_u128(0);
-            let mut operation: *mut Object = std::ptr::null_mut();
             // SAFETY (each call below): `c` is the live IVssBackupComponents made above; each
             // slot holds the method of the type given (vsbackup.h, in order); every pointer
             // passed is to a live local that the call writes once or reads only, and the
@@ -376,25 +394,8 @@ mod imp {
                     ),
                     "AddToSnapshotSet",
                 )?;
-                check(
-                    method::<unsafe extern "system" fn(Backup, *mut *mut Object) -> HRESULT>(
-                        c,
-                        PREPARE_FOR_BACKUP,
-                    )(c, &mut operation),
-                    "PrepareForBackup",
-                )?;
-                finish(
-                    std::mem::replace(&mut operation, std::ptr::null_mut()),
-                    "PrepareForBackup",
-                )?;
-                check(
-                    method::<unsafe extern "system" fn(Backup, *mut *mut Object) -> HRESULT>(
-                        c,
-                        DO_SNAPSHOT_SET,
-                    )(c, &mut operation),
-                    "DoSnapshotSet",
-                )?;
-                finish(operation, "DoSnapshotSet")?;
+                run_async(c, PREPARE_FOR_BACKUP, "PrepareForBackup")?;
+                run_async(c, DO_SNAPSHOT_SET, "DoSnapshotSet")?;
                 let mut prop: SnapshotProp = std::mem::zeroed();
                 check(
                     method::<unsafe extern "system" fn(Backup, GUID, *mut SnapshotProp) -> HRESULT>(

@@ -140,7 +140,7 @@ fn check_source(source: &Path, problems: &mut Vec<Problem>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Folder, Mode, Serve, Target};
+    use crate::config::Serve;
 
     fn serve(root: &Path, token: &Path, listen: &str) -> Config {
         Config {
@@ -199,6 +199,7 @@ mod tests {
     #[cfg(unix)]
     #[test]
     fn a_token_others_can_read_is_named_with_its_fix() {
+        use crate::config::{Folder, Mode, Target};
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let token = dir.path().join("token");
