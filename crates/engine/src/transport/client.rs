@@ -1,0 +1,268 @@
+//! The source's side: how it trusts a target's certificate, and [`connect`].
+
+use super::*;
+
+/// How a client checks the server's certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Trust {
+    /// Exactly this fingerprint (from `--fingerprint` or a pairing code); see
+    /// [`parse_fingerprint`] for the accepted spellings.
+    Pinned(Fingerprint),
+    /// A fingerprint recorded in this known-peers file for `host:port`; a peer the file does
+    /// not name is refused ([`TransportError::NotPinned`]) before anything is sent.
+    KnownPeers(PathBuf),
+    /// Trust on first use (only when a person asked for it, `--trust-first-use`): as
+    /// [`Trust::KnownPeers`], but a peer the file does not name is accepted and its fingerprint
+    /// recorded once it accepted our token. That token goes to whoever answered.
+    FirstUse(PathBuf),
+    /// Plain `ws://` (only with `--insecure`): no TLS at all.
+    Insecure,
+}
+
+impl Trust {
+    /// How to check the target at `url`: plain `ws://` is taken as meant (the caller decides
+    /// whether to allow it; the transport allows it on loopback only), else its pinned
+    /// `fingerprint`, else the `known_peers` file, recording a new peer there only when
+    /// `first_use` was asked for.
+    pub fn for_url(
+        url: &str,
+        fingerprint: Option<&str>,
+        known_peers: &Path,
+        first_use: bool,
+    ) -> Trust {
+        match fingerprint {
+            _ if Address::parse(url).is_ok_and(|a| !a.tls) => Trust::Insecure,
+            Some(fp) => Trust::Pinned(fp.to_owned()),
+            None if first_use => Trust::FirstUse(known_peers.to_path_buf()),
+            None => Trust::KnownPeers(known_peers.to_path_buf()),
+        }
+    }
+}
+
+/// What [`connect`] needs.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    /// `wss://host:port` (or `ws://host:port` with [`Trust::Insecure`]); a trailing path is
+    /// ignored; IPv6 addresses go in brackets.
+    pub url: String,
+    pub trust: Trust,
+    /// The target's pairing token.
+    pub token: String,
+    /// Our name, for the target's log.
+    pub source_name: String,
+}
+
+/// Connects to a target: TCP, TLS with the certificate checked against `opts.trust`, the
+/// WebSocket upgrade, then `Hello` and the target's `Welcome` (or `Refused`, returned as
+/// [`TransportError::Refused`]). Everything together is bounded by [`HANDSHAKE_TIMEOUT`].
+pub async fn connect(opts: &ConnectOptions) -> Result<Connection, TransportError> {
+    connect_within(opts, HANDSHAKE_TIMEOUT).await
+}
+
+/// [`connect`] with another bound than [`HANDSHAKE_TIMEOUT`].
+pub async fn connect_within(
+    opts: &ConnectOptions,
+    limit: Duration,
+) -> Result<Connection, TransportError> {
+    let target = Address::parse(&opts.url)?;
+    match tokio::time::timeout(limit, connect_to(opts, &target)).await {
+        Ok(result) => result,
+        Err(_) => Err(TransportError::Timeout {
+            peer: target.key,
+            stage: "connection and handshake",
+        }),
+    }
+}
+
+async fn connect_to(opts: &ConnectOptions, target: &Address) -> Result<Connection, TransportError> {
+    let peer = target.key.clone();
+    let bad_url = |reason: &str| TransportError::BadUrl {
+        url: opts.url.clone(),
+        reason: reason.to_owned(),
+    };
+    // Decide what to trust before touching the network.
+    let mut addrs: Vec<SocketAddr> = Vec::new();
+    let (accepted, known_peers) = match (&opts.trust, target.tls) {
+        (Trust::Insecure, false) => {
+            // The token crosses in clear: only to this machine, checked on the addresses
+            // actually connected to (a name cannot resolve to loopback here and elsewhere
+            // there).
+            addrs = tokio::net::lookup_host((target.host.as_str(), target.port))
+                .await
+                .map_err(|source| TransportError::Connect {
+                    peer: peer.clone(),
+                    source,
+                })?
+                .collect();
+            if addrs.is_empty() || addrs.iter().any(|a| !is_loopback(a.ip())) {
+                return Err(TransportError::InsecureRemote { peer });
+            }
+            (None, None)
+        }
+        (Trust::Insecure, true) => {
+            return Err(bad_url(
+                "--insecure goes with a ws:// address; a wss:// target is checked with \
+                 --fingerprint or the known-peers file",
+            ));
+        }
+        (_, false) => {
+            return Err(bad_url(
+                "ws:// is neither encrypted nor authenticated; use wss:// (or pass --insecure \
+                 on a network you trust)",
+            ));
+        }
+        (Trust::Pinned(value), true) => {
+            let pin = parse_fingerprint(value).ok_or_else(|| TransportError::BadFingerprint {
+                value: value.clone(),
+            })?;
+            (Some(vec![pin]), None)
+        }
+        (Trust::KnownPeers(path), true) => {
+            let known = KnownPeers::load(path)?;
+            let pins = known.fingerprints(&peer);
+            if pins.is_empty() {
+                return Err(TransportError::NotPinned { peer });
+            }
+            (Some(pins), Some(path.clone()))
+        }
+        (Trust::FirstUse(path), true) => {
+            let known = KnownPeers::load(path)?;
+            (Some(known.fingerprints(&peer)), Some(path.clone()))
+        }
+    };
+
+    let connected = if addrs.is_empty() {
+        TcpStream::connect((target.host.as_str(), target.port)).await
+    } else {
+        TcpStream::connect(&addrs[..]).await
+    };
+    let tcp = connected.map_err(|source| TransportError::Connect {
+        peer: peer.clone(),
+        source,
+    })?;
+    let _ = tcp.set_nodelay(true);
+
+    let (stream, fingerprint): (Box<dyn ByteStream>, Option<Fingerprint>) = match accepted {
+        None => (Box::new(tcp), None),
+        Some(accepted) => {
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let verifier = PinVerifier::new(accepted.clone(), &provider);
+            let config = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .map_err(|e| tls_error(&peer, e))?
+                .dangerous()
+                .with_custom_certificate_verifier(verifier.clone())
+                .with_no_client_auth();
+            let connector = TlsConnector::from(Arc::new(config));
+            match connector.connect(server_name(&target.host), tcp).await {
+                Ok(tls) => (Box::new(tls), verifier.seen()),
+                Err(e) => {
+                    if let (true, Some(got)) = (verifier.rejected(), verifier.seen()) {
+                        return Err(TransportError::FingerprintChanged {
+                            peer,
+                            expected: accepted[0].clone(),
+                            got,
+                            known_peers,
+                        });
+                    }
+                    return Err(tls_error(&peer, e));
+                }
+            }
+        }
+    };
+
+    let request = format!(
+        "{}://{}/",
+        if target.tls { "wss" } else { "ws" },
+        target.key
+    );
+    let (ws, _response) =
+        tokio_tungstenite::client_async_with_config(request, stream, Some(ws_config()))
+            .await
+            .map_err(|e| ws_error(&peer, e))?;
+    let mut connection = Connection::new(ws, peer.clone());
+    connection
+        .send(&Message::Hello {
+            magic: MAGIC,
+            version: PROTOCOL_VERSION,
+            token: opts.token.clone(),
+            source_name: opts.source_name.clone(),
+        })
+        .await?;
+    match connection.recv().await? {
+        Some(Message::Welcome { target_name }) => connection.remote_name = target_name,
+        Some(Message::Refused { reason, refusal }) => {
+            return Err(TransportError::Refused {
+                peer,
+                reason: printable(&reason),
+                refusal,
+            });
+        }
+        Some(other) => {
+            return Err(TransportError::Protocol {
+                peer,
+                source: ProtocolError::Malformed(format!(
+                    "expected Welcome or Refused, got {}",
+                    Message::name(&other)
+                )),
+            });
+        }
+        None => return Err(TransportError::Closed { peer }),
+    }
+
+    // First use: the target proved it holds the key and accepted our token; remember it.
+    if let (Trust::FirstUse(path), Some(seen)) = (&opts.trust, &fingerprint) {
+        let known = KnownPeers::load(path)?;
+        if known.fingerprints(&peer).is_empty() {
+            known.append(path, &peer, seen)?;
+        }
+    }
+    connection.fingerprint = fingerprint;
+    Ok(connection)
+}
+
+/// Connects to `url` only as far as the TLS handshake and returns the fingerprint of the
+/// certificate the server presented (after checking that it holds the certificate's key).
+/// No token is sent and nothing is recorded: this is what a person is shown to confirm
+/// before a server is trusted.
+pub async fn peek_fingerprint(url: &str) -> Result<Fingerprint, TransportError> {
+    let target = Address::parse(url)?;
+    if !target.tls {
+        return Err(TransportError::BadUrl {
+            url: url.to_owned(),
+            reason: "a ws:// address has no certificate to check; use wss://".into(),
+        });
+    }
+    let peer = target.key.clone();
+    let handshake = async {
+        let tcp = TcpStream::connect((target.host.as_str(), target.port))
+            .await
+            .map_err(|source| TransportError::Connect {
+                peer: peer.clone(),
+                source,
+            })?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = PinVerifier::new(Vec::new(), &provider);
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| tls_error(&peer, e))?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier.clone())
+            .with_no_client_auth();
+        TlsConnector::from(Arc::new(config))
+            .connect(server_name(&target.host), tcp)
+            .await
+            .map_err(|e| tls_error(&peer, e))?;
+        verifier
+            .seen()
+            .ok_or_else(|| tls_error(&peer, "the server presented no certificate"))
+    };
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+        .await
+        .unwrap_or_else(|_| {
+            Err(TransportError::Timeout {
+                peer: peer.clone(),
+                stage: "TLS handshake",
+            })
+        })
+}
