@@ -1,13 +1,13 @@
 //! The few questions the engine puts to Windows itself, where no crate answers them in a way
 //! that works both on Windows and under Wine (where RainMaker's Windows tests run):
 //!
-//! - [`system_times`]: the CPU's idle, kernel and user time (`GetSystemTimes`), which the
+//! - `system_times`: the CPU's idle, kernel and user time (`GetSystemTimes`), which the
 //!   guard turns into CPU use. sysinfo reads CPU use through the PDH performance counters,
 //!   and Wine does not implement `PdhEnumObjectsA`: a program calling it there aborts.
 //! - [`under_wine`]: whether this Windows program runs under Wine, so a test can leave out,
 //!   with its reason, what only Wine gets wrong. It is `false` on real Windows and elsewhere.
 //!
-//! - [`short_path`] (tests only): the 8.3 short name Windows (or Wine) gives a path, to
+//! - `short_path` (tests only): the 8.3 short name Windows (or Wine) gives a path, to
 //!   check the path check refuses the state folder under that alias.
 //!
 //! This is the one module of the engine with `unsafe`: two foreign calls, each with the

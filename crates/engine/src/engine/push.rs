@@ -1,0 +1,315 @@
+//! A push: every pass over every target ([`push_once`]), and one session with one target.
+
+use super::*;
+
+/// Mirrors the source to every target once; returns when every target is identical or has
+/// failed. Errors only when nothing could start (no source folder, no index).
+pub async fn push_once(
+    options: &PushOptions,
+    events: &broadcast::Sender<Event>,
+    cancel: &CancellationToken,
+) -> Result<PushReport, EngineError> {
+    let started = Instant::now();
+    let index = Arc::new(Index::open(&options.state_dir.join("index.redb"))?);
+    let databases = Arc::new(snapshots(&options.state_dir)?);
+    let compress = options.compress.wanted(&options.targets);
+    let blocks = Arc::new(BlockSource::new(options.source.clone(), compress));
+    let mut reports: Vec<TargetReport> = options
+        .targets
+        .iter()
+        .map(|t| TargetReport {
+            url: t.url.clone(),
+            ..TargetReport::default()
+        })
+        .collect();
+    let mut skipped = Vec::new();
+    let mut files = 0;
+    let mut done = vec![false; options.targets.len()];
+    let mut stopped = false;
+    for pass in 1..=options.passes.max(1) {
+        if cancel.is_cancelled() {
+            stopped = true;
+            break;
+        }
+        // Targets connect and scan their side while the source scans its own.
+        let (tree_tx, tree_rx) = tokio::sync::watch::channel(None::<(Arc<Tree>, Hash)>);
+        let mut sessions = tokio::task::JoinSet::new();
+        for (i, target) in options.targets.iter().enumerate() {
+            if done[i] {
+                continue;
+            }
+            let (target, tree_rx, blocks, events) = (
+                target.clone(),
+                tree_rx.clone(),
+                blocks.clone(),
+                events.clone(),
+            );
+            let options = options.clone();
+            let cache = cached_manifest_path(&options.state_dir, &target.url);
+            let stop = cancel.clone();
+            sessions.spawn(async move {
+                let started = Instant::now();
+                let mut conn = None;
+                let result = session(
+                    &target, &options, &stop, &mut conn, tree_rx, &blocks, &events, &cache,
+                )
+                .await;
+                if let Some(conn) = conn {
+                    conn.close().await;
+                }
+                (i, result, started.elapsed().as_secs_f64())
+            });
+        }
+        let (source, exclude, idx, dbs) = (
+            options.source.clone(),
+            options.exclude.clone(),
+            index.clone(),
+            databases.clone(),
+        );
+        // Every record is proven: a push that exits 0 has read every block it says is there.
+        let scanned = low_priority(move || {
+            scan_source(&source, &exclude, &idx, scan::Growth::Prove, &[], &dbs)
+        })
+        .await??;
+        blocks.read_copies(scanned.copies.clone());
+        tracing::debug!(elapsed = ?started.elapsed(), hashed = scanned.bytes_hashed, "source scanned");
+        let digest = announce_scan(&scanned, events);
+        files = scanned.tree.files.len() as u64;
+        skipped = scanned
+            .problems
+            .iter()
+            .map(|p| Skipped {
+                path: p.path.clone(),
+                reason: p.reason.clone(),
+            })
+            .collect();
+        let tree = Arc::new(scanned.tree);
+        let _ = tree_tx.send(Some((tree.clone(), digest)));
+        let mut joined = Vec::new();
+        {
+            let all = async {
+                while let Some(result) = sessions.join_next().await {
+                    if let Ok(result) = result {
+                        joined.push(result);
+                    }
+                }
+            };
+            tokio::pin!(all);
+            tokio::select! {
+                () = &mut all => {}
+                () = cancel.cancelled() => {
+                    // Sessions that are sending finish the block in flight and close cleanly;
+                    // one still connecting or listing is given a moment, then dropped.
+                    let _ = tokio::time::timeout(STOP_GRACE, &mut all).await;
+                }
+            }
+        }
+        if cancel.is_cancelled() {
+            stopped = true;
+        }
+        for (i, result, seconds) in joined {
+            let report = &mut reports[i];
+            report.passes = pass;
+            report.seconds += seconds;
+            match result {
+                Ok((outcome, plan, wire)) => {
+                    report.files_sent += outcome.files_done;
+                    report.bytes_changed += outcome.data_bytes;
+                    report.wire_bytes += wire;
+                    if outcome.digest == digest {
+                        done[i] = true;
+                        report.ok = true;
+                        report.error = None;
+                        let _ = events.send(Event::InSync {
+                            target: report.url.clone(),
+                        });
+                    } else {
+                        read_failed_through_copies(&databases, &tree, &outcome);
+                        let why = outcome
+                            .failed
+                            .first()
+                            .map(|(p, r)| {
+                                if r.starts_with(p.as_str()) {
+                                    r.clone()
+                                } else {
+                                    format!("{p}: {r}")
+                                }
+                            })
+                            .unwrap_or_else(|| "the target changed during the mirror".into());
+                        report.error = Some(format!(
+                            "not identical after pass {pass} ({} of {} files failed; first: {why})",
+                            outcome.failed.len(),
+                            plan.files
+                        ));
+                    }
+                }
+                Err(error) => {
+                    // A cut connection gets another pass, which resumes what was verified; a
+                    // target that is down or refuses will not be better on a second pass.
+                    if !error.is_cut() || pass == options.passes.max(1) {
+                        done[i] = true;
+                    }
+                    report.error = Some(error.to_string());
+                    report.refusal = Some(error.refusal());
+                }
+            }
+        }
+        if stopped || done.iter().all(|d| *d) {
+            break;
+        }
+    }
+    for report in &mut reports {
+        if stopped && !report.ok {
+            report.error = Some(SendError::Stopped.to_string());
+            report.refusal = Some(Refusal::Other);
+            continue;
+        }
+        if let (false, Some(reason)) = (report.ok, &report.error) {
+            let _ = events.send(Event::TargetFailed {
+                target: report.url.clone(),
+                reason: reason.clone(),
+                refusal: report.refusal.unwrap_or_default(),
+            });
+        }
+    }
+    let all_ok = reports.iter().all(|r| r.ok);
+    Ok(PushReport {
+        ok: all_ok && skipped.is_empty(),
+        partial: all_ok && !skipped.is_empty(),
+        stopped: stopped && !all_ok,
+        seconds: started.elapsed().as_secs_f64(),
+        files,
+        bytes_read: blocks.bytes_read(),
+        skipped,
+        targets: reports,
+    })
+}
+
+/// Waits for `until`; meanwhile a connection kept for the next sync answers the target's
+/// pings, so the target does not take this source for frozen. A kept connection that breaks
+/// while idle is dropped (the next sync connects anew).
+pub(super) async fn keep_alive_while<T>(
+    conn: &mut Option<transport::Connection>,
+    until: impl std::future::Future<Output = T>,
+) -> T {
+    tokio::pin!(until);
+    if let Some(kept) = conn.as_mut() {
+        match kept.idle_until(&mut until).await {
+            Ok(out) => return out,
+            Err(e) => {
+                tracing::debug!("the connection kept for the next sync ended: {e}");
+                *conn = None;
+            }
+        }
+    }
+    until.await
+}
+
+/// One session with one target: connect, fetch its manifest, plan, send.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "each is one distinct input of a session; a struct would only rename them"
+)]
+pub(super) async fn session(
+    target: &TargetSpec,
+    options: &PushOptions,
+    stop: &CancellationToken,
+    open: &mut Option<transport::Connection>,
+    mut tree_rx: tokio::sync::watch::Receiver<Option<(Arc<Tree>, Hash)>>,
+    blocks: &Arc<BlockSource>,
+    events: &broadcast::Sender<Event>,
+    cache: &Path,
+) -> Result<(send::Outcome, Plan, u64), SendError> {
+    let (source_name, stall, limit) = (
+        &options.source_name,
+        options.stall_timeout,
+        &options.bwlimit,
+    );
+    // A connection kept from the last round is used again: no new TLS handshake per sync.
+    let reused = open.is_some();
+    let mut conn = match open.take() {
+        Some(conn) => conn,
+        None => {
+            transport::connect(&ConnectOptions {
+                url: target.url.clone(),
+                trust: target.trust.clone(),
+                token: target.token.clone(),
+                source_name: source_name.clone(),
+            })
+            .await?
+        }
+    };
+    let started = Instant::now();
+    tracing::debug!(target = %target.url, reused, "connected");
+    // Bytes of this round only: a kept connection's counters run on from earlier rounds.
+    let counted = |c: &transport::Connection| {
+        c.wire_counter().load(std::sync::atomic::Ordering::Relaxed)
+            + c.received_counter()
+                .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let base = if reused { counted(&conn) } else { 0 };
+    let cached = load_cached_manifest(cache);
+    let (theirs, partials) = send::fetch_manifest(&mut conn, cached, stall).await?;
+    // While the source still scans, the connection answers the target's pings.
+    let scanned = conn
+        .idle_until(async { tree_rx.wait_for(Option::is_some).await.map(|t| t.clone()) })
+        .await?;
+    let (tree, digest): (Arc<Tree>, Hash) = scanned
+        .map_err(|_| SendError::Protocol("the source could not be scanned".into()))?
+        .expect("waited for a tree");
+    let tree = &tree;
+    if let Some(share) = options.max_delete_share
+        && let Some((doomed, held)) = plan::mass_delete(tree, &theirs, share)
+    {
+        conn.close().await;
+        return Err(SendError::MassDelete {
+            doomed,
+            held,
+            percent: share * 100.0,
+        });
+    }
+    let (tree2, blocks2) = (tree.clone(), blocks.clone());
+    let plan = tokio::task::spawn_blocking(move || {
+        plan::plan(&tree2, &theirs, &partials, &mut |path, len| {
+            blocks2.tail_hash(path, len)
+        })
+    })
+    .await
+    .map_err(|e| SendError::Protocol(format!("planning failed: {e}")))?;
+    tracing::debug!(elapsed = ?started.elapsed(), target = %target.url, "manifest and plan ready");
+    let _ = events.send(Event::Planned {
+        target: target.url.clone(),
+        files: plan.files,
+        bytes: plan.data_bytes,
+    });
+    // Bytes on the wire both ways: what the source sent and what the target answered.
+    let (sent, received) = (conn.wire_counter(), conn.received_counter());
+    let outcome = send::send_plan(
+        conn,
+        &target.url,
+        &plan,
+        send::Pace {
+            stall,
+            limit: limit.as_deref(),
+            gate: options.gate.clone(),
+            stop: stop.clone(),
+        },
+        blocks,
+        events,
+    )
+    .await?;
+    let wire = sent.load(std::sync::atomic::Ordering::Relaxed)
+        + received.load(std::sync::atomic::Ordering::Relaxed)
+        - base;
+    tracing::debug!(elapsed = ?started.elapsed(), target = %target.url, "plan sent and verified");
+    let (outcome, conn) = outcome;
+    *open = Some(conn);
+    if outcome.digest == digest {
+        if let Err(e) = save_cached_manifest(cache, digest, tree) {
+            tracing::warn!("cannot keep the manifest of {}: {e}", target.url);
+        }
+    } else {
+        let _ = std::fs::remove_file(cache);
+    }
+    Ok((outcome, plan, wire))
+}

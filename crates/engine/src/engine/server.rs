@@ -1,0 +1,466 @@
+//! A target agent: [`Server`] binds, accepts sources and admin clients, and runs each mirror
+//! session with its receiver on a blocking worker.
+
+use super::*;
+
+/// What a target agent serves.
+#[derive(Debug)]
+pub struct ServeOptions {
+    pub root: PathBuf,
+    pub listen: String,
+    pub token: String,
+    /// The token that also lets a client command this agent (see [`Remote`]); `None`: no
+    /// remote control.
+    pub admin_token: Option<String>,
+    /// Plain ws:// instead of wss (loopback only).
+    pub insecure: bool,
+    /// The name sources see.
+    pub name: String,
+    /// How long deleted and replaced files are kept in the trash (`None`: not kept).
+    pub trash_retention: Option<std::time::Duration>,
+    /// The agents an admin client may tell this one to push to (`host:port` or
+    /// `wss://host:port`); `None`: any pinned agent.
+    pub push_to: Option<Vec<String>>,
+}
+
+/// Where an agent keeps its TLS identity (certificate and key) for the folder `root`.
+pub fn identity_dir(root: &Path) -> PathBuf {
+    root.join(STATE_DIR).join("tls")
+}
+
+/// A target agent, bound and ready.
+#[derive(Debug)]
+pub struct Server {
+    listener: Listener,
+    receiver: Arc<tokio::sync::Mutex<Receiver>>,
+    tokens: Arc<transport::Tokens>,
+    name: Arc<str>,
+    fingerprint: Option<String>,
+    agent: Arc<control::Agent>,
+    /// Stops the pushes this agent was told to run when the server stops.
+    pushes: CancellationToken,
+    /// When the pairing token stops opening sessions (a one-time token), if it does.
+    token_expires: Option<tokio::time::Instant>,
+}
+
+impl Server {
+    /// Checks the root, opens its index, loads or creates the TLS identity, and binds.
+    pub async fn bind(options: ServeOptions) -> Result<Server, EngineError> {
+        if options.token.trim().is_empty() {
+            return Err(EngineError::Setup(
+                "the token is empty; put a long random secret in the token file".into(),
+            ));
+        }
+        let root = options.root.clone();
+        let retention = options.trash_retention;
+        let receiver = tokio::task::spawn_blocking(move || Receiver::open(&root, retention))
+            .await
+            .map_err(|e| EngineError::Setup(e.to_string()))??;
+        // The TLS key and the trash: the owner's and SYSTEM's only (Windows; Unix modes).
+        let state = options.root.join(STATE_DIR);
+        if let Err(e) = crate::fs::restrict_to_owner(&state) {
+            tracing::warn!(
+                "cannot limit {} to its owner and SYSTEM: {e}; other users of this machine may \
+                 read the TLS key and the trash there (a file system without permissions, such \
+                 as FAT, cannot do better: put the root on NTFS)",
+                state.display()
+            );
+        }
+        let identity = if options.insecure {
+            None
+        } else {
+            Some(Identity::load_or_create(&identity_dir(&options.root))?)
+        };
+        let fingerprint = identity.as_ref().map(Identity::fingerprint);
+        let listener = Listener::bind(&options.listen, identity).await?;
+        if let Some(admin) = &options.admin_token
+            && (admin.trim().is_empty() || admin == &options.token)
+        {
+            return Err(EngineError::Setup(
+                "the admin token must be a secret of its own, not empty and not the pairing token"
+                    .into(),
+            ));
+        }
+        let push_to = match &options.push_to {
+            Some(list) => Some(
+                list.iter()
+                    .map(|a| transport::authority_of(a))
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+            None => None,
+        };
+        let pushes = CancellationToken::new();
+        Ok(Server {
+            listener,
+            receiver: Arc::new(tokio::sync::Mutex::new(receiver)),
+            agent: control::Agent::new(&options.root, &options.name, push_to, pushes.clone()),
+            tokens: Arc::new(transport::Tokens {
+                receive: options.token,
+                admin: options.admin_token,
+            }),
+            name: options.name.into(),
+            fingerprint,
+            pushes,
+            token_expires: None,
+        })
+    }
+
+    /// Makes the pairing token a one-time token that expires `lifetime` from now: after it, a
+    /// connection presenting it is refused as with a wrong token. A session opened before
+    /// goes on to its end. (The tray's failback receiver: the token must not stay good for as
+    /// long as the receiver happens to run.)
+    pub fn expire_token_after(mut self, lifetime: std::time::Duration) -> Server {
+        self.token_expires = Some(tokio::time::Instant::now() + lifetime);
+        self
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr()
+    }
+
+    /// The certificate fingerprint sources pin (`None` when insecure).
+    pub fn fingerprint(&self) -> Option<&str> {
+        self.fingerprint.as_deref()
+    }
+
+    /// This server with other limits than [`Limits::default`] (a short idle limit in tests).
+    pub fn with_limits(self, limits: Limits) -> Server {
+        Server {
+            listener: self.listener.with_limits(limits),
+            ..self
+        }
+    }
+
+    /// Serves until `cancel` fires; one mirror session into the root at a time.
+    pub async fn run(self, cancel: CancellationToken) -> Result<(), EngineError> {
+        let limits = self.listener.limits().clone();
+        // What the tokens become once the pairing token expired: a secret nobody holds.
+        let expired = Arc::new(transport::Tokens {
+            receive: hex::encode(rand::random::<[u8; 32]>()),
+            admin: self.tokens.admin.clone(),
+        });
+        loop {
+            let incoming = tokio::select! {
+                incoming = self.listener.accept() => incoming,
+                () = cancel.cancelled() => break,
+            };
+            let incoming = match incoming {
+                Ok(incoming) => incoming,
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    continue;
+                }
+            };
+            let tokens = match self.token_expires {
+                Some(at) if tokio::time::Instant::now() >= at => expired.clone(),
+                _ => self.tokens.clone(),
+            };
+            let (tokens, name, receiver, cancel, agent, limits) = (
+                tokens,
+                self.name.clone(),
+                self.receiver.clone(),
+                cancel.clone(),
+                self.agent.clone(),
+                limits.clone(),
+            );
+            tokio::spawn(async move {
+                let peer = incoming.peer_addr();
+                match incoming.handshake_as(&tokens, &name).await {
+                    Ok((mut conn, source, role)) => {
+                        let first = match conn.recv_within(limits.idle).await {
+                            Ok(Some(first)) => first,
+                            // A check that the agent answers (the tray's online state).
+                            Ok(None) | Err(_) => return,
+                        };
+                        if let Message::Control { .. } = first {
+                            tracing::info!(%peer, %source, ?role, "control client connected");
+                            agent.serve(conn, first, role).await;
+                            return;
+                        }
+                        let end = match agent.start_session(&source) {
+                            Ok(end) => end,
+                            Err(reason) => {
+                                tracing::warn!(%peer, %source, "refused a mirror session: {reason}");
+                                let refused = Message::Refused {
+                                    reason,
+                                    refusal: Refusal::Promoted,
+                                };
+                                let _ = conn.send(&refused).await;
+                                conn.close().await;
+                                return;
+                            }
+                        };
+                        tracing::info!(%peer, %source, "source connected");
+                        let session = Session {
+                            receiver,
+                            cancel,
+                            end,
+                            limits,
+                        };
+                        let result = serve_session(conn, session, first).await;
+                        agent.session_ended(&source);
+                        match result {
+                            Ok(()) => tracing::info!(%peer, %source, "session ended"),
+                            Err(e) => tracing::warn!(%peer, %source, "session aborted: {e}"),
+                        }
+                    }
+                    // The transport already logged the refusal with its cause.
+                    Err(e) => tracing::debug!(%peer, "handshake failed: {e}"),
+                }
+            });
+        }
+        self.pushes.cancel();
+        // Commanded pushes finish their block in flight and close cleanly.
+        self.agent
+            .wait_for_pushes(STOP_GRACE + std::time::Duration::from_secs(2))
+            .await;
+        // Let a session in flight close its files cleanly.
+        let _ = self.receiver.lock().await;
+        Ok(())
+    }
+}
+
+/// What a mirror session into the folder runs with.
+struct Session {
+    receiver: Arc<tokio::sync::Mutex<Receiver>>,
+    /// The agent stops.
+    cancel: CancellationToken,
+    /// The agent ends this session (a forced promotion).
+    end: CancellationToken,
+    limits: Limits,
+}
+
+/// Runs one session: the connection's messages go to a blocking worker that owns the
+/// receiver; its replies go back on the connection. The source is pinged, and a source that
+/// sends nothing for the idle limit (frozen, or its machine gone with the connection
+/// half-open) is dropped, so the folder is free again.
+async fn serve_session(
+    conn: transport::Connection,
+    session: Session,
+    first: Message,
+) -> Result<(), String> {
+    let Session {
+        receiver,
+        cancel,
+        end,
+        limits,
+    } = session;
+    let (mut sender, mut incoming) = conn.split();
+    // A source that reconnects after a cut may arrive while its old session is still closing:
+    // wait a moment for the folder before turning anyone away.
+    let waited = tokio::select! {
+        waited = tokio::time::timeout(SESSION_WAIT, receiver.lock_owned()) => waited.ok(),
+        () = end.cancelled() => None,
+    };
+    let Some(mut guard) = waited else {
+        let (reason, refusal) = match end.is_cancelled() {
+            true => (
+                "the agent was promoted to be the source of this folder",
+                Refusal::Promoted,
+            ),
+            false => (
+                "another source is mirroring into this folder right now; try again when it ends",
+                Refusal::Busy,
+            ),
+        };
+        let _ = sender
+            .send(&Message::Refused {
+                reason: reason.into(),
+                refusal,
+            })
+            .await;
+        sender.close().await;
+        return Err(reason.into());
+    };
+    let (in_tx, mut in_rx) = mpsc::channel::<Message>(64);
+    let (out_tx, out_rx) = mpsc::channel::<Message>(64);
+    let _ = in_tx.try_send(first);
+    // Set when the source itself closed the connection (not a cut, not this agent stopping):
+    // only then is what arrived whole applied before the session's end.
+    let closed_by_source = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let source_closed = closed_by_source.clone();
+    let worker = tokio::task::spawn_blocking(move || {
+        guard.begin_session();
+        let result = work(&mut guard, &mut in_rx, &out_tx);
+        let clean = result.is_ok() && source_closed.load(std::sync::atomic::Ordering::SeqCst);
+        guard.close(clean);
+        if let Err(reason) = &result {
+            let _ = out_tx.blocking_send(Message::Refused {
+                reason: reason.clone(),
+                refusal: Refusal::Other,
+            });
+        }
+        result
+    });
+    // Ends the reading side once the worker has nothing more to say.
+    let finished = cancel.child_token();
+    let idle = limits.idle;
+    // Set once the session is over for this agent (the worker ended, or the agent stops):
+    // what the source still sends is read and dropped, never given to the worker.
+    let drain = std::sync::atomic::AtomicBool::new(false);
+    let drain = &drain;
+    let reading = async move {
+        let mut draining = false;
+        let result = loop {
+            let next = tokio::select! {
+                next = incoming.recv_within(idle) => next.map_err(|e| match e {
+                    transport::TransportError::Closed { .. } => ReadEnd::Closed(e.to_string()),
+                    other => ReadEnd::Failed(other.to_string()),
+                }),
+                () = end.cancelled() => Err(ReadEnd::Failed(
+                    "the agent was promoted to be the source of this folder; its mirror session was ended".to_string(),
+                )),
+            };
+            let reason = match next {
+                Ok(Some(message)) => {
+                    // Once the worker is done (it refused), what still comes is read and
+                    // dropped: closing with unread data would reset the connection, and the
+                    // source would lose the refusal it is about to read.
+                    if !draining
+                        && (drain.load(std::sync::atomic::Ordering::SeqCst)
+                            || in_tx.send(message).await.is_err())
+                    {
+                        draining = true;
+                    }
+                    continue;
+                }
+                Ok(None) => {
+                    // A clean close: the worker sees its channel end and applies what
+                    // arrived whole.
+                    closed_by_source.store(true, std::sync::atomic::Ordering::SeqCst);
+                    break Err(ReadEnd::Closed(
+                        "the source closed the connection".to_string(),
+                    ));
+                }
+                Err(end) => end,
+            };
+            let (ReadEnd::Closed(text) | ReadEnd::Failed(text)) = &reason;
+            let _ = in_tx
+                .send(Message::Refused {
+                    reason: text.clone(),
+                    refusal: Refusal::Other,
+                })
+                .await;
+            break Err(reason);
+        };
+        drop(in_tx);
+        result
+    };
+    let reading = async {
+        tokio::pin!(reading);
+        tokio::select! {
+            r = &mut reading => r,
+            () = finished.cancelled() => {
+                // The last reply and the close are sent (or the agent stops): read, and drop,
+                // until the source closes too (a moment at most), so the connection is not reset
+                // under its last reply.
+                drain.store(true, std::sync::atomic::Ordering::SeqCst);
+                tokio::time::timeout(CLOSE_LINGER, &mut reading).await.unwrap_or(Ok(()))
+            }
+        }
+    };
+    // A source that stopped reading must not hold the writer either: every write is bounded
+    // by the idle limit, and the replies channel is dropped with the writer, so the worker
+    // never waits on it.
+    let writing = async {
+        let mut out_rx = out_rx;
+        let mut ping = tokio::time::interval(limits.ping_every);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let sent = tokio::select! {
+                message = out_rx.recv() => match message {
+                    Some(message) => tokio::time::timeout(idle, sender.send(&message)).await,
+                    None => break,
+                },
+                _ = ping.tick() => tokio::time::timeout(idle, sender.ping()).await,
+            };
+            if !matches!(sent, Ok(Ok(()))) {
+                break;
+            }
+        }
+        drop(out_rx);
+        sender.close().await;
+        finished.cancel();
+    };
+    let (read_result, (), worked) = tokio::join!(reading, writing, worker);
+    if cancel.is_cancelled() {
+        return Err("the agent is shutting down".into());
+    }
+    let worked = worked.map_err(|e| e.to_string())?;
+    worked.and(match read_result {
+        // The source closed the connection, or it was cut after the worker's end: the worker
+        // decided what the session applied.
+        Ok(()) | Err(ReadEnd::Closed(_)) => Ok(()),
+        Err(ReadEnd::Failed(e)) => Err(e),
+    })
+}
+
+/// How reading a session's messages ended.
+enum ReadEnd {
+    /// The source closed the connection, or it was cut.
+    Closed(String),
+    /// Anything else: the reason.
+    Failed(String),
+}
+
+/// The worker's loop over the session's messages.
+fn work(
+    receiver: &mut Receiver,
+    incoming: &mut mpsc::Receiver<Message>,
+    out: &mpsc::Sender<Message>,
+) -> Result<(), String> {
+    let reply = |m: Message| {
+        out.blocking_send(m)
+            .map_err(|_| "connection lost".to_string())
+    };
+    while let Some(message) = incoming.blocking_recv() {
+        match message {
+            Message::GetManifest { cached } => {
+                let (entries, partials) = receiver.manifest().map_err(|e| e.to_string())?;
+                if cached == Some(receiver.digest()) {
+                    reply(Message::ManifestSame { partials })?;
+                    continue;
+                }
+                let mut part = Vec::new();
+                let mut bytes = 0;
+                for entry in entries {
+                    let size = entry_size(&entry);
+                    if !part.is_empty()
+                        && (part.len() == MAX_ENTRIES_PER_PART
+                            || bytes + size > MANIFEST_PART_BYTES)
+                    {
+                        reply(Message::ManifestPart {
+                            entries: std::mem::take(&mut part),
+                        })?;
+                        bytes = 0;
+                    }
+                    bytes += size;
+                    part.push(entry);
+                }
+                if !part.is_empty() {
+                    reply(Message::ManifestPart { entries: part })?;
+                }
+                reply(Message::ManifestEnd { partials })?;
+            }
+            Message::Refused { reason, .. } => return Err(reason),
+            message => {
+                let finished = matches!(message, Message::Finish);
+                for r in receiver.handle(message).map_err(|e| e.to_string())? {
+                    reply(r)?;
+                }
+                if finished {
+                    tracing::info!(root = %receiver.root().display(), "mirror finished and verified");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Bytes a manifest entry takes on the wire, roughly (for cutting the manifest in parts).
+fn entry_size(entry: &crate::protocol::Entry) -> usize {
+    match &entry.kind {
+        crate::protocol::EntryKind::Dir => entry.path.len() + 8,
+        crate::protocol::EntryKind::File(meta) => entry.path.len() + 80 + 33 * meta.blocks.len(),
+    }
+}
