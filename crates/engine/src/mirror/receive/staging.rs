@@ -1,0 +1,120 @@
+//! Staging a session: the order of its changes, the groups of files synced in the
+//! background, and the batch applied whole at the session's end (or at its bound).
+
+use super::*;
+
+impl Receiver {
+    pub(super) fn next_seq(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+
+    /// Notes a change that is not a file, in the session's order.
+    pub(super) fn stage(&mut self, change: Staged) {
+        let seq = self.next_seq();
+        self.staged.push((seq, change));
+        self.staged_steps += 1;
+    }
+
+    /// Waits for the group being synced, if any, and stages its files.
+    pub(super) fn join_seal(&mut self) -> Vec<Message> {
+        let Some(handle) = self.sealing.take() else {
+            return vec![];
+        };
+        match handle.join() {
+            Ok(sealed) => {
+                self.staged.extend(sealed.staged);
+                sealed.replies
+            }
+            Err(_) => {
+                // Its files are unaccounted for; the digest at the finish says so to the source.
+                tracing::error!("a group sync failed unexpectedly");
+                vec![]
+            }
+        }
+    }
+
+    /// Starts syncing the ready files on a background thread, after the previous group.
+    pub(super) fn start_seal(&mut self) -> Vec<Message> {
+        let replies = self.join_seal();
+        let ready = std::mem::take(&mut self.ready);
+        self.ready_bytes = 0;
+        if !ready.is_empty() {
+            let committer = self.committer.clone();
+            self.sealing = Some(std::thread::spawn(move || committer.seal(ready)));
+        }
+        replies
+    }
+
+    /// Applies the session's batch now when it reached the bound (a session larger than the
+    /// bound is applied in several batches, each whole).
+    pub(super) fn apply_if_big(&mut self) -> Result<Vec<Message>, ReceiveError> {
+        if self.staged_steps >= STAGE_STEPS || self.staged_bytes >= STAGE_BYTES {
+            tracing::info!(
+                changes = self.staged_steps,
+                bytes = self.staged_bytes,
+                "the session is larger than one batch; applying what arrived so far"
+            );
+            return Ok(self.apply_staged());
+        }
+        Ok(vec![])
+    }
+
+    /// Syncs what is still waiting and applies every staged change as one recorded batch.
+    pub(super) fn apply_staged(&mut self) -> Vec<Message> {
+        let mut replies = self.start_seal();
+        replies.extend(self.join_seal());
+        let mut staged = std::mem::take(&mut self.staged);
+        self.staged_steps = 0;
+        self.staged_bytes = 0;
+        if staged.is_empty() {
+            return replies;
+        }
+        staged.sort_by_key(|(seq, _)| *seq);
+        let applied = self
+            .committer
+            .apply(staged.into_iter().map(|(_, s)| s).collect());
+        self.tree.files.extend(applied.files);
+        for (path, stamp) in applied.stamps {
+            if let Some(record) = self.tree.files.get_mut(&path) {
+                record.stamp = fs::stamp_with_exec(stamp, record.stamp.executable);
+                self.pending.push(Change::PutFile(path, record.clone()));
+            }
+        }
+        replies.extend(applied.replies);
+        replies
+    }
+
+    /// Drops every staged change: nothing of it is applied. Resumable temporary files stay.
+    pub(super) fn discard_staged(&mut self) {
+        self.join_seal();
+        for ready in std::mem::take(&mut self.ready) {
+            match ready.kind {
+                ReadyKind::New {
+                    temp_path,
+                    resumable: false,
+                    ..
+                } => {
+                    let _ = std::fs::remove_file(temp_path);
+                }
+                ReadyKind::New { .. } => {}
+                ReadyKind::Append(staged) => {
+                    let _ = std::fs::remove_file(staged.side_path);
+                }
+            }
+        }
+        for (_, staged) in std::mem::take(&mut self.staged) {
+            staged.discard();
+        }
+        self.ready_bytes = 0;
+        self.staged_steps = 0;
+        self.staged_bytes = 0;
+    }
+
+    pub(super) fn flush_if_big(&mut self) -> Result<(), ReceiveError> {
+        if self.pending.len() >= BATCH {
+            self.flush(Durability::None)?;
+        }
+        Ok(())
+    }
+}
