@@ -1,5 +1,7 @@
-//! RainMaker's tray app: the dashboard on the trading PC. A thin Tauri shell around the
-//! engine: it holds no sync logic, only calls the engine and shows what it reports.
+//! RainMaker's tray app: the dashboard on the trading PC. A Tauri shell around the engine: it
+//! holds no sync logic. A configured folder becomes a mirror through the engine's application
+//! layer (`rainmaker_engine::app`); the runner starts and stops it and folds what it reports
+//! into the dashboard (moving that supervision into `app` is issue 14's next step).
 //!
 //! # Layout
 //! - [`runner`]: the configured folder mirrored by the engine; the dashboard's state.

@@ -17,7 +17,7 @@ use crate::protocol::{BLOCK_SIZE, Hash, MAX_BLOCKS_PER_MESSAGE, Partial, Reuse};
 /// Bytes of reuse entries one `FileBegin` may carry (well inside the message limit).
 const REUSE_BYTES: usize = 2 << 20;
 use crate::scan::Tree;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 /// One step of a plan, in the order it must be applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -403,9 +403,10 @@ pub fn add_entries(tree: &mut Tree, entries: Vec<crate::protocol::Entry>) {
     }
 }
 
-/// Files the plan leaves out of `by_path` order checks; used by tests.
-pub fn sent_paths(plan: &Plan) -> BTreeMap<String, u64> {
-    let mut out = BTreeMap::new();
+/// What each file the plan sends costs: the blocks of a new version, the bytes of an append.
+#[cfg(test)]
+fn sent_paths(plan: &Plan) -> std::collections::BTreeMap<String, u64> {
+    let mut out = std::collections::BTreeMap::new();
     for op in &plan.ops {
         match op {
             Op::Send(s) => {
