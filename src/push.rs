@@ -357,7 +357,14 @@ pub(crate) fn refusal_hint(refusal: Option<Refusal>) -> &'static str {
         Some(Refusal::MassDelete) => {
             ". If the deletions are wanted, run again with --allow-mass-delete"
         }
-        Some(Refusal::FingerprintChanged) => "",
+        Some(Refusal::FingerprintChanged) => {
+            ". If the agent was reinstalled, pass --fingerprint with the one it printed at start"
+        }
+        Some(Refusal::NotPinned) => {
+            ". Give --to its pairing code, or --fingerprint with the fingerprint it printed at \
+             start (or --trust-first-use, on a network you trust)"
+        }
+        Some(Refusal::Insecure) => ". Plain ws:// needs --insecure, for tests on one machine",
         Some(Refusal::WrongToken) => {
             ". Give --token-file the target's token file (or its pairing code)"
         }

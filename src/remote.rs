@@ -215,6 +215,9 @@ fn hint(refusal: Refusal) -> &'static str {
         Refusal::WrongToken => "; give `--admin-token-file` the agent's admin token file",
         Refusal::Busy | Refusal::RecentSource => "; `promote --force` promotes it anyway",
         Refusal::Promoted => "; `demote` makes it a target again",
+        Refusal::NotPinned | Refusal::FingerprintChanged => {
+            "; give --agent its admin code (`rainmaker pair --admin` on it), or --fingerprint"
+        }
         _ => "",
     }
 }

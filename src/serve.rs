@@ -76,7 +76,11 @@ pub(crate) async fn serve(args: ServeArgs, config: Option<&Path>) -> Result<()> 
         .as_deref()
         .map(read_token)
         .transpose()?;
-    let days = settings.trash_days.unwrap_or(7);
+    let trash_retention = match settings.trash_days {
+        None => Some(rainmaker_engine::trash::DEFAULT_RETENTION),
+        Some(0) => None,
+        Some(days) => Some(Duration::from_secs(u64::from(days) * 24 * 3600)),
+    };
     let server = Server::bind(ServeOptions {
         admin_token,
         root: settings.root.clone(),
@@ -87,11 +91,20 @@ pub(crate) async fn serve(args: ServeArgs, config: Option<&Path>) -> Result<()> 
             .name
             .clone()
             .unwrap_or_else(app::mirror::machine_name),
-        trash_retention: (days > 0).then(|| Duration::from_secs(u64::from(days) * 24 * 3600)),
+        trash_retention,
         push_to: settings.push_to.clone(),
     })
     .await
-    .context("cannot start the agent")?;
+    .map_err(|e| {
+        // The engine says what is wrong; the command line says which flag changes it.
+        let hint = match &e {
+            engine::EngineError::Transport(t) if t.refusal() == Refusal::Insecure => {
+                " (drop --insecure to listen with TLS)"
+            }
+            _ => "",
+        };
+        anyhow::Error::new(e).context(format!("cannot start the agent{hint}"))
+    })?;
     let server = match test_idle_limit() {
         Some(idle) => server.with_limits(Limits::default().with_idle(idle)),
         None => server,

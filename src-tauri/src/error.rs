@@ -48,6 +48,8 @@ pub fn refusal_code(refusal: Refusal) -> &'static str {
         Refusal::Busy => "busy",
         Refusal::RecentSource => "recent_source",
         Refusal::MassDelete => "mass_delete",
+        Refusal::NotPinned => "not_pinned",
+        Refusal::Insecure => "insecure",
     }
 }
 

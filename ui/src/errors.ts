@@ -12,6 +12,8 @@ const TITLES: Record<string, string> = {
   busy: "A source is still mirroring there",
   recent_source: "A source mirrored there a moment ago",
   mass_delete: "Stopped before deleting files",
+  not_pinned: "Server certificate not confirmed",
+  insecure: "Connection not encrypted",
   fingerprint: "Certificate does not match",
   tls: "Secure connection failed",
   timeout: "The server did not answer in time",

@@ -192,6 +192,10 @@ pub enum Refusal {
     RecentSource,
     /// The mirror would delete more than the allowed share of the target's files.
     MassDelete,
+    /// Nothing says which certificate the target must have: pair it, or pin its fingerprint.
+    NotPinned,
+    /// Plain `ws://` where only a test on one machine may use it.
+    Insecure,
 }
 
 /// A folder's role on its agent.

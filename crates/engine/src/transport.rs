@@ -220,7 +220,7 @@ mod tests {
             "an unknown peer without --trust-first-use is refused: {err:?}"
         );
         assert!(
-            err.to_string().contains("pairing code") && err.to_string().contains("--fingerprint"),
+            err.to_string().contains("pairing code") && err.to_string().contains("pin the"),
             "the refusal says what to do: {err}"
         );
         assert!(!err.is_transient(), "only a person can pin a peer");
@@ -394,7 +394,8 @@ mod tests {
                 if *expected == wrong && *got == identity.fingerprint()),
             "{err:?}"
         );
-        assert!(err.to_string().contains("--fingerprint"), "{err}");
+        assert!(err.to_string().contains("pin that fingerprint"), "{err}");
+        assert_eq!(err.refusal(), Refusal::FingerprintChanged);
         assert!(
             server.await.unwrap().is_err(),
             "the target sees the failure"

@@ -139,8 +139,11 @@ impl Receiver {
             path: root.to_path_buf(),
             reason,
         };
-        let meta = std::fs::metadata(root)
-            .map_err(|e| fail(format!("{e}; create it first or pass the right --root")))?;
+        let meta = std::fs::metadata(root).map_err(|e| {
+            fail(format!(
+                "{e}; create it first, or receive into the right folder"
+            ))
+        })?;
         if !meta.is_dir() {
             return Err(fail("it is not a folder".into()));
         }

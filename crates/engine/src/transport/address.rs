@@ -60,7 +60,11 @@ impl Address {
         let tls = match scheme.to_ascii_lowercase().as_str() {
             "wss" => true,
             "ws" => false,
-            _ => return Err(bad("the scheme must be wss:// (or ws:// with --insecure)")),
+            _ => {
+                return Err(bad(
+                    "the scheme must be wss:// (or ws:// for tests on one machine)",
+                ));
+            }
         };
         let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
         if authority.contains('@') {

@@ -101,14 +101,14 @@ async fn connect_to(opts: &ConnectOptions, target: &Address) -> Result<Connectio
         }
         (Trust::Insecure, true) => {
             return Err(bad_url(
-                "--insecure goes with a ws:// address; a wss:// target is checked with \
-                 --fingerprint or the known-peers file",
+                "plain ws:// trust goes with a ws:// address; a wss:// target is checked \
+                 by its pinned fingerprint or the known-peers file",
             ));
         }
         (_, false) => {
             return Err(bad_url(
-                "ws:// is neither encrypted nor authenticated; use wss:// (or pass --insecure \
-                 on a network you trust)",
+                "ws:// is neither encrypted nor authenticated; use wss:// (plain ws:// is for \
+                 tests on one machine)",
             ));
         }
         (Trust::Pinned(value), true) => {

@@ -23,7 +23,7 @@ pub enum TransportError {
     },
     #[error(
         "TLS with {peer} failed: {reason}; check that both sides run RainMaker over wss:// \
-         (plain ws:// needs --insecure on both)"
+         (plain ws:// is for tests on one machine, on both sides)"
     )]
     Tls { peer: String, reason: String },
     #[error("WebSocket error with {peer}: {source}")]
@@ -89,20 +89,19 @@ pub enum TransportError {
     },
     #[error(
         "refusing to listen on {addr} without TLS: plain ws:// is only allowed on a loopback \
-         address (127.0.0.1, ::1, localhost); listen on loopback or drop --insecure"
+         address (127.0.0.1, ::1, localhost); listen on loopback, or with TLS"
     )]
     InsecureNonLoopback { addr: String },
     #[error(
         "refusing to send a token to {peer} over plain ws://: it is not a loopback address \
          (127.0.0.1, ::1, localhost), so anyone on the way could read it; use wss:// with the \
-         agent's pairing code or --fingerprint"
+         agent's pairing code or its fingerprint"
     )]
     InsecureRemote { peer: String },
     #[error(
         "{peer} is not pinned: nothing says which certificate it must have, so its token would \
-         go to whoever answers; use its pairing code (`rainmaker pair` on it) or pass \
-         --fingerprint with the fingerprint it printed at start (or --trust-first-use to trust \
-         the first answer, on a network you trust)"
+         go to whoever answers; use its pairing code (`rainmaker pair` on it), or pin the \
+         fingerprint it printed at start (or trust the first answer, on a network you trust)"
     )]
     NotPinned { peer: String },
     #[error("bad address {url:?}: {reason}")]
@@ -134,10 +133,10 @@ fn fingerprint_changed_message(
 ) -> String {
     let remedy = match known_peers {
         Some(file) => format!(
-            "remove its line from {} (or pass --fingerprint)",
+            "remove its line from {} (or pin the new fingerprint)",
             file.display()
         ),
-        None => "pass that fingerprint with --fingerprint".to_owned(),
+        None => "pin that fingerprint".to_owned(),
     };
     format!(
         "the certificate of {peer} changed: expected {expected} got {got}. If the agent was \
@@ -181,6 +180,10 @@ impl TransportError {
             TransportError::WrongToken { .. } => Refusal::WrongToken,
             TransportError::VersionMismatch { .. } => Refusal::Version,
             TransportError::FingerprintChanged { .. } => Refusal::FingerprintChanged,
+            TransportError::NotPinned { .. } => Refusal::NotPinned,
+            TransportError::InsecureRemote { .. } | TransportError::InsecureNonLoopback { .. } => {
+                Refusal::Insecure
+            }
             _ => Refusal::Other,
         }
     }

@@ -407,7 +407,7 @@ fn refusal_reason(error: &TransportError) -> Option<String> {
     Some(match error {
         TransportError::WrongToken { .. } => "wrong pairing token: the token the source sent is \
                                               not this target's; give the source the target's \
-                                              token file (--token-file)"
+                                              token file or pairing code"
             .to_owned(),
         TransportError::VersionMismatch { ours, theirs, .. } => format!(
             "protocol version mismatch: this target speaks version {ours}, the source speaks \
@@ -423,7 +423,7 @@ fn refusal_reason(error: &TransportError) -> Option<String> {
         TransportError::Timeout { .. } => "no hello in time".to_owned(),
         TransportError::Backoff { wait, .. } => format!(
             "too many wrong tokens from your address: the next token is compared in {} s; \
-             give the source the target's token file (--token-file)",
+             give the source the target's token file or pairing code",
             wait.as_secs_f64().ceil()
         ),
         _ => return None,
