@@ -1,7 +1,7 @@
 //! The commands the dashboard calls: thin, each forwards to the [`Runner`] and returns
 //! `{code, message}` on error.
 
-use crate::error::UiError;
+use crate::error::{UiCode, UiError};
 use crate::runner::Runner;
 use crate::view::{Dashboard, FolderView, GuardView};
 use rainmaker_engine::preset::PRESETS;
@@ -152,7 +152,7 @@ pub fn resume(runner: Shell<'_>) {
 pub fn get_autostart<R: Runtime>(app: AppHandle<R>) -> Result<bool, UiError> {
     app.autolaunch()
         .is_enabled()
-        .map_err(|e| UiError::new("autostart", e.to_string()))
+        .map_err(|e| UiError::new(UiCode::Autostart, e.to_string()))
 }
 
 #[tauri::command]
@@ -163,5 +163,10 @@ pub fn set_autostart<R: Runtime>(app: AppHandle<R>, enabled: bool) -> Result<(),
     } else {
         launcher.disable()
     };
-    result.map_err(|e| UiError::new("autostart", format!("Cannot change start at login: {e}")))
+    result.map_err(|e| {
+        UiError::new(
+            UiCode::Autostart,
+            format!("Cannot change start at login: {e}"),
+        )
+    })
 }

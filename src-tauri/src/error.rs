@@ -10,52 +10,109 @@ use serde::Serialize;
 /// An error for the dashboard.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct UiError {
-    /// Stable and machine-readable: `bad_input`, `unreachable`, `config`, `io`, a refusal's
-    /// code ([`refusal_code`]: `refused`, `wrong_token`, `fingerprint`, `promoted`, `busy`,
-    /// `recent_source`, ...), or a transport code.
-    pub code: String,
+    /// What kind of error, stable and machine-readable: what the dashboard decides on.
+    pub code: UiCode,
     /// What went wrong and what to do about it.
     pub message: String,
 }
 
+/// The kinds of error the dashboard tells apart (in JSON: `bad_input`, `wrong_token`, ...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UiCode {
+    /// Something typed or picked that cannot be used.
+    BadInput,
+    /// The configuration file or a token file.
+    Config,
+    /// The folder to mirror cannot be read.
+    Source,
+    Io,
+    /// Start at login could not be changed.
+    Autostart,
+    /// The server cannot be reached.
+    Unreachable,
+    /// TLS failed.
+    Tls,
+    /// The server did not answer in time.
+    Timeout,
+    /// The connection failed some other way (it was cut, it broke the protocol).
+    Network,
+    /// The engine could not start a mirror.
+    Engine,
+    /// A server answered something unexpected.
+    Protocol,
+    /// A server refused, for a reason there is nothing to offer for but reading it.
+    Refused,
+    WrongToken,
+    Version,
+    /// The server's certificate is not the one confirmed.
+    Fingerprint,
+    NotPinned,
+    Insecure,
+    /// The server was promoted to be the source of its folder.
+    Promoted,
+    /// Something else holds the folder right now.
+    Busy,
+    RecentSource,
+    MassDelete,
+}
+
+impl UiCode {
+    /// The code of a refusal: [`UiCode::Refused`] when there is nothing to offer but the
+    /// reason.
+    pub fn of_refusal(refusal: Refusal) -> UiCode {
+        match refusal {
+            Refusal::Other => UiCode::Refused,
+            Refusal::WrongToken => UiCode::WrongToken,
+            Refusal::Version => UiCode::Version,
+            Refusal::FingerprintChanged => UiCode::Fingerprint,
+            Refusal::Promoted => UiCode::Promoted,
+            Refusal::Busy => UiCode::Busy,
+            Refusal::RecentSource => UiCode::RecentSource,
+            Refusal::MassDelete => UiCode::MassDelete,
+            Refusal::NotPinned => UiCode::NotPinned,
+            Refusal::Insecure => UiCode::Insecure,
+        }
+    }
+
+    /// The code of a transport error that is not a refusal.
+    fn of_transport(e: &TransportError) -> UiCode {
+        match e {
+            TransportError::Connect { .. } => UiCode::Unreachable,
+            TransportError::Tls { .. } => UiCode::Tls,
+            TransportError::Timeout { .. } => UiCode::Timeout,
+            TransportError::Refused { .. } => UiCode::Refused,
+            TransportError::BadUrl { .. } | TransportError::BadFingerprint { .. } => {
+                UiCode::BadInput
+            }
+            TransportError::KnownPeers { .. } | TransportError::Identity { .. } => UiCode::Config,
+            _ => UiCode::Network,
+        }
+    }
+}
+
 impl UiError {
-    pub fn new(code: &str, message: impl Into<String>) -> UiError {
+    pub fn new(code: UiCode, message: impl Into<String>) -> UiError {
         UiError {
-            code: code.to_owned(),
+            code,
             message: message.into(),
         }
     }
 
     /// Input the user typed that cannot be used.
     pub fn bad_input(message: impl Into<String>) -> UiError {
-        UiError::new("bad_input", message)
+        UiError::new(UiCode::BadInput, message)
     }
 
     /// A server's refusal, coded by what the user can do about it (never by its text).
     pub fn refused(refusal: Refusal, reason: impl Into<String>) -> UiError {
-        UiError::new(refusal_code(refusal), reason)
-    }
-}
-
-/// The dashboard's code of a refusal: `refused` when there is nothing to offer but the reason.
-pub fn refusal_code(refusal: Refusal) -> &'static str {
-    match refusal {
-        Refusal::Other => "refused",
-        Refusal::WrongToken => "wrong_token",
-        Refusal::Version => "version",
-        Refusal::FingerprintChanged => "fingerprint",
-        Refusal::Promoted => "promoted",
-        Refusal::Busy => "busy",
-        Refusal::RecentSource => "recent_source",
-        Refusal::MassDelete => "mass_delete",
-        Refusal::NotPinned => "not_pinned",
-        Refusal::Insecure => "insecure",
+        UiError::new(UiCode::of_refusal(refusal), reason)
     }
 }
 
 impl std::fmt::Display for UiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} ({})", self.message, self.code)
+        write!(f, "{} ({:?})", self.message, self.code)
     }
 }
 
@@ -64,11 +121,8 @@ impl std::error::Error for UiError {}
 impl From<TransportError> for UiError {
     fn from(e: TransportError) -> UiError {
         let code = match e.refusal() {
-            Refusal::Other => match &e {
-                TransportError::Refused { .. } => "refused",
-                other => other.code(),
-            },
-            refusal => refusal_code(refusal),
+            Refusal::Other => UiCode::of_transport(&e),
+            refusal => UiCode::of_refusal(refusal),
         };
         let message = match &e {
             TransportError::Connect { peer, .. } => format!(
@@ -93,14 +147,14 @@ impl From<RemoteError> for UiError {
             RemoteError::Refused {
                 reason, refusal, ..
             } => UiError::refused(refusal, reason),
-            other => UiError::new("protocol", other.to_string()),
+            other => UiError::new(UiCode::Protocol, other.to_string()),
         }
     }
 }
 
 impl From<ConfigError> for UiError {
     fn from(e: ConfigError) -> UiError {
-        UiError::new("config", e.to_string())
+        UiError::new(UiCode::Config, e.to_string())
     }
 }
 
@@ -109,19 +163,19 @@ impl From<EngineError> for UiError {
         match e {
             EngineError::Transport(t) => t.into(),
             EngineError::Source { path, reason } => UiError::new(
-                "source",
+                UiCode::Source,
                 format!(
                     "The source folder {} cannot be read: {reason}",
                     path.display()
                 ),
             ),
-            other => UiError::new("engine", other.to_string()),
+            other => UiError::new(UiCode::Engine, other.to_string()),
         }
     }
 }
 
 impl From<std::io::Error> for UiError {
     fn from(e: std::io::Error) -> UiError {
-        UiError::new("io", e.to_string())
+        UiError::new(UiCode::Io, e.to_string())
     }
 }

@@ -6,7 +6,7 @@
 //! [`Runner::subscribe`] says something changed, and shows [`Notice`]s as desktop
 //! notifications. Nothing here mirrors either: every sync is an engine call.
 
-use crate::error::{UiError, refusal_code};
+use crate::error::{UiCode, UiError};
 use crate::settings;
 use crate::view::{
     ActivityView, Dashboard, FolderView, GuardView, PauseView, ProgressView, ResourcesView,
@@ -353,7 +353,7 @@ impl Runner {
                 }
                 if transport::parse_fingerprint(fingerprint).as_ref() != Some(&code.fingerprint) {
                     return Err(UiError::new(
-                        "fingerprint",
+                        UiCode::Fingerprint,
                         "The confirmed certificate is not the one the pairing code pins; check the server again.",
                     ));
                 }
@@ -391,7 +391,7 @@ impl Runner {
         let admin_token = admin_token.map(str::trim).filter(|t| !t.is_empty());
         let status = match admin_token {
             Some(admin) => Some(self.remote_status(&spec, admin).await.map_err(|e| {
-                if e.code == refusal_code(Refusal::WrongToken) {
+                if e.code == UiCode::WrongToken {
                     UiError::refused(
                         Refusal::WrongToken,
                         format!("The admin token was refused: {}", e.message),
@@ -652,7 +652,7 @@ impl Runner {
     fn check_not_receiving(inner: &Inner) -> Result<(), UiError> {
         match &inner.receiving_from {
             Some(from) => Err(UiError::new(
-                "busy",
+                UiCode::Busy,
                 format!(
                     "This PC is receiving its folder back from {from}; syncing from it can start when that has finished."
                 ),
@@ -759,7 +759,7 @@ impl Runner {
             .iter()
             .map(|t| app::mirror::target_spec(t, &known_peers, false))
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| UiError::new("config", e.to_string()))?;
+            .map_err(|e| UiError::new(UiCode::Config, e.to_string()))?;
         let overrides = Overrides {
             gate: Some(inner.gate.clone()),
             max_delete_share: if allow_mass_delete {
@@ -777,7 +777,7 @@ impl Runner {
             overrides,
         )
         .map(Some)
-        .map_err(|e| UiError::new("config", e.to_string()))
+        .map_err(|e| UiError::new(UiCode::Config, e.to_string()))
     }
 
     /// Stops what runs and starts what the configuration says (continuous or scheduled
@@ -1859,7 +1859,7 @@ mod tests {
             "x:99999",
             "ws://x:1",
         ] {
-            assert_eq!(check_url(bad).unwrap_err().code, "bad_input", "{bad}");
+            assert_eq!(check_url(bad).unwrap_err().code, UiCode::BadInput, "{bad}");
         }
         assert!(check_name("  ").is_err() && check_name(&"n".repeat(65)).is_err());
     }

@@ -3,7 +3,7 @@
 //! its targets, schedule, exclusions and bandwidth cap, and the guard's thresholds. Pairing
 //! tokens are kept in files beside it, readable only by the user.
 
-use crate::error::UiError;
+use crate::error::{UiCode, UiError};
 use rainmaker_engine::config::{self, Config};
 use std::path::{Path, PathBuf};
 
@@ -110,7 +110,7 @@ fn write_secret(path: &Path, token: &str) -> Result<PathBuf, UiError> {
 
 /// Reads a token file.
 pub fn read_token(path: &Path) -> Result<String, UiError> {
-    config::read_token(path).map_err(|e| UiError::new("config", e.to_string()))
+    config::read_token(path).map_err(|e| UiError::new(UiCode::Config, e.to_string()))
 }
 
 #[cfg(test)]

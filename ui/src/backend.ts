@@ -39,9 +39,10 @@ export function inTauri(): boolean {
 /** Turns whatever a call threw into `{code, message}`. */
 export function toUiError(e: unknown): UiError {
   if (e && typeof e === "object" && "code" in e && "message" in e) {
-    return { code: String((e as UiError).code), message: String((e as UiError).message) };
+    return { code: (e as UiError).code, message: String((e as UiError).message) };
   }
-  return { code: "unknown", message: String(e) };
+  // Not from the backend (a bug in the dashboard itself).
+  return { code: "engine", message: String(e) };
 }
 
 /** The backend of the real app. */

@@ -1,8 +1,8 @@
 // Errors in words: a title picked by the error's code, and the backend's message.
 
-import type { UiError } from "./types";
+import type { UiCode, UiError } from "./types";
 
-const TITLES: Record<string, string> = {
+const TITLES: Partial<Record<UiCode, string>> = {
   bad_input: "Please check what you entered",
   unreachable: "Server unreachable",
   refused: "The server said no",
@@ -21,6 +21,7 @@ const TITLES: Record<string, string> = {
   source: "Cannot read the folder",
   io: "Disk problem",
   autostart: "Start at login",
+  network: "Connection problem",
 };
 
 export function errorTitle(e: UiError): string {

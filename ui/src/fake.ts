@@ -2,7 +2,7 @@
 // in a plain browser (`npm run dev`) and for the front end's tests. It never talks to Tauri.
 
 import type { Backend } from "./backend";
-import type { Dashboard, FolderView, GuardView, Preset, ServerView, UiError } from "./types";
+import type { Dashboard, FolderView, GuardView, Preset, ServerView, UiCode, UiError } from "./types";
 
 export interface FakeBackend extends Backend {
   state: Dashboard;
@@ -53,7 +53,7 @@ export function emptyDashboard(): Dashboard {
   };
 }
 
-function fail(code: string, message: string): never {
+function fail(code: UiCode, message: string): never {
   throw { code, message } satisfies UiError;
 }
 

@@ -98,7 +98,13 @@ export interface Preset {
 }
 
 /** An error from the backend: a stable code and a message in plain words. */
+/** `UiCode` in src-tauri/src/error.rs. */
+export type UiCode =
+  | "bad_input" | "config" | "source" | "io" | "autostart" | "unreachable" | "tls" | "timeout"
+  | "network" | "engine" | "protocol" | "refused" | "wrong_token" | "version" | "fingerprint"
+  | "not_pinned" | "insecure" | "promoted" | "busy" | "recent_source" | "mass_delete";
+
 export interface UiError {
-  code: string;
+  code: UiCode;
   message: string;
 }
