@@ -253,7 +253,11 @@ impl Configured {
             known_peers: args.known_peers.clone(),
             first_use: args.trust_first_use,
             mode,
-            overrides: overrides(args),
+            overrides: Overrides {
+                // Each configured folder keeps its own index: --state-dir names one folder's.
+                state_dir: None,
+                ..overrides(args)
+            },
         }
     }
 }

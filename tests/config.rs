@@ -30,7 +30,7 @@ fn init_writes_a_file_that_passes_the_check_and_will_not_overwrite_it() {
     assert!(
         out.contains("well formed")
             && out.contains("/srv/rainmaker/NinjaTrader 8")
-            && out.contains("mkdir -p")
+            && out.contains("mkdir")
             && out.contains("/etc/rainmaker/token")
             && out.contains("fix:"),
         "{out}"
@@ -68,7 +68,7 @@ fn the_check_names_what_the_agent_would_lack_and_passes_once_it_is_there() {
         out.contains("receive here") && out.contains("mkdir"),
         "{out}"
     );
-    assert!(out.contains("token") && out.contains("urandom"), "{out}");
+    assert!(out.contains("token") && out.contains("secret"), "{out}");
     assert!(out.contains(&listen) && out.contains("free port"), "{out}");
     assert!(err.contains("not ready"), "{err}");
 

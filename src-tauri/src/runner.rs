@@ -394,7 +394,7 @@ impl Runner {
                 if e.code == UiCode::WrongToken {
                     UiError::refused(
                         Refusal::WrongToken,
-                        format!("The admin token was refused: {}", e.message),
+                        "The server refused the admin token. Copy it again from the server (`rainmaker pair --admin` shows its admin code).",
                     )
                 } else {
                     e

@@ -97,13 +97,13 @@ export interface Preset {
   folder: string | null;
 }
 
-/** An error from the backend: a stable code and a message in plain words. */
 /** `UiCode` in src-tauri/src/error.rs. */
 export type UiCode =
   | "bad_input" | "config" | "source" | "io" | "autostart" | "unreachable" | "tls" | "timeout"
   | "network" | "engine" | "protocol" | "refused" | "wrong_token" | "version" | "fingerprint"
   | "not_pinned" | "insecure" | "promoted" | "busy" | "recent_source" | "mass_delete";
 
+/** An error from the backend: a stable code and a message in plain words. */
 export interface UiError {
   code: UiCode;
   message: string;

@@ -171,7 +171,8 @@ pub enum ControlReply {
 }
 
 /// What a refusal is about, when it is something a user can act on: shells decide what to
-/// offer from this, never from a refusal's text.
+/// offer from this, never from a refusal's text. A new variant changes the wire format (an
+/// older build cannot decode it): it comes with a new [`PROTOCOL_VERSION`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Refusal {
@@ -462,12 +463,13 @@ const REFUSED_TAG: u8 = 2;
 
 /// A `Refused` as version 2 wrote it (its reason alone). It is the one message a peer of
 /// another version must still be understood in: it is how that peer says the versions differ.
+/// Only a version-2 peer sends that shape, so it is a [`Refusal::Version`].
 fn older_refused(bytes: &[u8]) -> Option<Message> {
     let rest = bytes.strip_prefix(&[REFUSED_TAG])?;
     let (reason, rest): (String, &[u8]) = postcard::take_from_bytes(rest).ok()?;
     rest.is_empty().then_some(Message::Refused {
         reason,
-        refusal: Refusal::Other,
+        refusal: Refusal::Version,
     })
 }
 
@@ -846,7 +848,7 @@ mod tests {
             decode(&older).unwrap(),
             Message::Refused {
                 reason: "protocol version mismatch".into(),
-                refusal: Refusal::Other,
+                refusal: Refusal::Version,
             }
         );
         assert!(

@@ -259,6 +259,9 @@ pub fn scan_excluding(
             _ => {}
         }
     }
+    if let Some(snapshots) = databases {
+        snapshots.release_shadows();
+    }
     for path in previous.keys() {
         if !out.tree.files.contains_key(path) {
             out.changes.push(Change::RemoveFile(path.clone()));

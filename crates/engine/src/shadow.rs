@@ -54,30 +54,43 @@ impl std::fmt::Debug for Shadows {
 struct Held {
     volume: PathBuf,
     made: Instant,
+    /// The file system's clock when the shadow copy was asked for: a file written since (or
+    /// within the racy window before) may hold newer bytes than the shadow copy shows.
+    made_ns: i128,
     set: imp::Set,
 }
 
 impl Shadows {
-    /// Copies the file at `from` as it stands in a shadow copy of its volume into `to`.
-    pub fn copy(&self, from: &Path, to: &Path) -> Result<Taken, String> {
+    /// Copies the file at `from` as it stands in a shadow copy of its volume into `to`. A
+    /// shadow copy made for an earlier file is reused only when it is younger than [`REUSE`]
+    /// and this file was last written before it was made (by more than `racy_window_ns`):
+    /// else the copy could hold older bytes than the file's time says.
+    pub fn copy(&self, from: &Path, to: &Path, racy_window_ns: i128) -> Result<Taken, String> {
         let started = Instant::now();
         let (volume, inside) = imp::split(from)?;
+        let written_ns = std::fs::symlink_metadata(from)
+            .map(|meta| crate::fs::mtime_ns(&meta))
+            .map_err(|e| format!("cannot read it: {e}"))?;
         let mut current = self
             .current
             .lock()
             .expect("the shadow copy list is never poisoned");
-        let fresh = current
-            .as_ref()
-            .is_some_and(|held| held.volume == volume && held.made.elapsed() < REUSE);
+        let fresh = current.as_ref().is_some_and(|held| {
+            held.volume == volume
+                && held.made.elapsed() < REUSE
+                && written_ns < held.made_ns - racy_window_ns
+        });
         if !fresh {
             // The old one goes first: a volume keeps at most 64 shadow copies.
             *current = None;
+            let made_ns = crate::fs::mtime_now();
             let set = imp::Set::make(&volume).map_err(|e| {
                 format!("no shadow copy of {} could be made: {e}", volume.display())
             })?;
             *current = Some(Held {
                 volume: volume.clone(),
                 made: Instant::now(),
+                made_ns,
                 set,
             });
         }
@@ -92,6 +105,17 @@ impl Shadows {
             restarts: 0,
             bytes,
         })
+    }
+}
+
+impl Shadows {
+    /// Lets go of the shadow copy (the scan that needed it is over): while one exists, the
+    /// volume keeps the old version of every block written, which costs the trading PC.
+    pub fn release(&self) {
+        self.current
+            .lock()
+            .expect("the shadow copy list is never poisoned")
+            .take();
     }
 }
 
@@ -166,6 +190,7 @@ mod imp {
     const INITIALIZE_FOR_BACKUP: usize = 5;
     const SET_BACKUP_STATE: usize = 6;
     const PREPARE_FOR_BACKUP: usize = 14;
+    const ABORT_BACKUP: usize = 15;
     const SET_CONTEXT: usize = 35;
     const START_SNAPSHOT_SET: usize = 36;
     const ADD_TO_SNAPSHOT_SET: usize = 37;
@@ -183,6 +208,7 @@ mod imp {
     const E_ACCESSDENIED: HRESULT = 0x8007_0005_u32 as i32;
     const E_NOTIMPL: HRESULT = 0x8000_4001_u32 as i32;
     const VSS_E_BAD_STATE: HRESULT = 0x8004_2301_u32 as i32;
+    const VSS_S_ASYNC_CANCELLED: HRESULT = 0x0004_230B;
     const VSS_E_VOLUME_NOT_SUPPORTED: HRESULT = 0x8004_230C_u32 as i32;
     const VSS_E_MAXIMUM_NUMBER_OF_SNAPSHOTS_REACHED: HRESULT = 0x8004_2317_u32 as i32;
     const VSS_E_SNAPSHOT_SET_IN_PROGRESS: HRESULT = 0x8004_2316_u32 as i32;
@@ -211,9 +237,10 @@ mod imp {
             VSS_E_MAXIMUM_NUMBER_OF_SNAPSHOTS_REACHED => {
                 "the volume holds as many shadow copies as it can"
             }
-            VSS_E_SNAPSHOT_SET_IN_PROGRESS | VSS_E_BAD_STATE => {
+            VSS_E_SNAPSHOT_SET_IN_PROGRESS => {
                 "another shadow copy is being made; the next scan tries again"
             }
+            VSS_E_BAD_STATE => "the shadow copy service refused the order of the calls",
             _ => "",
         };
         Err(format!(
@@ -255,7 +282,14 @@ mod imp {
             })
         };
         release(operation);
-        result.and_then(|()| check(status, what))
+        result.and_then(|()| check(status, what)).and_then(|()| {
+            // A success code, but the operation did not happen.
+            if status == VSS_S_ASYNC_CANCELLED {
+                Err(format!("{what} was cancelled"))
+            } else {
+                Ok(())
+            }
+        })
     }
 
     /// Calls the method in `slot` of the components `c`, which starts an `IVssAsync`
@@ -314,14 +348,31 @@ mod imp {
         components: *mut Object,
         /// `\\?\GLOBALROOT\Device\HarddiskVolumeShadowCopyN`.
         device: PathBuf,
+        /// Between `StartSnapshotSet` and the end of `DoSnapshotSet`: a failure there must
+        /// abort the backup before the components are released.
+        in_progress: bool,
     }
 
-    // SAFETY: the components object lives in the multi-threaded apartment (join_com), where
-    // a COM object may be used and released from any thread of the process.
+    // SAFETY: the components object is made on a thread that joined the multi-threaded
+    // apartment (join_com; a scan thread never joins COM any other way), where a COM object
+    // may be used and released from any thread of the process that joined it too (Drop
+    // joins first).
     unsafe impl Send for Set {}
 
     impl Drop for Set {
         fn drop(&mut self) {
+            // This thread may not have joined COM (the set is dropped wherever the scan ends).
+            join_com();
+            if self.in_progress {
+                // SAFETY: `components` is the live IVssBackupComponents; slot 15 is
+                // AbortBackup, which takes only the object.
+                unsafe {
+                    let _ = method::<unsafe extern "system" fn(*mut Object) -> HRESULT>(
+                        self.components,
+                        ABORT_BACKUP,
+                    )(self.components);
+                }
+            }
             release(self.components);
         }
     }
@@ -343,6 +394,7 @@ mod imp {
             let mut set = Set {
                 components,
                 device: PathBuf::new(),
+                in_progress: false,
             };
             let c = components;
             let mut volume_wide: Vec<u16> = volume.as_os_str().encode_wide().chain([0]).collect();
@@ -382,6 +434,7 @@ mod imp {
                     )(c, &mut set_id),
                     "StartSnapshotSet",
                 )?;
+                set.in_progress = true;
                 check(
                     method::<unsafe extern "system" fn(Backup, *mut u16, GUID, *mut GUID) -> HRESULT>(
                         c,
@@ -396,6 +449,7 @@ mod imp {
                 )?;
                 run_async(c, PREPARE_FOR_BACKUP, "PrepareForBackup")?;
                 run_async(c, DO_SNAPSHOT_SET, "DoSnapshotSet")?;
+                set.in_progress = false;
                 let mut prop: SnapshotProp = std::mem::zeroed();
                 check(
                     method::<unsafe extern "system" fn(Backup, GUID, *mut SnapshotProp) -> HRESULT>(
@@ -438,10 +492,18 @@ mod imp {
 
     /// The volume that holds `path` (`C:\`) and the path inside it (`Users\...`).
     pub fn split(path: &Path) -> Result<(PathBuf, PathBuf), String> {
-        // The volume functions want a plain absolute path: drop the verbatim prefix.
-        let plain: PathBuf = match path.to_str().and_then(|p| p.strip_prefix(r"\\?\")) {
-            Some(rest) if !rest.starts_with("UNC\\") => rest.into(),
-            _ => path.to_path_buf(),
+        // The volume functions want a plain absolute path: drop the verbatim prefix of a
+        // drive path (`\\?\C:\...`), on the UTF-16 units so any name survives.
+        let units: Vec<u16> = path.as_os_str().encode_wide().collect();
+        let prefix: Vec<u16> = r"\\?\".encode_utf16().collect();
+        let drive = units.len() > 6
+            && units.starts_with(&prefix)
+            && units[5] == u16::from(b':')
+            && units[6] == u16::from(b'\\');
+        let plain: PathBuf = if drive {
+            std::ffi::OsString::from_wide(&units[4..]).into()
+        } else {
+            path.to_path_buf()
         };
         let wide: Vec<u16> = plain.as_os_str().encode_wide().chain([0]).collect();
         let mut buffer = vec![0u16; 1024];
@@ -498,7 +560,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("a"), b"x").unwrap();
         let err = Shadows::default()
-            .copy(&dir.path().join("a"), &dir.path().join("b"))
+            .copy(&dir.path().join("a"), &dir.path().join("b"), 0)
             .unwrap_err();
         assert!(err.contains("Windows only"), "{err}");
         assert!(!dir.path().join("b").exists(), "nothing is written");

@@ -226,8 +226,13 @@ impl Snapshots {
         racy_window_ns: i128,
     ) -> Result<Taking, String> {
         self.take_with(full, rel, racy_window_ns, &|from, to| {
-            self.shadows.copy(from, to)
+            self.shadows.copy(from, to, racy_window_ns)
         })
+    }
+
+    /// Lets go of the shadow copy a scan made, once the scan is over.
+    pub fn release_shadows(&self) {
+        self.shadows.release();
     }
 
     /// The one way every copy is taken, whatever `copier` reads it with: reused while the

@@ -10,8 +10,8 @@
 //! - `short_path` (tests only): the 8.3 short name Windows (or Wine) gives a path, to
 //!   check the path check refuses the state folder under that alias.
 //!
-//! This is the one module of the engine with `unsafe`: two foreign calls, each with the
-//! contract it relies on next to it.
+//! Its foreign calls carry, each, the contract they rely on next to them (the engine's other
+//! `unsafe` is in `fs` (file locks) and `shadow` (shadow copies)).
 
 /// Whether this program runs under Wine: Wine's `ntdll.dll` exports `wine_get_version`, which
 /// Windows' does not. Always `false` off Windows.

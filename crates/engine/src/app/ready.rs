@@ -45,10 +45,17 @@ fn check_root(root: &Path, problems: &mut Vec<Problem>) {
                 "the folder that receives the mirror, {}, cannot be used: {e}",
                 root.display()
             ),
-            fix: format!(
-                "create it (mkdir -p \"{}\") and make it writable by the user the agent runs as",
-                root.display()
-            ),
+            fix: if cfg!(windows) {
+                format!(
+                    "create it (mkdir \"{}\") and let the account the agent runs as write to it",
+                    root.display()
+                )
+            } else {
+                format!(
+                    "create it (mkdir -p \"{}\") and make it writable by the user the agent runs as",
+                    root.display()
+                )
+            },
         }),
         Ok(meta) if !meta.is_dir() => problems.push(Problem {
             what: format!(
@@ -69,10 +76,16 @@ fn check_root(root: &Path, problems: &mut Vec<Problem>) {
                 }
                 Err(e) => problems.push(Problem {
                     what: format!("this user cannot write into {}: {e}", root.display()),
-                    fix: format!(
-                        "give the user the agent runs as the folder (chown -R USER \"{}\")",
-                        root.display()
-                    ),
+                    fix: if cfg!(windows) {
+                        "let the account the agent runs as write to the folder (its Security \
+                         tab, or icacls)"
+                            .into()
+                    } else {
+                        format!(
+                            "give the user the agent runs as the folder (chown -R USER \"{}\")",
+                            root.display()
+                        )
+                    },
                 }),
             }
         }
@@ -84,12 +97,20 @@ fn check_token(path: &Path, what: &str, problems: &mut Vec<Problem>) {
     match config::read_token(path) {
         Err(e) => problems.push(Problem {
             what: format!("the {what} file {}: {}", path.display(), e.message),
-            fix: format!(
-                "write a long random secret into it: head -c 32 /dev/urandom | base64 > \"{}\"; \
-                 chmod 600 \"{}\" (or paste the pairing code there)",
-                path.display(),
-                path.display()
-            ),
+            fix: if cfg!(windows) {
+                format!(
+                    "write a long random secret (32 random bytes in base64) or the pairing code \
+                     into \"{}\", readable by its owner only",
+                    path.display()
+                )
+            } else {
+                format!(
+                    "write a long random secret into it: head -c 32 /dev/urandom | base64 > \"{}\"; \
+                     chmod 600 \"{}\" (or paste the pairing code there)",
+                    path.display(),
+                    path.display()
+                )
+            },
         }),
         Ok(token) => {
             for warning in crate::secret::token_warnings(path, &token) {
@@ -192,7 +213,7 @@ mod tests {
         let problems = check(&serve(&root, &token, &listen));
         assert_eq!(problems.len(), 3, "{problems:#?}");
         assert!(problems[0].what.contains("no such root") && problems[0].fix.contains("mkdir"));
-        assert!(problems[1].what.contains("no-token") && problems[1].fix.contains("urandom"));
+        assert!(problems[1].what.contains("no-token") && problems[1].fix.contains("secret"));
         assert!(problems[2].what.contains(&listen) && problems[2].fix.contains("free port"));
     }
 

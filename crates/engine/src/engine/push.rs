@@ -120,6 +120,7 @@ pub async fn push_once(
                         done[i] = true;
                         report.ok = true;
                         report.error = None;
+                        report.refusal = None;
                         let _ = events.send(Event::InSync {
                             target: report.url.clone(),
                         });
@@ -141,6 +142,7 @@ pub async fn push_once(
                             outcome.failed.len(),
                             plan.files
                         ));
+                        report.refusal = Some(Refusal::Other);
                     }
                 }
                 Err(error) => {
