@@ -31,6 +31,22 @@ fn push_from_another_source(sandbox: &Sandbox, agent: &Agent) -> common::PushRes
 
 // Not on Windows: freezes a process with SIGSTOP and SIGCONT, which Windows does not have.
 #[cfg(unix)]
+/// `push --watch` of `source` to the admin agent `agent`, once it is in sync.
+fn watch_until_in_sync(sandbox: &Sandbox, source: &Path, agent: &Agent) -> Agent {
+    let watching = sandbox
+        .push(source)
+        .to(&agent.url)
+        .fingerprint(agent.fp())
+        .arg("--watch")
+        .spawn_continuous();
+    assert!(
+        watching.wait_for_log("in sync", Duration::from_secs(20)),
+        "{}",
+        watching.log()
+    );
+    watching
+}
+
 #[test]
 fn a_frozen_source_lets_go_of_the_folder_after_the_idle_limit() {
     let sandbox = Sandbox::new();
@@ -89,17 +105,7 @@ fn promote_force_ends_the_session_of_a_frozen_source() {
     // The agent's own idle limit (30 s) is longer than this test waits: the promotion must
     // end the session itself.
     let agent = sandbox.serve_admin(&cloud, &[], &[]);
-    let watching = sandbox
-        .push(&home)
-        .to(&agent.url)
-        .fingerprint(agent.fp())
-        .arg("--watch")
-        .spawn_continuous();
-    assert!(
-        watching.wait_for_log("in sync", Duration::from_secs(20)),
-        "{}",
-        watching.log()
-    );
+    let watching = watch_until_in_sync(&sandbox, &home, &agent);
     common::signal(watching.pid(), "STOP");
 
     let (code, _, stderr) = sandbox.remote(&agent, &sandbox.admin_token_file(), &["promote"]);
@@ -159,17 +165,7 @@ fn a_quiet_source_keeps_its_session_by_answering_pings() {
     let (source, target) = (sandbox.dir("source"), sandbox.dir("target"));
     std::fs::write(source.join("workspace.xml"), b"<w/>").unwrap();
     let agent = sandbox.serve_admin(&target, &[], &[("RAINMAKER_TEST_IDLE_MS", "600")]);
-    let watching = sandbox
-        .push(&source)
-        .to(&agent.url)
-        .fingerprint(agent.fp())
-        .arg("--watch")
-        .spawn_continuous();
-    assert!(
-        watching.wait_for_log("in sync", Duration::from_secs(20)),
-        "{}",
-        watching.log()
-    );
+    let watching = watch_until_in_sync(&sandbox, &source, &agent);
     // Several idle limits with nothing to send.
     std::thread::sleep(Duration::from_secs(3));
     write_random(&source.join("db/tick/NQ.ncd"), 3, 200_000);

@@ -98,6 +98,19 @@ fn sqlite_writer_process() {
     );
 }
 
+/// `push --watch` of `src` to `agent`, with the guard kept off: the bound holds while sync
+/// runs, and the guard must not pause it because this test machine is busy (on a trading PC,
+/// a pause for a busy CPU is what the trader wants).
+fn watch_unpaused(sandbox: &Sandbox, src: &Path, agent: &common::Agent) -> common::Agent {
+    sandbox
+        .push(src)
+        .target(agent)
+        .arg("--watch")
+        .arg("--pause-cpu-for")
+        .arg("1h")
+        .spawn_continuous()
+}
+
 /// Starts the writer process on `db`.
 fn start_writer(db: &Path, mode: &str, log: &Path, stop: &Path) -> Child {
     Command::new(std::env::current_exe().unwrap())
@@ -198,15 +211,7 @@ fn mirror_live_database(mode: &str) {
     );
     let mut writer = start_writer(&db, mode, &log, &stop);
     let agent = sandbox.serve(&dst);
-    let push = sandbox
-        .push(&src)
-        .target(&agent)
-        .arg("--watch")
-        // The bound holds while sync runs: the guard must not pause it because this test
-        // machine is busy (on a trading PC, a pause for a busy CPU is what the trader wants).
-        .arg("--pause-cpu-for")
-        .arg("1h")
-        .spawn_continuous();
+    let push = watch_unpaused(&sandbox, &src, &agent);
     let started = Instant::now();
     let target_db = dst.join("db/NinjaTrader.sqlite");
     let scratch = sandbox.path("sample");
@@ -354,15 +359,7 @@ fn a_file_rewritten_all_the_time_reaches_the_target_within_the_bound() {
         })
     };
     let agent = sandbox.serve(&dst);
-    let push = sandbox
-        .push(&src)
-        .target(&agent)
-        .arg("--watch")
-        // The bound holds while sync runs: the guard must not pause it because this test
-        // machine is busy (on a trading PC, a pause for a busy CPU is what the trader wants).
-        .arg("--pause-cpu-for")
-        .arg("1h")
-        .spawn_continuous();
+    let push = watch_unpaused(&sandbox, &src, &agent);
     let target = dst.join("charts/state.dat");
     let started = Instant::now();
     let (mut seen, mut worst, mut torn) = (0, 0.0f64, Vec::new());

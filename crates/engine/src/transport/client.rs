@@ -145,15 +145,7 @@ async fn connect_to(opts: &ConnectOptions, target: &Address) -> Result<Connectio
     let (stream, fingerprint): (Box<dyn ByteStream>, Option<Fingerprint>) = match accepted {
         None => (Box::new(tcp), None),
         Some(accepted) => {
-            let provider = Arc::new(rustls::crypto::ring::default_provider());
-            let verifier = PinVerifier::new(accepted.clone(), &provider);
-            let config = rustls::ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .map_err(|e| tls_error(&peer, e))?
-                .dangerous()
-                .with_custom_certificate_verifier(verifier.clone())
-                .with_no_client_auth();
-            let connector = TlsConnector::from(Arc::new(config));
+            let (connector, verifier) = pinning_connector(accepted.clone(), &peer)?;
             match connector.connect(server_name(&target.host), tcp).await {
                 Ok(tls) => (Box::new(tls), verifier.seen()),
                 Err(e) => {
@@ -221,6 +213,23 @@ async fn connect_to(opts: &ConnectOptions, target: &Address) -> Result<Connectio
     Ok(connection)
 }
 
+/// A TLS client that checks the server's certificate against `accepted` (none: it accepts
+/// any, and only records what it saw) with the verifier it returns.
+fn pinning_connector(
+    accepted: Vec<Fingerprint>,
+    peer: &str,
+) -> Result<(TlsConnector, Arc<PinVerifier>), TransportError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = PinVerifier::new(accepted, &provider);
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls_error(peer, e))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier.clone())
+        .with_no_client_auth();
+    Ok((TlsConnector::from(Arc::new(config)), verifier))
+}
+
 /// Connects to `url` only as far as the TLS handshake and returns the fingerprint of the
 /// certificate the server presented (after checking that it holds the certificate's key).
 /// No token is sent and nothing is recorded: this is what a person is shown to confirm
@@ -241,15 +250,8 @@ pub async fn peek_fingerprint(url: &str) -> Result<Fingerprint, TransportError> 
                 peer: peer.clone(),
                 source,
             })?;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let verifier = PinVerifier::new(Vec::new(), &provider);
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| tls_error(&peer, e))?
-            .dangerous()
-            .with_custom_certificate_verifier(verifier.clone())
-            .with_no_client_auth();
-        TlsConnector::from(Arc::new(config))
+        let (connector, verifier) = pinning_connector(Vec::new(), &peer)?;
+        connector
             .connect(server_name(&target.host), tcp)
             .await
             .map_err(|e| tls_error(&peer, e))?;

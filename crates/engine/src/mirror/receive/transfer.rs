@@ -5,8 +5,9 @@
 use super::*;
 
 impl Receiver {
-    pub(super) fn begin(&mut self, begin: FileBegin) -> Result<Vec<Message>, ReceiveError> {
-        let id = begin.id;
+    /// A new file or append may use `id`: no other in flight has it, and the bound on files
+    /// open at once holds.
+    fn check_new_id(&self, id: u64) -> Result<(), ReceiveError> {
         if self.flight.len() >= MAX_IN_FLIGHT {
             return Err(ReceiveError::Refused(format!(
                 "more than {MAX_IN_FLIGHT} files open at once"
@@ -17,6 +18,12 @@ impl Receiver {
                 "file id {id} is already in use"
             )));
         }
+        Ok(())
+    }
+
+    pub(super) fn begin(&mut self, begin: FileBegin) -> Result<Vec<Message>, ReceiveError> {
+        let id = begin.id;
+        self.check_new_id(id)?;
         path::resolve(&self.root, &begin.path, true).map_err(refused)?;
         if let Some(why) = self.clash(&begin.path) {
             let path = begin.path.clone();
@@ -175,16 +182,7 @@ impl Receiver {
 
     pub(super) fn begin_append(&mut self, append: Append) -> Result<Vec<Message>, ReceiveError> {
         let id = append.id;
-        if self.flight.len() >= MAX_IN_FLIGHT {
-            return Err(ReceiveError::Refused(format!(
-                "more than {MAX_IN_FLIGHT} files open at once"
-            )));
-        }
-        if self.flight.contains_key(&id) {
-            return Err(ReceiveError::Refused(format!(
-                "file id {id} is already in use"
-            )));
-        }
+        self.check_new_id(id)?;
         let full = path::resolve(&self.root, &append.path, false).map_err(refused)?;
         let Some(before) = self.tree.files.get(&append.path).cloned() else {
             return Ok(self.fail(
