@@ -29,8 +29,6 @@ fn push_from_another_source(sandbox: &Sandbox, agent: &Agent) -> common::PushRes
         .run()
 }
 
-// Not on Windows: freezes a process with SIGSTOP and SIGCONT, which Windows does not have.
-#[cfg(unix)]
 /// `push --watch` of `source` to the admin agent `agent`, once it is in sync.
 fn watch_until_in_sync(sandbox: &Sandbox, source: &Path, agent: &Agent) -> Agent {
     let watching = sandbox
@@ -47,6 +45,8 @@ fn watch_until_in_sync(sandbox: &Sandbox, source: &Path, agent: &Agent) -> Agent
     watching
 }
 
+// Not on Windows: freezes a process with SIGSTOP and SIGCONT, which Windows does not have.
+#[cfg(unix)]
 #[test]
 fn a_frozen_source_lets_go_of_the_folder_after_the_idle_limit() {
     let sandbox = Sandbox::new();
