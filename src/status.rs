@@ -6,6 +6,7 @@ use anyhow::Result;
 use rainmaker_engine::engine::{self, PushOptions};
 use rainmaker_engine::event::Event;
 use rainmaker_engine::status::{self as board, Board, Status};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
@@ -17,8 +18,11 @@ pub fn spawn_writer(
     mode: &str,
 ) -> JoinHandle<()> {
     let urls: Vec<String> = options.targets.iter().map(|t| t.url.clone()).collect();
-    let pid = std::process::id();
-    let mut board = Board::new(pid, &options.source.display().to_string(), mode, &urls);
+    // Each mirror this process runs (one per configured folder) keeps its own file.
+    static SLOTS: AtomicU32 = AtomicU32::new(0);
+    let slot = SLOTS.fetch_add(1, Ordering::Relaxed);
+    let source = options.source.display().to_string();
+    let mut board = Board::new(std::process::id(), slot, &source, mode, &urls);
     let dir = board::running_dir(&engine::data_dir());
     tokio::spawn(async move {
         let write = |board: &Board| {
@@ -43,7 +47,7 @@ pub fn spawn_writer(
                 dirty = false;
             }
         }
-        board::remove(&dir, pid);
+        board::remove(&dir, board.status());
     })
 }
 

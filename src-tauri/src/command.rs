@@ -3,7 +3,7 @@
 
 use crate::error::{UiCode, UiError};
 use crate::runner::Runner;
-use crate::view::{Dashboard, FolderView, GuardView};
+use crate::view::{Dashboard, FolderForm, GuardView};
 use rainmaker_engine::preset::PRESETS;
 use serde::Serialize;
 use std::sync::Arc;
@@ -118,9 +118,19 @@ pub fn remove_server(runner: Shell<'_>, name: String) -> Result<(), UiError> {
     runner.remove_server(&name)
 }
 
+/// Saves folder `index`, or adds a folder when `index` is null.
 #[tauri::command]
-pub fn save_folder(runner: Shell<'_>, folder: FolderView) -> Result<(), UiError> {
-    runner.save_folder(&folder)
+pub fn save_folder(
+    runner: Shell<'_>,
+    index: Option<usize>,
+    folder: FolderForm,
+) -> Result<(), UiError> {
+    runner.save_folder(index, &folder)
+}
+
+#[tauri::command]
+pub fn remove_folder(runner: Shell<'_>, index: usize) -> Result<(), UiError> {
+    runner.remove_folder(index)
 }
 
 #[tauri::command]
@@ -134,8 +144,8 @@ pub fn sync_now(runner: Shell<'_>) -> Result<(), UiError> {
 }
 
 #[tauri::command]
-pub fn allow_mass_delete(runner: Shell<'_>) -> Result<(), UiError> {
-    runner.allow_mass_delete()
+pub fn allow_mass_delete(runner: Shell<'_>, index: usize) -> Result<(), UiError> {
+    runner.allow_mass_delete(index)
 }
 
 #[tauri::command]

@@ -1,10 +1,11 @@
 //! RainMaker's tray app: the dashboard on the trading PC. A Tauri shell around the engine: it
-//! holds no sync logic. A configured folder becomes a mirror through the engine's application
-//! layer (`rainmaker_engine::app`); the runner starts and stops it and folds what it reports
-//! into the dashboard (moving that supervision into `app` is issue 14's next step).
+//! holds no sync logic. Every configured folder is mirrored by the engine's application layer
+//! (`rainmaker_engine::app::Supervisor`), which runs, pauses and reports on them; the runner
+//! edits the configuration, turns reports into the log and notifications, and builds the
+//! dashboard's snapshot.
 //!
 //! # Layout
-//! - [`runner`]: the configured folder mirrored by the engine; the dashboard's state.
+//! - [`runner`]: the configuration, the supervisor's reports, servers and their commands.
 //! - [`view`]: the dashboard's data as the front end receives it.
 //! - [`command`]: the commands the front end calls (thin).
 //! - [`tray`]: the tray icon and its menu.
@@ -39,6 +40,7 @@ pub fn commands<R: Runtime>(builder: tauri::Builder<R>) -> tauri::Builder<R> {
         command::rename_server,
         command::remove_server,
         command::save_folder,
+        command::remove_folder,
         command::save_guard,
         command::sync_now,
         command::allow_mass_delete,

@@ -9,25 +9,19 @@ use serde::{Deserialize, Serialize};
 pub struct Dashboard {
     /// This PC's name (the source).
     pub this_pc: String,
-    /// The newest change in this PC's folder (Unix seconds), to compare with a server's.
-    pub this_pc_newest: Option<f64>,
     pub config_path: String,
     /// `idle`, `in_sync`, `syncing`, `paused` or `error`: the tray icon's state.
     pub overall: String,
     /// One line for the tray's tooltip.
     pub summary: String,
     pub servers: Vec<ServerView>,
-    pub folder: Option<FolderView>,
+    /// Every folder this PC mirrors, in the configuration's order.
+    pub folders: Vec<FolderView>,
     pub guard: GuardView,
     pub resources: Option<ResourcesView>,
     pub paused: Option<PauseView>,
     /// A sync is running now.
     pub running: bool,
-    /// A sync stopped because it would delete too much; the text says what, and the
-    /// dashboard offers to allow it.
-    pub mass_delete: Option<String>,
-    /// Why the chosen interval is not advised, if it is not.
-    pub interval_warning: Option<String>,
     /// The most recent first.
     pub activity: Vec<ActivityView>,
 }
@@ -38,8 +32,10 @@ pub struct ServerView {
     pub name: String,
     pub url: String,
     pub fingerprint: Option<String>,
-    /// `target` when the folder mirrors to it, `spare` when not.
+    /// `target` when a folder mirrors to it, `spare` when not.
     pub role: String,
+    /// The folder of this PC it receives, if it does.
+    pub folder: Option<String>,
     /// `None` until it was checked.
     pub online: Option<bool>,
     /// The name the agent gives itself.
@@ -61,25 +57,35 @@ pub struct ServerView {
     /// Files in its folder and its newest change (Unix seconds): which side is newer.
     pub remote_files: Option<u64>,
     pub newest_change: Option<f64>,
+    /// The newest change in this PC's folder that it receives (Unix seconds), to compare.
+    pub this_pc_newest: Option<f64>,
     /// The pushes it runs, in words.
     pub pushes: Vec<String>,
 }
 
-/// A transfer to one target.
+/// A transfer to one target: files and bytes done, the rate and the time left.
+pub type ProgressView = rainmaker_engine::app::progress::Progress;
+
+/// A folder this PC mirrors: its settings and how its mirror stands.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct ProgressView {
-    pub files_done: u64,
-    pub files_total: u64,
-    pub bytes_done: u64,
-    pub bytes_total: u64,
-    /// Bytes per second, smoothed.
-    pub rate: f64,
-    pub eta_seconds: Option<f64>,
+pub struct FolderView {
+    pub form: FolderForm,
+    /// `idle`, `in_sync`, `syncing`, `paused` or `error`, as for the tray icon.
+    pub state: String,
+    /// A one-off push of it runs now.
+    pub pushing: bool,
+    /// Why it cannot be mirrored as set (a token file missing, a bad exclusion).
+    pub problem: Option<String>,
+    /// A sync stopped because it would delete too much; the text says what, and the
+    /// dashboard offers to allow it.
+    pub mass_delete: Option<String>,
+    /// Why the chosen interval is not advised, if it is not.
+    pub interval_warning: Option<String>,
 }
 
-/// The folder this PC mirrors and how; also what the dashboard sends back to change it.
+/// A folder's settings; also what the dashboard sends back to change them.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct FolderView {
+pub struct FolderForm {
     pub source: String,
     pub preset: Option<String>,
     pub exclude: Vec<String>,

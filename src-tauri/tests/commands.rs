@@ -113,9 +113,15 @@ fn wait_for(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
     }
 }
 
+/// The arguments of `save_folder` that add a folder of `h.source`.
 fn folder(h: &Harness, targets: &[&str], mode: &str) -> Value {
-    json!({ "folder": {
-        "source": h.source.display().to_string(),
+    folder_of(&h.source, None, targets, mode)
+}
+
+/// The arguments of `save_folder` that save `source` as folder `index` (`None`: a new one).
+fn folder_of(source: &Path, index: Option<usize>, targets: &[&str], mode: &str) -> Value {
+    json!({ "index": index, "folder": {
+        "source": source.display().to_string(),
         "preset": "ninjatrader8",
         "exclude": ["cache", "log"],
         "targets": targets,
@@ -216,7 +222,8 @@ fn a_server_added_with_its_fingerprint_receives_the_folder_on_sync() {
     let d2 = again.dashboard();
     again.stop();
     assert_eq!(d2.servers.len(), 1);
-    assert_eq!(d2.folder.unwrap().targets, ["cloud-1"]);
+    assert_eq!(d2.folders.len(), 1);
+    assert_eq!(d2.folders[0].form.targets, ["cloud-1"]);
 }
 
 #[test]
@@ -304,6 +311,103 @@ fn agent_with_admin(root: &Path, name: &str, stop: &CancellationToken) -> (Strin
 }
 
 const ADMIN: &str = "admin-token-for-tests";
+
+#[test]
+fn two_folders_are_mirrored_each_to_its_own_server() {
+    let h = harness();
+    let dir = h.source.parent().unwrap().to_path_buf();
+    let (mt5, mt5_backup) = (dir.join("MetaTrader 5"), dir.join("backup-mt5"));
+    std::fs::create_dir_all(mt5.join("Bases")).unwrap();
+    std::fs::write(mt5.join("Bases/EURUSD.hcc"), vec![3u8; 250_000]).unwrap();
+    std::fs::write(mt5.join("config.ini"), b"[Common]").unwrap();
+    let (b_url, b_fp) = agent_with_admin(&mt5_backup, "backup-2", &h.stop);
+    for (name, url, fp) in [
+        ("cloud-1", &h.url, &h.fingerprint),
+        ("cloud-2", &b_url, &b_fp),
+    ] {
+        call(
+            &h,
+            "add_server",
+            json!({ "name": name, "url": url, "token": TOKEN, "fingerprint": fp }),
+        )
+        .unwrap();
+    }
+    call(&h, "save_folder", folder(&h, &["cloud-1"], "manual")).unwrap();
+
+    // A server receives one folder; a folder is mirrored once.
+    let e = call(
+        &h,
+        "save_folder",
+        folder_of(&mt5, None, &["cloud-1"], "manual"),
+    )
+    .unwrap_err();
+    assert_eq!(e["code"], "bad_input", "{e}");
+    assert!(
+        e["message"].as_str().unwrap().contains("already receives"),
+        "{e}"
+    );
+    let e = call(&h, "save_folder", folder(&h, &["cloud-2"], "manual")).unwrap_err();
+    assert!(
+        e["message"].as_str().unwrap().contains("already mirrored"),
+        "{e}"
+    );
+
+    call(
+        &h,
+        "save_folder",
+        folder_of(&mt5, None, &["cloud-2"], "watch"),
+    )
+    .unwrap();
+    let d = call(&h, "dashboard", json!({})).unwrap();
+    let folders = d["folders"].as_array().unwrap();
+    assert_eq!(folders.len(), 2, "{d}");
+    assert_eq!(folders[1]["form"]["mode"], "watch");
+    assert_eq!(server(&d, "cloud-2")["folder"], mt5.display().to_string());
+    // The continuous folder mirrors by itself; the manual one waits for Sync.
+    wait_for("cloud-2 is in sync", Duration::from_secs(30), || {
+        let d = call(&h, "dashboard", json!({})).unwrap();
+        server(&d, "cloud-2")["state"] == "in sync"
+    });
+    assert!(same(
+        &mt5.join("Bases/EURUSD.hcc"),
+        &mt5_backup.join("Bases/EURUSD.hcc")
+    ));
+    assert!(
+        !h.root.join("workspace.xml").exists(),
+        "NinjaTrader waits for Sync"
+    );
+
+    call(&h, "sync_now", json!({})).unwrap();
+    wait_for("both are in sync", Duration::from_secs(30), || {
+        let d = call(&h, "dashboard", json!({})).unwrap();
+        d["overall"] == "in_sync"
+            && d["folders"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|f| f["state"] == "in_sync")
+    });
+    assert!(same(
+        &h.source.join("workspace.xml"),
+        &h.root.join("workspace.xml")
+    ));
+    assert!(
+        !h.root.join("Bases").exists() && !mt5_backup.join("workspace.xml").exists(),
+        "each server holds its own folder only"
+    );
+
+    // Removing a folder stops its mirror and touches nothing on its server.
+    call(&h, "remove_folder", json!({ "index": 1 })).unwrap();
+    std::fs::write(mt5.join("config.ini"), b"[Common] changed").unwrap();
+    std::thread::sleep(Duration::from_millis(1_500));
+    assert_eq!(
+        std::fs::read(mt5_backup.join("config.ini")).unwrap(),
+        b"[Common]",
+        "a removed folder is mirrored no more"
+    );
+    let text = std::fs::read_to_string(&h.config).unwrap();
+    assert!(!text.contains("MetaTrader"), "{text}");
+}
 
 #[test]
 fn the_dashboard_makes_one_server_push_to_another_and_promotes_it() {

@@ -1,7 +1,9 @@
 //! The real tray app, end to end: it runs under its own Xvfb display and is driven through
 //! WebDriver (tauri-driver with WebKitWebDriver). A RainMaker server started here on a
 //! loopback port is added as a target (its fingerprint confirmed), a source folder picked,
-//! Sync clicked; the files must arrive and the dashboard must say the target is in sync.
+//! Sync clicked; the files must arrive and the dashboard must say the target is in sync. Then
+//! a second platform's folder is added with a second server as its target, and one Sync
+//! mirrors both, each to its own server.
 //! The test leaves a screenshot of the dashboard in the target folder (and under `docs/`
 //! when `RAINMAKER_SCREENSHOT` names a file).
 //!
@@ -110,8 +112,92 @@ fn identical(a: &Path, b: &Path) -> bool {
         .is_some_and(|x| std::fs::read(b).ok() == Some(x))
 }
 
+/// Adds a server through the dashboard's form; returns the fingerprint it showed to confirm.
+async fn add_server(client: &Client, name: &str, address: &str) -> String {
+    css(client, "[data-test=add-server]")
+        .await
+        .click()
+        .await
+        .unwrap();
+    css(client, "input[name=server-name]")
+        .await
+        .send_keys(name)
+        .await
+        .unwrap();
+    css(client, "input[name=server-address]")
+        .await
+        .send_keys(address)
+        .await
+        .unwrap();
+    css(client, "input[name=server-token]")
+        .await
+        .send_keys(TOKEN)
+        .await
+        .unwrap();
+    css(client, "[data-test=check-server]")
+        .await
+        .click()
+        .await
+        .unwrap();
+    let shown = css(client, "[data-test=fingerprint]")
+        .await
+        .text()
+        .await
+        .unwrap();
+    css(client, "[data-test=trust-server]")
+        .await
+        .click()
+        .await
+        .unwrap();
+    css(client, &format!("[data-test=server-{name}]")).await;
+    shown
+}
+
+/// Waits until the dashboard says server `name` is in sync; fails on a shown error.
+async fn wait_in_sync(client: &Client, name: &str) {
+    let start = Instant::now();
+    loop {
+        let state = text_of(
+            client,
+            &format!("[data-test=server-{name}] [data-test=state]"),
+        )
+        .await;
+        if state == "In sync" {
+            return;
+        }
+        let error = text_of(client, "[data-test=error]").await;
+        assert!(error.is_empty(), "the dashboard shows an error: {error}");
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{name} is {state:?}, not in sync, after 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// An agent on a free loopback port receiving into `root`; its address and fingerprint.
+async fn agent(root: &Path, name: &str, stop: &CancellationToken) -> (String, String) {
+    std::fs::create_dir_all(root).unwrap();
+    let server = Server::bind(ServeOptions {
+        admin_token: None,
+        root: root.to_path_buf(),
+        listen: "127.0.0.1:0".into(),
+        token: TOKEN.into(),
+        insecure: false,
+        name: name.into(),
+        trash_retention: None,
+        push_to: None,
+    })
+    .await
+    .unwrap();
+    let address = format!("127.0.0.1:{}", server.local_addr().port());
+    let fingerprint = server.fingerprint().unwrap().to_owned();
+    tokio::spawn(server.run(stop.clone()));
+    (address, fingerprint)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_dashboard_adds_a_server_and_syncs_a_folder_to_it() {
+async fn the_dashboard_adds_servers_and_syncs_two_folders_to_them() {
     let dir = tempfile::tempdir().unwrap();
     let (root, source) = (dir.path().join("backup"), dir.path().join("NinjaTrader 8"));
     std::fs::create_dir_all(&root).unwrap();
@@ -128,21 +214,7 @@ async fn the_dashboard_adds_a_server_and_syncs_a_folder_to_it() {
     .unwrap();
 
     let stop = CancellationToken::new();
-    let server = Server::bind(ServeOptions {
-        admin_token: None,
-        root: root.clone(),
-        listen: "127.0.0.1:0".into(),
-        token: TOKEN.into(),
-        insecure: false,
-        name: "cloud-e2e".into(),
-        trash_retention: None,
-        push_to: None,
-    })
-    .await
-    .unwrap();
-    let address = format!("127.0.0.1:{}", server.local_addr().port());
-    let fingerprint = server.fingerprint().unwrap().to_owned();
-    let serving = tokio::spawn(server.run(stop.clone()));
+    let (address, fingerprint) = agent(&root, "cloud-e2e", &stop).await;
 
     let (_xvfb, display) = xvfb();
     let (port, native) = (free_port(), free_port());
@@ -179,46 +251,11 @@ async fn the_dashboard_adds_a_server_and_syncs_a_folder_to_it() {
         .await
         .expect("a WebDriver session with the tray app");
 
-    css(&client, "[data-test=add-server]")
-        .await
-        .click()
-        .await
-        .unwrap();
-    css(&client, "input[name=server-name]")
-        .await
-        .send_keys("cloud-1")
-        .await
-        .unwrap();
-    css(&client, "input[name=server-address]")
-        .await
-        .send_keys(&address)
-        .await
-        .unwrap();
-    css(&client, "input[name=server-token]")
-        .await
-        .send_keys(TOKEN)
-        .await
-        .unwrap();
-    css(&client, "[data-test=check-server]")
-        .await
-        .click()
-        .await
-        .unwrap();
-    let shown = css(&client, "[data-test=fingerprint]")
-        .await
-        .text()
-        .await
-        .unwrap();
+    let shown = add_server(&client, "cloud-1", &address).await;
     assert_eq!(
         shown, fingerprint,
         "the user is shown the certificate the server really holds"
     );
-    css(&client, "[data-test=trust-server]")
-        .await
-        .click()
-        .await
-        .unwrap();
-    css(&client, "[data-test=server-cloud-1]").await;
 
     let input = css(&client, "input[name=source]").await;
     input.clear().await.unwrap();
@@ -256,20 +293,7 @@ async fn the_dashboard_adds_a_server_and_syncs_a_folder_to_it() {
         .await
         .unwrap();
 
-    let start = Instant::now();
-    loop {
-        let state = text_of(&client, "[data-test=server-cloud-1] [data-test=state]").await;
-        if state == "In sync" {
-            break;
-        }
-        let error = text_of(&client, "[data-test=error]").await;
-        assert!(error.is_empty(), "the dashboard shows an error: {error}");
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "cloud-1 is {state:?}, not in sync, after 60 s"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_in_sync(&client, "cloud-1").await;
     for file in [
         "db/tick/ES 12-26/20261127.Last.ncd",
         "workspaces/Untitled 1.xml",
@@ -295,6 +319,77 @@ async fn the_dashboard_adds_a_server_and_syncs_a_folder_to_it() {
         "the choice is saved:\n{config}"
     );
 
+    // A second platform on the same PC: its own folder, to its own server.
+    let (mt5, mt5_root) = (
+        dir.path().join("MetaTrader 5"),
+        dir.path().join("backup-mt5"),
+    );
+    std::fs::create_dir_all(mt5.join("bases/Default/history/EURUSD")).unwrap();
+    std::fs::write(
+        mt5.join("bases/Default/history/EURUSD/2026.hcc"),
+        &ticks[..700_000],
+    )
+    .unwrap();
+    let (address2, _) = agent(&mt5_root, "cloud-e2e-2", &stop).await;
+    add_server(&client, "cloud-2", &address2).await;
+    css(&client, "[data-test=add-folder]")
+        .await
+        .click()
+        .await
+        .unwrap();
+    let new = "[data-test=folder-new]";
+    css(&client, &format!("{new} input[name=source]"))
+        .await
+        .send_keys(&mt5.display().to_string())
+        .await
+        .unwrap();
+    css(&client, &format!("{new} select[name=mode]"))
+        .await
+        .select_by_value("manual")
+        .await
+        .unwrap();
+    css(&client, &format!("{new} [data-test=target-cloud-2]"))
+        .await
+        .click()
+        .await
+        .unwrap();
+    css(&client, &format!("{new} [data-test=save-folder]"))
+        .await
+        .click()
+        .await
+        .unwrap();
+    let start = Instant::now();
+    while text_of(&client, "[data-test=folder-1] h2").await.is_empty() {
+        let error = text_of(&client, "[data-test=error]").await;
+        assert!(error.is_empty(), "saving the second folder: {error}");
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the second folder is not shown"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    css(&client, "[data-test=sync]")
+        .await
+        .click()
+        .await
+        .unwrap();
+    wait_in_sync(&client, "cloud-2").await;
+    wait_in_sync(&client, "cloud-1").await;
+    assert!(identical(
+        &mt5.join("bases/Default/history/EURUSD/2026.hcc"),
+        &mt5_root.join("bases/Default/history/EURUSD/2026.hcc")
+    ));
+    assert!(
+        !root.join("bases").exists() && !mt5_root.join("workspaces").exists(),
+        "each server holds its own folder"
+    );
+    let config = std::fs::read_to_string(dir.path().join("config/rainmaker.toml")).unwrap();
+    assert_eq!(
+        config.matches("[[folder]]").count(),
+        2,
+        "both folders are saved:\n{config}"
+    );
+
     tokio::time::sleep(Duration::from_millis(600)).await;
     let png = client.screenshot().await.unwrap();
     let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
@@ -305,5 +400,4 @@ async fn the_dashboard_adds_a_server_and_syncs_a_folder_to_it() {
     eprintln!("screenshot: {}", shot.display());
     let _ = client.close().await;
     stop.cancel();
-    let _ = serving.await;
 }

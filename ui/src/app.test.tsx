@@ -96,8 +96,8 @@ describe("the dashboard", () => {
     expect((q('input[name="source"]') as HTMLInputElement).value).toContain("NinjaTrader 8");
     fireEvent.click(q('[data-test="target-cloud-1"]'));
     fireEvent.click(q('[data-test="save-folder"]'));
-    await waitFor(() => expect(backend.state.folder?.targets).toEqual(["cloud-1"]));
-    expect(backend.state.folder?.exclude).toEqual(["cache", "log", "trace", "tmp", "*.lock"]);
+    await waitFor(() => expect(backend.state.folders[0]?.form.targets).toEqual(["cloud-1"]));
+    expect(backend.state.folders[0].form.exclude).toEqual(["cache", "log", "trace", "tmp", "*.lock"]);
     fireEvent.click(q('[data-test="sync"]'));
     await waitFor(() => expect(q('[data-test="progress-cloud-1"]')).not.toBeNull());
     expect(q('[data-test="progress-cloud-1"]').textContent).toContain("1 of 4 files");
@@ -125,15 +125,40 @@ describe("the dashboard", () => {
     await waitFor(() => expect(q('[data-test="paused-banner"]')).toBeNull());
   });
 
-  it("offers to confirm a sync stopped by the mass-delete guard", async () => {
+  it("offers to confirm a sync stopped by the mass-delete guard, on its own folder", async () => {
     const { backend, q } = setup();
+    await backend.saveFolder(null, { source: "C:\\NT8", preset: null, exclude: [], targets: [], mode: "manual", every_minutes: null, bwlimit_mbit: null });
+    await backend.saveFolder(null, { source: "C:\\MT5", preset: null, exclude: [], targets: [], mode: "manual", every_minutes: null, bwlimit_mbit: null });
     backend.update((d) => {
-      d.mass_delete = "cloud-1: this sync would delete 1900 of 2000 files";
+      d.folders[1].mass_delete = "cloud-2: this sync would delete 1900 of 2000 files";
     });
-    await waitFor(() => expect(q('[data-test="mass-delete"]')).not.toBeNull());
-    fireEvent.click(q('[data-test="allow-mass-delete"]'));
+    await waitFor(() => expect(q('[data-test="folder-1"] [data-test="mass-delete"]')).not.toBeNull());
+    expect(q('[data-test="folder-0"] [data-test="mass-delete"]')).toBeNull();
+    fireEvent.click(q('[data-test="folder-1"] [data-test="allow-mass-delete"]'));
     await waitFor(() => expect(q('[data-test="mass-delete"]')).toBeNull());
-    expect(backend.calls).toContain("allow mass delete");
+    expect(backend.calls).toContain("allow mass delete 1");
+  });
+
+  it("adds a second folder with its own targets; a server receives one folder", async () => {
+    const { backend, q } = setup();
+    await backend.addServer("cloud-1", "203.0.113.5:7878", "t", "SHA256:" + "ab".repeat(32));
+    await backend.addServer("cloud-2", "203.0.113.6:7878", "t", "SHA256:" + "cd".repeat(32));
+    await backend.saveFolder(null, { source: "C:\\NT8", preset: "ninjatrader8", exclude: [], targets: ["cloud-1"], mode: "watch", every_minutes: null, bwlimit_mbit: null });
+    await waitFor(() => expect(q('[data-test="folder-0"]')).not.toBeNull());
+    expect(q('[data-test="folder-new"]')).toBeNull();
+    fireEvent.click(q('[data-test="add-folder"]'));
+    const added = await waitFor(() => {
+      expect(q('[data-test="folder-new"]')).not.toBeNull();
+      return q('[data-test="folder-new"]');
+    });
+    expect((added.querySelector('[data-test="target-cloud-1"]') as HTMLInputElement).disabled).toBe(true);
+    type(added.querySelector('input[name="source"]') as HTMLElement, "C:\\MT5");
+    fireEvent.click(added.querySelector('[data-test="target-cloud-2"]') as HTMLElement);
+    fireEvent.click(added.querySelector('[data-test="save-folder"]') as HTMLElement);
+    await waitFor(() => expect(backend.state.folders.length).toBe(2));
+    expect(backend.state.folders[1].form).toMatchObject({ source: "C:\\MT5", targets: ["cloud-2"] });
+    await waitFor(() => expect(q('[data-test="folder-1"]')).not.toBeNull());
+    expect(q('[data-test="folder-new"]')).toBeNull();
   });
 
   it("pauses and resumes from the button", async () => {

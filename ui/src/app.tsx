@@ -1,22 +1,15 @@
 // The dashboard: status and the Sync button on top, banners for pauses and errors, the
-// servers with their progress, what to mirror, the machine's health, and recent activity.
+// servers with their progress, the folders mirrored, the machine's health, and recent activity.
 
 import { useCallback, useEffect, useState } from "preact/hooks";
 import { Activity } from "./activity";
 import { toUiError, type Backend } from "./backend";
 import { errorTitle } from "./errors";
-import { FolderForm } from "./folder";
+import { Folders } from "./folder";
+import { overallLabel } from "./format";
 import { Gauges, GuardForm } from "./health";
 import { ServerList } from "./servers";
 import type { Dashboard, UiError } from "./types";
-
-const OVERALL: Record<string, string> = {
-  in_sync: "All targets in sync",
-  syncing: "Syncing",
-  paused: "Paused",
-  error: "Needs attention",
-  idle: "Ready",
-};
 
 export function App({ backend }: { backend: Backend }) {
   const [dash, setDash] = useState<Dashboard | null>(null);
@@ -50,7 +43,7 @@ export function App({ backend }: { backend: Backend }) {
           <h1>RainMaker</h1>
         </div>
         <div class="status" data-test="overall" data-state={dash.overall}>
-          <span class={`pill ${dash.overall}`}>{OVERALL[dash.overall] ?? dash.overall}</span>
+          <span class={`pill ${dash.overall}`}>{overallLabel(dash.overall)}</span>
           <span class="summary">{dash.summary.replace(/^RainMaker: /, "")}</span>
         </div>
         <div class="actions">
@@ -77,19 +70,11 @@ export function App({ backend }: { backend: Backend }) {
           {dash.paused.by === "guard" && <span> Sync resumes by itself when the machine is quiet again.</span>}
         </div>
       )}
-      {dash.mass_delete && (
-        <div class="banner warning" data-test="mass-delete">
-          <strong>Sync stopped to protect your backup.</strong> {dash.mass_delete}
-          <button class="danger" data-test="allow-mass-delete" onClick={() => run(() => backend.allowMassDelete())}>
-            Delete them anyway
-          </button>
-        </div>
-      )}
 
       <div class="grid">
         <div class="left">
           <ServerList dash={dash} backend={backend} run={run} />
-          <FolderForm dash={dash} backend={backend} run={run} />
+          <Folders dash={dash} backend={backend} run={run} />
         </div>
         <div class="right">
           <section class="card health">

@@ -1,7 +1,7 @@
 // The one module that talks to the tray app. Everything else gets a `Backend`, so the
 // dashboard also runs in a plain browser against the fake one (fake.ts).
 
-import type { Dashboard, FolderView, GuardView, Preset, UiError } from "./types";
+import type { Dashboard, FolderForm, GuardView, Preset, UiError } from "./types";
 
 export interface Backend {
   /** Calls `onUpdate` with the dashboard now and whenever it changes. */
@@ -19,10 +19,14 @@ export interface Backend {
   receiveFrom(from: string, address: string): Promise<void>;
   renameServer(old: string, name: string): Promise<void>;
   removeServer(name: string): Promise<void>;
-  saveFolder(folder: FolderView): Promise<void>;
+  /** Saves folder `index`, or adds a folder when `index` is null. */
+  saveFolder(index: number | null, folder: FolderForm): Promise<void>;
+  /** Stops mirroring folder `index` (nothing on its servers is touched). */
+  removeFolder(index: number): Promise<void>;
   saveGuard(guard: GuardView): Promise<void>;
   syncNow(): Promise<void>;
-  allowMassDelete(): Promise<void>;
+  /** Confirms the sync of folder `index` that stopped before deleting many files. */
+  allowMassDelete(index: number): Promise<void>;
   pause(): Promise<void>;
   resume(): Promise<void>;
   getAutostart(): Promise<boolean>;
@@ -70,10 +74,11 @@ export async function tauriBackend(): Promise<Backend> {
     receiveFrom: (from, address) => call("receive_from", { from, address }),
     renameServer: (old, name) => call("rename_server", { old, new: name }),
     removeServer: (name) => call("remove_server", { name }),
-    saveFolder: (folder) => call("save_folder", { folder }),
+    saveFolder: (index, folder) => call("save_folder", { index, folder }),
+    removeFolder: (index) => call("remove_folder", { index }),
     saveGuard: (guard) => call("save_guard", { guard }),
     syncNow: () => call("sync_now"),
-    allowMassDelete: () => call("allow_mass_delete"),
+    allowMassDelete: (index) => call("allow_mass_delete", { index }),
     pause: () => call("pause"),
     resume: () => call("resume"),
     getAutostart: () => call("get_autostart"),

@@ -2,7 +2,7 @@
 // in a plain browser (`npm run dev`) and for the front end's tests. It never talks to Tauri.
 
 import type { Backend } from "./backend";
-import type { Dashboard, FolderView, GuardView, Preset, ServerView, UiCode, UiError } from "./types";
+import type { Dashboard, FolderForm, GuardView, Preset, ServerView, UiCode, UiError } from "./types";
 
 export interface FakeBackend extends Backend {
   state: Dashboard;
@@ -31,12 +31,11 @@ const PRESETS: Preset[] = [
 export function emptyDashboard(): Dashboard {
   return {
     this_pc: "TRADING-PC",
-    this_pc_newest: 1_794_990_000,
     config_path: "C:\\Users\\trader\\AppData\\Roaming\\rainmaker\\rainmaker.toml",
     overall: "idle",
     summary: "RainMaker: pick a folder and targets",
     servers: [],
-    folder: null,
+    folders: [],
     guard: {
       cpu_above: 85,
       cpu_for_seconds: 10,
@@ -47,8 +46,6 @@ export function emptyDashboard(): Dashboard {
     resources: { cpu_percent: 12, available_memory_mb: 9000, total_memory_mb: 16000, other_traffic_mbit: 0.4 },
     paused: null,
     running: false,
-    mass_delete: null,
-    interval_warning: null,
     activity: [],
   };
 }
@@ -100,6 +97,7 @@ export function fakeBackend(initial: Dashboard = emptyDashboard()): FakeBackend 
           url: url.includes("://") ? url : `wss://${url}`,
           fingerprint,
           role: "spare",
+          folder: null,
           online: true,
           remote_name: name,
           state: "idle",
@@ -112,6 +110,7 @@ export function fakeBackend(initial: Dashboard = emptyDashboard()): FakeBackend 
           fed_by: null,
           remote_files: adminToken ? 2043 : null,
           newest_change: adminToken ? 1_795_000_000 : null,
+          this_pc_newest: 1_794_990_000,
           pushes: [],
         };
         d.servers = [...d.servers, server];
@@ -121,29 +120,46 @@ export function fakeBackend(initial: Dashboard = emptyDashboard()): FakeBackend 
       fake.calls.push(`rename ${old} ${name}`);
       fake.update((d) => {
         d.servers = d.servers.map((s) => (s.name === old ? { ...s, name } : s));
-        if (d.folder) d.folder = { ...d.folder, targets: d.folder.targets.map((t) => (t === old ? name : t)) };
+        d.folders = d.folders.map((f) => ({ ...f, form: { ...f.form, targets: f.form.targets.map((t) => (t === old ? name : t)) } }));
       });
     },
     async removeServer(name) {
       fake.calls.push(`remove ${name}`);
       fake.update((d) => {
         d.servers = d.servers.filter((s) => s.name !== name);
-        if (d.folder) d.folder = { ...d.folder, targets: d.folder.targets.filter((t) => t !== name) };
+        d.folders = d.folders.map((f) => ({ ...f, form: { ...f.form, targets: f.form.targets.filter((t) => t !== name) } }));
       });
     },
-    async saveFolder(folder: FolderView) {
-      fake.calls.push(`save folder ${folder.source} -> ${folder.targets.join(",")} (${folder.mode})`);
+    async saveFolder(index: number | null, folder: FolderForm) {
+      fake.calls.push(`save folder ${index ?? "new"} ${folder.source} -> ${folder.targets.join(",")} (${folder.mode})`);
       if (!folder.source.trim()) fail("bad_input", "Pick the folder to mirror.");
+      const others = fake.state.folders.filter((_, i) => i !== index);
+      const taken = folder.targets.find((t) => others.some((f) => f.form.targets.includes(t)));
+      if (taken) fail("bad_input", `${taken} already receives another folder. A server receives one folder.`);
+      if (others.some((f) => f.form.source === folder.source)) fail("bad_input", `${folder.source} is already mirrored.`);
       fake.update((d) => {
-        d.folder = folder;
+        const view = {
+          form: folder,
+          state: "idle" as const,
+          pushing: false,
+          problem: null,
+          mass_delete: null,
+          interval_warning:
+            folder.mode === "every" && (folder.every_minutes ?? 5) < 5
+              ? "syncing every 1m is below the recommended 5 minutes"
+              : null,
+        };
+        d.folders = index === null ? [...d.folders, view] : d.folders.map((f, i) => (i === index ? view : f));
         d.servers = d.servers.map((s) => {
-          const target = folder.targets.includes(s.name);
-          return { ...s, role: target ? "target" : "spare", state: target ? "waiting" : "idle" };
+          const owner = d.folders.find((f) => f.form.targets.includes(s.name));
+          return { ...s, role: owner ? "target" : "spare", folder: owner?.form.source ?? null, state: owner ? "waiting" : "idle" };
         });
-        d.interval_warning =
-          folder.mode === "every" && (folder.every_minutes ?? 5) < 5
-            ? "syncing every 1m is below the recommended 5 minutes"
-            : null;
+      });
+    },
+    async removeFolder(index) {
+      fake.calls.push(`remove folder ${index}`);
+      fake.update((d) => {
+        d.folders = d.folders.filter((_, i) => i !== index);
       });
     },
     async saveGuard(guard: GuardView) {
@@ -154,7 +170,7 @@ export function fakeBackend(initial: Dashboard = emptyDashboard()): FakeBackend 
     },
     async syncNow() {
       fake.calls.push("sync");
-      if (!fake.state.folder || fake.state.folder.targets.length === 0)
+      if (!fake.state.folders.some((f) => f.form.targets.length > 0))
         fail("bad_input", "Pick a folder to mirror and at least one target first.");
       fake.update((d) => {
         d.running = true;
@@ -194,13 +210,14 @@ export function fakeBackend(initial: Dashboard = emptyDashboard()): FakeBackend 
       fake.calls.push(`receive from ${from} at ${address}`);
       if (!/:\d+$/.test(address)) fail("bad_input", `"${address}" is not HOST:PORT.`);
       fake.update((d) => {
-        d.this_pc_newest = d.servers.find((s) => s.name === from)?.newest_change ?? d.this_pc_newest;
+        const newest = d.servers.find((s) => s.name === from)?.newest_change ?? null;
+        d.servers = d.servers.map((s) => ({ ...s, this_pc_newest: newest ?? s.this_pc_newest }));
       });
     },
-    async allowMassDelete() {
-      fake.calls.push("allow mass delete");
+    async allowMassDelete(index) {
+      fake.calls.push(`allow mass delete ${index}`);
       fake.update((d) => {
-        d.mass_delete = null;
+        d.folders = d.folders.map((f, i) => (i === index ? { ...f, mass_delete: null } : f));
       });
     },
     async pause() {

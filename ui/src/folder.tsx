@@ -1,41 +1,73 @@
-// What to mirror and how: the source folder (with presets for the common platforms), the
-// targets, the paths left out, the schedule and the bandwidth cap.
+// What to mirror and how: every folder this PC mirrors, each with its source (presets for the
+// common platforms), its targets, the paths left out, its schedule and bandwidth cap, and how
+// its mirror stands; a second folder (another platform) is added with its own targets.
 
 import { useEffect, useState } from "preact/hooks";
 import type { Backend } from "./backend";
-import type { Dashboard, FolderView, Mode, Preset } from "./types";
+import { overallLabel } from "./format";
+import type { Dashboard, FolderForm as Form, Mode, Preset } from "./types";
 
 type Run = (action: () => Promise<unknown>) => Promise<boolean>;
 
-function initial(dash: Dashboard): FolderView {
-  return (
-    dash.folder ?? {
-      source: "",
-      preset: null,
-      exclude: [],
-      targets: [],
-      mode: "watch",
-      every_minutes: 5,
-      bwlimit_mbit: null,
-    }
-  );
-}
+const EMPTY: Form = {
+  source: "",
+  preset: null,
+  exclude: [],
+  targets: [],
+  mode: "watch",
+  every_minutes: 5,
+  bwlimit_mbit: null,
+};
 
-export function FolderForm({ dash, backend, run }: { dash: Dashboard; backend: Backend; run: Run }) {
+/** Every folder, and a form for a new one (open at once when there is none). */
+export function Folders({ dash, backend, run }: { dash: Dashboard; backend: Backend; run: Run }) {
   const [presets, setPresets] = useState<Preset[]>([]);
-  const [form, setForm] = useState<FolderView>(initial(dash));
-  const [excludeText, setExcludeText] = useState(form.exclude.join("\n"));
-  const saved = JSON.stringify(dash.folder);
-  useEffect(() => {
-    const f = initial(dash);
-    setForm(f);
-    setExcludeText(f.exclude.join("\n"));
-  }, [saved]);
+  const [adding, setAdding] = useState(false);
   useEffect(() => {
     backend.presets().then(setPresets, () => setPresets([]));
   }, [backend]);
+  return (
+    <>
+      {dash.folders.map((f, i) => (
+        <FolderForm key={`${i}:${f.form.source}`} index={i} dash={dash} presets={presets} backend={backend} run={run} />
+      ))}
+      {dash.folders.length === 0 || adding ? (
+        <FolderForm index={null} dash={dash} presets={presets} backend={backend} run={run} onDone={() => setAdding(false)} />
+      ) : (
+        <button data-test="add-folder" onClick={() => setAdding(true)}>
+          Add a folder (another platform)
+        </button>
+      )}
+    </>
+  );
+}
 
-  const set = (change: Partial<FolderView>) => setForm({ ...form, ...change });
+function FolderForm({
+  index,
+  dash,
+  presets,
+  backend,
+  run,
+  onDone,
+}: {
+  index: number | null;
+  dash: Dashboard;
+  presets: Preset[];
+  backend: Backend;
+  run: Run;
+  onDone?: () => void;
+}) {
+  const view = index === null ? null : dash.folders[index];
+  const initial = view?.form ?? EMPTY;
+  const [form, setForm] = useState<Form>(initial);
+  const [excludeText, setExcludeText] = useState(form.exclude.join("\n"));
+  const saved = JSON.stringify(initial);
+  useEffect(() => {
+    setForm(initial);
+    setExcludeText(initial.exclude.join("\n"));
+  }, [saved]);
+
+  const set = (change: Partial<Form>) => setForm({ ...form, ...change });
   const choosePreset = (id: string) => {
     const preset = presets.find((p) => p.id === id);
     if (!preset) return set({ preset: null });
@@ -44,21 +76,60 @@ export function FolderForm({ dash, backend, run }: { dash: Dashboard; backend: B
   };
   const toggleTarget = (name: string, on: boolean) =>
     set({ targets: on ? [...form.targets, name] : form.targets.filter((t) => t !== name) });
-  const save = () =>
-    run(() =>
-      backend.saveFolder({
+  const save = async () => {
+    const done = await run(() =>
+      backend.saveFolder(index, {
         ...form,
         exclude: excludeText.split("\n").map((l) => l.trim()).filter(Boolean),
       }),
     );
+    if (done) onDone?.();
+  };
   const preset = presets.find((p) => p.id === form.preset);
-  const dirty = JSON.stringify({ ...form, exclude: excludeText.split("\n").map((l) => l.trim()).filter(Boolean) }) !== JSON.stringify(initial(dash));
+  const dirty = JSON.stringify({ ...form, exclude: excludeText.split("\n").map((l) => l.trim()).filter(Boolean) }) !== JSON.stringify(initial);
+  const title = view ? (presets.find((p) => p.id === view.form.preset)?.name ?? view.form.source) : dash.folders.length ? "Another folder" : "What to mirror";
+  // A server receives one folder: the others' targets are not offered.
+  const taken = (name: string) => dash.folders.some((f, i) => i !== index && f.form.targets.includes(name));
 
   return (
-    <section class="card folder">
+    <section class="card folder" data-test={index === null ? "folder-new" : `folder-${index}`}>
       <header>
-        <h2>What to mirror</h2>
+        <h2>{title}</h2>
+        {view && (
+          <span class={`pill ${view.state}`} data-test="folder-state" data-state={view.state}>
+            {view.pushing ? "Sending" : overallLabel(view.state)}
+          </span>
+        )}
+        {view && (
+          <button
+            class="link"
+            data-test="remove-folder"
+            onClick={() => {
+              if (confirm(`Stop mirroring ${view.form.source}? The backups keep their copy.`)) run(() => backend.removeFolder(index!));
+            }}
+          >
+            Remove
+          </button>
+        )}
+        {index === null && dash.folders.length > 0 && (
+          <button class="link" onClick={() => onDone?.()}>
+            Cancel
+          </button>
+        )}
       </header>
+      {view?.problem && (
+        <p class="warning" data-test="folder-problem">
+          {view.problem}
+        </p>
+      )}
+      {view?.mass_delete && (
+        <div class="banner warning" data-test="mass-delete">
+          <strong>Sync stopped to protect your backup.</strong> {view.mass_delete}
+          <button class="danger" data-test="allow-mass-delete" onClick={() => run(() => backend.allowMassDelete(index!))}>
+            Delete them anyway
+          </button>
+        </div>
+      )}
       <label>
         Trading platform
         <select name="preset" value={form.preset ?? ""} onChange={(e) => choosePreset(e.currentTarget.value)}>
@@ -95,14 +166,16 @@ export function FolderForm({ dash, backend, run }: { dash: Dashboard; backend: B
         <legend>Targets</legend>
         {dash.servers.length === 0 && <p class="muted">Add a server first.</p>}
         {dash.servers.map((s) => (
-          <label class="check" key={s.name}>
+          <label class="check" key={s.name} title={taken(s.name) ? `${s.name} receives another folder` : undefined}>
             <input
               type="checkbox"
               data-test={`target-${s.name}`}
               checked={form.targets.includes(s.name)}
+              disabled={taken(s.name)}
               onChange={(e) => toggleTarget(s.name, e.currentTarget.checked)}
             />
             {s.name}
+            {taken(s.name) && <span class="muted"> (another folder's)</span>}
           </label>
         ))}
       </fieldset>
@@ -153,7 +226,7 @@ export function FolderForm({ dash, backend, run }: { dash: Dashboard; backend: B
       </div>
       {form.mode === "every" && (form.every_minutes ?? 5) < 5 && (
         <p class="warning" data-test="interval-warning">
-          {dash.interval_warning ??
+          {view?.interval_warning ??
             "Every 5 minutes is the recommended minimum; shorter intervals need at least 4 GB of memory and a fast link."}
         </p>
       )}

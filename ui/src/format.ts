@@ -67,3 +67,16 @@ export function stateLabel(state: string): string {
       return "Not a target";
   }
 }
+
+const OVERALL: Record<string, string> = {
+  in_sync: "All targets in sync",
+  syncing: "Syncing",
+  paused: "Paused",
+  error: "Needs attention",
+  idle: "Ready",
+};
+
+/** Words for the state of everything (the tray icon's), or of one folder. */
+export function overallLabel(state: string): string {
+  return OVERALL[state] ?? state;
+}

@@ -36,8 +36,8 @@ export function ServerList({ dash, backend, run }: { dash: Dashboard; backend: B
             <td>
               <strong>{dash.this_pc}</strong> <span class="muted">(this PC)</span>
             </td>
-            <td class="muted address" title={dash.folder?.source ?? ""}>
-              {dash.folder?.source ?? "no folder picked"}
+            <td class="muted address" title={dash.folders.map((f) => f.form.source).join("\n")}>
+              {dash.folders.length ? dash.folders.map((f) => f.form.source).join(", ") : "no folder picked"}
             </td>
             <td>
               <span class="role source">source</span>
@@ -56,7 +56,7 @@ export function ServerList({ dash, backend, run }: { dash: Dashboard; backend: B
               server={s}
               others={dash.servers.filter((o) => o.name !== s.name)}
               thisPc={dash.this_pc}
-              thisPcNewest={dash.this_pc_newest}
+              thisPcNewest={s.this_pc_newest}
               backend={backend}
               run={run}
             />

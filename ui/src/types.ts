@@ -4,18 +4,16 @@ export type Overall = "idle" | "in_sync" | "syncing" | "paused" | "error";
 
 export interface Dashboard {
   this_pc: string;
-  this_pc_newest: number | null;
   config_path: string;
   overall: Overall;
   summary: string;
   servers: ServerView[];
-  folder: FolderView | null;
+  /** Every folder this PC mirrors, in the configuration's order. */
+  folders: FolderView[];
   guard: GuardView;
   resources: ResourcesView | null;
   paused: PauseView | null;
   running: boolean;
-  mass_delete: string | null;
-  interval_warning: string | null;
   activity: ActivityView[];
 }
 
@@ -24,6 +22,8 @@ export interface ServerView {
   url: string;
   fingerprint: string | null;
   role: "target" | "spare";
+  /** The folder of this PC it receives, if it does. */
+  folder: string | null;
   online: boolean | null;
   remote_name: string | null;
   state: string;
@@ -39,6 +39,8 @@ export interface ServerView {
   fed_by: string | null;
   remote_files: number | null;
   newest_change: number | null;
+  /** The newest change in this PC's folder that it receives. */
+  this_pc_newest: number | null;
   pushes: string[];
 }
 
@@ -53,7 +55,18 @@ export interface ProgressView {
 
 export type Mode = "manual" | "watch" | "every";
 
+/** A folder this PC mirrors: its settings and how its mirror stands. */
 export interface FolderView {
+  form: FolderForm;
+  state: Overall;
+  pushing: boolean;
+  problem: string | null;
+  mass_delete: string | null;
+  interval_warning: string | null;
+}
+
+/** A folder's settings; also what the dashboard sends back to change them. */
+export interface FolderForm {
   source: string;
   preset: string | null;
   exclude: string[];

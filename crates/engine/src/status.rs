@@ -15,6 +15,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Status {
     pub pid: u32,
+    /// Which of the process's mirrors this is (a process mirrors each configured folder).
+    #[serde(default)]
+    pub slot: u32,
     pub source: String,
     /// `once`, `watch` or `every 5m`.
     pub mode: String,
@@ -25,12 +28,65 @@ pub struct Status {
     pub updated: f64,
 }
 
+/// Where a target stands.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TargetState {
+    /// Nothing is known yet (the first scan has not reached it).
+    #[default]
+    #[serde(rename = "waiting")]
+    Waiting,
+    /// Receiving what it lacks.
+    #[serde(rename = "syncing")]
+    Syncing,
+    /// Holds the source's newest scan, but blocks of a grown file were taken on trust; in
+    /// sync once the source has read them again.
+    #[serde(rename = "verifying")]
+    Verifying,
+    /// Verified identical to the source.
+    #[serde(rename = "in sync")]
+    InSync,
+    /// Held by the resource guard.
+    #[serde(rename = "paused")]
+    Paused,
+    /// Unreachable or refusing, with continuous mirroring (retried).
+    #[serde(rename = "offline")]
+    Offline,
+    /// A one-off push to it failed.
+    #[serde(rename = "error")]
+    Error,
+}
+
+impl TargetState {
+    /// The words `rainmaker status` and the dashboard show.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TargetState::Waiting => "waiting",
+            TargetState::Syncing => "syncing",
+            TargetState::Verifying => "verifying",
+            TargetState::InSync => "in sync",
+            TargetState::Paused => "paused",
+            TargetState::Offline => "offline",
+            TargetState::Error => "error",
+        }
+    }
+
+    /// Failing: unreachable, refusing, or not identical after every pass.
+    pub fn failing(self) -> bool {
+        matches!(self, TargetState::Offline | TargetState::Error)
+    }
+}
+
+impl std::fmt::Display for TargetState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
 /// One target of a running push.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TargetStatus {
     pub url: String,
-    /// `in sync`, `verifying`, `syncing`, `paused`, `offline`, `error` or `waiting`.
-    pub state: String,
+    pub state: TargetState,
     /// The last error or offline reason.
     pub reason: Option<String>,
     /// Since when the target has lacked a change of the source (Unix seconds), if it does.
@@ -64,10 +120,12 @@ pub struct Board {
 }
 
 impl Board {
-    pub fn new(pid: u32, source: &str, mode: &str, targets: &[String]) -> Board {
+    /// The board of a process's mirror number `slot` (the process's first is 0).
+    pub fn new(pid: u32, slot: u32, source: &str, mode: &str, targets: &[String]) -> Board {
         Board {
             status: Status {
                 pid,
+                slot,
                 source: source.to_string(),
                 mode: mode.to_string(),
                 paused: None,
@@ -75,7 +133,7 @@ impl Board {
                     .iter()
                     .map(|url| TargetStatus {
                         url: url.clone(),
-                        state: "waiting".into(),
+                        state: TargetState::Waiting,
                         ..TargetStatus::default()
                     })
                     .collect(),
@@ -111,7 +169,11 @@ impl Board {
                 let Some(t) = self.target(target) else {
                     return false;
                 };
-                t.state = if paused { "paused" } else { "syncing" }.into();
+                t.state = if paused {
+                    TargetState::Paused
+                } else {
+                    TargetState::Syncing
+                };
                 t.bytes_pending = *bytes;
             }
             Event::Progress {
@@ -129,7 +191,7 @@ impl Board {
                 let Some(t) = self.target(target) else {
                     return false;
                 };
-                t.state = "in sync".into();
+                t.state = TargetState::InSync;
                 t.reason = None;
                 t.behind_since = None;
                 t.last_sync = Some(at);
@@ -140,7 +202,7 @@ impl Board {
                     return false;
                 };
                 // The data is there; only the proof of what was not re-read is missing.
-                t.state = "verifying".into();
+                t.state = TargetState::Verifying;
                 t.reason = None;
                 t.behind_since = None;
                 t.bytes_pending = 0;
@@ -150,7 +212,11 @@ impl Board {
                 let Some(t) = self.target(target) else {
                     return false;
                 };
-                t.state = if continuous { "offline" } else { "error" }.into();
+                t.state = if continuous {
+                    TargetState::Offline
+                } else {
+                    TargetState::Error
+                };
                 t.reason = Some(reason.clone());
             }
             Event::FileFailed { target, reason, .. } => {
@@ -162,21 +228,20 @@ impl Board {
             Event::Paused { reason } => {
                 self.status.paused = Some(reason.clone());
                 for t in &mut self.status.targets {
-                    if t.state != "offline" {
-                        t.state = "paused".into();
+                    if t.state != TargetState::Offline {
+                        t.state = TargetState::Paused;
                     }
                 }
             }
             Event::Resumed { .. } => {
                 self.status.paused = None;
                 for t in &mut self.status.targets {
-                    if t.state == "paused" {
+                    if t.state == TargetState::Paused {
                         t.state = if t.behind_since.is_some() {
-                            "syncing"
+                            TargetState::Syncing
                         } else {
-                            "in sync"
-                        }
-                        .into();
+                            TargetState::InSync
+                        };
                     }
                 }
             }
@@ -194,8 +259,9 @@ pub fn running_dir(data_dir: &Path) -> PathBuf {
 /// Writes a status file atomically (a reader never sees half of it).
 pub fn write(dir: &Path, status: &Status) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
-    let path = dir.join(format!("{}.json", status.pid));
-    let temp = dir.join(format!(".{}.json.tmp", status.pid));
+    let name = file_name(status.pid, status.slot);
+    let path = dir.join(&name);
+    let temp = dir.join(format!(".{name}.tmp"));
     std::fs::write(
         &temp,
         serde_json::to_vec_pretty(status).map_err(std::io::Error::other)?,
@@ -204,8 +270,13 @@ pub fn write(dir: &Path, status: &Status) -> std::io::Result<()> {
 }
 
 /// Removes a push's status file (when it stops).
-pub fn remove(dir: &Path, pid: u32) {
-    let _ = std::fs::remove_file(dir.join(format!("{pid}.json")));
+pub fn remove(dir: &Path, status: &Status) {
+    let _ = std::fs::remove_file(dir.join(file_name(status.pid, status.slot)));
+}
+
+/// The status file of mirror `slot` of process `pid`.
+fn file_name(pid: u32, slot: u32) -> String {
+    format!("{pid}-{slot}.json")
 }
 
 /// The statuses of the pushes that are running; files of processes that are gone are removed.
@@ -234,7 +305,7 @@ pub fn read_running(dir: &Path) -> Vec<Status> {
             let _ = std::fs::remove_file(&path);
         }
     }
-    out.sort_by_key(|s| s.pid);
+    out.sort_by_key(|s| (s.pid, s.slot));
     out
 }
 
@@ -253,7 +324,7 @@ mod tests {
 
     #[test]
     fn lag_runs_from_the_first_unsynced_change_until_in_sync() {
-        let mut board = Board::new(1, "/src", "watch", &["wss://a".into(), "wss://b".into()]);
+        let mut board = Board::new(1, 0, "/src", "watch", &["wss://a".into(), "wss://b".into()]);
         board.apply(&scanned("d1"), 100.0);
         board.apply(
             &Event::InSync {
@@ -274,7 +345,7 @@ mod tests {
         let (a, b) = (&status.targets[0], &status.targets[1]);
         assert_eq!(Status::lag(a, 115.0), 5.0, "a lacks the change made at 110");
         assert_eq!(Status::lag(b, 115.0), 15.0, "b never had the first scan");
-        assert_eq!(b.state, "offline");
+        assert_eq!(b.state, TargetState::Offline);
         assert_eq!(a.last_sync, Some(100.5));
         assert!(
             !board.clone().apply(&scanned("d2"), 111.0),
@@ -284,7 +355,7 @@ mod tests {
 
     #[test]
     fn a_pause_shows_on_every_target_with_its_reason_and_lifts() {
-        let mut board = Board::new(1, "/src", "every 5m", &["wss://a".into()]);
+        let mut board = Board::new(1, 0, "/src", "every 5m", &["wss://a".into()]);
         board.apply(
             &Event::InSync {
                 target: "wss://a".into(),
@@ -297,7 +368,7 @@ mod tests {
             },
             2.0,
         );
-        assert_eq!(board.status().targets[0].state, "paused");
+        assert_eq!(board.status().targets[0].state, TargetState::Paused);
         assert_eq!(
             board.status().paused.as_deref(),
             Some("CPU 93% above 85% for 10 s")
@@ -308,12 +379,12 @@ mod tests {
             },
             20.0,
         );
-        assert_eq!(board.status().targets[0].state, "in sync");
+        assert_eq!(board.status().targets[0].state, TargetState::InSync);
     }
 
     #[test]
     fn progress_counts_down_the_pending_bytes() {
-        let mut board = Board::new(1, "/src", "once", &["wss://a".into()]);
+        let mut board = Board::new(1, 0, "/src", "once", &["wss://a".into()]);
         board.apply(
             &Event::Planned {
                 target: "wss://a".into(),
@@ -333,13 +404,13 @@ mod tests {
             1.5,
         );
         assert_eq!(board.status().targets[0].bytes_pending, 400);
-        assert_eq!(board.status().targets[0].state, "syncing");
+        assert_eq!(board.status().targets[0].state, TargetState::Syncing);
     }
 
     #[test]
     fn status_files_of_dead_processes_are_dropped() {
         let dir = tempfile::tempdir().unwrap();
-        let mut alive = Board::new(std::process::id(), "/src", "watch", &[])
+        let mut alive = Board::new(std::process::id(), 0, "/src", "watch", &[])
             .status()
             .clone();
         alive.updated = 1.0;
@@ -349,7 +420,18 @@ mod tests {
             ..alive.clone()
         };
         write(dir.path(), &dead).unwrap();
-        assert_eq!(read_running(dir.path()), vec![alive]);
-        assert!(!dir.path().join(format!("{}.json", u32::MAX - 1)).exists());
+        assert_eq!(read_running(dir.path()), vec![alive.clone()]);
+        assert!(!dir.path().join(file_name(u32::MAX - 1, 0)).exists());
+        let second = Status {
+            slot: 1,
+            source: "/other".into(),
+            ..alive.clone()
+        };
+        write(dir.path(), &second).unwrap();
+        assert_eq!(
+            read_running(dir.path()),
+            vec![alive, second],
+            "two folders of one process keep a status each"
+        );
     }
 }

@@ -13,7 +13,11 @@
 //! [`crate::schedule::DEFAULT_INTERVAL`]).
 
 use crate::config::{self, Mode};
-use crate::engine::{Compress, PushOptions, STALL_TIMEOUT, Schedule, TargetSpec};
+use crate::engine::{
+    Compress, EngineError, PushOptions, STALL_TIMEOUT, Schedule, TargetSpec, push_continuous,
+    push_once,
+};
+use crate::event::{Event, PushReport};
 use crate::exclude::{Exclude, ExcludeError};
 use crate::guard::{Gate, Thresholds};
 use crate::transport::Trust;
@@ -21,6 +25,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
 
 /// Passes over a target before one that is still not identical is reported failed.
 pub const PASSES: u32 = 3;
@@ -195,6 +201,35 @@ impl Mirror {
             sync_now,
         })
     }
+
+    /// Runs the mirror as its mode says: one push for a folder mirrored only when asked, else
+    /// continuously or on its interval until `cancel` (see [`Mirror::schedule`] for `guard`
+    /// and `sync_now`). Every shell runs a mirror through here.
+    pub async fn run(
+        &self,
+        guard: Option<Thresholds>,
+        sync_now: Option<Arc<tokio::sync::Notify>>,
+        events: &broadcast::Sender<Event>,
+        cancel: &CancellationToken,
+    ) -> Result<Ended, EngineError> {
+        match self.schedule(guard, sync_now) {
+            Some(schedule) => push_continuous(&self.options, &schedule, events, cancel)
+                .await
+                .map(|()| Ended::Stopped),
+            None => push_once(&self.options, events, cancel)
+                .await
+                .map(Ended::Pushed),
+        }
+    }
+}
+
+/// How a mirror's run ended.
+#[derive(Debug, Clone)]
+pub enum Ended {
+    /// A one-off push finished (or was stopped): what it did.
+    Pushed(PushReport),
+    /// Continuous or scheduled mirroring stopped when asked.
+    Stopped,
 }
 
 #[cfg(test)]

@@ -1,0 +1,325 @@
+//! The dashboard's snapshot: the supervisor's status of every folder and target, the servers
+//! with what their online checks found, the tray icon's state and tooltip.
+
+use super::Runner;
+use crate::view::{Dashboard, FolderForm, FolderView, GuardView, PauseView, ServerView};
+use rainmaker_engine::app::supervisor::{FolderNow, Pause, TargetNow};
+use rainmaker_engine::config::{Config, Folder, Mode};
+use rainmaker_engine::schedule::interval_warning;
+use rainmaker_engine::status::{self, TargetState};
+use std::path::PathBuf;
+
+impl Runner {
+    /// Everything the dashboard shows, now.
+    pub fn dashboard(&self) -> Dashboard {
+        let now = status::now();
+        // The supervisor first: its lock is never taken while holding the runner's.
+        let mirrors = self.supervisor.status(now);
+        let paused = self.supervisor.paused().map(|p| match p {
+            Pause::ByUser => PauseView {
+                by: "you".into(),
+                reason: "Paused from the dashboard or the tray menu".into(),
+            },
+            Pause::ByGuard(reason) => PauseView {
+                by: "guard".into(),
+                reason,
+            },
+        });
+        let inner = self.lock();
+        let config = &inner.config;
+        // Each target's state in the folder that mirrors to it.
+        let target_of = |url: &str| {
+            mirrors.iter().find_map(|m| {
+                m.targets
+                    .iter()
+                    .find(|t| t.url == url)
+                    .map(|t| (&m.source, t))
+            })
+        };
+        let servers: Vec<ServerView> = config
+            .servers
+            .iter()
+            .map(|server| {
+                let online = inner.online.get(&server.name);
+                let remote = online.and_then(|o| o.status.as_ref());
+                let target: Option<(&PathBuf, &TargetNow)> = target_of(&server.url);
+                let progress = target.and_then(|(_, t)| t.progress.clone()).or_else(|| {
+                    inner
+                        .remote_targets
+                        .contains(&server.url)
+                        .then(|| inner.remote_progress.get(&server.url).cloned())
+                        .flatten()
+                });
+                ServerView {
+                    name: server.name.clone(),
+                    url: server.url.clone(),
+                    fingerprint: server.fingerprint.clone(),
+                    role: if target.is_some() { "target" } else { "spare" }.into(),
+                    folder: target.map(|(source, _)| source.display().to_string()),
+                    online: online.map(|o| o.ok),
+                    remote_name: online.and_then(|o| o.remote_name.clone()),
+                    state: target.map_or("idle", |(_, t)| t.state.as_str()).into(),
+                    reason: target
+                        .and_then(|(_, t)| t.reason.clone())
+                        .or_else(|| online.and_then(|o| o.reason.clone())),
+                    last_sync: target.and_then(|(_, t)| t.last_sync),
+                    lag_seconds: target.map_or(0.0, |(_, t)| t.lag_seconds),
+                    progress,
+                    admin: server.admin_token_file.is_some(),
+                    remote_role: remote.map(|s| s.role),
+                    fed_by: remote
+                        .and_then(|s| s.last_source.as_ref())
+                        .map(|(who, _)| who.clone()),
+                    remote_files: remote.map(|s| s.files),
+                    newest_change: remote.map(|s| s.newest_mtime_ns as f64 / 1e9),
+                    this_pc_newest: target
+                        .and_then(|(source, _)| inner.local_newest.get(source).copied())
+                        .or_else(|| {
+                            // A spare: the only folder, if there is one.
+                            (inner.local_newest.len() == 1)
+                                .then(|| inner.local_newest.values().next().copied())
+                                .flatten()
+                        }),
+                    pushes: remote
+                        .map(|s| {
+                            s.jobs
+                                .iter()
+                                .map(|j| {
+                                    format!(
+                                        "push {} to {}: {}",
+                                        j.id,
+                                        j.targets.join(", "),
+                                        j.state
+                                    )
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                }
+            })
+            .collect();
+        let folders: Vec<FolderView> = config
+            .folders
+            .iter()
+            .map(|folder| {
+                let mirror = mirrors.iter().find(|m| m.source == folder.source);
+                self.folder_view(folder, mirror, &servers, paused.is_some())
+            })
+            .collect();
+        let running = mirrors.iter().any(|m| m.pushing)
+            || servers
+                .iter()
+                .any(|s| s.state == TargetState::Syncing.as_str());
+        let configured = config.folders.iter().any(|f| !f.targets.is_empty());
+        let problem = folders.iter().any(|f| f.problem.is_some());
+        let overall = overall(&servers, paused.is_some(), running, configured, problem);
+        let summary = summary(&overall, &servers, paused.as_ref());
+        Dashboard {
+            this_pc: self.this_pc.clone(),
+            config_path: self.config_path.display().to_string(),
+            overall,
+            summary,
+            servers,
+            folders,
+            guard: guard_view(config),
+            resources: inner.resources.clone(),
+            paused,
+            running,
+            activity: inner.activity.iter().cloned().collect(),
+        }
+    }
+
+    fn folder_view(
+        &self,
+        folder: &Folder,
+        mirror: Option<&FolderNow>,
+        servers: &[ServerView],
+        paused: bool,
+    ) -> FolderView {
+        let form = folder_form(folder, |url| {
+            servers
+                .iter()
+                .find(|s| s.url == url)
+                .map(|s| s.name.clone())
+        });
+        let mine: Vec<ServerView> = servers
+            .iter()
+            .filter(|s| form.targets.contains(&s.name))
+            .cloned()
+            .collect();
+        let pushing = mirror.is_some_and(|m| m.pushing);
+        let running = pushing || mine.iter().any(|s| s.state == "syncing");
+        let problem = mirror.and_then(|m| m.problem.clone());
+        let name_of = |url: &str| {
+            servers
+                .iter()
+                .find(|s| s.url == url)
+                .map_or(url.to_owned(), |s| s.name.clone())
+        };
+        FolderView {
+            state: overall(
+                &mine,
+                paused,
+                running,
+                !folder.targets.is_empty(),
+                problem.is_some(),
+            ),
+            pushing,
+            problem,
+            mass_delete: mirror
+                .and_then(|m| m.mass_delete.as_ref())
+                .map(|m| format!("{}: {}", name_of(&m.target), m.reason)),
+            interval_warning: match folder.mode {
+                Mode::Every(every) => interval_warning(every, self.total_memory, &[]),
+                _ => None,
+            },
+            form,
+        }
+    }
+}
+
+/// A folder's settings as the form shows them (targets by server name).
+pub(super) fn folder_form(folder: &Folder, name_of: impl Fn(&str) -> Option<String>) -> FolderForm {
+    FolderForm {
+        source: folder.source.display().to_string(),
+        preset: folder.preset.clone(),
+        exclude: folder.exclude.clone(),
+        targets: folder
+            .targets
+            .iter()
+            .filter_map(|t| t.name.clone().or_else(|| name_of(&t.url)))
+            .collect(),
+        mode: match folder.mode {
+            Mode::Manual => "manual",
+            Mode::Watch => "watch",
+            Mode::Every(_) => "every",
+        }
+        .into(),
+        every_minutes: match folder.mode {
+            Mode::Every(every) => Some(every.as_secs_f64() / 60.0),
+            _ => None,
+        },
+        bwlimit_mbit: folder.bwlimit.map(|rate| rate * 8.0 / 1e6),
+    }
+}
+
+pub(super) fn guard_view(config: &Config) -> GuardView {
+    let g = &config.guard;
+    GuardView {
+        cpu_above: g.pause_cpu_above,
+        cpu_for_seconds: g.pause_cpu_for.as_secs_f64(),
+        memory_below_mb: g.pause_memory_below.map(|b| b >> 20),
+        net_above_mbit: g.pause_net_above.map(|rate| rate * 8.0 / 1e6),
+        resume_after_seconds: g.resume_after.as_secs_f64(),
+    }
+}
+
+fn failing(s: &ServerView) -> bool {
+    s.state == TargetState::Offline.as_str() || s.state == TargetState::Error.as_str()
+}
+
+/// The tray icon's state (and a folder's), from its targets.
+fn overall(
+    servers: &[ServerView],
+    paused: bool,
+    running: bool,
+    configured: bool,
+    problem: bool,
+) -> String {
+    let targets: Vec<&ServerView> = servers.iter().filter(|s| s.role == "target").collect();
+    if paused {
+        "paused"
+    } else if problem || targets.iter().any(|s| failing(s)) {
+        "error"
+    } else if running {
+        "syncing"
+    } else if configured
+        && !targets.is_empty()
+        && targets
+            .iter()
+            .all(|s| s.state == TargetState::InSync.as_str())
+    {
+        "in_sync"
+    } else {
+        "idle"
+    }
+    .into()
+}
+
+fn summary(overall: &str, servers: &[ServerView], paused: Option<&PauseView>) -> String {
+    let targets: Vec<&ServerView> = servers.iter().filter(|s| s.role == "target").collect();
+    let in_sync = targets
+        .iter()
+        .filter(|s| s.state == TargetState::InSync.as_str())
+        .count();
+    match overall {
+        "paused" => format!(
+            "RainMaker: paused — {}",
+            paused.map_or("", |p| p.reason.as_str())
+        ),
+        "error" => {
+            let bad: Vec<&str> = targets
+                .iter()
+                .filter(|s| failing(s))
+                .map(|s| s.name.as_str())
+                .collect();
+            if bad.is_empty() {
+                "RainMaker: a folder cannot be mirrored as set".into()
+            } else {
+                format!("RainMaker: {} not in sync", bad.join(", "))
+            }
+        }
+        "syncing" => format!(
+            "RainMaker: syncing ({in_sync} of {} in sync)",
+            targets.len()
+        ),
+        "in_sync" if targets.len() == 1 => format!("RainMaker: {} is in sync", targets[0].name),
+        "in_sync" => format!("RainMaker: all {} targets in sync", targets.len()),
+        _ if targets.is_empty() => "RainMaker: pick a folder and targets".into(),
+        _ => format!("RainMaker: {in_sync} of {} targets in sync", targets.len()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tray_state_and_tooltip_follow_the_targets() {
+        let view = |name: &str, state: &str| ServerView {
+            name: name.into(),
+            role: "target".into(),
+            state: state.into(),
+            ..ServerView::default()
+        };
+        let servers = [view("a", "in sync"), view("b", "in sync")];
+        assert_eq!(overall(&servers, false, false, true, false), "in_sync");
+        assert_eq!(
+            summary("in_sync", &servers, None),
+            "RainMaker: all 2 targets in sync"
+        );
+        let servers = [view("a", "in sync"), view("b", "offline")];
+        assert_eq!(
+            overall(&servers, false, true, true, false),
+            "error",
+            "an offline target outranks syncing"
+        );
+        assert_eq!(summary("error", &servers, None), "RainMaker: b not in sync");
+        let pause = PauseView {
+            by: "guard".into(),
+            reason: "CPU 93% above 85% for 10 s".into(),
+        };
+        assert_eq!(overall(&servers, true, true, true, false), "paused");
+        assert_eq!(
+            summary("paused", &servers, Some(&pause)),
+            "RainMaker: paused — CPU 93% above 85% for 10 s"
+        );
+        assert_eq!(overall(&[], false, false, false, false), "idle");
+        let fine = [view("a", "in sync")];
+        assert_eq!(
+            overall(&fine, false, false, true, true),
+            "error",
+            "a folder that cannot be mirrored is not in sync"
+        );
+    }
+}

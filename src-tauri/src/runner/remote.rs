@@ -1,0 +1,292 @@
+//! What this PC commands servers to do, with their admin tokens: push their folder to
+//! others (and follow the push), become the source of their folder or a target again, and
+//! send this PC's folder back to it (failback), received by an agent started here for it.
+
+use super::Runner;
+use crate::error::{UiCode, UiError};
+use crate::settings;
+use rainmaker_engine::engine::{self, Remote, ServeOptions};
+use rainmaker_engine::event::Event;
+use rainmaker_engine::protocol::{JobState, JobStatus, RemoteTarget};
+use rainmaker_engine::transport::ConnectOptions;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+impl Runner {
+    /// A control connection to a server whose admin token this PC holds.
+    async fn control(&self, name: &str) -> Result<Remote, UiError> {
+        let server = self
+            .lock()
+            .config
+            .servers
+            .iter()
+            .find(|s| s.name == name)
+            .cloned()
+            .ok_or_else(|| UiError::bad_input(format!("There is no server named {name:?}.")))?;
+        let Some(admin) = &server.admin_token_file else {
+            return Err(UiError::bad_input(format!(
+                "{name} was added without its admin token, so this PC cannot command it. Remove it and add it again with the admin token."
+            )));
+        };
+        let spec = self.spec_of(&server)?;
+        Ok(Remote::connect(&ConnectOptions {
+            token: settings::read_token(admin)?,
+            ..self.connect_options(&spec)
+        })
+        .await?)
+    }
+
+    /// Tells server `from` to push its folder to servers `to`, and follows the push.
+    pub async fn remote_push(self: &Arc<Self>, from: &str, to: &[String]) -> Result<(), UiError> {
+        if to.is_empty() {
+            return Err(UiError::bad_input("Pick at least one server to push to."));
+        }
+        if to.iter().any(|t| t == from) {
+            return Err(UiError::bad_input(format!("{from} cannot push to itself.")));
+        }
+        let servers = self.lock().config.servers.clone();
+        let mut targets = Vec::new();
+        for name in to {
+            let server = servers
+                .iter()
+                .find(|s| &s.name == name)
+                .ok_or_else(|| UiError::bad_input(format!("There is no server named {name:?}.")))?;
+            targets.push(RemoteTarget {
+                url: server.url.clone(),
+                token: settings::read_token(&server.token_file)?,
+                fingerprint: server.fingerprint.clone(),
+            });
+        }
+        self.start_remote_push(from, targets, &to.join(", "), None)
+            .await
+    }
+
+    /// Starts a push from server `from` to `targets` and follows it; `then` is cancelled when
+    /// it ends.
+    async fn start_remote_push(
+        self: &Arc<Self>,
+        from: &str,
+        targets: Vec<RemoteTarget>,
+        to: &str,
+        then: Option<CancellationToken>,
+    ) -> Result<(), UiError> {
+        let urls: Vec<String> = targets.iter().map(|t| t.url.clone()).collect();
+        let mut control = self.control(from).await?;
+        control.subscribe().await?;
+        let job = control.push(targets, false).await?;
+        self.lock().remote_targets.extend(urls.iter().cloned());
+        self.log(
+            "info",
+            format!("{from} is pushing its folder to {to} (push {job})"),
+        );
+        let (runner, from) = (self.clone(), from.to_owned());
+        self.rt.spawn(async move {
+            let ended = runner.follow(&mut control, job).await;
+            control.close().await;
+            if let Some(then) = then {
+                then.cancel();
+            }
+            {
+                let mut inner = runner.lock();
+                for url in &urls {
+                    inner.remote_targets.remove(url);
+                }
+            }
+            match ended {
+                Ok(ended) if ended.state == JobState::Done => runner.log(
+                    "info",
+                    format!("{from} finished its push: every target is in sync"),
+                ),
+                Ok(ended) => runner.log(
+                    "error",
+                    format!(
+                        "{from}'s push {job} ended: {}{}",
+                        ended.state,
+                        ended.error.map_or(String::new(), |e| format!(": {e}"))
+                    ),
+                ),
+                Err(e) => runner.log("error", format!("{from}'s push {job}: {}", e.message)),
+            }
+            runner.probe_all().await;
+        });
+        Ok(())
+    }
+
+    /// Follows a remote push's events until it ends; returns how it ended.
+    async fn follow(&self, control: &mut Remote, job: u64) -> Result<JobStatus, UiError> {
+        Ok(control
+            .follow(job, |event| self.on_remote_event(&event))
+            .await?)
+    }
+
+    /// A remote push's event as this PC follows it: its transfer's progress, then the log.
+    fn on_remote_event(&self, event: &Event) {
+        if self.lock().remote_progress.apply(event, Instant::now()) {
+            self.touch();
+        }
+        self.on_event(event);
+    }
+
+    /// Failback: this PC receives its folder back from server `from` (the source since a
+    /// failover). Local pushes pause; an agent serves the folder on `address` (HOST:PORT, as
+    /// the server reaches this PC, and only there) with a one-time token that opens sessions
+    /// for [`FAILBACK_TOKEN_LIFETIME`] and ends with the push; what it replaces goes to the
+    /// folder's trash.
+    pub async fn receive_from(self: &Arc<Self>, from: &str, address: &str) -> Result<(), UiError> {
+        let source = self.folder_of(from).ok_or_else(|| {
+            UiError::bad_input(format!(
+                "Pick this PC's folder that {from} holds first (a folder mirrored to it): it is what receives."
+            ))
+        })?;
+        let (listen, url) = failback_address(from, address)?;
+        if let Some(other) = &self.lock().receiving_from {
+            return Err(UiError::new(
+                UiCode::Busy,
+                format!("This PC is already receiving a folder back from {other}."),
+            ));
+        }
+        let token = hex_token();
+        let server = engine::Server::bind(ServeOptions {
+            root: source.clone(),
+            listen,
+            token: token.clone(),
+            admin_token: None,
+            insecure: false,
+            name: self.this_pc.clone(),
+            trash_retention: Some(rainmaker_engine::trash::DEFAULT_RETENTION),
+            push_to: None,
+        })
+        .await
+        .map_err(|e| {
+            UiError::bad_input(format!(
+                "{e}. Give an address of this PC's own network connection as {from} reaches \
+                 it (behind a router, this PC's LAN address with the port forwarded to it)."
+            ))
+        })?
+        .expire_token_after(FAILBACK_TOKEN_LIFETIME);
+        let fingerprint = server.fingerprint().map(str::to_owned);
+        let stop = self.shutdown.child_token();
+        // A push now would send a half-restored folder, with its deletions, to the others.
+        self.supervisor.hold(Some(format!(
+            "This PC is receiving {} back from {from}; syncing from it can start when that has finished.",
+            source.display()
+        )));
+        self.supervisor.pause();
+        self.lock().receiving_from = Some(from.to_owned());
+        self.rt.spawn(server.run(stop.clone()));
+        let (runner, done) = (self.clone(), stop.clone());
+        self.rt.spawn(async move {
+            done.cancelled().await;
+            runner.lock().receiving_from = None;
+            runner.supervisor.hold(None);
+            runner.log(
+                "info",
+                "This PC has stopped receiving; press Resume to mirror from it again".into(),
+            );
+        });
+        let target = RemoteTarget {
+            url,
+            token,
+            fingerprint,
+        };
+        let started = self
+            .start_remote_push(
+                from,
+                vec![target],
+                &format!("{} (this PC)", self.this_pc),
+                Some(stop.clone()),
+            )
+            .await;
+        if started.is_err() {
+            stop.cancel();
+        }
+        started
+    }
+
+    /// Makes a server the source of its folder (failover) or a target again (failback).
+    pub async fn set_role(
+        self: &Arc<Self>,
+        name: &str,
+        source: bool,
+        force: bool,
+    ) -> Result<(), UiError> {
+        let mut control = self.control(name).await?;
+        let done = if source {
+            control.promote(force).await
+        } else {
+            control.demote().await
+        };
+        control.close().await;
+        done?;
+        self.log(
+            "warn",
+            if source {
+                format!("{name} is now the source of its folder; it no longer receives mirrors")
+            } else {
+                format!("{name} receives mirrors again")
+            },
+        );
+        self.probe_all().await;
+        Ok(())
+    }
+}
+
+/// A one-time pairing token.
+fn hex_token() -> String {
+    use rand::RngCore;
+    let mut bytes = [0u8; 24];
+    rand::rng().fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// How long the failback receiver's one-time token opens sessions: the push it was made for
+/// starts at once; a session already open goes on to its end.
+pub const FAILBACK_TOKEN_LIFETIME: Duration = Duration::from_secs(10 * 60);
+
+/// Where the failback receiver listens and the address `from` pushes to, from the HOST:PORT
+/// the user gave: the listener binds that address only, never every interface.
+fn failback_address(from: &str, address: &str) -> Result<(String, String), UiError> {
+    let (host, port) = address
+        .trim()
+        .rsplit_once(':')
+        .and_then(|(h, p)| Some((h.trim_matches(['[', ']']).to_owned(), p.parse::<u16>().ok()?)))
+        .filter(|(h, _)| !h.is_empty())
+        .ok_or_else(|| {
+            UiError::bad_input(format!(
+                "{address:?} is not HOST:PORT; give this PC's address as {from} reaches it, e.g. 192.168.1.20:7878"
+            ))
+        })?;
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host
+    };
+    Ok((format!("{host}:{port}"), format!("wss://{host}:{port}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_failback_receiver_listens_only_on_the_address_given() {
+        for (given, listen, url) in [
+            (
+                "192.168.1.20:7878",
+                "192.168.1.20:7878",
+                "wss://192.168.1.20:7878",
+            ),
+            ("[fd00::5]:7878", "[fd00::5]:7878", "wss://[fd00::5]:7878"),
+            ("127.0.0.1:9000", "127.0.0.1:9000", "wss://127.0.0.1:9000"),
+            ("home-pc:7878", "home-pc:7878", "wss://home-pc:7878"),
+        ] {
+            assert_eq!(
+                failback_address("cloud-a", given).unwrap(),
+                (listen.to_owned(), url.to_owned()),
+                "{given}: never every interface"
+            );
+        }
+        assert!(failback_address("cloud-a", "no-port").is_err());
+    }
+}
