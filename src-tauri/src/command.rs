@@ -3,7 +3,7 @@
 
 use crate::error::{UiCode, UiError};
 use crate::runner::Runner;
-use crate::view::{Dashboard, FolderForm, GuardView};
+use crate::view::{Dashboard, FolderForm, GuardView, PushAction};
 use rainmaker_engine::preset::PRESETS;
 use serde::Serialize;
 use std::sync::Arc;
@@ -106,6 +106,17 @@ pub async fn set_role(
     force: bool,
 ) -> Result<(), UiError> {
     runner.set_role(&name, source, force).await
+}
+
+/// Pauses, resumes or stops push `job` of server `name`.
+#[tauri::command]
+pub async fn control_push(
+    runner: Shell<'_>,
+    name: String,
+    job: u64,
+    action: PushAction,
+) -> Result<(), UiError> {
+    runner.control_push(&name, job, action).await
 }
 
 #[tauri::command]

@@ -35,6 +35,7 @@ pub fn commands<R: Runtime>(builder: tauri::Builder<R>) -> tauri::Builder<R> {
         command::peek_server,
         command::add_server,
         command::remote_push,
+        command::control_push,
         command::set_role,
         command::receive_from,
         command::rename_server,

@@ -1,7 +1,7 @@
 //! What the dashboard shows, as plain serde data: one snapshot of everything, sent whole
 //! (it is small) whenever something changed, at most a few times a second.
 
-use rainmaker_engine::protocol::FolderRole;
+use rainmaker_engine::protocol::{FolderRole, JobState};
 use serde::{Deserialize, Serialize};
 
 /// The whole dashboard.
@@ -59,8 +59,27 @@ pub struct ServerView {
     pub newest_change: Option<f64>,
     /// The newest change in this PC's folder that it receives (Unix seconds), to compare.
     pub this_pc_newest: Option<f64>,
-    /// The pushes it runs, in words.
-    pub pushes: Vec<String>,
+    /// The pushes it runs on this PC's command, with their state (admin only).
+    pub pushes: Vec<PushView>,
+}
+
+/// A push a server runs.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PushView {
+    pub id: u64,
+    /// The servers it pushes to (by name where this PC knows them).
+    pub to: Vec<String>,
+    pub state: JobState,
+    pub error: Option<String>,
+}
+
+/// What the dashboard asks of a server's push.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PushAction {
+    Pause,
+    Resume,
+    Stop,
 }
 
 /// A transfer to one target: files and bytes done, the rate and the time left.

@@ -2,6 +2,9 @@
 //! (the engine's, on a loopback port, with TLS) is added, a folder is picked and synced, and
 //! bad input comes back as `{code, message}` with nothing changed.
 
+mod common;
+
+use common::identical;
 use rainmaker_engine::engine::{ServeOptions, Server};
 use rainmaker_tray::runner::Runner;
 use serde_json::{Value, json};
@@ -142,12 +145,6 @@ fn server(dashboard: &Value, name: &str) -> Value {
         .clone()
 }
 
-fn same(a: &Path, b: &Path) -> bool {
-    std::fs::read(a)
-        .ok()
-        .is_some_and(|x| std::fs::read(b).ok() == Some(x))
-}
-
 #[test]
 fn a_server_added_with_its_fingerprint_receives_the_folder_on_sync() {
     let h = harness();
@@ -193,7 +190,7 @@ fn a_server_added_with_its_fingerprint_receives_the_folder_on_sync() {
     });
     for file in ["db/tick/ES.ncd", "workspace.xml"] {
         assert!(
-            same(&h.source.join(file), &h.root.join(file)),
+            identical(&h.source.join(file), &h.root.join(file)),
             "{file} arrived whole"
         );
     }
@@ -368,7 +365,7 @@ fn two_folders_are_mirrored_each_to_its_own_server() {
         let d = call(&h, "dashboard", json!({})).unwrap();
         server(&d, "cloud-2")["state"] == "in sync"
     });
-    assert!(same(
+    assert!(identical(
         &mt5.join("Bases/EURUSD.hcc"),
         &mt5_backup.join("Bases/EURUSD.hcc")
     ));
@@ -387,7 +384,7 @@ fn two_folders_are_mirrored_each_to_its_own_server() {
                 .iter()
                 .all(|f| f["state"] == "in_sync")
     });
-    assert!(same(
+    assert!(identical(
         &h.source.join("workspace.xml"),
         &h.root.join("workspace.xml")
     ));
@@ -463,8 +460,8 @@ fn the_dashboard_makes_one_server_push_to_another_and_promotes_it() {
         "cloud-b holds cloud-a's folder",
         Duration::from_secs(30),
         || {
-            same(&a_root.join("db/ES.ncd"), &b_root.join("db/ES.ncd"))
-                && same(&a_root.join("workspace.xml"), &b_root.join("workspace.xml"))
+            identical(&a_root.join("db/ES.ncd"), &b_root.join("db/ES.ncd"))
+                && identical(&a_root.join("workspace.xml"), &b_root.join("workspace.xml"))
         },
     );
     wait_for("the push is reported done", Duration::from_secs(30), || {
@@ -510,6 +507,83 @@ fn the_dashboard_makes_one_server_push_to_another_and_promotes_it() {
     assert!(
         text.contains("admin_token_file") && !text.contains(ADMIN),
         "{text}"
+    );
+}
+
+#[test]
+fn a_server_s_push_is_paused_resumed_and_stopped_from_the_dashboard() {
+    let h = harness();
+    let dir = h.source.parent().unwrap().to_path_buf();
+    let a_root = dir.join("cloud-a");
+    std::fs::create_dir_all(a_root.join("db")).unwrap();
+    std::fs::write(a_root.join("db/ES.ncd"), vec![9u8; 200_000]).unwrap();
+    let (a_url, a_fp) = agent_with_admin(&a_root, "cloud-a", &h.stop);
+    // A server that is added, then goes silent: it takes connections and never answers, so a
+    // push to it runs (until the handshake's time limit) for the buttons to act on.
+    let silent_stop = h.stop.child_token();
+    let (s_url, s_fp) = agent_with_admin(&dir.join("silent"), "silent", &silent_stop);
+    for (name, url, fp, admin) in [
+        ("cloud-a", &a_url, &a_fp, Some(ADMIN)),
+        ("silent", &s_url, &s_fp, None),
+    ] {
+        call(
+            &h,
+            "add_server",
+            json!({ "name": name, "url": url, "token": TOKEN, "fingerprint": fp, "adminToken": admin }),
+        )
+        .unwrap();
+    }
+    silent_stop.cancel();
+    std::thread::sleep(Duration::from_millis(300));
+    let silent = std::net::TcpListener::bind(&s_url).unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in silent.incoming() {
+            held.push(stream);
+        }
+    });
+
+    call(
+        &h,
+        "remote_push",
+        json!({ "from": "cloud-a", "to": ["silent"] }),
+    )
+    .unwrap();
+    let push = |action: &str| {
+        call(
+            &h,
+            "control_push",
+            json!({ "name": "cloud-a", "job": 1, "action": action }),
+        )
+    };
+    let state = || {
+        let d = call(&h, "dashboard", json!({})).unwrap();
+        server(&d, "cloud-a")["pushes"][0].clone()
+    };
+    push("pause").unwrap();
+    assert_eq!(state()["state"], "paused", "{}", state());
+    assert_eq!(state()["to"], json!(["silent"]));
+    // A push that is still stopping is resumed a moment later.
+    wait_for("the push resumes", Duration::from_secs(10), || {
+        push("resume").is_ok()
+    });
+    assert_eq!(state()["state"], "running", "{}", state());
+    push("stop").unwrap();
+    assert_eq!(state()["state"], "stopped", "{}", state());
+    let e = push("pause").unwrap_err();
+    assert!(
+        e["message"].as_str().unwrap().contains("push 1 is stopped"),
+        "the server's reason reaches the dashboard: {e}"
+    );
+    let e = call(
+        &h,
+        "control_push",
+        json!({ "name": "silent", "job": 1, "action": "stop" }),
+    )
+    .unwrap_err();
+    assert!(
+        e["message"].as_str().unwrap().contains("admin token"),
+        "{e}"
     );
 }
 

@@ -10,85 +10,18 @@
 //! Needs Xvfb, dbus-run-session, WebKitWebDriver and tauri-driver on the PATH (`scripts/test`
 //! installs them).
 
+mod common;
+
+use common::{free_port, identical, spawn_group, wait_port, xvfb};
 use fantoccini::{Client, ClientBuilder, Locator};
 use rainmaker_engine::engine::{ServeOptions, Server};
 use serde_json::json;
-use std::io::{BufRead, BufReader};
-use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 const TOKEN: &str = "e2e-pairing-token";
-
-/// A child process group that is killed when dropped.
-struct Group(Child);
-
-impl Drop for Group {
-    fn drop(&mut self) {
-        let pgid = format!("-{}", self.0.id());
-        let _ = Command::new("kill").args(["-TERM", "--", &pgid]).status();
-        std::thread::sleep(Duration::from_millis(300));
-        let _ = Command::new("kill").args(["-KILL", "--", &pgid]).status();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn_group(command: &mut Command) -> Group {
-    use std::os::unix::process::CommandExt;
-    let program = format!("{:?}", command.get_program());
-    Group(command.process_group(0).spawn().unwrap_or_else(|e| {
-        panic!("cannot start {program}: {e}; run scripts/test, which installs it")
-    }))
-}
-
-/// Starts Xvfb on a free display; returns it and its `:N` name.
-fn xvfb() -> (Group, String) {
-    let mut child = spawn_group(
-        Command::new("Xvfb")
-            .args([
-                "-displayfd",
-                "1",
-                "-screen",
-                "0",
-                "1280x860x24",
-                "-nolisten",
-                "tcp",
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null()),
-    );
-    let mut line = String::new();
-    BufReader::new(child.0.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let display = format!(":{}", line.trim());
-    assert!(
-        line.trim().parse::<u32>().is_ok(),
-        "Xvfb printed no display number: {line:?}"
-    );
-    (child, display)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn wait_port(port: u16, limit: Duration) {
-    let start = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            start.elapsed() < limit,
-            "nothing listens on port {port} after {limit:?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 async fn css(client: &Client, selector: &str) -> fantoccini::elements::Element {
     client
@@ -104,12 +37,6 @@ async fn text_of(client: &Client, selector: &str) -> String {
         Ok(el) => el.text().await.unwrap_or_default(),
         Err(_) => String::new(),
     }
-}
-
-fn identical(a: &Path, b: &Path) -> bool {
-    std::fs::read(a)
-        .ok()
-        .is_some_and(|x| std::fs::read(b).ok() == Some(x))
 }
 
 /// Adds a server through the dashboard's form; returns the fingerprint it showed to confirm.

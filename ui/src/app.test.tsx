@@ -184,6 +184,17 @@ describe("any server to any servers", () => {
     fireEvent.click(q('[data-test="push-start-cloud-a"]'));
     await waitFor(() => expect(q('[data-test="chain-cloud-b"]').textContent).toContain("receives from cloud-a"));
     expect(backend.calls).toContain("push from cloud-a to cloud-b");
+    const push = '[data-test="push-cloud-a-1"]';
+    await waitFor(() => expect(q(`${push} [data-test="push-state"]`).textContent).toBe("running"));
+    fireEvent.click(q(`${push} [data-test="push-pause"]`));
+    await waitFor(() => expect(q(`${push} [data-test="push-state"]`).textContent).toBe("paused"));
+    expect(q(`${push} [data-test="push-pause"]`)).toBeNull();
+    fireEvent.click(q(`${push} [data-test="push-resume"]`));
+    await waitFor(() => expect(q(`${push} [data-test="push-state"]`).textContent).toBe("running"));
+    fireEvent.click(q(`${push} [data-test="push-stop"]`));
+    await waitFor(() => expect(q(`${push} [data-test="push-state"]`).textContent).toBe("stopped"));
+    expect(q(`${push} [data-test="push-stop"]`)).toBeNull();
+    expect(backend.calls).toEqual(expect.arrayContaining(["pause push 1 of cloud-a", "resume push 1 of cloud-a", "stop push 1 of cloud-a"]));
 
     const confirm = vi.spyOn(window, "confirm").mockReturnValue(true);
     backend.update((d) => {

@@ -1,7 +1,7 @@
 // The one module that talks to the tray app. Everything else gets a `Backend`, so the
 // dashboard also runs in a plain browser against the fake one (fake.ts).
 
-import type { Dashboard, FolderForm, GuardView, Preset, UiError } from "./types";
+import type { Dashboard, FolderForm, GuardView, Preset, PushAction, UiError } from "./types";
 
 export interface Backend {
   /** Calls `onUpdate` with the dashboard now and whenever it changes. */
@@ -12,6 +12,8 @@ export interface Backend {
   addServer(name: string, url: string, token: string, fingerprint: string, adminToken?: string): Promise<void>;
   /** Tells server `from` to push its folder to the servers `to`. */
   remotePush(from: string, to: string[]): Promise<void>;
+  /** Pauses, resumes or stops push `job` of server `name`. */
+  controlPush(name: string, job: number, action: PushAction): Promise<void>;
   /** Makes a server the source of its folder (failover), or a target again (failback). */
   setRole(name: string, source: boolean, force: boolean): Promise<void>;
   /** Failback: this PC receives its folder from server `from`; `address` is this PC as it
@@ -70,6 +72,7 @@ export async function tauriBackend(): Promise<Backend> {
     addServer: (name, url, token, fingerprint, adminToken) =>
       call("add_server", { name, url, token, fingerprint, adminToken: adminToken || null }),
     remotePush: (from, to) => call("remote_push", { from, to }),
+    controlPush: (name, job, action) => call("control_push", { name, job, action }),
     setRole: (name, source, force) => call("set_role", { name, source, force }),
     receiveFrom: (from, address) => call("receive_from", { from, address }),
     renameServer: (old, name) => call("rename_server", { old, new: name }),

@@ -193,7 +193,22 @@ export function fakeBackend(initial: Dashboard = emptyDashboard()): FakeBackend 
         fail("bad_input", `${from} was added without its admin token, so this PC cannot command it.`);
       fake.update((d) => {
         d.servers = d.servers.map((s) =>
-          to.includes(s.name) ? { ...s, fed_by: from } : s.name === from ? { ...s, pushes: [`push 1 to ${to.join(", ")}: running`] } : s,
+          to.includes(s.name)
+            ? { ...s, fed_by: from }
+            : s.name === from
+              ? { ...s, pushes: [{ id: 1, to, state: "running" as const, error: null }] }
+              : s,
+        );
+      });
+    },
+    async controlPush(name, job, action) {
+      fake.calls.push(`${action} push ${job} of ${name}`);
+      const push = fake.state.servers.find((s) => s.name === name)?.pushes.find((p) => p.id === job);
+      if (!push) fail("refused", `there is no push ${job} on ${name}`);
+      const next = { pause: "paused", resume: "running", stop: "stopped" } as const;
+      fake.update((d) => {
+        d.servers = d.servers.map((s) =>
+          s.name === name ? { ...s, pushes: s.pushes.map((p) => (p.id === job ? { ...p, state: next[action] } : p)) } : s,
         );
       });
     },

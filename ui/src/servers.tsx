@@ -240,11 +240,29 @@ function ServerRow({
           </td>
         </tr>
       )}
-      {s.pushes.length > 0 && (
-        <tr class="reason-row muted">
-          <td colSpan={8}>{s.pushes.join(" · ")}</td>
+      {s.pushes.map((p) => (
+        <tr class="reason-row muted" key={p.id} data-test={`push-${s.name}-${p.id}`}>
+          <td colSpan={8}>
+            Push {p.id} to {p.to.join(", ")}: <span data-test="push-state">{p.state}</span>
+            {p.error && <span>: {p.error}</span>}
+            {p.state === "running" && (
+              <button class="link" data-test="push-pause" onClick={() => run(() => backend.controlPush(s.name, p.id, "pause"))}>
+                Pause
+              </button>
+            )}
+            {p.state === "paused" && (
+              <button class="link" data-test="push-resume" onClick={() => run(() => backend.controlPush(s.name, p.id, "resume"))}>
+                Resume
+              </button>
+            )}
+            {(p.state === "running" || p.state === "paused") && (
+              <button class="link" data-test="push-stop" onClick={() => run(() => backend.controlPush(s.name, p.id, "stop"))}>
+                Stop
+              </button>
+            )}
+          </td>
         </tr>
-      )}
+      ))}
       {s.progress && (
         <tr class="progress-row">
           <td colSpan={8}>

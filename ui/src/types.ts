@@ -41,8 +41,21 @@ export interface ServerView {
   newest_change: number | null;
   /** The newest change in this PC's folder that it receives. */
   this_pc_newest: number | null;
-  pushes: string[];
+  /** The pushes it runs on this PC's command. */
+  pushes: PushView[];
 }
+
+export type JobState = "running" | "paused" | "done" | "failed" | "stopped";
+
+/** A push a server runs. */
+export interface PushView {
+  id: number;
+  to: string[];
+  state: JobState;
+  error: string | null;
+}
+
+export type PushAction = "pause" | "resume" | "stop";
 
 export interface ProgressView {
   files_done: number;

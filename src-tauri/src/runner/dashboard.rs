@@ -2,7 +2,7 @@
 //! with what their online checks found, the tray icon's state and tooltip.
 
 use super::Runner;
-use crate::view::{Dashboard, FolderForm, FolderView, GuardView, PauseView, ServerView};
+use crate::view::{Dashboard, FolderForm, FolderView, GuardView, PauseView, PushView, ServerView};
 use rainmaker_engine::app::supervisor::{FolderNow, Pause, TargetNow};
 use rainmaker_engine::config::{Config, Folder, Mode};
 use rainmaker_engine::schedule::interval_warning;
@@ -84,13 +84,21 @@ impl Runner {
                         .map(|s| {
                             s.jobs
                                 .iter()
-                                .map(|j| {
-                                    format!(
-                                        "push {} to {}: {}",
-                                        j.id,
-                                        j.targets.join(", "),
-                                        j.state
-                                    )
+                                .map(|j| PushView {
+                                    id: j.id,
+                                    to: j
+                                        .targets
+                                        .iter()
+                                        .map(|url| {
+                                            config
+                                                .servers
+                                                .iter()
+                                                .find(|s| &s.url == url)
+                                                .map_or(url.clone(), |s| s.name.clone())
+                                        })
+                                        .collect(),
+                                    state: j.state,
+                                    error: j.error.clone(),
                                 })
                                 .collect()
                         })

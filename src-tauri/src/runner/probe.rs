@@ -5,6 +5,7 @@
 use super::{Online, Runner};
 use crate::error::UiError;
 use crate::settings;
+use futures_util::future::join_all;
 use rainmaker_engine::app;
 use rainmaker_engine::config::Server;
 use rainmaker_engine::engine::{self, Remote, TargetSpec};
@@ -53,37 +54,56 @@ impl Runner {
         .unwrap_or_default();
         self.lock().local_newest = newest;
         let servers = self.lock().config.servers.clone();
-        for server in servers {
-            let spec = match self.spec_of(&server) {
-                Ok(spec) => spec,
-                Err(e) => {
-                    self.set_online(&server.name, false, None, Some(e.message));
-                    continue;
-                }
-            };
-            let checked = match &server.admin_token_file {
-                Some(file) => match settings::read_token(file) {
-                    Ok(admin) => self
-                        .remote_status(&spec, &admin)
-                        .await
-                        .map(|s| (s.name.clone(), Some(s))),
-                    Err(e) => Err(e),
-                },
-                None => engine::probe(&spec, &self.this_pc)
-                    .await
-                    .map(|name| (name, None))
-                    .map_err(UiError::from),
-            };
-            match checked {
-                Ok((remote, status)) => {
-                    self.set_online(&server.name, true, Some(remote), None);
-                    if let Some(online) = self.lock().online.get_mut(&server.name) {
-                        online.status = status;
-                    }
-                    self.touch();
-                }
-                Err(e) => self.set_online(&server.name, false, None, Some(e.message)),
+        // All at once: a server that does not answer holds up no other's check.
+        join_all(servers.iter().map(|server| self.probe(server))).await;
+    }
+
+    /// Checks the server named `name` once, if there is one.
+    pub(super) async fn probe_named(&self, name: &str) {
+        let server = self
+            .lock()
+            .config
+            .servers
+            .iter()
+            .find(|s| s.name == name)
+            .cloned();
+        if let Some(server) = server {
+            self.probe(&server).await;
+        }
+    }
+
+    /// Checks one server: online, still the certificate confirmed, and (with its admin
+    /// token) what it says of its folder.
+    async fn probe(&self, server: &Server) {
+        let spec = match self.spec_of(server) {
+            Ok(spec) => spec,
+            Err(e) => {
+                self.set_online(&server.name, false, None, Some(e.message));
+                return;
             }
+        };
+        let checked = match &server.admin_token_file {
+            Some(file) => match settings::read_token(file) {
+                Ok(admin) => self
+                    .remote_status(&spec, &admin)
+                    .await
+                    .map(|s| (s.name.clone(), Some(s))),
+                Err(e) => Err(e),
+            },
+            None => engine::probe(&spec, &self.this_pc)
+                .await
+                .map(|name| (name, None))
+                .map_err(UiError::from),
+        };
+        match checked {
+            Ok((remote, status)) => {
+                self.set_online(&server.name, true, Some(remote), None);
+                if let Some(online) = self.lock().online.get_mut(&server.name) {
+                    online.status = status;
+                }
+                self.touch();
+            }
+            Err(e) => self.set_online(&server.name, false, None, Some(e.message)),
         }
     }
 

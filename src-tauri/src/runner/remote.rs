@@ -5,6 +5,7 @@
 use super::Runner;
 use crate::error::{UiCode, UiError};
 use crate::settings;
+use crate::view::PushAction;
 use rainmaker_engine::engine::{self, Remote, ServeOptions};
 use rainmaker_engine::event::Event;
 use rainmaker_engine::protocol::{JobState, JobStatus, RemoteTarget};
@@ -202,6 +203,34 @@ impl Runner {
             stop.cancel();
         }
         started
+    }
+
+    /// Pauses, resumes or stops push `job` of server `name`.
+    pub async fn control_push(
+        &self,
+        name: &str,
+        job: u64,
+        action: PushAction,
+    ) -> Result<(), UiError> {
+        let mut control = self.control(name).await?;
+        let done = match action {
+            PushAction::Pause => control.pause(job).await,
+            PushAction::Resume => control.resume(job).await,
+            PushAction::Stop => control.stop(job).await,
+        };
+        control.close().await;
+        done?;
+        let verb = match action {
+            PushAction::Pause => "paused",
+            PushAction::Resume => "resumed",
+            PushAction::Stop => "stopped",
+        };
+        self.log(
+            "info",
+            format!("{name}'s push {job} {verb} from the dashboard"),
+        );
+        self.probe_named(name).await;
+        Ok(())
     }
 
     /// Makes a server the source of its folder (failover) or a target again (failback).
