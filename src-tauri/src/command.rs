@@ -11,6 +11,7 @@ use std::time::Duration;
 use tauri::ipc::Channel;
 use tauri::{AppHandle, Runtime, State};
 use tauri_plugin_autostart::ManagerExt;
+use ts_rs::TS;
 
 type Shell<'a> = State<'a, Arc<Runner>>;
 
@@ -18,7 +19,8 @@ type Shell<'a> = State<'a, Arc<Runner>>;
 const UPDATE_EVERY: Duration = Duration::from_millis(250);
 
 /// A platform preset as the folder picker shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, TS)]
+#[ts(rename = "Preset")]
 pub struct PresetView {
     pub id: &'static str,
     pub name: &'static str,

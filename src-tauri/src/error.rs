@@ -6,9 +6,10 @@ use rainmaker_engine::engine::{EngineError, RemoteError};
 use rainmaker_engine::protocol::Refusal;
 use rainmaker_engine::transport::TransportError;
 use serde::Serialize;
+use ts_rs::TS;
 
 /// An error for the dashboard.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, TS)]
 pub struct UiError {
     /// What kind of error, stable and machine-readable: what the dashboard decides on.
     pub code: UiCode,
@@ -17,7 +18,7 @@ pub struct UiError {
 }
 
 /// The kinds of error the dashboard tells apart (in JSON: `bad_input`, `wrong_token`, ...).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, TS)]
 #[serde(rename_all = "snake_case")]
 pub enum UiCode {
     /// Something typed or picked that cannot be used.

@@ -11,7 +11,9 @@
 //! - [`tray`]: the tray icon and its menu.
 //! - [`settings`]: the configuration file and the pairing tokens beside it.
 //! - [`error`]: errors as `{code, message}`.
+//! - [`bindings`]: the dashboard's TypeScript types, generated from these.
 
+pub mod bindings;
 pub mod command;
 pub mod error;
 pub mod runner;

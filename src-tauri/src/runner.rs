@@ -21,7 +21,7 @@ pub use remote::FAILBACK_TOKEN_LIFETIME;
 
 use crate::error::{UiCode, UiError};
 use crate::settings;
-use crate::view::{ActivityView, ResourcesView};
+use crate::view::{ActivityView, Level, ResourcesView};
 use rainmaker_engine::app::progress::Tracker;
 use rainmaker_engine::app::supervisor::{Report, SuperviseError};
 use rainmaker_engine::app::{self, Supervisor};
@@ -134,7 +134,7 @@ impl Runner {
         runner.rt.spawn(runner.clone().forward_changes());
         runner.rt.spawn(runner.clone().probe_loop());
         supervisor.set_folders(&config.folders);
-        runner.log("info", "RainMaker started".into());
+        runner.log(Level::Info, "RainMaker started".into());
         Ok((runner, notices_rx))
     }
 
@@ -157,16 +157,16 @@ impl Runner {
         self.changed.send_modify(|n| *n += 1);
     }
 
-    fn log(&self, level: &str, text: String) {
+    fn log(&self, level: Level, text: String) {
         match level {
-            "error" => tracing::error!("{text}"),
-            "warn" => tracing::warn!("{text}"),
-            _ => tracing::info!("{text}"),
+            Level::Error => tracing::error!("{text}"),
+            Level::Warn => tracing::warn!("{text}"),
+            Level::Info => tracing::info!("{text}"),
         }
         let mut inner = self.lock();
         inner.activity.push_front(ActivityView {
             at: status::now(),
-            level: level.into(),
+            level,
             text,
         });
         inner.activity.truncate(ACTIVITY);
@@ -185,7 +185,7 @@ impl Runner {
     /// made from the dashboard).
     pub fn sync_now(&self) -> Result<(), UiError> {
         self.supervisor.sync_now().map_err(|e| self.refusal(e))?;
-        self.log("info", "Sync started".into());
+        self.log(Level::Info, "Sync started".into());
         Ok(())
     }
 
@@ -196,7 +196,7 @@ impl Runner {
             .allow_mass_delete(&source)
             .map_err(|e| self.refusal(e))?;
         self.log(
-            "warn",
+            Level::Warn,
             format!(
                 "Deletion confirmed from the dashboard for {}",
                 source.display()
@@ -208,15 +208,15 @@ impl Runner {
     /// Holds every sync until [`Runner::resume`].
     pub fn pause(&self) {
         self.supervisor.pause();
-        self.log("info", "Paused from the dashboard".into());
+        self.log(Level::Info, "Paused from the dashboard".into());
     }
 
     pub fn resume(&self) {
         match self.supervisor.resume() {
-            Ok(()) => self.log("info", "Resumed".into()),
+            Ok(()) => self.log(Level::Info, "Resumed".into()),
             Err(e) => {
                 let e = self.refusal(e);
-                self.log("warn", e.message);
+                self.log(Level::Warn, e.message);
             }
         }
     }
@@ -292,7 +292,7 @@ impl Runner {
                 Ok(Report::Event { event, .. }) => self.on_event(&event),
                 Ok(Report::Pushed { report, .. }) => self.on_pushed(&report),
                 Ok(Report::Failed { source, error }) => {
-                    self.log("error", format!("{}: {error}", source.display()));
+                    self.log(Level::Error, format!("{}: {error}", source.display()));
                 }
                 Err(broadcast::error::RecvError::Lagged(_)) => continue,
                 Err(broadcast::error::RecvError::Closed) => return,
@@ -305,7 +305,7 @@ impl Runner {
         for t in report.targets.iter().filter(|t| t.ok) {
             let name = names.get(&t.url).unwrap_or(&t.url);
             self.log(
-                "info",
+                Level::Info,
                 format!(
                     "{name} is in sync: {} files, {} sent in {}",
                     t.files_sent,
@@ -316,7 +316,7 @@ impl Runner {
         }
         for skipped in &report.skipped {
             self.log(
-                "warn",
+                Level::Warn,
                 format!("Not mirrored: {}: {}", skipped.path, skipped.reason),
             );
         }
@@ -349,7 +349,7 @@ impl Runner {
                         "Back in sync",
                         format!("{} is in sync again.", name(target)),
                     );
-                    self.log("info", format!("{} is back in sync", name(target)));
+                    self.log(Level::Info, format!("{} is back in sync", name(target)));
                 }
             }
             Event::TargetFailed {
@@ -367,18 +367,18 @@ impl Runner {
                         format!("{}: {reason}", name(target)),
                     );
                 }
-                self.log("error", format!("{}: {reason}", name(target)));
+                self.log(Level::Error, format!("{}: {reason}", name(target)));
             }
-            Event::Paused { reason } => self.log("warn", format!("Paused: {reason}")),
-            Event::Resumed { after } => self.log("info", format!("Resumed: clear of {after}")),
+            Event::Paused { reason } => self.log(Level::Warn, format!("Paused: {reason}")),
+            Event::Resumed { after } => self.log(Level::Info, format!("Resumed: clear of {after}")),
             Event::Skipped { path, reason } => {
-                self.log("warn", format!("Not mirrored: {path}: {reason}"));
+                self.log(Level::Warn, format!("Not mirrored: {path}: {reason}"));
             }
             Event::FileFailed {
                 target,
                 path,
                 reason,
-            } => self.log("warn", format!("{}: {path}: {reason}", name(target))),
+            } => self.log(Level::Warn, format!("{}: {path}: {reason}", name(target))),
             Event::Synced {
                 target,
                 files_sent,
@@ -386,7 +386,7 @@ impl Runner {
                 seconds,
                 ..
             } if *files_sent > 0 => self.log(
-                "info",
+                Level::Info,
                 format!(
                     "{}: {files_sent} files, {} in {}",
                     name(target),
@@ -517,10 +517,10 @@ mod tests {
             assert!(start.elapsed() < Duration::from_secs(20), "no pause shown");
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
-        assert_eq!(pause.by, "guard");
+        assert_eq!(pause.by, crate::view::PausedBy::Guard);
         assert!(pause.reason.contains("memory"), "{pause:?}");
         let d = runner.dashboard();
-        assert_eq!(d.overall, "paused");
+        assert_eq!(d.overall, crate::view::Overall::Paused);
         assert!(
             d.activity.iter().any(|a| a.text.starts_with("Paused: ")),
             "{:?}",

@@ -2,6 +2,7 @@
 //! Pause/Resume, Open dashboard and Quit; a left click opens the dashboard.
 
 use crate::runner::Runner;
+use crate::view::Overall;
 use std::sync::Arc;
 use tauri::image::Image;
 use tauri::menu::{Menu, MenuItem};
@@ -11,13 +12,13 @@ use tauri::{AppHandle, Runtime};
 const ID: &str = "main";
 
 /// The picture for a state of [`crate::view::Dashboard::overall`].
-fn icon(state: &str) -> Image<'static> {
+fn icon(state: Overall) -> Image<'static> {
     let bytes: &'static [u8] = match state {
-        "in_sync" => include_bytes!("../../icons/tray-in_sync.png"),
-        "syncing" => include_bytes!("../../icons/tray-syncing.png"),
-        "paused" => include_bytes!("../../icons/tray-paused.png"),
-        "error" => include_bytes!("../../icons/tray-error.png"),
-        _ => include_bytes!("../../icons/tray-idle.png"),
+        Overall::InSync => include_bytes!("../../icons/tray-in_sync.png"),
+        Overall::Syncing => include_bytes!("../../icons/tray-syncing.png"),
+        Overall::Paused => include_bytes!("../../icons/tray-paused.png"),
+        Overall::Error => include_bytes!("../../icons/tray-error.png"),
+        Overall::Idle => include_bytes!("../../icons/tray-idle.png"),
     };
     Image::from_bytes(bytes).expect("the tray icons are valid PNG files")
 }
@@ -32,7 +33,7 @@ pub fn install<R: Runtime>(app: &AppHandle<R>, runner: Arc<Runner>) -> tauri::Re
     let first = runner.dashboard();
     let on_menu = runner.clone();
     TrayIconBuilder::with_id(ID)
-        .icon(icon(&first.overall))
+        .icon(icon(first.overall))
         .tooltip(&first.summary)
         .menu(&menu)
         .show_menu_on_left_click(false)
@@ -66,21 +67,21 @@ pub fn install<R: Runtime>(app: &AppHandle<R>, runner: Arc<Runner>) -> tauri::Re
     let app = app.clone();
     let mut changed = runner.subscribe();
     tauri::async_runtime::spawn(async move {
-        let mut shown = (String::new(), String::new(), false);
+        // What the icon shows: its picture, its tooltip, and the menu's Pause or Resume.
+        let mut shown = (first.overall, first.summary, false);
         loop {
             let now = runner.dashboard();
             let paused = runner.is_paused();
-            if (now.overall.as_str(), now.summary.as_str(), paused)
-                != (shown.0.as_str(), shown.1.as_str(), shown.2)
-            {
+            let showing = (now.overall, now.summary, paused);
+            if showing != shown {
                 if let Some(tray) = app.tray_by_id(ID) {
-                    if now.overall != shown.0 {
-                        let _ = tray.set_icon(Some(icon(&now.overall)));
+                    if showing.0 != shown.0 {
+                        let _ = tray.set_icon(Some(icon(showing.0)));
                     }
-                    let _ = tray.set_tooltip(Some(&now.summary));
+                    let _ = tray.set_tooltip(Some(&showing.1));
                 }
                 let _ = pause.set_text(if paused { "Resume" } else { "Pause" });
-                shown = (now.overall, now.summary, paused);
+                shown = showing;
             }
             tokio::time::sleep(std::time::Duration::from_millis(500)).await;
             if changed.changed().await.is_err() {

@@ -1,17 +1,20 @@
 //! What the dashboard shows, as plain serde data: one snapshot of everything, sent whole
-//! (it is small) whenever something changed, at most a few times a second.
+//! (it is small) whenever something changed, at most a few times a second. The dashboard's
+//! TypeScript types are generated from these ([`crate::bindings`]).
 
 use rainmaker_engine::protocol::{FolderRole, JobState};
+use rainmaker_engine::status::TargetState;
 use serde::{Deserialize, Serialize};
+use ts_rs::TS;
 
 /// The whole dashboard.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, TS)]
 pub struct Dashboard {
     /// This PC's name (the source).
     pub this_pc: String,
     pub config_path: String,
-    /// `idle`, `in_sync`, `syncing`, `paused` or `error`: the tray icon's state.
-    pub overall: String,
+    /// The tray icon's state.
+    pub overall: Overall,
     /// One line for the tray's tooltip.
     pub summary: String,
     pub servers: Vec<ServerView>,
@@ -27,21 +30,20 @@ pub struct Dashboard {
 }
 
 /// A remote agent the user added.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, TS)]
 pub struct ServerView {
     pub name: String,
     pub url: String,
     pub fingerprint: Option<String>,
-    /// `target` when a folder mirrors to it, `spare` when not.
-    pub role: String,
+    pub role: ServerRole,
     /// The folder of this PC it receives, if it does.
     pub folder: Option<String>,
-    /// `None` until it was checked.
+    /// Unknown (null) until it was checked.
     pub online: Option<bool>,
     /// The name the agent gives itself.
     pub remote_name: Option<String>,
-    /// `in sync`, `syncing`, `paused`, `offline`, `error`, `waiting`, or `idle` (not a target).
-    pub state: String,
+    /// Null when no folder mirrors to it.
+    pub state: Option<TargetState>,
     pub reason: Option<String>,
     /// Unix seconds.
     pub last_sync: Option<f64>,
@@ -55,6 +57,7 @@ pub struct ServerView {
     /// The last machine that mirrored into it: the chain, as the server reports it.
     pub fed_by: Option<String>,
     /// Files in its folder and its newest change (Unix seconds): which side is newer.
+    #[ts(type = "number | null")]
     pub remote_files: Option<u64>,
     pub newest_change: Option<f64>,
     /// The newest change in this PC's folder that it receives (Unix seconds), to compare.
@@ -64,8 +67,9 @@ pub struct ServerView {
 }
 
 /// A push a server runs.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, TS)]
 pub struct PushView {
+    #[ts(type = "number")]
     pub id: u64,
     /// The servers it pushes to (by name where this PC knows them).
     pub to: Vec<String>,
@@ -74,7 +78,7 @@ pub struct PushView {
 }
 
 /// What the dashboard asks of a server's push.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, TS)]
 #[serde(rename_all = "snake_case")]
 pub enum PushAction {
     Pause,
@@ -86,11 +90,11 @@ pub enum PushAction {
 pub type ProgressView = rainmaker_engine::app::progress::Progress;
 
 /// A folder this PC mirrors: its settings and how its mirror stands.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, TS)]
 pub struct FolderView {
     pub form: FolderForm,
-    /// `idle`, `in_sync`, `syncing`, `paused` or `error`, as for the tray icon.
-    pub state: String,
+    /// As for the tray icon.
+    pub state: Overall,
     /// A one-off push of it runs now.
     pub pushing: bool,
     /// Why it cannot be mirrored as set (a token file missing, a bad exclusion).
@@ -103,53 +107,123 @@ pub struct FolderView {
 }
 
 /// A folder's settings; also what the dashboard sends back to change them.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, TS)]
 pub struct FolderForm {
     pub source: String,
     pub preset: Option<String>,
     pub exclude: Vec<String>,
     /// Server names.
     pub targets: Vec<String>,
-    /// `manual`, `watch` or `every`.
-    pub mode: String,
+    pub mode: FolderMode,
     pub every_minutes: Option<f64>,
     /// The cap on RainMaker's traffic, megabits per second.
     pub bwlimit_mbit: Option<f64>,
 }
 
 /// The guard's thresholds; also what the dashboard sends back to change them.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, TS)]
 pub struct GuardView {
     pub cpu_above: f32,
     pub cpu_for_seconds: f64,
+    #[ts(type = "number | null")]
     pub memory_below_mb: Option<u64>,
     pub net_above_mbit: Option<f64>,
     pub resume_after_seconds: f64,
 }
 
 /// What the guard measured last.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, TS)]
 pub struct ResourcesView {
     pub cpu_percent: f32,
+    #[ts(type = "number")]
     pub available_memory_mb: u64,
+    #[ts(type = "number")]
     pub total_memory_mb: u64,
     pub other_traffic_mbit: f64,
 }
 
 /// Why sync is held.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, TS)]
 pub struct PauseView {
-    /// `you` (the Pause button) or `guard`.
-    pub by: String,
+    pub by: PausedBy,
     pub reason: String,
 }
 
 /// One line of the recent-activity log.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, TS)]
 pub struct ActivityView {
     /// Unix seconds.
     pub at: f64,
-    /// `info`, `warn` or `error`.
-    pub level: String,
+    pub level: Level,
     pub text: String,
+}
+
+/// The state of everything (the tray icon's picture), or of one folder.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, TS)]
+#[serde(rename_all = "snake_case")]
+pub enum Overall {
+    /// Nothing to say: no target yet, or not every target heard from.
+    #[default]
+    Idle,
+    InSync,
+    Syncing,
+    Paused,
+    /// A target fails, or a folder cannot be mirrored as set.
+    Error,
+}
+
+impl Overall {
+    /// As the tray icons' file names have it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Overall::Idle => "idle",
+            Overall::InSync => "in_sync",
+            Overall::Syncing => "syncing",
+            Overall::Paused => "paused",
+            Overall::Error => "error",
+        }
+    }
+}
+
+/// What a server is to this PC.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, TS)]
+#[serde(rename_all = "snake_case")]
+pub enum ServerRole {
+    /// A folder mirrors to it.
+    Target,
+    /// Added, but no folder mirrors to it.
+    #[default]
+    Spare,
+}
+
+/// When a folder is mirrored.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, TS)]
+#[serde(rename_all = "snake_case")]
+pub enum FolderMode {
+    /// Only when Sync is pressed.
+    Manual,
+    /// On every change.
+    #[default]
+    Watch,
+    /// Every few minutes (`every_minutes`).
+    Every,
+}
+
+/// Who paused sync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, TS)]
+#[serde(rename_all = "snake_case")]
+pub enum PausedBy {
+    /// The Pause button or the tray menu.
+    You,
+    /// The resource guard.
+    Guard,
+}
+
+/// How much a line of the activity log matters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, TS)]
+#[serde(rename_all = "snake_case")]
+pub enum Level {
+    Info,
+    Warn,
+    Error,
 }

@@ -100,7 +100,7 @@ export function fakeBackend(initial: Dashboard = emptyDashboard()): FakeBackend 
           folder: null,
           online: true,
           remote_name: name,
-          state: "idle",
+          state: null,
           reason: null,
           last_sync: null,
           lag_seconds: 0,
@@ -152,7 +152,7 @@ export function fakeBackend(initial: Dashboard = emptyDashboard()): FakeBackend 
         d.folders = index === null ? [...d.folders, view] : d.folders.map((f, i) => (i === index ? view : f));
         d.servers = d.servers.map((s) => {
           const owner = d.folders.find((f) => f.form.targets.includes(s.name));
-          return { ...s, role: owner ? "target" : "spare", folder: owner?.form.source ?? null, state: owner ? "waiting" : "idle" };
+          return { ...s, role: owner ? "target" : "spare", folder: owner?.form.source ?? null, state: owner ? ("waiting" as const) : null };
         });
       });
     },

@@ -5,7 +5,7 @@
 import { useEffect, useState } from "preact/hooks";
 import type { Backend } from "./backend";
 import { overallLabel } from "./format";
-import type { Dashboard, FolderForm as Form, Mode, Preset } from "./types";
+import type { Dashboard, FolderForm as Form, FolderMode, Preset } from "./types";
 
 type Run = (action: () => Promise<unknown>) => Promise<boolean>;
 
@@ -189,7 +189,7 @@ function FolderForm({
       <div class="row">
         <label>
           Schedule
-          <select name="mode" value={form.mode} onChange={(e) => set({ mode: e.currentTarget.value as Mode })}>
+          <select name="mode" value={form.mode} onChange={(e) => set({ mode: e.currentTarget.value as FolderMode })}>
             <option value="watch">Continuous (every change)</option>
             <option value="every">Every few minutes</option>
             <option value="manual">Only when I press Sync</option>

@@ -24,6 +24,6 @@ describe("figures a trader reads", () => {
     expect(percent(20, 10)).toBe(100);
     expect(percent(0, 0)).toBe(100);
     expect(stateLabel("in sync")).toBe("In sync");
-    expect(stateLabel("idle")).toBe("Not a target");
+    expect(stateLabel(null)).toBe("Not a target");
   });
 });

@@ -1,5 +1,7 @@
 // Figures as a trader reads them: sizes, rates, durations, times ago.
 
+import type { TargetState } from "./types";
+
 export function bytes(n: number): string {
   if (n >= 1e9) return `${(n / 1e9).toFixed(2)} GB`;
   if (n >= 1e6) return `${(n / 1e6).toFixed(1)} MB`;
@@ -46,8 +48,8 @@ export function percent(done: number, total: number): number {
   return Math.min(100, Math.max(0, (100 * done) / total));
 }
 
-/** Words for a target's state. */
-export function stateLabel(state: string): string {
+/** Words for a target's state (null: no folder mirrors to it). */
+export function stateLabel(state: TargetState | null): string {
   switch (state) {
     case "in sync":
       return "In sync";

@@ -119,7 +119,7 @@ function ServerRow({
   const online = s.online === null ? "checking" : s.online ? "online" : "offline";
   return (
     <>
-      <tr data-test={`server-${s.name}`} class={`state-${s.state.replace(" ", "-")}`}>
+      <tr data-test={`server-${s.name}`} class={`state-${(s.state ?? "idle").replace(" ", "-")}`}>
         <td>
           {renaming === null ? (
             <>

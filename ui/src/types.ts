@@ -1,136 +1,241 @@
-// The dashboard's data, as the tray app's `view.rs` sends it.
+// The dashboard's data, generated from the tray app's Rust types (src-tauri/src/bindings.rs).
+// Do not edit: `RAINMAKER_WRITE_TYPES=1 cargo test -p rainmaker-tray --test types` rewrites it.
 
+/**
+ * The whole dashboard.
+ */
+export type Dashboard = { 
+/**
+ * This PC's name (the source).
+ */
+this_pc: string, config_path: string, 
+/**
+ * The tray icon's state.
+ */
+overall: Overall, 
+/**
+ * One line for the tray's tooltip.
+ */
+summary: string, servers: Array<ServerView>, 
+/**
+ * Every folder this PC mirrors, in the configuration's order.
+ */
+folders: Array<FolderView>, guard: GuardView, resources: ResourcesView | null, paused: PauseView | null, 
+/**
+ * A sync is running now.
+ */
+running: boolean, 
+/**
+ * The most recent first.
+ */
+activity: Array<ActivityView>, };
+
+/**
+ * The state of everything (the tray icon's picture), or of one folder.
+ */
 export type Overall = "idle" | "in_sync" | "syncing" | "paused" | "error";
 
-export interface Dashboard {
-  this_pc: string;
-  config_path: string;
-  overall: Overall;
-  summary: string;
-  servers: ServerView[];
-  /** Every folder this PC mirrors, in the configuration's order. */
-  folders: FolderView[];
-  guard: GuardView;
-  resources: ResourcesView | null;
-  paused: PauseView | null;
-  running: boolean;
-  activity: ActivityView[];
-}
+/**
+ * A remote agent the user added.
+ */
+export type ServerView = { name: string, url: string, fingerprint: string | null, role: ServerRole, 
+/**
+ * The folder of this PC it receives, if it does.
+ */
+folder: string | null, 
+/**
+ * Unknown (null) until it was checked.
+ */
+online: boolean | null, 
+/**
+ * The name the agent gives itself.
+ */
+remote_name: string | null, 
+/**
+ * Null when no folder mirrors to it.
+ */
+state: TargetState | null, reason: string | null, 
+/**
+ * Unix seconds.
+ */
+last_sync: number | null, 
+/**
+ * Seconds it lags behind the source.
+ */
+lag_seconds: number, progress: Progress | null, 
+/**
+ * This PC holds the server's admin token: it can push from it, promote and demote it.
+ */
+admin: boolean, 
+/**
+ * What the server says of its own folder (admin only): `source` (promoted) or `target`.
+ */
+remote_role: FolderRole | null, 
+/**
+ * The last machine that mirrored into it: the chain, as the server reports it.
+ */
+fed_by: string | null, 
+/**
+ * Files in its folder and its newest change (Unix seconds): which side is newer.
+ */
+remote_files: number | null, newest_change: number | null, 
+/**
+ * The newest change in this PC's folder that it receives (Unix seconds), to compare.
+ */
+this_pc_newest: number | null, 
+/**
+ * The pushes it runs on this PC's command, with their state (admin only).
+ */
+pushes: Array<PushView>, };
 
-export interface ServerView {
-  name: string;
-  url: string;
-  fingerprint: string | null;
-  role: "target" | "spare";
-  /** The folder of this PC it receives, if it does. */
-  folder: string | null;
-  online: boolean | null;
-  remote_name: string | null;
-  state: string;
-  reason: string | null;
-  last_sync: number | null;
-  lag_seconds: number;
-  progress: ProgressView | null;
-  /** This PC holds the server's admin token: it can push from it, promote and demote it. */
-  admin: boolean;
-  /** What the server says of its folder: `source` (promoted) or `target`. */
-  remote_role: "target" | "source" | null;
-  /** The last machine that mirrored into it (the chain). */
-  fed_by: string | null;
-  remote_files: number | null;
-  newest_change: number | null;
-  /** The newest change in this PC's folder that it receives. */
-  this_pc_newest: number | null;
-  /** The pushes it runs on this PC's command. */
-  pushes: PushView[];
-}
+/**
+ * What a server is to this PC.
+ */
+export type ServerRole = "target" | "spare";
 
+/**
+ * Where a target stands.
+ */
+export type TargetState = "waiting" | "syncing" | "verifying" | "in sync" | "paused" | "offline" | "error";
+
+/**
+ * A folder's role on its agent.
+ */
+export type FolderRole = "target" | "source";
+
+/**
+ * A push a server runs.
+ */
+export type PushView = { id: number, 
+/**
+ * The servers it pushes to (by name where this PC knows them).
+ */
+to: Array<string>, state: JobState, error: string | null, };
+
+/**
+ * Where a push an agent runs stands.
+ */
 export type JobState = "running" | "paused" | "done" | "failed" | "stopped";
 
-/** A push a server runs. */
-export interface PushView {
-  id: number;
-  to: string[];
-  state: JobState;
-  error: string | null;
-}
-
+/**
+ * What the dashboard asks of a server's push.
+ */
 export type PushAction = "pause" | "resume" | "stop";
 
-export interface ProgressView {
-  files_done: number;
-  files_total: number;
-  bytes_done: number;
-  bytes_total: number;
-  rate: number;
-  eta_seconds: number | null;
-}
+/**
+ * A transfer to one target.
+ */
+export type Progress = { files_done: number, files_total: number, bytes_done: number, bytes_total: number, 
+/**
+ * Bytes per second, smoothed.
+ */
+rate: number, 
+/**
+ * Seconds left at that rate, once there is one.
+ */
+eta_seconds: number | null, };
 
-export type Mode = "manual" | "watch" | "every";
+/**
+ * A folder this PC mirrors: its settings and how its mirror stands.
+ */
+export type FolderView = { form: FolderForm, 
+/**
+ * As for the tray icon.
+ */
+state: Overall, 
+/**
+ * A one-off push of it runs now.
+ */
+pushing: boolean, 
+/**
+ * Why it cannot be mirrored as set (a token file missing, a bad exclusion).
+ */
+problem: string | null, 
+/**
+ * A sync stopped because it would delete too much; the text says what, and the
+ * dashboard offers to allow it.
+ */
+mass_delete: string | null, 
+/**
+ * Why the chosen interval is not advised, if it is not.
+ */
+interval_warning: string | null, };
 
-/** A folder this PC mirrors: its settings and how its mirror stands. */
-export interface FolderView {
-  form: FolderForm;
-  state: Overall;
-  pushing: boolean;
-  problem: string | null;
-  mass_delete: string | null;
-  interval_warning: string | null;
-}
+/**
+ * A folder's settings; also what the dashboard sends back to change them.
+ */
+export type FolderForm = { source: string, preset: string | null, exclude: Array<string>, 
+/**
+ * Server names.
+ */
+targets: Array<string>, mode: FolderMode, every_minutes: number | null, 
+/**
+ * The cap on RainMaker's traffic, megabits per second.
+ */
+bwlimit_mbit: number | null, };
 
-/** A folder's settings; also what the dashboard sends back to change them. */
-export interface FolderForm {
-  source: string;
-  preset: string | null;
-  exclude: string[];
-  targets: string[];
-  mode: Mode;
-  every_minutes: number | null;
-  bwlimit_mbit: number | null;
-}
+/**
+ * When a folder is mirrored.
+ */
+export type FolderMode = "manual" | "watch" | "every";
 
-export interface GuardView {
-  cpu_above: number;
-  cpu_for_seconds: number;
-  memory_below_mb: number | null;
-  net_above_mbit: number | null;
-  resume_after_seconds: number;
-}
+/**
+ * The guard's thresholds; also what the dashboard sends back to change them.
+ */
+export type GuardView = { cpu_above: number, cpu_for_seconds: number, memory_below_mb: number | null, net_above_mbit: number | null, resume_after_seconds: number, };
 
-export interface ResourcesView {
-  cpu_percent: number;
-  available_memory_mb: number;
-  total_memory_mb: number;
-  other_traffic_mbit: number;
-}
+/**
+ * What the guard measured last.
+ */
+export type ResourcesView = { cpu_percent: number, available_memory_mb: number, total_memory_mb: number, other_traffic_mbit: number, };
 
-export interface PauseView {
-  by: "you" | "guard";
-  reason: string;
-}
+/**
+ * Why sync is held.
+ */
+export type PauseView = { by: PausedBy, reason: string, };
 
-export interface ActivityView {
-  at: number;
-  level: "info" | "warn" | "error";
-  text: string;
-}
+/**
+ * Who paused sync.
+ */
+export type PausedBy = "you" | "guard";
 
-export interface Preset {
-  id: string;
-  name: string;
-  hint: string;
-  exclude: string[];
-  folder: string | null;
-}
+/**
+ * One line of the recent-activity log.
+ */
+export type ActivityView = { 
+/**
+ * Unix seconds.
+ */
+at: number, level: Level, text: string, };
 
-/** `UiCode` in src-tauri/src/error.rs. */
-export type UiCode =
-  | "bad_input" | "config" | "source" | "io" | "autostart" | "unreachable" | "tls" | "timeout"
-  | "network" | "engine" | "protocol" | "refused" | "wrong_token" | "version" | "fingerprint"
-  | "not_pinned" | "insecure" | "promoted" | "busy" | "recent_source" | "mass_delete";
+/**
+ * How much a line of the activity log matters.
+ */
+export type Level = "info" | "warn" | "error";
 
-/** An error from the backend: a stable code and a message in plain words. */
-export interface UiError {
-  code: UiCode;
-  message: string;
-}
+/**
+ * A platform preset as the folder picker shows it.
+ */
+export type Preset = { id: string, name: string, hint: string, exclude: Array<string>, 
+/**
+ * Where the platform keeps its data on this PC, if found.
+ */
+folder: string | null, };
+
+/**
+ * The kinds of error the dashboard tells apart (in JSON: `bad_input`, `wrong_token`, ...).
+ */
+export type UiCode = "bad_input" | "config" | "source" | "io" | "autostart" | "unreachable" | "tls" | "timeout" | "network" | "engine" | "protocol" | "refused" | "wrong_token" | "version" | "fingerprint" | "not_pinned" | "insecure" | "promoted" | "busy" | "recent_source" | "mass_delete";
+
+/**
+ * An error for the dashboard.
+ */
+export type UiError = { 
+/**
+ * What kind of error, stable and machine-readable: what the dashboard decides on.
+ */
+code: UiCode, 
+/**
+ * What went wrong and what to do about it.
+ */
+message: string, };

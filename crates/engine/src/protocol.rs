@@ -201,6 +201,7 @@ pub enum Refusal {
 
 /// A folder's role on its agent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "snake_case")]
 pub enum FolderRole {
     /// Receives mirrors.
@@ -211,6 +212,7 @@ pub enum FolderRole {
 
 /// Where a push an agent runs stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
     Running,

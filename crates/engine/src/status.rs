@@ -30,6 +30,7 @@ pub struct Status {
 
 /// Where a target stands.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub enum TargetState {
     /// Nothing is known yet (the first scan has not reached it).
     #[default]

@@ -2,7 +2,10 @@
 //! with what their online checks found, the tray icon's state and tooltip.
 
 use super::Runner;
-use crate::view::{Dashboard, FolderForm, FolderView, GuardView, PauseView, PushView, ServerView};
+use crate::view::{
+    Dashboard, FolderForm, FolderMode, FolderView, GuardView, Overall, PauseView, PausedBy,
+    PushView, ServerRole, ServerView,
+};
 use rainmaker_engine::app::supervisor::{FolderNow, Pause, TargetNow};
 use rainmaker_engine::config::{Config, Folder, Mode};
 use rainmaker_engine::schedule::interval_warning;
@@ -17,11 +20,11 @@ impl Runner {
         let mirrors = self.supervisor.status(now);
         let paused = self.supervisor.paused().map(|p| match p {
             Pause::ByUser => PauseView {
-                by: "you".into(),
+                by: PausedBy::You,
                 reason: "Paused from the dashboard or the tray menu".into(),
             },
             Pause::ByGuard(reason) => PauseView {
-                by: "guard".into(),
+                by: PausedBy::Guard,
                 reason,
             },
         });
@@ -54,11 +57,15 @@ impl Runner {
                     name: server.name.clone(),
                     url: server.url.clone(),
                     fingerprint: server.fingerprint.clone(),
-                    role: if target.is_some() { "target" } else { "spare" }.into(),
+                    role: if target.is_some() {
+                        ServerRole::Target
+                    } else {
+                        ServerRole::Spare
+                    },
                     folder: target.map(|(source, _)| source.display().to_string()),
                     online: online.map(|o| o.ok),
                     remote_name: online.and_then(|o| o.remote_name.clone()),
-                    state: target.map_or("idle", |(_, t)| t.state.as_str()).into(),
+                    state: target.map(|(_, t)| t.state),
                     reason: target
                         .and_then(|(_, t)| t.reason.clone())
                         .or_else(|| online.and_then(|o| o.reason.clone())),
@@ -117,11 +124,11 @@ impl Runner {
         let running = mirrors.iter().any(|m| m.pushing)
             || servers
                 .iter()
-                .any(|s| s.state == TargetState::Syncing.as_str());
+                .any(|s| s.state == Some(TargetState::Syncing));
         let configured = config.folders.iter().any(|f| !f.targets.is_empty());
         let problem = folders.iter().any(|f| f.problem.is_some());
         let overall = overall(&servers, paused.is_some(), running, configured, problem);
-        let summary = summary(&overall, &servers, paused.as_ref());
+        let summary = summary(overall, &servers, paused.as_ref());
         Dashboard {
             this_pc: self.this_pc.clone(),
             config_path: self.config_path.display().to_string(),
@@ -156,7 +163,7 @@ impl Runner {
             .cloned()
             .collect();
         let pushing = mirror.is_some_and(|m| m.pushing);
-        let running = pushing || mine.iter().any(|s| s.state == "syncing");
+        let running = pushing || mine.iter().any(|s| s.state == Some(TargetState::Syncing));
         let problem = mirror.and_then(|m| m.problem.clone());
         let name_of = |url: &str| {
             servers
@@ -198,11 +205,10 @@ pub(super) fn folder_form(folder: &Folder, name_of: impl Fn(&str) -> Option<Stri
             .filter_map(|t| t.name.clone().or_else(|| name_of(&t.url)))
             .collect(),
         mode: match folder.mode {
-            Mode::Manual => "manual",
-            Mode::Watch => "watch",
-            Mode::Every(_) => "every",
-        }
-        .into(),
+            Mode::Manual => FolderMode::Manual,
+            Mode::Watch => FolderMode::Watch,
+            Mode::Every(_) => FolderMode::Every,
+        },
         every_minutes: match folder.mode {
             Mode::Every(every) => Some(every.as_secs_f64() / 60.0),
             _ => None,
@@ -223,7 +229,7 @@ pub(super) fn guard_view(config: &Config) -> GuardView {
 }
 
 fn failing(s: &ServerView) -> bool {
-    s.state == TargetState::Offline.as_str() || s.state == TargetState::Error.as_str()
+    s.state.is_some_and(TargetState::failing)
 }
 
 /// The tray icon's state (and a folder's), from its targets.
@@ -233,39 +239,42 @@ fn overall(
     running: bool,
     configured: bool,
     problem: bool,
-) -> String {
-    let targets: Vec<&ServerView> = servers.iter().filter(|s| s.role == "target").collect();
+) -> Overall {
+    let targets: Vec<&ServerView> = servers
+        .iter()
+        .filter(|s| s.role == ServerRole::Target)
+        .collect();
     if paused {
-        "paused"
+        Overall::Paused
     } else if problem || targets.iter().any(|s| failing(s)) {
-        "error"
+        Overall::Error
     } else if running {
-        "syncing"
+        Overall::Syncing
     } else if configured
         && !targets.is_empty()
-        && targets
-            .iter()
-            .all(|s| s.state == TargetState::InSync.as_str())
+        && targets.iter().all(|s| s.state == Some(TargetState::InSync))
     {
-        "in_sync"
+        Overall::InSync
     } else {
-        "idle"
+        Overall::Idle
     }
-    .into()
 }
 
-fn summary(overall: &str, servers: &[ServerView], paused: Option<&PauseView>) -> String {
-    let targets: Vec<&ServerView> = servers.iter().filter(|s| s.role == "target").collect();
+fn summary(overall: Overall, servers: &[ServerView], paused: Option<&PauseView>) -> String {
+    let targets: Vec<&ServerView> = servers
+        .iter()
+        .filter(|s| s.role == ServerRole::Target)
+        .collect();
     let in_sync = targets
         .iter()
-        .filter(|s| s.state == TargetState::InSync.as_str())
+        .filter(|s| s.state == Some(TargetState::InSync))
         .count();
     match overall {
-        "paused" => format!(
+        Overall::Paused => format!(
             "RainMaker: paused — {}",
             paused.map_or("", |p| p.reason.as_str())
         ),
-        "error" => {
+        Overall::Error => {
             let bad: Vec<&str> = targets
                 .iter()
                 .filter(|s| failing(s))
@@ -277,12 +286,14 @@ fn summary(overall: &str, servers: &[ServerView], paused: Option<&PauseView>) ->
                 format!("RainMaker: {} not in sync", bad.join(", "))
             }
         }
-        "syncing" => format!(
+        Overall::Syncing => format!(
             "RainMaker: syncing ({in_sync} of {} in sync)",
             targets.len()
         ),
-        "in_sync" if targets.len() == 1 => format!("RainMaker: {} is in sync", targets[0].name),
-        "in_sync" => format!("RainMaker: all {} targets in sync", targets.len()),
+        Overall::InSync if targets.len() == 1 => {
+            format!("RainMaker: {} is in sync", targets[0].name)
+        }
+        Overall::InSync => format!("RainMaker: all {} targets in sync", targets.len()),
         _ if targets.is_empty() => "RainMaker: pick a folder and targets".into(),
         _ => format!("RainMaker: {in_sync} of {} targets in sync", targets.len()),
     }
@@ -294,39 +305,51 @@ mod tests {
 
     #[test]
     fn the_tray_state_and_tooltip_follow_the_targets() {
-        let view = |name: &str, state: &str| ServerView {
+        let view = |name: &str, state: TargetState| ServerView {
             name: name.into(),
-            role: "target".into(),
-            state: state.into(),
+            role: ServerRole::Target,
+            state: Some(state),
             ..ServerView::default()
         };
-        let servers = [view("a", "in sync"), view("b", "in sync")];
-        assert_eq!(overall(&servers, false, false, true, false), "in_sync");
+        let servers = [
+            view("a", TargetState::InSync),
+            view("b", TargetState::InSync),
+        ];
         assert_eq!(
-            summary("in_sync", &servers, None),
+            overall(&servers, false, false, true, false),
+            Overall::InSync
+        );
+        assert_eq!(
+            summary(Overall::InSync, &servers, None),
             "RainMaker: all 2 targets in sync"
         );
-        let servers = [view("a", "in sync"), view("b", "offline")];
+        let servers = [
+            view("a", TargetState::InSync),
+            view("b", TargetState::Offline),
+        ];
         assert_eq!(
             overall(&servers, false, true, true, false),
-            "error",
+            Overall::Error,
             "an offline target outranks syncing"
         );
-        assert_eq!(summary("error", &servers, None), "RainMaker: b not in sync");
+        assert_eq!(
+            summary(Overall::Error, &servers, None),
+            "RainMaker: b not in sync"
+        );
         let pause = PauseView {
-            by: "guard".into(),
+            by: PausedBy::Guard,
             reason: "CPU 93% above 85% for 10 s".into(),
         };
-        assert_eq!(overall(&servers, true, true, true, false), "paused");
+        assert_eq!(overall(&servers, true, true, true, false), Overall::Paused);
         assert_eq!(
-            summary("paused", &servers, Some(&pause)),
+            summary(Overall::Paused, &servers, Some(&pause)),
             "RainMaker: paused — CPU 93% above 85% for 10 s"
         );
-        assert_eq!(overall(&[], false, false, false, false), "idle");
-        let fine = [view("a", "in sync")];
+        assert_eq!(overall(&[], false, false, false, false), Overall::Idle);
+        let fine = [view("a", TargetState::InSync)];
         assert_eq!(
             overall(&fine, false, false, true, true),
-            "error",
+            Overall::Error,
             "a folder that cannot be mirrored is not in sync"
         );
     }

@@ -5,7 +5,7 @@
 use super::{Online, Runner, overlapping};
 use crate::error::{UiCode, UiError};
 use crate::settings;
-use crate::view::{FolderForm, GuardView};
+use crate::view::{FolderForm, FolderMode, GuardView, Level};
 use rainmaker_engine::config::{Folder, Mode, Server, Target};
 use rainmaker_engine::engine::{self, TargetSpec};
 use rainmaker_engine::event::Refusal;
@@ -132,7 +132,7 @@ impl Runner {
             },
         );
         self.log(
-            "info",
+            Level::Info,
             format!("Added server {name} ({url}, calls itself {remote})"),
         );
         Ok(())
@@ -167,7 +167,7 @@ impl Runner {
             inner.online.insert(new.clone(), online);
         }
         drop(inner);
-        self.log("info", format!("Renamed server {old} to {new}"));
+        self.log(Level::Info, format!("Renamed server {old} to {new}"));
         Ok(())
     }
 
@@ -209,7 +209,7 @@ impl Runner {
         }
         self.lock().online.remove(name);
         self.log(
-            "info",
+            Level::Info,
             format!("Removed server {name}; its files were left as they are"),
         );
         Ok(())
@@ -245,10 +245,10 @@ impl Runner {
             .filter(|p| !p.is_empty())
             .collect();
         Exclude::new(&exclude).map_err(|e| UiError::bad_input(format!("Excluded paths: {e}")))?;
-        let mode = match form.mode.as_str() {
-            "manual" => Mode::Manual,
-            "watch" => Mode::Watch,
-            "every" => {
+        let mode = match form.mode {
+            FolderMode::Manual => Mode::Manual,
+            FolderMode::Watch => Mode::Watch,
+            FolderMode::Every => {
                 let minutes = form.every_minutes.unwrap_or(5.0);
                 if !(minutes.is_finite() && (0.25..=24.0 * 60.0).contains(&minutes)) {
                     return Err(UiError::bad_input(
@@ -257,7 +257,6 @@ impl Runner {
                 }
                 Mode::Every(Duration::from_secs_f64(minutes * 60.0))
             }
-            other => return Err(UiError::bad_input(format!("Unknown schedule {other:?}."))),
         };
         let bwlimit = match form.bwlimit_mbit {
             Some(mbit) if mbit.is_finite() && mbit > 0.0 => Some(mbit * 1e6 / 8.0),
@@ -327,8 +326,8 @@ impl Runner {
             Ok(())
         })?;
         self.log(
-            "info",
-            format!("Settings saved: {} ({})", source.display(), form.mode),
+            Level::Info,
+            format!("Settings saved: {} ({:?})", source.display(), form.mode),
         );
         Ok(())
     }
@@ -345,7 +344,7 @@ impl Runner {
         })?;
         if let Some(source) = removed {
             self.log(
-                "info",
+                Level::Info,
                 format!(
                     "Stopped mirroring {}; the backups keep their copy",
                     source.display()
@@ -392,7 +391,7 @@ impl Runner {
         })?;
         let thresholds = self.lock().config.guard.thresholds();
         self.supervisor.set_guard(thresholds);
-        self.log("info", "Guard thresholds saved".into());
+        self.log(Level::Info, "Guard thresholds saved".into());
         Ok(())
     }
 }

@@ -5,6 +5,7 @@
 use super::{Online, Runner};
 use crate::error::UiError;
 use crate::settings;
+use crate::view::Level;
 use futures_util::future::join_all;
 use rainmaker_engine::app;
 use rainmaker_engine::config::Server;
@@ -136,13 +137,13 @@ impl Runner {
                     format!("{name}: {}", reason.clone().unwrap_or_default()),
                 );
                 self.log(
-                    "warn",
+                    Level::Warn,
                     format!("{name} went offline: {}", reason.unwrap_or_default()),
                 );
             }
             (Some(false), true) => {
                 self.notify("Server back online", format!("{name} answers again."));
-                self.log("info", format!("{name} is back online"));
+                self.log(Level::Info, format!("{name} is back online"));
             }
             _ => self.touch(),
         }

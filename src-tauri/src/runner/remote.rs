@@ -5,7 +5,7 @@
 use super::Runner;
 use crate::error::{UiCode, UiError};
 use crate::settings;
-use crate::view::PushAction;
+use crate::view::{Level, PushAction};
 use rainmaker_engine::engine::{self, Remote, ServeOptions};
 use rainmaker_engine::event::Event;
 use rainmaker_engine::protocol::{JobState, JobStatus, RemoteTarget};
@@ -78,7 +78,7 @@ impl Runner {
         let job = control.push(targets, false).await?;
         self.lock().remote_targets.extend(urls.iter().cloned());
         self.log(
-            "info",
+            Level::Info,
             format!("{from} is pushing its folder to {to} (push {job})"),
         );
         let (runner, from) = (self.clone(), from.to_owned());
@@ -96,18 +96,18 @@ impl Runner {
             }
             match ended {
                 Ok(ended) if ended.state == JobState::Done => runner.log(
-                    "info",
+                    Level::Info,
                     format!("{from} finished its push: every target is in sync"),
                 ),
                 Ok(ended) => runner.log(
-                    "error",
+                    Level::Error,
                     format!(
                         "{from}'s push {job} ended: {}{}",
                         ended.state,
                         ended.error.map_or(String::new(), |e| format!(": {e}"))
                     ),
                 ),
-                Err(e) => runner.log("error", format!("{from}'s push {job}: {}", e.message)),
+                Err(e) => runner.log(Level::Error, format!("{from}'s push {job}: {}", e.message)),
             }
             runner.probe_all().await;
         });
@@ -182,7 +182,7 @@ impl Runner {
             runner.lock().receiving_from = None;
             runner.supervisor.hold(None);
             runner.log(
-                "info",
+                Level::Info,
                 "This PC has stopped receiving; press Resume to mirror from it again".into(),
             );
         });
@@ -226,7 +226,7 @@ impl Runner {
             PushAction::Stop => "stopped",
         };
         self.log(
-            "info",
+            Level::Info,
             format!("{name}'s push {job} {verb} from the dashboard"),
         );
         self.probe_named(name).await;
@@ -249,7 +249,7 @@ impl Runner {
         control.close().await;
         done?;
         self.log(
-            "warn",
+            Level::Warn,
             if source {
                 format!("{name} is now the source of its folder; it no longer receives mirrors")
             } else {

@@ -14,10 +14,15 @@ const RATE_WEIGHT: f64 = 0.3;
 
 /// A transfer to one target.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub struct Progress {
+    #[cfg_attr(feature = "ts", ts(type = "number"))]
     pub files_done: u64,
+    #[cfg_attr(feature = "ts", ts(type = "number"))]
     pub files_total: u64,
+    #[cfg_attr(feature = "ts", ts(type = "number"))]
     pub bytes_done: u64,
+    #[cfg_attr(feature = "ts", ts(type = "number"))]
     pub bytes_total: u64,
     /// Bytes per second, smoothed.
     pub rate: f64,
