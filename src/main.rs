@@ -21,18 +21,9 @@ use serve::{pair, serve};
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use cli::{Cli, Command, PairArgs, PushArgs, ServeArgs};
-use rainmaker_engine::app::{self, Mirror, Overrides};
-use rainmaker_engine::config::Mode;
-use rainmaker_engine::engine::{self, ServeOptions, Server, TargetSpec};
-use rainmaker_engine::event::{self, PushReport, Refusal};
-use rainmaker_engine::guard::Thresholds;
-use rainmaker_engine::pairing::{self, Pairing};
-use rainmaker_engine::schedule::{SyncTiming, interval_warning, total_memory};
-use rainmaker_engine::transport::{Address, Limits, Role, Trust};
+use cli::{Cli, Command, ServeArgs};
 use std::path::Path;
 use std::process::ExitCode;
-use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// Exit status when every target is identical but some source files could not be read.

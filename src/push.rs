@@ -1,7 +1,20 @@
 //! `rainmaker push`: once, continuously or on a schedule, from flags or from every configured
 //! folder; its terminal output and exit code.
 
-use super::*;
+use crate::cli::{self, PushArgs};
+use crate::{EXIT_PARTIAL, progress, setup, shutdown_signal, status, target};
+use anyhow::{Context, Result, bail};
+use rainmaker_engine::app::{self, Ended, Mirror, Overrides};
+use rainmaker_engine::config::Mode;
+use rainmaker_engine::engine::{self, TargetSpec};
+use rainmaker_engine::event::{self, PushReport, Refusal};
+use rainmaker_engine::guard::Thresholds;
+use rainmaker_engine::schedule::{SyncTiming, interval_warning, total_memory};
+use rainmaker_engine::transport::{Address, Trust};
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 /// Turns the command line's targets (pairing codes, or addresses with --fingerprint and
 /// --token-file) into engine targets, checking schemes and pins.
@@ -88,37 +101,6 @@ pub(crate) async fn push(args: PushArgs) -> Result<ExitCode> {
         app::mirror::machine_name(),
         overrides(&args),
     )?;
-    if !args.once {
-        return continuous(&args, &mirror).await;
-    }
-    let options = mirror.options;
-    let (events, listener) = event::channel();
-    let bars = progress::spawn(listener, !args.json || progress::stderr_is_terminal());
-    let board = status::spawn_writer(events.subscribe(), &options, "once");
-    let report = engine::push_once(&options, &events, &shutdown_signal()).await?;
-    drop(events);
-    let _ = bars.await;
-    let _ = board.await;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    }
-    print_summary(&report);
-    Ok(exit_code(&report))
-}
-
-/// The resource guard's thresholds from the command line.
-pub(crate) fn thresholds(args: &PushArgs) -> Thresholds {
-    Thresholds {
-        cpu_above: args.pause_cpu_above,
-        cpu_window: args.pause_cpu_for,
-        memory_below: args.pause_memory_below,
-        traffic_above: args.pause_net_above,
-        hold: args.resume_after,
-    }
-}
-
-/// `push --watch` and `push --every`: runs until Ctrl-C or SIGTERM.
-pub(crate) async fn continuous(args: &PushArgs, mirror: &Mirror) -> Result<ExitCode> {
     if let Some(every) = args.every {
         if every < Duration::from_secs(1) {
             bail!(
@@ -130,39 +112,85 @@ pub(crate) async fn continuous(args: &PushArgs, mirror: &Mirror) -> Result<ExitC
             eprintln!("warning: {warning}");
         }
     }
+    let output = Output {
+        bars: args.once && (!args.json || progress::stderr_is_terminal()),
+        json: args.json,
+    };
+    run_mirror(&mirror, Some(thresholds(&args)), output, &shutdown_signal()).await
+}
+
+/// What a mirror prints besides its summary.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Output {
+    /// Progress bars on stderr (else a line per target).
+    bars: bool,
+    /// The report as JSON on stdout; with continuous mirroring, a JSON line per event.
+    json: bool,
+}
+
+/// Runs one mirror as its mode says (one push, or until Ctrl-C or SIGTERM), with its
+/// progress on the terminal and its status file for `rainmaker status`; returns its exit code.
+pub(crate) async fn run_mirror(
+    mirror: &Mirror,
+    guard: Option<Thresholds>,
+    output: Output,
+    cancel: &CancellationToken,
+) -> Result<ExitCode> {
     let options = &mirror.options;
-    let schedule = mirror
-        .schedule(Some(thresholds(args)), None)
-        .context("continuous mirroring needs --watch or --every")?;
+    let label = match mirror.mode {
+        Mode::Manual => "once".to_string(),
+        Mode::Watch => "watch".to_string(),
+        Mode::Every(every) => format!("every {}", humantime::format_duration(every)),
+    };
     let (events, listener) = event::channel();
-    let watcher = progress::spawn(listener, false);
-    if args.json {
-        tokio::spawn(print_json_lines(events.subscribe()));
+    let printer = progress::spawn(listener, output.bars);
+    let board = status::spawn_writer(events.subscribe(), options, &label);
+    if mirror.mode != Mode::Manual {
+        if output.json {
+            tokio::spawn(print_json_lines(events.subscribe()));
+        }
+        if let Mode::Every(every) = mirror.mode {
+            tokio::spawn(warn_when_behind(events.subscribe(), every));
+        }
+        let how = if mirror.mode == Mode::Watch {
+            "continuously"
+        } else {
+            &label
+        };
+        eprintln!(
+            "rainmaker: mirroring {} to {} target(s) {how}; Ctrl-C to stop",
+            options.source.display(),
+            options.targets.len()
+        );
     }
-    if let Some(every) = args.every {
-        tokio::spawn(warn_when_behind(events.subscribe(), every));
-    }
-    let mode = match args.every {
-        Some(every) => format!("every {}", humantime::format_duration(every)),
-        None => "watch".to_string(),
-    };
-    let board = status::spawn_writer(events.subscribe(), options, &mode);
-    let what = if schedule.watch {
-        "continuously".to_string()
-    } else {
-        format!("every {}", humantime::format_duration(schedule.every))
-    };
-    eprintln!(
-        "rainmaker: mirroring {} to {} target(s) {what}; Ctrl-C to stop",
-        options.source.display(),
-        options.targets.len()
-    );
-    engine::push_continuous(options, &schedule, &events, &shutdown_signal()).await?;
+    let ended = mirror.run(guard, None, &events, cancel).await;
     drop(events);
-    let _ = watcher.await;
+    let _ = printer.await;
     let _ = board.await;
-    eprintln!("rainmaker: stopped");
-    Ok(ExitCode::SUCCESS)
+    match ended? {
+        Ended::Pushed(report) => {
+            if output.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            }
+            print_summary(&report);
+            Ok(exit_code(&report))
+        }
+        Ended::Stopped => {
+            eprintln!("rainmaker: stopped mirroring {}", options.source.display());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// The resource guard's thresholds from the command line.
+pub(crate) fn thresholds(args: &PushArgs) -> Thresholds {
+    Thresholds {
+        cpu_above: args.pause_cpu_above,
+        cpu_window: args.pause_cpu_for,
+        memory_below: args.pause_memory_below,
+        traffic_above: args.pause_net_above,
+        hold: args.resume_after,
+    }
 }
 
 /// With `--json` in a continuous mode: one JSON line per event on stdout, for scripts.
@@ -308,41 +336,13 @@ pub(crate) async fn push_configured(args: Configured, config: Option<&Path>) -> 
         )?;
         let (thresholds, cancel) = (thresholds.clone(), cancel.clone());
         runs.spawn(async move {
-            let (events, listener) = event::channel();
-            let printer = progress::spawn(listener, false);
-            let options = &mirror.options;
-            let (label, result) = match mirror.schedule(Some(thresholds), None) {
-                None => {
-                    let board = status::spawn_writer(events.subscribe(), options, "once");
-                    let report = engine::push_once(options, &events, &cancel).await;
-                    drop(events);
-                    let _ = board.await;
-                    let code = report.map(|r| {
-                        print_summary(&r);
-                        exit_code(&r)
-                    });
-                    ("once", code)
-                }
-                Some(schedule) => {
-                    let label = if schedule.watch { "watch" } else { "every" };
-                    let board = status::spawn_writer(events.subscribe(), options, label);
-                    eprintln!(
-                        "rainmaker: mirroring {} ({label})",
-                        options.source.display()
-                    );
-                    let done = engine::push_continuous(options, &schedule, &events, &cancel).await;
-                    drop(events);
-                    let _ = board.await;
-                    (label, done.map(|()| ExitCode::SUCCESS))
-                }
-            };
-            let _ = printer.await;
-            (label, options.source.clone(), result)
+            let code = run_mirror(&mirror, Some(thresholds), Output::default(), &cancel).await;
+            (mirror.options.source.clone(), code)
         });
     }
     let mut worst = ExitCode::SUCCESS;
     while let Some(joined) = runs.join_next().await {
-        let (_, source, result) = joined?;
+        let (source, result) = joined?;
         match result {
             Ok(code) if code != ExitCode::SUCCESS => worst = code,
             Ok(_) => {}

@@ -1,6 +1,15 @@
 //! `rainmaker serve` (a target agent) and `rainmaker pair` (its pairing code).
 
-use super::*;
+use crate::cli::{PairArgs, ServeArgs};
+use crate::{read_token, setup, shutdown_signal};
+use anyhow::{Context, Result, bail};
+use rainmaker_engine::app;
+use rainmaker_engine::engine::{self, ServeOptions, Server};
+use rainmaker_engine::event::Refusal;
+use rainmaker_engine::pairing::{self, Pairing};
+use rainmaker_engine::transport::{Limits, Role};
+use std::path::Path;
+use std::time::Duration;
 
 /// What `serve` and `pair` take from the flags, else from `[serve]` in the configuration file.
 #[derive(Debug)]

@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
-/// Folds this push's events into its status file until the events end; then removes it.
+/// Keeps this push's status file up to date from its events until the events end; then removes it.
 pub fn spawn_writer(
     mut events: broadcast::Receiver<Event>,
     options: &PushOptions,

@@ -146,7 +146,7 @@ mod tests {
             assert_eq!(mode & 0o777, 0o600, "only the user reads a token");
         }
         let mut config = Config::default();
-        config.servers.push(config::Server {
+        config.servers.push(config::KnownServer {
             name: "cloud a/1".into(),
             url: "wss://127.0.0.1:7878".into(),
             token_file: token,

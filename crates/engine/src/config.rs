@@ -16,14 +16,14 @@ use toml::Spanned;
 pub struct Config {
     pub serve: Option<Serve>,
     /// `[[server]]`: the backup servers this machine knows, by name (the dashboard's list).
-    pub servers: Vec<Server>,
+    pub servers: Vec<KnownServer>,
     pub folders: Vec<Folder>,
-    pub guard: Guard,
+    pub guard: GuardSettings,
 }
 
 /// `[[server]]`: a known server that folders name in `to`.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Server {
+pub struct KnownServer {
     pub name: String,
     pub url: String,
     pub token_file: PathBuf,
@@ -86,7 +86,7 @@ pub struct Target {
 
 /// `[guard]`: when sync pauses.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Guard {
+pub struct GuardSettings {
     pub pause_cpu_above: f32,
     pub pause_cpu_for: Duration,
     pub pause_memory_below: Option<u64>,
@@ -94,10 +94,10 @@ pub struct Guard {
     pub resume_after: Duration,
 }
 
-impl Default for Guard {
-    fn default() -> Guard {
+impl Default for GuardSettings {
+    fn default() -> GuardSettings {
         let t = crate::guard::Thresholds::default();
-        Guard {
+        GuardSettings {
             pause_cpu_above: t.cpu_above,
             pause_cpu_for: t.cpu_window,
             pause_memory_below: t.memory_below,
@@ -107,7 +107,7 @@ impl Default for Guard {
     }
 }
 
-impl Guard {
+impl GuardSettings {
     /// The resource guard's thresholds this section sets.
     pub fn thresholds(&self) -> crate::guard::Thresholds {
         crate::guard::Thresholds {
@@ -377,7 +377,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         None => Ok(None),
     }
     };
-    let mut servers: Vec<Server> = Vec::new();
+    let mut servers: Vec<KnownServer> = Vec::new();
     for (i, s) in raw.server.into_iter().enumerate() {
         let name = s.name.get_ref().trim();
         if name.is_empty() || servers.iter().any(|known| known.name == name) {
@@ -427,7 +427,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
                 ),
             ));
         };
-        servers.push(Server {
+        servers.push(KnownServer {
             name: name.to_string(),
             url,
             token_file: s.token_file,
@@ -529,7 +529,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
             targets,
         });
     }
-    let mut guard = Guard::default();
+    let mut guard = GuardSettings::default();
     if let Some(g) = raw.guard {
         let duration = |value: &Spanned<String>, name: &str| {
             humantime::parse_duration(value.get_ref()).map_err(|e| {
@@ -809,7 +809,7 @@ mod tests {
     fn the_template_is_valid() {
         let config = parse(TEMPLATE, Path::new("t")).unwrap();
         assert_eq!(config.serve.unwrap().listen, "0.0.0.0:7878");
-        assert_eq!(config.guard, Guard::default());
+        assert_eq!(config.guard, GuardSettings::default());
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! (in sync, syncing, paused and why, offline, error), its lag behind the source, its last
 //! successful sync and the bytes still to send.
 //!
-//! [`Board`] folds the engine's events into a [`Status`] (pure, tested with scripted events).
+//! [`Board`] takes in the engine's events and keeps a [`Status`] (pure, tested with scripted events).
 //! A running push keeps its status in a small JSON file in RainMaker's data folder, named by
 //! its process id; `rainmaker status` reads those of processes that are still alive.
 
@@ -113,7 +113,7 @@ pub fn now() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
-/// Folds events into a status.
+/// A running push's status, kept up to date from its events.
 #[derive(Debug, Clone)]
 pub struct Board {
     status: Status,

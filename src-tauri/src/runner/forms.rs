@@ -6,7 +6,7 @@ use super::{Online, Runner, overlapping};
 use crate::error::{UiCode, UiError};
 use crate::settings;
 use crate::view::{FolderForm, FolderMode, GuardView, Level};
-use rainmaker_engine::config::{Folder, Mode, Server, Target};
+use rainmaker_engine::config::{Folder, KnownServer, Mode, Target};
 use rainmaker_engine::engine::{self, TargetSpec};
 use rainmaker_engine::event::Refusal;
 use rainmaker_engine::exclude::Exclude;
@@ -113,7 +113,7 @@ impl Runner {
             admin: admin_token_file,
         } = settings::write_tokens(&self.config_path, &name, token, admin_token)?;
         self.change_config(|config| {
-            config.servers.push(Server {
+            config.servers.push(KnownServer {
                 name: name.clone(),
                 url: url.clone(),
                 token_file,

@@ -8,7 +8,7 @@ use crate::settings;
 use crate::view::Level;
 use futures_util::future::join_all;
 use rainmaker_engine::app;
-use rainmaker_engine::config::Server;
+use rainmaker_engine::config::KnownServer;
 use rainmaker_engine::engine::{self, Remote, TargetSpec};
 use rainmaker_engine::protocol::AgentStatus;
 use rainmaker_engine::transport::{ConnectOptions, Trust};
@@ -75,7 +75,7 @@ impl Runner {
 
     /// Checks one server: online, still the certificate confirmed, and (with its admin
     /// token) what it says of its folder.
-    async fn probe(&self, server: &Server) {
+    async fn probe(&self, server: &KnownServer) {
         let spec = match self.spec_of(server) {
             Ok(spec) => spec,
             Err(e) => {
@@ -133,7 +133,7 @@ impl Runner {
         match (was, ok) {
             (Some(true), false) => {
                 self.notify(
-                    "Server offline",
+                    "KnownServer offline",
                     format!("{name}: {}", reason.clone().unwrap_or_default()),
                 );
                 self.log(
@@ -142,7 +142,7 @@ impl Runner {
                 );
             }
             (Some(false), true) => {
-                self.notify("Server back online", format!("{name} answers again."));
+                self.notify("KnownServer back online", format!("{name} answers again."));
                 self.log(Level::Info, format!("{name} is back online"));
             }
             _ => self.touch(),
@@ -188,7 +188,7 @@ impl Runner {
     }
 
     /// The trust and pairing token of a configured server.
-    pub(super) fn spec_of(&self, server: &Server) -> Result<TargetSpec, UiError> {
+    pub(super) fn spec_of(&self, server: &KnownServer) -> Result<TargetSpec, UiError> {
         Ok(TargetSpec {
             url: server.url.clone(),
             trust: self.trust(&server.url, server.fingerprint.as_deref()),

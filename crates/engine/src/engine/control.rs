@@ -15,8 +15,8 @@
 //! to this machine's loopback), never on trust on first use, and only to the addresses of
 //! `[serve] push_to` when the agent has that list ([`check_target`], [`PushRefusal`]).
 
-use super::{TargetSpec, push_continuous, push_once};
-use crate::app::{Mirror, Overrides};
+use super::TargetSpec;
+use crate::app::{Ended, Mirror, Overrides};
 use crate::config::Mode;
 use crate::event::Event;
 use crate::path::STATE_DIR;
@@ -466,22 +466,15 @@ impl Agent {
         mirror: &Mirror,
         cancel: &CancellationToken,
     ) -> (JobState, Option<String>) {
-        let options = &mirror.options;
-        match mirror.schedule(None, None) {
-            Some(schedule) => match push_continuous(options, &schedule, &self.events, cancel).await
-            {
-                Ok(()) => (JobState::Stopped, None),
-                Err(e) => (JobState::Failed, Some(e.to_string())),
-            },
-            None => match push_once(options, &self.events, cancel).await {
-                Ok(report) if report.ok => (JobState::Done, None),
-                Ok(report) if report.stopped => (JobState::Paused, None),
-                Ok(report) => (
-                    JobState::Failed,
-                    report.targets.iter().find_map(|t| t.error.clone()),
-                ),
-                Err(e) => (JobState::Failed, Some(e.to_string())),
-            },
+        match mirror.run(None, None, &self.events, cancel).await {
+            Ok(Ended::Stopped) => (JobState::Stopped, None),
+            Ok(Ended::Pushed(report)) if report.ok => (JobState::Done, None),
+            Ok(Ended::Pushed(report)) if report.stopped => (JobState::Paused, None),
+            Ok(Ended::Pushed(report)) => (
+                JobState::Failed,
+                report.targets.iter().find_map(|t| t.error.clone()),
+            ),
+            Err(e) => (JobState::Failed, Some(e.to_string())),
         }
     }
 
