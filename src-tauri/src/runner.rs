@@ -25,7 +25,7 @@ use crate::view::{ActivityView, Level, ResourcesView};
 use rainmaker_engine::app::progress::Tracker;
 use rainmaker_engine::app::supervisor::{Report, SuperviseError};
 use rainmaker_engine::app::{self, Supervisor};
-use rainmaker_engine::config::Config;
+use rainmaker_engine::config::{Config, KnownServer};
 use rainmaker_engine::event::{Event, PushReport, Refusal};
 use rainmaker_engine::protocol::AgentStatus;
 use rainmaker_engine::status;
@@ -399,6 +399,17 @@ impl Runner {
             | Event::Verifying { .. }
             | Event::Progress { .. } => {}
         }
+    }
+
+    /// The configured server named `name`.
+    fn server(&self, name: &str) -> Result<KnownServer, UiError> {
+        self.lock()
+            .config
+            .servers
+            .iter()
+            .find(|s| s.name == name)
+            .cloned()
+            .ok_or_else(|| UiError::bad_input(format!("There is no server named {name:?}.")))
     }
 
     /// Server names by URL.

@@ -4,8 +4,7 @@
 
 mod common;
 
-use common::identical;
-use rainmaker_engine::engine::{ServeOptions, Server};
+use common::{agent, identical};
 use rainmaker_tray::runner::Runner;
 use serde_json::{Value, json};
 use std::path::Path;
@@ -49,20 +48,8 @@ fn harness() -> Harness {
     std::fs::write(source.join("workspace.xml"), b"<workspace/>").unwrap();
     std::fs::write(source.join("cache/bars.tmp"), b"rebuilt on the backup").unwrap();
     let stop = CancellationToken::new();
-    let server = tauri::async_runtime::block_on(Server::bind(ServeOptions {
-        admin_token: None,
-        root: root.clone(),
-        listen: "127.0.0.1:0".into(),
-        token: TOKEN.into(),
-        insecure: false,
-        name: "backup-1".into(),
-        trash_retention: None,
-        push_to: None,
-    }))
-    .unwrap();
-    let url = format!("127.0.0.1:{}", server.local_addr().port());
-    let fingerprint = server.fingerprint().unwrap().to_owned();
-    tauri::async_runtime::spawn(server.run(stop.clone()));
+    let (url, fingerprint) =
+        tauri::async_runtime::block_on(agent(&root, "backup-1", TOKEN, None, &stop));
     let config = dir.path().join("config/rainmaker.toml");
     let rt = tauri::async_runtime::handle().inner().clone();
     let (runner, _notices) = Runner::start(config.clone(), dir.path().join("data"), rt).unwrap();
@@ -289,22 +276,7 @@ fn bad_input_is_refused_with_a_code_and_changes_nothing() {
 
 /// Another agent, with an admin token, serving `root`.
 fn agent_with_admin(root: &Path, name: &str, stop: &CancellationToken) -> (String, String) {
-    std::fs::create_dir_all(root).unwrap();
-    let server = tauri::async_runtime::block_on(Server::bind(ServeOptions {
-        admin_token: Some(ADMIN.into()),
-        root: root.to_path_buf(),
-        listen: "127.0.0.1:0".into(),
-        token: TOKEN.into(),
-        insecure: false,
-        name: name.into(),
-        trash_retention: None,
-        push_to: None,
-    }))
-    .unwrap();
-    let url = format!("127.0.0.1:{}", server.local_addr().port());
-    let fingerprint = server.fingerprint().unwrap().to_owned();
-    tauri::async_runtime::spawn(server.run(stop.clone()));
-    (url, fingerprint)
+    tauri::async_runtime::block_on(agent(root, name, TOKEN, Some(ADMIN), stop))
 }
 
 const ADMIN: &str = "admin-token-for-tests";

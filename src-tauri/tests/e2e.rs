@@ -12,9 +12,8 @@
 
 mod common;
 
-use common::{free_port, identical, spawn_group, wait_port, xvfb};
+use common::{agent, free_port, identical, spawn_group, wait_port, xvfb};
 use fantoccini::{Client, ClientBuilder, Locator};
-use rainmaker_engine::engine::{ServeOptions, Server};
 use serde_json::json;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -102,27 +101,6 @@ async fn wait_in_sync(client: &Client, name: &str) {
     }
 }
 
-/// An agent on a free loopback port receiving into `root`; its address and fingerprint.
-async fn agent(root: &Path, name: &str, stop: &CancellationToken) -> (String, String) {
-    std::fs::create_dir_all(root).unwrap();
-    let server = Server::bind(ServeOptions {
-        admin_token: None,
-        root: root.to_path_buf(),
-        listen: "127.0.0.1:0".into(),
-        token: TOKEN.into(),
-        insecure: false,
-        name: name.into(),
-        trash_retention: None,
-        push_to: None,
-    })
-    .await
-    .unwrap();
-    let address = format!("127.0.0.1:{}", server.local_addr().port());
-    let fingerprint = server.fingerprint().unwrap().to_owned();
-    tokio::spawn(server.run(stop.clone()));
-    (address, fingerprint)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_adds_servers_and_syncs_two_folders_to_them() {
     let dir = tempfile::tempdir().unwrap();
@@ -141,7 +119,7 @@ async fn the_dashboard_adds_servers_and_syncs_two_folders_to_them() {
     .unwrap();
 
     let stop = CancellationToken::new();
-    let (address, fingerprint) = agent(&root, "cloud-e2e", &stop).await;
+    let (address, fingerprint) = agent(&root, "cloud-e2e", TOKEN, None, &stop).await;
 
     let (_xvfb, display) = xvfb();
     let (port, native) = (free_port(), free_port());
@@ -257,7 +235,7 @@ async fn the_dashboard_adds_servers_and_syncs_two_folders_to_them() {
         &ticks[..700_000],
     )
     .unwrap();
-    let (address2, _) = agent(&mt5_root, "cloud-e2e-2", &stop).await;
+    let (address2, _) = agent(&mt5_root, "cloud-e2e-2", TOKEN, None, &stop).await;
     add_server(&client, "cloud-2", &address2).await;
     css(&client, "[data-test=add-folder]")
         .await

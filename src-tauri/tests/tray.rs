@@ -10,8 +10,7 @@
 
 mod common;
 
-use common::{Group, identical, spawn_group, spawn_reading_line, xvfb};
-use rainmaker_engine::engine::{ServeOptions, Server};
+use common::{Group, agent, identical, spawn_group, spawn_reading_line, xvfb};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -239,21 +238,8 @@ async fn the_tray_icon_s_sync_now_mirrors_and_a_failing_target_is_notified() {
     std::fs::write(source.join("workspace.xml"), b"<workspace/>").unwrap();
 
     let stop = CancellationToken::new();
-    let server = Server::bind(ServeOptions {
-        admin_token: None,
-        root: root.clone(),
-        listen: "127.0.0.1:0".into(),
-        token: TOKEN.into(),
-        insecure: false,
-        name: "cloud-tray".into(),
-        trash_retention: None,
-        push_to: None,
-    })
-    .await
-    .unwrap();
-    let url = format!("wss://127.0.0.1:{}", server.local_addr().port());
-    let fingerprint = server.fingerprint().unwrap().to_owned();
-    let serving = tokio::spawn(server.run(stop.clone()));
+    let (address, fingerprint) = agent(&root, "cloud-tray", TOKEN, None, &stop).await;
+    let url = format!("wss://{address}");
 
     let token_file = dir.path().join("cloud-1.token");
     std::fs::write(&token_file, TOKEN).unwrap();
@@ -297,7 +283,7 @@ async fn the_tray_icon_s_sync_now_mirrors_and_a_failing_target_is_notified() {
 
     // The server goes away; the next Sync now fails, and the trader is told.
     stop.cancel();
-    let _ = serving.await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
     std::fs::write(source.join("workspace.xml"), b"<workspace changed/>").unwrap();
     session.click_sync_now();
     session.wait_icon("error");

@@ -26,16 +26,12 @@ fn calm() -> Thresholds {
 /// An agent on a free loopback port, receiving into `root`; stopped by `stop`.
 async fn agent(root: &Path, stop: &CancellationToken) -> (String, String) {
     std::fs::create_dir_all(root).unwrap();
-    let server = Server::bind(ServeOptions {
-        root: root.to_path_buf(),
-        listen: "127.0.0.1:0".into(),
-        token: TOKEN.into(),
-        admin_token: None,
-        insecure: false,
-        name: "backup".into(),
-        trash_retention: None,
-        push_to: None,
-    })
+    let server = Server::bind(ServeOptions::new(
+        root.to_path_buf(),
+        "127.0.0.1:0",
+        TOKEN,
+        "backup",
+    ))
     .await
     .unwrap();
     let url = format!("wss://127.0.0.1:{}", server.local_addr().port());

@@ -61,14 +61,7 @@ impl Runner {
 
     /// Checks the server named `name` once, if there is one.
     pub(super) async fn probe_named(&self, name: &str) {
-        let server = self
-            .lock()
-            .config
-            .servers
-            .iter()
-            .find(|s| s.name == name)
-            .cloned();
-        if let Some(server) = server {
+        if let Ok(server) = self.server(name) {
             self.probe(&server).await;
         }
     }

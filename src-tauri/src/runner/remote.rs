@@ -17,14 +17,7 @@ use tokio_util::sync::CancellationToken;
 impl Runner {
     /// A control connection to a server whose admin token this PC holds.
     async fn control(&self, name: &str) -> Result<Remote, UiError> {
-        let server = self
-            .lock()
-            .config
-            .servers
-            .iter()
-            .find(|s| s.name == name)
-            .cloned()
-            .ok_or_else(|| UiError::bad_input(format!("There is no server named {name:?}.")))?;
+        let server = self.server(name)?;
         let Some(admin) = &server.admin_token_file else {
             return Err(UiError::bad_input(format!(
                 "{name} was added without its admin token, so this PC cannot command it. Remove it and add it again with the admin token."

@@ -1,5 +1,5 @@
-//! What the tray app's tests that need a display share: child process groups killed when
-//! dropped, an Xvfb display of their own, free loopback ports.
+//! What the tray app's tests share: child process groups killed when dropped, an Xvfb display
+//! of their own, free loopback ports, an agent to mirror to, comparing files.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
@@ -85,4 +85,28 @@ pub fn identical(a: &std::path::Path, b: &std::path::Path) -> bool {
     std::fs::read(a)
         .ok()
         .is_some_and(|x| std::fs::read(b).ok() == Some(x))
+}
+
+/// An agent of the engine's on a free loopback port, receiving into `root` (made if missing)
+/// from sources with the token `token`, commanded with `admin` if given; runs until `stop`.
+/// Returns its address (HOST:PORT) and certificate fingerprint.
+pub async fn agent(
+    root: &std::path::Path,
+    name: &str,
+    token: &str,
+    admin: Option<&str>,
+    stop: &tokio_util::sync::CancellationToken,
+) -> (String, String) {
+    use rainmaker_engine::engine::{ServeOptions, Server};
+    std::fs::create_dir_all(root).unwrap();
+    let server = Server::bind(ServeOptions {
+        admin_token: admin.map(str::to_owned),
+        ..ServeOptions::new(root.to_path_buf(), "127.0.0.1:0", token, name)
+    })
+    .await
+    .unwrap();
+    let address = format!("127.0.0.1:{}", server.local_addr().port());
+    let fingerprint = server.fingerprint().unwrap().to_owned();
+    tokio::spawn(server.run(stop.clone()));
+    (address, fingerprint)
 }

@@ -23,6 +23,29 @@ pub struct ServeOptions {
     pub push_to: Option<Vec<String>>,
 }
 
+impl ServeOptions {
+    /// An agent named `name` receiving into `root` on `listen` (HOST:PORT) from sources that
+    /// present `token`, over TLS, with no admin token, no trash and no limit on whom it may be
+    /// told to push to; the fields say how to change each.
+    pub fn new(
+        root: PathBuf,
+        listen: impl Into<String>,
+        token: impl Into<String>,
+        name: impl Into<String>,
+    ) -> ServeOptions {
+        ServeOptions {
+            root,
+            listen: listen.into(),
+            token: token.into(),
+            admin_token: None,
+            insecure: false,
+            name: name.into(),
+            trash_retention: None,
+            push_to: None,
+        }
+    }
+}
+
 /// Where an agent keeps its TLS identity (certificate and key) for the folder `root`.
 pub fn identity_dir(root: &Path) -> PathBuf {
     root.join(STATE_DIR).join("tls")
