@@ -164,10 +164,12 @@ fn a_quiet_source_keeps_its_session_by_answering_pings() {
     let sandbox = Sandbox::new();
     let (source, target) = (sandbox.dir("source"), sandbox.dir("target"));
     std::fs::write(source.join("workspace.xml"), b"<w/>").unwrap();
-    let agent = sandbox.serve_admin(&target, &[], &[("RAINMAKER_TEST_IDLE_MS", "600")]);
+    // An idle limit short enough for several to pass, long enough that a busy machine (two
+    // cores, Wine) still answers the pings in time.
+    let agent = sandbox.serve_admin(&target, &[], &[("RAINMAKER_TEST_IDLE_MS", "1500")]);
     let watching = watch_until_in_sync(&sandbox, &source, &agent);
     // Several idle limits with nothing to send.
-    std::thread::sleep(Duration::from_secs(3));
+    std::thread::sleep(Duration::from_secs(6));
     write_random(&source.join("db/tick/NQ.ncd"), 3, 200_000);
     wait_identical(&source, &target, Duration::from_secs(20), &|| {
         watching.log()

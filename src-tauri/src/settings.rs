@@ -5,6 +5,7 @@
 
 use crate::error::{UiCode, UiError};
 use rainmaker_engine::config::{self, Config};
+use rainmaker_engine::fs::Keep;
 use std::path::{Path, PathBuf};
 
 /// Reads the configuration; a missing file is an empty configuration.
@@ -20,12 +21,7 @@ pub fn save(path: &Path, config: &Config) -> Result<(), UiError> {
     let text = config::render(config);
     // Never write what could not be read back.
     config::parse(&text, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let temp = path.with_extension("toml.tmp");
-    std::fs::write(&temp, text)?;
-    std::fs::rename(&temp, path)?;
+    rainmaker_engine::fs::write_atomic(path, text.as_bytes(), Keep::Durable)?;
     Ok(())
 }
 
@@ -94,17 +90,7 @@ pub fn write_tokens(
 }
 
 fn write_secret(path: &Path, token: &str) -> Result<PathBuf, UiError> {
-    let temp = path.with_extension("tmp");
-    {
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let mut file = options.open(&temp)?;
-        std::io::Write::write_all(&mut file, token.trim().as_bytes())?;
-        file.sync_all()?;
-    }
-    std::fs::rename(&temp, path)?;
+    rainmaker_engine::fs::write_atomic(path, token.trim().as_bytes(), Keep::Private)?;
     Ok(path.to_path_buf())
 }
 

@@ -126,11 +126,12 @@ impl Session {
         self.xdotool(&["mousemove", "--window", &menu, "40", "14", "click", "1"]);
     }
 
-    /// The average colour of the tray icon's pixels that are not the tray's background.
-    fn icon_colour(&self) -> [f64; 3] {
+    /// The average colour of the tray icon's pixels that are not the tray's background; `None`
+    /// while the icon's window cannot be read (it is being replaced with a new picture).
+    fn icon_colour(&self) -> Option<[f64; 3]> {
         let icon = self.window(ICON_CLASS, false);
         let (conn, _) = x11rb::connect(Some(&self.display)).expect("an X connection");
-        let geometry = conn.get_geometry(icon).unwrap().reply().unwrap();
+        let geometry = conn.get_geometry(icon).ok()?.reply().ok()?;
         let image = conn
             .get_image(
                 ImageFormat::Z_PIXMAP,
@@ -141,16 +142,17 @@ impl Session {
                 geometry.height,
                 !0,
             )
-            .unwrap()
+            .ok()?
             .reply()
-            .unwrap();
+            .ok()?;
         // 24-bit depth: 4 bytes a pixel, blue, green, red, unused.
         let pixels: Vec<[f64; 3]> = image
             .data
             .chunks_exact(4)
             .map(|p| [f64::from(p[2]), f64::from(p[1]), f64::from(p[0])])
             .collect();
-        let background = pixels[0];
+        let background = *pixels.first()?;
+        // Nothing but the tray's background: the picture is not drawn yet.
         mean(
             pixels
                 .into_iter()
@@ -162,7 +164,14 @@ impl Session {
     fn wait_icon(&self, state: &str) {
         let start = Instant::now();
         loop {
-            let shown = self.icon_colour();
+            let Some(shown) = self.icon_colour() else {
+                assert!(
+                    start.elapsed() < Duration::from_secs(30),
+                    "the tray icon cannot be read, or shows nothing, for 30 s"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            };
             let nearest = STATES
                 .iter()
                 .min_by(|a, b| {
@@ -196,9 +205,11 @@ fn picture_colour(state: &str) -> [f64; 3] {
             .filter(|p| p[3] > 200)
             .map(|p| [f64::from(p[0]), f64::from(p[1]), f64::from(p[2])]),
     )
+    .expect("the tray pictures are not empty")
 }
 
-fn mean(pixels: impl Iterator<Item = [f64; 3]>) -> [f64; 3] {
+/// The average colour of `pixels`; `None` when there are none.
+fn mean(pixels: impl Iterator<Item = [f64; 3]>) -> Option<[f64; 3]> {
     let (mut sum, mut n) = ([0.0; 3], 0.0);
     for p in pixels {
         for i in 0..3 {
@@ -206,8 +217,7 @@ fn mean(pixels: impl Iterator<Item = [f64; 3]>) -> [f64; 3] {
         }
         n += 1.0;
     }
-    assert!(n > 0.0, "the icon shows nothing but the tray's background");
-    sum.map(|s| s / n)
+    (n > 0.0).then(|| sum.map(|s| s / n))
 }
 
 fn distance(a: [f64; 3], b: [f64; 3]) -> f64 {

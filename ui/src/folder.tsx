@@ -2,7 +2,7 @@
 // common platforms), its targets, the paths left out, its schedule and bandwidth cap, and how
 // its mirror stands; a second folder (another platform) is added with its own targets.
 
-import { useEffect, useState } from "preact/hooks";
+import { useEffect, useRef, useState } from "preact/hooks";
 import type { Backend } from "./backend";
 import { overallLabel } from "./format";
 import type { Dashboard, FolderForm as Form, FolderMode, Preset } from "./types";
@@ -61,8 +61,13 @@ function FolderForm({
   const initial = view?.form ?? EMPTY;
   const [form, setForm] = useState<Form>(initial);
   const [excludeText, setExcludeText] = useState(form.exclude.join("\n"));
+  // When what is saved changes (elsewhere, or by this form), the form shows it; not on the
+  // first render, which already does (a reset then would drop what was typed meanwhile).
   const saved = JSON.stringify(initial);
+  const shown = useRef(saved);
   useEffect(() => {
+    if (shown.current === saved) return;
+    shown.current = saved;
     setForm(initial);
     setExcludeText(initial.exclude.join("\n"));
   }, [saved]);

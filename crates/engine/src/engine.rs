@@ -9,7 +9,7 @@
 //! (a file changed while it was sent, a block a target could not copy) gets another pass.
 //!
 //! Parts: `push` ([`push_once`] and one session with one target), `continuous`
-//! ([`push_continuous`]), `proof` (proving what a scan took on trust), `server` ([`Server`]),
+//! ([`push_continuous`]) and `trigger` (when it scans), `proof` (proving what a scan took on trust), `server` ([`Server`]),
 //! `control` (commands to an agent, [`Remote`]), `source` (reading the source: the hashing
 //! pool, the scan, database copies), `manifest_cache` (a target's last manifest) and `paths`
 //! (the data folder).
@@ -40,6 +40,7 @@ mod proof;
 mod push;
 mod server;
 mod source;
+mod trigger;
 pub use continuous::{Schedule, push_continuous, start_guard};
 pub use control::{PushRefusal, Remote, RemoteError, check_target};
 use manifest_cache::{cached_manifest_path, load_cached_manifest, save_cached_manifest};

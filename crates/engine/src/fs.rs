@@ -1,6 +1,6 @@
 //! The one door to the disk for everything platform-specific: opening source files without
 //! disturbing the program writing them, file identity and times, executable bits, positioned
-//! reads and writes, and durable renames.
+//! reads and writes, durable renames, and one atomic write of a small file ([`write_atomic`]).
 //!
 //! Trading platforms keep their data files open while they write them. On Windows a file is
 //! opened with read, write and delete sharing so RainMaker never blocks or fails the writer;
@@ -419,6 +419,65 @@ fn is_held(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::PermissionDenied || matches!(e.raw_os_error(), Some(5 | 32 | 33))
 }
 
+/// How [`write_atomic`] keeps a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keep {
+    /// Synced to disk before and after the rename: a power cut leaves the old file or the new
+    /// one (settings, certificates).
+    Durable,
+    /// As [`Keep::Durable`], and only the owner may read it (0600 on Unix; on Windows a file
+    /// in the user's own folders already is): keys and tokens.
+    Private,
+    /// Not synced: a crash leaves the old file or the new one, a power cut may leave the old
+    /// (a status file rewritten every fraction of a second, a cache).
+    Volatile,
+}
+
+/// Writes `bytes` to `path` so that a reader or a crash sees the old file or the new one,
+/// never half of either: a temporary file beside it (`.NAME.tmp`) is written, renamed into
+/// place and, unless `keep` is [`Keep::Volatile`], synced with its folder. Makes the folder if
+/// it is missing.
+pub fn write_atomic(path: &Path, bytes: &[u8], keep: Keep) -> io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?;
+    let mut temp_name = std::ffi::OsString::from(".");
+    temp_name.push(name);
+    temp_name.push(".tmp");
+    let temp = dir.join(temp_name);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    if keep == Keep::Private {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    // A temporary file left by a crash goes first: a new one gets the mode asked for.
+    let _ = std::fs::remove_file(&temp);
+    let written = (|| {
+        let mut file = options.open(&temp)?;
+        io::Write::write_all(&mut file, bytes)?;
+        if keep != Keep::Volatile {
+            file.sync_all()?;
+        }
+        drop(file);
+        rename(&temp, path)
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&temp);
+        return Err(e);
+    }
+    match keep {
+        Keep::Volatile => Ok(()),
+        Keep::Durable | Keep::Private => sync_dir(dir),
+    }
+}
+
 /// Takes a lock on an open file, exclusive or shared, waiting for it: `flock` on Unix, a
 /// lock of the whole file with `LockFileEx` on Windows (there it also keeps other programs
 /// from reading or writing the locked bytes, which for a lock file is no matter).
@@ -570,6 +629,33 @@ pub fn totals(root: &Path) -> Totals {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_atomic_write_replaces_the_whole_file_and_leaves_no_temporary_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/settings.toml");
+        write_atomic(&path, b"first", Keep::Volatile).unwrap();
+        write_atomic(&path, b"second, longer", Keep::Private).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"second, longer");
+        let left: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, vec![std::ffi::OsString::from("settings.toml")]);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "a private file is the owner's only");
+        }
+        // A folder where the file should be: the write fails and the folder is untouched.
+        let blocked = dir.path().join("blocked");
+        std::fs::create_dir(&blocked).unwrap();
+        std::fs::write(blocked.join("inside"), b"kept").unwrap();
+        assert!(write_atomic(&blocked, b"x", Keep::Durable).is_err());
+        assert_eq!(std::fs::read(blocked.join("inside")).unwrap(), b"kept");
+        assert!(!dir.path().join(".blocked.tmp").exists());
+    }
     use std::io::Write;
 
     #[test]

@@ -5,8 +5,13 @@
 //! needs the hashes of the whole blocks below it and one read of at most one partial block:
 //! that is what makes an append cost work proportional to what was appended.
 
-use crate::protocol::{BLOCK_SIZE, Hash};
 use std::io::{self, Read};
+
+/// Size of a block: the unit of hashing, transfer and resume.
+pub const BLOCK_SIZE: u64 = 128 * 1024;
+
+/// A BLAKE3 hash.
+pub type Hash = [u8; 32];
 
 /// Number of blocks of a file of `size` bytes (an empty file has none).
 pub fn block_count(size: u64) -> u64 {

@@ -27,8 +27,9 @@ use thiserror::Error;
 pub const PROTOCOL_VERSION: u32 = 3;
 /// The first bytes of every `Hello`, so a stray client is told apart from an old RainMaker.
 pub const MAGIC: [u8; 8] = *b"RAINMKR\0";
-/// Size of a block: the unit of hashing, transfer and resume.
-pub const BLOCK_SIZE: u64 = 128 * 1024;
+/// A block is the unit of hashing, transfer and resume; a hash is BLAKE3's (both are the
+/// hashing's, which knows nothing of the wire).
+pub use crate::hash::{BLOCK_SIZE, Hash};
 /// Largest message accepted on the wire (a manifest part, or a block plus headers).
 pub const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
 /// Longest relative path accepted, in bytes.
@@ -46,9 +47,6 @@ pub const MAX_BLOCKS_PER_MESSAGE: usize = 16_384;
 pub const MAX_TEXT_BYTES: usize = 4096;
 /// Most targets one control request may name.
 pub const MAX_PUSH_TARGETS: usize = 64;
-
-/// A BLAKE3 hash.
-pub type Hash = [u8; 32];
 
 /// Every message of the protocol, in both directions.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -259,15 +259,12 @@ pub fn running_dir(data_dir: &Path) -> PathBuf {
 
 /// Writes a status file atomically (a reader never sees half of it).
 pub fn write(dir: &Path, status: &Status) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    let name = file_name(status.pid, status.slot);
-    let path = dir.join(&name);
-    let temp = dir.join(format!(".{name}.tmp"));
-    std::fs::write(
-        &temp,
-        serde_json::to_vec_pretty(status).map_err(std::io::Error::other)?,
-    )?;
-    std::fs::rename(temp, path)
+    let bytes = serde_json::to_vec_pretty(status).map_err(std::io::Error::other)?;
+    crate::fs::write_atomic(
+        &dir.join(file_name(status.pid, status.slot)),
+        &bytes,
+        crate::fs::Keep::Volatile,
+    )
 }
 
 /// Removes a push's status file (when it stops).

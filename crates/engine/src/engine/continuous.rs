@@ -13,6 +13,7 @@
 //! to be in sync only once the snapshot it holds is proven ("verifying" until then).
 
 use super::proof::Prover;
+use super::trigger::{Triggers, Why};
 use super::{
     EngineError, PushOptions, announce_scan, cached_manifest_path, keep_alive_while, low_priority,
     scan_source, session,
@@ -23,7 +24,7 @@ use crate::index::Index;
 use crate::mirror::send::{BlockSource, SendError};
 use crate::protocol::Hash;
 use crate::scan::{Growth, Tree, Unproven};
-use crate::schedule::{Backoff, SleepDetector};
+use crate::schedule::Backoff;
 use crate::transport::WIRE_TOTAL;
 use crate::watch;
 use rand::SeedableRng;
@@ -33,8 +34,6 @@ use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc, watch as latest};
 use tokio_util::sync::CancellationToken;
 
-/// Wait after a change before scanning, so a burst of writes is one scan.
-const DEBOUNCE: Duration = Duration::from_millis(5);
 /// A live database is copied at most this often; its targets lag it by about this much.
 const COPY_EVERY: Duration = Duration::from_secs(1);
 
@@ -72,7 +71,7 @@ pub async fn push_continuous(
     let index = Arc::new(Index::open(&options.state_dir.join("index.redb"))?);
     let databases = Arc::new(super::snapshots(&options.state_dir)?.every(COPY_EVERY));
     let compress = options.compress.wanted(&options.targets);
-    let (trigger_tx, mut triggers) = mpsc::channel::<()>(1);
+    let (trigger_tx, triggers) = mpsc::channel::<()>(1);
     let _watch = match schedule.watch {
         true => Some(
             watch::start(&options.source, trigger_tx.clone())
@@ -113,35 +112,13 @@ pub async fn push_continuous(
         };
         loops.spawn(job.run());
     }
-    let mut ticker = tokio::time::interval(schedule.every);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut clock = tokio::time::interval(Duration::from_secs(1));
-    let mut sleep = SleepDetector::new(Duration::from_secs(5));
+    let mut triggers = Triggers::new(triggers, schedule.every, schedule.sync_now.clone());
     let mut generation = 0;
-    // When a database that changed too soon after its last copy is to be copied again.
-    let mut copy_due: Option<tokio::time::Instant> = None;
-    loop {
-        let asked = async {
-            match &schedule.sync_now {
-                Some(notify) => notify.notified().await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            () = cancel.cancelled() => break,
-            () = asked => tracing::info!("sync asked for; scanning now"),
-            _ = triggers.recv() => {
-                tokio::time::sleep(DEBOUNCE).await;
-                while triggers.try_recv().is_ok() {}
-            }
-            _ = ticker.tick() => {}
-            () = sleep_until_due(copy_due) => copy_due = None,
-            _ = clock.tick() => {
-                if !sleep.check() {
-                    continue;
-                }
-                tracing::info!("the machine woke from sleep; syncing now");
-            }
+    while let Some(why) = triggers.next(cancel).await {
+        match why {
+            Why::Asked => tracing::info!("sync asked for; scanning now"),
+            Why::Woke => tracing::info!("the machine woke from sleep; syncing now"),
+            Why::Change | Why::Tick | Why::CopyDue => {}
         }
         let (source, exclude, idx, dbs) = (
             options.source.clone(),
@@ -167,8 +144,7 @@ pub async fn push_continuous(
             }
         };
         if let Some(wait) = scanned.copy_again_in {
-            let due = tokio::time::Instant::now() + wait;
-            copy_due = Some(copy_due.map_or(due, |d| d.min(due)));
+            triggers.copy_again_in(wait);
         }
         generation += 1;
         tracing::debug!(generation, elapsed = ?started.elapsed(), hashed = scanned.bytes_hashed, "scanned");
@@ -187,14 +163,6 @@ pub async fn push_continuous(
     }
     loops.shutdown().await;
     Ok(())
-}
-
-/// Waits until `due`, or for ever when nothing is due.
-async fn sleep_until_due(due: Option<tokio::time::Instant>) {
-    match due {
-        Some(due) => tokio::time::sleep_until(due).await,
-        None => std::future::pending().await,
-    }
 }
 
 /// Starts the resource guard: a task that samples the machine every second until `cancel`

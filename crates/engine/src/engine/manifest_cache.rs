@@ -23,10 +23,5 @@ pub(super) fn load_cached_manifest(path: &Path) -> Option<(Hash, Tree)> {
 pub(super) fn save_cached_manifest(path: &Path, digest: Hash, tree: &Tree) -> std::io::Result<()> {
     let bytes =
         postcard::to_stdvec(&(digest, plan::to_entries(tree))).map_err(std::io::Error::other)?;
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    let temp = path.with_extension("tmp");
-    std::fs::write(&temp, bytes)?;
-    std::fs::rename(temp, path)
+    crate::fs::write_atomic(path, &bytes, crate::fs::Keep::Volatile)
 }

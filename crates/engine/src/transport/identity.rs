@@ -6,9 +6,9 @@
 //! identity must survive restarts. It lives in two files, `cert.der` and `key.der`, in the
 //! agent's state folder.
 
+use crate::fs::Keep;
 use std::fmt;
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use rustls::crypto::CryptoProvider;
@@ -155,9 +155,9 @@ impl Identity {
         let identity = Self::generate()?;
         let key_path = dir.join(KEY_FILE);
         let cert_path = dir.join(CERT_FILE);
-        write_file(&key_path, &identity.key, true)
+        crate::fs::write_atomic(&key_path, &identity.key, Keep::Private)
             .map_err(|e| identity_error(&key_path, format!("cannot write it: {e}")))?;
-        write_file(&cert_path, &identity.cert, false)
+        crate::fs::write_atomic(&cert_path, &identity.cert, Keep::Durable)
             .map_err(|e| identity_error(&cert_path, format!("cannot write it: {e}")))?;
         Ok(identity)
     }
@@ -216,26 +216,6 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     }
     builder.create(dir)?;
     crate::fs::restrict_to_owner(dir)
-}
-
-/// Writes `bytes` to a temporary file next to `path`, syncs it and renames it into place, so a
-/// crash never leaves a half-written file under the final name.
-fn write_file(path: &Path, bytes: &[u8], private: bool) -> std::io::Result<()> {
-    let tmp = path.with_extension("der.tmp");
-    let mut options = fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    if private {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    #[cfg(not(unix))]
-    let _ = private;
-    let mut file = options.open(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    drop(file);
-    fs::rename(&tmp, path)
 }
 
 #[cfg(test)]
