@@ -5,7 +5,7 @@
 //! A preset only fills in a folder and an exclude list; the user can change both. What is
 //! live needs no setting: a SQLite database is known by its header and always read through a
 //! consistent copy, and a file that changes under a read is read through a stable copy
-//! ([`crate::snapshot`]). The `live` list says what to expect, and where each entry comes from:
+//! (`snapshot`). The `live` list says what to expect, and where each entry comes from:
 //! a platform's documentation, or an observation of its behaviour taken as an assumption.
 
 use serde::Serialize;

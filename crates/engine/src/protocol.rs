@@ -271,7 +271,7 @@ pub struct JobStatus {
 impl Message {
     /// Escapes the control characters of every free-text field (names, reasons, a status's
     /// texts, an event's JSON; never a path or a token), as the transport does to every
-    /// message it receives: see [`crate::text`].
+    /// message it receives: see `text`.
     pub fn escape_text(&mut self) {
         use crate::text::escape_in_place as escape;
         match self {
