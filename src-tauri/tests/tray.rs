@@ -49,7 +49,7 @@ impl Session {
                 .args(["--height", "32", "--transparent", "false"])
                 .env("DISPLAY", &display)
                 .stdout(Stdio::null())
-                .stderr(Stdio::null()),
+                .stderr(std::fs::File::create(dir.join("trayer.log")).unwrap()),
         );
         // dunst runs a script for every notification it shows: the test reads what it wrote.
         let script = dir.join("notified.sh");
@@ -80,11 +80,17 @@ impl Session {
                 .stdout(Stdio::null())
                 .stderr(Stdio::null()),
         );
-        Session {
+        let session = Session {
             display,
             bus,
             _children: vec![dunst, tray, bus_daemon, xvfb],
+        };
+        // The tray is up (its panel is mapped) before an app looks for it.
+        if session.find("trayer", true).is_none() {
+            let log = std::fs::read_to_string(dir.join("trayer.log")).unwrap_or_default();
+            panic!("trayer never showed its panel:\n{log}");
         }
+        session
     }
 
     fn xdotool(&self, args: &[&str]) -> String {
@@ -96,8 +102,9 @@ impl Session {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// The first window of `class` that is mapped, waiting up to 20 s for one.
-    fn window(&self, class: &str, visible_only: bool) -> u32 {
+    /// The first window of `class` (mapped, with `visible_only`), waiting up to a minute for
+    /// one (a busy machine starts a program slowly; this is not a speed test).
+    fn find(&self, class: &str, visible_only: bool) -> Option<u32> {
         let start = Instant::now();
         loop {
             let mut args = vec!["search"];
@@ -107,14 +114,19 @@ impl Session {
             args.extend(["--class", class]);
             let found = self.xdotool(&args);
             if let Some(id) = found.lines().find_map(|l| l.trim().parse().ok()) {
-                return id;
+                return Some(id);
             }
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "no window of class {class:?} after 20 s"
-            );
+            if start.elapsed() > Duration::from_secs(60) {
+                return None;
+            }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// [`Session::find`], which must find it.
+    fn window(&self, class: &str, visible_only: bool) -> u32 {
+        self.find(class, visible_only)
+            .unwrap_or_else(|| panic!("no window of class {class:?} after 60 s"))
     }
 
     /// Right-clicks the tray icon and chooses the menu's first item, Sync now.
@@ -166,8 +178,8 @@ impl Session {
         loop {
             let Some(shown) = self.icon_colour() else {
                 assert!(
-                    start.elapsed() < Duration::from_secs(30),
-                    "the tray icon cannot be read, or shows nothing, for 30 s"
+                    start.elapsed() < Duration::from_secs(60),
+                    "the tray icon cannot be read, or shows nothing, for 60 s"
                 );
                 std::thread::sleep(Duration::from_millis(100));
                 continue;
@@ -183,8 +195,8 @@ impl Session {
                 return;
             }
             assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "the tray icon shows {nearest}, not {state}, after 30 s"
+                start.elapsed() < Duration::from_secs(60),
+                "the tray icon shows {nearest}, not {state}, after 60 s"
             );
             std::thread::sleep(Duration::from_millis(200));
         }

@@ -1,0 +1,172 @@
+//! The blocks of a push, read once for every target: a block is read from the source (or
+//! from a live file's copy), checked against the hash the scan recorded (a file truncated
+//! since is abandoned for this pass), compressed once when that makes it smaller, and kept in
+//! a bounded cache so every other target that needs it gets the same bytes without reading
+//! the disk again. A slow target falls out of the cache window and reads for itself.
+
+use crate::fs;
+use crate::hash;
+use crate::index::FileRecord;
+use crate::protocol::{BLOCK_SIZE, Hash, Payload};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::sync::OnceCell;
+
+/// Blocks kept for other targets (128 KiB each: 64 MiB).
+const CACHE_BLOCKS: usize = 512;
+/// After this many blocks of a file that did not compress, stop trying for that file.
+const GIVE_UP_COMPRESSING: u32 = 3;
+/// zstd level: fast, because the link is rarely slower than this on a trading PC's CPU.
+const ZSTD_LEVEL: i32 = 1;
+
+type Key = (String, Hash, u64);
+type Slot = Arc<OnceCell<Arc<Payload>>>;
+
+/// Reads, verifies and compresses source blocks once for every target.
+#[derive(Debug)]
+pub struct BlockSource {
+    root: PathBuf,
+    /// Files read from a consistent copy instead of the live file (databases).
+    copies: Mutex<BTreeMap<String, Arc<crate::snapshot::Copy>>>,
+    cache: Mutex<(HashMap<Key, Slot>, VecDeque<Key>)>,
+    incompressible: Mutex<HashMap<(String, Hash), u32>>,
+    bytes_read: AtomicU64,
+    compress: bool,
+}
+
+impl BlockSource {
+    /// A block source for the folder `root`; `compress` says whether zstd is tried.
+    pub fn new(root: PathBuf, compress: bool) -> BlockSource {
+        BlockSource {
+            root,
+            copies: Mutex::new(BTreeMap::new()),
+            compress,
+            cache: Mutex::new((HashMap::new(), VecDeque::new())),
+            incompressible: Mutex::new(HashMap::new()),
+            bytes_read: AtomicU64::new(0),
+        }
+    }
+
+    /// This block source, reading the files of `copies` from their copies.
+    pub fn reading_copies(self, copies: BTreeMap<String, Arc<crate::snapshot::Copy>>) -> Self {
+        self.read_copies(copies);
+        self
+    }
+
+    /// From now on, reads the files of `copies` from their copies (the scan's databases).
+    pub fn read_copies(&self, copies: BTreeMap<String, Arc<crate::snapshot::Copy>>) {
+        *self.copies.lock().expect("copies lock") = copies;
+    }
+
+    /// Where the bytes of `path` are read from.
+    fn location(&self, path: &str) -> PathBuf {
+        match self.copies.lock().expect("copies lock").get(path) {
+            Some(copy) => copy.path.clone(),
+            None => self.root.join(path),
+        }
+    }
+
+    /// Bytes read from source files to be sent (each block counts once per read).
+    pub fn bytes_read(&self) -> u64 {
+        self.bytes_read.load(Ordering::Relaxed)
+    }
+
+    /// The hash of the source file's bytes from the start of the block holding `len` to
+    /// `len`; what the plan needs to recognise an append.
+    pub fn tail_hash(&self, path: &str, len: u64) -> Option<Hash> {
+        let start = len - len % BLOCK_SIZE;
+        let file = fs::open_shared(&self.location(path)).ok()?;
+        let mut buffer = vec![0u8; (len - start) as usize];
+        let n = fs::read_at(&file, start, &mut buffer).ok()?;
+        self.bytes_read.fetch_add(n as u64, Ordering::Relaxed);
+        (n == buffer.len()).then(|| hash::block_hash(&buffer))
+    }
+
+    /// The payload of `record`'s bytes from `offset` to the end of their block.
+    pub async fn get(
+        self: &Arc<Self>,
+        path: &str,
+        record: &FileRecord,
+        offset: u64,
+    ) -> Result<Arc<Payload>, String> {
+        let key = (path.to_string(), record.hash, offset);
+        let slot = {
+            let mut guard = self.cache.lock().expect("cache lock");
+            let (map, order) = &mut *guard;
+            match map.get(&key) {
+                Some(slot) => slot.clone(),
+                None => {
+                    let slot: Slot = Arc::default();
+                    map.insert(key.clone(), slot.clone());
+                    order.push_back(key.clone());
+                    while order.len() > CACHE_BLOCKS {
+                        if let Some(old) = order.pop_front() {
+                            map.remove(&old);
+                        }
+                    }
+                    slot
+                }
+            }
+        };
+        let this = self.clone();
+        let path = path.to_string();
+        let record = record.clone();
+        // Errors are not kept: the next pass, or the next target, tries the disk again.
+        slot.get_or_try_init(|| async move {
+            tokio::task::spawn_blocking(move || this.read(&path, &record, offset))
+                .await
+                .unwrap_or_else(|e| Err(format!("reader failed: {e}")))
+        })
+        .await
+        .cloned()
+    }
+
+    fn read(&self, path: &str, record: &FileRecord, offset: u64) -> Result<Arc<Payload>, String> {
+        let index = offset / BLOCK_SIZE;
+        let start = index * BLOCK_SIZE;
+        let len = hash::block_len(record.stamp.size, index) as usize;
+        if index >= record.blocks.len() as u64 {
+            return Err(format!("block {index} is past the end of {path}"));
+        }
+        let file =
+            fs::open_shared(&self.location(path)).map_err(|e| format!("cannot read it: {e}"))?;
+        let mut buffer = vec![0u8; len];
+        let n =
+            fs::read_at(&file, start, &mut buffer).map_err(|e| format!("cannot read it: {e}"))?;
+        self.bytes_read.fetch_add(n as u64, Ordering::Relaxed);
+        if n != len {
+            return Err(
+                "it was truncated while being sent; the next pass sends the new version".into(),
+            );
+        }
+        let bytes = buffer.split_off((offset - start) as usize);
+        Ok(Arc::new(self.compress(path, record.hash, bytes)))
+    }
+
+    fn compress(&self, path: &str, hash: Hash, bytes: Vec<u8>) -> Payload {
+        let key = (path.to_string(), hash);
+        let failures = *self
+            .incompressible
+            .lock()
+            .expect("lock")
+            .get(&key)
+            .unwrap_or(&0);
+        if !self.compress || failures >= GIVE_UP_COMPRESSING || bytes.len() < 64 {
+            return Payload::Raw(bytes);
+        }
+        match zstd::bulk::compress(&bytes, ZSTD_LEVEL) {
+            Ok(packed) if packed.len() < bytes.len() - bytes.len() / 16 => Payload::Zstd(packed),
+            _ => {
+                *self
+                    .incompressible
+                    .lock()
+                    .expect("lock")
+                    .entry(key)
+                    .or_default() += 1;
+                Payload::Raw(bytes)
+            }
+        }
+    }
+}
