@@ -1,11 +1,13 @@
 //! Property: any random tree, after each of any random edits, mirrors to an identical tree,
 //! through a real agent on a loopback port (TLS, token, pinned certificate).
 
+#[path = "../../../tests/common/tree.rs"]
+mod tree;
+
 use proptest::prelude::*;
 use rainmaker_engine::engine::{self, PushOptions, ServeOptions, Server, TargetSpec};
 use rainmaker_engine::event;
 use rainmaker_engine::transport::Trust;
-use std::collections::BTreeMap;
 use std::path::Path;
 use tokio_util::sync::CancellationToken;
 
@@ -91,51 +93,9 @@ fn write_file(root: &Path, rel: &str, bytes: &[u8]) {
 
 fn files(root: &Path) -> Vec<String> {
     let mut out = Vec::new();
-    for entry in walk(root) {
-        if entry.1.is_some() {
-            out.push(entry.0);
-        }
-    }
-    out
-}
-
-/// Every path below `root` (outside `.rainmaker`) with its content, or `None` for folders.
-fn walk(root: &Path) -> BTreeMap<String, Option<(usize, String, i128)>> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let entry = entry.unwrap();
-            let path = entry.path();
-            let rel = path
-                .strip_prefix(root)
-                .unwrap()
-                .to_string_lossy()
-                .replace('\\', "/");
-            if rel == ".rainmaker" {
-                continue;
-            }
-            let meta = entry.metadata().unwrap();
-            if meta.is_dir() {
-                stack.push(path);
-                out.insert(rel, None);
-            } else {
-                let mtime = meta
-                    .modified()
-                    .unwrap()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    .as_nanos() as i128;
-                let bytes = std::fs::read(&path).unwrap();
-                out.insert(
-                    rel,
-                    Some((
-                        bytes.len(),
-                        blake3::hash(&bytes).to_hex()[..16].to_string(),
-                        mtime,
-                    )),
-                );
-            }
+    for (path, node) in tree::tree(root) {
+        if matches!(node, tree::Node::File { .. }) {
+            out.push(path);
         }
     }
     out
@@ -243,28 +203,9 @@ async fn mirror(options: &PushOptions) {
     assert!(report.ok, "the push must verify: {report:?}");
 }
 
-fn same(a: &Path, b: &Path) -> bool {
-    walk(a) == walk(b)
-}
-
-/// The paths where two trees differ, with both sides, for an assertion message.
+/// The differences between two folders, one a line (empty when identical).
 fn differences(a: &Path, b: &Path) -> String {
-    let (a, b) = (walk(a), walk(b));
-    let mut out = Vec::new();
-    for key in a
-        .keys()
-        .chain(b.keys())
-        .collect::<std::collections::BTreeSet<_>>()
-    {
-        if a.get(key) != b.get(key) {
-            out.push(format!(
-                "{key}: source {:?}, target {:?}",
-                a.get(key),
-                b.get(key)
-            ));
-        }
-    }
-    out.join("; ")
+    tree::tree_diff(&tree::tree(a), &tree::tree(b)).join("\n")
 }
 
 proptest! {
@@ -285,7 +226,8 @@ proptest! {
         let runtime = tokio::runtime::Runtime::new().unwrap();
         let (options, cancel) = runtime.block_on(start(&source, &target, &state));
         runtime.block_on(mirror(&options));
-        prop_assert!(same(&source, &target), "first mirror must be identical: {}", differences(&source, &target));
+        let diff = differences(&source, &target);
+        prop_assert!(diff.is_empty(), "first mirror must be identical: {}", diff);
         // Edits come in runs with no sync between them: a file may be patched in its middle
         // and grown before the next sync, which must still leave the target identical.
         let last = edits.len().saturating_sub(1);
@@ -295,7 +237,8 @@ proptest! {
                 continue;
             }
             runtime.block_on(mirror(&options));
-            prop_assert!(same(&source, &target), "mirror after edit {} ({:?}) must be identical: {}", i, edit, differences(&source, &target));
+            let diff = differences(&source, &target);
+            prop_assert!(diff.is_empty(), "mirror after edit {} ({:?}) must be identical: {}", i, edit, diff);
         }
         cancel.cancel();
     }
