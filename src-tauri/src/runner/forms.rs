@@ -327,7 +327,16 @@ impl Runner {
         })?;
         self.log(
             Level::Info,
-            format!("Settings saved: {} ({:?})", source.display(), form.mode),
+            format!(
+                "Settings saved: {} ({})",
+                source.display(),
+                match form.mode {
+                    FolderMode::Manual => "only on Sync".to_owned(),
+                    FolderMode::Watch => "continuous".to_owned(),
+                    FolderMode::Every =>
+                        format!("every {} minutes", form.every_minutes.unwrap_or(5.0)),
+                }
+            ),
         );
         Ok(())
     }
