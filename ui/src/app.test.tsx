@@ -104,6 +104,41 @@ describe("the dashboard", () => {
     expect(q('[data-test="overall"]').dataset.state).toBe("syncing");
   });
 
+  it("a platform's suggested folder gives way to the next platform's; a folder picked by hand stays", async () => {
+    const { q } = setup();
+    await screen.findByText("Servers");
+    const preset = (await waitFor(() => {
+      const el = q('select[name="preset"]') as HTMLSelectElement;
+      expect(el.options.length).toBeGreaterThan(1);
+      return el;
+    })) as HTMLSelectElement;
+    const source = () => q('input[name="source"]') as HTMLInputElement;
+    fireEvent.change(preset, { target: { value: "ninjatrader8" } });
+    await waitFor(() => expect(source().value).toContain("NinjaTrader 8"));
+    fireEvent.change(preset, { target: { value: "metatrader5" } });
+    await waitFor(() => expect(source().value).toBe(""));
+    expect((q('textarea[name="exclude"]') as HTMLTextAreaElement).value).toContain("MQL5/Logs");
+    type(source(), "D:\\MT5 data");
+    fireEvent.change(preset, { target: { value: "ninjatrader8" } });
+    await waitFor(() => expect((q('textarea[name="exclude"]') as HTMLTextAreaElement).value).toContain("cache"));
+    expect(source().value).toBe("D:\\MT5 data");
+  });
+
+  it("says to save first when Sync is pressed over unsaved changes", async () => {
+    const { backend, q } = setup();
+    await backend.addServer("cloud-1", "203.0.113.5:7878", "t", "SHA256:" + "ab".repeat(32));
+    await screen.findByText("Servers");
+    type(q('input[name="source"]'), "C:\\NT8");
+    fireEvent.click(await waitFor(() => q('[data-test="target-cloud-1"]')));
+    fireEvent.click(q('[data-test="sync"]'));
+    await waitFor(() => expect(q('[data-test="error"]').textContent).toContain("not saved yet"));
+    expect(backend.calls).not.toContain("sync");
+    fireEvent.click(q('[data-test="save-folder"]'));
+    await waitFor(() => expect(backend.state.folders.length).toBe(1));
+    fireEvent.click(q('[data-test="sync"]'));
+    await waitFor(() => expect(backend.calls).toContain("sync"));
+  });
+
   it("warns below five minutes and explains a guard pause", async () => {
     const { backend, q } = setup();
     await screen.findByText("Servers");

@@ -1,7 +1,7 @@
 // The dashboard: status and the Sync button on top, banners for pauses and errors, the
 // servers with their progress, the folders mirrored, the machine's health, and recent activity.
 
-import { useCallback, useEffect, useState } from "preact/hooks";
+import { useCallback, useEffect, useRef, useState } from "preact/hooks";
 import { Activity } from "./activity";
 import { toUiError, type Backend } from "./backend";
 import { errorTitle } from "./errors";
@@ -33,6 +33,23 @@ export function App({ backend }: { backend: Backend }) {
     }
   }, []);
 
+  // Forms with changes not saved yet: Sync mirrors what is saved, so it says so first.
+  const unsaved = useRef(new Set<string>());
+  const onUnsaved = useCallback((form: string, dirty: boolean) => {
+    if (dirty) unsaved.current.add(form);
+    else unsaved.current.delete(form);
+  }, []);
+  const sync = () => {
+    if (unsaved.current.size > 0) {
+      setError({
+        code: "bad_input",
+        message: "A folder has changes that are not saved yet: press its Save first, then Sync (Sync mirrors what is saved).",
+      });
+      return;
+    }
+    run(() => backend.syncNow());
+  };
+
   if (!dash) return <main class="loading">Starting RainMaker…</main>;
   const userPaused = dash.paused?.by === "you";
   return (
@@ -47,7 +64,7 @@ export function App({ backend }: { backend: Backend }) {
           <span class="summary">{dash.summary.replace(/^RainMaker: /, "")}</span>
         </div>
         <div class="actions">
-          <button class="primary big" data-test="sync" onClick={() => run(() => backend.syncNow())}>
+          <button class="primary big" data-test="sync" onClick={sync}>
             Sync
           </button>
           <button data-test="pause" onClick={() => run(() => (userPaused ? backend.resume() : backend.pause()))}>
@@ -74,7 +91,7 @@ export function App({ backend }: { backend: Backend }) {
       <div class="grid">
         <div class="left">
           <ServerList dash={dash} backend={backend} run={run} />
-          <Folders dash={dash} backend={backend} run={run} />
+          <Folders dash={dash} backend={backend} run={run} onUnsaved={onUnsaved} />
         </div>
         <div class="right">
           <section class="card health">

@@ -20,7 +20,18 @@ const EMPTY: Form = {
 };
 
 /** Every folder, and a form for a new one (open at once when there is none). */
-export function Folders({ dash, backend, run }: { dash: Dashboard; backend: Backend; run: Run }) {
+/** `onUnsaved` hears, per form, whether it holds changes not saved yet. */
+export function Folders({
+  dash,
+  backend,
+  run,
+  onUnsaved,
+}: {
+  dash: Dashboard;
+  backend: Backend;
+  run: Run;
+  onUnsaved?: (form: string, unsaved: boolean) => void;
+}) {
   const [presets, setPresets] = useState<Preset[]>([]);
   const [adding, setAdding] = useState(false);
   useEffect(() => {
@@ -29,10 +40,18 @@ export function Folders({ dash, backend, run }: { dash: Dashboard; backend: Back
   return (
     <>
       {dash.folders.map((f, i) => (
-        <FolderForm key={`${i}:${f.form.source}`} index={i} dash={dash} presets={presets} backend={backend} run={run} />
+        <FolderForm key={`${i}:${f.form.source}`} index={i} dash={dash} presets={presets} backend={backend} run={run} onUnsaved={onUnsaved} />
       ))}
       {dash.folders.length === 0 || adding ? (
-        <FolderForm index={null} dash={dash} presets={presets} backend={backend} run={run} onDone={() => setAdding(false)} />
+        <FolderForm
+          index={null}
+          dash={dash}
+          presets={presets}
+          backend={backend}
+          run={run}
+          onUnsaved={onUnsaved}
+          onDone={() => setAdding(false)}
+        />
       ) : (
         <button data-test="add-folder" onClick={() => setAdding(true)}>
           Add a folder (another platform)
@@ -49,6 +68,7 @@ function FolderForm({
   backend,
   run,
   onDone,
+  onUnsaved,
 }: {
   index: number | null;
   dash: Dashboard;
@@ -56,6 +76,7 @@ function FolderForm({
   backend: Backend;
   run: Run;
   onDone?: () => void;
+  onUnsaved?: (form: string, unsaved: boolean) => void;
 }) {
   const view = index === null ? null : dash.folders[index];
   const initial = view?.form ?? EMPTY;
@@ -76,8 +97,12 @@ function FolderForm({
   const choosePreset = (id: string) => {
     const preset = presets.find((p) => p.id === id);
     if (!preset) return set({ preset: null });
+    // The folder the last platform suggested gives way to this platform's own (or to none,
+    // for the user to pick); a folder picked by hand stays.
+    const previous = presets.find((p) => p.id === form.preset);
+    const suggested = !form.source || (previous?.folder != null && form.source === previous.folder);
     setExcludeText(preset.exclude.join("\n"));
-    set({ preset: id, exclude: preset.exclude, source: form.source || preset.folder || "" });
+    set({ preset: id, exclude: preset.exclude, source: suggested ? (preset.folder ?? "") : form.source });
   };
   const toggleTarget = (name: string, on: boolean) =>
     set({ targets: on ? [...form.targets, name] : form.targets.filter((t) => t !== name) });
@@ -92,6 +117,11 @@ function FolderForm({
   };
   const preset = presets.find((p) => p.id === form.preset);
   const dirty = JSON.stringify({ ...form, exclude: excludeText.split("\n").map((l) => l.trim()).filter(Boolean) }) !== JSON.stringify(initial);
+  const formKey = index === null ? "new" : String(index);
+  useEffect(() => {
+    onUnsaved?.(formKey, dirty);
+    return () => onUnsaved?.(formKey, false);
+  }, [dirty, formKey]);
   const title = view ? (presets.find((p) => p.id === view.form.preset)?.name ?? view.form.source) : dash.folders.length ? "Another folder" : "What to mirror";
   // A server receives one folder: the others' targets are not offered.
   const taken = (name: string) => dash.folders.some((f, i) => i !== index && f.form.targets.includes(name));
