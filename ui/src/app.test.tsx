@@ -243,8 +243,15 @@ describe("any server to any servers", () => {
     fireEvent.click(q('[data-test="bring-back-cloud-a"]'));
     await waitFor(() => expect(backend.calls).toContain("receive from cloud-a at 192.168.1.20:7878"));
     expect(String(prompt.mock.calls[0][0])).toContain("cloud-a has the newer data");
+    // Demote asks first: declined, nothing changes; confirmed, the server is a target again.
+    confirm.mockReturnValue(false);
+    fireEvent.click(q('[data-test="demote-cloud-a"]'));
+    expect(backend.calls).not.toContain("role cloud-a target");
+    expect(String(confirm.mock.calls.at(-1)?.[0])).toContain("a target again");
+    confirm.mockReturnValue(true);
     fireEvent.click(q('[data-test="demote-cloud-a"]'));
     await waitFor(() => expect(q('[data-test="promote-cloud-a"]')).not.toBeNull());
+    expect(backend.calls).toContain("role cloud-a target");
     confirm.mockRestore();
     prompt.mockRestore();
   });

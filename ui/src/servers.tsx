@@ -180,7 +180,14 @@ function ServerRow({
                 </button>
               )}
               {s.remote_role === "source" ? (
-                <button class="link" data-test={`demote-${s.name}`} title="Receive mirrors again (after failback)" onClick={() => run(() => backend.setRole(s.name, false, false))}>
+                <button class="link" data-test={`demote-${s.name}`} title="Receive mirrors again (after failback)" onClick={() => {
+                    if (
+                      confirm(
+                        `Make ${s.name} a target again? It stops being the source of its folder, and the next sync from ${thisPc} replaces what it holds with this PC's folder (replaced files go to its trash).`,
+                      )
+                    )
+                      run(() => backend.setRole(s.name, false, false));
+                  }}>
                   Demote
                 </button>
               ) : (
