@@ -434,7 +434,7 @@ pub enum Keep {
 }
 
 /// Writes `bytes` to `path` so that a reader or a crash sees the old file or the new one,
-/// never half of either: a temporary file beside it (`.NAME.tmp`) is written, renamed into
+/// never half of either: a temporary file beside it (`.NAME.PID-N.tmp`) is written, renamed into
 /// place and, unless `keep` is [`Keep::Volatile`], synced with its folder. Makes the folder if
 /// it is missing.
 pub fn write_atomic(path: &Path, bytes: &[u8], keep: Keep) -> io::Result<()> {
@@ -446,9 +446,13 @@ pub fn write_atomic(path: &Path, bytes: &[u8], keep: Keep) -> io::Result<()> {
     let name = path
         .file_name()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?;
+    // A name of this write's own: two writers of one file never write into the same temporary
+    // file (the last rename wins, whole).
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut temp_name = std::ffi::OsString::from(".");
     temp_name.push(name);
-    temp_name.push(".tmp");
+    temp_name.push(format!(".{}-{n}.tmp", std::process::id()));
     let temp = dir.join(temp_name);
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);
@@ -457,8 +461,6 @@ pub fn write_atomic(path: &Path, bytes: &[u8], keep: Keep) -> io::Result<()> {
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
-    // A temporary file left by a crash goes first: a new one gets the mode asked for.
-    let _ = std::fs::remove_file(&temp);
     let written = (|| {
         let mut file = options.open(&temp)?;
         io::Write::write_all(&mut file, bytes)?;
@@ -654,7 +656,12 @@ mod tests {
         std::fs::write(blocked.join("inside"), b"kept").unwrap();
         assert!(write_atomic(&blocked, b"x", Keep::Durable).is_err());
         assert_eq!(std::fs::read(blocked.join("inside")).unwrap(), b"kept");
-        assert!(!dir.path().join(".blocked.tmp").exists());
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            2,
+            "no temporary file is left beside the folder: {:?}",
+            std::fs::read_dir(dir.path()).unwrap().collect::<Vec<_>>()
+        );
     }
     use std::io::Write;
 

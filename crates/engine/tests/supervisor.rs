@@ -293,3 +293,29 @@ async fn a_mass_deletion_waits_for_a_yes_on_its_own_folder() {
     all_in_sync(&setup.supervisor).await;
     assert!(setup.backup("mt5").join("db/a.bin").exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_folder_restarted_mid_scan_starts_again_once_its_last_run_let_go() {
+    let setup = Setup::new(Mode::Watch).await;
+    // A file big enough that the first scan is still hashing when the restarts come.
+    write_tree(&setup.source("nt8"), &[("db/big.ncd", 64 << 20)]);
+    let mut reports = setup.supervisor.reports();
+    setup.supervisor.set_folders(&setup.folders);
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        // New guard thresholds restart every continuous folder.
+        setup.supervisor.set_guard(calm());
+    }
+    all_in_sync(&setup.supervisor).await;
+    assert!(same(
+        &setup.source("nt8"),
+        &setup.backup("nt8"),
+        "db/big.ncd"
+    ));
+    while let Ok(report) = reports.try_recv() {
+        assert!(
+            !matches!(report, Report::Failed { .. }),
+            "a restart must not fail on the index its last run still held: {report:?}"
+        );
+    }
+}

@@ -126,7 +126,7 @@ impl Runner {
         match (was, ok) {
             (Some(true), false) => {
                 self.notify(
-                    "KnownServer offline",
+                    "Server offline",
                     format!("{name}: {}", reason.clone().unwrap_or_default()),
                 );
                 self.log(
@@ -135,7 +135,7 @@ impl Runner {
                 );
             }
             (Some(false), true) => {
-                self.notify("KnownServer back online", format!("{name} answers again."));
+                self.notify("Server back online", format!("{name} answers again."));
                 self.log(Level::Info, format!("{name} is back online"));
             }
             _ => self.touch(),

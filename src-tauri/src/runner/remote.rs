@@ -78,7 +78,21 @@ impl Runner {
         self.rt.spawn(async move {
             let ended = runner.follow(&mut control, job).await;
             control.close().await;
+            let whole = matches!(&ended, Ok(status) if status.state == JobState::Done);
             if let Some(then) = then {
+                // A failback: sync from this PC stays paused either way; what Resume will send
+                // depends on whether the folder came back whole.
+                runner.log(
+                    if whole { Level::Info } else { Level::Warn },
+                    if whole {
+                        "This PC's folder is back whole; press Resume to mirror it from here again"
+                            .into()
+                    } else {
+                        "The push back did not finish, so this PC's folder may be incomplete: sync \
+                         stays paused. Bring it back again, or press Resume to mirror it as it is"
+                            .into()
+                    },
+                );
                 then.cancel();
             }
             {
@@ -134,14 +148,19 @@ impl Runner {
             ))
         })?;
         let (listen, url) = failback_address(from, address)?;
-        if let Some(other) = &self.lock().receiving_from {
-            return Err(UiError::new(
-                UiCode::Busy,
-                format!("This PC is already receiving a folder back from {other}."),
-            ));
+        {
+            // Taken at once, in the same lock as the check: a second Bring back waits its turn.
+            let mut inner = self.lock();
+            if let Some(other) = &inner.receiving_from {
+                return Err(UiError::new(
+                    UiCode::Busy,
+                    format!("This PC is already receiving a folder back from {other}."),
+                ));
+            }
+            inner.receiving_from = Some(from.to_owned());
         }
         let token = hex_token();
-        let server = engine::Server::bind(ServeOptions {
+        let bound = engine::Server::bind(ServeOptions {
             root: source.clone(),
             listen,
             token: token.clone(),
@@ -151,14 +170,17 @@ impl Runner {
             trash_retention: Some(rainmaker_engine::trash::DEFAULT_RETENTION),
             push_to: None,
         })
-        .await
-        .map_err(|e| {
-            UiError::bad_input(format!(
-                "{e}. Give an address of this PC's own network connection as {from} reaches \
-                 it (behind a router, this PC's LAN address with the port forwarded to it)."
-            ))
-        })?
-        .expire_token_after(FAILBACK_TOKEN_LIFETIME);
+        .await;
+        let server = match bound {
+            Ok(server) => server.expire_token_after(FAILBACK_TOKEN_LIFETIME),
+            Err(e) => {
+                self.lock().receiving_from = None;
+                return Err(UiError::bad_input(format!(
+                    "{e}. Give an address of this PC's own network connection as {from} reaches \
+                     it (behind a router, this PC's LAN address with the port forwarded to it)."
+                )));
+            }
+        };
         let fingerprint = server.fingerprint().map(str::to_owned);
         let stop = self.shutdown.child_token();
         // A push now would send a half-restored folder, with its deletions, to the others.
@@ -167,17 +189,13 @@ impl Runner {
             source.display()
         )));
         self.supervisor.pause();
-        self.lock().receiving_from = Some(from.to_owned());
         self.rt.spawn(server.run(stop.clone()));
         let (runner, done) = (self.clone(), stop.clone());
         self.rt.spawn(async move {
             done.cancelled().await;
             runner.lock().receiving_from = None;
             runner.supervisor.hold(None);
-            runner.log(
-                Level::Info,
-                "This PC has stopped receiving; press Resume to mirror from it again".into(),
-            );
+            runner.log(Level::Info, "This PC has stopped receiving".into());
         });
         let target = RemoteTarget {
             url,

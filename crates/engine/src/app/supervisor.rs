@@ -14,12 +14,14 @@ use crate::engine::start_guard;
 use crate::event::{self, Event, PushReport, Refusal};
 use crate::guard::{Gate, Thresholds};
 use crate::status::{self, Board, TargetState};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 use thiserror::Error;
 use tokio::runtime::Handle;
 use tokio::sync::{Notify, broadcast, watch};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 /// Something a supervised mirror reported, for a shell to log or notify.
@@ -119,8 +121,8 @@ struct State {
     guard_cancel: CancellationToken,
     /// Why the resource guard holds every sync, while it does.
     guard_paused: Option<String>,
-    /// The guard's events (Paused, Resumed, Resources), shared by every folder.
-    guard_events: broadcast::Sender<Event>,
+    /// The last mirror task of each source folder (by path), which the next one waits for.
+    tasks: HashMap<PathBuf, JoinHandle<()>>,
     next_id: u64,
 }
 
@@ -136,6 +138,15 @@ struct Supervised {
     mass_delete: Option<MassDelete>,
     problem: Option<String>,
     events: broadcast::Sender<Event>,
+}
+
+/// Whose events a `take_in` task takes in.
+#[derive(Debug)]
+enum Source {
+    /// The resource guard that runs until this token is cancelled.
+    Guard(CancellationToken),
+    /// The mirror of the folder with this id.
+    Folder(u64),
 }
 
 /// A mirror's task.
@@ -155,35 +166,45 @@ impl Supervisor {
         thresholds: Thresholds,
         rt: Handle,
     ) -> Arc<Supervisor> {
-        let (guard_events, _) = event::channel();
         let shutdown = CancellationToken::new();
-        let guard_cancel = shutdown.child_token();
-        let gate = {
-            let _enter = rt.enter();
-            start_guard(thresholds, guard_events.clone(), guard_cancel.clone())
-        };
         let supervisor = Arc::new(Supervisor {
             data_dir,
             source_name,
             rt,
-            shutdown,
             state: Mutex::new(State {
                 folders: Vec::new(),
                 paused_by_user: false,
                 held: None,
-                gate,
-                guard_cancel,
+                gate: Gate::open(),
+                guard_cancel: shutdown.child_token(),
                 guard_paused: None,
-                guard_events: guard_events.clone(),
+                tasks: HashMap::new(),
                 next_id: 0,
             }),
+            shutdown,
             reports: broadcast::channel(event::EVENT_CAPACITY).0,
             changed: watch::channel(0).0,
         });
+        let mut state = supervisor.lock();
+        supervisor.install_guard(&mut state, thresholds);
+        drop(state);
         supervisor
-            .rt
-            .spawn(supervisor.clone().take_in(None, guard_events.subscribe()));
-        supervisor
+    }
+
+    /// Starts a resource guard at `thresholds` in place of the one running: its gate holds
+    /// every mirror started from now on, and its events are taken in until it is replaced (an
+    /// event the old guard sent late is dropped, so its pause cannot outlive it).
+    fn install_guard(self: &Arc<Self>, state: &mut State, thresholds: Thresholds) {
+        state.guard_cancel.cancel();
+        state.guard_cancel = self.shutdown.child_token();
+        let (events, rx) = event::channel();
+        state.gate = {
+            let _enter = self.rt.enter();
+            start_guard(thresholds, events, state.guard_cancel.clone())
+        };
+        let guard = state.guard_cancel.clone();
+        self.rt
+            .spawn(self.clone().take_in(Source::Guard(guard), rx));
     }
 
     /// What the mirrors report, as it happens.
@@ -248,7 +269,7 @@ impl Supervisor {
         };
         let source = folder.source.display().to_string();
         let (events, rx) = event::channel();
-        self.rt.spawn(self.clone().take_in(Some(id), rx));
+        self.rt.spawn(self.clone().take_in(Source::Folder(id), rx));
         Supervised {
             id,
             board: Board::new(std::process::id(), id as u32, &source, &mode, &urls),
@@ -265,16 +286,7 @@ impl Supervisor {
     /// Sets the resource guard's thresholds; the mirrors start again behind the new guard.
     pub fn set_guard(self: &Arc<Self>, thresholds: Thresholds) {
         let mut state = self.lock();
-        state.guard_cancel.cancel();
-        state.guard_cancel = self.shutdown.child_token();
-        state.gate = {
-            let _enter = self.rt.enter();
-            start_guard(
-                thresholds,
-                state.guard_events.clone(),
-                state.guard_cancel.clone(),
-            )
-        };
+        self.install_guard(&mut state, thresholds);
         // The old guard's pause went with it: the new gate is open until the new guard says.
         if state.guard_paused.take().is_some() {
             let resumed = Event::Resumed {
@@ -310,12 +322,16 @@ impl Supervisor {
             let Some(s) = state.folders.iter_mut().find(|s| s.id == id) else {
                 continue;
             };
-            s.mass_delete = None;
             let once = s.folder.mode == Mode::Manual;
             match &s.run {
                 Some(run) if run.once => {}
+                // A running mirror rescans now; a deletion it waits on stays asked (it is
+                // refused again on the next pass, and the question must not vanish).
                 Some(_) if !was_paused && !once => s.sync_now.notify_one(),
-                _ => self.start(&mut state, id, once, false),
+                _ => {
+                    s.mass_delete = None;
+                    self.start(&mut state, id, once, false);
+                }
             }
         }
         drop(state);
@@ -340,8 +356,20 @@ impl Supervisor {
             return Err(SuperviseError::NothingToConfirm(shown));
         }
         let id = s.id;
-        state.paused_by_user = false;
+        // The yes lifts a pause made by the user for every folder, as Sync does.
+        let was_paused = std::mem::replace(&mut state.paused_by_user, false);
         self.start(&mut state, id, true, true);
+        if was_paused {
+            let others: Vec<u64> = state
+                .folders
+                .iter()
+                .filter(|s| s.id != id)
+                .map(|s| s.id)
+                .collect();
+            for other in others {
+                self.start(&mut state, other, false, false);
+            }
+        }
         drop(state);
         self.touch();
         Ok(())
@@ -443,8 +471,16 @@ impl Supervisor {
     }
 
     /// Stops every mirror and starts each as its mode says (unless paused or held).
+    /// A one-off push under way (Sync now, a confirmed deletion) is left to finish and hand
+    /// back to its folder's mode, unless everything stops (paused or held).
     fn restart_all(self: &Arc<Self>, state: &mut State) {
-        let ids: Vec<u64> = state.folders.iter().map(|s| s.id).collect();
+        let stopping = state.paused_by_user || state.held.is_some();
+        let ids: Vec<u64> = state
+            .folders
+            .iter()
+            .filter(|s| stopping || !s.run.as_ref().is_some_and(|r| r.once))
+            .map(|s| s.id)
+            .collect();
         for id in ids {
             self.start(state, id, false, false);
         }
@@ -499,12 +535,20 @@ impl Supervisor {
             once,
         });
         let (events, sync_now) = (s.events.clone(), s.sync_now.clone());
+        let source = s.folder.source.clone();
+        // The folder's last task (stopped above, or by a pause, or an edit of the folder) may
+        // still hold its index open until its scan ends: this one starts after it.
+        let previous = state.tasks.remove(&source);
         let supervisor = self.clone();
-        self.rt.spawn(async move {
+        let task = self.rt.spawn(async move {
+            if let Some(previous) = previous {
+                let _ = previous.await;
+            }
             // The guard runs beside every mirror here (set_guard), so the schedule has none.
             let ended = mirror.run(None, Some(sync_now), &events, &cancel).await;
             supervisor.ended(id, run_id, once, ended, cancel.is_cancelled());
         });
+        state.tasks.insert(source, task);
     }
 
     /// The mirror of `folder` as this machine runs it, or what is wrong with it.
@@ -566,9 +610,9 @@ impl Supervisor {
         self.touch();
     }
 
-    /// Takes in the events of folder `id`'s mirror (or, with `None`, the guard's, which
-    /// concern every folder) and passes them on as reports.
-    async fn take_in(self: Arc<Self>, id: Option<u64>, mut events: broadcast::Receiver<Event>) {
+    /// Takes in the events of a folder's mirror, or of a resource guard (which concern every
+    /// folder) until it is replaced, and passes them on as reports.
+    async fn take_in(self: Arc<Self>, from: Source, mut events: broadcast::Receiver<Event>) {
         loop {
             let event = tokio::select! {
                 () = self.shutdown.cancelled() => return,
@@ -582,8 +626,10 @@ impl Supervisor {
             let (at, now) = (Instant::now(), status::now());
             let mut state = self.lock();
             let mut changed = matches!(event, Event::Resources { .. });
-            let source = match id {
-                None => {
+            let source = match &from {
+                // A replaced guard's late event is not this guard's to say.
+                Source::Guard(replaced) if replaced.is_cancelled() => return,
+                Source::Guard(_) => {
                     match &event {
                         Event::Paused { reason } => state.guard_paused = Some(reason.clone()),
                         Event::Resumed { .. } => state.guard_paused = None,
@@ -594,8 +640,8 @@ impl Supervisor {
                     }
                     None
                 }
-                Some(id) => {
-                    let Some(s) = state.folders.iter_mut().find(|s| s.id == id) else {
+                Source::Folder(id) => {
+                    let Some(s) = state.folders.iter_mut().find(|s| s.id == *id) else {
                         return;
                     };
                     changed |= s.board.apply(&event, now);
