@@ -106,17 +106,19 @@ function FolderForm({
   };
   const toggleTarget = (name: string, on: boolean) =>
     set({ targets: on ? [...form.targets, name] : form.targets.filter((t) => t !== name) });
+  const entered = { ...form, exclude: excludeText.split("\n").map((l) => l.trim()).filter(Boolean) };
+  // What this form saved last: saved, it is no longer a change, even before the dashboard's
+  // next snapshot shows it (a Sync pressed right after Save must not be refused).
+  const [savedAs, setSavedAs] = useState<string | null>(null);
   const save = async () => {
-    const done = await run(() =>
-      backend.saveFolder(index, {
-        ...form,
-        exclude: excludeText.split("\n").map((l) => l.trim()).filter(Boolean),
-      }),
-    );
-    if (done) onDone?.();
+    const done = await run(() => backend.saveFolder(index, entered));
+    if (done) {
+      setSavedAs(JSON.stringify(entered));
+      onDone?.();
+    }
   };
   const preset = presets.find((p) => p.id === form.preset);
-  const dirty = JSON.stringify({ ...form, exclude: excludeText.split("\n").map((l) => l.trim()).filter(Boolean) }) !== JSON.stringify(initial);
+  const dirty = JSON.stringify(entered) !== saved && JSON.stringify(entered) !== savedAs;
   const formKey = index === null ? "new" : String(index);
   useEffect(() => {
     onUnsaved?.(formKey, dirty);
