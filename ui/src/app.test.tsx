@@ -11,6 +11,14 @@ function setup() {
 
 const type = (el: HTMLElement, value: string) => fireEvent.input(el, { target: { value } });
 
+/** The platform picker, once the presets have loaded into it. */
+const presetPicker = (q: (selector: string) => HTMLElement) =>
+  waitFor(() => {
+    const el = q('select[name="preset"]') as HTMLSelectElement;
+    expect(el.options.length).toBeGreaterThan(1);
+    return el;
+  });
+
 describe("the dashboard", () => {
   it("adds a server only after showing its fingerprint", async () => {
     const { backend, q } = setup();
@@ -86,11 +94,7 @@ describe("the dashboard", () => {
     const { backend, q } = setup();
     await backend.addServer("cloud-1", "203.0.113.5:7878", "t", "SHA256:" + "ab".repeat(32));
     await screen.findByText("Servers");
-    const preset = (await waitFor(() => {
-      const el = q('select[name="preset"]') as HTMLSelectElement;
-      expect(el.options.length).toBeGreaterThan(1);
-      return el;
-    })) as HTMLSelectElement;
+    const preset = await presetPicker(q);
     fireEvent.change(preset, { target: { value: "ninjatrader8" } });
     await waitFor(() => expect((q('textarea[name="exclude"]') as HTMLTextAreaElement).value).toContain("cache"));
     expect((q('input[name="source"]') as HTMLInputElement).value).toContain("NinjaTrader 8");
@@ -107,11 +111,7 @@ describe("the dashboard", () => {
   it("a platform's suggested folder gives way to the next platform's; a folder picked by hand stays", async () => {
     const { q } = setup();
     await screen.findByText("Servers");
-    const preset = (await waitFor(() => {
-      const el = q('select[name="preset"]') as HTMLSelectElement;
-      expect(el.options.length).toBeGreaterThan(1);
-      return el;
-    })) as HTMLSelectElement;
+    const preset = await presetPicker(q);
     const source = () => q('input[name="source"]') as HTMLInputElement;
     fireEvent.change(preset, { target: { value: "ninjatrader8" } });
     await waitFor(() => expect(source().value).toContain("NinjaTrader 8"));

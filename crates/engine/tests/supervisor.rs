@@ -84,6 +84,15 @@ async fn all_in_sync(supervisor: &Supervisor) {
     }
 }
 
+/// Waits up to 30 s for `done`; `what` says what did not happen.
+async fn eventually(what: &str, done: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < Duration::from_secs(30), "{what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn same(a: &Path, b: &Path, rel: &str) -> bool {
     std::fs::read(a.join(rel)).ok() == std::fs::read(b.join(rel)).ok()
 }
@@ -197,14 +206,10 @@ async fn two_folders_are_synced_now_each_to_its_own_agent() {
     // A change in one folder reaches only its own agent.
     write_tree(&setup.source("mt5"), &[("settings.xml", 200)]);
     setup.supervisor.sync_now().unwrap();
-    let start = Instant::now();
-    while !same(&setup.source("mt5"), &setup.backup("mt5"), "settings.xml") {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "mt5 never synced"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually("mt5 never synced", || {
+        same(&setup.source("mt5"), &setup.backup("mt5"), "settings.xml")
+    })
+    .await;
     assert!(!same(
         &setup.source("mt5"),
         &setup.backup("nt8"),
@@ -246,14 +251,10 @@ async fn a_pause_and_a_hold_stop_every_folder_until_lifted() {
         "a held supervisor sends nothing"
     );
     setup.supervisor.hold(None);
-    let start = Instant::now();
-    while !same(&setup.source("nt8"), &setup.backup("nt8"), "new.bin") {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "the change never arrived after the hold was lifted"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually("the change never arrived after the hold was lifted", || {
+        same(&setup.source("nt8"), &setup.backup("nt8"), "new.bin")
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -285,11 +286,10 @@ async fn a_mass_deletion_waits_for_a_yes_on_its_own_folder() {
         "nothing is deleted before the yes"
     );
     setup.supervisor.allow_mass_delete(&nt8).unwrap();
-    let start = Instant::now();
-    while setup.backup("nt8").join("db/a.bin").exists() {
-        assert!(start.elapsed() < Duration::from_secs(30), "never deleted");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually("never deleted", || {
+        !setup.backup("nt8").join("db/a.bin").exists()
+    })
+    .await;
     all_in_sync(&setup.supervisor).await;
     assert!(setup.backup("mt5").join("db/a.bin").exists());
 }

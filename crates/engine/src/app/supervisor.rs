@@ -140,6 +140,15 @@ struct Supervised {
     events: broadcast::Sender<Event>,
 }
 
+/// Stops the mirror of each of `folders` (its task lets go of the index on its own).
+fn stop_runs(folders: &mut [Supervised]) {
+    for s in folders {
+        if let Some(run) = s.run.take() {
+            run.cancel.cancel();
+        }
+    }
+}
+
 /// Whose events a `take_in` task takes in.
 #[derive(Debug)]
 enum Source {
@@ -221,6 +230,15 @@ impl Supervisor {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The state, unless a shell holds every sync (then why).
+    fn unheld(&self) -> Result<MutexGuard<'_, State>, SuperviseError> {
+        let state = self.lock();
+        match &state.held {
+            Some(why) => Err(SuperviseError::Held(why.clone())),
+            None => Ok(state),
+        }
+    }
+
     fn touch(&self) {
         self.changed.send_modify(|n| *n += 1);
     }
@@ -242,11 +260,7 @@ impl Supervisor {
                 }
             }
         }
-        for gone in std::mem::replace(&mut state.folders, kept) {
-            if let Some(run) = gone.run {
-                run.cancel.cancel();
-            }
-        }
+        stop_runs(&mut std::mem::replace(&mut state.folders, kept));
         let idle: Vec<u64> = state
             .folders
             .iter()
@@ -304,10 +318,7 @@ impl Supervisor {
     /// Syncs every folder now: a one-off push of a folder mirrored when asked, an immediate
     /// pass of a continuous or scheduled one. Lifts a pause made by the user.
     pub fn sync_now(self: &Arc<Self>) -> Result<(), SuperviseError> {
-        let mut state = self.lock();
-        if let Some(why) = &state.held {
-            return Err(SuperviseError::Held(why.clone()));
-        }
+        let mut state = self.unheld()?;
         let ids: Vec<u64> = state
             .folders
             .iter()
@@ -342,10 +353,7 @@ impl Supervisor {
     /// Confirms the sync of `source` that stopped because it would delete many files on a
     /// target: one push that deletes them, then the folder's own mode again.
     pub fn allow_mass_delete(self: &Arc<Self>, source: &Path) -> Result<(), SuperviseError> {
-        let mut state = self.lock();
-        if let Some(why) = &state.held {
-            return Err(SuperviseError::Held(why.clone()));
-        }
+        let mut state = self.unheld()?;
         let shown = source.display().to_string();
         let s = state
             .folders
@@ -379,21 +387,14 @@ impl Supervisor {
     pub fn pause(&self) {
         let mut state = self.lock();
         state.paused_by_user = true;
-        for s in &mut state.folders {
-            if let Some(run) = s.run.take() {
-                run.cancel.cancel();
-            }
-        }
+        stop_runs(&mut state.folders);
         drop(state);
         self.touch();
     }
 
     /// Lifts [`Supervisor::pause`]: every folder runs as its mode says again.
     pub fn resume(self: &Arc<Self>) -> Result<(), SuperviseError> {
-        let mut state = self.lock();
-        if let Some(why) = &state.held {
-            return Err(SuperviseError::Held(why.clone()));
-        }
+        let mut state = self.unheld()?;
         state.paused_by_user = false;
         self.restart_all(&mut state);
         drop(state);
@@ -429,11 +430,7 @@ impl Supervisor {
     /// Stops every task (the app quits).
     pub fn stop(&self) {
         let mut state = self.lock();
-        for s in &mut state.folders {
-            if let Some(run) = s.run.take() {
-                run.cancel.cancel();
-            }
-        }
+        stop_runs(&mut state.folders);
         self.shutdown.cancel();
     }
 
