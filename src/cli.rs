@@ -91,6 +91,16 @@ pub struct ServeArgs {
     /// fingerprint the admin client gives.
     #[arg(long, value_name = "HOST:PORT")]
     pub push_to: Vec<String>,
+    /// File holding the subscribe token, which lets a peer receive this agent's folder over a
+    /// connection it opens (a server behind NAT); without it only an admin client may. (Or
+    /// `[serve] subscribe_token_file`.)
+    #[arg(long)]
+    pub subscribe_token_file: Option<PathBuf>,
+    /// Receive ROOT from another agent by dialing it, for a machine nobody can reach (behind
+    /// NAT): that agent's subscribe code (`rainmaker pair --subscribe` on it). (Or `[serve]
+    /// subscribe`.)
+    #[arg(long, value_name = "CODE")]
+    pub subscribe: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -111,6 +121,13 @@ pub struct PairArgs {
     /// The admin token file, with --admin. (Or `[serve] admin_token_file`.)
     #[arg(long)]
     pub admin_token_file: Option<PathBuf>,
+    /// Print the subscribe code instead (`rainmaker-subscribe://...`, for `serve --subscribe`
+    /// on a server behind NAT): it lets its holder receive this agent's folder.
+    #[arg(long, conflicts_with = "admin")]
+    pub subscribe: bool,
+    /// The subscribe token file, with --subscribe. (Or `[serve] subscribe_token_file`.)
+    #[arg(long)]
+    pub subscribe_token_file: Option<PathBuf>,
     /// The host sources reach this agent by (default: the listen address, or this machine's
     /// host name when it listens on every interface), e.g. a public name or address.
     #[arg(long)]
@@ -379,6 +396,18 @@ pub enum RemoteAction {
     },
     /// Make the agent a target again (after failback).
     Demote,
+    /// Take the agent's folder back into a folder here (after a failover, once the trading PC
+    /// is back), over the connection this machine opens: nothing needs to reach this machine.
+    /// Exit 0 when the folder here is then identical to the agent's.
+    Failback {
+        /// The folder that receives (this PC's platform folder); what it replaces or deletes is
+        /// kept in its .rainmaker/trash.
+        #[arg(long)]
+        into: PathBuf,
+        /// Days replaced and deleted files are kept in the trash (0: not kept).
+        #[arg(long, value_name = "DAYS")]
+        trash_days: Option<u32>,
+    },
 }
 
 #[cfg(test)]

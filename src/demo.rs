@@ -41,6 +41,8 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
     let token = format!("{:032x}", rng.random::<u128>());
     let server = Server::bind(ServeOptions {
         admin_token: None,
+        subscribe_token: None,
+        subscribe: None,
         root: target.clone(),
         listen: "127.0.0.1:0".into(),
         token: token.clone(),
@@ -62,6 +64,7 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
         // The demo started this agent itself, so it pins the fingerprint it printed.
         trust: Trust::Pinned(fingerprint.clone()),
         token,
+        dialed_in: None,
     };
     let mut options = PushOptions::new(source.clone(), vec![backup], base.join("source-index"));
     options.source_name = "demo-pc".into();

@@ -265,6 +265,8 @@ async fn run_configured(config: Option<&Path>) -> Result<ExitCode> {
                     trash_days: None,
                     admin_token_file: None,
                     push_to: Vec::new(),
+                    subscribe_token_file: None,
+                    subscribe: None,
                 };
                 serve(args, config).await.map(|()| ExitCode::SUCCESS)
             }

@@ -42,6 +42,7 @@ pub(crate) fn targets(args: &PushArgs) -> Result<Vec<TargetSpec>> {
             )?,
             url: given.url,
             token: given.token,
+            dialed_in: None,
         })
     })
     .collect()

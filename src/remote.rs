@@ -1,6 +1,8 @@
 //! `rainmaker remote`: command an agent over its authenticated connection (the admin token):
 //! show its folder, push that folder to other agents (cloud to cloud, or back home after a
-//! failover), pause, resume and stop pushes, follow events, promote and demote.
+//! failover), pause, resume and stop pushes, follow events, promote and demote; and take the
+//! agent's folder back into a folder here over the connection this machine opens (`failback`:
+//! nothing needs to reach this machine, which may be behind NAT).
 //!
 //! The agent is named by its admin code (`rainmaker pair --admin`), or by its address with
 //! `--fingerprint` (or a known-peers entry) and `--admin-token-file`; the admin token is only
@@ -23,7 +25,7 @@ fn agent_of(args: &RemoteArgs) -> Result<ConnectOptions> {
         let code = Pairing::parse(&args.agent)?;
         if code.role != Role::Admin {
             bail!(
-                "--agent is a pairing code (rainmaker://), which only lets its holder mirror;                  commanding the agent needs its admin code: run `rainmaker pair --admin` on it"
+                "--agent is not an admin code: commanding the agent needs its admin code (rainmaker-admin://); run `rainmaker pair --admin` on it"
             );
         }
         if args.admin_token_file.is_some() || args.fingerprint.is_some() {
@@ -43,7 +45,7 @@ fn agent_of(args: &RemoteArgs) -> Result<ConnectOptions> {
         .clone()
         .unwrap_or_else(engine::default_known_peers);
     let file = args.admin_token_file.as_deref().context(
-        "--admin-token-file is missing: give it with the agent's address, or give the agent's          admin code as --agent (`rainmaker pair --admin` on it)",
+        "--admin-token-file is missing: give it with the agent's address, or give the agent's admin code as --agent (`rainmaker pair --admin` on it)",
     )?;
     Ok(ConnectOptions {
         url: args.agent.trim().to_owned(),
@@ -60,6 +62,9 @@ fn agent_of(args: &RemoteArgs) -> Result<ConnectOptions> {
 
 pub async fn run(args: RemoteArgs) -> Result<ExitCode> {
     let options = agent_of(&args)?;
+    if let RemoteAction::Failback { into, trash_days } = &args.action {
+        return failback(options, into, *trash_days).await;
+    }
     let mut remote = Remote::connect(&options)
         .await
         .with_context(|| format!("cannot reach {}", options.url))?;
@@ -114,8 +119,47 @@ async fn command(
         }
         RemoteAction::Promote { force } => remote.promote(*force).await?,
         RemoteAction::Demote => remote.demote().await?,
+        RemoteAction::Failback { .. } => unreachable!("a failback opens no control connection"),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `remote failback`: receives the agent's folder into `into` over a connection this machine
+/// opens; exit 0 only when `into` then holds exactly what the agent's folder held.
+async fn failback(
+    from: ConnectOptions,
+    into: &std::path::Path,
+    trash_days: Option<u32>,
+) -> Result<ExitCode> {
+    let options = engine::PullOptions {
+        root: into.to_path_buf(),
+        trash_retention: crate::serve::trash_retention(trash_days),
+        from,
+    };
+    eprintln!(
+        "rainmaker: receiving the folder of {} into {}",
+        options.from.url,
+        into.display()
+    );
+    let stop = crate::shutdown_signal();
+    let pulled = engine::pull_once(&options, &stop)
+        .await
+        .with_context(|| format!("cannot take the folder back from {}", options.from.url))?;
+    if pulled.in_sync {
+        eprintln!(
+            "rainmaker: {} now holds exactly what {} holds",
+            into.display(),
+            pulled.from
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    eprintln!(
+        "rainmaker: {} is not identical to {}'s folder: {}; run failback again",
+        into.display(),
+        pulled.from,
+        pulled.reason
+    );
+    Ok(ExitCode::FAILURE)
 }
 
 /// The targets of `remote push`, checked.
@@ -172,6 +216,38 @@ fn print_status(status: &AgentStatus, json: bool) {
             _ => "nothing mirrored into it since it started".into(),
         }
     );
+    if let Some(sub) = &status.subscription {
+        println!(
+            "receives its folder from {} by dialing it: {}{}",
+            sub.from,
+            if sub.connected {
+                "connected"
+            } else {
+                "not connected"
+            },
+            sub.error
+                .as_ref()
+                .map_or(String::new(), |e| format!(" ({e})"))
+        );
+    }
+    for feed in &status.feeds {
+        println!(
+            "{} {} (dials in from {}): {}{}{}",
+            if feed.once { "pull by" } else { "subscriber" },
+            feed.name,
+            feed.address,
+            if feed.connected {
+                "connected"
+            } else {
+                "not connected"
+            },
+            feed.in_sync_at
+                .map_or(String::new(), |at| format!(", in sync at {at}")),
+            feed.error
+                .as_ref()
+                .map_or(String::new(), |e| format!(" ({e})"))
+        );
+    }
     for job in &status.jobs {
         println!(
             "push {}: {} to {}{}",

@@ -4,7 +4,7 @@ use crate::cli::{PairArgs, ServeArgs};
 use crate::{read_token, setup, shutdown_signal};
 use anyhow::{Context, Result, bail};
 use rainmaker_engine::app;
-use rainmaker_engine::engine::{self, ServeOptions, Server};
+use rainmaker_engine::engine::{self, ServeOptions, Server, Subscription};
 use rainmaker_engine::event::Refusal;
 use rainmaker_engine::pairing::{self, Pairing};
 use rainmaker_engine::transport::{Limits, Role};
@@ -22,6 +22,8 @@ pub(crate) struct ServeSettings {
     name: Option<String>,
     trash_days: Option<u32>,
     push_to: Option<Vec<String>>,
+    subscribe_token_file: Option<std::path::PathBuf>,
+    subscribe: Option<String>,
 }
 
 impl ServeSettings {
@@ -73,6 +75,14 @@ impl ServeSettings {
             } else {
                 Some(args.push_to.clone())
             },
+            subscribe_token_file: args
+                .subscribe_token_file
+                .clone()
+                .or_else(|| file.and_then(|s| s.subscribe_token_file.clone())),
+            subscribe: args
+                .subscribe
+                .clone()
+                .or_else(|| file.and_then(|s| s.subscribe.clone())),
         })
     }
 }
@@ -85,13 +95,24 @@ pub(crate) async fn serve(args: ServeArgs, config: Option<&Path>) -> Result<()> 
         .as_deref()
         .map(read_token)
         .transpose()?;
-    let trash_retention = match settings.trash_days {
-        None => Some(rainmaker_engine::trash::DEFAULT_RETENTION),
-        Some(0) => None,
-        Some(days) => Some(Duration::from_secs(u64::from(days) * 24 * 3600)),
+    let subscribe_token = settings
+        .subscribe_token_file
+        .as_deref()
+        .map(read_token)
+        .transpose()?;
+    let subscribe = match &settings.subscribe {
+        Some(code) => {
+            let code = Pairing::parse(code).context("--subscribe")?;
+            Some(Subscription::from_code(&code).context("--subscribe")?)
+        }
+        None => None,
     };
+    let trash_retention = trash_retention(settings.trash_days);
+    let subscribing = subscribe.as_ref().map(|s| s.url.clone());
     let server = Server::bind(ServeOptions {
         admin_token,
+        subscribe_token,
+        subscribe,
         root: settings.root.clone(),
         listen: settings.listen.clone(),
         token: token.clone(),
@@ -124,6 +145,11 @@ pub(crate) async fn serve(args: ServeArgs, config: Option<&Path>) -> Result<()> 
         settings.root.display(),
         server.local_addr()
     );
+    if let Some(from) = subscribing {
+        eprintln!(
+            "rainmaker: and subscribed to {from}: receiving its folder over connections this agent opens"
+        );
+    }
     match server.fingerprint() {
         Some(fp) => {
             eprintln!("rainmaker: certificate fingerprint {fp}");
@@ -155,8 +181,18 @@ pub(crate) async fn serve(args: ServeArgs, config: Option<&Path>) -> Result<()> 
     Ok(())
 }
 
-/// `rainmaker pair`: the agent's pairing code (or admin code) from its configuration, its
-/// certificate and its token file, on stdout.
+/// How long the trash keeps what a session replaces or deletes, from `--trash-days` (the
+/// default when not given; 0: not kept).
+pub(crate) fn trash_retention(days: Option<u32>) -> Option<Duration> {
+    match days {
+        None => Some(rainmaker_engine::trash::DEFAULT_RETENTION),
+        Some(0) => None,
+        Some(days) => Some(Duration::from_secs(u64::from(days) * 24 * 3600)),
+    }
+}
+
+/// `rainmaker pair`: the agent's pairing code (or admin or subscribe code) from its
+/// configuration, its certificate and its token file, on stdout.
 pub(crate) fn pair(args: PairArgs, config: Option<&Path>) -> Result<()> {
     let serve_args = ServeArgs {
         root: args.root.clone(),
@@ -167,6 +203,8 @@ pub(crate) fn pair(args: PairArgs, config: Option<&Path>) -> Result<()> {
         trash_days: None,
         admin_token_file: args.admin_token_file.clone(),
         push_to: Vec::new(),
+        subscribe_token_file: args.subscribe_token_file.clone(),
+        subscribe: None,
     };
     let settings = ServeSettings::resolve(&serve_args, config)?;
     if settings.insecure {
@@ -192,6 +230,11 @@ pub(crate) fn pair(args: PairArgs, config: Option<&Path>) -> Result<()> {
             "this agent has no admin token: give --admin-token-file, or set [serve] admin_token_file",
         )?;
         (Role::Admin, read_token(file)?)
+    } else if args.subscribe {
+        let file = settings.subscribe_token_file.as_deref().context(
+            "this agent has no subscribe token: give --subscribe-token-file, or set [serve] subscribe_token_file (a long random secret of its own)",
+        )?;
+        (Role::Subscriber, read_token(file)?)
     } else {
         (Role::Source, read_token(&settings.token_file)?)
     };
@@ -215,6 +258,8 @@ pub(crate) fn pair(args: PairArgs, config: Option<&Path>) -> Result<()> {
         match role {
             Role::Source =>
                 "give it to a source (`rainmaker push FOLDER --to CODE`, or Add server in the tray): it lets its holder mirror into this folder",
+            Role::Subscriber =>
+                "give it to a server that receives this folder by dialing this agent (`rainmaker serve --subscribe CODE` there, for a server behind NAT): it lets its holder read this folder, not write it",
             Role::Admin =>
                 "give it to whoever commands this agent (`rainmaker remote --agent CODE ...`): it lets its holder push this folder, promote and demote this agent",
         }

@@ -58,6 +58,9 @@ impl Service {
                 service
                     .paths
                     .extend(serve.admin_token_file.as_deref().map(absolute));
+                service
+                    .paths
+                    .extend(serve.subscribe_token_file.as_deref().map(absolute));
                 service.low_port = serve
                     .listen
                     .rsplit(':')

@@ -47,12 +47,18 @@ pub fn read(
     for entry in to {
         if Pairing::is_code(entry) {
             let code = Pairing::parse(entry)?;
-            if code.role == Role::Admin {
-                bail!(
+            match code.role {
+                Role::Source => {}
+                Role::Admin => bail!(
                     "a --to is an admin code (rainmaker-admin://): pushing needs the target's \
                      pairing code, `rainmaker pair` without --admin; the admin token is not \
                      for mirroring"
-                );
+                ),
+                Role::Subscriber => bail!(
+                    "a --to is a subscribe code (rainmaker-subscribe://): it lets its holder \
+                     receive the agent's folder, not mirror into it; pushing needs the target's \
+                     pairing code, `rainmaker pair` without --subscribe"
+                ),
             }
             given.push(Given {
                 url: code.url(),

@@ -64,7 +64,8 @@ impl UiCode {
     pub fn of_refusal(refusal: Refusal) -> UiCode {
         match refusal {
             Refusal::Other => UiCode::Refused,
-            Refusal::WrongToken => UiCode::WrongToken,
+            // A token of another role is, to the user, the wrong token for this.
+            Refusal::WrongToken | Refusal::NotAllowed => UiCode::WrongToken,
             Refusal::Version => UiCode::Version,
             Refusal::FingerprintChanged => UiCode::Fingerprint,
             Refusal::Promoted => UiCode::Promoted,

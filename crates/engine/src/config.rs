@@ -47,6 +47,12 @@ pub struct Serve {
     /// The only agents (`host:port`) an admin client may tell this one to push to; `None`:
     /// any agent it gives a pinned fingerprint for.
     pub push_to: Option<Vec<String>>,
+    /// The subscribe token, which lets a peer receive this agent's folder over a connection it
+    /// opens (a server behind NAT subscribing to this one).
+    pub subscribe_token_file: Option<PathBuf>,
+    /// The subscribe (or admin) code of the agent this one dials to receive its folder into
+    /// `root` (this machine is behind NAT); checked to be such a code.
+    pub subscribe: Option<String>,
 }
 
 /// `[[folder]]`: a folder this machine mirrors to targets.
@@ -227,6 +233,8 @@ struct RawServe {
     trash_days: Option<u32>,
     admin_token_file: Option<PathBuf>,
     push_to: Option<Vec<Spanned<String>>>,
+    subscribe_token_file: Option<PathBuf>,
+    subscribe: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -332,8 +340,24 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
                 ),
                 None => None,
             };
+            let subscribe = match s.subscribe {
+                Some(code) => {
+                    let parsed = crate::pairing::Pairing::parse(code.get_ref())
+                        .map_err(|e| at(code.span(), format!("serve.subscribe: {e}")))?;
+                    if !parsed.role.may_read() {
+                        return Err(at(
+                            code.span(),
+                            "serve.subscribe: that is a pairing code, which lets its holder mirror into the agent; give the agent's subscribe code (`rainmaker pair --subscribe` on it)".into(),
+                        ));
+                    }
+                    Some(code.into_inner().trim().to_owned())
+                }
+                None => None,
+            };
             Some(Serve {
                 push_to,
+                subscribe,
+                subscribe_token_file: s.subscribe_token_file,
                 root: s.root,
                 listen: s.listen.into_inner(),
                 token_file: s.token_file,
@@ -618,6 +642,12 @@ pub fn render(config: &Config) -> String {
                 Value::Array(list.iter().map(text).collect()),
             );
         }
+        if let Some(file) = &serve.subscribe_token_file {
+            t.insert("subscribe_token_file".into(), path(file));
+        }
+        if let Some(code) = &serve.subscribe {
+            t.insert("subscribe".into(), text(code));
+        }
         root.insert("serve".into(), Value::Table(t));
     }
     let servers: Vec<Value> = config
@@ -753,6 +783,9 @@ token_file = "/etc/rainmaker/token"      # the pairing secret sources present
 # trash_days = 7                         # days deleted and replaced files are kept (0: not kept)
 # admin_token_file = "/etc/rainmaker/admin-token"  # lets the dashboard command this agent
 # push_to = ["backup2.example.com:7878"]  # the only agents the admin token may push this folder to
+# subscribe_token_file = "/etc/rainmaker/subscribe-token"  # lets servers behind NAT receive this folder
+# subscribe = "rainmaker-subscribe://cloud-a.example.com:7878#SHA256:.../..."  # this machine is
+#                                        # behind NAT: it dials that agent and receives its folder
 
 # A folder this machine mirrors to others (the trading PC). Repeat [[folder]] for more.
 # [[folder]]

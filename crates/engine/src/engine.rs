@@ -40,6 +40,7 @@ mod proof;
 mod push;
 mod server;
 mod source;
+mod subscribe;
 mod trigger;
 pub use continuous::{Schedule, push_continuous, start_guard};
 pub use control::{PushRefusal, Remote, RemoteError, check_target};
@@ -49,6 +50,7 @@ pub use push::push_once;
 use push::{keep_alive_while, session};
 pub use server::{ServeOptions, Server, identity_dir};
 use source::{announce_scan, low_priority, read_failed_through_copies, scan_source, snapshots};
+pub use subscribe::{DIAL_LIMIT, PullOptions, Pulled, SUBSCRIBER_IDLE, Subscription, pull_once};
 
 /// How long a session that ended reads what its source still sends, before closing.
 const CLOSE_LINGER: std::time::Duration = std::time::Duration::from_millis(500);
@@ -77,9 +79,83 @@ pub enum EngineError {
 /// One target of a push.
 #[derive(Debug, Clone)]
 pub struct TargetSpec {
+    /// The target's address (for a target that dialed in, a label naming it).
     pub url: String,
     pub trust: Trust,
     pub token: String,
+    /// A target that dialed this agent: the push uses its connection and never dials.
+    pub dialed_in: Option<DialedIn>,
+}
+
+impl TargetSpec {
+    /// A target this push dials at `url`, trusting its certificate as `trust`, with `token`.
+    pub fn dial(url: impl Into<String>, trust: Trust, token: impl Into<String>) -> TargetSpec {
+        TargetSpec {
+            url: url.into(),
+            trust,
+            token: token.into(),
+            dialed_in: None,
+        }
+    }
+}
+
+/// The connection a target opened to this agent to receive its folder (a subscriber behind
+/// NAT, or a failback), handed to a push as the way to reach that target. The push takes it for
+/// a session and gives it back after; once it is lost (`gone` fires) the target is gone for
+/// this push, which never dials it: the target dials again and gets a push of its own.
+#[derive(Clone)]
+pub struct DialedIn {
+    slot: Arc<std::sync::Mutex<Option<transport::Connection>>>,
+    loopback: bool,
+    gone: CancellationToken,
+}
+
+impl std::fmt::Debug for DialedIn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DialedIn")
+            .field("loopback", &self.loopback)
+            .field("gone", &self.gone.is_cancelled())
+            .finish()
+    }
+}
+
+impl DialedIn {
+    /// `conn`, opened by the target from `peer`.
+    pub fn new(conn: transport::Connection, peer: SocketAddr) -> DialedIn {
+        DialedIn {
+            slot: Arc::new(std::sync::Mutex::new(Some(conn))),
+            loopback: transport::is_loopback(peer.ip()),
+            gone: CancellationToken::new(),
+        }
+    }
+
+    fn slot(&self) -> std::sync::MutexGuard<'_, Option<transport::Connection>> {
+        self.slot.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The connection, for one session; `None` once it was lost (and then `gone` fires).
+    fn take(&self) -> Option<transport::Connection> {
+        let conn = self.slot().take();
+        if conn.is_none() {
+            self.gone.cancel();
+        }
+        conn
+    }
+
+    /// The connection back after a session that left it open.
+    fn give_back(&self, conn: transport::Connection) {
+        *self.slot() = Some(conn);
+    }
+
+    /// The connection, for its last message and its close, once the push is over.
+    pub fn into_connection(self) -> Option<transport::Connection> {
+        self.slot().take()
+    }
+
+    /// Fires once the connection is lost.
+    pub fn gone(&self) -> CancellationToken {
+        self.gone.clone()
+    }
 }
 
 /// What to push where.
@@ -147,7 +223,10 @@ impl Compress {
         match self {
             Compress::Always => true,
             Compress::Never => false,
-            Compress::Auto => !targets.iter().all(|t| is_loopback_url(&t.url)),
+            Compress::Auto => !targets.iter().all(|t| match &t.dialed_in {
+                Some(dialed) => dialed.loopback,
+                None => is_loopback_url(&t.url),
+            }),
         }
     }
 }
@@ -243,6 +322,8 @@ mod tests {
             listen: "127.0.0.1:0".into(),
             token: "one-time".into(),
             admin_token: None,
+            subscribe_token: None,
+            subscribe: None,
             insecure: false,
             name: "this-pc".into(),
             trash_retention: None,
@@ -251,11 +332,11 @@ mod tests {
         .await
         .unwrap()
         .expire_token_after(std::time::Duration::from_millis(500));
-        let spec = TargetSpec {
-            url: format!("wss://127.0.0.1:{}", server.local_addr().port()),
-            trust: Trust::Pinned(server.fingerprint().unwrap().to_owned()),
-            token: "one-time".into(),
-        };
+        let spec = TargetSpec::dial(
+            format!("wss://127.0.0.1:{}", server.local_addr().port()),
+            Trust::Pinned(server.fingerprint().unwrap().to_owned()),
+            "one-time",
+        );
         let stop = CancellationToken::new();
         tokio::spawn(server.run(stop.clone()));
         probe(&spec, "server")

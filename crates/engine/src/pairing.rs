@@ -3,13 +3,16 @@
 //!
 //! ```text
 //! rainmaker://backup1:7878#SHA256:<64 hex digits>/<pairing token>
+//! rainmaker-subscribe://backup1:7878#SHA256:<64 hex digits>/<subscribe token>
 //! rainmaker-admin://backup1:7878#SHA256:<64 hex digits>/<admin token>
 //! └─ scheme: role ─┘└ host:port ┘ └── certificate fingerprint ──┘ └ token, %-encoded ┘
 //! ```
 //!
-//! The scheme says which token the code carries: `rainmaker://` holds the pairing token (it
-//! lets its holder mirror into the agent's folder), `rainmaker-admin://` the admin token (it also
-//! lets its holder command the agent). The host is a host name, an IPv4 address or an IPv6
+//! The scheme says which token, so which role, the code carries: `rainmaker://` holds the
+//! pairing token (it lets its holder mirror into the agent's folder), `rainmaker-subscribe://`
+//! the subscribe token (it lets its holder receive the agent's folder over a connection it
+//! opens), `rainmaker-admin://` the admin token (it lets its holder do both and command the
+//! agent). The host is a host name, an IPv4 address or an IPv6
 //! address in brackets, written in lower case; the port is required. The fingerprint is the one
 //! the agent's certificate must have, so a source pins it before the token leaves; the token is
 //! written with every byte outside `A-Z a-z 0-9 - . _ ~` as `%XX`, so no token can be confused
@@ -26,12 +29,14 @@ use thiserror::Error;
 use crate::transport::{Fingerprint, Role, parse_fingerprint};
 
 const SOURCE_SCHEME: &str = "rainmaker://";
+const SUBSCRIBE_SCHEME: &str = "rainmaker-subscribe://";
 const ADMIN_SCHEME: &str = "rainmaker-admin://";
 
 /// What a pairing code holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pairing {
-    /// Which token this is: [`Role::Source`] (the pairing token) or [`Role::Admin`].
+    /// Which token this is: [`Role::Source`] (the pairing token), [`Role::Subscriber`] or
+    /// [`Role::Admin`].
     pub role: Role,
     /// Host name or IP address, lower case, without IPv6 brackets.
     pub host: String,
@@ -68,7 +73,7 @@ impl Pairing {
     pub fn parse(text: &str) -> Result<Pairing, PairingError> {
         let text = text.trim();
         let (role, rest) = scheme_role(text).ok_or(bad(
-            "it must start with rainmaker:// (or rainmaker-admin:// for the admin code)",
+            "it must start with rainmaker:// (rainmaker-subscribe:// for the subscribe code, rainmaker-admin:// for the admin code)",
         ))?;
         let (authority, fragment) = rest
             .split_once('#')
@@ -115,6 +120,7 @@ impl fmt::Display for Pairing {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let scheme = match self.role {
             Role::Source => SOURCE_SCHEME,
+            Role::Subscriber => SUBSCRIBE_SCHEME,
             Role::Admin => ADMIN_SCHEME,
         };
         write!(
@@ -151,13 +157,17 @@ pub fn host_name() -> Option<String> {
 }
 
 fn scheme_role(text: &str) -> Option<(Role, &str)> {
-    [(ADMIN_SCHEME, Role::Admin), (SOURCE_SCHEME, Role::Source)]
-        .into_iter()
-        .find_map(|(scheme, role)| {
-            text.get(..scheme.len())
-                .filter(|head| head.eq_ignore_ascii_case(scheme))
-                .map(|_| (role, &text[scheme.len()..]))
-        })
+    [
+        (ADMIN_SCHEME, Role::Admin),
+        (SUBSCRIBE_SCHEME, Role::Subscriber),
+        (SOURCE_SCHEME, Role::Source),
+    ]
+    .into_iter()
+    .find_map(|(scheme, role)| {
+        text.get(..scheme.len())
+            .filter(|head| head.eq_ignore_ascii_case(scheme))
+            .map(|_| (role, &text[scheme.len()..]))
+    })
 }
 
 fn parse_authority(authority: &str) -> Result<(String, u16), PairingError> {
@@ -285,6 +295,11 @@ mod tests {
             admin.to_string(),
             format!("rainmaker-admin://[::1]:7878#SHA256:{HEX}/a%2Fb%20c")
         );
+        let subscribe = Pairing::parse(&format!(
+            "rainmaker-subscribe://cloud-a:7878#SHA256:{HEX}/r"
+        ))
+        .unwrap();
+        assert_eq!(subscribe, code(Role::Subscriber, "cloud-a", "r"));
         assert!(Pairing::is_code(" rainmaker://x"));
         assert!(!Pairing::is_code("wss://backup1:7878"));
     }
@@ -350,7 +365,11 @@ mod tests {
 
     fn pairing() -> impl Strategy<Value = Pairing> {
         (
-            any::<bool>(),
+            prop_oneof![
+                Just(Role::Source),
+                Just(Role::Subscriber),
+                Just(Role::Admin)
+            ],
             host(),
             1..=u16::MAX,
             "[0-9a-f]{64}",
@@ -358,9 +377,9 @@ mod tests {
         )
             .prop_filter_map(
                 "tokens have no surrounding space",
-                |(admin, host, port, hex, token)| {
+                |(role, host, port, hex, token)| {
                     (token.trim() == token).then(|| Pairing {
-                        role: if admin { Role::Admin } else { Role::Source },
+                        role,
                         host,
                         port,
                         fingerprint: format!("SHA256:{hex}"),

@@ -19,12 +19,24 @@
 //! Finish                       ->
 //!                              <- Finished{digest, failed}
 //! ```
+//!
+//! The side that dials is not always the source: a peer with the agent's subscribe (or admin)
+//! token asks for the agent's folder with `Pull`, and the agent then runs the source's side of
+//! the same session over that connection (so a target behind NAT dials out and still receives):
+//! ```text
+//! Hello{version, token}        ->
+//!                              <- Welcome{..} | Refused{reason, refusal}
+//! Pull{once}                   ->
+//!                              <- GetManifest{cached} ... Finish   (the agent is the source)
+//! ManifestPart ... Finished    ->
+//!                              <- Pulled{in_sync, reason}          (once only, last)
+//! ```
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 /// The version this build speaks. A peer that speaks another one is refused with both numbers.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 /// The first bytes of every `Hello`, so a stray client is told apart from an old RainMaker.
 pub const MAGIC: [u8; 8] = *b"RAINMKR\0";
 /// A block is the unit of hashing, transfer and resume; a hash is BLAKE3's (both are the
@@ -118,6 +130,12 @@ pub enum Message {
     ControlReply { id: u64, reply: ControlReply },
     /// Agent → subscribed admin client: an engine event as JSON (`event::Event`).
     ControlEvent { json: String },
+    /// Dialer → agent, first message after `Welcome` (subscribe or admin token only): mirror
+    /// your folder to me over this connection; once (`once`), or until the connection ends.
+    Pull { once: bool },
+    /// Agent → puller, after the last `Finished` of a one-off pull: whether the puller now
+    /// holds exactly what the agent's folder held (else why not). The connection then closes.
+    Pulled { in_sync: bool, reason: String },
 }
 
 /// What an admin client can ask an agent (see `engine::control`).
@@ -162,7 +180,7 @@ pub struct RemoteTarget {
 /// An agent's answer to a control request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ControlReply {
-    Status(AgentStatus),
+    Status(Box<AgentStatus>),
     Started { job: u64 },
     Done,
     Refused { reason: String, refusal: Refusal },
@@ -195,6 +213,9 @@ pub enum Refusal {
     NotPinned,
     /// Plain `ws://` where only a test on one machine may use it.
     Insecure,
+    /// The token was right, but its role does not allow this (a subscriber mirroring in, a
+    /// source asking for the folder, either one commanding): use the code for that role.
+    NotAllowed,
 }
 
 /// A folder's role on its agent.
@@ -256,6 +277,45 @@ pub struct AgentStatus {
     /// The last source that mirrored into it, and when (Unix seconds).
     pub last_source: Option<(String, u64)>,
     pub jobs: Vec<JobStatus>,
+    /// The peers that receive this folder over connections they opened (subscribers, and a
+    /// failback in progress).
+    pub feeds: Vec<FeedStatus>,
+    /// The agent this one receives its folder from by dialing it, if it subscribes to one.
+    pub subscription: Option<SubscriptionStatus>,
+}
+
+/// A peer that receives an agent's folder over a connection it opened.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+pub struct FeedStatus {
+    /// The name the peer gave.
+    pub name: String,
+    /// The address its connection came from (a NAT router's, for a peer behind one).
+    pub address: String,
+    /// A one-off pull (a failback), not a subscription.
+    pub once: bool,
+    /// Its connection is open now.
+    pub connected: bool,
+    /// When it last held exactly what the folder holds (Unix seconds).
+    #[cfg_attr(feature = "ts", ts(type = "number | null"))]
+    pub in_sync_at: Option<u64>,
+    /// Why its last session failed, if it did.
+    pub error: Option<String>,
+}
+
+/// An agent's subscription to another agent's folder.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+pub struct SubscriptionStatus {
+    /// The agent it dials, `host:port`.
+    pub from: String,
+    /// Its connection is open now.
+    pub connected: bool,
+    /// When its last session ended (Unix seconds).
+    #[cfg_attr(feature = "ts", ts(type = "number | null"))]
+    pub last_session_at: Option<u64>,
+    /// Why the last attempt failed, if it did.
+    pub error: Option<String>,
 }
 
 /// A push an agent runs.
@@ -279,7 +339,8 @@ impl Message {
             Message::Welcome { target_name } => escape(target_name),
             Message::Refused { reason, .. }
             | Message::FileAbort { reason, .. }
-            | Message::FileFailed { reason, .. } => escape(reason),
+            | Message::FileFailed { reason, .. }
+            | Message::Pulled { reason, .. } => escape(reason),
             Message::ControlEvent { json } => escape(json),
             Message::ControlReply { reply, .. } => match reply {
                 ControlReply::Refused { reason, .. } => escape(reason),
@@ -294,6 +355,15 @@ impl Message {
                         if let Some(error) = &mut job.error {
                             escape(error);
                         }
+                    }
+                    for feed in &mut status.feeds {
+                        escape(&mut feed.name);
+                        escape(&mut feed.address);
+                        feed.error.iter_mut().for_each(escape);
+                    }
+                    if let Some(subscription) = &mut status.subscription {
+                        escape(&mut subscription.from);
+                        subscription.error.iter_mut().for_each(escape);
                     }
                 }
                 ControlReply::Started { .. } | ControlReply::Done => {}
@@ -328,6 +398,8 @@ impl Message {
             Message::Control { .. } => "Control",
             Message::ControlReply { .. } => "ControlReply",
             Message::ControlEvent { .. } => "ControlEvent",
+            Message::Pull { .. } => "Pull",
+            Message::Pulled { .. } => "Pulled",
         }
     }
 }
@@ -628,6 +700,7 @@ fn check_limits(message: &Message) -> Result<(), ProtocolError> {
             }
             ControlReply::Status(status) => {
                 limit("pushes", status.jobs.len(), MAX_PUSH_TARGETS * 16)?;
+                limit("feeds", status.feeds.len(), MAX_PUSH_TARGETS * 16)?;
                 limit(
                     "name length",
                     status.name.len() + status.root.len(),
@@ -641,7 +714,9 @@ fn check_limits(message: &Message) -> Result<(), ProtocolError> {
         | Message::FileEnd { .. }
         | Message::FileDone { .. }
         | Message::Finish
-        | Message::Finished { .. } => Ok(()),
+        | Message::Finished { .. }
+        | Message::Pull { .. } => Ok(()),
+        Message::Pulled { reason, .. } => limit("reason length", reason.len(), MAX_TEXT_BYTES),
     }
 }
 
@@ -752,6 +827,9 @@ mod tests {
             }),
             path().prop_map(|path| Message::Delete { path }),
             hash().prop_map(|digest| Message::Finished { digest }),
+            any::<bool>().prop_map(|once| Message::Pull { once }),
+            (any::<bool>(), "[a-z ]{0,40}")
+                .prop_map(|(in_sync, reason)| Message::Pulled { in_sync, reason }),
         ]
     }
 
@@ -790,7 +868,7 @@ mod tests {
         );
         let mut reply = Message::ControlReply {
             id: 1,
-            reply: ControlReply::Status(AgentStatus {
+            reply: ControlReply::Status(Box::new(AgentStatus {
                 name: raw.into(),
                 root: raw.into(),
                 role: FolderRole::Target,
@@ -806,7 +884,21 @@ mod tests {
                     state: JobState::Failed,
                     error: Some(raw.into()),
                 }],
-            }),
+                feeds: vec![FeedStatus {
+                    name: raw.into(),
+                    address: raw.into(),
+                    once: false,
+                    connected: true,
+                    in_sync_at: None,
+                    error: Some(raw.into()),
+                }],
+                subscription: Some(SubscriptionStatus {
+                    from: raw.into(),
+                    connected: false,
+                    last_session_at: None,
+                    error: Some(raw.into()),
+                }),
+            })),
         };
         reply.escape_text();
         let Message::ControlReply {
@@ -822,6 +914,17 @@ mod tests {
             &status.last_source.as_ref().unwrap().0,
             &status.jobs[0].targets[0],
             status.jobs[0].error.as_ref().unwrap(),
+            &status.feeds[0].name,
+            &status.feeds[0].address,
+            status.feeds[0].error.as_ref().unwrap(),
+            &status.subscription.as_ref().unwrap().from,
+            status
+                .subscription
+                .as_ref()
+                .unwrap()
+                .error
+                .as_ref()
+                .unwrap(),
         ];
         for text in texts {
             assert!(!text.contains('\u{1b}'), "{text:?} is escaped");

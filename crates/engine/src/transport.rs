@@ -102,7 +102,8 @@ fn printable(text: &str) -> String {
         .collect()
 }
 
-fn truncate(text: &str, max: usize) -> &str {
+/// `text` cut to at most `max` bytes, on a character boundary.
+pub(crate) fn truncate(text: &str, max: usize) -> &str {
     if text.len() <= max {
         return text;
     }

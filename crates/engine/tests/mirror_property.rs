@@ -171,6 +171,8 @@ fn apply(root: &Path, edit: &Edit) {
 async fn start(source: &Path, target: &Path, state: &Path) -> (PushOptions, CancellationToken) {
     let server = Server::bind(ServeOptions {
         admin_token: None,
+        subscribe_token: None,
+        subscribe: None,
         root: target.to_path_buf(),
         listen: "127.0.0.1:0".into(),
         token: "property-token".into(),
@@ -185,6 +187,7 @@ async fn start(source: &Path, target: &Path, state: &Path) -> (PushOptions, Canc
         url: format!("wss://{}", server.local_addr()),
         trust: Trust::Pinned(server.fingerprint().unwrap().to_string()),
         token: "property-token".into(),
+        dialed_in: None,
     };
     let mut options = PushOptions::new(source.to_path_buf(), vec![target], state.to_path_buf());
     options.source_name = "prop".into();

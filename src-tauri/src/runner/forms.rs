@@ -92,6 +92,7 @@ impl Runner {
             url: url.clone(),
             trust: Trust::Pinned(fingerprint.clone()),
             token: token.trim().to_owned(),
+            dialed_in: None,
         };
         let remote = engine::probe(&spec, &self.this_pc).await?;
         let admin_token = admin_token.map(str::trim).filter(|t| !t.is_empty());
@@ -422,10 +423,18 @@ fn paired(address: &str) -> Result<Option<Pairing>, UiError> {
         return Ok(None);
     }
     let code = Pairing::parse(address).map_err(|e| UiError::bad_input(e.to_string()))?;
-    if code.role != Role::Source {
-        return Err(UiError::bad_input(
-            "That is the server's admin code: paste its pairing code (`rainmaker pair`) as the address, and the admin token below.",
-        ));
+    match code.role {
+        Role::Source => {}
+        Role::Admin => {
+            return Err(UiError::bad_input(
+                "That is the server's admin code: paste its pairing code (`rainmaker pair`) as the address, and the admin token below.",
+            ));
+        }
+        Role::Subscriber => {
+            return Err(UiError::bad_input(
+                "That is the server's subscribe code, for a server that receives from it: paste its pairing code (`rainmaker pair`) as the address.",
+            ));
+        }
     }
     Ok(Some(code))
 }

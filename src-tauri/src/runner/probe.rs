@@ -186,6 +186,7 @@ impl Runner {
             url: server.url.clone(),
             trust: self.trust(&server.url, server.fingerprint.as_deref()),
             token: settings::read_token(&server.token_file)?,
+            dialed_in: None,
         })
     }
 

@@ -165,6 +165,8 @@ impl Runner {
             listen,
             token: token.clone(),
             admin_token: None,
+            subscribe_token: None,
+            subscribe: None,
             insecure: false,
             name: self.this_pc.clone(),
             trash_retention: Some(rainmaker_engine::trash::DEFAULT_RETENTION),

@@ -101,6 +101,8 @@ pub async fn agent(
     std::fs::create_dir_all(root).unwrap();
     let server = Server::bind(ServeOptions {
         admin_token: admin.map(str::to_owned),
+        subscribe_token: None,
+        subscribe: None,
         ..ServeOptions::new(root.to_path_buf(), "127.0.0.1:0", token, name)
     })
     .await

@@ -71,6 +71,7 @@ pub fn target_spec(
             first_use,
         ),
         token: config::read_token(&target.token_file)?,
+        dialed_in: None,
     })
 }
 

@@ -26,6 +26,9 @@ pub fn check(config: &Config) -> Vec<Problem> {
         if let Some(admin) = &serve.admin_token_file {
             check_token(admin, "admin token", &mut problems);
         }
+        if let Some(subscribe) = &serve.subscribe_token_file {
+            check_token(subscribe, "subscribe token", &mut problems);
+        }
         check_listen(&serve.listen, &mut problems);
     }
     for folder in &config.folders {
@@ -174,6 +177,8 @@ mod tests {
                 trash_days: None,
                 admin_token_file: None,
                 push_to: None,
+                subscribe_token_file: None,
+                subscribe: None,
             }),
             ..Config::default()
         }

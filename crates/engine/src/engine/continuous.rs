@@ -257,8 +257,9 @@ impl TargetLoop {
         let mut backoff = Backoff::for_targets();
         let mut rng = rand::rngs::StdRng::from_os_rng();
         let mut at_least: u64 = 0;
-        // The connection to the target, kept open between syncs.
-        let mut conn = None;
+        // The connection to the target, kept open between syncs (a target that dialed in
+        // hands over its own, which answers its pings from the start).
+        let mut conn = self.target.dialed_in.as_ref().and_then(|d| d.take());
         // The target holds the `verified` tree, whose records still wait for their proof.
         let mut awaiting_proof = false;
         loop {
@@ -343,6 +344,19 @@ impl TargetLoop {
                     super::read_failed_through_copies(&self.databases, &snapshot.tree, &outcome);
                     at_least = snapshot.generation + 1;
                     let _ = self.rescan.try_send(());
+                }
+                Err(error) if self.target.dialed_in.is_some() => {
+                    // A target that dialed in and is gone is not dialed: it comes back on a
+                    // connection of its own, with a push of its own.
+                    let _ = self.events.send(Event::TargetFailed {
+                        target: url.clone(),
+                        reason: error.to_string(),
+                        refusal: error.refusal(),
+                    });
+                    if let Some(dialed) = &self.target.dialed_in {
+                        dialed.gone.cancel();
+                    }
+                    return;
                 }
                 Err(error) => {
                     let reason = error.to_string();

@@ -15,6 +15,10 @@
 //! to this machine's loopback), never on trust on first use, and only to the addresses of
 //! `[serve] push_to` when the agent has that list ([`check_target`], [`PushRefusal`]).
 
+mod feed;
+
+pub(super) use feed::Pull;
+
 use super::TargetSpec;
 use crate::app::{Ended, Mirror, Overrides};
 use crate::config::Mode;
@@ -22,7 +26,7 @@ use crate::event::Event;
 use crate::path::STATE_DIR;
 use crate::protocol::{
     AgentStatus, ControlReply, ControlRequest, FolderRole, JobState, JobStatus, Message, Refusal,
-    RemoteTarget,
+    RemoteTarget, SubscriptionStatus,
 };
 use crate::transport::{
     self, Address, ConnectOptions, Connection, Role, TransportError, Trust, parse_fingerprint,
@@ -60,6 +64,10 @@ pub(super) struct Agent {
     /// The folder's totals from the last walk, and when: a client following a push asks for
     /// the status often, and must not make the agent walk its folder each time.
     totals: Mutex<Option<(std::time::Instant, Totals)>>,
+    /// The peers receiving the folder over connections they opened.
+    feeds: feed::Feeds,
+    /// This agent's subscription to another agent's folder, if it has one.
+    subscription: Mutex<Option<SubscriptionStatus>>,
 }
 
 #[derive(Debug, Default)]
@@ -124,7 +132,19 @@ impl Agent {
             events: crate::event::channel().0,
             cancel,
             totals: Mutex::new(None),
+            feeds: feed::Feeds::default(),
+            subscription: Mutex::new(None),
         })
+    }
+
+    /// Whether the folder was promoted to be a source (it then receives nothing).
+    pub(super) fn promoted(&self) -> bool {
+        self.folder().promoted
+    }
+
+    /// Records where this agent's subscription stands.
+    pub(super) fn set_subscription(&self, status: SubscriptionStatus) {
+        *self.subscription.lock().unwrap_or_else(|e| e.into_inner()) = Some(status);
     }
 
     fn jobs(&self) -> MutexGuard<'_, Vec<Job>> {
@@ -216,10 +236,14 @@ impl Agent {
             let reply = if role != Role::Admin {
                 ControlReply::Refused {
                     reason: format!(
-                        "{} accepted this token for mirroring only; commands need its admin token",
-                        self.name
+                        "{} accepted this token for {} only; commands need its admin token (`rainmaker pair --admin` prints the admin code)",
+                        self.name,
+                        match role {
+                            Role::Subscriber => "receiving its folder",
+                            _ => "mirroring into its folder",
+                        }
                     ),
-                    refusal: Refusal::WrongToken,
+                    refusal: Refusal::NotAllowed,
                 }
             } else {
                 if request == ControlRequest::Subscribe && forwarder.is_none() {
@@ -254,7 +278,7 @@ impl Agent {
             refusal: Refusal::Other,
         };
         match request {
-            ControlRequest::Status => ControlReply::Status(self.status().await),
+            ControlRequest::Status => ControlReply::Status(Box::new(self.status().await)),
             ControlRequest::Subscribe => ControlReply::Done,
             ControlRequest::Push { targets, watch } => {
                 if targets.is_empty() {
@@ -534,6 +558,12 @@ impl Agent {
                     error: j.error.clone(),
                 })
                 .collect(),
+            feeds: self.feeds.statuses(),
+            subscription: self
+                .subscription
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
         }
     }
 }
@@ -616,6 +646,7 @@ pub fn check_target(
         url: target.url.clone(),
         trust,
         token: target.token.clone(),
+        dialed_in: None,
     })
 }
 
@@ -692,7 +723,7 @@ impl Remote {
     /// The agent's folder, its role and its pushes.
     pub async fn status(&mut self) -> Result<AgentStatus, RemoteError> {
         match self.call(ControlRequest::Status).await? {
-            ControlReply::Status(status) => Ok(status),
+            ControlReply::Status(status) => Ok(*status),
             other => Err(self.unexpected("status", &other)),
         }
     }

@@ -54,8 +54,12 @@ pub async fn push_once(
                     &target, &options, &stop, &mut conn, tree_rx, &blocks, &events, &cache,
                 )
                 .await;
-                if let Some(conn) = conn {
-                    conn.close().await;
+                match (conn, &target.dialed_in) {
+                    // The target's own connection stays open for the next pass, and for the
+                    // last word of whoever handed it over.
+                    (Some(conn), Some(dialed)) => dialed.give_back(conn),
+                    (Some(conn), None) => conn.close().await,
+                    (None, _) => {}
                 }
                 (i, result, started.elapsed().as_secs_f64())
             });
@@ -229,9 +233,11 @@ pub(super) async fn session(
     );
     // A connection kept from the last round is used again: no new TLS handshake per sync.
     let reused = open.is_some();
-    let mut conn = match open.take() {
-        Some(conn) => conn,
-        None => {
+    let mut conn = match (open.take(), &target.dialed_in) {
+        (Some(conn), _) => conn,
+        // A target that dialed in is reached over its connection only.
+        (None, Some(dialed)) => dialed.take().ok_or(SendError::Closed)?,
+        (None, None) => {
             transport::connect(&ConnectOptions {
                 url: target.url.clone(),
                 trust: target.trust.clone(),

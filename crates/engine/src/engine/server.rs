@@ -12,6 +12,12 @@ pub struct ServeOptions {
     /// The token that also lets a client command this agent (see [`Remote`]); `None`: no
     /// remote control.
     pub admin_token: Option<String>,
+    /// The token that lets a peer receive this agent's folder over a connection it opens
+    /// (a subscriber behind NAT); `None`: only an admin client may.
+    pub subscribe_token: Option<String>,
+    /// The agent this one receives its folder from by dialing it, instead of (or as well as)
+    /// being dialed: for a server nobody can reach.
+    pub subscribe: Option<Subscription>,
     /// Plain ws:// instead of wss (loopback only).
     pub insecure: bool,
     /// The name sources see.
@@ -38,6 +44,8 @@ impl ServeOptions {
             listen: listen.into(),
             token: token.into(),
             admin_token: None,
+            subscribe_token: None,
+            subscribe: None,
             insecure: false,
             name: name.into(),
             trash_retention: None,
@@ -64,6 +72,8 @@ pub struct Server {
     pushes: CancellationToken,
     /// When the pairing token stops opening sessions (a one-time token), if it does.
     token_expires: Option<tokio::time::Instant>,
+    /// The agent this one dials to receive its folder, if any.
+    subscription: Option<Subscription>,
 }
 
 impl Server {
@@ -104,6 +114,16 @@ impl Server {
                     .into(),
             ));
         }
+        if let Some(subscribe) = &options.subscribe_token
+            && (subscribe.trim().is_empty()
+                || subscribe == &options.token
+                || Some(subscribe) == options.admin_token.as_ref())
+        {
+            return Err(EngineError::Setup(
+                "the subscribe token must be a secret of its own, not empty and neither the pairing nor the admin token"
+                    .into(),
+            ));
+        }
         let push_to = match &options.push_to {
             Some(list) => Some(
                 list.iter()
@@ -119,8 +139,10 @@ impl Server {
             agent: control::Agent::new(&options.root, &options.name, push_to, pushes.clone()),
             tokens: Arc::new(transport::Tokens {
                 receive: options.token,
+                subscribe: options.subscribe_token,
                 admin: options.admin_token,
             }),
+            subscription: options.subscribe,
             name: options.name.into(),
             fingerprint,
             pushes,
@@ -160,8 +182,21 @@ impl Server {
         // What the tokens become once the pairing token expired: a secret nobody holds.
         let expired = Arc::new(transport::Tokens {
             receive: hex::encode(rand::random::<[u8; 32]>()),
+            subscribe: self.tokens.subscribe.clone(),
             admin: self.tokens.admin.clone(),
         });
+        if let Some(subscription) = self.subscription.clone() {
+            let receiving = super::subscribe::Receiving {
+                receiver: self.receiver.clone(),
+                agent: self.agent.clone(),
+                name: self.name.to_string(),
+            };
+            tokio::spawn(super::subscribe::run(
+                subscription,
+                receiving,
+                cancel.clone(),
+            ));
+        }
         loop {
             let incoming = tokio::select! {
                 incoming = self.listener.accept() => incoming,
@@ -195,10 +230,35 @@ impl Server {
                             // A check that the agent answers (the tray's online state).
                             Ok(None) | Err(_) => return,
                         };
-                        if let Message::Control { .. } = first {
-                            tracing::info!(%peer, %source, ?role, "control client connected");
-                            agent.serve(conn, first, role).await;
-                            return;
+                        match first {
+                            Message::Control { .. } => {
+                                tracing::info!(%peer, %source, ?role, "control client connected");
+                                agent.serve(conn, first, role).await;
+                                return;
+                            }
+                            Message::Pull { once } if role.may_read() => {
+                                let pull = control::Pull {
+                                    conn,
+                                    peer,
+                                    name: source,
+                                    once,
+                                };
+                                agent.feed(pull, cancel).await;
+                                return;
+                            }
+                            Message::Pull { .. } => {
+                                refuse(conn, &source, peer, format!(
+                                    "this token lets you mirror into {name}'s folder, not receive it; receiving needs its subscribe code (`rainmaker pair --subscribe` on {name})"
+                                )).await;
+                                return;
+                            }
+                            _ if !role.may_write() => {
+                                refuse(conn, &source, peer, format!(
+                                    "this token lets you receive {name}'s folder, not mirror into it; mirroring into it needs its pairing code (`rainmaker pair` on {name})"
+                                )).await;
+                                return;
+                            }
+                            _ => {}
                         }
                         let end = match agent.start_session(&source) {
                             Ok(end) => end,
@@ -220,10 +280,10 @@ impl Server {
                             end,
                             limits,
                         };
-                        let result = serve_session(conn, session, first).await;
+                        let result = serve_session(conn, session, Some(first)).await;
                         agent.session_ended(&source);
                         match result {
-                            Ok(()) => tracing::info!(%peer, %source, "session ended"),
+                            Ok(_) => tracing::info!(%peer, %source, "session ended"),
                             Err(e) => tracing::warn!(%peer, %source, "session aborted: {e}"),
                         }
                     }
@@ -243,25 +303,74 @@ impl Server {
     }
 }
 
+/// Refuses what the peer's role does not allow, telling it why.
+async fn refuse(mut conn: transport::Connection, source: &str, peer: SocketAddr, reason: String) {
+    tracing::warn!(%peer, %source, "refused: {reason}");
+    let refused = Message::Refused {
+        reason,
+        refusal: Refusal::NotAllowed,
+    };
+    let _ = conn.send(&refused).await;
+    conn.close().await;
+}
+
 /// What a mirror session into the folder runs with.
-struct Session {
-    receiver: Arc<tokio::sync::Mutex<Receiver>>,
+pub(super) struct Session {
+    pub receiver: Arc<tokio::sync::Mutex<Receiver>>,
     /// The agent stops.
-    cancel: CancellationToken,
+    pub cancel: CancellationToken,
     /// The agent ends this session (a forced promotion).
-    end: CancellationToken,
-    limits: Limits,
+    pub end: CancellationToken,
+    pub limits: Limits,
+}
+
+/// Why a session into the folder ended before its source closed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Aborted {
+    pub reason: String,
+    /// What the source's refusal was about, when the source refused ([`Refusal::Other`]
+    /// for anything else: a cut, a broken message, this agent stopping).
+    pub refusal: Refusal,
+}
+
+impl std::fmt::Display for Aborted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
+
+impl From<String> for Aborted {
+    fn from(reason: String) -> Aborted {
+        Aborted {
+            reason,
+            refusal: Refusal::Other,
+        }
+    }
+}
+
+impl From<&str> for Aborted {
+    fn from(reason: &str) -> Aborted {
+        Aborted::from(reason.to_owned())
+    }
+}
+
+/// What the source of a one-off pull said at its end: whether this side now holds exactly
+/// what it holds, else why not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Verdict {
+    pub in_sync: bool,
+    pub reason: String,
 }
 
 /// Runs one session: the connection's messages go to a blocking worker that owns the
 /// receiver; its replies go back on the connection. The source is pinged, and a source that
 /// sends nothing for the idle limit (frozen, or its machine gone with the connection
 /// half-open) is dropped, so the folder is free again.
-async fn serve_session(
+pub(super) async fn serve_session(
     conn: transport::Connection,
     session: Session,
-    first: Message,
-) -> Result<(), String> {
+    first: Option<Message>,
+) -> Result<Option<Verdict>, Aborted> {
     let Session {
         receiver,
         cancel,
@@ -297,7 +406,9 @@ async fn serve_session(
     };
     let (in_tx, mut in_rx) = mpsc::channel::<Message>(64);
     let (out_tx, out_rx) = mpsc::channel::<Message>(64);
-    let _ = in_tx.try_send(first);
+    if let Some(first) = first {
+        let _ = in_tx.try_send(first);
+    }
     // Set when the source itself closed the connection (not a cut, not this agent stopping):
     // only then is what arrived whole applied before the session's end.
     let closed_by_source = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -307,9 +418,9 @@ async fn serve_session(
         let result = work(&mut guard, &mut in_rx, &out_tx);
         let clean = result.is_ok() && source_closed.load(std::sync::atomic::Ordering::SeqCst);
         guard.close(clean);
-        if let Err(reason) = &result {
+        if let Err(aborted) = &result {
             let _ = out_tx.blocking_send(Message::Refused {
-                reason: reason.clone(),
+                reason: aborted.reason.clone(),
                 refusal: Refusal::Other,
             });
         }
@@ -409,13 +520,13 @@ async fn serve_session(
     if cancel.is_cancelled() {
         return Err("the agent is shutting down".into());
     }
-    let worked = worked.map_err(|e| e.to_string())?;
-    worked.and(match read_result {
+    let verdict = worked.map_err(|e| Aborted::from(e.to_string()))??;
+    match read_result {
         // The source closed the connection, or it was cut after the worker's end: the worker
         // decided what the session applied.
-        Ok(()) | Err(ReadEnd::Closed(_)) => Ok(()),
-        Err(ReadEnd::Failed(e)) => Err(e),
-    })
+        Ok(()) | Err(ReadEnd::Closed(_)) => Ok(verdict),
+        Err(ReadEnd::Failed(e)) => Err(e.into()),
+    }
 }
 
 /// How reading a session's messages ended.
@@ -426,18 +537,32 @@ enum ReadEnd {
     Failed(String),
 }
 
-/// The worker's loop over the session's messages.
+/// The worker's loop over the session's messages; the source's verdict, when it gave one
+/// (a one-off pull).
 fn work(
     receiver: &mut Receiver,
     incoming: &mut mpsc::Receiver<Message>,
     out: &mpsc::Sender<Message>,
-) -> Result<(), String> {
+) -> Result<Option<Verdict>, Aborted> {
     let reply = |m: Message| {
         out.blocking_send(m)
             .map_err(|_| "connection lost".to_string())
     };
+    // Whether the last message was a `Finish` this side answered: only then may a source
+    // say that a pull is over.
+    let mut finished = false;
     while let Some(message) = incoming.blocking_recv() {
+        let was_finished = std::mem::replace(&mut finished, false);
         match message {
+            Message::Pulled { in_sync, reason } => {
+                if !was_finished {
+                    return Err(
+                        "the source said the pull was over before it finished its last session"
+                            .into(),
+                    );
+                }
+                return Ok(Some(Verdict { in_sync, reason }));
+            }
             Message::GetManifest { cached } => {
                 let (entries, partials) = receiver.manifest().map_err(|e| e.to_string())?;
                 if cached == Some(receiver.digest()) {
@@ -465,19 +590,20 @@ fn work(
                 }
                 reply(Message::ManifestEnd { partials })?;
             }
-            Message::Refused { reason, .. } => return Err(reason),
+            Message::Refused { reason, refusal } => return Err(Aborted { reason, refusal }),
             message => {
-                let finished = matches!(message, Message::Finish);
+                let finish = matches!(message, Message::Finish);
                 for r in receiver.handle(message).map_err(|e| e.to_string())? {
                     reply(r)?;
                 }
-                if finished {
+                if finish {
+                    finished = true;
                     tracing::info!(root = %receiver.root().display(), "mirror finished and verified");
                 }
             }
         }
     }
-    Ok(())
+    Ok(None)
 }
 
 /// Bytes a manifest entry takes on the wire, roughly (for cutting the manifest in parts).

@@ -169,8 +169,8 @@ impl Incoming {
         self.handshake_within(token, target_name, limit).await
     }
 
-    /// [`Incoming::handshake`] accepting the receive token or the admin token; returns what
-    /// the peer may do.
+    /// [`Incoming::handshake`] accepting any of the agent's [`Tokens`]; returns what the peer
+    /// may do (its [`Role`]).
     pub async fn handshake_as(
         self,
         tokens: &Tokens,
@@ -189,6 +189,7 @@ impl Incoming {
     ) -> Result<(Connection, String), TransportError> {
         let tokens = Tokens {
             receive: token.to_owned(),
+            subscribe: None,
             admin: None,
         };
         let (connection, name, _) = self.greet(&tokens, target_name, limit).await?;
@@ -281,13 +282,29 @@ async fn upgrade(
     Ok(Connection::new(ws, peer.to_owned()))
 }
 
-/// What a peer may do, by the token it presented.
+/// What a peer may do, by the token it presented. Each role has a secret of its own; an agent
+/// refuses, with the reason, whatever the role does not allow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
-    /// Mirror into the folder (the pairing token).
+    /// Mirror into the folder (the pairing token): write, never read.
     Source,
-    /// Mirror, and command the agent (the admin token).
+    /// Receive the folder, mirrored from the agent over the connection the peer opened (the
+    /// subscribe token): read, never write, never command.
+    Subscriber,
+    /// Everything: mirror into the folder, receive it, and command the agent (the admin token).
     Admin,
+}
+
+impl Role {
+    /// Whether this role may mirror into the agent's folder.
+    pub fn may_write(self) -> bool {
+        matches!(self, Role::Source | Role::Admin)
+    }
+
+    /// Whether this role may receive the agent's folder.
+    pub fn may_read(self) -> bool {
+        matches!(self, Role::Subscriber | Role::Admin)
+    }
 }
 
 /// The tokens an agent accepts.
@@ -295,7 +312,9 @@ pub enum Role {
 pub struct Tokens {
     /// Lets a source mirror into the folder, nothing else.
     pub receive: String,
-    /// Also lets a client command the agent (`engine::control`).
+    /// Lets a peer receive the folder over a connection it opened (`None`: nobody may).
+    pub subscribe: Option<String>,
+    /// Lets a client do all of that and command the agent (`engine::control`).
     pub admin: Option<String>,
 }
 
@@ -360,16 +379,16 @@ async fn read_hello(
     if let Some(wait) = admission.backoff(ip, Instant::now()) {
         return Err(TransportError::Backoff { peer, wait });
     }
-    // Both are compared, so the time taken does not tell which one was tried.
-    let admin = tokens
-        .admin
-        .as_deref()
-        .is_some_and(|admin| tokens_match(&their_token, admin));
-    let receive = tokens_match(&their_token, &tokens.receive);
-    let role = match (admin, receive) {
-        (true, _) => Role::Admin,
-        (false, true) => Role::Source,
-        (false, false) => {
+    // Every one is compared, so the time taken does not tell which one was tried.
+    let matches = |token: Option<&str>| token.is_some_and(|t| tokens_match(&their_token, t));
+    let admin = matches(tokens.admin.as_deref());
+    let subscribe = matches(tokens.subscribe.as_deref());
+    let receive = matches(Some(&tokens.receive));
+    let role = match (admin, subscribe, receive) {
+        (true, _, _) => Role::Admin,
+        (false, true, _) => Role::Subscriber,
+        (false, false, true) => Role::Source,
+        (false, false, false) => {
             admission.failed(ip, Instant::now());
             return Err(TransportError::WrongToken { peer });
         }
@@ -405,9 +424,9 @@ pub(super) fn tokens_match(given: &str, expected: &str) -> bool {
 /// What the refused source is told, for a person reading its log.
 fn refusal_reason(error: &TransportError) -> Option<String> {
     Some(match error {
-        TransportError::WrongToken { .. } => "wrong pairing token: the token the source sent is \
-                                              not this target's; give the source the target's \
-                                              token file or pairing code"
+        TransportError::WrongToken { .. } => "wrong pairing token: the token sent is none of \
+                                              this agent's (pairing, subscribe or admin); use a \
+                                              code that `rainmaker pair` prints on the agent"
             .to_owned(),
         TransportError::VersionMismatch { ours, theirs, .. } => format!(
             "protocol version mismatch: this target speaks version {ours}, the source speaks \

@@ -1,0 +1,255 @@
+//! The agent's side of a pull: a peer that dialed in with the subscribe (or admin) token and
+//! sent `Pull` receives the agent's folder over the connection it opened. Continuously for a
+//! subscriber (an off-cloud server behind NAT keeping a hot mirror of a cloud agent), once for
+//! a failback (a trading PC behind NAT taking its folder back from the promoted server).
+//!
+//! The agent runs the source's side of an ordinary mirror for it (`app::Mirror` with the peer
+//! as its one target, reached over its own connection: [`DialedIn`]), so everything a push
+//! proves holds here too. A feed never dials: when the connection is lost the feed ends, and
+//! the peer dials again. One feed per peer name (and kind) at a time: a newer connection from
+//! the same peer ends the older feed and waits for it to let go of its index. Each peer has
+//! its own index under the agent's state folder, so a reconnect does not hash the folder again.
+
+use super::Agent;
+use crate::app::{Ended, Mirror, Overrides};
+use crate::config::Mode;
+use crate::engine::{DialedIn, TargetSpec};
+use crate::event::Event;
+use crate::path::STATE_DIR;
+use crate::protocol::{FeedStatus, MAX_TEXT_BYTES, Message};
+use crate::transport::{Connection, Trust};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+/// How long a newer connection waits for the feed it replaces to end.
+const REPLACE_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// The peers that receive the agent's folder over connections they opened.
+#[derive(Debug, Default)]
+pub(in crate::engine) struct Feeds {
+    entries: Mutex<Vec<Feed>>,
+}
+
+#[derive(Debug)]
+struct Feed {
+    key: String,
+    status: FeedStatus,
+    /// Ends this feed's push (a newer connection from the same peer, or the agent stopping).
+    cancel: CancellationToken,
+    /// One push per peer at a time: the next waits for the last to let go of its index.
+    turn: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Feeds {
+    fn entries(&self) -> MutexGuard<'_, Vec<Feed>> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Every feed's status, newest first.
+    pub(in crate::engine) fn statuses(&self) -> Vec<FeedStatus> {
+        self.entries()
+            .iter()
+            .rev()
+            .map(|f| f.status.clone())
+            .collect()
+    }
+
+    /// Registers a new connection for `key`: the feed it replaces (if any) is told to end.
+    /// Returns the new feed's cancel token and the turn to wait for.
+    fn begin(
+        &self,
+        key: &str,
+        status: FeedStatus,
+        stop: &CancellationToken,
+    ) -> (CancellationToken, Arc<tokio::sync::Mutex<()>>) {
+        let mut entries = self.entries();
+        let cancel = stop.child_token();
+        if let Some(feed) = entries.iter_mut().find(|f| f.key == key) {
+            feed.cancel.cancel();
+            feed.cancel = cancel.clone();
+            feed.status = status;
+            return (cancel, feed.turn.clone());
+        }
+        let turn = Arc::new(tokio::sync::Mutex::new(()));
+        entries.push(Feed {
+            key: key.to_owned(),
+            status,
+            cancel: cancel.clone(),
+            turn: turn.clone(),
+        });
+        (cancel, turn)
+    }
+
+    /// Changes the status of `key`'s feed, unless a newer connection took it over.
+    fn update(&self, key: &str, cancel: &CancellationToken, change: impl FnOnce(&mut FeedStatus)) {
+        let mut entries = self.entries();
+        if let Some(feed) = entries.iter_mut().find(|f| f.key == key)
+            && (!cancel.is_cancelled() || feed.cancel.is_cancelled())
+        {
+            change(&mut feed.status);
+        }
+    }
+}
+
+/// Where the feed `key` keeps its index of the agent's folder.
+fn feed_dir(root: &Path, key: &str) -> PathBuf {
+    let id = blake3::hash(key.as_bytes()).to_hex();
+    root.join(STATE_DIR).join("feeds").join(&id[..16])
+}
+
+fn unix_now() -> u64 {
+    super::unix_now()
+}
+
+/// A peer's connection that asked for the folder.
+#[derive(Debug)]
+pub(in crate::engine) struct Pull {
+    pub conn: Connection,
+    pub peer: SocketAddr,
+    /// The name the peer gave in its hello.
+    pub name: String,
+    pub once: bool,
+}
+
+impl Agent {
+    /// Mirrors the folder to a peer over the connection it opened, until the mirror is done
+    /// (`once`), the connection is lost, a newer connection from the same peer takes over, or
+    /// `stop` fires.
+    pub(in crate::engine) async fn feed(self: Arc<Self>, pull: Pull, stop: CancellationToken) {
+        let Pull {
+            conn,
+            peer,
+            name,
+            once,
+        } = pull;
+        let key = format!("{}:{name}", if once { "once" } else { "subscriber" });
+        let status = FeedStatus {
+            name: name.clone(),
+            address: peer.to_string(),
+            once,
+            connected: true,
+            in_sync_at: None,
+            error: None,
+        };
+        let (cancel, turn) = self.feeds.begin(&key, status, &stop);
+        let waited = tokio::select! {
+            turn = tokio::time::timeout(REPLACE_WAIT, turn.lock_owned()) => turn.ok(),
+            () = cancel.cancelled() => None,
+        };
+        let Some(_turn) = waited else {
+            tracing::warn!(%peer, %name, "a pull was dropped: the one before it did not end in time, or a newer one came");
+            conn.close().await;
+            return;
+        };
+        tracing::info!(%peer, %name, once, "a peer that dialed in receives this folder");
+        let dialed = DialedIn::new(conn, peer);
+        let target = TargetSpec {
+            url: name.clone(),
+            trust: Trust::Insecure,
+            token: String::new(),
+            dialed_in: Some(dialed.clone()),
+        };
+        let mode = if once { Mode::Manual } else { Mode::Watch };
+        let mirror = Mirror::new(
+            &Mirror::folder(self.root.clone(), mode),
+            vec![target],
+            &self.root,
+            self.name.clone(),
+            Overrides {
+                state_dir: Some(feed_dir(&self.root, &key)),
+                ..Overrides::default()
+            },
+        );
+        let run = cancel.child_token();
+        // A lost connection ends the feed: the peer dials again.
+        let (gone, ends) = (dialed.gone(), run.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                () = gone.cancelled() => ends.cancel(),
+                () = ends.cancelled() => {}
+            }
+        });
+        let (events, tracked) = broadcast::channel(256);
+        let tracking = tokio::spawn(self.clone().track(key.clone(), cancel.clone(), tracked));
+        let ended = match mirror {
+            Ok(mirror) => mirror
+                .run(None, None, &events, &run)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        run.cancel();
+        drop(events);
+        let _ = tracking.await;
+        let (in_sync, reason) = match &ended {
+            Ok(Ended::Pushed(report)) if report.ok => (true, String::new()),
+            Ok(Ended::Pushed(report)) => (false, failure(report)),
+            Ok(Ended::Stopped) => (false, "stopped".to_owned()),
+            Err(e) => (false, e.clone()),
+        };
+        if let Some(mut conn) = dialed.into_connection() {
+            if once {
+                let reason = crate::transport::truncate(&reason, MAX_TEXT_BYTES).to_owned();
+                let _ = conn.send(&Message::Pulled { in_sync, reason }).await;
+            }
+            conn.close().await;
+        }
+        self.feeds.update(&key, &cancel, |status| {
+            status.connected = false;
+            if once && !in_sync {
+                status.error = Some(reason.clone());
+            }
+        });
+        tracing::info!(%peer, %name, once, in_sync, "the peer's feed ended{}", match reason.is_empty() {
+            true => String::new(),
+            false => format!(": {reason}"),
+        });
+    }
+
+    /// Follows a feed's events: passes them on to the agent's followers, and keeps the feed's
+    /// status.
+    async fn track(
+        self: Arc<Self>,
+        key: String,
+        cancel: CancellationToken,
+        mut events: broadcast::Receiver<Event>,
+    ) {
+        loop {
+            let event = match events.recv().await {
+                Ok(event) => event,
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => return,
+            };
+            match &event {
+                Event::InSync { .. } => self.feeds.update(&key, &cancel, |s| {
+                    s.in_sync_at = Some(unix_now());
+                    s.error = None;
+                }),
+                Event::TargetFailed { reason, .. } => self.feeds.update(&key, &cancel, |s| {
+                    s.error = Some(reason.clone());
+                }),
+                _ => {}
+            }
+            let _ = self.events.send(event);
+        }
+    }
+}
+
+/// Why a one-off pull did not leave the peer identical, for its log.
+fn failure(report: &crate::event::PushReport) -> String {
+    if let Some(error) = report.targets.iter().find_map(|t| t.error.clone()) {
+        return error;
+    }
+    match report.skipped.first() {
+        Some(first) => format!(
+            "{} files of the folder could not be read (first: {}: {})",
+            report.skipped.len(),
+            first.path,
+            first.reason
+        ),
+        None => "not identical".to_owned(),
+    }
+}

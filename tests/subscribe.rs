@@ -1,0 +1,208 @@
+//! End to end on loopback: a server that dials out. An agent started with another agent's
+//! subscribe code (`serve --subscribe`) receives that agent's folder over connections it
+//! opens, stays a hot mirror as the trading PC pushes into the other, and is caught up at once
+//! after it was down; the other agent lists it as a subscriber. The trading PC takes a
+//! promoted server's folder back with `remote failback` over a connection it opens itself.
+//! (The same through NAT routers, with inbound connections impossible: `tests/nat.rs`.)
+
+mod common;
+
+use common::{Sandbox, assert_same_tree, run_bounded, wait_identical, write_random};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// A secret file readable by its owner only.
+fn secret(sandbox: &Sandbox, name: &str, value: &str) -> PathBuf {
+    let path = sandbox.path(name);
+    std::fs::write(&path, value).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    path
+}
+
+/// `rainmaker pair` with `extra` for the agent serving `root` on loopback `port`.
+fn pair(sandbox: &Sandbox, root: &Path, port: u16, extra: &[&str]) -> (i32, String, String) {
+    let mut command = sandbox.command();
+    command
+        .arg("pair")
+        .arg("--root")
+        .arg(root)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .arg("--token-file")
+        .arg(sandbox.token_file())
+        .args(extra);
+    run_bounded(command, Duration::from_secs(10))
+}
+
+/// `rainmaker serve` for `root` on a free loopback port, named `name`, with `extra` flags.
+fn serve(sandbox: &Sandbox, root: &Path, name: &str, extra: &[&str]) -> Command {
+    let mut command = sandbox.command();
+    command
+        .arg("serve")
+        .arg("--root")
+        .arg(root)
+        .args(["--listen", "127.0.0.1:0", "--name", name])
+        .arg("--token-file")
+        .arg(sandbox.token_file())
+        .args(extra)
+        .env("RUST_LOG", "info");
+    command
+}
+
+#[test]
+fn a_server_that_dials_out_stays_a_hot_mirror_and_is_caught_up_when_it_returns() {
+    let sandbox = Sandbox::new();
+    let (home, cloud, offcloud) = (
+        sandbox.dir("home"),
+        sandbox.dir("cloud"),
+        sandbox.dir("offcloud"),
+    );
+    write_random(&home.join("db/tick/ES/20261201.Last.ncd"), 1, 2 << 20);
+    std::fs::create_dir_all(home.join("workspaces")).unwrap();
+    std::fs::write(home.join("workspaces/Default.xml"), b"<w/>").unwrap();
+    let subscribe_token = secret(
+        &sandbox,
+        "subscribe.token",
+        "subscribe-secret-0123456789abcdef",
+    );
+    let subscribe_flag = format!("--subscribe-token-file={}", subscribe_token.display());
+    let agent_a = sandbox.serve_admin(&cloud, &[&subscribe_flag], &[("RUST_LOG", "info")]);
+    let (code, stdout, stderr) = pair(
+        &sandbox,
+        &cloud,
+        agent_a.port(),
+        &["--subscribe", &subscribe_flag],
+    );
+    assert_eq!(code, 0, "pair --subscribe: {stdout}{stderr}");
+    let subscribe_code = stdout.trim().to_owned();
+    assert!(
+        subscribe_code.starts_with("rainmaker-subscribe://127.0.0.1:"),
+        "pair --subscribe prints the subscribe code: {subscribe_code}"
+    );
+
+    // A pairing code is refused as a subscription, before anything is dialed.
+    let pairing_code = agent_a_code(&sandbox, &cloud, agent_a.port());
+    let (code, _, stderr) = run_bounded(
+        serve(
+            &sandbox,
+            &offcloud,
+            "offcloud-b",
+            &["--subscribe", &pairing_code],
+        ),
+        Duration::from_secs(10),
+    );
+    assert_ne!(
+        code, 0,
+        "serve --subscribe with a pairing code must not start"
+    );
+    assert!(
+        stderr.contains("subscribe code") && !stderr.contains(&sandbox.token()),
+        "the refusal names the code it needs and does not repeat the token: {stderr}"
+    );
+
+    sandbox.push(&home).target(&agent_a).run().assert_ok();
+    let agent_b = sandbox.start_agent(serve(
+        &sandbox,
+        &offcloud,
+        "offcloud-b",
+        &["--subscribe", &subscribe_code],
+    ));
+    wait_identical(&cloud, &offcloud, Duration::from_secs(20), &|| {
+        format!("offcloud:\n{}\ncloud:\n{}", agent_b.log(), agent_a.log())
+    });
+
+    // A trading session: the PC pushes into the cloud, the off-cloud server follows.
+    write_random(
+        &home.join("db/tick/ES/20261201.Last.ncd"),
+        2,
+        (2 << 20) + 4096,
+    );
+    std::fs::write(home.join("workspaces/Default.xml"), b"<w v='2'/>").unwrap();
+    sandbox.push(&home).target(&agent_a).run().assert_ok();
+    wait_identical(&home, &offcloud, Duration::from_secs(10), &|| agent_b.log());
+
+    // The cloud agent knows who dials in for its folder.
+    let (code, stdout, stderr) = sandbox.remote(&agent_a, &sandbox.admin_token_file(), &["status"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("subscriber offcloud-b (dials in from 127.0.0.1:")
+            && stdout.contains("connected, in sync at"),
+        "status lists the subscriber, its address and that it is in sync:\n{stdout}"
+    );
+
+    // The off-cloud server is down while the PC trades on; back, it is caught up at once.
+    agent_b.sigkill();
+    write_random(&home.join("db/tick/NQ/20261202.Last.ncd"), 3, 1 << 20);
+    std::fs::remove_file(home.join("workspaces/Default.xml")).unwrap();
+    sandbox.push(&home).target(&agent_a).run().assert_ok();
+    let started = Instant::now();
+    let agent_b = sandbox.start_agent(serve(
+        &sandbox,
+        &offcloud,
+        "offcloud-b",
+        &["--subscribe", &subscribe_code],
+    ));
+    let took = wait_identical(&home, &offcloud, Duration::from_secs(10), &|| agent_b.log());
+    eprintln!(
+        "the returning subscriber was caught up {:.2} s after it started",
+        started.elapsed().as_secs_f64().max(took.as_secs_f64())
+    );
+    assert_same_tree(&cloud, &offcloud);
+    assert!(
+        offcloud.join(".rainmaker/trash").exists(),
+        "what the subscription deleted is in the off-cloud server's trash"
+    );
+    drop(agent_b);
+}
+
+/// The cloud agent's pairing code.
+fn agent_a_code(sandbox: &Sandbox, root: &Path, port: u16) -> String {
+    let (code, stdout, stderr) = pair(sandbox, root, port, &[]);
+    assert_eq!(code, 0, "{stderr}");
+    stdout.trim().to_owned()
+}
+
+#[test]
+fn the_trading_pc_takes_its_folder_back_from_a_promoted_server_by_dialing_it() {
+    let sandbox = Sandbox::new();
+    let (home, cloud) = (sandbox.dir("home"), sandbox.dir("cloud"));
+    write_random(&home.join("db/tick/ES.ncd"), 4, 1 << 20);
+    std::fs::write(home.join("chart.xml"), b"<old/>").unwrap();
+    let agent = sandbox.serve_admin(&cloud, &[], &[]);
+    sandbox.push(&home).target(&agent).run().assert_ok();
+
+    // Failover: the cloud is promoted and trades on; its folder moves ahead of home's.
+    let admin = sandbox.admin_token_file();
+    let (code, _, stderr) = sandbox.remote(&agent, &admin, &["promote", "--force"]);
+    assert_eq!(code, 0, "{stderr}");
+    write_random(&cloud.join("db/tick/ES.ncd"), 5, (1 << 20) + 8192);
+    std::fs::write(cloud.join("chart.xml"), b"<new/>").unwrap();
+    std::fs::write(cloud.join("traded-in-the-cloud.txt"), b"fills").unwrap();
+
+    // Failback: home dials the cloud and receives; nothing listens at home.
+    let (code, stdout, stderr) = sandbox.remote(
+        &agent,
+        &admin,
+        &["failback", "--into", home.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "failback:\n{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("now holds exactly what cloud holds"),
+        "{stderr}"
+    );
+    assert_same_tree(&cloud, &home);
+    assert!(
+        std::fs::read_dir(home.join(".rainmaker/trash")).is_ok_and(|mut d| d.next().is_some()),
+        "what the failback replaced at home is kept in its trash"
+    );
+    let (code, stdout, _) = sandbox.remote(&agent, &admin, &["status"]);
+    assert_eq!(code, 0);
+    assert!(
+        stdout.contains("pull by "),
+        "the cloud's status records the pull:\n{stdout}"
+    );
+}
