@@ -9,7 +9,7 @@ use crate::view::{
     PauseView, PausedBy, PushAction, PushView, ResourcesView, ServerRole, ServerView,
 };
 use rainmaker_engine::app::progress::Progress;
-use rainmaker_engine::protocol::{FolderRole, JobState};
+use rainmaker_engine::protocol::{FeedStatus, FolderRole, JobState, SubscriptionStatus};
 use rainmaker_engine::status::TargetState;
 use ts_rs::TS;
 
@@ -30,6 +30,8 @@ pub fn typescript() -> String {
         declaration::<TargetState>(),
         declaration::<FolderRole>(),
         declaration::<PushView>(),
+        declaration::<FeedStatus>(),
+        declaration::<SubscriptionStatus>(),
         declaration::<JobState>(),
         declaration::<PushAction>(),
         declaration::<Progress>(),

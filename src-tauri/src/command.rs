@@ -92,11 +92,16 @@ pub async fn remote_push(runner: Shell<'_>, from: String, to: Vec<String>) -> Re
     runner.remote_push(&from, &to).await
 }
 
-/// Failback: this PC receives its folder back from server `from`; `address` is this PC as
-/// that server reaches it (HOST:PORT).
+/// Failback: this PC receives its folder back from server `from`, over a connection it opens;
+/// on a LAN, `address` (this PC as that server reaches it, HOST:PORT) has the server push to
+/// an agent started here instead.
 #[tauri::command]
-pub async fn receive_from(runner: Shell<'_>, from: String, address: String) -> Result<(), UiError> {
-    runner.receive_from(&from, &address).await
+pub async fn receive_from(
+    runner: Shell<'_>,
+    from: String,
+    address: Option<String>,
+) -> Result<(), UiError> {
+    runner.receive_from(&from, address.as_deref()).await
 }
 
 /// Makes a server the source of its folder (`source`), or a target again.

@@ -594,7 +594,7 @@ mod tests {
         drop(taken);
         let elsewhere = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
         let e = runner
-            .receive_from("no-such-server", &format!("{lan}:{port}"))
+            .receive_from("no-such-server", Some(&format!("{lan}:{port}")))
             .await
             .unwrap_err();
         drop(elsewhere);

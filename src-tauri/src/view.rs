@@ -2,7 +2,7 @@
 //! (it is small) whenever something changed, at most a few times a second. The dashboard's
 //! TypeScript types are generated from these ([`crate::bindings`]).
 
-use rainmaker_engine::protocol::{FolderRole, JobState};
+use rainmaker_engine::protocol::{FeedStatus, FolderRole, JobState, SubscriptionStatus};
 use rainmaker_engine::status::TargetState;
 use serde::{Deserialize, Serialize};
 use ts_rs::TS;
@@ -64,6 +64,11 @@ pub struct ServerView {
     pub this_pc_newest: Option<f64>,
     /// The pushes it runs on this PC's command, with their state (admin only).
     pub pushes: Vec<PushView>,
+    /// The machines that receive its folder by dialing it (servers behind NAT; a failback),
+    /// as it reports them (admin only).
+    pub feeds: Vec<FeedStatus>,
+    /// The server it receives its folder from by dialing it, if it does (admin only).
+    pub subscription: Option<SubscriptionStatus>,
 }
 
 /// A push a server runs.

@@ -653,3 +653,77 @@ fn servers_whose_names_look_alike_keep_a_token_file_each() {
         },
     );
 }
+
+#[test]
+fn bring_back_takes_the_folder_from_a_promoted_server_over_a_connection_this_pc_opens() {
+    let h = harness();
+    let dir = h.source.parent().unwrap().to_path_buf();
+    let cloud = dir.join("cloud-a");
+    let (url, fp) = agent_with_admin(&cloud, "cloud-a", &h.stop);
+    call(
+        &h,
+        "add_server",
+        json!({ "name": "cloud-a", "url": url, "token": TOKEN, "fingerprint": fp, "adminToken": ADMIN }),
+    )
+    .unwrap();
+    call(&h, "save_folder", folder(&h, &["cloud-a"], "manual")).unwrap();
+    call(&h, "sync_now", json!({})).unwrap();
+    wait_for("cloud-a is in sync", Duration::from_secs(30), || {
+        let d = call(&h, "dashboard", json!({})).unwrap();
+        server(&d, "cloud-a")["state"] == "in sync"
+    });
+
+    // Failover: cloud-a becomes the source and trades on.
+    call(
+        &h,
+        "set_role",
+        json!({ "name": "cloud-a", "source": true, "force": true }),
+    )
+    .unwrap();
+    std::fs::write(cloud.join("workspace.xml"), b"<traded in the cloud/>").unwrap();
+    std::fs::write(cloud.join("db/tick/NQ.ncd"), vec![3u8; 150_000]).unwrap();
+
+    // Bring back, with no address: this PC dials cloud-a and receives.
+    call(
+        &h,
+        "receive_from",
+        json!({ "from": "cloud-a", "address": null }),
+    )
+    .unwrap();
+    let again = call(
+        &h,
+        "receive_from",
+        json!({ "from": "cloud-a", "address": null }),
+    );
+    wait_for("the folder is back whole", Duration::from_secs(30), || {
+        let d = call(&h, "dashboard", json!({})).unwrap();
+        d["activity"].as_array().unwrap().iter().any(|a| {
+            a["text"]
+                .as_str()
+                .unwrap()
+                .contains("This PC's folder is back whole from cloud-a")
+        })
+    });
+    if let Err(e) = again {
+        assert_eq!(e["code"], "busy", "a second Bring back waits its turn: {e}");
+    }
+    for file in ["workspace.xml", "db/tick/NQ.ncd", "db/tick/ES.ncd"] {
+        assert!(
+            identical(&cloud.join(file), &h.source.join(file)),
+            "{file} came back"
+        );
+    }
+    let d = call(&h, "dashboard", json!({})).unwrap();
+    let a = server(&d, "cloud-a");
+    let feeds = a["feeds"].as_array().unwrap();
+    assert!(
+        feeds
+            .iter()
+            .any(|f| f["once"] == true && f["in_sync_at"].is_number()),
+        "cloud-a reports this PC's pull, in sync: {a}"
+    );
+    assert_eq!(
+        d["paused"]["by"], "you",
+        "sync from this PC stays paused until the user resumes: {d}"
+    );
+}

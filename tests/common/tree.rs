@@ -32,9 +32,15 @@ pub fn tree(root: &Path) -> BTreeMap<String, Node> {
     out
 }
 
+/// Walks `dir`. An entry that goes away between the listing and its reading (the tree is
+/// changing: a receiver moving a file into its trash) is left out, as if listed a moment later.
 fn walk(dir: &Path, prefix: &str, out: &mut BTreeMap<String, Node>) {
-    let entries =
-        std::fs::read_dir(dir).unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()));
+    let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if gone(&e) && !prefix.is_empty() => return,
+        Err(e) => panic!("cannot list {}: {e}", dir.display()),
+    };
     for entry in entries {
         let entry = entry.unwrap();
         let name = entry.file_name().to_string_lossy().into_owned();
@@ -42,15 +48,27 @@ fn walk(dir: &Path, prefix: &str, out: &mut BTreeMap<String, Node>) {
             continue;
         }
         let rel = format!("{prefix}{name}");
-        let meta = std::fs::symlink_metadata(entry.path()).unwrap();
+        let meta = match std::fs::symlink_metadata(entry.path()) {
+            Ok(meta) => meta,
+            Err(e) if gone(&e) => continue,
+            Err(e) => panic!("cannot read {}: {e}", entry.path().display()),
+        };
         let kind = meta.file_type();
         let node = if kind.is_dir() {
             walk(&entry.path(), &format!("{rel}/"), out);
             Node::Dir
         } else if kind.is_symlink() {
-            Node::Symlink(std::fs::read_link(entry.path()).unwrap())
+            match std::fs::read_link(entry.path()) {
+                Ok(to) => Node::Symlink(to),
+                Err(e) if gone(&e) => continue,
+                Err(e) => panic!("cannot read {}: {e}", entry.path().display()),
+            }
         } else if kind.is_file() {
-            let bytes = std::fs::read(entry.path()).unwrap();
+            let bytes = match std::fs::read(entry.path()) {
+                Ok(bytes) => bytes,
+                Err(e) if gone(&e) => continue,
+                Err(e) => panic!("cannot read {}: {e}", entry.path().display()),
+            };
             Node::File {
                 len: meta.len(),
                 hash: blake3::hash(&bytes).to_hex().to_string(),

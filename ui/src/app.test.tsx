@@ -239,10 +239,29 @@ describe("any server to any servers", () => {
     await waitFor(() => expect(q('[data-test="demote-cloud-a"]')).not.toBeNull());
     expect(backend.calls).toContain("role cloud-a source force");
     expect(confirm).toHaveBeenCalledTimes(2);
-    const prompt = vi.spyOn(window, "prompt").mockReturnValue("192.168.1.20:7878");
+    // A server behind NAT that dials in for cloud-a's folder is listed under it, as one that
+    // connects out and cannot be reached.
+    backend.update((d) => {
+      d.servers = d.servers.map((s) =>
+        s.name === "cloud-a"
+          ? {
+              ...s,
+              feeds: [{ name: "offcloud-b", address: "192.0.2.2:40112", once: false, connected: true, in_sync_at: Date.now() / 1000 - 5, error: null }],
+            }
+          : s,
+      );
+    });
+    await waitFor(() => expect(q('[data-test="feed-cloud-a-offcloud-b"]')).not.toBeNull());
+    const feed = q('[data-test="feed-cloud-a-offcloud-b"]');
+    expect(feed.textContent).toContain("offcloud-b receives cloud-a's folder, dialing in from 192.0.2.2:40112");
+    expect(feed.textContent).toContain("it cannot be reached");
+    expect(q('[data-test="feed-cloud-a-offcloud-b"] [data-test="feed-state"]').textContent).toMatch(/^connected, in sync/);
+    const prompt = vi.spyOn(window, "prompt");
     fireEvent.click(q('[data-test="bring-back-cloud-a"]'));
-    await waitFor(() => expect(backend.calls).toContain("receive from cloud-a at 192.168.1.20:7878"));
-    expect(String(prompt.mock.calls[0][0])).toContain("cloud-a has the newer data");
+    await waitFor(() => expect(backend.calls).toContain("receive from cloud-a"));
+    expect(prompt).not.toHaveBeenCalled();
+    expect(String(confirm.mock.calls.at(-1)?.[0])).toContain("cloud-a has the newer data");
+    expect(String(confirm.mock.calls.at(-1)?.[0])).toContain("nothing needs to reach this PC");
     // Demote asks first: declined, nothing changes; confirmed, the server is a target again.
     confirm.mockReturnValue(false);
     fireEvent.click(q('[data-test="demote-cloud-a"]'));

@@ -18,7 +18,7 @@ export interface Backend {
   setRole(name: string, source: boolean, force: boolean): Promise<void>;
   /** Failback: this PC receives its folder from server `from`; `address` is this PC as it
    *  reaches it. */
-  receiveFrom(from: string, address: string): Promise<void>;
+  receiveFrom(from: string, address: string | null): Promise<void>;
   renameServer(old: string, name: string): Promise<void>;
   removeServer(name: string): Promise<void>;
   /** Saves folder `index`, or adds a folder when `index` is null. */

@@ -112,6 +112,8 @@ export function fakeBackend(initial: Dashboard = emptyDashboard()): FakeBackend 
           newest_change: adminToken ? 1_795_000_000 : null,
           this_pc_newest: 1_794_990_000,
           pushes: [],
+          feeds: [],
+          subscription: null,
         };
         d.servers = [...d.servers, server];
       });
@@ -222,8 +224,8 @@ export function fakeBackend(initial: Dashboard = emptyDashboard()): FakeBackend 
       });
     },
     async receiveFrom(from, address) {
-      fake.calls.push(`receive from ${from} at ${address}`);
-      if (!/:\d+$/.test(address)) fail("bad_input", `"${address}" is not HOST:PORT.`);
+      fake.calls.push(address === null ? `receive from ${from}` : `receive from ${from} at ${address}`);
+      if (address !== null && !/:\d+$/.test(address)) fail("bad_input", `"${address}" is not HOST:PORT.`);
       fake.update((d) => {
         const newest = d.servers.find((s) => s.name === from)?.newest_change ?? null;
         d.servers = d.servers.map((s) => ({ ...s, this_pc_newest: newest ?? s.this_pc_newest }));

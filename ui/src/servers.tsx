@@ -95,11 +95,10 @@ function ServerRow({
           ? `${s.name} has the newer data (changed ${ago(s.newest_change)}; ${thisPc} ${ago(thisPcNewest)}).`
           : `${thisPc} has data as new as ${s.name}'s or newer (changed ${ago(thisPcNewest)}; ${s.name} ${ago(s.newest_change)}): bringing it back replaces it.`
         : "";
-    const address = prompt(
-      `${newer}\n\nBring ${s.name}'s folder back to ${thisPc}? Syncing from this PC pauses, and ${s.name} pushes to this PC's address (HOST:PORT as ${s.name} reaches it; replaced files go to the trash):`,
-      "",
+    const ok = confirm(
+      `${newer}\n\nBring ${s.name}'s folder back to ${thisPc}? Syncing from this PC pauses until it is back. This PC connects to ${s.name} and receives its folder; nothing needs to reach this PC. Files it replaces here go to the folder's trash.`,
     );
-    if (address) await run(() => backend.receiveFrom(s.name, address));
+    if (ok) await run(() => backend.receiveFrom(s.name, null));
   };
   const promote = async () => {
     if (!confirm(`Make ${s.name} the source of its folder? It stops receiving mirrors, so this PC cannot overwrite what it trades.`)) return;
@@ -270,6 +269,28 @@ function ServerRow({
           </td>
         </tr>
       ))}
+      {s.feeds.map((f) => (
+        <tr class="reason-row feed-row" key={`${f.once ? "once" : "sub"}-${f.name}`} data-test={`feed-${s.name}-${f.name}`}>
+          <td colSpan={8}>
+            ↳ <strong>{f.name}</strong> {f.once ? "took" : "receives"} {s.name}'s folder, dialing in from {f.address} (it cannot be
+            reached; it connects out):{" "}
+            <span data-test="feed-state">
+              {f.connected ? "connected" : "not connected"}
+              {f.in_sync_at !== null ? `, in sync ${ago(f.in_sync_at)}` : ""}
+            </span>
+            {f.error && <span>: {f.error}</span>}
+          </td>
+        </tr>
+      ))}
+      {s.subscription && (
+        <tr class="reason-row" data-test={`subscription-${s.name}`}>
+          <td colSpan={8}>
+            {s.name} receives its folder from {s.subscription.from} by dialing it:{" "}
+            {s.subscription.connected ? "connected" : "not connected"}
+            {s.subscription.error && <span>: {s.subscription.error}</span>}
+          </td>
+        </tr>
+      )}
       {s.progress && (
         <tr class="progress-row">
           <td colSpan={8}>

@@ -86,7 +86,16 @@ this_pc_newest: number | null,
 /**
  * The pushes it runs on this PC's command, with their state (admin only).
  */
-pushes: Array<PushView>, };
+pushes: Array<PushView>, 
+/**
+ * The machines that receive its folder by dialing it (servers behind NAT; a failback),
+ * as it reports them (admin only).
+ */
+feeds: Array<FeedStatus>, 
+/**
+ * The server it receives its folder from by dialing it, if it does (admin only).
+ */
+subscription: SubscriptionStatus | null, };
 
 /**
  * What a server is to this PC.
@@ -111,6 +120,56 @@ export type PushView = { id: number,
  * The servers it pushes to (by name where this PC knows them).
  */
 to: Array<string>, state: JobState, error: string | null, };
+
+/**
+ * A peer that receives an agent's folder over a connection it opened.
+ */
+export type FeedStatus = { 
+/**
+ * The name the peer gave.
+ */
+name: string, 
+/**
+ * The address its connection came from (a NAT router's, for a peer behind one).
+ */
+address: string, 
+/**
+ * A one-off pull (a failback), not a subscription.
+ */
+once: boolean, 
+/**
+ * Its connection is open now.
+ */
+connected: boolean, 
+/**
+ * When it last held exactly what the folder holds (Unix seconds).
+ */
+in_sync_at: number | null, 
+/**
+ * Why its last session failed, if it did.
+ */
+error: string | null, };
+
+/**
+ * An agent's subscription to another agent's folder.
+ */
+export type SubscriptionStatus = { 
+/**
+ * The agent it dials, `host:port`.
+ */
+from: string, 
+/**
+ * Its connection is open now.
+ */
+connected: boolean, 
+/**
+ * When its last session ended (Unix seconds).
+ */
+last_session_at: number | null, 
+/**
+ * Why the last attempt failed, if it did.
+ */
+error: string | null, };
 
 /**
  * Where a push an agent runs stands.

@@ -110,6 +110,8 @@ impl Runner {
                                 .collect()
                         })
                         .unwrap_or_default(),
+                    feeds: remote.map(|s| s.feeds.clone()).unwrap_or_default(),
+                    subscription: remote.and_then(|s| s.subscription.clone()),
                 }
             })
             .collect();

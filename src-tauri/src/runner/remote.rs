@@ -1,6 +1,7 @@
 //! What this PC commands servers to do, with their admin tokens: push their folder to
 //! others (and follow the push), become the source of their folder or a target again, and
-//! send this PC's folder back to it (failback), received by an agent started here for it.
+//! give this PC its folder back (failback): over a connection this PC opens, so nothing needs
+//! to reach it behind its router; or, on a LAN, pushed to an agent started here for it.
 
 use super::Runner;
 use crate::error::{UiCode, UiError};
@@ -17,6 +18,11 @@ use tokio_util::sync::CancellationToken;
 impl Runner {
     /// A control connection to a server whose admin token this PC holds.
     async fn control(&self, name: &str) -> Result<Remote, UiError> {
+        Ok(Remote::connect(&self.admin_options(name)?).await?)
+    }
+
+    /// How this PC reaches a server with its admin token.
+    fn admin_options(&self, name: &str) -> Result<ConnectOptions, UiError> {
         let server = self.server(name)?;
         let Some(admin) = &server.admin_token_file else {
             return Err(UiError::bad_input(format!(
@@ -24,11 +30,10 @@ impl Runner {
             )));
         };
         let spec = self.spec_of(&server)?;
-        Ok(Remote::connect(&ConnectOptions {
+        Ok(ConnectOptions {
             token: settings::read_token(admin)?,
             ..self.connect_options(&spec)
         })
-        .await?)
     }
 
     /// Tells server `from` to push its folder to servers `to`, and follows the push.
@@ -137,17 +142,30 @@ impl Runner {
     }
 
     /// Failback: this PC receives its folder back from server `from` (the source since a
-    /// failover). Local pushes pause; an agent serves the folder on `address` (HOST:PORT, as
-    /// the server reaches this PC, and only there) with a one-time token that opens sessions
-    /// for [`FAILBACK_TOKEN_LIFETIME`] and ends with the push; what it replaces goes to the
-    /// folder's trash.
-    pub async fn receive_from(self: &Arc<Self>, from: &str, address: &str) -> Result<(), UiError> {
+    /// failover), into the folder that server holds of this PC; local pushes pause meanwhile,
+    /// and what the failback replaces goes to the folder's trash. Without `address`, this PC
+    /// dials `from` and receives over that connection: nothing needs to reach this PC. With
+    /// `address` (HOST:PORT, as the server reaches this PC on a LAN, and only there), an agent
+    /// serves the folder there with a one-time token that opens sessions for
+    /// [`FAILBACK_TOKEN_LIFETIME`], and `from` pushes to it.
+    pub async fn receive_from(
+        self: &Arc<Self>,
+        from: &str,
+        address: Option<&str>,
+    ) -> Result<(), UiError> {
         let source = self.folder_of(from).ok_or_else(|| {
             UiError::bad_input(format!(
                 "Pick this PC's folder that {from} holds first (a folder mirrored to it): it is what receives."
             ))
         })?;
-        let (listen, url) = failback_address(from, address)?;
+        let lan = match address.map(str::trim).filter(|a| !a.is_empty()) {
+            Some(address) => Some(failback_address(from, address)?),
+            None => None,
+        };
+        let dial = match lan {
+            Some(_) => None,
+            None => Some(self.admin_options(from)?),
+        };
         {
             // Taken at once, in the same lock as the check: a second Bring back waits its turn.
             let mut inner = self.lock();
@@ -159,6 +177,11 @@ impl Runner {
             }
             inner.receiving_from = Some(from.to_owned());
         }
+        if let Some(options) = dial {
+            self.pull_back(from, source, options);
+            return Ok(());
+        }
+        let (listen, url) = lan.expect("an address was given");
         let token = hex_token();
         let bound = engine::Server::bind(ServeOptions {
             root: source.clone(),
@@ -216,6 +239,64 @@ impl Runner {
             stop.cancel();
         }
         started
+    }
+
+    /// Failback over a connection this PC opens to `from` (with its admin token): syncing
+    /// from this PC is held until the folder is back, and the outcome goes to the activity.
+    fn pull_back(
+        self: &Arc<Self>,
+        from: &str,
+        source: std::path::PathBuf,
+        options: ConnectOptions,
+    ) {
+        // A push now would send a half-restored folder, with its deletions, to the others.
+        self.supervisor.hold(Some(format!(
+            "This PC is receiving {} back from {from}; syncing from it can start when that has finished.",
+            source.display()
+        )));
+        self.supervisor.pause();
+        self.log(
+            Level::Info,
+            format!(
+                "Bringing {}'s folder back into {} (this PC dials {from}; nothing needs to reach this PC)",
+                from,
+                source.display()
+            ),
+        );
+        let (runner, from) = (self.clone(), from.to_owned());
+        let stop = self.shutdown.child_token();
+        self.rt.spawn(async move {
+            let pull = engine::PullOptions {
+                root: source,
+                trash_retention: Some(rainmaker_engine::trash::DEFAULT_RETENTION),
+                from: options,
+            };
+            let (level, line) = match engine::pull_once(&pull, &stop).await {
+                Ok(pulled) if pulled.in_sync => (
+                    Level::Info,
+                    format!(
+                        "This PC's folder is back whole from {from}; press Resume to mirror it from here again"
+                    ),
+                ),
+                Ok(pulled) => (
+                    Level::Warn,
+                    format!(
+                        "The folder from {from} did not come back whole ({}), so this PC's folder may be incomplete: sync stays paused. Bring it back again, or press Resume to mirror it as it is",
+                        pulled.reason
+                    ),
+                ),
+                Err(e) => (
+                    Level::Error,
+                    format!(
+                        "Bringing the folder back from {from} failed: {e}. Sync stays paused: bring it back again, or press Resume to mirror this PC's folder as it is"
+                    ),
+                ),
+            };
+            runner.log(level, line);
+            runner.lock().receiving_from = None;
+            runner.supervisor.hold(None);
+            runner.probe_all().await;
+        });
     }
 
     /// Pauses, resumes or stops push `job` of server `name`.

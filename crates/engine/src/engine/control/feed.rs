@@ -174,11 +174,21 @@ impl Agent {
         });
         let (events, tracked) = broadcast::channel(256);
         let tracking = tokio::spawn(self.clone().track(key.clone(), cancel.clone(), tracked));
+        // A newer connection from the same peer took over (this one is dead, or the peer
+        // dialed again): this push is dropped at once, not given the grace to finish a block
+        // nobody will verify, so the new one starts without waiting. When the agent stops,
+        // the push stops cleanly instead.
+        let replaced = async {
+            cancel.cancelled().await;
+            if stop.is_cancelled() {
+                std::future::pending::<()>().await;
+            }
+        };
         let ended = match mirror {
-            Ok(mirror) => mirror
-                .run(None, None, &events, &run)
-                .await
-                .map_err(|e| e.to_string()),
+            Ok(mirror) => tokio::select! {
+                ended = mirror.run(None, None, &events, &run) => ended.map_err(|e| e.to_string()),
+                () = replaced => Err("a newer connection from the same peer took over".to_owned()),
+            },
             Err(e) => Err(e.to_string()),
         };
         run.cancel();
