@@ -6,7 +6,8 @@
 //! the cloud (a cascade), it is caught up within 5 s of its cut link coming back, the cloud is
 //! promoted after a failover and the off-cloud server follows it, and the home PC fails back
 //! by dialing the cloud. The folders are compared at each step. Root only (namespaces,
-//! iptables); skipped with a message otherwise.
+//! iptables); skipped with a message otherwise. Linux only (network namespaces).
+#![cfg(target_os = "linux")]
 
 mod common;
 

@@ -152,6 +152,17 @@ fn a_server_that_dials_out_stays_a_hot_mirror_and_is_caught_up_when_it_returns()
         started.elapsed().as_secs_f64().max(took.as_secs_f64())
     );
     assert_same_tree(&cloud, &offcloud);
+    // The cloud agent's state folder never crosses: its key, its feeds' indexes.
+    assert!(
+        !offcloud.join(".rainmaker/feeds").exists(),
+        "the cloud's state folder is not mirrored"
+    );
+    let key = |root: &Path| std::fs::read(root.join(".rainmaker/tls/key.der")).unwrap();
+    assert_ne!(
+        key(&offcloud),
+        key(&cloud),
+        "the off-cloud server has its own key, never the cloud's"
+    );
     assert!(
         offcloud.join(".rainmaker/trash").exists(),
         "what the subscription deleted is in the off-cloud server's trash"
