@@ -70,7 +70,12 @@ fn a_server_that_dials_out_stays_a_hot_mirror_and_is_caught_up_when_it_returns()
         "subscribe-secret-0123456789abcdef",
     );
     let subscribe_flag = format!("--subscribe-token-file={}", subscribe_token.display());
-    let agent_a = sandbox.serve_admin(&cloud, &[&subscribe_flag], &[("RUST_LOG", "info")]);
+    // A short idle limit: a subscriber that goes silent is noticed in a moment.
+    let agent_a = sandbox.serve_admin(
+        &cloud,
+        &[&subscribe_flag],
+        &[("RUST_LOG", "info"), ("RAINMAKER_TEST_IDLE_MS", "1500")],
+    );
     let (code, stdout, stderr) = pair(
         &sandbox,
         &cloud,
@@ -133,6 +138,41 @@ fn a_server_that_dials_out_stays_a_hot_mirror_and_is_caught_up_when_it_returns()
             && stdout.contains("connected, in sync at"),
         "status lists the subscriber, its address and that it is in sync:\n{stdout}"
     );
+
+    // The off-cloud server freezes (its connection stays open, silent, as behind a cut link):
+    // the cloud notices and says so; thawed, it dials again and catches up.
+    let status_of_b = || {
+        let (code, stdout, stderr) =
+            sandbox.remote(&agent_a, &sandbox.admin_token_file(), &["status"]);
+        assert_eq!(code, 0, "{stderr}");
+        stdout
+            .lines()
+            .find(|l| l.starts_with("subscriber offcloud-b"))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let signal = |sig: &str| {
+        let status = Command::new("kill")
+            .args([sig, &agent_b.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    signal("-STOP");
+    let frozen = Instant::now();
+    while !status_of_b().contains("not connected") {
+        assert!(
+            frozen.elapsed() < Duration::from_secs(15),
+            "the cloud still lists the frozen subscriber as connected: {}",
+            status_of_b()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    signal("-CONT");
+    std::fs::write(home.join("workspaces/Default.xml"), b"<w v='3'/>").unwrap();
+    sandbox.push(&home).target(&agent_a).run().assert_ok();
+    wait_identical(&home, &offcloud, Duration::from_secs(20), &|| agent_b.log());
+    assert!(status_of_b().contains(": connected"), "{}", status_of_b());
 
     // The off-cloud server is down while the PC trades on; back, it is caught up at once.
     agent_b.sigkill();

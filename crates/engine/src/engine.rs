@@ -27,7 +27,7 @@ use crate::transport::{self, ConnectOptions, Identity, Limits, Listener, Trust};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use thiserror::Error;
 use tokio::sync::{Semaphore, broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -120,8 +120,11 @@ impl std::fmt::Debug for DialedIn {
 }
 
 impl DialedIn {
-    /// `conn`, opened by the target from `peer`.
-    pub fn new(conn: transport::Connection, peer: SocketAddr) -> DialedIn {
+    /// `conn`, opened by the target from `peer`. The target pings (every target does), so a
+    /// connection silent for `quiet` while the push waits is taken for lost: a link cut behind
+    /// a router says nothing.
+    pub fn new(mut conn: transport::Connection, peer: SocketAddr, quiet: Duration) -> DialedIn {
+        conn.expect_pings_within(quiet);
         DialedIn {
             slot: Arc::new(std::sync::Mutex::new(Some(conn))),
             loopback: transport::is_loopback(peer.ip()),

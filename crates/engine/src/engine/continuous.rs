@@ -249,6 +249,24 @@ impl Snapshot {
 }
 
 impl TargetLoop {
+    /// Whether this target dialed in and its connection, which it alone can renew, is lost
+    /// (`conn` is its connection kept between syncs): it is then gone for this push.
+    fn lost_dialed_in(&self, conn: &Option<crate::transport::Connection>) -> bool {
+        let Some(dialed) = &self.target.dialed_in else {
+            return false;
+        };
+        if conn.is_some() {
+            return false;
+        }
+        let _ = self.events.send(Event::TargetFailed {
+            target: self.target.url.clone(),
+            reason: "its connection went silent or closed; it dials again".into(),
+            refusal: crate::protocol::Refusal::Other,
+        });
+        dialed.gone.cancel();
+        true
+    }
+
     async fn run(mut self) {
         let url = self.target.url.clone();
         let cache = cached_manifest_path(&self.options.state_dir, &url);
@@ -278,25 +296,34 @@ impl TargetLoop {
                     }
                 }
                 // The kept connection answers the agent's pings while nothing is to be sent.
+                let dialed_in = self.target.dialed_in.is_some();
                 let (snapshots, proven, cancel) =
                     (&mut self.snapshots, &mut self.proven, &self.cancel);
-                let woke = keep_alive_while(&mut conn, async {
-                    tokio::select! {
-                        () = cancel.cancelled() => false,
-                        changed = snapshots.changed() => changed.is_ok(),
-                        changed = proven.changed(), if awaiting_proof => changed.is_ok(),
-                    }
-                })
+                let woke = keep_alive_while(
+                    &mut conn,
+                    async {
+                        tokio::select! {
+                            () = cancel.cancelled() => false,
+                            changed = snapshots.changed() => changed.is_ok(),
+                            changed = proven.changed(), if awaiting_proof => changed.is_ok(),
+                        }
+                    },
+                    dialed_in,
+                )
                 .await;
-                if !woke {
+                if self.lost_dialed_in(&conn) || woke != Some(true) {
                     return;
                 }
             };
             awaiting_proof = false;
             let mut gate = self.options.gate.clone();
+            let dialed_in = self.target.dialed_in.is_some();
             tokio::select! {
                 () = self.cancel.cancelled() => return,
-                () = keep_alive_while(&mut conn, gate.pass()) => {}
+                _ = keep_alive_while(&mut conn, gate.pass(), dialed_in) => {}
+            }
+            if self.lost_dialed_in(&conn) {
+                return;
             }
             let started = Instant::now();
             let (_ready, tree) = latest::channel(Some((snapshot.tree.clone(), snapshot.digest)));

@@ -193,22 +193,27 @@ pub async fn push_once(
 
 /// Waits for `until`; meanwhile a connection kept for the next sync answers the target's
 /// pings, so the target does not take this source for frozen. A kept connection that breaks
-/// while idle is dropped (the next sync connects anew).
+/// while idle is dropped (the next sync connects anew); with `end_on_loss` (a target that
+/// dialed in, which this side cannot dial again) the wait then ends, with `None`.
 pub(super) async fn keep_alive_while<T>(
     conn: &mut Option<transport::Connection>,
     until: impl std::future::Future<Output = T>,
-) -> T {
+    end_on_loss: bool,
+) -> Option<T> {
     tokio::pin!(until);
     if let Some(kept) = conn.as_mut() {
         match kept.idle_until(&mut until).await {
-            Ok(out) => return out,
+            Ok(out) => return Some(out),
             Err(e) => {
                 tracing::debug!("the connection kept for the next sync ended: {e}");
                 *conn = None;
+                if end_on_loss {
+                    return None;
+                }
             }
         }
     }
-    until.await
+    Some(until.await)
 }
 
 /// One session with one target: connect, fetch its manifest, plan, send.

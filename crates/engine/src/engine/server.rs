@@ -242,6 +242,7 @@ impl Server {
                                     peer,
                                     name: source,
                                     once,
+                                    quiet: limits.idle,
                                 };
                                 agent.feed(pull, cancel).await;
                                 return;

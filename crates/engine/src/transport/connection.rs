@@ -96,6 +96,9 @@ pub struct Connection {
     pub(super) fingerprint: Option<Fingerprint>,
     sent: Arc<AtomicU64>,
     received: Arc<AtomicU64>,
+    /// While waiting ([`Connection::idle_until`]), a peer silent for this long is taken for
+    /// gone (`None`: never).
+    quiet_limit: Option<Duration>,
 }
 
 impl fmt::Debug for Connection {
@@ -118,7 +121,15 @@ impl Connection {
             fingerprint: None,
             sent: Arc::new(AtomicU64::new(0)),
             received: Arc::new(AtomicU64::new(0)),
+            quiet_limit: None,
         }
+    }
+
+    /// Makes [`Connection::idle_until`] fail with [`TransportError::Idle`] when the peer sends
+    /// no frame at all (not even a ping) for `limit`: for a peer that pings, whose connection
+    /// may die without a word (a link cut behind a router).
+    pub fn expect_pings_within(&mut self, limit: Duration) {
+        self.quiet_limit = Some(limit);
     }
 
     /// Encodes and sends one message.
@@ -153,9 +164,13 @@ impl Connection {
         until: impl Future<Output = T>,
     ) -> Result<T, TransportError> {
         tokio::pin!(until);
+        let quiet = self.quiet_limit.unwrap_or(Duration::MAX);
         loop {
             tokio::select! {
                 out = &mut until => return Ok(out),
+                () = tokio::time::sleep(quiet), if self.quiet_limit.is_some() => {
+                    return Err(TransportError::Idle { peer: self.peer.clone(), after: quiet });
+                }
                 frame = self.ws.next() => match frame {
                     Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_))) => {}
                     Some(Ok(WsMessage::Close(_))) | None => {
@@ -184,6 +199,7 @@ impl Connection {
                 sink,
                 peer: self.peer.clone(),
                 sent: self.sent,
+                quiet_limit: self.quiet_limit,
             },
             ConnectionReceiver {
                 stream,
@@ -251,6 +267,8 @@ pub struct ConnectionSender {
     sink: SplitSink<Ws, WsMessage>,
     peer: String,
     sent: Arc<AtomicU64>,
+    /// The whole connection's, kept for [`ConnectionSender::reunite`].
+    quiet_limit: Option<Duration>,
 }
 
 impl fmt::Debug for ConnectionSender {
@@ -317,6 +335,7 @@ impl ConnectionSender {
             fingerprint: None,
             sent: self.sent,
             received: receiver.received,
+            quiet_limit: self.quiet_limit,
         })
     }
 }

@@ -26,6 +26,12 @@ use tokio_util::sync::CancellationToken;
 
 /// How long a newer connection waits for the feed it replaces to end.
 const REPLACE_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
+/// Most feeds at once: each reads the folder and keeps an index; a token holder who dials in
+/// under ever new names is refused beyond this.
+const MAX_FEEDS: usize = 16;
+/// Most peers remembered (with their index) after their feed ended; the oldest is forgotten,
+/// and its index removed, first.
+const MAX_REMEMBERED: usize = 64;
 
 /// The peers that receive the agent's folder over connections they opened.
 #[derive(Debug, Default)]
@@ -58,20 +64,35 @@ impl Feeds {
     }
 
     /// Registers a new connection for `key`: the feed it replaces (if any) is told to end.
-    /// Returns the new feed's cancel token and the turn to wait for.
+    /// Returns the new feed's cancel token and the turn to wait for; refused (with the reason)
+    /// when [`MAX_FEEDS`] other peers are connected. Forgets the oldest ended feeds beyond
+    /// [`MAX_REMEMBERED`], removing their indexes under `root`.
     fn begin(
         &self,
+        root: &Path,
         key: &str,
         status: FeedStatus,
         stop: &CancellationToken,
-    ) -> (CancellationToken, Arc<tokio::sync::Mutex<()>>) {
+    ) -> Result<(CancellationToken, Arc<tokio::sync::Mutex<()>>), String> {
         let mut entries = self.entries();
         let cancel = stop.child_token();
         if let Some(feed) = entries.iter_mut().find(|f| f.key == key) {
             feed.cancel.cancel();
             feed.cancel = cancel.clone();
             feed.status = status;
-            return (cancel, feed.turn.clone());
+            return Ok((cancel, feed.turn.clone()));
+        }
+        if entries.iter().filter(|f| f.status.connected).count() >= MAX_FEEDS {
+            return Err(format!(
+                "{MAX_FEEDS} peers are receiving this folder already; try again when one has ended"
+            ));
+        }
+        while entries.len() >= MAX_REMEMBERED {
+            let Some(oldest) = entries.iter().position(|f| !f.status.connected) else {
+                break;
+            };
+            let forgotten = entries.remove(oldest);
+            let _ = std::fs::remove_dir_all(feed_dir(root, &forgotten.key));
         }
         let turn = Arc::new(tokio::sync::Mutex::new(()));
         entries.push(Feed {
@@ -80,7 +101,7 @@ impl Feeds {
             cancel: cancel.clone(),
             turn: turn.clone(),
         });
-        (cancel, turn)
+        Ok((cancel, turn))
     }
 
     /// Changes the status of `key`'s feed, unless a newer connection took it over.
@@ -112,6 +133,8 @@ pub(in crate::engine) struct Pull {
     /// The name the peer gave in its hello.
     pub name: String,
     pub once: bool,
+    /// The peer pings; silent this long while the feed waits, it is taken for gone.
+    pub quiet: std::time::Duration,
 }
 
 impl Agent {
@@ -124,6 +147,7 @@ impl Agent {
             peer,
             name,
             once,
+            quiet,
         } = pull;
         let key = format!("{}:{name}", if once { "once" } else { "subscriber" });
         let status = FeedStatus {
@@ -134,7 +158,20 @@ impl Agent {
             in_sync_at: None,
             error: None,
         };
-        let (cancel, turn) = self.feeds.begin(&key, status, &stop);
+        let (cancel, turn) = match self.feeds.begin(&self.root, &key, status, &stop) {
+            Ok(begun) => begun,
+            Err(reason) => {
+                tracing::warn!(%peer, %name, "refused a pull: {reason}");
+                let mut conn = conn;
+                let refused = Message::Refused {
+                    reason,
+                    refusal: crate::protocol::Refusal::Busy,
+                };
+                let _ = conn.send(&refused).await;
+                conn.close().await;
+                return;
+            }
+        };
         let waited = tokio::select! {
             turn = tokio::time::timeout(REPLACE_WAIT, turn.lock_owned()) => turn.ok(),
             () = cancel.cancelled() => None,
@@ -145,7 +182,7 @@ impl Agent {
             return;
         };
         tracing::info!(%peer, %name, once, "a peer that dialed in receives this folder");
-        let dialed = DialedIn::new(conn, peer);
+        let dialed = DialedIn::new(conn, peer, quiet);
         let target = TargetSpec {
             url: name.clone(),
             trust: Trust::Insecure,
