@@ -120,6 +120,18 @@ fn a_server_that_dials_out_stays_a_hot_mirror_and_is_caught_up_when_it_returns()
         format!("offcloud:\n{}\ncloud:\n{}", agent_b.log(), agent_a.log())
     });
 
+    // A subscribed server takes no mirror from anyone else: two sources would fight.
+    let b_code = agent_a_code(&sandbox, &offcloud, agent_b.port());
+    let direct = sandbox.push(&home).to(&b_code).run();
+    assert!(
+        direct.code != 0
+            && direct
+                .describe()
+                .contains("receives its folder from 127.0.0.1:"),
+        "a push into a subscribed server is refused with the reason: {}",
+        direct.describe()
+    );
+
     // A trading session: the PC pushes into the cloud, the off-cloud server follows.
     write_random(
         &home.join("db/tick/ES/20261201.Last.ncd"),
@@ -255,5 +267,68 @@ fn the_trading_pc_takes_its_folder_back_from_a_promoted_server_by_dialing_it() {
     assert!(
         stdout.contains("pull by "),
         "the cloud's status records the pull:\n{stdout}"
+    );
+}
+
+#[test]
+fn an_emptied_cloud_folder_does_not_empty_the_server_that_subscribes_to_it() {
+    let sandbox = Sandbox::new();
+    let (cloud, offcloud) = (sandbox.dir("cloud"), sandbox.dir("offcloud"));
+    for i in 0..20 {
+        write_random(
+            &cloud.join(format!("db/tick/ES/day{i}.Last.ncd")),
+            i,
+            10_000,
+        );
+    }
+    let subscribe_token = secret(
+        &sandbox,
+        "subscribe.token",
+        "subscribe-secret-0123456789abcdef",
+    );
+    let subscribe_flag = format!("--subscribe-token-file={}", subscribe_token.display());
+    let agent_a = sandbox.serve_admin(&cloud, &[&subscribe_flag], &[]);
+    let (code, stdout, stderr) = pair(
+        &sandbox,
+        &cloud,
+        agent_a.port(),
+        &["--subscribe", &subscribe_flag],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let agent_b = sandbox.start_agent(serve(
+        &sandbox,
+        &offcloud,
+        "offcloud-b",
+        &["--subscribe", stdout.trim()],
+    ));
+    wait_identical(&cloud, &offcloud, Duration::from_secs(20), &|| {
+        agent_b.log()
+    });
+
+    // The cloud's folder is wiped (a failed disk, a mistake): the backup behind NAT keeps
+    // everything, and the cloud says why it does not follow.
+    std::fs::remove_dir_all(cloud.join("db")).unwrap();
+    let started = Instant::now();
+    let refused = loop {
+        let (code, stdout, stderr) =
+            sandbox.remote(&agent_a, &sandbox.admin_token_file(), &["status"]);
+        assert_eq!(code, 0, "{stderr}");
+        if stdout.contains("would delete 20") {
+            break stdout;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the cloud does not say why the subscriber stopped following:\n{stdout}\n{}",
+            agent_b.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(refused.contains("subscriber offcloud-b"), "{refused}");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        common::list(&offcloud.join("db/tick/ES")).len(),
+        20,
+        "every file is still on the subscribed server\n{}",
+        agent_b.log()
     );
 }

@@ -119,6 +119,10 @@ pub struct PushReport {
     pub bytes_read: u64,
     pub skipped: Vec<Skipped>,
     pub targets: Vec<TargetReport>,
+    /// The digest of the source's tree as the last pass scanned it: what every target that is
+    /// in sync holds (not in the JSON summary).
+    #[serde(skip)]
+    pub digest: Option<crate::protocol::Hash>,
 }
 
 /// A source path that was not mirrored.

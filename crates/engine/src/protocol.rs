@@ -29,7 +29,7 @@
 //! Pull{once}                   ->
 //!                              <- GetManifest{cached} ... Finish   (the agent is the source)
 //! ManifestPart ... Finished    ->
-//!                              <- Pulled{in_sync, reason}          (once only, last)
+//!                              <- Pulled{digest, reason}           (once only, last)
 //! ```
 
 use serde::{Deserialize, Serialize};
@@ -133,9 +133,13 @@ pub enum Message {
     /// Dialer → agent, first message after `Welcome` (subscribe or admin token only): mirror
     /// your folder to me over this connection; once (`once`), or until the connection ends.
     Pull { once: bool },
-    /// Agent → puller, after the last `Finished` of a one-off pull: whether the puller now
-    /// holds exactly what the agent's folder held (else why not). The connection then closes.
-    Pulled { in_sync: bool, reason: String },
+    /// Agent → puller, after the last `Finished` of a one-off pull: the puller now holds
+    /// exactly the tree whose digest is `digest` (what the agent's folder held), or, with
+    /// none, it does not, and why. The connection then closes.
+    Pulled {
+        digest: Option<Hash>,
+        reason: String,
+    },
 }
 
 /// What an admin client can ask an agent (see `engine::control`).
@@ -828,8 +832,8 @@ mod tests {
             path().prop_map(|path| Message::Delete { path }),
             hash().prop_map(|digest| Message::Finished { digest }),
             any::<bool>().prop_map(|once| Message::Pull { once }),
-            (any::<bool>(), "[a-z ]{0,40}")
-                .prop_map(|(in_sync, reason)| Message::Pulled { in_sync, reason }),
+            (prop::option::of(hash()), "[a-z ]{0,40}")
+                .prop_map(|(digest, reason)| Message::Pulled { digest, reason }),
         ]
     }
 

@@ -28,10 +28,16 @@ impl Drop for Cloud {
 
 /// An agent with all three tokens, serving `root` on a free loopback port.
 async fn cloud(root: &Path) -> Cloud {
+    cloud_with(root, None).await
+}
+
+/// [`cloud`], with `push_to` the only agents it may send its folder to.
+async fn cloud_with(root: &Path, push_to: Option<Vec<String>>) -> Cloud {
     std::fs::create_dir_all(root).unwrap();
     let mut options = ServeOptions::new(root.to_path_buf(), "127.0.0.1:0", PAIRING, "cloud-a");
     options.subscribe_token = Some(SUBSCRIBE.into());
     options.admin_token = Some(ADMIN.into());
+    options.push_to = push_to;
     let server = Server::bind(options).await.unwrap();
     let cloud = Cloud {
         url: format!("wss://127.0.0.1:{}", server.local_addr().port()),
@@ -194,32 +200,59 @@ async fn a_puller_receives_the_folder_over_its_own_connection_and_each_role_only
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_pull_said_to_be_over_before_its_last_session_finished_is_not_in_sync() {
+async fn with_push_to_the_admin_token_cannot_pull_the_folder_elsewhere_and_the_subscribe_token_can()
+{
     let dir = tempfile::tempdir().unwrap();
-    let home = dir.path().join("home");
-    write(&home, "settings.xml", b"<mine/>");
-    // A peer that answers a pull with `Pulled{in_sync}` at once, before any session.
+    let (cloud_root, home) = (dir.path().join("cloud"), dir.path().join("home"));
+    let cloud = cloud_with(&cloud_root, Some(vec!["cloud-b.example.com:7878".into()])).await;
+    write(&cloud_root, "chart.xml", b"<chart/>");
+    std::fs::create_dir_all(&home).unwrap();
+    let refused = answer(&cloud, ADMIN, Message::Pull { once: true }).await;
+    assert!(
+        matches!(&refused, Message::Refused { refusal: Refusal::NotAllowed, reason } if reason.contains("push_to")),
+        "an admin pull is refused where push_to limits where the folder goes: {refused:?}"
+    );
+    let pulled = pull_once(
+        &PullOptions {
+            root: home.clone(),
+            trash_retention: None,
+            from: options(&cloud, SUBSCRIBE),
+        },
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert!(pulled.in_sync, "{pulled:?}");
+    assert_eq!(files(&home), files(&cloud_root));
+}
+
+/// What `pull_once` into `home` makes of a source that plays `script` after the hello and the
+/// puller's `Pull`.
+async fn pull_from<F, Fut>(
+    home: &Path,
+    script: F,
+) -> Result<rainmaker_engine::engine::Pulled, String>
+where
+    F: FnOnce(transport::Connection) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let dir = tempfile::tempdir().unwrap();
     let identity = Identity::load_or_create(&dir.path().join("tls")).unwrap();
     let fingerprint = identity.fingerprint();
     let listener = Listener::bind("127.0.0.1:0", Some(identity)).await.unwrap();
     let url = format!("wss://{}", listener.local_addr());
-    let liar = tokio::spawn(async move {
+    let source = tokio::spawn(async move {
         let incoming = listener.accept().await.unwrap();
         let (mut conn, _) = incoming.handshake(SUBSCRIBE, "liar").await.unwrap();
-        let first = conn.recv().await.unwrap();
-        assert_eq!(first, Some(Message::Pull { once: true }));
-        conn.send(&Message::Pulled {
-            in_sync: true,
-            reason: String::new(),
-        })
-        .await
-        .unwrap();
-        // Stay until the puller hangs up.
-        let _ = tokio::time::timeout(Duration::from_secs(10), conn.recv()).await;
+        assert_eq!(
+            conn.recv().await.unwrap(),
+            Some(Message::Pull { once: true })
+        );
+        script(conn).await;
     });
     let pulled = pull_once(
         &PullOptions {
-            root: home.clone(),
+            root: home.to_path_buf(),
             trash_retention: None,
             from: ConnectOptions {
                 url,
@@ -230,18 +263,113 @@ async fn a_pull_said_to_be_over_before_its_last_session_finished_is_not_in_sync(
         },
         &CancellationToken::new(),
     )
+    .await
+    .map_err(|e| e.to_string());
+    source.await.unwrap();
+    pulled
+}
+
+/// Reads until `Finished`; its digest.
+async fn finished(conn: &mut transport::Connection) -> [u8; 32] {
+    loop {
+        match conn.recv().await.unwrap() {
+            Some(Message::Finished { digest }) => return digest,
+            Some(_) => continue,
+            None => panic!("the puller closed before it answered Finish"),
+        }
+    }
+}
+
+/// Stays until the puller hangs up.
+async fn linger(mut conn: transport::Connection) {
+    let _ = tokio::time::timeout(Duration::from_secs(10), conn.recv()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_is_in_sync_only_when_the_source_listed_finished_and_names_what_this_side_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    write(&home, "settings.xml", b"<mine/>");
+    let refused =
+        |result: Result<rainmaker_engine::engine::Pulled, String>, what: &str, why: &str| {
+            let Err(error) = result else {
+                panic!("{what} must not count as in sync: {result:?}");
+            };
+            assert!(
+                error.contains(why),
+                "{what}: the error says what the source did wrong: {error}"
+            );
+        };
+
+    // In sync at once, before any session.
+    let result = pull_from(&home, |mut conn| async move {
+        let pulled = Message::Pulled {
+            digest: Some([1; 32]),
+            reason: String::new(),
+        };
+        conn.send(&pulled).await.unwrap();
+        linger(conn).await;
+    })
     .await;
-    let Err(error) = pulled else {
-        panic!("a Pulled before any Finish must not count as in sync: {pulled:?}");
-    };
-    assert!(
-        error.to_string().contains("before it finished"),
-        "the error says what the source did wrong: {error}"
+    refused(result, "Pulled before any Finish", "before it finished");
+
+    // A Finish, answered, then in sync with the very digest the puller gave: but nothing was
+    // ever compared with the source's tree.
+    let result = pull_from(&home, |mut conn| async move {
+        conn.send(&Message::Finish).await.unwrap();
+        let digest = finished(&mut conn).await;
+        conn.send(&Message::Pulled {
+            digest: Some(digest),
+            reason: String::new(),
+        })
+        .await
+        .unwrap();
+        linger(conn).await;
+    })
+    .await;
+    refused(
+        result,
+        "Pulled after a Finish with no manifest asked",
+        "before it finished",
     );
+
+    // A whole session, then in sync with a tree this side does not hold.
+    let result = pull_from(&home, |mut conn| async move {
+        conn.send(&Message::GetManifest { cached: None })
+            .await
+            .unwrap();
+        conn.send(&Message::Finish).await.unwrap();
+        let _ = finished(&mut conn).await;
+        conn.send(&Message::Pulled {
+            digest: Some([7; 32]),
+            reason: String::new(),
+        })
+        .await
+        .unwrap();
+        linger(conn).await;
+    })
+    .await;
+    refused(result, "Pulled naming another tree", "does not hold");
+
+    // A source that says it could not do it is believed, with its reason.
+    let result = pull_from(&home, |mut conn| async move {
+        let pulled = Message::Pulled {
+            digest: None,
+            reason: "its disk is failing".into(),
+        };
+        conn.send(&pulled).await.unwrap();
+        linger(conn).await;
+    })
+    .await;
+    let pulled = result.expect("an honest failure is an answer");
+    assert!(
+        !pulled.in_sync && pulled.reason == "its disk is failing",
+        "{pulled:?}"
+    );
+
     assert_eq!(
         std::fs::read(home.join("settings.xml")).unwrap(),
         b"<mine/>",
         "nothing changed at home"
     );
-    liar.await.unwrap();
 }

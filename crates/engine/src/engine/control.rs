@@ -142,6 +142,23 @@ impl Agent {
         self.folder().promoted
     }
 
+    /// Whether a peer that presented `role`'s token may receive the folder over its own
+    /// connection: a subscriber may; an admin client may too, unless `push_to` limits where
+    /// the folder goes (the admin token must not carry it anywhere else by pulling it).
+    pub(super) fn may_pull(&self, role: Role) -> Result<(), String> {
+        match (role, &self.push_to) {
+            (Role::Subscriber, _) | (Role::Admin, None) => Ok(()),
+            (Role::Admin, Some(_)) => Err(format!(
+                "{} sends its folder only to the agents of its push_to list: the admin token cannot take it elsewhere; receive it with its subscribe code (`rainmaker pair --subscribe` on {})",
+                self.name, self.name
+            )),
+            (Role::Source, _) => Err(format!(
+                "this token lets you mirror into {}'s folder, not receive it; receiving needs its subscribe code (`rainmaker pair --subscribe` on {})",
+                self.name, self.name
+            )),
+        }
+    }
+
     /// Records where this agent's subscription stands.
     pub(super) fn set_subscription(&self, status: SubscriptionStatus) {
         *self.subscription.lock().unwrap_or_else(|e| e.into_inner()) = Some(status);

@@ -24,6 +24,7 @@ pub async fn push_once(
         .collect();
     let mut skipped = Vec::new();
     let mut files = 0;
+    let mut last_digest = None;
     let mut done = vec![false; options.targets.len()];
     let mut stopped = false;
     for pass in 1..=options.passes.max(1) {
@@ -78,6 +79,7 @@ pub async fn push_once(
         blocks.read_copies(scanned.copies.clone());
         tracing::debug!(elapsed = ?started.elapsed(), hashed = scanned.bytes_hashed, "source scanned");
         let digest = announce_scan(&scanned, events);
+        last_digest = Some(digest);
         files = scanned.tree.files.len() as u64;
         skipped = scanned
             .problems
@@ -188,6 +190,7 @@ pub async fn push_once(
         bytes_read: blocks.bytes_read(),
         skipped,
         targets: reports,
+        digest: last_digest,
     })
 }
 
@@ -274,12 +277,19 @@ pub(super) async fn session(
     if let Some(share) = options.max_delete_share
         && let Some((doomed, held)) = plan::mass_delete(tree, &theirs, share)
     {
-        conn.close().await;
-        return Err(SendError::MassDelete {
+        let error = SendError::MassDelete {
             doomed,
             held,
             percent: share * 100.0,
-        });
+        };
+        // The target hears why (a subscriber waits for a person instead of asking again).
+        let refused = Message::Refused {
+            reason: format!("the source stopped: {error}"),
+            refusal: Refusal::MassDelete,
+        };
+        let _ = tokio::time::timeout(transport::CLOSE_TIMEOUT, conn.send(&refused)).await;
+        conn.close().await;
+        return Err(error);
     }
     let (tree2, blocks2) = (tree.clone(), blocks.clone());
     let plan = tokio::task::spawn_blocking(move || {

@@ -221,6 +221,10 @@ impl Server {
                 self.agent.clone(),
                 limits.clone(),
             );
+            let subscribed = self
+                .subscription
+                .as_ref()
+                .map(|s| transport::authority_of(&s.url).unwrap_or_else(|_| s.url.clone()));
             tokio::spawn(async move {
                 let peer = incoming.peer_addr();
                 match incoming.handshake_as(&tokens, &name).await {
@@ -236,7 +240,11 @@ impl Server {
                                 agent.serve(conn, first, role).await;
                                 return;
                             }
-                            Message::Pull { once } if role.may_read() => {
+                            Message::Pull { once } => {
+                                if let Err(reason) = agent.may_pull(role) {
+                                    refuse(conn, &source, peer, reason).await;
+                                    return;
+                                }
                                 let pull = control::Pull {
                                     conn,
                                     peer,
@@ -247,15 +255,17 @@ impl Server {
                                 agent.feed(pull, cancel).await;
                                 return;
                             }
-                            Message::Pull { .. } => {
-                                refuse(conn, &source, peer, format!(
-                                    "this token lets you mirror into {name}'s folder, not receive it; receiving needs its subscribe code (`rainmaker pair --subscribe` on {name})"
-                                )).await;
-                                return;
-                            }
                             _ if !role.may_write() => {
                                 refuse(conn, &source, peer, format!(
                                     "this token lets you receive {name}'s folder, not mirror into it; mirroring into it needs its pairing code (`rainmaker pair` on {name})"
+                                )).await;
+                                return;
+                            }
+                            // Two sources would take turns writing the folder.
+                            _ if subscribed.is_some() && !agent.promoted() => {
+                                let from = subscribed.unwrap_or_default();
+                                refuse(conn, &source, peer, format!(
+                                    "{name} receives its folder from {from} by subscription; a second source would fight it: mirror into {from} instead"
                                 )).await;
                                 return;
                             }
@@ -549,22 +559,45 @@ fn work(
         out.blocking_send(m)
             .map_err(|_| "connection lost".to_string())
     };
-    // Whether the last message was a `Finish` this side answered: only then may a source
-    // say that a pull is over.
-    let mut finished = false;
+    // What a source must have done before it may say a pull left this side in sync: listed
+    // this folder, and just had its last `Finish` answered with the digest it now names.
+    let mut listed = false;
+    let mut finished: Option<crate::protocol::Hash> = None;
     while let Some(message) = incoming.blocking_recv() {
-        let was_finished = std::mem::replace(&mut finished, false);
+        let just_finished = finished.take();
         match message {
-            Message::Pulled { in_sync, reason } => {
-                if !was_finished {
+            Message::Pulled {
+                digest: None,
+                reason,
+            } => {
+                return Ok(Some(Verdict {
+                    in_sync: false,
+                    reason,
+                }));
+            }
+            Message::Pulled {
+                digest: Some(digest),
+                reason,
+            } => {
+                if !listed || just_finished.is_none() {
                     return Err(
                         "the source said the pull was over before it finished its last session"
                             .into(),
                     );
                 }
-                return Ok(Some(Verdict { in_sync, reason }));
+                if just_finished != Some(digest) {
+                    return Err(
+                        "the source said the pull was over, naming a tree this folder does not hold"
+                            .into(),
+                    );
+                }
+                return Ok(Some(Verdict {
+                    in_sync: true,
+                    reason,
+                }));
             }
             Message::GetManifest { cached } => {
+                listed = true;
                 let (entries, partials) = receiver.manifest().map_err(|e| e.to_string())?;
                 if cached == Some(receiver.digest()) {
                     reply(Message::ManifestSame { partials })?;
@@ -595,10 +628,12 @@ fn work(
             message => {
                 let finish = matches!(message, Message::Finish);
                 for r in receiver.handle(message).map_err(|e| e.to_string())? {
+                    if let (true, Message::Finished { digest }) = (finish, &r) {
+                        finished = Some(*digest);
+                    }
                     reply(r)?;
                 }
                 if finish {
-                    finished = true;
                     tracing::info!(root = %receiver.root().display(), "mirror finished and verified");
                 }
             }

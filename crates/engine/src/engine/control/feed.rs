@@ -6,9 +6,11 @@
 //! The agent runs the source's side of an ordinary mirror for it (`app::Mirror` with the peer
 //! as its one target, reached over its own connection: [`DialedIn`]), so everything a push
 //! proves holds here too. A feed never dials: when the connection is lost the feed ends, and
-//! the peer dials again. One feed per peer name (and kind) at a time: a newer connection from
-//! the same peer ends the older feed and waits for it to let go of its index. Each peer has
-//! its own index under the agent's state folder, so a reconnect does not hash the folder again.
+//! the peer dials again. One feed per peer at a time (its name, the address it dials from, and
+//! whether it pulls once): a newer connection from the same peer ends the older feed and waits
+//! for it to let go of its index. Each peer has its own index under the agent's state folder,
+//! so a reconnect does not hash the folder again. A feed's status is changed only by the feed
+//! of its generation, never by one a newer connection replaced.
 
 use super::Agent;
 use crate::app::{Ended, Mirror, Overrides};
@@ -37,11 +39,21 @@ const MAX_REMEMBERED: usize = 64;
 #[derive(Debug, Default)]
 pub(in crate::engine) struct Feeds {
     entries: Mutex<Vec<Feed>>,
+    generations: std::sync::atomic::AtomicU64,
+}
+
+/// A connection's hold on its peer's feed entry.
+struct Begun {
+    generation: u64,
+    cancel: CancellationToken,
+    turn: Arc<tokio::sync::Mutex<()>>,
 }
 
 #[derive(Debug)]
 struct Feed {
     key: String,
+    /// Which connection owns this entry now: each new one takes the next number.
+    generation: u64,
     status: FeedStatus,
     /// Ends this feed's push (a newer connection from the same peer, or the agent stopping).
     cancel: CancellationToken,
@@ -73,14 +85,22 @@ impl Feeds {
         key: &str,
         status: FeedStatus,
         stop: &CancellationToken,
-    ) -> Result<(CancellationToken, Arc<tokio::sync::Mutex<()>>), String> {
+    ) -> Result<Begun, String> {
+        let generation = self
+            .generations
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut entries = self.entries();
         let cancel = stop.child_token();
         if let Some(feed) = entries.iter_mut().find(|f| f.key == key) {
             feed.cancel.cancel();
             feed.cancel = cancel.clone();
+            feed.generation = generation;
             feed.status = status;
-            return Ok((cancel, feed.turn.clone()));
+            return Ok(Begun {
+                generation,
+                cancel,
+                turn: feed.turn.clone(),
+            });
         }
         if entries.iter().filter(|f| f.status.connected).count() >= MAX_FEEDS {
             return Err(format!(
@@ -97,18 +117,24 @@ impl Feeds {
         let turn = Arc::new(tokio::sync::Mutex::new(()));
         entries.push(Feed {
             key: key.to_owned(),
+            generation,
             status,
             cancel: cancel.clone(),
             turn: turn.clone(),
         });
-        Ok((cancel, turn))
+        Ok(Begun {
+            generation,
+            cancel,
+            turn,
+        })
     }
 
-    /// Changes the status of `key`'s feed, unless a newer connection took it over.
-    fn update(&self, key: &str, cancel: &CancellationToken, change: impl FnOnce(&mut FeedStatus)) {
+    /// Changes the status of `key`'s feed, if connection `generation` still owns it.
+    fn update(&self, key: &str, generation: u64, change: impl FnOnce(&mut FeedStatus)) {
         let mut entries = self.entries();
-        if let Some(feed) = entries.iter_mut().find(|f| f.key == key)
-            && (!cancel.is_cancelled() || feed.cancel.is_cancelled())
+        if let Some(feed) = entries
+            .iter_mut()
+            .find(|f| f.key == key && f.generation == generation)
         {
             change(&mut feed.status);
         }
@@ -149,7 +175,13 @@ impl Agent {
             once,
             quiet,
         } = pull;
-        let key = format!("{}:{name}", if once { "once" } else { "subscriber" });
+        // Bound to the address it dials from too: a holder of the token elsewhere, under the
+        // same name, cannot end this peer's feed.
+        let key = format!(
+            "{}:{name}@{}",
+            if once { "once" } else { "subscriber" },
+            peer.ip()
+        );
         let status = FeedStatus {
             name: name.clone(),
             address: peer.to_string(),
@@ -158,7 +190,11 @@ impl Agent {
             in_sync_at: None,
             error: None,
         };
-        let (cancel, turn) = match self.feeds.begin(&self.root, &key, status, &stop) {
+        let Begun {
+            generation,
+            cancel,
+            turn,
+        } = match self.feeds.begin(&self.root, &key, status, &stop) {
             Ok(begun) => begun,
             Err(reason) => {
                 tracing::warn!(%peer, %name, "refused a pull: {reason}");
@@ -177,10 +213,19 @@ impl Agent {
             () = cancel.cancelled() => None,
         };
         let Some(_turn) = waited else {
-            tracing::warn!(%peer, %name, "a pull was dropped: the one before it did not end in time, or a newer one came");
+            let reason = "the connection before it from the same peer did not end in time, or a newer one came";
+            tracing::warn!(%peer, %name, "a pull was dropped: {reason}");
+            self.feeds.update(&key, generation, |status| {
+                status.connected = false;
+                status.error = Some(reason.to_owned());
+            });
             conn.close().await;
             return;
         };
+        let state_dir = feed_dir(&self.root, &key);
+        // The feed this one replaced was dropped at once; a scan of its may still hold the
+        // index for a moment.
+        index_free(&state_dir).await;
         tracing::info!(%peer, %name, once, "a peer that dialed in receives this folder");
         let dialed = DialedIn::new(conn, peer, quiet);
         let target = TargetSpec {
@@ -196,7 +241,7 @@ impl Agent {
             &self.root,
             self.name.clone(),
             Overrides {
-                state_dir: Some(feed_dir(&self.root, &key)),
+                state_dir: Some(state_dir),
                 ..Overrides::default()
             },
         );
@@ -210,7 +255,7 @@ impl Agent {
             }
         });
         let (events, tracked) = broadcast::channel(256);
-        let tracking = tokio::spawn(self.clone().track(key.clone(), cancel.clone(), tracked));
+        let tracking = tokio::spawn(self.clone().track(key.clone(), generation, tracked));
         // A newer connection from the same peer took over (this one is dead, or the peer
         // dialed again): this push is dropped at once, not given the grace to finish a block
         // nobody will verify, so the new one starts without waiting. When the agent stops,
@@ -231,20 +276,21 @@ impl Agent {
         run.cancel();
         drop(events);
         let _ = tracking.await;
-        let (in_sync, reason) = match &ended {
-            Ok(Ended::Pushed(report)) if report.ok => (true, String::new()),
-            Ok(Ended::Pushed(report)) => (false, failure(report)),
-            Ok(Ended::Stopped) => (false, "stopped".to_owned()),
-            Err(e) => (false, e.clone()),
+        let (digest, reason) = match &ended {
+            Ok(Ended::Pushed(report)) if report.ok => (report.digest, String::new()),
+            Ok(Ended::Pushed(report)) => (None, failure(report)),
+            Ok(Ended::Stopped) => (None, "stopped".to_owned()),
+            Err(e) => (None, e.clone()),
         };
+        let in_sync = digest.is_some();
         if let Some(mut conn) = dialed.into_connection() {
             if once {
                 let reason = crate::transport::truncate(&reason, MAX_TEXT_BYTES).to_owned();
-                let _ = conn.send(&Message::Pulled { in_sync, reason }).await;
+                let _ = conn.send(&Message::Pulled { digest, reason }).await;
             }
             conn.close().await;
         }
-        self.feeds.update(&key, &cancel, |status| {
+        self.feeds.update(&key, generation, |status| {
             status.connected = false;
             if once && !in_sync {
                 status.error = Some(reason.clone());
@@ -261,7 +307,7 @@ impl Agent {
     async fn track(
         self: Arc<Self>,
         key: String,
-        cancel: CancellationToken,
+        generation: u64,
         mut events: broadcast::Receiver<Event>,
     ) {
         loop {
@@ -271,17 +317,37 @@ impl Agent {
                 Err(broadcast::error::RecvError::Closed) => return,
             };
             match &event {
-                Event::InSync { .. } => self.feeds.update(&key, &cancel, |s| {
+                Event::InSync { .. } => self.feeds.update(&key, generation, |s| {
                     s.in_sync_at = Some(unix_now());
                     s.error = None;
                 }),
-                Event::TargetFailed { reason, .. } => self.feeds.update(&key, &cancel, |s| {
+                Event::TargetFailed { reason, .. } => self.feeds.update(&key, generation, |s| {
                     s.error = Some(reason.clone());
                 }),
                 _ => {}
             }
             let _ = self.events.send(event);
         }
+    }
+}
+
+/// Waits (at most [`REPLACE_WAIT`]) until the index in `state_dir` can be opened: the scan of a
+/// feed that was dropped may hold it a moment longer (it runs on a thread of its own).
+async fn index_free(state_dir: &Path) {
+    let path = state_dir.join("index.redb");
+    if !path.exists() {
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + REPLACE_WAIT;
+    loop {
+        let probe = path.clone();
+        let opened = tokio::task::spawn_blocking(move || crate::index::Index::open(&probe).is_ok())
+            .await
+            .unwrap_or(false);
+        if opened || tokio::time::Instant::now() >= deadline {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
 
