@@ -110,7 +110,10 @@ pub fn spawn(mut events: broadcast::Receiver<Event>, draw: bool) -> JoinHandle<(
                 ),
                 // The engine logs pauses and resumes itself, with their figures.
                 Event::Paused { .. } | Event::Resumed { .. } => {}
-                Event::Scanned { .. } | Event::Skipped { .. } | Event::Resources { .. } => {}
+                Event::Scanned { .. }
+                | Event::Skipped { .. }
+                | Event::Resources { .. }
+                | Event::WouldDelete { .. } => {}
             }
         }
         for bar in bars.values() {

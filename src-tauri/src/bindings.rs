@@ -5,8 +5,8 @@
 use crate::command::PresetView;
 use crate::error::{UiCode, UiError};
 use crate::view::{
-    ActivityView, Dashboard, FolderForm, FolderMode, FolderView, GuardView, Level, Overall,
-    PauseView, PausedBy, PushAction, PushView, ResourcesView, ServerRole, ServerView,
+    ActivityView, Dashboard, FolderForm, FolderMode, FolderView, GuardView, Level, MassDeleteView,
+    Overall, PauseView, PausedBy, PushAction, PushView, ResourcesView, ServerRole, ServerView,
 };
 use rainmaker_engine::app::progress::Progress;
 use rainmaker_engine::protocol::{FeedStatus, FolderRole, JobState, SubscriptionStatus};
@@ -36,6 +36,7 @@ pub fn typescript() -> String {
         declaration::<PushAction>(),
         declaration::<Progress>(),
         declaration::<FolderView>(),
+        declaration::<MassDeleteView>(),
         declaration::<FolderForm>(),
         declaration::<FolderMode>(),
         declaration::<GuardView>(),

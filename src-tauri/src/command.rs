@@ -161,9 +161,28 @@ pub fn sync_now(runner: Shell<'_>) -> Result<(), UiError> {
     runner.sync_now()
 }
 
+/// Syncs every folder once now, past the resource guard's pause.
+#[tauri::command]
+pub fn sync_anyway(runner: Shell<'_>) -> Result<(), UiError> {
+    runner.sync_anyway()
+}
+
+/// Stops the syncs Sync started.
+#[tauri::command]
+pub fn stop_syncs(runner: Shell<'_>) {
+    runner.stop_syncs()
+}
+
 #[tauri::command]
 pub fn allow_mass_delete(runner: Shell<'_>, index: usize) -> Result<(), UiError> {
     runner.allow_mass_delete(index)
+}
+
+/// Keeps the backups of folder `index` as they are after its sync stopped before deleting
+/// many files on them.
+#[tauri::command]
+pub fn keep_backup(runner: Shell<'_>, index: usize) -> Result<(), UiError> {
+    runner.keep_backup(index)
 }
 
 #[tauri::command]

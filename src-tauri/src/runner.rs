@@ -189,6 +189,43 @@ impl Runner {
         Ok(())
     }
 
+    /// Syncs every folder once now, past the resource guard's pause.
+    pub fn sync_anyway(&self) -> Result<(), UiError> {
+        self.supervisor.sync_anyway().map_err(|e| self.refusal(e))?;
+        self.log(
+            Level::Warn,
+            "Sync started past the resource guard's pause (Sync anyway)".into(),
+        );
+        Ok(())
+    }
+
+    /// Stops the syncs started by Sync (each target keeps what arrived whole).
+    pub fn stop_syncs(&self) {
+        self.supervisor.stop_syncs();
+        self.log(
+            Level::Info,
+            "Sync stopped; the next one goes on from what arrived".into(),
+        );
+    }
+
+    /// Answers the stop of folder `index`'s sync, which would have deleted many files on a
+    /// server, with "keep the backups as they are": nothing is deleted, and the folder is not
+    /// mirrored until the next Sync.
+    pub fn keep_backup(&self, index: usize) -> Result<(), UiError> {
+        let source = self.folder_source(index)?;
+        self.supervisor
+            .keep_backup(&source)
+            .map_err(|e| self.refusal(e))?;
+        self.log(
+            Level::Info,
+            format!(
+                "The backups of {} are kept as they are; it is not mirrored until the next Sync",
+                source.display()
+            ),
+        );
+        Ok(())
+    }
+
     /// Confirms the sync of folder `index` that stopped because it would delete many files.
     pub fn allow_mass_delete(&self, index: usize) -> Result<(), UiError> {
         let source = self.folder_source(index)?;
@@ -397,7 +434,9 @@ impl Runner {
             Event::Synced { .. }
             | Event::Scanned { .. }
             | Event::Verifying { .. }
-            | Event::Progress { .. } => {}
+            | Event::Progress { .. }
+            // The folder's card shows what a stopped deletion would remove.
+            | Event::WouldDelete { .. } => {}
         }
     }
 

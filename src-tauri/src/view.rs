@@ -104,11 +104,28 @@ pub struct FolderView {
     pub pushing: bool,
     /// Why it cannot be mirrored as set (a token file missing, a bad exclusion).
     pub problem: Option<String>,
-    /// A sync stopped because it would delete too much; the text says what, and the
-    /// dashboard offers to allow it.
-    pub mass_delete: Option<String>,
+    /// A sync stopped because it would delete too much; the dashboard shows what, and asks
+    /// whether to keep the backups as they are or delete the files on them.
+    pub mass_delete: Option<MassDeleteView>,
+    /// The user kept the backups as they were after such a stop: the folder is not mirrored
+    /// until the next Sync.
+    pub kept: bool,
     /// Why the chosen interval is not advised, if it is not.
     pub interval_warning: Option<String>,
+}
+
+/// A sync that stopped before deleting many files on a server.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, TS)]
+pub struct MassDeleteView {
+    /// The server's name.
+    pub server: String,
+    /// What stopped, in words.
+    pub reason: String,
+    /// How many files would be deleted (0: not known).
+    #[ts(type = "number")]
+    pub doomed: u64,
+    /// The first of them.
+    pub paths: Vec<String>,
 }
 
 /// A folder's settings; also what the dashboard sends back to change them.

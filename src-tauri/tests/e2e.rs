@@ -4,8 +4,11 @@
 //! Sync clicked; the files must arrive and the dashboard must say the target is in sync. Then
 //! a second platform's folder is added with a second server as its target, and one Sync
 //! mirrors both, each to its own server.
-//! The test leaves a screenshot of the dashboard in the target folder (and under `docs/`
-//! when `RAINMAKER_SCREENSHOT` names a file).
+//! The second server is added with its admin token, so its row carries every action. Then, at
+//! 1280×800 and at 900×600, every button on the page must be the element at its own centre
+//! (nothing covers it, nothing cuts it off) and the page must not scroll sideways. The test
+//! leaves a screenshot at each size in its temporary folder (and in the folder that
+//! `RAINMAKER_SCREENSHOTS` names: `docs/` for the README).
 //!
 //! Needs Xvfb, dbus-run-session, WebKitWebDriver and tauri-driver on the PATH (`scripts/test`
 //! installs them).
@@ -21,6 +24,32 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 const TOKEN: &str = "e2e-pairing-token";
+const ADMIN: &str = "e2e-admin-token";
+
+/// Run in the page: whether the page scrolls sideways, and every displayed button that is
+/// not the element at its own centre once scrolled into view (covered by another element, or
+/// cut off by the window), by its label.
+const LAYOUT_CHECK: &str = r#"
+const label = (e) => e ? (e.dataset.test || e.getAttribute('aria-label') || e.textContent.trim() || e.tagName) : 'nothing';
+const problems = [];
+const doc = document.documentElement;
+if (doc.scrollWidth > doc.clientWidth) problems.push(`the page scrolls sideways: ${doc.scrollWidth} px in ${doc.clientWidth} px`);
+let buttons = 0;
+for (const b of document.querySelectorAll('button')) {
+  // Not drawn: hidden, or inside a closed <details> (its summary shows instead).
+  if (b.getClientRects().length === 0 || (b.checkVisibility && !b.checkVisibility())) continue;
+  if (b.closest('details:not([open])') && !b.closest('summary')) continue;
+  buttons += 1;
+  b.scrollIntoView({ block: 'center', inline: 'center' });
+  const r = b.getBoundingClientRect();
+  const x = r.left + r.width / 2, y = r.top + r.height / 2;
+  const hit = document.elementFromPoint(x, y);
+  if (!hit || !(hit === b || b.contains(hit))) problems.push(`${label(b)}: at its centre (${Math.round(x)}, ${Math.round(y)}) is ${label(hit)}`);
+  else if (r.left < 0 || r.right > window.innerWidth) problems.push(`${label(b)} runs out of the window`);
+}
+window.scrollTo(0, 0);
+return { width: window.innerWidth, height: window.innerHeight, buttons, problems };
+"#;
 
 async fn css(client: &Client, selector: &str) -> fantoccini::elements::Element {
     client
@@ -38,8 +67,9 @@ async fn text_of(client: &Client, selector: &str) -> String {
     }
 }
 
-/// Adds a server through the dashboard's form; returns the fingerprint it showed to confirm.
-async fn add_server(client: &Client, name: &str, address: &str) -> String {
+/// Adds a server through the dashboard's form (with `admin`, its admin token); returns the
+/// fingerprint it showed to confirm.
+async fn add_server(client: &Client, name: &str, address: &str, admin: Option<&str>) -> String {
     css(client, "[data-test=add-server]")
         .await
         .click()
@@ -60,6 +90,13 @@ async fn add_server(client: &Client, name: &str, address: &str) -> String {
         .send_keys(TOKEN)
         .await
         .unwrap();
+    if let Some(admin) = admin {
+        css(client, "input[name=server-admin-token]")
+            .await
+            .send_keys(admin)
+            .await
+            .unwrap();
+    }
     css(client, "[data-test=check-server]")
         .await
         .click()
@@ -156,7 +193,7 @@ async fn the_dashboard_adds_servers_and_syncs_two_folders_to_them() {
         .await
         .expect("a WebDriver session with the tray app");
 
-    let shown = add_server(&client, "cloud-1", &address).await;
+    let shown = add_server(&client, "cloud-1", &address, None).await;
     assert_eq!(
         shown, fingerprint,
         "the user is shown the certificate the server really holds"
@@ -235,8 +272,8 @@ async fn the_dashboard_adds_servers_and_syncs_two_folders_to_them() {
         &ticks[..700_000],
     )
     .unwrap();
-    let (address2, _) = agent(&mt5_root, "cloud-e2e-2", TOKEN, None, &stop).await;
-    add_server(&client, "cloud-2", &address2).await;
+    let (address2, _) = agent(&mt5_root, "cloud-e2e-2", TOKEN, Some(ADMIN), &stop).await;
+    add_server(&client, "cloud-2", &address2, Some(ADMIN)).await;
     css(&client, "[data-test=add-folder]")
         .await
         .click()
@@ -295,14 +332,41 @@ async fn the_dashboard_adds_servers_and_syncs_two_folders_to_them() {
         "both folders are saved:\n{config}"
     );
 
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    let png = client.screenshot().await.unwrap();
-    let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
-    std::fs::write(&shot, &png).unwrap();
-    if let Some(path) = std::env::var_os("RAINMAKER_SCREENSHOT") {
-        std::fs::write(path, &png).unwrap();
+    // The layout holds, wide and narrow: every button can be clicked where it is drawn.
+    css(&client, "[data-test=push-from-cloud-2]").await;
+    for (width, height, file) in [
+        (1280, 800, "dashboard.png"),
+        (900, 600, "dashboard-900x600.png"),
+    ] {
+        client.set_window_size(width, height).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let seen = client.execute(LAYOUT_CHECK, Vec::new()).await.unwrap();
+        let problems = seen["problems"].as_array().unwrap();
+        assert!(
+            seen["buttons"].as_u64().unwrap() >= 10,
+            "the check found the dashboard's buttons: {seen}"
+        );
+        assert!(
+            problems.is_empty(),
+            "at {width}x{height} (a viewport of {}x{}), {} of {} buttons cannot be clicked where they are drawn, or the page scrolls sideways:\n{}",
+            seen["width"],
+            seen["height"],
+            problems.len(),
+            seen["buttons"],
+            problems
+                .iter()
+                .map(|p| p.as_str().unwrap_or_default())
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        let png = client.screenshot().await.unwrap();
+        let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join(file);
+        std::fs::write(&shot, &png).unwrap();
+        if let Some(dir) = std::env::var_os("RAINMAKER_SCREENSHOTS") {
+            std::fs::write(Path::new(&dir).join(file), &png).unwrap();
+        }
+        eprintln!("screenshot at {width}x{height}: {}", shot.display());
     }
-    eprintln!("screenshot: {}", shot.display());
     let _ = client.close().await;
     stop.cancel();
 }

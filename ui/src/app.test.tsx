@@ -11,6 +11,14 @@ function setup() {
 
 const type = (el: HTMLElement, value: string) => fireEvent.input(el, { target: { value } });
 
+/** The element `selector` names, once it is shown. */
+const found = (q: (selector: string) => HTMLElement, selector: string) =>
+  waitFor(() => {
+    const el = q(selector);
+    expect(el).not.toBeNull();
+    return el;
+  });
+
 /** The platform picker, once the presets have loaded into it. */
 const presetPicker = (q: (selector: string) => HTMLElement) =>
   waitFor(() => {
@@ -129,7 +137,7 @@ describe("the dashboard", () => {
     await backend.addServer("cloud-1", "203.0.113.5:7878", "t", "SHA256:" + "ab".repeat(32));
     await screen.findByText("Servers");
     type(q('input[name="source"]'), "C:\\NT8");
-    fireEvent.click(await waitFor(() => q('[data-test="target-cloud-1"]')));
+    fireEvent.click(await found(q, '[data-test="target-cloud-1"]'));
     fireEvent.click(q('[data-test="sync"]'));
     await waitFor(() => expect(q('[data-test="error"]').textContent).toContain("not saved yet"));
     expect(backend.calls).not.toContain("sync");
@@ -160,18 +168,42 @@ describe("the dashboard", () => {
     await waitFor(() => expect(q('[data-test="paused-banner"]')).toBeNull());
   });
 
-  it("offers to confirm a sync stopped by the mass-delete guard, on its own folder", async () => {
+  it("shows what a sync stopped by the mass-delete guard would delete, and asks before deleting", async () => {
     const { backend, q } = setup();
     await backend.saveFolder(null, { source: "C:\\NT8", preset: null, exclude: [], targets: [], mode: "manual", every_minutes: null, bwlimit_mbit: null });
     await backend.saveFolder(null, { source: "C:\\MT5", preset: null, exclude: [], targets: [], mode: "manual", every_minutes: null, bwlimit_mbit: null });
+    const paths = Array.from({ length: 50 }, (_, i) => `bases/Default/history/EURUSD/${2000 + i}.hcc`);
+    const stop = { server: "cloud-2", reason: "this sync would delete 1900 of 2000 files", doomed: 1900, paths };
     backend.update((d) => {
-      d.folders[1].mass_delete = "cloud-2: this sync would delete 1900 of 2000 files";
+      d.folders[1].mass_delete = stop;
     });
-    await waitFor(() => expect(q('[data-test="folder-1"] [data-test="mass-delete"]')).not.toBeNull());
+    const banner = '[data-test="folder-1"] [data-test="mass-delete"]';
+    await waitFor(() => expect(q(banner)).not.toBeNull());
     expect(q('[data-test="folder-0"] [data-test="mass-delete"]')).toBeNull();
-    fireEvent.click(q('[data-test="folder-1"] [data-test="allow-mass-delete"]'));
+    // The first files by name, and how many more.
+    expect(q(`${banner} [data-test="doomed"]`).textContent).toContain("bases/Default/history/EURUSD/2000.hcc");
+    expect(q(`${banner} [data-test="doomed"]`).querySelectorAll("li").length).toBe(10);
+    expect(q(`${banner} [data-test="doomed-more"]`).textContent).toBe("and 1890 more");
+    // Delete asks first; cancelled, nothing is deleted.
+    fireEvent.click(q(`${banner} [data-test="allow-mass-delete"]`));
+    await waitFor(() => expect(q('[data-test="dialog"]')).not.toBeNull());
+    expect(q('[data-test="dialog"]').textContent).toContain("Delete 1900 files on cloud-2?");
+    fireEvent.click(q('[data-test="dialog-cancel"]'));
+    await waitFor(() => expect(q('[data-test="dialog"]')).toBeNull());
+    expect(backend.calls).not.toContain("allow mass delete 1");
+    // Confirmed, it is allowed.
+    fireEvent.click(q(`${banner} [data-test="allow-mass-delete"]`));
+    fireEvent.click(await found(q, '[data-test="dialog-delete"]'));
     await waitFor(() => expect(q('[data-test="mass-delete"]')).toBeNull());
     expect(backend.calls).toContain("allow mass delete 1");
+    // Keeping the backup instead stops the folder's mirroring and says so.
+    backend.update((d) => {
+      d.folders[0].mass_delete = { ...stop, server: "cloud-1" };
+    });
+    fireEvent.click(await found(q, '[data-test="folder-0"] [data-test="keep-backup"]'));
+    await waitFor(() => expect(q('[data-test="folder-0"] [data-test="kept"]')).not.toBeNull());
+    expect(backend.calls).toContain("keep backup 0");
+    expect(q('[data-test="dialog"]')).toBeNull();
   });
 
   it("adds a second folder with its own targets; a server receives one folder", async () => {
@@ -205,6 +237,24 @@ describe("the dashboard", () => {
     await waitFor(() => expect(q('[data-test="pause"]').textContent).toBe("Pause"));
     expect(backend.calls).toEqual(["pause", "resume"]);
   });
+
+  it("offers Sync anyway during the guard's pause, saying when sync resumes, and Stop during a sync", async () => {
+    const { backend, q } = setup();
+    await backend.saveFolder(null, { source: "C:\\NT8", preset: null, exclude: [], targets: [], mode: "manual", every_minutes: null, bwlimit_mbit: null });
+    backend.update((d) => {
+      d.paused = { by: "guard", reason: "CPU 93% above 85% for 10 s" };
+      d.overall = "paused";
+    });
+    await waitFor(() => expect(q('[data-test="sync-anyway"]')).not.toBeNull());
+    expect(q('[data-test="pause"]')).toBeNull();
+    expect(q('[data-test="resumes"]').textContent).toContain(`below its limits for 15 s`);
+    fireEvent.click(q('[data-test="sync-anyway"]'));
+    await waitFor(() => expect(q('[data-test="stop-sync"]')).not.toBeNull());
+    expect(q('[data-test="sync"]')).toBeNull();
+    fireEvent.click(q('[data-test="stop-sync"]'));
+    await waitFor(() => expect(q('[data-test="sync"]')).not.toBeNull());
+    expect(backend.calls).toEqual(expect.arrayContaining(["sync anyway", "stop syncs"]));
+  });
 });
 
 describe("any server to any servers", () => {
@@ -215,7 +265,7 @@ describe("any server to any servers", () => {
     await waitFor(() => expect(q('[data-test="push-from-cloud-a"]')).not.toBeNull());
     expect(q('[data-test="push-from-cloud-b"]')).toBeNull();
     fireEvent.click(q('[data-test="push-from-cloud-a"]'));
-    fireEvent.click(await waitFor(() => q('[data-test="push-to-cloud-b"]')));
+    fireEvent.click(await found(q, '[data-test="push-to-cloud-b"]'));
     fireEvent.click(q('[data-test="push-start-cloud-a"]'));
     await waitFor(() => expect(q('[data-test="chain-cloud-b"]').textContent).toContain("receives from cloud-a"));
     expect(backend.calls).toContain("push from cloud-a to cloud-b");
@@ -231,14 +281,26 @@ describe("any server to any servers", () => {
     expect(q(`${push} [data-test="push-stop"]`)).toBeNull();
     expect(backend.calls).toEqual(expect.arrayContaining(["pause push 1 of cloud-a", "resume push 1 of cloud-a", "stop push 1 of cloud-a"]));
 
-    const confirm = vi.spyOn(window, "confirm").mockReturnValue(true);
+    // Failover, asked in the dashboard itself (never a browser prompt): what Promote means,
+    // then, as the server may still be receiving, whether to promote anyway.
+    const confirm = vi.spyOn(window, "confirm");
+    const prompt = vi.spyOn(window, "prompt");
     backend.update((d) => {
       d.servers = d.servers.map((s) => (s.name === "cloud-a" ? { ...s, fed_by: "TRADING-PC" } : s));
     });
-    fireEvent.click(await waitFor(() => q('[data-test="promote-cloud-a"]')));
+    fireEvent.click(await found(q, '[data-test="promote-cloud-a"]'));
+    await waitFor(() => expect(q('[data-test="dialog"]')).not.toBeNull());
+    expect(q('[data-test="dialog"]').textContent).toContain("stops receiving mirrors");
+    fireEvent.click(q('[data-test="dialog-promote"]'));
+    await waitFor(() => expect(q('[data-test="dialog-force"]')).not.toBeNull());
+    expect(q('[data-test="dialog"]').textContent).toContain("may still be the source");
+    fireEvent.click(q('[data-test="dialog-force"]'));
     await waitFor(() => expect(q('[data-test="demote-cloud-a"]')).not.toBeNull());
     expect(backend.calls).toContain("role cloud-a source force");
-    expect(confirm).toHaveBeenCalledTimes(2);
+    expect(q('[data-test="dialog"]')).toBeNull();
+    // The roles agree everywhere: cloud-a is the source, this PC stands by.
+    expect(q('[data-test="role-cloud-a"]').textContent).toBe("source");
+    expect(q('[data-test="this-pc-role"]').textContent?.trim()).toBe("standing by");
     // A server behind NAT that dials in for cloud-a's folder is listed under it, as one that
     // connects out and cannot be reached.
     backend.update((d) => {
@@ -256,21 +318,25 @@ describe("any server to any servers", () => {
     expect(feed.textContent).toContain("offcloud-b receives cloud-a's folder, dialing in from 192.0.2.2:40112");
     expect(feed.textContent).toContain("it cannot be reached");
     expect(q('[data-test="feed-cloud-a-offcloud-b"] [data-test="feed-state"]').textContent).toMatch(/^connected, in sync/);
-    const prompt = vi.spyOn(window, "prompt");
     fireEvent.click(q('[data-test="bring-back-cloud-a"]'));
+    await waitFor(() => expect(q('[data-test="dialog-bring-back"]')).not.toBeNull());
+    expect(q('[data-test="dialog"] [data-test="newer"]').textContent).toContain("cloud-a has the newer data");
+    expect(q('[data-test="dialog"]').textContent).toContain("nothing needs to reach this PC");
+    fireEvent.click(q('[data-test="dialog-bring-back"]'));
     await waitFor(() => expect(backend.calls).toContain("receive from cloud-a"));
-    expect(prompt).not.toHaveBeenCalled();
-    expect(String(confirm.mock.calls.at(-1)?.[0])).toContain("cloud-a has the newer data");
-    expect(String(confirm.mock.calls.at(-1)?.[0])).toContain("nothing needs to reach this PC");
-    // Demote asks first: declined, nothing changes; confirmed, the server is a target again.
-    confirm.mockReturnValue(false);
+    // Demote asks first: Escape leaves everything as it was; confirmed, a target again.
     fireEvent.click(q('[data-test="demote-cloud-a"]'));
+    await waitFor(() => expect(q('[data-test="dialog"]')).not.toBeNull());
+    expect(q('[data-test="dialog"]').textContent).toContain("a backup again");
+    fireEvent.keyDown(document, { key: "Escape" });
+    await waitFor(() => expect(q('[data-test="dialog"]')).toBeNull());
     expect(backend.calls).not.toContain("role cloud-a target");
-    expect(String(confirm.mock.calls.at(-1)?.[0])).toContain("a target again");
-    confirm.mockReturnValue(true);
     fireEvent.click(q('[data-test="demote-cloud-a"]'));
+    fireEvent.click(await found(q, '[data-test="dialog-demote"]'));
     await waitFor(() => expect(q('[data-test="promote-cloud-a"]')).not.toBeNull());
     expect(backend.calls).toContain("role cloud-a target");
+    expect(confirm).not.toHaveBeenCalled();
+    expect(prompt).not.toHaveBeenCalled();
     confirm.mockRestore();
     prompt.mockRestore();
   });

@@ -4,9 +4,10 @@
 import { useCallback, useEffect, useRef, useState } from "preact/hooks";
 import { Activity } from "./activity";
 import { toUiError, type Backend } from "./backend";
+import { DialogHost } from "./dialog";
 import { errorTitle } from "./errors";
 import { Folders } from "./folder";
-import { overallLabel } from "./format";
+import { duration, overallLabel } from "./format";
 import { Gauges, GuardForm } from "./health";
 import { ServerList } from "./servers";
 import type { Dashboard, UiError } from "./types";
@@ -52,7 +53,11 @@ export function App({ backend }: { backend: Backend }) {
 
   if (!dash) return <main class="loading">Starting RainMaker…</main>;
   const userPaused = dash.paused?.by === "you";
+  const guardPaused = dash.paused?.by === "guard";
+  // Sync's own pushes under way: Stop ends them (a continuous folder goes on; Pause stops it).
+  const syncing = dash.folders.some((f) => f.pushing);
   return (
+    <DialogHost>
     <main>
       <header class={`top overall-${dash.overall}`}>
         <div class="brand">
@@ -64,12 +69,21 @@ export function App({ backend }: { backend: Backend }) {
           <span class="summary">{dash.summary.replace(/^RainMaker: /, "")}</span>
         </div>
         <div class="actions">
-          <button class="primary big" data-test="sync" onClick={sync}>
-            Sync
-          </button>
-          <button data-test="pause" onClick={() => run(() => (userPaused ? backend.resume() : backend.pause()))}>
-            {userPaused ? "Resume" : "Pause"}
-          </button>
+          {syncing ? (
+            <button class="big" data-test="stop-sync" onClick={() => run(() => backend.stopSyncs())}>
+              Stop
+            </button>
+          ) : (
+            <button class="primary big" data-test="sync" onClick={sync}>
+              Sync
+            </button>
+          )}
+          {/* While the guard pauses, Pause would only turn its pause into yours. */}
+          {!guardPaused && (
+            <button data-test="pause" onClick={() => run(() => (userPaused ? backend.resume() : backend.pause()))}>
+              {userPaused ? "Resume" : "Pause"}
+            </button>
+          )}
         </div>
       </header>
 
@@ -83,8 +97,20 @@ export function App({ backend }: { backend: Backend }) {
       )}
       {dash.paused && (
         <div class="banner paused" data-test="paused-banner">
-          <strong>Paused{dash.paused.by === "guard" ? "" : " by you"}:</strong> {dash.paused.reason}
-          {dash.paused.by === "guard" && <span> Sync resumes by itself when the machine is quiet again.</span>}
+          <span>
+            <strong>Paused{guardPaused ? " to leave this PC to trading" : " by you"}:</strong> {dash.paused.reason}
+            {guardPaused && (
+              <span data-test="resumes">
+                {" "}
+                Sync resumes by itself once this PC has been below its limits for {duration(dash.guard.resume_after_seconds)}.
+              </span>
+            )}
+          </span>
+          {guardPaused && (
+            <button data-test="sync-anyway" onClick={() => run(() => backend.syncAnyway())}>
+              Sync anyway
+            </button>
+          )}
         </div>
       )}
 
@@ -119,5 +145,6 @@ export function App({ backend }: { backend: Backend }) {
         </div>
       </div>
     </main>
+    </DialogHost>
   );
 }

@@ -27,8 +27,15 @@ export interface Backend {
   removeFolder(index: number): Promise<void>;
   saveGuard(guard: GuardView): Promise<void>;
   syncNow(): Promise<void>;
+  /** Syncs every folder once now, past the resource guard's pause. */
+  syncAnyway(): Promise<void>;
+  /** Stops the syncs Sync started (each server keeps what arrived whole). */
+  stopSyncs(): Promise<void>;
   /** Confirms the sync of folder `index` that stopped before deleting many files. */
   allowMassDelete(index: number): Promise<void>;
+  /** Keeps the backups of folder `index` as they are after such a stop (it is not mirrored
+   * until the next Sync). */
+  keepBackup(index: number): Promise<void>;
   pause(): Promise<void>;
   resume(): Promise<void>;
   getAutostart(): Promise<boolean>;
@@ -81,7 +88,10 @@ export async function tauriBackend(): Promise<Backend> {
     removeFolder: (index) => call("remove_folder", { index }),
     saveGuard: (guard) => call("save_guard", { guard }),
     syncNow: () => call("sync_now"),
+    syncAnyway: () => call("sync_anyway"),
+    stopSyncs: () => call("stop_syncs"),
     allowMassDelete: (index) => call("allow_mass_delete", { index }),
+    keepBackup: (index) => call("keep_backup", { index }),
     pause: () => call("pause"),
     resume: () => call("resume"),
     getAutostart: () => call("get_autostart"),

@@ -146,6 +146,7 @@ export function fakeBackend(initial: Dashboard = emptyDashboard()): FakeBackend 
           pushing: false,
           problem: null,
           mass_delete: null,
+          kept: false,
           interval_warning:
             folder.mode === "every" && (folder.every_minutes ?? 5) < 5
               ? "syncing every 1m is below the recommended 5 minutes"
@@ -231,10 +232,30 @@ export function fakeBackend(initial: Dashboard = emptyDashboard()): FakeBackend 
         d.servers = d.servers.map((s) => ({ ...s, this_pc_newest: newest ?? s.this_pc_newest }));
       });
     },
+    async syncAnyway() {
+      fake.calls.push("sync anyway");
+      fake.update((d) => {
+        d.running = true;
+        d.folders = d.folders.map((f) => ({ ...f, pushing: true }));
+      });
+    },
+    async stopSyncs() {
+      fake.calls.push("stop syncs");
+      fake.update((d) => {
+        d.running = false;
+        d.folders = d.folders.map((f) => ({ ...f, pushing: false }));
+      });
+    },
     async allowMassDelete(index) {
       fake.calls.push(`allow mass delete ${index}`);
       fake.update((d) => {
         d.folders = d.folders.map((f, i) => (i === index ? { ...f, mass_delete: null } : f));
+      });
+    },
+    async keepBackup(index) {
+      fake.calls.push(`keep backup ${index}`);
+      fake.update((d) => {
+        d.folders = d.folders.map((f, i) => (i === index ? { ...f, mass_delete: null, kept: true } : f));
       });
     },
     async pause() {

@@ -4,8 +4,9 @@
 
 import { useEffect, useRef, useState } from "preact/hooks";
 import type { Backend } from "./backend";
+import { useAsk } from "./dialog";
 import { overallLabel } from "./format";
-import type { Dashboard, FolderForm as Form, FolderMode, Preset } from "./types";
+import type { Dashboard, FolderForm as Form, FolderMode, MassDeleteView, Preset } from "./types";
 
 type Run = (action: () => Promise<unknown>) => Promise<boolean>;
 
@@ -81,6 +82,7 @@ function FolderForm({
   const view = index === null ? null : dash.folders[index];
   const initial = view?.form ?? EMPTY;
   const [form, setForm] = useState<Form>(initial);
+  const ask = useAsk();
   const [excludeText, setExcludeText] = useState(form.exclude.join("\n"));
   // When what is saved changes (elsewhere, or by this form), the form shows it; not on the
   // first render, which already does (a reset then would drop what was typed meanwhile).
@@ -141,8 +143,13 @@ function FolderForm({
           <button
             class="link"
             data-test="remove-folder"
-            onClick={() => {
-              if (confirm(`Stop mirroring ${view.form.source}? The backups keep their copy.`)) run(() => backend.removeFolder(index!));
+            onClick={async () => {
+              const answer = await ask({
+                title: `Stop mirroring ${view.form.source}?`,
+                body: <p>Nothing is deleted: the backups keep their copy, and the folder on this PC stays as it is.</p>,
+                choices: [{ key: "remove-folder", label: "Stop mirroring it", kind: "danger" }],
+              });
+              if (answer) run(() => backend.removeFolder(index!));
             }}
           >
             Remove
@@ -159,13 +166,12 @@ function FolderForm({
           {view.problem}
         </p>
       )}
-      {view?.mass_delete && (
-        <div class="banner warning" data-test="mass-delete">
-          <strong>Sync stopped to protect your backup.</strong> {view.mass_delete}
-          <button class="danger" data-test="allow-mass-delete" onClick={() => run(() => backend.allowMassDelete(index!))}>
-            Delete them anyway
-          </button>
-        </div>
+      {view?.mass_delete && <MassDelete stop={view.mass_delete} index={index!} backend={backend} run={run} />}
+      {view?.kept && (
+        <p class="warning" data-test="kept">
+          Not mirrored: you kept the backups as they were. Check this folder (a drive not mounted, files moved), then press
+          Sync.
+        </p>
       )}
       <label>
         Trading platform
@@ -274,5 +280,69 @@ function FolderForm({
         {dirty && <span class="muted">Unsaved changes</span>}
       </div>
     </section>
+  );
+}
+
+/** A sync stopped before deleting many files on a server: what it would delete, and the two
+ * choices, the second one confirmed first. */
+function MassDelete({
+  stop,
+  index,
+  backend,
+  run,
+}: {
+  stop: MassDeleteView;
+  index: number;
+  backend: Backend;
+  run: Run;
+}) {
+  const ask = useAsk();
+  const more = Math.max(0, stop.doomed - stop.paths.length);
+  const deleteThem = async () => {
+    const answer = await ask({
+      title: `Delete ${stop.doomed || "these"} files on ${stop.server}?`,
+      body: (
+        <>
+          <p>
+            They are not in this PC's folder any more. If that is on purpose, the backups delete them too (each backup keeps
+            them in its trash for a while).
+          </p>
+          <p>If this PC's folder is on a drive that is not mounted, or was emptied by mistake, keep the backups instead.</p>
+        </>
+      ),
+      choices: [{ key: "delete", label: "Delete them on the backups", kind: "danger" }],
+    });
+    if (answer) await run(() => backend.allowMassDelete(index));
+  };
+  return (
+    <div class="banner warning mass-delete" data-test="mass-delete">
+      <div>
+        <strong>Sync stopped to protect your backup.</strong> {stop.server}: {stop.reason}
+        {stop.paths.length > 0 && (
+          <>
+            <ul class="doomed" data-test="doomed">
+              {stop.paths.slice(0, 10).map((p) => (
+                <li key={p}>
+                  <code>{p}</code>
+                </li>
+              ))}
+            </ul>
+            {stop.paths.length + more > 10 && (
+              <span class="muted" data-test="doomed-more">
+                and {stop.paths.length + more - 10} more
+              </span>
+            )}
+          </>
+        )}
+        <div class="buttons">
+          <button class="primary" data-test="keep-backup" onClick={() => run(() => backend.keepBackup(index))}>
+            Keep the backup as it is
+          </button>
+          <button class="danger" data-test="allow-mass-delete" onClick={deleteThem}>
+            Delete them on the backups…
+          </button>
+        </div>
+      </div>
+    </div>
   );
 }

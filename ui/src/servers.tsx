@@ -3,6 +3,7 @@
 
 import { useState } from "preact/hooks";
 import type { Backend } from "./backend";
+import { useAsk } from "./dialog";
 import { ago, bytes, duration, percent, rate, stateLabel } from "./format";
 import type { Dashboard, ServerView } from "./types";
 
@@ -10,6 +11,8 @@ type Run = (action: () => Promise<unknown>) => Promise<boolean>;
 
 export function ServerList({ dash, backend, run }: { dash: Dashboard; backend: Backend; run: Run }) {
   const [adding, setAdding] = useState(false);
+  // After a failover one server is the source of the folder, not this PC.
+  const promoted = dash.servers.find((s) => s.remote_role === "source");
   return (
     <section class="card servers">
       <header>
@@ -22,7 +25,6 @@ export function ServerList({ dash, backend, run }: { dash: Dashboard; backend: B
         <thead>
           <tr>
             <th>Name</th>
-            <th>Address</th>
             <th>Role</th>
             <th>Online</th>
             <th>State</th>
@@ -33,19 +35,27 @@ export function ServerList({ dash, backend, run }: { dash: Dashboard; backend: B
         </thead>
         <tbody>
           <tr class="this-pc" data-test="server-this-pc">
-            <td>
+            <td class="name">
               <strong>{dash.this_pc}</strong> <span class="muted">(this PC)</span>
-            </td>
-            <td class="muted address" title={dash.folders.map((f) => f.form.source).join("\n")}>
-              {dash.folders.length ? dash.folders.map((f) => f.form.source).join(", ") : "no folder picked"}
+              <div class="muted address" title={dash.folders.map((f) => f.form.source).join("\n")}>
+                {dash.folders.length ? dash.folders.map((f) => f.form.source).join(", ") : "no folder picked"}
+              </div>
             </td>
             <td>
-              <span class="role source">source</span>
+              {promoted ? (
+                <span class="role" data-test="this-pc-role" title={`${promoted.name} is the source since the failover: bring its folder back, then demote it`}>
+                  standing by
+                </span>
+              ) : (
+                <span class="role source" data-test="this-pc-role">
+                  source
+                </span>
+              )}
             </td>
             <td>
               <span class="dot on" /> online
             </td>
-            <td>{dash.paused ? "Paused" : dash.running ? "Sending" : "Ready"}</td>
+            <td>{promoted ? `${promoted.name} is the source` : dash.paused ? "Paused" : dash.running ? "Sending" : "Ready"}</td>
             <td />
             <td />
             <td />
@@ -88,42 +98,98 @@ function ServerRow({
 }) {
   const [renaming, setRenaming] = useState<string | null>(null);
   const [pushing, setPushing] = useState<string[] | null>(null);
+  const ask = useAsk();
   const bringBack = async () => {
     const newer =
       s.newest_change !== null && thisPcNewest !== null
         ? s.newest_change > thisPcNewest
-          ? `${s.name} has the newer data (changed ${ago(s.newest_change)}; ${thisPc} ${ago(thisPcNewest)}).`
-          : `${thisPc} has data as new as ${s.name}'s or newer (changed ${ago(thisPcNewest)}; ${s.name} ${ago(s.newest_change)}): bringing it back replaces it.`
+          ? `${s.name} has the newer data: it changed ${ago(s.newest_change)}, ${thisPc} ${ago(thisPcNewest)}.`
+          : `${thisPc} has data as new as ${s.name}'s or newer: it changed ${ago(thisPcNewest)}, ${s.name} ${ago(s.newest_change)}. Bringing ${s.name}'s folder back replaces it.`
         : "";
-    const ok = confirm(
-      `${newer}\n\nBring ${s.name}'s folder back to ${thisPc}? Syncing from this PC pauses until it is back. This PC connects to ${s.name} and receives its folder; nothing needs to reach this PC. Files it replaces here go to the folder's trash.`,
-    );
-    if (ok) await run(() => backend.receiveFrom(s.name, null));
+    const answer = await ask({
+      title: `Bring ${s.name}'s folder back to ${thisPc}?`,
+      body: (
+        <>
+          {newer && <p data-test="newer">{newer}</p>}
+          <p>
+            {thisPc} connects to {s.name} and receives its folder; nothing needs to reach this PC. Syncing from this PC
+            pauses until the folder is back, and files it replaces here go to the folder's trash. The activity list says
+            when it is done.
+          </p>
+        </>
+      ),
+      choices: [{ key: "bring-back", label: "Bring it back", kind: "primary" }],
+    });
+    if (answer) await run(() => backend.receiveFrom(s.name, null));
   };
   const promote = async () => {
-    if (!confirm(`Make ${s.name} the source of its folder? It stops receiving mirrors, so this PC cannot overwrite what it trades.`)) return;
+    const answer = await ask({
+      title: `Make ${s.name} the source of its folder?`,
+      body: (
+        <p>
+          Do this when you trade on {s.name} because {thisPc} cannot (a failover). {s.name} stops receiving mirrors, so
+          nothing from {thisPc} can overwrite what you trade there. When {thisPc} is back, Bring back takes the folder from{" "}
+          {s.name}, and Demote makes {s.name} a backup again.
+        </p>
+      ),
+      choices: [{ key: "promote", label: `Promote ${s.name}`, kind: "primary" }],
+    });
+    if (!answer) return;
     try {
       await backend.setRole(s.name, true, false);
     } catch (e) {
       const err = e as { code?: string; message?: string };
       // A source that may still be writing: the server refuses until asked with force.
       const mayForce = err.code === "busy" || err.code === "recent_source";
-      if (mayForce && confirm(`${err.message}\n\nPromote anyway?`)) {
-        await run(() => backend.setRole(s.name, true, true));
+      if (!mayForce) {
+        await run(() => Promise.reject(e));
         return;
       }
-      await run(() => Promise.reject(e));
+      const force = await ask({
+        title: `${s.name} may still be receiving from ${thisPc}`,
+        body: (
+          <>
+            <p>{err.message}</p>
+            <p>Promote it anyway only if {thisPc}'s sync to it is stopped or this PC is gone.</p>
+          </>
+        ),
+        choices: [{ key: "force", label: "Promote anyway", kind: "danger" }],
+      });
+      if (force) await run(() => backend.setRole(s.name, true, true));
     }
+  };
+  const demote = async () => {
+    const answer = await ask({
+      title: `Make ${s.name} a backup again?`,
+      body: (
+        <p>
+          {s.name} stops being the source of its folder, and the next sync from {thisPc} replaces what it holds with this
+          PC's folder (replaced files go to its trash). Bring its folder back first if it has data this PC lacks.
+        </p>
+      ),
+      choices: [{ key: "demote", label: "Demote", kind: "primary" }],
+    });
+    if (answer) await run(() => backend.setRole(s.name, false, false));
+  };
+  const remove = async () => {
+    const answer = await ask({
+      title: `Remove ${s.name}?`,
+      body: <p>RainMaker stops mirroring to it. Its files stay where they are.</p>,
+      choices: [{ key: "remove", label: "Remove", kind: "danger" }],
+    });
+    if (answer) await run(() => backend.removeServer(s.name));
   };
   const online = s.online === null ? "checking" : s.online ? "online" : "offline";
   return (
     <>
       <tr data-test={`server-${s.name}`} class={`state-${(s.state ?? "idle").replace(" ", "-")}`}>
-        <td>
+        <td class="name">
           {renaming === null ? (
             <>
               <strong>{s.name}</strong>
-              {s.remote_role === "source" && <span class="role source small-role">source</span>}
+              <div class="muted address" title={`${s.url}\n${s.fingerprint ?? ""}`}>
+                {s.url.replace(/^wss:\/\//, "")}
+              </div>
               {(s.fed_by || s.remote_files !== null) && (
                 <div class="muted chain" data-test={`chain-${s.name}`}>
                   {s.fed_by ? `receives from ${s.fed_by}` : ""}
@@ -153,11 +219,16 @@ function ServerRow({
             </form>
           )}
         </td>
-        <td class="muted address" title={`${s.url}\n${s.fingerprint ?? ""}`}>
-          {s.url.replace(/^wss:\/\//, "")}
-        </td>
         <td>
-          <span class={`role ${s.role}`}>{s.role === "target" ? "target" : "not used"}</span>
+          {s.remote_role === "source" ? (
+            <span class="role source" data-test={`role-${s.name}`} title="Promoted after a failover: it is the source of its folder and receives nothing">
+              source
+            </span>
+          ) : (
+            <span class={`role ${s.role}`} data-test={`role-${s.name}`}>
+              {s.role === "target" ? "target" : "not used"}
+            </span>
+          )}
         </td>
         <td title={s.online === false ? s.reason ?? "" : s.remote_name ?? ""}>
           <span class={`dot ${s.online ? "on" : s.online === false ? "off" : ""}`} /> {online}
@@ -168,6 +239,7 @@ function ServerRow({
         <td>{s.role === "target" ? ago(s.last_sync) : ""}</td>
         <td>{s.role === "target" && s.lag_seconds > 0 ? duration(s.lag_seconds) : ""}</td>
         <td class="actions">
+          <div class="row-actions">
           {s.admin && (
             <>
               <button class="link" data-test={`push-from-${s.name}`} title={`Push ${s.name}'s folder to other servers`} onClick={() => setPushing(pushing ? null : [])}>
@@ -179,14 +251,7 @@ function ServerRow({
                 </button>
               )}
               {s.remote_role === "source" ? (
-                <button class="link" data-test={`demote-${s.name}`} title="Receive mirrors again (after failback)" onClick={() => {
-                    if (
-                      confirm(
-                        `Make ${s.name} a target again? It stops being the source of its folder, and the next sync from ${thisPc} replaces what it holds with this PC's folder (replaced files go to its trash).`,
-                      )
-                    )
-                      run(() => backend.setRole(s.name, false, false));
-                  }}>
+                <button class="link" data-test={`demote-${s.name}`} title="Receive mirrors again (after failback)" onClick={demote}>
                   Demote
                 </button>
               ) : (
@@ -204,18 +269,16 @@ function ServerRow({
             data-test={`remove-${s.name}`}
             title={`Remove ${s.name}`}
             aria-label="Remove"
-            onClick={() => {
-              if (confirm(`Remove ${s.name}? RainMaker stops mirroring to it; its files stay.`))
-                void run(() => backend.removeServer(s.name));
-            }}
+            onClick={remove}
           >
             ✕
           </button>
+          </div>
         </td>
       </tr>
       {pushing && (
         <tr class="push-row">
-          <td colSpan={8}>
+          <td colSpan={7}>
             <div class="push-form" data-test={`push-form-${s.name}`}>
               <span>Push {s.name}'s folder to:</span>
               {others.map((o) => (
@@ -248,7 +311,7 @@ function ServerRow({
       )}
       {s.pushes.map((p) => (
         <tr class="reason-row muted" key={p.id} data-test={`push-${s.name}-${p.id}`}>
-          <td colSpan={8}>
+          <td colSpan={7}>
             Push {p.id} to {p.to.join(", ")}: <span data-test="push-state">{p.state}</span>
             {p.error && <span>: {p.error}</span>}
             {p.state === "running" && (
@@ -271,7 +334,7 @@ function ServerRow({
       ))}
       {s.feeds.map((f) => (
         <tr class="reason-row feed-row" key={`${f.once ? "once" : "sub"}-${f.name}`} data-test={`feed-${s.name}-${f.name}`}>
-          <td colSpan={8}>
+          <td colSpan={7}>
             ↳ <strong>{f.name}</strong> {f.once ? "took" : "receives"} {s.name}'s folder, dialing in from {f.address} (it cannot be
             reached; it connects out):{" "}
             <span data-test="feed-state">
@@ -284,7 +347,7 @@ function ServerRow({
       ))}
       {s.subscription && (
         <tr class="reason-row" data-test={`subscription-${s.name}`}>
-          <td colSpan={8}>
+          <td colSpan={7}>
             {s.name} receives its folder from {s.subscription.from} by dialing it:{" "}
             {s.subscription.connected ? "connected" : "not connected"}
             {s.subscription.error && <span>: {s.subscription.error}</span>}
@@ -293,14 +356,14 @@ function ServerRow({
       )}
       {s.progress && (
         <tr class="progress-row">
-          <td colSpan={8}>
+          <td colSpan={7}>
             <Progress p={s.progress} name={s.name} />
           </td>
         </tr>
       )}
       {s.reason && s.state !== "in sync" && (
         <tr class="reason-row">
-          <td colSpan={8}>{s.reason}</td>
+          <td colSpan={7}>{s.reason}</td>
         </tr>
       )}
     </>

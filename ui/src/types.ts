@@ -211,14 +211,40 @@ pushing: boolean,
  */
 problem: string | null, 
 /**
- * A sync stopped because it would delete too much; the text says what, and the
- * dashboard offers to allow it.
+ * A sync stopped because it would delete too much; the dashboard shows what, and asks
+ * whether to keep the backups as they are or delete the files on them.
  */
-mass_delete: string | null, 
+mass_delete: MassDeleteView | null, 
+/**
+ * The user kept the backups as they were after such a stop: the folder is not mirrored
+ * until the next Sync.
+ */
+kept: boolean, 
 /**
  * Why the chosen interval is not advised, if it is not.
  */
 interval_warning: string | null, };
+
+/**
+ * A sync that stopped before deleting many files on a server.
+ */
+export type MassDeleteView = { 
+/**
+ * The server's name.
+ */
+server: string, 
+/**
+ * What stopped, in words.
+ */
+reason: string, 
+/**
+ * How many files would be deleted (0: not known).
+ */
+doomed: number, 
+/**
+ * The first of them.
+ */
+paths: Array<string>, };
 
 /**
  * A folder's settings; also what the dashboard sends back to change them.

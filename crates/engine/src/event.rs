@@ -67,6 +67,15 @@ pub enum Event {
         /// Bytes per second of network traffic that is not RainMaker's.
         other_traffic: f64,
     },
+    /// A sync stopped before deleting `doomed` of the `held` files of a target (more than the
+    /// share a sync may delete without a yes); `paths` are the first of them, in order. A
+    /// `TargetFailed` with the mass-delete refusal follows.
+    WouldDelete {
+        target: String,
+        doomed: u64,
+        held: u64,
+        paths: Vec<String>,
+    },
     /// A target failed (down, refused, or not identical after every pass).
     TargetFailed {
         target: String,

@@ -246,7 +246,10 @@ impl Board {
                     }
                 }
             }
-            Event::Synced { .. } | Event::Skipped { .. } | Event::Resources { .. } => return false,
+            Event::Synced { .. }
+            | Event::Skipped { .. }
+            | Event::Resources { .. }
+            | Event::WouldDelete { .. } => return false,
         }
         true
     }

@@ -281,10 +281,42 @@ async fn a_mass_deletion_waits_for_a_yes_on_its_own_folder() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(waiting.target, setup.folders[0].targets[0].url);
+    assert_eq!(waiting.doomed, 14, "the stop counts what it would delete");
+    assert_eq!(
+        waiting.paths.first().map(String::as_str),
+        Some("db/a.bin"),
+        "and names the files, in order: {waiting:?}"
+    );
+    assert_eq!(waiting.paths.len(), 14);
     assert!(
         setup.backup("nt8").join("db/a.bin").exists(),
         "nothing is deleted before the yes"
     );
+    // "Keep the backup as it is": nothing is deleted, and the folder waits for a Sync.
+    setup.supervisor.keep_backup(&nt8).unwrap();
+    let status = setup.supervisor.status(now());
+    assert!(
+        status[0].kept && status[0].mass_delete.is_none(),
+        "{status:#?}"
+    );
+    assert_eq!(
+        setup.supervisor.allow_mass_delete(&nt8),
+        Err(SuperviseError::NothingToConfirm(nt8.display().to_string())),
+        "the question was answered"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(setup.backup("nt8").join("db/a.bin").exists());
+    // The next Sync asks again.
+    setup.supervisor.sync_now().unwrap();
+    assert!(!setup.supervisor.status(now())[0].kept);
+    let start = Instant::now();
+    while setup.supervisor.status(now())[0].mass_delete.is_none() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the stop is not asked again"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     setup.supervisor.allow_mass_delete(&nt8).unwrap();
     eventually("never deleted", || {
         !setup.backup("nt8").join("db/a.bin").exists()
@@ -318,4 +350,41 @@ async fn a_folder_restarted_mid_scan_starts_again_once_its_last_run_let_go() {
             "a restart must not fail on the index its last run still held: {report:?}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_anyway_passes_the_guard_s_pause_once() {
+    let setup = Setup::new(Mode::Manual).await;
+    // A guard that pauses at once and does not resume: no machine has that much memory free.
+    let busy = Thresholds {
+        memory_below: Some(u64::MAX),
+        hold: Duration::from_secs(3600),
+        ..calm()
+    };
+    setup.supervisor.set_guard(busy);
+    setup.supervisor.set_folders(&setup.folders);
+    let start = Instant::now();
+    while !matches!(setup.supervisor.paused(), Some(Pause::ByGuard(_))) {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the guard never paused"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    setup.supervisor.sync_now().unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        !setup.backup("nt8").join("settings.xml").exists(),
+        "Sync waits while the guard pauses"
+    );
+    setup.supervisor.sync_anyway().unwrap();
+    eventually("Sync anyway never got past the guard", || {
+        same(&setup.source("nt8"), &setup.backup("nt8"), "db/a.bin")
+            && same(&setup.source("mt5"), &setup.backup("mt5"), "db/a.bin")
+    })
+    .await;
+    assert!(
+        matches!(setup.supervisor.paused(), Some(Pause::ByGuard(_))),
+        "the guard still decides for the syncs after it"
+    );
 }

@@ -3,8 +3,8 @@
 
 use super::Runner;
 use crate::view::{
-    Dashboard, FolderForm, FolderMode, FolderView, GuardView, Overall, PauseView, PausedBy,
-    PushView, ServerRole, ServerView,
+    Dashboard, FolderForm, FolderMode, FolderView, GuardView, MassDeleteView, Overall, PauseView,
+    PausedBy, PushView, ServerRole, ServerView,
 };
 use rainmaker_engine::app::supervisor::{FolderNow, Pause, TargetNow};
 use rainmaker_engine::config::{Config, Folder, Mode};
@@ -185,7 +185,13 @@ impl Runner {
             problem,
             mass_delete: mirror
                 .and_then(|m| m.mass_delete.as_ref())
-                .map(|m| format!("{}: {}", name_of(&m.target), m.reason)),
+                .map(|m| MassDeleteView {
+                    server: name_of(&m.target),
+                    reason: m.reason.clone(),
+                    doomed: m.doomed,
+                    paths: m.paths.clone(),
+                }),
+            kept: mirror.is_some_and(|m| m.kept),
             interval_warning: match folder.mode {
                 Mode::Every(every) => interval_warning(every, self.total_memory, &[]),
                 _ => None,

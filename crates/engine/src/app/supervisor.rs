@@ -82,6 +82,10 @@ pub struct MassDelete {
     pub target: String,
     /// What would be deleted, in words.
     pub reason: String,
+    /// How many files would be deleted, when the target said (0: not said).
+    pub doomed: u64,
+    /// The first of them.
+    pub paths: Vec<String>,
 }
 
 /// One folder's mirror, now.
@@ -95,6 +99,9 @@ pub struct FolderNow {
     pub targets: Vec<TargetNow>,
     /// A sync stopped because it would delete many files on a target.
     pub mass_delete: Option<MassDelete>,
+    /// The user chose to keep the backups as they are after such a stop: the folder is not
+    /// mirrored until the next Sync now.
+    pub kept: bool,
     /// Why the mirror cannot run as configured (a token file missing, a bad exclusion).
     pub problem: Option<String>,
 }
@@ -136,6 +143,8 @@ struct Supervised {
     run: Option<Run>,
     sync_now: Arc<Notify>,
     mass_delete: Option<MassDelete>,
+    /// Not mirrored until the next Sync now: the user kept the backups as they were.
+    kept: bool,
     problem: Option<String>,
     events: broadcast::Sender<Event>,
 }
@@ -156,6 +165,19 @@ enum Source {
     Guard(CancellationToken),
     /// The mirror of the folder with this id.
     Folder(u64),
+}
+
+/// How a folder's mirror starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum How {
+    /// As its mode says (nothing for a folder mirrored when asked).
+    ByMode,
+    /// One push now (Sync now).
+    Once,
+    /// One push that may delete any share of a target's files (a confirmed deletion).
+    OnceDeleting,
+    /// One push now, past the resource guard's pause (Sync anyway).
+    OnceAnyway,
 }
 
 /// A mirror's task.
@@ -268,7 +290,7 @@ impl Supervisor {
             .map(|s| s.id)
             .collect();
         for id in idle {
-            self.start(&mut state, id, false, false);
+            self.start(&mut state, id, How::ByMode);
         }
         drop(state);
         self.touch();
@@ -292,6 +314,7 @@ impl Supervisor {
             run: None,
             sync_now: Arc::new(Notify::new()),
             mass_delete: None,
+            kept: false,
             problem: None,
             events,
         }
@@ -318,6 +341,16 @@ impl Supervisor {
     /// Syncs every folder now: a one-off push of a folder mirrored when asked, an immediate
     /// pass of a continuous or scheduled one. Lifts a pause made by the user.
     pub fn sync_now(self: &Arc<Self>) -> Result<(), SuperviseError> {
+        self.sync(How::Once)
+    }
+
+    /// Syncs every folder now, once, past the resource guard's pause (the guard goes on
+    /// deciding for the syncs after it). Lifts a pause made by the user.
+    pub fn sync_anyway(self: &Arc<Self>) -> Result<(), SuperviseError> {
+        self.sync(How::OnceAnyway)
+    }
+
+    fn sync(self: &Arc<Self>, how: How) -> Result<(), SuperviseError> {
         let mut state = self.unheld()?;
         let ids: Vec<u64> = state
             .folders
@@ -334,14 +367,21 @@ impl Supervisor {
                 continue;
             };
             let once = s.folder.mode == Mode::Manual;
+            let kept = std::mem::replace(&mut s.kept, false);
             match &s.run {
-                Some(run) if run.once => {}
+                Some(run) if run.once && how == How::Once => {}
                 // A running mirror rescans now; a deletion it waits on stays asked (it is
                 // refused again on the next pass, and the question must not vanish).
-                Some(_) if !was_paused && !once => s.sync_now.notify_one(),
+                Some(_) if !was_paused && !once && !kept && how == How::Once => {
+                    s.sync_now.notify_one();
+                }
                 _ => {
                     s.mass_delete = None;
-                    self.start(&mut state, id, once, false);
+                    let how = match (how, once) {
+                        (How::Once, false) => How::ByMode,
+                        _ => how,
+                    };
+                    self.start(&mut state, id, how);
                 }
             }
         }
@@ -366,7 +406,7 @@ impl Supervisor {
         let id = s.id;
         // The yes lifts a pause made by the user for every folder, as Sync does.
         let was_paused = std::mem::replace(&mut state.paused_by_user, false);
-        self.start(&mut state, id, true, true);
+        self.start(&mut state, id, How::OnceDeleting);
         if was_paused {
             let others: Vec<u64> = state
                 .folders
@@ -375,12 +415,55 @@ impl Supervisor {
                 .map(|s| s.id)
                 .collect();
             for other in others {
-                self.start(&mut state, other, false, false);
+                self.start(&mut state, other, How::ByMode);
             }
         }
         drop(state);
         self.touch();
         Ok(())
+    }
+
+    /// Answers the stop of a sync of `source` that would delete many files on a target with
+    /// "keep the backups as they are": nothing is deleted, and the folder is not mirrored
+    /// until the next [`Supervisor::sync_now`] (the source is likely unmounted or emptied: fix
+    /// it first).
+    pub fn keep_backup(self: &Arc<Self>, source: &Path) -> Result<(), SuperviseError> {
+        let mut state = self.lock();
+        let shown = source.display().to_string();
+        let s = state
+            .folders
+            .iter_mut()
+            .find(|s| s.folder.source == source)
+            .ok_or_else(|| SuperviseError::UnknownFolder(shown.clone()))?;
+        if s.mass_delete.take().is_none() {
+            return Err(SuperviseError::NothingToConfirm(shown));
+        }
+        s.kept = true;
+        if let Some(run) = s.run.take() {
+            run.cancel.cancel();
+        }
+        drop(state);
+        self.touch();
+        Ok(())
+    }
+
+    /// Stops the one-off pushes under way (Sync now, Sync anyway, a confirmed deletion): each
+    /// target keeps what arrived whole (the next sync resumes from it), and each folder goes
+    /// on as its mode says (nothing more for a folder mirrored when asked; Pause stops the
+    /// others).
+    pub fn stop_syncs(self: &Arc<Self>) {
+        let mut state = self.lock();
+        let ids: Vec<u64> = state
+            .folders
+            .iter()
+            .filter(|s| s.run.as_ref().is_some_and(|r| r.once))
+            .map(|s| s.id)
+            .collect();
+        for id in ids {
+            self.start(&mut state, id, How::ByMode);
+        }
+        drop(state);
+        self.touch();
     }
 
     /// Holds every sync until [`Supervisor::resume`].
@@ -461,6 +544,7 @@ impl Supervisor {
                         })
                         .collect(),
                     mass_delete: s.mass_delete.clone(),
+                    kept: s.kept,
                     problem: s.problem.clone(),
                 }
             })
@@ -479,15 +563,18 @@ impl Supervisor {
             .map(|s| s.id)
             .collect();
         for id in ids {
-            self.start(state, id, false, false);
+            self.start(state, id, How::ByMode);
         }
     }
 
-    /// Starts the mirror of folder `id` (stopping what runs of it): one push when `once`,
-    /// else as its mode says (nothing for a folder mirrored when asked). Nothing starts while
-    /// paused or held, or for a folder with no target.
-    fn start(self: &Arc<Self>, state: &mut State, id: u64, once: bool, allow_mass_delete: bool) {
-        let gate = state.gate.clone();
+    /// Starts the mirror of folder `id` (stopping what runs of it) as `how` says. Nothing
+    /// starts while paused or held, or for a folder with no target.
+    fn start(self: &Arc<Self>, state: &mut State, id: u64, how: How) {
+        let once = how != How::ByMode;
+        let gate = match how {
+            How::OnceAnyway => Gate::open(),
+            _ => state.gate.clone(),
+        };
         let stopped = state.paused_by_user || state.held.is_some();
         state.next_id += 1;
         let run_id = state.next_id;
@@ -497,13 +584,13 @@ impl Supervisor {
         if let Some(run) = s.run.take() {
             run.cancel.cancel();
         }
-        if stopped || s.folder.targets.is_empty() {
+        if stopped || s.folder.targets.is_empty() || (s.kept && !once) {
             return;
         }
         let overrides = Overrides {
             gate: Some(gate),
             mode: once.then_some(Mode::Manual),
-            max_delete_share: if allow_mass_delete {
+            max_delete_share: if how == How::OnceDeleting {
                 None
             } else {
                 Overrides::default().max_delete_share
@@ -601,7 +688,7 @@ impl Supervisor {
         // A one-off push of a continuous folder (Sync now, a confirmed deletion) hands back
         // to its mode.
         if current && once && continuous && !cancelled {
-            self.start(&mut state, id, false, false);
+            self.start(&mut state, id, How::ByMode);
         }
         drop(state);
         self.touch();
@@ -643,16 +730,46 @@ impl Supervisor {
                     };
                     changed |= s.board.apply(&event, now);
                     changed |= s.progress.apply(&event, at);
-                    if let Event::TargetFailed {
-                        target,
-                        reason,
-                        refusal: Refusal::MassDelete,
-                    } = &event
-                    {
-                        s.mass_delete = Some(MassDelete {
-                            target: target.clone(),
-                            reason: reason.clone(),
-                        });
+                    match &event {
+                        Event::WouldDelete {
+                            target,
+                            doomed,
+                            paths,
+                            ..
+                        } => {
+                            let reason = s
+                                .mass_delete
+                                .as_ref()
+                                .filter(|m| &m.target == target)
+                                .map(|m| m.reason.clone())
+                                .unwrap_or_default();
+                            s.mass_delete = Some(MassDelete {
+                                target: target.clone(),
+                                reason,
+                                doomed: *doomed,
+                                paths: paths.clone(),
+                            });
+                        }
+                        Event::TargetFailed {
+                            target,
+                            reason,
+                            refusal: Refusal::MassDelete,
+                        } => {
+                            // The list came just before, with the same target.
+                            let (doomed, paths) = s
+                                .mass_delete
+                                .take()
+                                .filter(|m| &m.target == target)
+                                .map(|m| (m.doomed, m.paths))
+                                .unwrap_or_default();
+                            s.mass_delete = Some(MassDelete {
+                                target: target.clone(),
+                                reason: reason.clone(),
+                                doomed,
+                                paths,
+                            });
+                        }
+                        _ => {}
                     }
                     Some(s.folder.source.clone())
                 }

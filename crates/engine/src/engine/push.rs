@@ -2,6 +2,9 @@
 
 use super::*;
 
+/// How many of the files a stopped mass delete would remove are named in its event.
+const WOULD_DELETE_SHOWN: usize = 50;
+
 /// Mirrors the source to every target once; returns when every target is identical or has
 /// failed. Errors only when nothing could start (no source folder, no index).
 pub async fn push_once(
@@ -282,6 +285,18 @@ pub(super) async fn session(
             held,
             percent: share * 100.0,
         };
+        let _ = events.send(Event::WouldDelete {
+            target: target.url.clone(),
+            doomed: doomed as u64,
+            held: held as u64,
+            paths: theirs
+                .files
+                .keys()
+                .filter(|p| !tree.files.contains_key(*p))
+                .take(WOULD_DELETE_SHOWN)
+                .cloned()
+                .collect(),
+        });
         // The target hears why (a subscriber waits for a person instead of asking again).
         let refused = Message::Refused {
             reason: format!("the source stopped: {error}"),
