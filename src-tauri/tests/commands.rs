@@ -727,3 +727,66 @@ fn bring_back_takes_the_folder_from_a_promoted_server_over_a_connection_this_pc_
         "sync from this PC stays paused until the user resumes: {d}"
     );
 }
+
+#[test]
+fn a_server_added_by_its_codes_alone_is_named_as_it_names_itself_and_can_be_commanded() {
+    let h = harness();
+    let dir = h.source.parent().unwrap().to_path_buf();
+    let (url, fp) = agent_with_admin(&dir.join("cloud-a"), "cloud-a", &h.stop);
+    let authority = url.trim_start_matches("wss://");
+    let code = format!("rainmaker://{authority}#{fp}/{TOKEN}");
+    let admin_code = format!("rainmaker-admin://{authority}#{fp}/{ADMIN}");
+
+    // Another server's admin code is refused, and nothing is saved.
+    let foreign = format!(
+        "rainmaker-admin://{authority}#SHA256:{}/{ADMIN}",
+        "0".repeat(64)
+    );
+    let e = call(
+        &h,
+        "add_server",
+        json!({ "name": "", "url": code, "token": "", "fingerprint": fp, "adminToken": foreign }),
+    )
+    .unwrap_err();
+    assert!(
+        e["message"].as_str().unwrap().contains("another server's"),
+        "{e}"
+    );
+    assert!(!h.config.exists());
+
+    call(
+        &h,
+        "add_server",
+        json!({ "name": "", "url": code, "token": "", "fingerprint": fp, "adminToken": admin_code }),
+    )
+    .unwrap();
+    let d = call(&h, "dashboard", json!({})).unwrap();
+    let a = server(&d, "cloud-a");
+    assert_eq!(a["admin"], true, "the admin code's token was kept: {a}");
+    let text = std::fs::read_to_string(&h.config).unwrap();
+    assert!(
+        !text.contains(ADMIN) && !text.contains("rainmaker-admin://"),
+        "{text}"
+    );
+    // It can be commanded with what the admin code carried.
+    call(
+        &h,
+        "set_role",
+        json!({ "name": "cloud-a", "source": true, "force": false }),
+    )
+    .unwrap();
+    // A second server that calls itself the same gets a name of its own.
+    let (url2, fp2) = agent_with_admin(&dir.join("cloud-a2"), "cloud-a", &h.stop);
+    let code2 = format!(
+        "rainmaker://{}#{fp2}/{TOKEN}",
+        url2.trim_start_matches("wss://")
+    );
+    call(
+        &h,
+        "add_server",
+        json!({ "name": " ", "url": code2, "token": "", "fingerprint": fp2 }),
+    )
+    .unwrap();
+    let d = call(&h, "dashboard", json!({})).unwrap();
+    server(&d, "cloud-a-2");
+}

@@ -48,25 +48,28 @@ describe("the dashboard", () => {
     expect(backend.calls).toContain(`add cloud-1 203.0.113.5:7878 SHA256:${"ab".repeat(32)}`);
   });
 
-  it("adds a server from its pairing code, still showing the fingerprint to confirm", async () => {
+  it("adds a server from its pairing code alone: no token, no fingerprint to compare, its own name", async () => {
     const { backend, q } = setup();
     await screen.findByText("Servers");
     fireEvent.click(q('[data-test="add-server"]'));
-    type(q('input[name="server-name"]'), "cloud-2");
     const pin = "SHA256:" + "cd".repeat(32);
     type(q('input[name="server-address"]'), `rainmaker://203.0.113.6:7878#${pin}/s3cret`);
-    expect((q('input[name="server-token"]') as HTMLInputElement).disabled).toBe(true);
+    expect(q('input[name="server-token"]')).toBeNull();
+    expect(q('[data-test="code-hint"]')).not.toBeNull();
+    expect(q('[data-test="check-server"]').textContent).toBe("Add server");
     fireEvent.click(q('[data-test="check-server"]'));
-    const fingerprint = await waitFor(() => {
-      const el = q('[data-test="fingerprint"]');
-      expect(el).not.toBeNull();
-      return el;
-    });
-    expect(fingerprint.textContent).toBe(pin);
-    expect(backend.calls.some((c) => c.startsWith("add"))).toBe(false);
-    fireEvent.click(q('[data-test="trust-server"]'));
-    await waitFor(() => expect(q('[data-test="server-cloud-2"]')).not.toBeNull());
-    expect(backend.calls).toContain(`add cloud-2 rainmaker://203.0.113.6:7878#${pin}/s3cret ${pin}`);
+    await waitFor(() => expect(q('[data-test="server-backup-7878"]')).not.toBeNull());
+    expect(q('[data-test="fingerprint"]')).toBeNull();
+    expect(backend.calls).toContain(`add  rainmaker://203.0.113.6:7878#${pin}/s3cret ${pin}`);
+    await waitFor(() => expect(q(".add-server")).toBeNull());
+  });
+
+  it("closes the add-server form on Escape", async () => {
+    const { q } = setup();
+    await screen.findByText("Servers");
+    fireEvent.click(q('[data-test="add-server"]'));
+    fireEvent.keyDown(q('input[name="server-address"]'), { key: "Escape" });
+    await waitFor(() => expect(q(".add-server")).toBeNull());
   });
 
   it("shows a refused token in words and keeps the form", async () => {

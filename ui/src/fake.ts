@@ -89,6 +89,8 @@ export function fakeBackend(initial: Dashboard = emptyDashboard()): FakeBackend 
       }
       if (!token.trim()) fail("bad_input", "The pairing token is empty. Copy it from the server's token file.");
       if (token === "wrong") fail("wrong_token", "The server refused the pairing token.");
+      // No name given: the name the agent gives itself.
+      if (!name.trim()) name = `backup-${url.replace(/[^0-9]/g, "").slice(-4)}`;
       if (fake.state.servers.some((s) => s.name === name)) fail("bad_input", `A server is already named "${name}".`);
       tokens.set(name, token);
       fake.update((d) => {

@@ -399,64 +399,88 @@ export function AddServer({ backend, run, onDone }: { backend: Backend; run: Run
   const [adminToken, setAdminToken] = useState("");
   const [fingerprint, setFingerprint] = useState<string | null>(null);
   const [busy, setBusy] = useState(false);
+  const code = isPairingCode(address);
+  const add = (fp: string) => backend.addServer(name.trim(), address.trim(), code ? "" : token, fp, adminToken.trim() || undefined);
   const check = async (e: Event) => {
     e.preventDefault();
     setBusy(true);
+    if (code) {
+      // The code names the certificate, and the server must present it: nothing to compare
+      // by eye, and the token is tried before anything is saved.
+      const ok = await run(async () => add(await backend.peekServer(address.trim())));
+      setBusy(false);
+      if (ok) onDone();
+      return;
+    }
     await run(async () => setFingerprint(await backend.peekServer(address.trim())));
     setBusy(false);
   };
   const trust = async () => {
     setBusy(true);
-    const ok = await run(() => backend.addServer(name.trim() || address.trim(), address.trim(), token, fingerprint!, adminToken.trim() || undefined));
+    const ok = await run(() => add(fingerprint!));
     setBusy(false);
     if (ok) onDone();
   };
   return (
-    <form class="add-server" onSubmit={check}>
+    <form
+      class="add-server"
+      onSubmit={check}
+      onKeyDown={(e) => {
+        if (e.key === "Escape") onDone();
+      }}
+    >
       <h3>Add a backup server</h3>
       <label>
-        Name
-        <input name="server-name" placeholder="cloud-1" value={name} onInput={(e) => setName(e.currentTarget.value)} />
-      </label>
-      <label>
-        Address or pairing code
+        Pairing code
         <input
           name="server-address"
-          placeholder="203.0.113.5:7878, or rainmaker://… from `rainmaker pair`"
+          placeholder="rainmaker://… (run `rainmaker pair` on the server), or its address HOST:PORT"
           value={address}
           onInput={(e) => {
             setAddress(e.currentTarget.value);
             setFingerprint(null);
           }}
           required
+          autoFocus
         />
       </label>
+      {code ? (
+        <p class="hint" data-test="code-hint">
+          The code holds the server's address, its certificate and its pairing token: nothing else to type.
+        </p>
+      ) : (
+        address.trim() !== "" && (
+          <label>
+            Pairing token
+            <input
+              name="server-token"
+              type="password"
+              placeholder="from the server's token file"
+              value={token}
+              onInput={(e) => setToken(e.currentTarget.value)}
+              required
+            />
+          </label>
+        )
+      )}
       <label>
-        Pairing token
-        <input
-          name="server-token"
-          type="password"
-          placeholder={isPairingCode(address) ? "in the pairing code" : "from the server's token file"}
-          value={token}
-          onInput={(e) => setToken(e.currentTarget.value)}
-          disabled={isPairingCode(address)}
-          required={!isPairingCode(address)}
-        />
+        Name (optional: the server's own name)
+        <input name="server-name" placeholder="cloud-1" value={name} onInput={(e) => setName(e.currentTarget.value)} />
       </label>
       <label>
-        Admin token (optional: lets this PC make the server push, and promote it after a failover)
+        Admin code (optional: lets this PC make the server push, promote it after a failover, and bring its folder back)
         <input
           name="server-admin-token"
           type="password"
-          placeholder="from the server's admin token file"
+          placeholder="rainmaker-admin://… from `rainmaker pair --admin`, or the admin token"
           value={adminToken}
           onInput={(e) => setAdminToken(e.currentTarget.value)}
         />
       </label>
       {fingerprint === null ? (
         <div class="buttons">
-          <button type="submit" data-test="check-server" disabled={busy}>
-            {busy ? "Checking…" : "Check server"}
+          <button type="submit" class={code ? "primary" : ""} data-test="check-server" disabled={busy}>
+            {busy ? "Checking…" : code ? "Add server" : "Check server"}
           </button>
           <button type="button" onClick={onDone}>
             Cancel
@@ -465,9 +489,8 @@ export function AddServer({ backend, run, onDone }: { backend: Backend; run: Run
       ) : (
         <div class="confirm">
           <p>
-            {isPairingCode(address)
-              ? "The server presents the certificate its pairing code names. Compare it with the fingerprint the server printed when RainMaker started there (rainmaker serve)."
-              : "The server presents this certificate. Compare it with the fingerprint the server printed when RainMaker started there (rainmaker serve). Trust it only if they are the same."}
+            The server presents this certificate. Compare it with the fingerprint the server printed when RainMaker started
+            there (rainmaker serve). Trust it only if they are the same. (A pairing code saves you this step.)
           </p>
           <code data-test="fingerprint" class="fingerprint">
             {fingerprint}

@@ -46,7 +46,11 @@ impl Runner {
         fingerprint: &str,
         admin_token: Option<&str>,
     ) -> Result<(), UiError> {
-        let name = check_name(name)?;
+        // No name given: the server's own name, once it answered.
+        let given = match name.trim() {
+            "" => None,
+            name => Some(check_name(name)?),
+        };
         // A pairing code brings the address, the pin and the token; the confirmed fingerprint
         // must be the pinned one.
         let code = paired(url)?;
@@ -79,7 +83,9 @@ impl Runner {
         })?;
         {
             let inner = self.lock();
-            if inner.config.servers.iter().any(|s| s.name == name) {
+            if let Some(name) = &given
+                && inner.config.servers.iter().any(|s| &s.name == name)
+            {
                 return Err(UiError::bad_input(format!(
                     "A server is already named {name:?}."
                 )));
@@ -88,6 +94,24 @@ impl Runner {
                 return Err(UiError::bad_input(format!("{url} is already in the list.")));
             }
         }
+        // The admin token may come as the server's admin code: it must name this server.
+        let admin_token = match admin_token.map(str::trim).filter(|t| !t.is_empty()) {
+            Some(text) if Pairing::is_code(text) => {
+                let code = Pairing::parse(text).map_err(|e| UiError::bad_input(e.to_string()))?;
+                if code.role != Role::Admin {
+                    return Err(UiError::bad_input(
+                        "That is not the server's admin code (rainmaker-admin://…): `rainmaker pair --admin` shows it there.",
+                    ));
+                }
+                if code.url() != url || code.fingerprint != fingerprint {
+                    return Err(UiError::bad_input(
+                        "That admin code is another server's: its address or certificate differs from this one's.",
+                    ));
+                }
+                Some(code.token)
+            }
+            other => other.map(str::to_owned),
+        };
         let spec = TargetSpec {
             url: url.clone(),
             trust: Trust::Pinned(fingerprint.clone()),
@@ -95,7 +119,11 @@ impl Runner {
             dialed_in: None,
         };
         let remote = engine::probe(&spec, &self.this_pc).await?;
-        let admin_token = admin_token.map(str::trim).filter(|t| !t.is_empty());
+        let name = match given {
+            Some(name) => name,
+            None => self.free_name(&remote),
+        };
+        let admin_token = admin_token.as_deref();
         let status = match admin_token {
             Some(admin) => Some(self.remote_status(&spec, admin).await.map_err(|e| {
                 if e.code == UiCode::WrongToken {
@@ -403,6 +431,34 @@ impl Runner {
         self.supervisor.set_guard(thresholds);
         self.log(Level::Info, "Guard thresholds saved".into());
         Ok(())
+    }
+}
+
+impl Runner {
+    /// A name for a server that calls itself `remote`: that name (made fit to be one), with
+    /// a number after it when another server has it.
+    fn free_name(&self, remote: &str) -> String {
+        let base: String = remote
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(56)
+            .collect::<String>()
+            .trim()
+            .to_owned();
+        let base = if base.is_empty() {
+            "server".to_owned()
+        } else {
+            base
+        };
+        let inner = self.lock();
+        let taken = |name: &str| inner.config.servers.iter().any(|s| s.name == name);
+        (1..)
+            .map(|n| match n {
+                1 => base.clone(),
+                n => format!("{base}-{n}"),
+            })
+            .find(|name| !taken(name))
+            .expect("a free name")
     }
 }
 
