@@ -2,7 +2,7 @@
 //! tray app sends and receives, so that the two cannot drift: the test `types` fails when the
 //! file differs from what [`typescript`] writes, and rewrites it when asked.
 
-use crate::command::PresetView;
+use crate::command::{FoundView, PresetView};
 use crate::error::{UiCode, UiError};
 use crate::view::{
     ActivityView, Dashboard, FolderForm, FolderMode, FolderView, GuardView, Level, MassDeleteView,
@@ -46,6 +46,7 @@ pub fn typescript() -> String {
         declaration::<ActivityView>(),
         declaration::<Level>(),
         declaration::<PresetView>(),
+        declaration::<FoundView>(),
         declaration::<UiCode>(),
         declaration::<UiError>(),
     ];

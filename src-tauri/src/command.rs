@@ -26,8 +26,19 @@ pub struct PresetView {
     pub name: &'static str,
     pub hint: &'static str,
     pub exclude: Vec<&'static str>,
-    /// Where the platform keeps its data on this PC, if found.
+    /// Where the platform keeps its data on this PC, if found (the first of `found`).
     pub folder: Option<String>,
+    /// Every data folder of it found on this PC (one per MetaTrader installation).
+    pub found: Vec<FoundView>,
+}
+
+/// A platform's data folder found on this PC.
+#[derive(Debug, Clone, Serialize, TS)]
+#[ts(rename = "Found")]
+pub struct FoundView {
+    pub path: String,
+    /// Which installation, in words.
+    pub label: String,
 }
 
 #[tauri::command]
@@ -57,12 +68,23 @@ pub fn watch(runner: Shell<'_>, on_update: Channel<Dashboard>) {
 pub fn presets() -> Vec<PresetView> {
     PRESETS
         .iter()
-        .map(|p| PresetView {
-            id: p.id,
-            name: p.name,
-            hint: p.hint,
-            exclude: p.exclude.to_vec(),
-            folder: p.folder().map(|f| f.display().to_string()),
+        .map(|p| {
+            let found: Vec<FoundView> = p
+                .found()
+                .into_iter()
+                .map(|f| FoundView {
+                    path: f.path.display().to_string(),
+                    label: f.label,
+                })
+                .collect();
+            PresetView {
+                id: p.id,
+                name: p.name,
+                hint: p.hint,
+                exclude: p.exclude.to_vec(),
+                folder: found.first().map(|f| f.path.clone()),
+                found,
+            }
         })
         .collect()
 }

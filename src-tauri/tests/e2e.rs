@@ -1,6 +1,7 @@
 //! The real tray app, end to end: it runs under its own Xvfb display and is driven through
 //! WebDriver (tauri-driver with WebKitWebDriver). A RainMaker server started here on a
-//! loopback port is added as a target (its fingerprint confirmed), a source folder picked,
+//! loopback port is added as a target (its fingerprint confirmed; the first-run guide is set
+//! aside for the forms), a source folder picked,
 //! Sync clicked; the files must arrive and the dashboard must say the target is in sync. Then
 //! a second platform's folder is added with a second server as its target, and one Sync
 //! mirrors both, each to its own server.
@@ -193,6 +194,13 @@ async fn the_dashboard_adds_servers_and_syncs_two_folders_to_them() {
         .await
         .expect("a WebDriver session with the tray app");
 
+    // A fresh PC opens on the first-run guide; this test fills in the forms by hand.
+    css(&client, "[data-test=guide]").await;
+    css(&client, "[data-test=guide-manual]")
+        .await
+        .click()
+        .await
+        .unwrap();
     let shown = add_server(&client, "cloud-1", &address, None).await;
     assert_eq!(
         shown, fingerprint,

@@ -2,10 +2,15 @@ import { fireEvent, render, screen, waitFor } from "@testing-library/preact";
 import { App } from "./app";
 import { emptyDashboard, fakeBackend } from "./fake";
 
-function setup() {
+/** The dashboard on a fresh PC; unless `guide`, past the first-run guide ("Set it up by hand"). */
+async function setup({ guide = false } = {}) {
   const backend = fakeBackend(emptyDashboard());
   const view = render(<App backend={backend} />);
   const q = (selector: string) => view.container.querySelector(selector) as HTMLElement;
+  if (!guide) {
+    await waitFor(() => expect(q('[data-test="guide-manual"]')).not.toBeNull());
+    fireEvent.click(q('[data-test="guide-manual"]'));
+  }
   return { backend, view, q };
 }
 
@@ -29,7 +34,7 @@ const presetPicker = (q: (selector: string) => HTMLElement) =>
 
 describe("the dashboard", () => {
   it("adds a server only after showing its fingerprint", async () => {
-    const { backend, q } = setup();
+    const { backend, q } = await setup();
     await screen.findByText("Servers");
     fireEvent.click(q('[data-test="add-server"]'));
     type(q('input[name="server-name"]'), "cloud-1");
@@ -49,7 +54,7 @@ describe("the dashboard", () => {
   });
 
   it("adds a server from its pairing code alone: no token, no fingerprint to compare, its own name", async () => {
-    const { backend, q } = setup();
+    const { backend, q } = await setup();
     await screen.findByText("Servers");
     fireEvent.click(q('[data-test="add-server"]'));
     const pin = "SHA256:" + "cd".repeat(32);
@@ -65,7 +70,7 @@ describe("the dashboard", () => {
   });
 
   it("closes the add-server form on Escape", async () => {
-    const { q } = setup();
+    const { q } = await setup();
     await screen.findByText("Servers");
     fireEvent.click(q('[data-test="add-server"]'));
     fireEvent.keyDown(q('input[name="server-address"]'), { key: "Escape" });
@@ -73,7 +78,7 @@ describe("the dashboard", () => {
   });
 
   it("shows a refused token in words and keeps the form", async () => {
-    const { q } = setup();
+    const { q } = await setup();
     await screen.findByText("Servers");
     fireEvent.click(q('[data-test="add-server"]'));
     type(q('input[name="server-address"]'), "203.0.113.5:7878");
@@ -91,7 +96,7 @@ describe("the dashboard", () => {
   });
 
   it("an address without a port is refused before anything is trusted", async () => {
-    const { q } = setup();
+    const { q } = await setup();
     await screen.findByText("Servers");
     fireEvent.click(q('[data-test="add-server"]'));
     type(q('input[name="server-address"]'), "cloud.example.com");
@@ -102,7 +107,7 @@ describe("the dashboard", () => {
   });
 
   it("picks a preset, a folder and a target, then syncs and shows progress", async () => {
-    const { backend, q } = setup();
+    const { backend, q } = await setup();
     await backend.addServer("cloud-1", "203.0.113.5:7878", "t", "SHA256:" + "ab".repeat(32));
     await screen.findByText("Servers");
     const preset = await presetPicker(q);
@@ -120,7 +125,7 @@ describe("the dashboard", () => {
   });
 
   it("a platform's suggested folder gives way to the next platform's; a folder picked by hand stays", async () => {
-    const { q } = setup();
+    const { q } = await setup();
     await screen.findByText("Servers");
     const preset = await presetPicker(q);
     const source = () => q('input[name="source"]') as HTMLInputElement;
@@ -136,7 +141,7 @@ describe("the dashboard", () => {
   });
 
   it("says to save first when Sync is pressed over unsaved changes", async () => {
-    const { backend, q } = setup();
+    const { backend, q } = await setup();
     await backend.addServer("cloud-1", "203.0.113.5:7878", "t", "SHA256:" + "ab".repeat(32));
     await screen.findByText("Servers");
     type(q('input[name="source"]'), "C:\\NT8");
@@ -151,7 +156,7 @@ describe("the dashboard", () => {
   });
 
   it("warns below five minutes and explains a guard pause", async () => {
-    const { backend, q } = setup();
+    const { backend, q } = await setup();
     await screen.findByText("Servers");
     fireEvent.change(q('select[name="mode"]'), { target: { value: "every" } });
     await waitFor(() => expect(q('input[name="every"]')).not.toBeNull());
@@ -172,7 +177,7 @@ describe("the dashboard", () => {
   });
 
   it("shows what a sync stopped by the mass-delete guard would delete, and asks before deleting", async () => {
-    const { backend, q } = setup();
+    const { backend, q } = await setup();
     await backend.saveFolder(null, { source: "C:\\NT8", preset: null, exclude: [], targets: [], mode: "manual", every_minutes: null, bwlimit_mbit: null });
     await backend.saveFolder(null, { source: "C:\\MT5", preset: null, exclude: [], targets: [], mode: "manual", every_minutes: null, bwlimit_mbit: null });
     const paths = Array.from({ length: 50 }, (_, i) => `bases/Default/history/EURUSD/${2000 + i}.hcc`);
@@ -210,7 +215,7 @@ describe("the dashboard", () => {
   });
 
   it("adds a second folder with its own targets; a server receives one folder", async () => {
-    const { backend, q } = setup();
+    const { backend, q } = await setup();
     await backend.addServer("cloud-1", "203.0.113.5:7878", "t", "SHA256:" + "ab".repeat(32));
     await backend.addServer("cloud-2", "203.0.113.6:7878", "t", "SHA256:" + "cd".repeat(32));
     await backend.saveFolder(null, { source: "C:\\NT8", preset: "ninjatrader8", exclude: [], targets: ["cloud-1"], mode: "watch", every_minutes: null, bwlimit_mbit: null });
@@ -232,7 +237,7 @@ describe("the dashboard", () => {
   });
 
   it("pauses and resumes from the button", async () => {
-    const { backend, q } = setup();
+    const { backend, q } = await setup();
     await screen.findByText("Servers");
     fireEvent.click(q('[data-test="pause"]'));
     await waitFor(() => expect(q('[data-test="pause"]').textContent).toBe("Resume"));
@@ -242,7 +247,7 @@ describe("the dashboard", () => {
   });
 
   it("offers Sync anyway during the guard's pause, saying when sync resumes, and Stop during a sync", async () => {
-    const { backend, q } = setup();
+    const { backend, q } = await setup();
     await backend.saveFolder(null, { source: "C:\\NT8", preset: null, exclude: [], targets: [], mode: "manual", every_minutes: null, bwlimit_mbit: null });
     backend.update((d) => {
       d.paused = { by: "guard", reason: "CPU 93% above 85% for 10 s" };
@@ -260,9 +265,45 @@ describe("the dashboard", () => {
   });
 });
 
+describe("the first-run guide", () => {
+  it("finds the platforms' folders, adds a server from its code, and says what happens next", async () => {
+    const { backend, q } = await setup({ guide: true });
+    await found(q, '[data-test="guide"]');
+    // Every installation found is offered: NinjaTrader 8, and both MetaTrader 4 terminals by
+    // their install folders.
+    await found(q, '[data-test="guide-found-2"]');
+    expect(q('[data-test="guide"]').textContent).toContain("installed at C:\\Program Files (x86)\\FXCM MT4");
+    expect((q('[data-test="guide-start"]') as HTMLButtonElement).disabled).toBe(true);
+    fireEvent.click(q('[data-test="guide-found-2"]'));
+    // A server from its pairing code, inside the guide.
+    fireEvent.click(q('[data-test="guide-add-server"]'));
+    const pin = "SHA256:" + "cd".repeat(32);
+    type(q('input[name="server-address"]'), `rainmaker://203.0.113.6:7878#${pin}/s3cret`);
+    fireEvent.click(q('[data-test="check-server"]'));
+    await found(q, '[data-test="guide-server-backup-7878"]');
+    expect((q('[data-test="guide-server-backup-7878"]') as HTMLInputElement).checked).toBe(true);
+    fireEvent.click(q('[data-test="guide-mode-every"]'));
+    fireEvent.click(q('[data-test="guide-start"]'));
+    await found(q, '[data-test="next"]');
+    expect(backend.state.folders[0].form).toMatchObject({
+      source: "C:\\Users\\trader\\AppData\\Roaming\\MetaQuotes\\Terminal\\9D15457EC01AD10E06A932AAC616DC32",
+      preset: "metatrader4",
+      exclude: ["logs", "MQL4/Logs", "tester", "*.lock"],
+      targets: ["backup-7878"],
+      mode: "every",
+      every_minutes: 5,
+    });
+    expect(q('[data-test="next"]').textContent).toContain("every 5 minutes");
+    expect(q('[data-test="next"]').textContent).toContain("ready to trade from when its row says In sync");
+    // The guide gives way to the dashboard.
+    expect(q('[data-test="guide"]')).toBeNull();
+    expect(q('[data-test="server-backup-7878"]')).not.toBeNull();
+  });
+});
+
 describe("any server to any servers", () => {
   it("makes a server push to another, and promotes it after a failover", async () => {
-    const { backend, q } = setup();
+    const { backend, q } = await setup();
     await backend.addServer("cloud-a", "203.0.113.5:7878", "t", "SHA256:" + "ab".repeat(32), "admin");
     await backend.addServer("cloud-b", "203.0.113.6:7878", "t", "SHA256:" + "cd".repeat(32));
     await waitFor(() => expect(q('[data-test="push-from-cloud-a"]')).not.toBeNull());

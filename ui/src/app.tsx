@@ -8,6 +8,7 @@ import { DialogHost } from "./dialog";
 import { errorTitle } from "./errors";
 import { Folders } from "./folder";
 import { duration, overallLabel } from "./format";
+import { Guide } from "./guide";
 import { Gauges, GuardForm } from "./health";
 import { ServerList } from "./servers";
 import type { Dashboard, UiError } from "./types";
@@ -16,6 +17,9 @@ export function App({ backend }: { backend: Backend }) {
   const [dash, setDash] = useState<Dashboard | null>(null);
   const [error, setError] = useState<UiError | null>(null);
   const [autostart, setAutostart] = useState<boolean | null>(null);
+  // The first-run guide, until a folder is saved or the user would rather use the forms.
+  const [manualSetup, setManualSetup] = useState(false);
+  const [next, setNext] = useState<string | null>(null);
 
   useEffect(() => {
     backend.watch(setDash).catch((e) => setError(toUiError(e)));
@@ -114,10 +118,27 @@ export function App({ backend }: { backend: Backend }) {
         </div>
       )}
 
+      {next && (
+        <div class="banner next" data-test="next">
+          <span>
+            <strong>Mirroring is set up.</strong> {next}
+          </span>
+          <button class="link" onClick={() => setNext(null)} aria-label="Dismiss">
+            ×
+          </button>
+        </div>
+      )}
+
       <div class="grid">
         <div class="left">
-          <ServerList dash={dash} backend={backend} run={run} />
-          <Folders dash={dash} backend={backend} run={run} onUnsaved={onUnsaved} />
+          {dash.folders.length === 0 && !manualSetup ? (
+            <Guide dash={dash} backend={backend} run={run} onManual={() => setManualSetup(true)} onStarted={setNext} />
+          ) : (
+            <>
+              <ServerList dash={dash} backend={backend} run={run} />
+              <Folders dash={dash} backend={backend} run={run} onUnsaved={onUnsaved} />
+            </>
+          )}
         </div>
         <div class="right">
           <section class="card health">

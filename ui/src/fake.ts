@@ -18,6 +18,7 @@ const PRESETS: Preset[] = [
     hint: "Documents\\NinjaTrader 8: historical data (db), workspaces, templates and custom code",
     exclude: ["cache", "log", "trace", "tmp", "*.lock"],
     folder: "C:\\Users\\trader\\Documents\\NinjaTrader 8",
+    found: [{ path: "C:\\Users\\trader\\Documents\\NinjaTrader 8", label: "C:\\Users\\trader\\Documents\\NinjaTrader 8" }],
   },
   {
     id: "metatrader5",
@@ -25,6 +26,18 @@ const PRESETS: Preset[] = [
     hint: "the terminal's data folder (File > Open Data Folder)",
     exclude: ["logs", "MQL5/Logs", "Tester", "*.lock"],
     folder: null,
+    found: [],
+  },
+  {
+    id: "metatrader4",
+    name: "MetaTrader 4",
+    hint: "the terminal's data folder (File > Open Data Folder)",
+    exclude: ["logs", "MQL4/Logs", "tester", "*.lock"],
+    folder: "C:\\Users\\trader\\AppData\\Roaming\\MetaQuotes\\Terminal\\2E8DC23981084565FA3E19C061F586B2",
+    found: [
+      { path: "C:\\Users\\trader\\AppData\\Roaming\\MetaQuotes\\Terminal\\2E8DC23981084565FA3E19C061F586B2", label: "installed at C:\\Program Files (x86)\\IC Markets MT4" },
+      { path: "C:\\Users\\trader\\AppData\\Roaming\\MetaQuotes\\Terminal\\9D15457EC01AD10E06A932AAC616DC32", label: "installed at C:\\Program Files (x86)\\FXCM MT4" },
+    ],
   },
 ];
 

@@ -303,9 +303,22 @@ export type Level = "info" | "warn" | "error";
  */
 export type Preset = { id: string, name: string, hint: string, exclude: Array<string>, 
 /**
- * Where the platform keeps its data on this PC, if found.
+ * Where the platform keeps its data on this PC, if found (the first of `found`).
  */
-folder: string | null, };
+folder: string | null, 
+/**
+ * Every data folder of it found on this PC (one per MetaTrader installation).
+ */
+found: Array<Found>, };
+
+/**
+ * A platform's data folder found on this PC.
+ */
+export type Found = { path: string, 
+/**
+ * Which installation, in words.
+ */
+label: string, };
 
 /**
  * The kinds of error the dashboard tells apart (in JSON: `bad_input`, `wrong_token`, ...).

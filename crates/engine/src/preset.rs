@@ -9,7 +9,7 @@
 //! a platform's documentation, or an observation of its behaviour taken as an assumption.
 
 use serde::Serialize;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// A trading platform RainMaker knows.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -181,20 +181,45 @@ pub fn find(id: &str) -> Option<&'static Preset> {
     PRESETS.iter().find(|p| p.id == id)
 }
 
+/// A platform's data folder found on this machine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Found {
+    pub path: PathBuf,
+    /// Which installation it is, in words (a MetaTrader terminal's install folder).
+    pub label: String,
+}
+
 impl Preset {
-    /// Where the platform usually keeps its data on this machine, if it is there.
+    /// Where the platform usually keeps its data on this machine, if it is there (the first
+    /// of [`Preset::found`]).
     pub fn folder(&self) -> Option<PathBuf> {
-        let candidates: Vec<PathBuf> = match self.id {
+        self.found().into_iter().next().map(|f| f.path)
+    }
+
+    /// Every data folder of this platform found where it is documented to live: NinjaTrader 8
+    /// under Documents, each MetaTrader terminal's data folder (one per installation, under
+    /// the user's application data, told apart by its MQL4 or MQL5 folder), Sierra Chart's
+    /// installation folder.
+    pub fn found(&self) -> Vec<Found> {
+        match self.id {
             "ninjatrader8" => dirs::document_dir()
                 .map(|d| d.join("NinjaTrader 8"))
                 .into_iter()
+                .filter(|d| d.is_dir())
+                .map(|path| Found {
+                    label: path.display().to_string(),
+                    path,
+                })
                 .collect(),
             "metatrader4" | "metatrader5" => {
-                // One folder per installation below Terminal; the user picks which.
+                let mql = if self.id == "metatrader4" {
+                    "MQL4"
+                } else {
+                    "MQL5"
+                };
                 dirs::data_dir()
-                    .map(|d| d.join("MetaQuotes").join("Terminal"))
-                    .into_iter()
-                    .collect()
+                    .map(|d| terminals(&d.join("MetaQuotes").join("Terminal"), mql))
+                    .unwrap_or_default()
             }
             "sierrachart" => [
                 PathBuf::from("C:\\SierraChart"),
@@ -202,16 +227,106 @@ impl Preset {
             ]
             .into_iter()
             .chain(dirs::home_dir().map(|h| h.join("SierraChart")))
+            .filter(|d| d.is_dir())
+            .map(|path| Found {
+                label: path.display().to_string(),
+                path,
+            })
             .collect(),
             _ => Vec::new(),
-        };
-        candidates.into_iter().find(|c| c.is_dir())
+        }
     }
+}
+
+/// The MetaTrader terminals' data folders under `terminal_dir` (`MetaQuotes\Terminal`) that
+/// hold an `mql` folder (`MQL4` or `MQL5`: which MetaTrader it is), each named by the
+/// installation its `origin.txt` names (UTF-16, as the terminal writes it), newest first.
+pub fn terminals(terminal_dir: &Path, mql: &str) -> Vec<Found> {
+    let Ok(entries) = std::fs::read_dir(terminal_dir) else {
+        return Vec::new();
+    };
+    let mut found: Vec<(std::time::SystemTime, Found)> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.join(mql).is_dir())
+        .map(|path| {
+            let origin = std::fs::read(path.join("origin.txt"))
+                .ok()
+                .map(|bytes| decode_origin(&bytes))
+                .filter(|o| !o.is_empty());
+            let label = match origin {
+                Some(origin) => format!("installed at {origin}"),
+                None => path.display().to_string(),
+            };
+            let changed = std::fs::metadata(&path)
+                .and_then(|m| m.modified())
+                .unwrap_or(std::time::UNIX_EPOCH);
+            (changed, Found { path, label })
+        })
+        .collect();
+    found.sort_by_key(|f| std::cmp::Reverse(f.0));
+    found.into_iter().map(|(_, f)| f).collect()
+}
+
+/// `origin.txt`'s text: UTF-16 little-endian with a byte-order mark, as MetaTrader writes it,
+/// or plain UTF-8.
+fn decode_origin(bytes: &[u8]) -> String {
+    let text = match bytes {
+        [0xFF, 0xFE, rest @ ..] => {
+            let units: Vec<u16> = rest
+                .chunks_exact(2)
+                .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                .collect();
+            String::from_utf16_lossy(&units)
+        }
+        _ => String::from_utf8_lossy(bytes).into_owned(),
+    };
+    text.trim_matches(|c: char| c.is_whitespace() || c == '\u{feff}')
+        .chars()
+        .filter(|c| !c.is_control())
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_metatrader_terminal_is_found_by_its_mql_folder_and_named_by_its_installation() {
+        let dir = tempfile::tempdir().unwrap();
+        let terminal = dir.path();
+        let mt5 = terminal.join("D0E8209F77C8CF37AD8BF550E51FF075");
+        std::fs::create_dir_all(mt5.join("MQL5")).unwrap();
+        let origin: Vec<u8> = [0xFF, 0xFE]
+            .into_iter()
+            .chain(
+                "C:\\Program Files\\MetaTrader 5\r\n"
+                    .encode_utf16()
+                    .flat_map(u16::to_le_bytes),
+            )
+            .collect();
+        std::fs::write(mt5.join("origin.txt"), origin).unwrap();
+        let mt4 = terminal.join("2E8DC23981084565FA3E19C061F586B2");
+        std::fs::create_dir_all(mt4.join("MQL4")).unwrap();
+        std::fs::create_dir_all(terminal.join("Common")).unwrap();
+        let found = terminals(terminal, "MQL5");
+        assert_eq!(
+            found,
+            vec![Found {
+                path: mt5.clone(),
+                label: "installed at C:\\Program Files\\MetaTrader 5".into()
+            }]
+        );
+        let found = terminals(terminal, "MQL4");
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].path, mt4);
+        assert_eq!(
+            found[0].label,
+            mt4.display().to_string(),
+            "no origin.txt: its folder"
+        );
+        assert!(terminals(&terminal.join("missing"), "MQL5").is_empty());
+    }
     use crate::exclude::Exclude;
 
     #[test]
