@@ -108,6 +108,27 @@ pub async fn add_server(
         .await
 }
 
+/// Pairs server `name` again with its new address (or pairing code), certificate and tokens.
+#[tauri::command]
+pub async fn repair_server(
+    runner: Shell<'_>,
+    name: String,
+    url: String,
+    token: String,
+    fingerprint: String,
+    admin_token: Option<String>,
+) -> Result<(), UiError> {
+    runner
+        .repair_server(&name, &url, &token, &fingerprint, admin_token.as_deref())
+        .await
+}
+
+/// Checks a failing server again now, and syncs to it if it answers.
+#[tauri::command]
+pub async fn retry_server(runner: Shell<'_>, name: String) -> Result<(), UiError> {
+    runner.retry_server(&name).await
+}
+
 /// Tells server `from` to push its folder to the servers `to` (any server to any servers).
 #[tauri::command]
 pub async fn remote_push(runner: Shell<'_>, from: String, to: Vec<String>) -> Result<(), UiError> {

@@ -48,6 +48,8 @@ pub fn commands<R: Runtime>(builder: tauri::Builder<R>) -> tauri::Builder<R> {
         command::sync_now,
         command::allow_mass_delete,
         command::keep_backup,
+        command::repair_server,
+        command::retry_server,
         command::sync_anyway,
         command::stop_syncs,
         command::pause,

@@ -25,6 +25,8 @@ pub struct Dashboard {
     pub paused: Option<PauseView>,
     /// A sync is running now.
     pub running: bool,
+    /// The server this PC is taking its folder back from (a failback), while it does.
+    pub bringing_back: Option<String>,
     /// The most recent first.
     pub activity: Vec<ActivityView>,
 }

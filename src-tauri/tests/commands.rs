@@ -790,3 +790,73 @@ fn a_server_added_by_its_codes_alone_is_named_as_it_names_itself_and_can_be_comm
     let d = call(&h, "dashboard", json!({})).unwrap();
     server(&d, "cloud-a-2");
 }
+
+#[test]
+fn a_server_reinstalled_elsewhere_is_retried_then_paired_again_and_its_folder_follows() {
+    let h = harness();
+    call(
+        &h,
+        "add_server",
+        json!({ "name": "cloud-1", "url": h.url, "token": TOKEN, "fingerprint": h.fingerprint }),
+    )
+    .unwrap();
+    call(&h, "save_folder", folder(&h, &["cloud-1"], "manual")).unwrap();
+    // The server goes away (reinstalled elsewhere: a new address, certificate and token).
+    h.stop.cancel();
+    let dir = h.source.parent().unwrap().to_path_buf();
+    let moved = dir.join("reinstalled");
+    let stop = CancellationToken::new();
+    let (url, fp) =
+        tauri::async_runtime::block_on(agent(&moved, "cloud-1", "a-new-token", None, &stop));
+    let e = call(&h, "retry_server", json!({ "name": "cloud-1" })).unwrap_err();
+    assert_eq!(e["code"], "unreachable", "{e}");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("still does not answer"),
+        "{e}"
+    );
+    // Paired again from its new code: the folder that mirrors to it follows.
+    let code = format!("rainmaker://{url}#{fp}/a-new-token");
+    let wrong = format!("rainmaker://{url}#{fp}/not-its-token");
+    let e = call(
+        &h,
+        "repair_server",
+        json!({ "name": "cloud-1", "url": wrong, "token": "", "fingerprint": fp }),
+    )
+    .unwrap_err();
+    assert_eq!(
+        e["code"], "wrong_token",
+        "nothing changes on a refusal: {e}"
+    );
+    call(
+        &h,
+        "repair_server",
+        json!({ "name": "cloud-1", "url": code, "token": "", "fingerprint": fp }),
+    )
+    .unwrap();
+    call(&h, "retry_server", json!({ "name": "cloud-1" })).unwrap();
+    wait_for(
+        "the folder arrives on the reinstalled server",
+        Duration::from_secs(30),
+        || {
+            identical(
+                &h.source.join("db/tick/ES.ncd"),
+                &moved.join("db/tick/ES.ncd"),
+            )
+        },
+    );
+    let text = std::fs::read_to_string(&h.config).unwrap();
+    assert!(
+        text.contains(&format!("wss://{url}"))
+            && text.contains(&fp)
+            && !text.contains(&h.fingerprint),
+        "the new address and certificate replaced the old:\n{text}"
+    );
+    let tokens = std::fs::read_dir(h.config.parent().unwrap().join("tokens"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(tokens, 1, "the old token file went with the old pairing");
+    stop.cancel();
+}

@@ -265,6 +265,59 @@ describe("the dashboard", () => {
   });
 });
 
+describe("a server in sync", () => {
+  it("says it is ready to trade from, keeps its past syncs, and shows a failback under way", async () => {
+    const { backend, q } = await setup();
+    await backend.addServer("cloud-1", "203.0.113.5:7878", "t", "SHA256:" + "ab".repeat(32));
+    const now = Date.now() / 1000;
+    backend.update((d) => {
+      d.servers = d.servers.map((s) => ({ ...s, role: "target", state: "in sync", last_sync: now - 60 }));
+      d.activity = [
+        { at: now - 60, level: "info", text: "cloud-1 is in sync: 3 files, 1.2 MB sent in 0.4 s" },
+        { at: now - 3600, level: "error", text: "cloud-1: Cannot reach 203.0.113.5:7878." },
+        { at: now - 3700, level: "info", text: "cloud-10 is in sync: 1 files, 2 kB sent in 0.1 s" },
+      ];
+    });
+    await found(q, '[data-test="ready-cloud-1"]');
+    expect(q('[data-test="ready-cloud-1"]').textContent).toContain("ready to trade from");
+    fireEvent.click(q('[data-test="history-cloud-1"]'));
+    const rows = await found(q, '[data-test="history-rows-cloud-1"]');
+    expect(rows.querySelectorAll("li").length).toBe(2);
+    expect(rows.textContent).toContain("3 files, 1.2 MB sent");
+    expect(rows.textContent).not.toContain("cloud-10");
+    backend.update((d) => {
+      d.bringing_back = "cloud-1";
+    });
+    await found(q, '[data-test="bringing-back"]');
+    expect(q('[data-test="bringing-back"]').textContent).toContain("Bringing cloud-1's folder back to this PC");
+  });
+});
+
+describe("a failing server", () => {
+  it("can be retried now or paired again in place", async () => {
+    const { backend, q } = await setup();
+    await backend.addServer("cloud-1", "offline.example:7878", "t", "SHA256:" + "ab".repeat(32));
+    backend.update((d) => {
+      d.servers = d.servers.map((s) => ({ ...s, online: false, state: "offline", reason: "Cannot reach offline.example:7878." }));
+    });
+    await found(q, '[data-test="retry-cloud-1"]');
+    fireEvent.click(q('[data-test="retry-cloud-1"]'));
+    await waitFor(() => expect(q('[data-test="error"]').textContent).toContain("still does not answer"));
+    // The server moved and was given a new token: its new pairing code replaces the old.
+    fireEvent.click(q('[data-test="repair-cloud-1"]'));
+    await found(q, ".add-server");
+    expect(q(".add-server h3").textContent).toBe("Pair cloud-1 again");
+    expect(q('input[name="server-name"]')).toBeNull();
+    const pin = "SHA256:" + "ef".repeat(32);
+    type(q('input[name="server-address"]'), `rainmaker://198.51.100.9:7878#${pin}/n3w`);
+    fireEvent.click(q('[data-test="check-server"]'));
+    await waitFor(() => expect(q('[data-test="retry-cloud-1"]')).toBeNull());
+    expect(backend.calls).toContain(`repair cloud-1 rainmaker://198.51.100.9:7878#${pin}/n3w ${pin}`);
+    expect(q('[data-test="server-cloud-1"] .address').textContent).toBe("198.51.100.9:7878");
+    await waitFor(() => expect(q(".add-server")).toBeNull());
+  });
+});
+
 describe("the first-run guide", () => {
   it("finds the platforms' folders, adds a server from its code, and says what happens next", async () => {
     const { backend, q } = await setup({ guide: true });

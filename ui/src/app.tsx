@@ -118,6 +118,14 @@ export function App({ backend }: { backend: Backend }) {
         </div>
       )}
 
+      {dash.bringing_back && (
+        <div class="banner paused" data-test="bringing-back">
+          <span>
+            <strong>Bringing {dash.bringing_back}'s folder back to this PC…</strong> Syncing from this PC waits until it is
+            back; the activity list says how it ended.
+          </span>
+        </div>
+      )}
       {next && (
         <div class="banner next" data-test="next">
           <span>

@@ -21,6 +21,10 @@ export interface Backend {
   receiveFrom(from: string, address: string | null): Promise<void>;
   renameServer(old: string, name: string): Promise<void>;
   removeServer(name: string): Promise<void>;
+  /** Pairs server `name` again: its new address or pairing code, certificate and tokens. */
+  repairServer(name: string, url: string, token: string, fingerprint: string, adminToken?: string): Promise<void>;
+  /** Checks a failing server again now, and syncs to it if it answers. */
+  retryServer(name: string): Promise<void>;
   /** Saves folder `index`, or adds a folder when `index` is null. */
   saveFolder(index: number | null, folder: FolderForm): Promise<void>;
   /** Stops mirroring folder `index` (nothing on its servers is touched). */
@@ -84,6 +88,9 @@ export async function tauriBackend(): Promise<Backend> {
     receiveFrom: (from, address) => call("receive_from", { from, address }),
     renameServer: (old, name) => call("rename_server", { old, new: name }),
     removeServer: (name) => call("remove_server", { name }),
+    repairServer: (name, url, token, fingerprint, adminToken) =>
+      call("repair_server", { name, url, token, fingerprint, adminToken: adminToken ?? null }),
+    retryServer: (name) => call("retry_server", { name }),
     saveFolder: (index, folder) => call("save_folder", { index, folder }),
     removeFolder: (index) => call("remove_folder", { index }),
     saveGuard: (guard) => call("save_guard", { guard }),

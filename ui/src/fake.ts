@@ -59,6 +59,7 @@ export function emptyDashboard(): Dashboard {
     resources: { cpu_percent: 12, available_memory_mb: 9000, total_memory_mb: 16000, other_traffic_mbit: 0.4 },
     paused: null,
     running: false,
+    bringing_back: null,
     activity: [],
   };
 }
@@ -139,6 +140,24 @@ export function fakeBackend(initial: Dashboard = emptyDashboard()): FakeBackend 
         d.servers = d.servers.map((s) => (s.name === old ? { ...s, name } : s));
         d.folders = d.folders.map((f) => ({ ...f, form: { ...f.form, targets: f.form.targets.map((t) => (t === old ? name : t)) } }));
       });
+    },
+    async repairServer(name, url, token, fingerprint) {
+      fake.calls.push(`repair ${name} ${url} ${fingerprint}`);
+      const code = /^rainmaker:\/\/([^#]+)#(SHA256:[0-9a-f]{64})\/(.+)$/.exec(url.trim());
+      if (code) [url, token] = [code[1], code[3]];
+      if (token === "wrong") fail("wrong_token", "The server refused the pairing token.");
+      fake.update((d) => {
+        d.servers = d.servers.map((s) =>
+          s.name === name
+            ? { ...s, url: url.includes("://") ? url : `wss://${url}`, fingerprint, online: true, reason: null, state: s.state === null ? null : "in sync" }
+            : s,
+        );
+      });
+    },
+    async retryServer(name) {
+      fake.calls.push(`retry ${name}`);
+      const server = fake.state.servers.find((s) => s.name === name);
+      if (server?.url.includes("offline")) fail("unreachable", `${name} still does not answer: connection refused`);
     },
     async removeServer(name) {
       fake.calls.push(`remove ${name}`);

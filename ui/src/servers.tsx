@@ -5,7 +5,7 @@ import { useState } from "preact/hooks";
 import type { Backend } from "./backend";
 import { useAsk } from "./dialog";
 import { ago, bytes, duration, percent, rate, stateLabel } from "./format";
-import type { Dashboard, ServerView } from "./types";
+import type { ActivityView, Dashboard, ServerView } from "./types";
 
 type Run = (action: () => Promise<unknown>) => Promise<boolean>;
 
@@ -67,6 +67,7 @@ export function ServerList({ dash, backend, run }: { dash: Dashboard; backend: B
               others={dash.servers.filter((o) => o.name !== s.name)}
               thisPc={dash.this_pc}
               thisPcNewest={s.this_pc_newest}
+              activity={dash.activity}
               backend={backend}
               run={run}
             />
@@ -86,10 +87,12 @@ function ServerRow({
   others,
   thisPc,
   thisPcNewest,
+  activity,
   backend,
   run,
 }: {
   server: ServerView;
+  activity: ActivityView[];
   others: ServerView[];
   thisPc: string;
   thisPcNewest: number | null;
@@ -98,6 +101,12 @@ function ServerRow({
 }) {
   const [renaming, setRenaming] = useState<string | null>(null);
   const [pushing, setPushing] = useState<string[] | null>(null);
+  const [repairing, setRepairing] = useState(false);
+  const [showHistory, setShowHistory] = useState(false);
+  // Its past syncs and failures, from the activity list (the most recent first).
+  const history = activity.filter((a) => a.text.startsWith(`${s.name} `) || a.text.startsWith(`${s.name}:`)).slice(0, 20);
+  // A server that does not answer, or refuses: it can be retried or paired again in place.
+  const failing = s.online === false || s.state === "offline" || s.state === "error";
   const ask = useAsk();
   const bringBack = async () => {
     const newer =
@@ -190,6 +199,11 @@ function ServerRow({
               <div class="muted address" title={`${s.url}\n${s.fingerprint ?? ""}`}>
                 {s.url.replace(/^wss:\/\//, "")}
               </div>
+              {s.state === "in sync" && s.remote_role !== "source" && (
+                <div class="ready" data-test={`ready-${s.name}`} title="It holds exactly this PC's folder: the platform can start there and open its data">
+                  ✓ ready to trade from{s.last_sync ? `, as of ${ago(s.last_sync)}` : ""}
+                </div>
+              )}
               {(s.fed_by || s.remote_files !== null) && (
                 <div class="muted chain" data-test={`chain-${s.name}`}>
                   {s.fed_by ? `receives from ${s.fed_by}` : ""}
@@ -260,6 +274,11 @@ function ServerRow({
                 </button>
               )}
             </>
+          )}
+          {history.length > 0 && (
+            <button class="link" data-test={`history-${s.name}`} title={`Past syncs to ${s.name}`} onClick={() => setShowHistory(!showHistory)}>
+              History
+            </button>
           )}
           <button class="link" title={`Rename ${s.name}`} aria-label="Rename" onClick={() => setRenaming(s.name)}>
             ✎
@@ -332,6 +351,19 @@ function ServerRow({
           </td>
         </tr>
       ))}
+      {showHistory && (
+        <tr class="history-row" data-test={`history-rows-${s.name}`}>
+          <td colSpan={7}>
+            <ul>
+              {history.map((a, i) => (
+                <li key={i} class={a.level}>
+                  <time>{new Date(a.at * 1000).toLocaleString()}</time> {a.text}
+                </li>
+              ))}
+            </ul>
+          </td>
+        </tr>
+      )}
       {s.feeds.map((f) => (
         <tr class="reason-row feed-row" key={`${f.once ? "once" : "sub"}-${f.name}`} data-test={`feed-${s.name}-${f.name}`}>
           <td colSpan={7}>
@@ -362,8 +394,27 @@ function ServerRow({
         </tr>
       )}
       {s.reason && s.state !== "in sync" && (
-        <tr class="reason-row">
-          <td colSpan={7}>{s.reason}</td>
+        <tr class="reason-row" data-test={`reason-${s.name}`}>
+          <td colSpan={7}>
+            {s.reason}
+            {failing && (
+              <span class="repair">
+                <button class="link" data-test={`retry-${s.name}`} onClick={() => run(() => backend.retryServer(s.name))}>
+                  Retry now
+                </button>
+                <button class="link" data-test={`repair-${s.name}`} onClick={() => setRepairing(true)}>
+                  Pair again…
+                </button>
+              </span>
+            )}
+          </td>
+        </tr>
+      )}
+      {repairing && (
+        <tr class="push-row">
+          <td colSpan={7}>
+            <AddServer backend={backend} run={run} repair={s.name} onDone={() => setRepairing(false)} />
+          </td>
         </tr>
       )}
     </>
@@ -392,7 +443,19 @@ const isPairingCode = (address: string) => address.trim().toLowerCase().startsWi
  * Address and token first (or the server's pairing code, which holds both and the certificate's
  * fingerprint); then the certificate's fingerprint to confirm; then it is added.
  */
-export function AddServer({ backend, run, onDone }: { backend: Backend; run: Run; onDone: () => void }) {
+/** The form that adds a server; with `repair`, the one that pairs that server again (its new
+ * pairing code, or address, token and certificate). */
+export function AddServer({
+  backend,
+  run,
+  onDone,
+  repair,
+}: {
+  backend: Backend;
+  run: Run;
+  onDone: () => void;
+  repair?: string;
+}) {
   const [name, setName] = useState("");
   const [address, setAddress] = useState("");
   const [token, setToken] = useState("");
@@ -400,7 +463,10 @@ export function AddServer({ backend, run, onDone }: { backend: Backend; run: Run
   const [fingerprint, setFingerprint] = useState<string | null>(null);
   const [busy, setBusy] = useState(false);
   const code = isPairingCode(address);
-  const add = (fp: string) => backend.addServer(name.trim(), address.trim(), code ? "" : token, fp, adminToken.trim() || undefined);
+  const add = (fp: string) =>
+    repair
+      ? backend.repairServer(repair, address.trim(), code ? "" : token, fp, adminToken.trim() || undefined)
+      : backend.addServer(name.trim(), address.trim(), code ? "" : token, fp, adminToken.trim() || undefined);
   const check = async (e: Event) => {
     e.preventDefault();
     setBusy(true);
@@ -429,7 +495,7 @@ export function AddServer({ backend, run, onDone }: { backend: Backend; run: Run
         if (e.key === "Escape") onDone();
       }}
     >
-      <h3>Add a backup server</h3>
+      <h3>{repair ? `Pair ${repair} again` : "Add a backup server"}</h3>
       <label>
         Pairing code
         <input
@@ -463,10 +529,12 @@ export function AddServer({ backend, run, onDone }: { backend: Backend; run: Run
           </label>
         )
       )}
-      <label>
-        Name (optional: the server's own name)
-        <input name="server-name" placeholder="cloud-1" value={name} onInput={(e) => setName(e.currentTarget.value)} />
-      </label>
+      {!repair && (
+        <label>
+          Name (optional: the server's own name)
+          <input name="server-name" placeholder="cloud-1" value={name} onInput={(e) => setName(e.currentTarget.value)} />
+        </label>
+      )}
       <label>
         Admin code (optional: lets this PC make the server push, promote it after a failover, and bring its folder back)
         <input
@@ -480,7 +548,7 @@ export function AddServer({ backend, run, onDone }: { backend: Backend; run: Run
       {fingerprint === null ? (
         <div class="buttons">
           <button type="submit" class={code ? "primary" : ""} data-test="check-server" disabled={busy}>
-            {busy ? "Checking…" : code ? "Add server" : "Check server"}
+            {busy ? "Checking…" : code ? (repair ? "Pair again" : "Add server") : "Check server"}
           </button>
           <button type="button" onClick={onDone}>
             Cancel
@@ -497,7 +565,7 @@ export function AddServer({ backend, run, onDone }: { backend: Backend; run: Run
           </code>
           <div class="buttons">
             <button type="button" class="primary" data-test="trust-server" onClick={trust} disabled={busy}>
-              {busy ? "Connecting…" : "They match: add server"}
+              {busy ? "Connecting…" : repair ? "They match: pair again" : "They match: add server"}
             </button>
             <button type="button" onClick={onDone}>
               Cancel

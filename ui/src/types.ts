@@ -26,6 +26,10 @@ folders: Array<FolderView>, guard: GuardView, resources: ResourcesView | null, p
  */
 running: boolean, 
 /**
+ * The server this PC is taking its folder back from (a failback), while it does.
+ */
+bringing_back: string | null, 
+/**
  * The most recent first.
  */
 activity: Array<ActivityView>, };

@@ -142,6 +142,7 @@ impl Runner {
             resources: inner.resources.clone(),
             paused,
             running,
+            bringing_back: inner.receiving_from.clone(),
             activity: inner.activity.iter().cloned().collect(),
         }
     }

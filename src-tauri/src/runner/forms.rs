@@ -46,10 +46,41 @@ impl Runner {
         fingerprint: &str,
         admin_token: Option<&str>,
     ) -> Result<(), UiError> {
+        self.save_server(name, url, token, fingerprint, admin_token, None)
+            .await
+    }
+
+    /// Pairs server `name` again (it was reinstalled, moved, or given new tokens): its new
+    /// address, certificate and tokens replace the old ones once it answered with them, and
+    /// the folders that mirror to it follow; until then nothing changes.
+    pub async fn repair_server(
+        &self,
+        name: &str,
+        url: &str,
+        token: &str,
+        fingerprint: &str,
+        admin_token: Option<&str>,
+    ) -> Result<(), UiError> {
+        self.server(name)?;
+        self.save_server(name, url, token, fingerprint, admin_token, Some(name))
+            .await
+    }
+
+    /// [`Runner::add_server`], or, with `replacing`, the repair of that server.
+    async fn save_server(
+        &self,
+        name: &str,
+        url: &str,
+        token: &str,
+        fingerprint: &str,
+        admin_token: Option<&str>,
+        replacing: Option<&str>,
+    ) -> Result<(), UiError> {
         // No name given: the server's own name, once it answered.
-        let given = match name.trim() {
-            "" => None,
-            name => Some(check_name(name)?),
+        let given = match (replacing, name.trim()) {
+            (Some(replaced), _) => Some(replaced.to_owned()),
+            (None, "") => None,
+            (None, name) => Some(check_name(name)?),
         };
         // A pairing code brings the address, the pin and the token; the confirmed fingerprint
         // must be the pinned one.
@@ -83,14 +114,21 @@ impl Runner {
         })?;
         {
             let inner = self.lock();
+            let others = || {
+                inner
+                    .config
+                    .servers
+                    .iter()
+                    .filter(|s| Some(s.name.as_str()) != replacing)
+            };
             if let Some(name) = &given
-                && inner.config.servers.iter().any(|s| &s.name == name)
+                && others().any(|s| &s.name == name)
             {
                 return Err(UiError::bad_input(format!(
                     "A server is already named {name:?}."
                 )));
             }
-            if inner.config.servers.iter().any(|s| s.url == url) {
+            if others().any(|s| s.url == url) {
                 return Err(UiError::bad_input(format!("{url} is already in the list.")));
             }
         }
@@ -141,16 +179,40 @@ impl Runner {
             token: token_file,
             admin: admin_token_file,
         } = settings::write_tokens(&self.config_path, &name, token, admin_token)?;
+        let server = KnownServer {
+            name: name.clone(),
+            url: url.clone(),
+            token_file,
+            fingerprint: Some(fingerprint),
+            admin_token_file,
+        };
+        let mut unused = Vec::new();
         self.change_config(|config| {
-            config.servers.push(KnownServer {
-                name: name.clone(),
-                url: url.clone(),
-                token_file,
-                fingerprint: Some(fingerprint),
-                admin_token_file,
-            });
+            let Some(replaced) = replacing else {
+                config.servers.push(server);
+                return Ok(());
+            };
+            let at = config
+                .servers
+                .iter()
+                .position(|s| s.name == replaced)
+                .ok_or_else(|| {
+                    UiError::bad_input(format!("There is no server named {replaced:?}."))
+                })?;
+            let old = std::mem::replace(&mut config.servers[at], server.clone());
+            for target in config.folders.iter_mut().flat_map(|f| f.targets.iter_mut()) {
+                if target.name.as_deref() == Some(replaced) {
+                    target.url = server.url.clone();
+                    target.token_file = server.token_file.clone();
+                    target.fingerprint = server.fingerprint.clone();
+                }
+            }
+            unused = unused_token_files(config, &settings::token_dir(&self.config_path), old);
             Ok(())
         })?;
+        for file in unused {
+            let _ = std::fs::remove_file(file);
+        }
         self.lock().online.insert(
             name.clone(),
             Online {
@@ -162,7 +224,10 @@ impl Runner {
         );
         self.log(
             Level::Info,
-            format!("Added server {name} ({url}, calls itself {remote})"),
+            match replacing {
+                Some(_) => format!("Paired server {name} again ({url}, calls itself {remote})"),
+                None => format!("Added server {name} ({url}, calls itself {remote})"),
+            },
         );
         Ok(())
     }
@@ -213,24 +278,7 @@ impl Runner {
             for folder in &mut config.folders {
                 folder.targets.retain(|t| t.name.as_deref() != Some(name));
             }
-            // Only the dashboard's own token files, and only those no other server uses (an
-            // older version could give two servers one file).
-            let in_use = |path: &PathBuf| {
-                config
-                    .servers
-                    .iter()
-                    .any(|s| &s.token_file == path || s.admin_token_file.as_ref() == Some(path))
-                    || config
-                        .folders
-                        .iter()
-                        .any(|f| f.targets.iter().any(|t| &t.token_file == path))
-            };
-            let dir = settings::token_dir(&self.config_path);
-            unused = [Some(server.token_file), server.admin_token_file]
-                .into_iter()
-                .flatten()
-                .filter(|p| p.starts_with(&dir) && !in_use(p))
-                .collect();
+            unused = unused_token_files(config, &settings::token_dir(&self.config_path), server);
             Ok(())
         })?;
         for file in unused {
@@ -460,6 +508,30 @@ impl Runner {
             .find(|name| !taken(name))
             .expect("a free name")
     }
+}
+
+/// The token files of `server`, gone from `config`, that are the dashboard's own (in `dir`)
+/// and that no other server or target uses (an older version could give two servers one file).
+fn unused_token_files(
+    config: &rainmaker_engine::config::Config,
+    dir: &std::path::Path,
+    server: KnownServer,
+) -> Vec<PathBuf> {
+    let in_use = |path: &PathBuf| {
+        config
+            .servers
+            .iter()
+            .any(|s| &s.token_file == path || s.admin_token_file.as_ref() == Some(path))
+            || config
+                .folders
+                .iter()
+                .any(|f| f.targets.iter().any(|t| &t.token_file == path))
+    };
+    [Some(server.token_file), server.admin_token_file]
+        .into_iter()
+        .flatten()
+        .filter(|p| p.starts_with(dir) && !in_use(p))
+        .collect()
 }
 
 fn check_name(name: &str) -> Result<String, UiError> {

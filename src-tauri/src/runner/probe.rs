@@ -3,7 +3,7 @@
 //! its admin token, what it says of its own folder.
 
 use super::{Online, Runner};
-use crate::error::UiError;
+use crate::error::{UiCode, UiError};
 use crate::settings;
 use crate::view::Level;
 use futures_util::future::join_all;
@@ -60,6 +60,37 @@ impl Runner {
     }
 
     /// Checks the server named `name` once, if there is one.
+    /// Retry now, for a server that fails: checks it again at once and, if it answers and a
+    /// folder mirrors to it, syncs now.
+    pub async fn retry_server(&self, name: &str) -> Result<(), UiError> {
+        let server = self.server(name)?;
+        self.probe(&server).await;
+        let online = self
+            .lock()
+            .online
+            .get(name)
+            .map(|o| (o.ok, o.reason.clone()));
+        if let Some((false, reason)) = online {
+            return Err(UiError::new(
+                UiCode::Unreachable,
+                format!(
+                    "{name} still does not answer: {}",
+                    reason.unwrap_or_else(|| "no reason given".into())
+                ),
+            ));
+        }
+        let mirrored = self
+            .lock()
+            .config
+            .folders
+            .iter()
+            .any(|f| f.targets.iter().any(|t| t.url == server.url));
+        if mirrored {
+            self.sync_now()?;
+        }
+        Ok(())
+    }
+
     pub(super) async fn probe_named(&self, name: &str) {
         if let Ok(server) = self.server(name) {
             self.probe(&server).await;
