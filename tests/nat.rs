@@ -289,14 +289,6 @@ fn start_agent(net: &mut Net, sandbox: &Sandbox, ns: &str, args: &[&str]) -> (St
     }
 }
 
-fn secret(sandbox: &Sandbox, name: &str, value: &str) -> PathBuf {
-    let path = sandbox.path(name);
-    std::fs::write(&path, value).unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-    path
-}
-
 fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
@@ -332,16 +324,8 @@ fn behind_nat_everything_works_by_dialing_out() {
         .unwrap();
     }
     let token = sandbox.token_file();
-    let admin = secret(
-        &sandbox,
-        "admin.token",
-        "admin-secret-of-the-cloud-0123456789",
-    );
-    let subscribe = secret(
-        &sandbox,
-        "subscribe.token",
-        "subscribe-secret-of-the-cloud-0123456",
-    );
+    let admin = sandbox.secret("admin.token", "admin-secret-of-the-cloud-0123456789");
+    let subscribe = sandbox.secret("subscribe.token", "subscribe-secret-of-the-cloud-0123456");
     let (cloud_ns, home_ns, offcloud_ns) = (net.ns("cloud"), net.ns("home"), net.ns("offcloud"));
 
     // The off-cloud server listens, as every agent does, and the home PC too: nothing outside

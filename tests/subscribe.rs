@@ -8,22 +8,11 @@
 mod common;
 
 use common::{Sandbox, assert_same_tree, run_bounded, wait_identical, write_random};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// A secret file readable by its owner only.
-fn secret(sandbox: &Sandbox, name: &str, value: &str) -> PathBuf {
-    let path = sandbox.path(name);
-    std::fs::write(&path, value).unwrap();
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-    }
-    path
-}
-
 /// `rainmaker pair` with `extra` for the agent serving `root` on loopback `port`.
 fn pair(sandbox: &Sandbox, root: &Path, port: u16, extra: &[&str]) -> (i32, String, String) {
     let mut command = sandbox.command();
@@ -64,11 +53,7 @@ fn a_server_that_dials_out_stays_a_hot_mirror_and_is_caught_up_when_it_returns()
     write_random(&home.join("db/tick/ES/20261201.Last.ncd"), 1, 2 << 20);
     std::fs::create_dir_all(home.join("workspaces")).unwrap();
     std::fs::write(home.join("workspaces/Default.xml"), b"<w/>").unwrap();
-    let subscribe_token = secret(
-        &sandbox,
-        "subscribe.token",
-        "subscribe-secret-0123456789abcdef",
-    );
+    let subscribe_token = sandbox.secret("subscribe.token", "subscribe-secret-0123456789abcdef");
     let subscribe_flag = format!("--subscribe-token-file={}", subscribe_token.display());
     // A short idle limit: a subscriber that goes silent is noticed in a moment.
     let agent_a = sandbox.serve_admin(
@@ -296,11 +281,7 @@ fn an_emptied_cloud_folder_does_not_empty_the_server_that_subscribes_to_it() {
             10_000,
         );
     }
-    let subscribe_token = secret(
-        &sandbox,
-        "subscribe.token",
-        "subscribe-secret-0123456789abcdef",
-    );
+    let subscribe_token = sandbox.secret("subscribe.token", "subscribe-secret-0123456789abcdef");
     let subscribe_flag = format!("--subscribe-token-file={}", subscribe_token.display());
     let agent_a = sandbox.serve_admin(&cloud, &[&subscribe_flag], &[]);
     let (code, stdout, stderr) = pair(

@@ -195,6 +195,14 @@ impl Sandbox {
         line.to_owned()
     }
 
+    /// A secret file `name` in the sandbox holding `value`, readable by its owner only.
+    pub fn secret(&self, name: &str, value: &str) -> PathBuf {
+        let path = self.path(name);
+        std::fs::write(&path, value).unwrap();
+        chmod(&path, 0o600);
+        path
+    }
+
     /// The admin token file of this sandbox's agents, made on first use, readable by its owner
     /// only.
     pub fn admin_token_file(&self) -> PathBuf {

@@ -3,6 +3,9 @@
 //! and nothing else, and every refusal says why. A source that says a pull is over before it
 //! finished it is not believed. Real agents and real connections on loopback.
 
+#[path = "../../../tests/common/tree.rs"]
+mod tree;
+
 use rainmaker_engine::engine::{PullOptions, ServeOptions, Server, pull_once};
 use rainmaker_engine::protocol::{ControlRequest, Message, Refusal};
 use rainmaker_engine::transport::{self, ConnectOptions, Identity, Listener, Trust};
@@ -63,31 +66,9 @@ fn write(root: &Path, rel: &str, bytes: &[u8]) {
     std::fs::write(path, bytes).unwrap();
 }
 
-/// The files under `root` (outside `.rainmaker`) and their contents.
-fn files(root: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut out = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let entry = entry.unwrap();
-            let path = entry.path();
-            let rel = path
-                .strip_prefix(root)
-                .unwrap()
-                .to_string_lossy()
-                .into_owned();
-            if rel == ".rainmaker" {
-                continue;
-            }
-            if entry.file_type().unwrap().is_dir() {
-                stack.push(path);
-            } else {
-                out.push((rel, std::fs::read(&path).unwrap()));
-            }
-        }
-    }
-    out.sort();
-    out
+/// The tree under `root` (outside `.rainmaker`): paths, sizes, hashes, times.
+fn files(root: &Path) -> std::collections::BTreeMap<String, tree::Node> {
+    tree::tree(root)
 }
 
 /// The agent's first answer to `first`, sent after a hello with `token`.

@@ -149,6 +149,21 @@ struct Supervised {
     events: broadcast::Sender<Event>,
 }
 
+/// The folder of `source`, its question about a mass deletion taken as answered; refused when
+/// there is no such folder, or no question.
+fn answered<'a>(state: &'a mut State, source: &Path) -> Result<&'a mut Supervised, SuperviseError> {
+    let shown = || source.display().to_string();
+    let s = state
+        .folders
+        .iter_mut()
+        .find(|s| s.folder.source == source)
+        .ok_or_else(|| SuperviseError::UnknownFolder(shown()))?;
+    match s.mass_delete.take() {
+        Some(_) => Ok(s),
+        None => Err(SuperviseError::NothingToConfirm(shown())),
+    }
+}
+
 /// Stops the mirror of each of `folders` (its task lets go of the index on its own).
 fn stop_runs(folders: &mut [Supervised]) {
     for s in folders {
@@ -394,16 +409,7 @@ impl Supervisor {
     /// target: one push that deletes them, then the folder's own mode again.
     pub fn allow_mass_delete(self: &Arc<Self>, source: &Path) -> Result<(), SuperviseError> {
         let mut state = self.unheld()?;
-        let shown = source.display().to_string();
-        let s = state
-            .folders
-            .iter_mut()
-            .find(|s| s.folder.source == source)
-            .ok_or_else(|| SuperviseError::UnknownFolder(shown.clone()))?;
-        if s.mass_delete.take().is_none() {
-            return Err(SuperviseError::NothingToConfirm(shown));
-        }
-        let id = s.id;
+        let id = answered(&mut state, source)?.id;
         // The yes lifts a pause made by the user for every folder, as Sync does.
         let was_paused = std::mem::replace(&mut state.paused_by_user, false);
         self.start(&mut state, id, How::OnceDeleting);
@@ -429,15 +435,7 @@ impl Supervisor {
     /// it first).
     pub fn keep_backup(self: &Arc<Self>, source: &Path) -> Result<(), SuperviseError> {
         let mut state = self.lock();
-        let shown = source.display().to_string();
-        let s = state
-            .folders
-            .iter_mut()
-            .find(|s| s.folder.source == source)
-            .ok_or_else(|| SuperviseError::UnknownFolder(shown.clone()))?;
-        if s.mass_delete.take().is_none() {
-            return Err(SuperviseError::NothingToConfirm(shown));
-        }
+        let s = answered(&mut state, source)?;
         s.kept = true;
         if let Some(run) = s.run.take() {
             run.cancel.cancel();
