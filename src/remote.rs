@@ -135,6 +135,7 @@ async fn failback(
         root: into.to_path_buf(),
         trash_retention: crate::serve::trash_retention(trash_days),
         from,
+        trash_batch: None,
     };
     eprintln!(
         "rainmaker: receiving the folder of {} into {}",

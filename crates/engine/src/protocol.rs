@@ -140,6 +140,10 @@ pub enum Message {
         digest: Option<Hash>,
         reason: String,
     },
+    /// Dialer → agent, first message after `Welcome` (admin token only): mirror the trash
+    /// batch `batch` (what one session deleted or replaced in the folder) to me over this
+    /// connection, once, as `Pull{once}` does the folder.
+    PullTrash { batch: String },
 }
 
 /// What an admin client can ask an agent (see `engine::control`).
@@ -171,6 +175,24 @@ pub enum ControlRequest {
     },
     /// Receive mirrors into the folder again.
     Demote,
+    /// The batches in the folder's trash (what each session deleted or replaced).
+    Trash,
+}
+
+/// One batch of an agent's trash, as an admin client sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+pub struct TrashBatch {
+    /// Its name (what `PullTrash` names).
+    pub name: String,
+    /// When its session started (Unix seconds).
+    #[cfg_attr(feature = "ts", ts(type = "number"))]
+    pub when: u64,
+    /// How many files it holds.
+    #[cfg_attr(feature = "ts", ts(type = "number"))]
+    pub files: u64,
+    /// The first of them.
+    pub paths: Vec<String>,
 }
 
 /// A target an agent is told to push to.
@@ -188,6 +210,7 @@ pub enum ControlReply {
     Started { job: u64 },
     Done,
     Refused { reason: String, refusal: Refusal },
+    Trash(Vec<TrashBatch>),
 }
 
 /// What a refusal is about, when it is something a user can act on: shells decide what to
@@ -370,6 +393,12 @@ impl Message {
                         subscription.error.iter_mut().for_each(escape);
                     }
                 }
+                ControlReply::Trash(batches) => {
+                    for batch in batches {
+                        escape(&mut batch.name);
+                        batch.paths.iter_mut().for_each(escape);
+                    }
+                }
                 ControlReply::Started { .. } | ControlReply::Done => {}
             },
             _ => {}
@@ -404,6 +433,7 @@ impl Message {
             Message::ControlEvent { .. } => "ControlEvent",
             Message::Pull { .. } => "Pull",
             Message::Pulled { .. } => "Pulled",
+            Message::PullTrash { .. } => "PullTrash",
         }
     }
 }
@@ -702,6 +732,17 @@ fn check_limits(message: &Message) -> Result<(), ProtocolError> {
             ControlReply::Refused { reason, .. } => {
                 limit("reason length", reason.len(), MAX_TEXT_BYTES)
             }
+            ControlReply::Trash(batches) => {
+                limit("trash batches", batches.len(), MAX_PUSH_TARGETS * 16)?;
+                for batch in batches {
+                    limit("batch name length", batch.name.len(), MAX_TEXT_BYTES)?;
+                    limit("batch paths", batch.paths.len(), 64)?;
+                    for path in &batch.paths {
+                        limit("path length", path.len(), MAX_PATH_BYTES)?;
+                    }
+                }
+                Ok(())
+            }
             ControlReply::Status(status) => {
                 limit("pushes", status.jobs.len(), MAX_PUSH_TARGETS * 16)?;
                 limit("feeds", status.feeds.len(), MAX_PUSH_TARGETS * 16)?;
@@ -721,6 +762,9 @@ fn check_limits(message: &Message) -> Result<(), ProtocolError> {
         | Message::Finished { .. }
         | Message::Pull { .. } => Ok(()),
         Message::Pulled { reason, .. } => limit("reason length", reason.len(), MAX_TEXT_BYTES),
+        Message::PullTrash { batch } => {
+            limit("batch name length", batch.len(), MAX_COMPONENT_BYTES)
+        }
     }
 }
 

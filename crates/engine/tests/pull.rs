@@ -41,6 +41,7 @@ async fn cloud_with(root: &Path, push_to: Option<Vec<String>>) -> Cloud {
     options.subscribe_token = Some(SUBSCRIBE.into());
     options.admin_token = Some(ADMIN.into());
     options.push_to = push_to;
+    options.trash_retention = Some(Duration::from_secs(3600));
     let server = Server::bind(options).await.unwrap();
     let cloud = Cloud {
         url: format!("wss://127.0.0.1:{}", server.local_addr().port()),
@@ -104,6 +105,7 @@ async fn a_puller_receives_the_folder_over_its_own_connection_and_each_role_only
             root: home.clone(),
             trash_retention: Some(Duration::from_secs(3600)),
             from: options(&cloud, SUBSCRIBE),
+            trash_batch: None,
         },
         &CancellationToken::new(),
     )
@@ -132,6 +134,7 @@ async fn a_puller_receives_the_folder_over_its_own_connection_and_each_role_only
             root: home.clone(),
             trash_retention: None,
             from: options(&cloud, ADMIN),
+            trash_batch: None,
         },
         &CancellationToken::new(),
     )
@@ -198,6 +201,7 @@ async fn with_push_to_the_admin_token_cannot_pull_the_folder_elsewhere_and_the_s
             root: home.clone(),
             trash_retention: None,
             from: options(&cloud, SUBSCRIBE),
+            trash_batch: None,
         },
         &CancellationToken::new(),
     )
@@ -205,6 +209,96 @@ async fn with_push_to_the_admin_token_cannot_pull_the_folder_elsewhere_and_the_s
     .unwrap();
     assert!(pulled.in_sync, "{pulled:?}");
     assert_eq!(files(&home), files(&cloud_root));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_takes_back_a_trash_batch_over_its_own_connection_and_nobody_else_can() {
+    use rainmaker_engine::engine::{PushOptions, Remote, TargetSpec, push_once};
+    let dir = tempfile::tempdir().unwrap();
+    let (source, cloud_root) = (dir.path().join("pc"), dir.path().join("cloud"));
+    let cloud = cloud(&cloud_root).await;
+    write(&source, "workspaces/Default.xml", b"<before/>");
+    write(&source, "templates/Mine.xml", b"<template/>");
+    let push = || async {
+        let options = PushOptions::new(
+            source.clone(),
+            vec![TargetSpec::dial(
+                cloud.url.clone(),
+                Trust::Pinned(cloud.fingerprint.clone()),
+                PAIRING,
+            )],
+            dir.path().join("index"),
+        );
+        let (events, _) = rainmaker_engine::event::channel();
+        let report = push_once(&options, &events, &CancellationToken::new())
+            .await
+            .unwrap();
+        assert!(report.ok, "{report:?}");
+    };
+    push().await;
+    // A session that replaces one file and deletes another: both go to the cloud's trash.
+    write(&source, "workspaces/Default.xml", b"<after/>");
+    std::fs::remove_file(source.join("templates/Mine.xml")).unwrap();
+    push().await;
+
+    let mut admin = Remote::connect(&options(&cloud, ADMIN)).await.unwrap();
+    let batches = admin.trash().await.unwrap();
+    admin.close().await;
+    let batch = batches
+        .iter()
+        .find(|b| b.files == 2)
+        .unwrap_or_else(|| panic!("the session's batch is listed: {batches:?}"));
+    assert_eq!(
+        batch.paths,
+        ["templates/Mine.xml", "workspaces/Default.xml"]
+    );
+
+    let restore = |token: &'static str, name: String, into: std::path::PathBuf| {
+        let from = options(&cloud, token);
+        async move {
+            std::fs::create_dir_all(&into).unwrap();
+            pull_once(
+                &PullOptions {
+                    root: into,
+                    trash_retention: None,
+                    from,
+                    trash_batch: Some(name),
+                },
+                &CancellationToken::new(),
+            )
+            .await
+        }
+    };
+    // Only the admin code takes the trash back.
+    let refused = restore(SUBSCRIBE, batch.name.clone(), dir.path().join("r1")).await;
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("admin code")),
+        "{refused:?}"
+    );
+    let refused = restore(ADMIN, "../../tls".into(), dir.path().join("r2")).await;
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("no batch")),
+        "a name that is no batch reaches nothing: {refused:?}"
+    );
+    let into = dir.path().join("restored");
+    let pulled = restore(ADMIN, batch.name.clone(), into.clone())
+        .await
+        .unwrap();
+    assert!(pulled.in_sync, "{pulled:?}");
+    assert_eq!(
+        std::fs::read(into.join("workspaces/Default.xml")).unwrap(),
+        b"<before/>",
+        "the version the session replaced"
+    );
+    assert_eq!(
+        std::fs::read(into.join("templates/Mine.xml")).unwrap(),
+        b"<template/>",
+        "the file the session deleted"
+    );
 }
 
 /// What `pull_once` into `home` makes of a source that plays `script` after the hello and the
@@ -241,6 +335,7 @@ where
                 token: SUBSCRIBE.into(),
                 source_name: "home-pc".into(),
             },
+            trash_batch: None,
         },
         &CancellationToken::new(),
     )

@@ -270,6 +270,7 @@ impl Runner {
                 root: source,
                 trash_retention: Some(rainmaker_engine::trash::DEFAULT_RETENTION),
                 from: options,
+                trash_batch: None,
             };
             let (level, line) = match engine::pull_once(&pull, &stop).await {
                 Ok(pulled) if pulled.in_sync => (

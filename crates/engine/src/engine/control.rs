@@ -137,6 +137,37 @@ impl Agent {
         })
     }
 
+    /// The batches of the folder's trash, newest first (a walk of it, on a blocking thread).
+    async fn trash(&self) -> Vec<crate::protocol::TrashBatch> {
+        let dir = self.root.join(STATE_DIR).join("trash");
+        tokio::task::spawn_blocking(move || {
+            crate::trash::list(&dir)
+                .into_iter()
+                .rev()
+                .take(crate::protocol::MAX_PUSH_TARGETS * 16)
+                .map(|b| crate::protocol::TrashBatch {
+                    files: b.files.len() as u64,
+                    paths: b.files.into_iter().take(20).collect(),
+                    name: b.name,
+                    when: b.when,
+                })
+                .collect()
+        })
+        .await
+        .unwrap_or_default()
+    }
+
+    /// Where trash batch `batch` of the folder is, if the trash holds one by that name (a name
+    /// from the wire is only ever compared with the names listed, never joined to a path
+    /// unchecked).
+    pub(super) fn trash_batch(&self, batch: &str) -> Option<PathBuf> {
+        let dir = self.root.join(STATE_DIR).join("trash");
+        crate::trash::list(&dir)
+            .into_iter()
+            .find(|b| b.name == batch)
+            .map(|b| dir.join(b.name))
+    }
+
     /// Whether the folder was promoted to be a source (it then receives nothing).
     pub(super) fn promoted(&self) -> bool {
         self.folder().promoted
@@ -297,6 +328,7 @@ impl Agent {
         match request {
             ControlRequest::Status => ControlReply::Status(Box::new(self.status().await)),
             ControlRequest::Subscribe => ControlReply::Done,
+            ControlRequest::Trash => ControlReply::Trash(self.trash().await),
             ControlRequest::Push { targets, watch } => {
                 if targets.is_empty() {
                     return refuse("a push needs at least one target".into());
@@ -785,6 +817,14 @@ impl Remote {
     }
 
     /// Makes the agent a target again.
+    /// The batches of the agent's trash, newest first.
+    pub async fn trash(&mut self) -> Result<Vec<crate::protocol::TrashBatch>, RemoteError> {
+        match self.call(ControlRequest::Trash).await? {
+            ControlReply::Trash(batches) => Ok(batches),
+            other => Err(self.unexpected("trash", &other)),
+        }
+    }
+
     pub async fn demote(&mut self) -> Result<(), RemoteError> {
         self.expect_done(ControlRequest::Demote, "demote").await
     }

@@ -251,6 +251,36 @@ impl Server {
                                     name: source,
                                     once,
                                     quiet: limits.idle,
+                                    trash: None,
+                                };
+                                agent.feed(pull, cancel).await;
+                                return;
+                            }
+                            // What sessions deleted or replaced: the admin's to take back.
+                            Message::PullTrash { batch } => {
+                                let allowed = match role {
+                                    transport::Role::Admin => agent.may_pull(role),
+                                    _ => Err(format!(
+                                        "only {name}'s admin code may take back what its trash holds"
+                                    )),
+                                };
+                                if let Err(reason) = allowed {
+                                    refuse(conn, &source, peer, reason).await;
+                                    return;
+                                }
+                                let Some(dir) = agent.trash_batch(&batch) else {
+                                    refuse(conn, &source, peer, format!(
+                                        "{name}'s trash holds no batch {batch:?} (batches are kept for a week)"
+                                    )).await;
+                                    return;
+                                };
+                                let pull = control::Pull {
+                                    conn,
+                                    peer,
+                                    name: source,
+                                    once: true,
+                                    quiet: limits.idle,
+                                    trash: Some((batch, dir)),
                                 };
                                 agent.feed(pull, cancel).await;
                                 return;

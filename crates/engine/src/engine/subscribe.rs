@@ -216,6 +216,8 @@ pub struct PullOptions {
     pub trash_retention: Option<Duration>,
     /// The agent to pull from, with its subscribe or admin token.
     pub from: ConnectOptions,
+    /// A batch of the agent's trash to take back (admin token only), instead of its folder.
+    pub trash_batch: Option<String>,
 }
 
 /// How a one-off pull ended.
@@ -242,7 +244,13 @@ pub async fn pull_once(
         .map_err(|e| EngineError::Setup(e.to_string()))??;
     let mut conn = transport::connect(&options.from).await?;
     let from = conn.remote_name().to_owned();
-    conn.send(&Message::Pull { once: true }).await?;
+    let ask = match &options.trash_batch {
+        Some(batch) => Message::PullTrash {
+            batch: batch.clone(),
+        },
+        None => Message::Pull { once: true },
+    };
+    conn.send(&ask).await?;
     let session = Session {
         receiver: Arc::new(tokio::sync::Mutex::new(receiver)),
         cancel: cancel.clone(),

@@ -161,6 +161,8 @@ pub(in crate::engine) struct Pull {
     pub once: bool,
     /// The peer pings; silent this long while the feed waits, it is taken for gone.
     pub quiet: std::time::Duration,
+    /// A batch of the trash to send (its name and folder) instead of the folder: a restore.
+    pub trash: Option<(String, PathBuf)>,
 }
 
 impl Agent {
@@ -174,14 +176,17 @@ impl Agent {
             name,
             once,
             quiet,
+            trash,
         } = pull;
+        let once = once || trash.is_some();
         // Bound to the address it dials from too: a holder of the token elsewhere, under the
         // same name, cannot end this peer's feed.
-        let key = format!(
-            "{}:{name}@{}",
-            if once { "once" } else { "subscriber" },
-            peer.ip()
-        );
+        let kind = match &trash {
+            Some((batch, _)) => format!("trash {batch}"),
+            None if once => "once".to_owned(),
+            None => "subscriber".to_owned(),
+        };
+        let key = format!("{kind}:{name}@{}", peer.ip());
         let status = FeedStatus {
             name: name.clone(),
             address: peer.to_string(),
@@ -235,8 +240,9 @@ impl Agent {
             dialed_in: Some(dialed.clone()),
         };
         let mode = if once { Mode::Manual } else { Mode::Watch };
+        let source = trash.map_or_else(|| self.root.clone(), |(_, dir)| dir);
         let mirror = Mirror::new(
-            &Mirror::folder(self.root.clone(), mode),
+            &Mirror::folder(source, mode),
             vec![target],
             &self.root,
             self.name.clone(),
