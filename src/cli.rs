@@ -396,6 +396,19 @@ pub enum RemoteAction {
     },
     /// Make the agent a target again (after failback).
     Demote,
+    /// The batches of the agent's trash: what each session deleted or replaced there.
+    Trash {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Take a batch of the agent's trash back into a folder here (a new or empty one), over
+    /// the connection this machine opens. Exit 0 when it holds exactly the batch.
+    Restore {
+        /// The batch's name, as `trash` lists it.
+        batch: String,
+        #[arg(long)]
+        into: PathBuf,
+    },
     /// Take the agent's folder back into a folder here (after a failover, once the trading PC
     /// is back), over the connection this machine opens: nothing needs to reach this machine.
     /// Exit 0 when the folder here is then identical to the agent's.

@@ -63,7 +63,18 @@ fn agent_of(args: &RemoteArgs) -> Result<ConnectOptions> {
 pub async fn run(args: RemoteArgs) -> Result<ExitCode> {
     let options = agent_of(&args)?;
     if let RemoteAction::Failback { into, trash_days } = &args.action {
-        return failback(options, into, *trash_days).await;
+        return failback(options, into, *trash_days, None).await;
+    }
+    if let RemoteAction::Restore { batch, into } = &args.action {
+        if std::fs::read_dir(into).is_ok_and(|mut d| d.next().is_some()) {
+            bail!(
+                "{} is not empty: restore into a new or empty folder, then move what you need",
+                into.display()
+            );
+        }
+        std::fs::create_dir_all(into)
+            .with_context(|| format!("cannot create {}", into.display()))?;
+        return failback(options, into, Some(0), Some(batch.clone())).await;
     }
     let mut remote = Remote::connect(&options)
         .await
@@ -119,7 +130,34 @@ async fn command(
         }
         RemoteAction::Promote { force } => remote.promote(*force).await?,
         RemoteAction::Demote => remote.demote().await?,
-        RemoteAction::Failback { .. } => unreachable!("a failback opens no control connection"),
+        RemoteAction::Trash { json } => {
+            let batches = remote.trash().await?;
+            if *json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&batches).unwrap_or_default()
+                );
+            } else if batches.is_empty() {
+                println!("the trash is empty");
+            }
+            for b in batches.iter().filter(|_| !*json) {
+                println!(
+                    "{}  {} files, session started at {} (Unix seconds): {}{}",
+                    b.name,
+                    b.files,
+                    b.when,
+                    b.paths.join(", "),
+                    if b.files as usize > b.paths.len() {
+                        ", ..."
+                    } else {
+                        ""
+                    }
+                );
+            }
+        }
+        RemoteAction::Failback { .. } | RemoteAction::Restore { .. } => {
+            unreachable!("a pull opens no control connection")
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -130,32 +168,37 @@ async fn failback(
     from: ConnectOptions,
     into: &std::path::Path,
     trash_days: Option<u32>,
+    trash_batch: Option<String>,
 ) -> Result<ExitCode> {
     let options = engine::PullOptions {
         root: into.to_path_buf(),
         trash_retention: crate::serve::trash_retention(trash_days),
         from,
-        trash_batch: None,
+        trash_batch,
+    };
+    let what = match &options.trash_batch {
+        Some(batch) => format!("trash batch {batch}"),
+        None => "folder".to_owned(),
     };
     eprintln!(
-        "rainmaker: receiving the folder of {} into {}",
+        "rainmaker: receiving the {what} of {} into {}",
         options.from.url,
         into.display()
     );
     let stop = crate::shutdown_signal();
     let pulled = engine::pull_once(&options, &stop)
         .await
-        .with_context(|| format!("cannot take the folder back from {}", options.from.url))?;
+        .with_context(|| format!("cannot take the {what} back from {}", options.from.url))?;
     if pulled.in_sync {
         eprintln!(
-            "rainmaker: {} now holds exactly what {} holds",
+            "rainmaker: {} now holds exactly what {} holds (its {what})",
             into.display(),
             pulled.from
         );
         return Ok(ExitCode::SUCCESS);
     }
     eprintln!(
-        "rainmaker: {} is not identical to {}'s folder: {}; run failback again",
+        "rainmaker: {} is not identical to {}'s {what}: {}; run it again",
         into.display(),
         pulled.from,
         pulled.reason

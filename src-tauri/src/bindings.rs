@@ -9,7 +9,9 @@ use crate::view::{
     Overall, PauseView, PausedBy, PushAction, PushView, ResourcesView, ServerRole, ServerView,
 };
 use rainmaker_engine::app::progress::Progress;
-use rainmaker_engine::protocol::{FeedStatus, FolderRole, JobState, SubscriptionStatus};
+use rainmaker_engine::protocol::{
+    FeedStatus, FolderRole, JobState, SubscriptionStatus, TrashBatch,
+};
 use rainmaker_engine::status::TargetState;
 use ts_rs::TS;
 
@@ -32,6 +34,7 @@ pub fn typescript() -> String {
         declaration::<PushView>(),
         declaration::<FeedStatus>(),
         declaration::<SubscriptionStatus>(),
+        declaration::<TrashBatch>(),
         declaration::<JobState>(),
         declaration::<PushAction>(),
         declaration::<Progress>(),

@@ -5,6 +5,7 @@ use crate::error::{UiCode, UiError};
 use crate::runner::Runner;
 use crate::view::{Dashboard, FolderForm, GuardView, PushAction};
 use rainmaker_engine::preset::PRESETS;
+use rainmaker_engine::protocol::TrashBatch;
 use serde::Serialize;
 use std::sync::Arc;
 use std::time::Duration;
@@ -121,6 +122,22 @@ pub async fn repair_server(
     runner
         .repair_server(&name, &url, &token, &fingerprint, admin_token.as_deref())
         .await
+}
+
+/// The batches of server `name`'s trash, newest first.
+#[tauri::command]
+pub async fn trash_of(runner: Shell<'_>, name: String) -> Result<Vec<TrashBatch>, UiError> {
+    runner.trash_of(&name).await
+}
+
+/// Takes a batch of server `name`'s trash back to this PC, into a new folder; returns it.
+#[tauri::command]
+pub async fn restore_from(
+    runner: Shell<'_>,
+    name: String,
+    batch: String,
+) -> Result<String, UiError> {
+    runner.restore_from(&name, &batch).await
 }
 
 /// Checks a failing server again now, and syncs to it if it answers.

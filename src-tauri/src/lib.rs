@@ -50,6 +50,8 @@ pub fn commands<R: Runtime>(builder: tauri::Builder<R>) -> tauri::Builder<R> {
         command::keep_backup,
         command::repair_server,
         command::retry_server,
+        command::trash_of,
+        command::restore_from,
         command::sync_anyway,
         command::stop_syncs,
         command::pause,

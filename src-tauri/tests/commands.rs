@@ -860,3 +860,91 @@ fn a_server_reinstalled_elsewhere_is_retried_then_paired_again_and_its_folder_fo
     assert_eq!(tokens, 1, "the old token file went with the old pairing");
     stop.cancel();
 }
+
+#[test]
+fn a_batch_of_a_server_s_trash_comes_back_to_this_pc_in_a_new_folder() {
+    let h = harness();
+    let dir = h.source.parent().unwrap().to_path_buf();
+    let cloud = dir.join("cloud-a");
+    let (url, fp) = agent_with_admin(&cloud, "cloud-a", &h.stop);
+    call(
+        &h,
+        "add_server",
+        json!({ "name": "cloud-a", "url": url, "token": TOKEN, "fingerprint": fp, "adminToken": ADMIN }),
+    )
+    .unwrap();
+    call(&h, "save_folder", folder(&h, &["cloud-a"], "manual")).unwrap();
+    call(&h, "sync_now", json!({})).unwrap();
+    wait_for("cloud-a is in sync", Duration::from_secs(30), || {
+        let d = call(&h, "dashboard", json!({})).unwrap();
+        server(&d, "cloud-a")["state"] == "in sync"
+    });
+    // A sync that replaces the workspace: the old one goes to cloud-a's trash.
+    std::fs::write(h.source.join("workspace.xml"), b"<changed/>").unwrap();
+    call(&h, "sync_now", json!({})).unwrap();
+    wait_for("the change arrives", Duration::from_secs(30), || {
+        identical(
+            &h.source.join("workspace.xml"),
+            &cloud.join("workspace.xml"),
+        )
+    });
+    let batches = call(&h, "trash_of", json!({ "name": "cloud-a" })).unwrap();
+    let batch = batches
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| {
+            b["paths"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p == "workspace.xml")
+        })
+        .unwrap_or_else(|| panic!("the replaced workspace is in a batch: {batches}"))
+        .clone();
+    let into = call(
+        &h,
+        "restore_from",
+        json!({ "name": "cloud-a", "batch": batch["name"] }),
+    )
+    .unwrap();
+    let into = std::path::PathBuf::from(into.as_str().unwrap());
+    assert!(
+        into.file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("NinjaTrader 8 (restored from cloud-a, "),
+        "{}",
+        into.display()
+    );
+    wait_for(
+        "the old workspace comes back",
+        Duration::from_secs(30),
+        || std::fs::read(into.join("workspace.xml")).is_ok_and(|b| b == b"<workspace/>"),
+    );
+    assert_eq!(
+        std::fs::read(h.source.join("workspace.xml")).unwrap(),
+        b"<changed/>",
+        "nothing of this PC's folder is overwritten"
+    );
+    let e = call(
+        &h,
+        "restore_from",
+        json!({ "name": "cloud-a", "batch": "no-such-batch" }),
+    );
+    // The refusal comes with the pull, in the activity.
+    if e.is_ok() {
+        wait_for(
+            "the refused restore is told",
+            Duration::from_secs(30),
+            || {
+                let d = call(&h, "dashboard", json!({})).unwrap();
+                d["activity"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|a| a["text"].as_str().unwrap().contains("no batch"))
+            },
+        );
+    }
+}

@@ -293,6 +293,23 @@ describe("a server in sync", () => {
   });
 });
 
+describe("a server's trash", () => {
+  it("lists what syncs deleted or replaced, and restores a batch into a new folder", async () => {
+    const { backend, q } = await setup();
+    await backend.addServer("cloud-1", "203.0.113.5:7878", "t", "SHA256:" + "ab".repeat(32), "admin");
+    fireEvent.click(await found(q, '[data-test="trash-cloud-1"]'));
+    await found(q, '[data-test="trash-batches"]');
+    expect(q('[data-test="trash-batches"]').textContent).toContain("1900 files");
+    expect(q('[data-test="dialog"]').textContent).toContain("nothing here is overwritten");
+    fireEvent.click(q('[data-test="dialog-1796191200-5"]'));
+    await found(q, '[data-test="restoring-into"]');
+    expect(backend.calls).toContain("restore 1796191200-5 from cloud-1");
+    expect(q('[data-test="restoring-into"]').textContent).toContain("(restored from cloud-1)");
+    fireEvent.click(q('[data-test="dialog-ok"]'));
+    await waitFor(() => expect(q('[data-test="dialog"]')).toBeNull());
+  });
+});
+
 describe("a failing server", () => {
   it("can be retried now or paired again in place", async () => {
     const { backend, q } = await setup();

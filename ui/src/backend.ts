@@ -1,7 +1,7 @@
 // The one module that talks to the tray app. Everything else gets a `Backend`, so the
 // dashboard also runs in a plain browser against the fake one (fake.ts).
 
-import type { Dashboard, FolderForm, GuardView, Preset, PushAction, UiError } from "./types";
+import type { Dashboard, FolderForm, GuardView, Preset, PushAction, TrashBatch, UiError } from "./types";
 
 export interface Backend {
   /** Calls `onUpdate` with the dashboard now and whenever it changes. */
@@ -25,6 +25,10 @@ export interface Backend {
   repairServer(name: string, url: string, token: string, fingerprint: string, adminToken?: string): Promise<void>;
   /** Checks a failing server again now, and syncs to it if it answers. */
   retryServer(name: string): Promise<void>;
+  /** The batches of a server's trash (what sessions deleted or replaced there), newest first. */
+  trashOf(name: string): Promise<TrashBatch[]>;
+  /** Takes a trash batch of a server back to this PC, into a new folder; resolves with it. */
+  restoreFrom(name: string, batch: string): Promise<string>;
   /** Saves folder `index`, or adds a folder when `index` is null. */
   saveFolder(index: number | null, folder: FolderForm): Promise<void>;
   /** Stops mirroring folder `index` (nothing on its servers is touched). */
@@ -91,6 +95,8 @@ export async function tauriBackend(): Promise<Backend> {
     repairServer: (name, url, token, fingerprint, adminToken) =>
       call("repair_server", { name, url, token, fingerprint, adminToken: adminToken ?? null }),
     retryServer: (name) => call("retry_server", { name }),
+    trashOf: (name) => call("trash_of", { name }),
+    restoreFrom: (name, batch) => call("restore_from", { name, batch }),
     saveFolder: (index, folder) => call("save_folder", { index, folder }),
     removeFolder: (index) => call("remove_folder", { index }),
     saveGuard: (guard) => call("save_guard", { guard }),

@@ -154,6 +154,17 @@ export function fakeBackend(initial: Dashboard = emptyDashboard()): FakeBackend 
         );
       });
     },
+    async trashOf(name) {
+      fake.calls.push(`trash of ${name}`);
+      return [
+        { name: "1796191200-5", when: 1796191200, files: 1900, paths: ["db/tick/ES/20261201.Last.ncd", "db/tick/ES/20261202.Last.ncd"] },
+        { name: "1796100000-1", when: 1796100000, files: 1, paths: ["workspaces/Default.xml"] },
+      ];
+    },
+    async restoreFrom(name, batch) {
+      fake.calls.push(`restore ${batch} from ${name}`);
+      return `C:\\Users\\trader\\Documents\\NinjaTrader 8 (restored from ${name})`;
+    },
     async retryServer(name) {
       fake.calls.push(`retry ${name}`);
       const server = fake.state.servers.find((s) => s.name === name);

@@ -5,7 +5,7 @@ import { useState } from "preact/hooks";
 import type { Backend } from "./backend";
 import { useAsk } from "./dialog";
 import { ago, bytes, duration, percent, rate, stateLabel } from "./format";
-import type { ActivityView, Dashboard, ServerView } from "./types";
+import type { ActivityView, Dashboard, ServerView, TrashBatch } from "./types";
 
 type Run = (action: () => Promise<unknown>) => Promise<boolean>;
 
@@ -180,6 +180,50 @@ function ServerRow({
     });
     if (answer) await run(() => backend.setRole(s.name, false, false));
   };
+  const trash = async () => {
+    let batches: TrashBatch[] = [];
+    if (!(await run(async () => (batches = await backend.trashOf(s.name))))) return;
+    const when = (b: TrashBatch) => new Date(b.when * 1000).toLocaleString();
+    const answer = await ask({
+      title: `${s.name}'s trash`,
+      body:
+        batches.length === 0 ? (
+          <p>It is empty: no sync deleted or replaced anything there in the last week.</p>
+        ) : (
+          <>
+            <p>
+              What each sync deleted or replaced on {s.name}, kept for a week. A batch comes back to {thisPc} into a new
+              folder beside this PC's folder: nothing here is overwritten, and you move back what you need.
+            </p>
+            <ul class="batches" data-test="trash-batches">
+              {batches.map((b) => (
+                <li key={b.name}>
+                  <strong>{when(b)}</strong>: {b.files} file{b.files === 1 ? "" : "s"}{" "}
+                  <span class="muted">
+                    ({b.paths.slice(0, 3).join(", ")}
+                    {b.files > 3 ? ", …" : ""})
+                  </span>
+                </li>
+              ))}
+            </ul>
+          </>
+        ),
+      choices: batches.slice(0, 5).map((b) => ({ key: b.name, label: `Restore ${when(b)}` })),
+    });
+    if (!answer) return;
+    let into = "";
+    if (await run(async () => (into = await backend.restoreFrom(s.name, answer)))) {
+      await ask({
+        title: "Restoring",
+        body: (
+          <p data-test="restoring-into">
+            The files come back into <code>{into}</code>. The activity list says when they are all there.
+          </p>
+        ),
+        choices: [{ key: "ok", label: "OK", kind: "primary" }],
+      });
+    }
+  };
   const remove = async () => {
     const answer = await ask({
       title: `Remove ${s.name}?`,
@@ -274,6 +318,11 @@ function ServerRow({
                 </button>
               )}
             </>
+          )}
+          {s.admin && (
+            <button class="link" data-test={`trash-${s.name}`} title={`Take back what syncs deleted or replaced on ${s.name}`} onClick={trash}>
+              Trash…
+            </button>
           )}
           {history.length > 0 && (
             <button class="link" data-test={`history-${s.name}`} title={`Past syncs to ${s.name}`} onClick={() => setShowHistory(!showHistory)}>

@@ -176,6 +176,27 @@ last_session_at: number | null,
 error: string | null, };
 
 /**
+ * One batch of an agent's trash, as an admin client sees it.
+ */
+export type TrashBatch = { 
+/**
+ * Its name (what `PullTrash` names).
+ */
+name: string, 
+/**
+ * When its session started (Unix seconds).
+ */
+when: number, 
+/**
+ * How many files it holds.
+ */
+files: number, 
+/**
+ * The first of them.
+ */
+paths: Array<string>, };
+
+/**
  * Where a push an agent runs stands.
  */
 export type JobState = "running" | "paused" | "done" | "failed" | "stopped";

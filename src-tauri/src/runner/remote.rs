@@ -9,7 +9,7 @@ use crate::settings;
 use crate::view::{Level, PushAction};
 use rainmaker_engine::engine::{self, Remote, ServeOptions};
 use rainmaker_engine::event::Event;
-use rainmaker_engine::protocol::{JobState, JobStatus, RemoteTarget};
+use rainmaker_engine::protocol::{JobState, JobStatus, RemoteTarget, TrashBatch};
 use rainmaker_engine::transport::ConnectOptions;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -300,6 +300,82 @@ impl Runner {
         });
     }
 
+    /// The batches of server `name`'s trash (what sessions deleted or replaced there), newest
+    /// first.
+    pub async fn trash_of(&self, name: &str) -> Result<Vec<TrashBatch>, UiError> {
+        let mut control = self.control(name).await?;
+        let batches = control.trash().await;
+        control.close().await;
+        Ok(batches?)
+    }
+
+    /// Takes trash batch `batch` of server `name` back to this PC, into a new folder beside
+    /// the folder the server holds (never over a file of this PC): this PC connects to the
+    /// server and receives it. Returns the folder; the activity says how it ended.
+    pub async fn restore_from(
+        self: &Arc<Self>,
+        name: &str,
+        batch: &str,
+    ) -> Result<String, UiError> {
+        let source = self.folder_of(name).ok_or_else(|| {
+            UiError::bad_input(format!(
+                "{name} holds none of this PC's folders, so there is nowhere beside one to restore to."
+            ))
+        })?;
+        let options = self.admin_options(name)?;
+        let stamp = folder_stamp();
+        let folder_name = format!(
+            "{} (restored from {name}, {stamp})",
+            source
+                .file_name()
+                .map_or_else(|| "folder".into(), |n| n.to_string_lossy().into_owned())
+        );
+        let into = source.with_file_name(folder_name.replace([':', '/', '\\'], "-"));
+        std::fs::create_dir_all(&into)
+            .map_err(|e| UiError::bad_input(format!("Cannot create {}: {e}", into.display())))?;
+        let shown = into.display().to_string();
+        self.log(
+            Level::Info,
+            format!("Restoring {name}'s trash batch {batch} into {shown}"),
+        );
+        let (runner, name, batch, done) = (
+            self.clone(),
+            name.to_owned(),
+            batch.to_owned(),
+            shown.clone(),
+        );
+        let stop = self.shutdown.child_token();
+        self.rt.spawn(async move {
+            let pull = engine::PullOptions {
+                root: into,
+                trash_retention: None,
+                from: options,
+                trash_batch: Some(batch.clone()),
+            };
+            let (level, line) = match engine::pull_once(&pull, &stop).await {
+                Ok(pulled) if pulled.in_sync => (
+                    Level::Info,
+                    format!(
+                        "Restored {name}'s trash batch {batch} into {done}: move what you need back into the platform's folder"
+                    ),
+                ),
+                Ok(pulled) => (
+                    Level::Warn,
+                    format!(
+                        "The restore of {name}'s trash batch {batch} did not finish ({}); what arrived is in {done}",
+                        pulled.reason
+                    ),
+                ),
+                Err(e) => (
+                    Level::Error,
+                    format!("Restoring {name}'s trash batch {batch} failed: {e}"),
+                ),
+            };
+            runner.log(level, line);
+        });
+        Ok(shown)
+    }
+
     /// Pauses, resumes or stops push `job` of server `name`.
     pub async fn control_push(
         &self,
@@ -354,6 +430,13 @@ impl Runner {
         self.probe_all().await;
         Ok(())
     }
+}
+
+/// Now, as a folder's name can hold it (`2026-12-02T06.50.00Z`).
+fn folder_stamp() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+        .to_string()
+        .replace(':', ".")
 }
 
 /// A one-time pairing token.

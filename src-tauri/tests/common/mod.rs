@@ -103,6 +103,8 @@ pub async fn agent(
         admin_token: admin.map(str::to_owned),
         subscribe_token: None,
         subscribe: None,
+        // As `rainmaker serve` keeps it: the dashboard restores from it.
+        trash_retention: Some(rainmaker_engine::trash::DEFAULT_RETENTION),
         ..ServeOptions::new(root.to_path_buf(), "127.0.0.1:0", token, name)
     })
     .await
