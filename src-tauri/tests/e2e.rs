@@ -103,11 +103,22 @@ async fn add_server(client: &Client, name: &str, address: &str, admin: Option<&s
         .click()
         .await
         .unwrap();
-    let shown = css(client, "[data-test=fingerprint]")
-        .await
-        .text()
-        .await
-        .unwrap();
+    // The certificate to confirm, or (failing the test with it) the error the dashboard shows.
+    let start = Instant::now();
+    let shown = loop {
+        let shown = text_of(client, "[data-test=fingerprint]").await;
+        if !shown.is_empty() {
+            break shown;
+        }
+        let error = text_of(client, "[data-test=error]").await;
+        assert!(error.is_empty(), "checking {name} at {address}: {error}");
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the dashboard shows no fingerprint for {name} after 20 s; the form says: {}",
+            text_of(client, ".add-server").await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     css(client, "[data-test=trust-server]")
         .await
         .click()
