@@ -5,8 +5,9 @@
 use crate::command::{FoundView, PresetView};
 use crate::error::{UiCode, UiError};
 use crate::view::{
-    ActivityView, Dashboard, FolderForm, FolderMode, FolderView, GuardView, Level, MassDeleteView,
-    Overall, PauseView, PausedBy, PushAction, PushView, ResourcesView, ServerRole, ServerView,
+    ActivityView, BringingBack, Dashboard, FolderForm, FolderMode, FolderView, GuardView, Level,
+    MassDeleteView, Overall, PauseView, PausedBy, PushAction, PushView, ResourcesView, ServerRole,
+    ServerView,
 };
 use rainmaker_engine::app::progress::Progress;
 use rainmaker_engine::protocol::{
@@ -26,6 +27,7 @@ pub fn typescript() -> String {
     );
     let decls = [
         declaration::<Dashboard>(),
+        declaration::<BringingBack>(),
         declaration::<Overall>(),
         declaration::<ServerView>(),
         declaration::<ServerRole>(),

@@ -25,10 +25,20 @@ pub struct Dashboard {
     pub paused: Option<PauseView>,
     /// A sync is running now.
     pub running: bool,
-    /// The server this PC is taking its folder back from (a failback), while it does.
-    pub bringing_back: Option<String>,
+    /// The failback under way: the server this PC is taking its folder back from, and how
+    /// far it got.
+    pub bringing_back: Option<BringingBack>,
     /// The most recent first.
     pub activity: Vec<ActivityView>,
+}
+
+/// A failback under way.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, TS)]
+pub struct BringingBack {
+    /// The server it comes from.
+    pub from: String,
+    /// What arrived so far, as the server reports it (null until it planned).
+    pub progress: Option<ProgressView>,
 }
 
 /// A remote agent the user added.

@@ -286,10 +286,14 @@ describe("a server in sync", () => {
     expect(rows.textContent).toContain("3 files, 1.2 MB sent");
     expect(rows.textContent).not.toContain("cloud-10");
     backend.update((d) => {
-      d.bringing_back = "cloud-1";
+      d.bringing_back = {
+        from: "cloud-1",
+        progress: { files_done: 3, files_total: 10, bytes_done: 50_000_000, bytes_total: 200_000_000, rate: 10_000_000, eta_seconds: 15 },
+      };
     });
     await found(q, '[data-test="bringing-back"]');
     expect(q('[data-test="bringing-back"]').textContent).toContain("Bringing cloud-1's folder back to this PC");
+    expect(q('[data-test="bringing-back"] .bar')).not.toBeNull();
   });
 });
 

@@ -10,7 +10,7 @@ import { Folders } from "./folder";
 import { duration, overallLabel } from "./format";
 import { Guide } from "./guide";
 import { Gauges, GuardForm } from "./health";
-import { ServerList } from "./servers";
+import { Progress, ServerList } from "./servers";
 import type { Dashboard, UiError } from "./types";
 
 export function App({ backend }: { backend: Backend }) {
@@ -119,11 +119,12 @@ export function App({ backend }: { backend: Backend }) {
       )}
 
       {dash.bringing_back && (
-        <div class="banner paused" data-test="bringing-back">
-          <span>
-            <strong>Bringing {dash.bringing_back}'s folder back to this PC…</strong> Syncing from this PC waits until it is
-            back; the activity list says how it ended.
-          </span>
+        <div class="banner paused bringing-back" data-test="bringing-back">
+          <div>
+            <strong>Bringing {dash.bringing_back.from}'s folder back to this PC…</strong> Syncing from this PC waits until it
+            is back; the activity list says how it ended.
+            {dash.bringing_back.progress && <Progress p={dash.bringing_back.progress} name={dash.bringing_back.from} />}
+          </div>
         </div>
       )}
       {next && (

@@ -470,7 +470,7 @@ function ServerRow({
   );
 }
 
-function Progress({ p, name }: { p: NonNullable<ServerView["progress"]>; name: string }) {
+export function Progress({ p, name }: { p: NonNullable<ServerView["progress"]>; name: string }) {
   const share = percent(p.bytes_done, p.bytes_total);
   return (
     <div class="progress" data-test={`progress-${name}`}>

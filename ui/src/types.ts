@@ -26,13 +26,27 @@ folders: Array<FolderView>, guard: GuardView, resources: ResourcesView | null, p
  */
 running: boolean, 
 /**
- * The server this PC is taking its folder back from (a failback), while it does.
+ * The failback under way: the server this PC is taking its folder back from, and how
+ * far it got.
  */
-bringing_back: string | null, 
+bringing_back: BringingBack | null, 
 /**
  * The most recent first.
  */
 activity: Array<ActivityView>, };
+
+/**
+ * A failback under way.
+ */
+export type BringingBack = { 
+/**
+ * The server it comes from.
+ */
+from: string, 
+/**
+ * What arrived so far, as the server reports it (null until it planned).
+ */
+progress: Progress | null, };
 
 /**
  * The state of everything (the tray icon's picture), or of one folder.

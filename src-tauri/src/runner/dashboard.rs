@@ -3,8 +3,8 @@
 
 use super::Runner;
 use crate::view::{
-    Dashboard, FolderForm, FolderMode, FolderView, GuardView, MassDeleteView, Overall, PauseView,
-    PausedBy, PushView, ServerRole, ServerView,
+    BringingBack, Dashboard, FolderForm, FolderMode, FolderView, GuardView, MassDeleteView,
+    Overall, PauseView, PausedBy, PushView, ServerRole, ServerView,
 };
 use rainmaker_engine::app::supervisor::{FolderNow, Pause, TargetNow};
 use rainmaker_engine::config::{Config, Folder, Mode};
@@ -142,7 +142,10 @@ impl Runner {
             resources: inner.resources.clone(),
             paused,
             running,
-            bringing_back: inner.receiving_from.clone(),
+            bringing_back: inner.receiving_from.clone().map(|from| BringingBack {
+                progress: inner.remote_progress.get(&self.this_pc).cloned(),
+                from,
+            }),
             activity: inner.activity.iter().cloned().collect(),
         }
     }

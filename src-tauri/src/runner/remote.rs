@@ -265,7 +265,18 @@ impl Runner {
         );
         let (runner, from) = (self.clone(), from.to_owned());
         let stop = self.shutdown.child_token();
+        // The server sends the folder: its events (as it reports them to an admin client)
+        // are the progress this PC shows.
+        let following = stop.child_token();
         self.rt.spawn(async move {
+            // Following first, so that the transfer's first event (its plan) is seen.
+            if let Ok(mut control) = runner.control(&from).await
+                && control.subscribe().await.is_ok()
+            {
+                let follower = runner.clone().follow_pull(control, following.clone());
+                runner.rt.spawn(follower);
+            }
+            let _follows = following.drop_guard();
             let pull = engine::PullOptions {
                 root: source,
                 trash_retention: Some(rainmaker_engine::trash::DEFAULT_RETENTION),
@@ -298,6 +309,29 @@ impl Runner {
             runner.supervisor.hold(None);
             runner.probe_all().await;
         });
+    }
+
+    /// Follows a server's events (on `control`, subscribed) while it sends this PC its
+    /// folder, until `until`: the progress of its feed to this PC (by this PC's name) is the
+    /// failback's.
+    async fn follow_pull(self: Arc<Self>, mut control: Remote, until: CancellationToken) {
+        loop {
+            let event = tokio::select! {
+                () = until.cancelled() => break,
+                event = control.next_event() => match event {
+                    Ok(Some(event)) => event,
+                    Ok(None) | Err(_) => break,
+                },
+            };
+            let mine = matches!(
+                &event,
+                Event::Planned { target, .. } | Event::Progress { target, .. } if *target == self.this_pc
+            );
+            if mine && self.lock().remote_progress.apply(&event, Instant::now()) {
+                self.touch();
+            }
+        }
+        control.close().await;
     }
 
     /// The batches of server `name`'s trash (what sessions deleted or replaced there), newest
