@@ -285,6 +285,15 @@ impl Runner {
             SuperviseError::UnknownFolder(source) => {
                 UiError::bad_input(format!("{source} is not one of the folders mirrored."))
             }
+            SuperviseError::Paused => {
+                UiError::new(UiCode::Busy, "Sync is paused: press Resume first.")
+            }
+            SuperviseError::Kept(source) => UiError::new(
+                UiCode::Busy,
+                format!(
+                    "You kept the backups of {source} as they were: check that folder, then press Sync."
+                ),
+            ),
         }
     }
 

@@ -190,11 +190,12 @@ describe("the dashboard", () => {
     expect(q('[data-test="folder-0"] [data-test="mass-delete"]')).toBeNull();
     // The first files by name, and how many more.
     expect(q(`${banner} [data-test="doomed"]`).textContent).toContain("bases/Default/history/EURUSD/2000.hcc");
-    expect(q(`${banner} [data-test="doomed"]`).querySelectorAll("li").length).toBe(10);
-    expect(q(`${banner} [data-test="doomed-more"]`).textContent).toBe("and 1890 more");
-    // Delete asks first; cancelled, nothing is deleted.
+    expect(q(`${banner} [data-test="doomed"]`).querySelectorAll("li").length).toBe(50);
+    expect(q(`${banner} [data-test="doomed-more"]`).textContent).toBe("and 1850 more");
+    // Delete asks first, with Cancel focused (Enter never deletes); cancelled, nothing is deleted.
     fireEvent.click(q(`${banner} [data-test="allow-mass-delete"]`));
     await waitFor(() => expect(q('[data-test="dialog"]')).not.toBeNull());
+    await waitFor(() => expect(document.activeElement).toBe(q('[data-test="dialog-cancel"]')));
     expect(q('[data-test="dialog"]').textContent).toContain("Delete 1900 files on cloud-2?");
     fireEvent.click(q('[data-test="dialog-cancel"]'));
     await waitFor(() => expect(q('[data-test="dialog"]')).toBeNull());

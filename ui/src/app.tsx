@@ -17,8 +17,14 @@ export function App({ backend }: { backend: Backend }) {
   const [dash, setDash] = useState<Dashboard | null>(null);
   const [error, setError] = useState<UiError | null>(null);
   const [autostart, setAutostart] = useState<boolean | null>(null);
-  // The first-run guide, until a folder is saved or the user would rather use the forms.
+  // The first-run guide, on a PC with nothing set up yet, until a folder is saved or the user
+  // would rather use the forms (decided on the first snapshot: removing the last folder later
+  // does not bring it back over the servers).
   const [manualSetup, setManualSetup] = useState(false);
+  const [fresh, setFresh] = useState<boolean | null>(null);
+  useEffect(() => {
+    if (dash && fresh === null) setFresh(dash.folders.length === 0 && dash.servers.length === 0);
+  }, [dash, fresh]);
   const [next, setNext] = useState<string | null>(null);
 
   useEffect(() => {
@@ -140,7 +146,7 @@ export function App({ backend }: { backend: Backend }) {
 
       <div class="grid">
         <div class="left">
-          {dash.folders.length === 0 && !manualSetup ? (
+          {fresh && dash.folders.length === 0 && !manualSetup ? (
             <Guide dash={dash} backend={backend} run={run} onManual={() => setManualSetup(true)} onStarted={setNext} />
           ) : (
             <>

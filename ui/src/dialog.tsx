@@ -1,6 +1,6 @@
 // Questions the dashboard asks in itself, never in a browser prompt: a title, what the choice
 // means, and its buttons. `useAsk()` gives `ask(question)`, which resolves with the key of the
-// button pressed, or null for Cancel, Escape or a click outside.
+// button pressed, or null for Cancel, Escape, a click outside, or another question asked first.
 
 import { createContext, type ComponentChildren } from "preact";
 import { useCallback, useContext, useEffect, useRef, useState } from "preact/hooks";
@@ -19,23 +19,29 @@ export function useAsk(): Ask {
 /** Provides `ask` to `children` and shows the question asked, one at a time. */
 export function DialogHost({ children }: { children: ComponentChildren }) {
   const [open, setOpen] = useState<{ question: Question; answer: (key: string | null) => void } | null>(null);
+  // The question shown: a new one answers the one before with null (it was left open), so
+  // no caller waits for good.
+  const current = useRef<((key: string | null) => void) | null>(null);
   const ask = useCallback<Ask>(
     (question) =>
       new Promise((resolve) => {
-        setOpen({
-          question,
-          answer: (key) => {
-            setOpen(null);
-            resolve(key);
-          },
-        });
+        current.current?.(null);
+        const answer = (key: string | null) => {
+          if (current.current !== answer) return;
+          current.current = null;
+          setOpen(null);
+          resolve(key);
+        };
+        current.current = answer;
+        setOpen({ question, answer });
       }),
     [],
   );
-  const first = useRef<HTMLButtonElement>(null);
+  // Cancel has the focus: Enter never confirms a choice by accident.
+  const cancel = useRef<HTMLButtonElement>(null);
   useEffect(() => {
     if (!open) return;
-    first.current?.focus();
+    cancel.current?.focus();
     const onKey = (e: KeyboardEvent) => {
       if (e.key === "Escape") open.answer(null);
     };
@@ -51,10 +57,9 @@ export function DialogHost({ children }: { children: ComponentChildren }) {
             <h2 id="dialog-title">{open.question.title}</h2>
             <div class="dialog-body">{open.question.body}</div>
             <div class="buttons">
-              {open.question.choices.map((c, i) => (
+              {open.question.choices.map((c) => (
                 <button
                   key={c.key}
-                  ref={i === 0 ? first : undefined}
                   class={c.kind ?? ""}
                   data-test={`dialog-${c.key}`}
                   onClick={() => open.answer(c.key)}
@@ -62,7 +67,7 @@ export function DialogHost({ children }: { children: ComponentChildren }) {
                   {c.label}
                 </button>
               ))}
-              <button data-test="dialog-cancel" onClick={() => open.answer(null)}>
+              <button data-test="dialog-cancel" ref={cancel} onClick={() => open.answer(null)}>
                 Cancel
               </button>
             </div>

@@ -321,15 +321,15 @@ function MassDelete({
         {stop.paths.length > 0 && (
           <>
             <ul class="doomed" data-test="doomed">
-              {stop.paths.slice(0, 10).map((p) => (
+              {stop.paths.map((p) => (
                 <li key={p}>
                   <code>{p}</code>
                 </li>
               ))}
             </ul>
-            {stop.paths.length + more > 10 && (
+            {more > 0 && (
               <span class="muted" data-test="doomed-more">
-                and {stop.paths.length + more - 10} more
+                and {more} more
               </span>
             )}
           </>

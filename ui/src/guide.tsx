@@ -37,7 +37,14 @@ export function Guide({
   const [targets, setTargets] = useState<string[] | null>(null);
   const [mode, setMode] = useState<FolderMode>("watch");
   const picked = choice ?? (found.length === 1 ? found[0] : null);
-  // Every server by default; a new one is ticked as it is added.
+  // Every server by default; one added later is ticked as it comes, one unticked stays so.
+  const [seen, setSeen] = useState<string[]>(dash.servers.map((s) => s.name));
+  useEffect(() => {
+    const added = dash.servers.map((s) => s.name).filter((n) => !seen.includes(n));
+    if (added.length === 0) return;
+    setSeen([...seen, ...added]);
+    if (targets !== null) setTargets([...targets, ...added]);
+  }, [dash.servers]);
   const ticked = targets ?? dash.servers.map((s) => s.name);
   const serversReady = dash.servers.length > 0 && ticked.length > 0;
 
@@ -136,10 +143,7 @@ export function Guide({
             <AddServer
               backend={backend}
               run={run}
-              onDone={() => {
-                setAdding(false);
-                setTargets(null);
-              }}
+              onDone={() => setAdding(false)}
             />
           ) : (
             <button data-test="guide-add-server" onClick={() => setAdding(true)}>

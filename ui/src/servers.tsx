@@ -68,6 +68,7 @@ export function ServerList({ dash, backend, run }: { dash: Dashboard; backend: B
               thisPc={dash.this_pc}
               thisPcNewest={s.this_pc_newest}
               activity={dash.activity}
+              stopped={dash.folders.some((f) => f.mass_delete?.server === s.name)}
               backend={backend}
               run={run}
             />
@@ -88,11 +89,14 @@ function ServerRow({
   thisPc,
   thisPcNewest,
   activity,
+  stopped,
   backend,
   run,
 }: {
   server: ServerView;
   activity: ActivityView[];
+  /** A sync to it stopped before deleting many files, and waits for an answer. */
+  stopped: boolean;
   others: ServerView[];
   thisPc: string;
   thisPcNewest: number | null;
@@ -106,7 +110,10 @@ function ServerRow({
   // Its past syncs and failures, from the activity list (the most recent first).
   const history = activity.filter((a) => a.text.startsWith(`${s.name} `) || a.text.startsWith(`${s.name}:`)).slice(0, 20);
   // A server that does not answer, or refuses: it can be retried or paired again in place.
-  const failing = s.online === false || s.state === "offline" || s.state === "error";
+  // Not a server that refused on purpose: a promoted one, or one whose sync stopped before a
+  // mass deletion (its folder card asks what to do).
+  const failing =
+    (s.online === false || s.state === "offline" || s.state === "error") && s.remote_role !== "source" && !stopped;
   const ask = useAsk();
   const bringBack = async () => {
     const newer =
@@ -196,7 +203,7 @@ function ServerRow({
               folder beside this PC's folder: nothing here is overwritten, and you move back what you need.
             </p>
             <ul class="batches" data-test="trash-batches">
-              {batches.map((b) => (
+              {batches.slice(0, 10).map((b) => (
                 <li key={b.name}>
                   <strong>{when(b)}</strong>: {b.files} file{b.files === 1 ? "" : "s"}{" "}
                   <span class="muted">
@@ -208,7 +215,7 @@ function ServerRow({
             </ul>
           </>
         ),
-      choices: batches.slice(0, 5).map((b) => ({ key: b.name, label: `Restore ${when(b)}` })),
+      choices: batches.slice(0, 10).map((b) => ({ key: b.name, label: `Restore ${when(b)} (${b.files})` })),
     });
     if (!answer) return;
     let into = "";

@@ -182,6 +182,9 @@ pub struct PushOptions {
     /// Refuse a sync that would delete more than this share of a target's files (see
     /// [`plan::mass_delete`]); `None` allows any.
     pub max_delete_share: Option<f64>,
+    /// A deletion a person confirmed after a mass-delete stop: on the target at this address,
+    /// up to this many files may go whatever their share. More than that stops again.
+    pub confirmed_delete: Option<(String, usize)>,
     /// Paths of the source that are not mirrored.
     pub exclude: crate::exclude::Exclude,
 }
@@ -206,6 +209,7 @@ impl PushOptions {
             bwlimit: None,
             gate: crate::guard::Gate::open(),
             max_delete_share: Some(crate::app::mirror::MASS_DELETE_SHARE),
+            confirmed_delete: None,
             exclude: crate::exclude::Exclude::none(),
         }
     }

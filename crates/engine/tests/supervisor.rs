@@ -234,6 +234,13 @@ async fn a_pause_and_a_hold_stop_every_folder_until_lifted() {
             .iter()
             .all(|f| f.paused == Some(Pause::ByUser))
     );
+    // Retry (one server's) never lifts the user's pause.
+    assert_eq!(
+        setup.supervisor.retry(&setup.source("nt8")),
+        Err(SuperviseError::Paused)
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!setup.backup("nt8").join("db").exists(), "still paused");
     setup.supervisor.resume().unwrap();
     all_in_sync(&setup.supervisor).await;
 
@@ -306,6 +313,11 @@ async fn a_mass_deletion_waits_for_a_yes_on_its_own_folder() {
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(setup.backup("nt8").join("db/a.bin").exists());
+    assert_eq!(
+        setup.supervisor.retry(&nt8),
+        Err(SuperviseError::Kept(nt8.display().to_string())),
+        "Retry does not undo the choice to keep the backups"
+    );
     // The next Sync asks again.
     setup.supervisor.sync_now().unwrap();
     assert!(!setup.supervisor.status(now())[0].kept);
@@ -317,6 +329,22 @@ async fn a_mass_deletion_waits_for_a_yes_on_its_own_folder() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // The yes is for what was shown: one more file gone since, and it asks again.
+    std::fs::remove_file(nt8.join("settings.xml")).unwrap();
+    setup.supervisor.allow_mass_delete(&nt8).unwrap();
+    let start = Instant::now();
+    let again = loop {
+        if let Some(asked) = setup.supervisor.status(now())[0].mass_delete.clone() {
+            break asked;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "a bigger deletion went ahead"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(again.doomed, 15, "{again:?}");
+    assert!(setup.backup("nt8").join("db/a.bin").exists());
     setup.supervisor.allow_mass_delete(&nt8).unwrap();
     eventually("never deleted", || {
         !setup.backup("nt8").join("db/a.bin").exists()

@@ -161,20 +161,40 @@ impl Runner {
             Some(name) => name,
             None => self.free_name(&remote),
         };
-        let admin_token = admin_token.as_deref();
-        let status = match admin_token {
-            Some(admin) => Some(self.remote_status(&spec, admin).await.map_err(|e| {
-                if e.code == UiCode::WrongToken {
-                    UiError::refused(
+        // Paired again without an admin code: the admin token this PC had is kept, if the
+        // server still takes it.
+        let kept_admin = match (&admin_token, replacing) {
+            (None, Some(replaced)) => self
+                .server(replaced)?
+                .admin_token_file
+                .and_then(|file| settings::read_token(&file).ok()),
+            _ => None,
+        };
+        let mut admin_token = admin_token.or(kept_admin.clone());
+        let status = match admin_token.as_deref() {
+            Some(admin) => match self.remote_status(&spec, admin).await {
+                Ok(status) => Some(status),
+                Err(e) if e.code == UiCode::WrongToken && kept_admin.is_some() => {
+                    self.log(
+                        Level::Warn,
+                        format!(
+                            "{name} no longer takes the admin token this PC had: Pair it again with its admin code to command it"
+                        ),
+                    );
+                    admin_token = None;
+                    None
+                }
+                Err(e) if e.code == UiCode::WrongToken => {
+                    return Err(UiError::refused(
                         Refusal::WrongToken,
                         "The server refused the admin token. Copy it again from the server (`rainmaker pair --admin` shows its admin code).",
-                    )
-                } else {
-                    e
+                    ));
                 }
-            })?),
+                Err(e) => return Err(e),
+            },
             None => None,
         };
+        let admin_token = admin_token.as_deref();
         let settings::TokenFiles {
             token: token_file,
             admin: admin_token_file,
@@ -201,7 +221,7 @@ impl Runner {
                 })?;
             let old = std::mem::replace(&mut config.servers[at], server.clone());
             for target in config.folders.iter_mut().flat_map(|f| f.targets.iter_mut()) {
-                if target.name.as_deref() == Some(replaced) {
+                if target.name.as_deref() == Some(replaced) || target.url == old.url {
                     target.url = server.url.clone();
                     target.token_file = server.token_file.clone();
                     target.fingerprint = server.fingerprint.clone();
@@ -486,13 +506,16 @@ impl Runner {
     /// A name for a server that calls itself `remote`: that name (made fit to be one), with
     /// a number after it when another server has it.
     fn free_name(&self, remote: &str) -> String {
-        let base: String = remote
-            .chars()
-            .filter(|c| !c.is_control())
-            .take(56)
-            .collect::<String>()
-            .trim()
-            .to_owned();
+        // Printable characters only, at most 56 bytes (a number may follow, within the 64 a
+        // name may have).
+        let mut base = String::new();
+        for c in remote.chars().filter(|c| !c.is_control() && !is_format(*c)) {
+            if base.len() + c.len_utf8() > 56 {
+                break;
+            }
+            base.push(c);
+        }
+        let base = base.trim().to_owned();
         let base = if base.is_empty() {
             "server".to_owned()
         } else {
@@ -532,6 +555,12 @@ fn unused_token_files(
         .flatten()
         .filter(|p| p.starts_with(dir) && !in_use(p))
         .collect()
+}
+
+/// A character that changes how text around it shows (bidirectional overrides, zero-width
+/// characters): never part of a name a server gives itself.
+fn is_format(c: char) -> bool {
+    matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
 }
 
 fn check_name(name: &str) -> Result<String, UiError> {

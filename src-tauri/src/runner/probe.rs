@@ -79,18 +79,23 @@ impl Runner {
                 ),
             ));
         }
-        let mirrored = self
+        // Only the folder that mirrors to it, and never past a pause, a hold or a kept backup.
+        let source = self
             .lock()
             .config
             .folders
             .iter()
-            .any(|f| f.targets.iter().any(|t| t.url == server.url));
-        if mirrored {
-            self.sync_now()?;
+            .find(|f| f.targets.iter().any(|t| t.url == server.url))
+            .map(|f| f.source.clone());
+        if let Some(source) = source {
+            self.supervisor
+                .retry(&source)
+                .map_err(|e| self.refusal(e))?;
         }
         Ok(())
     }
 
+    /// Checks the server `name` now.
     pub(super) async fn probe_named(&self, name: &str) {
         if let Ok(server) = self.server(name) {
             self.probe(&server).await;

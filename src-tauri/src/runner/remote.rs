@@ -305,7 +305,11 @@ impl Runner {
                 ),
             };
             runner.log(level, line);
-            runner.lock().receiving_from = None;
+            {
+                let mut inner = runner.lock();
+                inner.receiving_from = None;
+                inner.remote_progress.forget(&runner.this_pc);
+            }
             runner.supervisor.hold(None);
             runner.probe_all().await;
         });
@@ -357,16 +361,46 @@ impl Runner {
             ))
         })?;
         let options = self.admin_options(name)?;
-        let stamp = folder_stamp();
-        let folder_name = format!(
-            "{} (restored from {name}, {stamp})",
+        if !self.trash_of(name).await?.iter().any(|b| b.name == batch) {
+            return Err(UiError::bad_input(format!(
+                "{name}'s trash holds no batch {batch:?} any more (batches are kept for a week)."
+            )));
+        }
+        let base = format!(
+            "{} (restored from {name}, {})",
             source
                 .file_name()
-                .map_or_else(|| "folder".into(), |n| n.to_string_lossy().into_owned())
-        );
-        let into = source.with_file_name(folder_name.replace([':', '/', '\\'], "-"));
-        std::fs::create_dir_all(&into)
-            .map_err(|e| UiError::bad_input(format!("Cannot create {}: {e}", into.display())))?;
+                .map_or_else(|| "folder".into(), |n| n.to_string_lossy().into_owned()),
+            folder_stamp()
+        )
+        .replace([':', '/', '\\'], "-");
+        // A folder of its own, never one that exists (two restores in a second get two).
+        let mut into = None;
+        for n in 1..100 {
+            let candidate = match n {
+                1 => source.with_file_name(&base),
+                n => source.with_file_name(format!("{base} {n}")),
+            };
+            match std::fs::create_dir(&candidate) {
+                Ok(()) => {
+                    into = Some(candidate);
+                    break;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => {
+                    return Err(UiError::bad_input(format!(
+                        "Cannot create {}: {e}",
+                        candidate.display()
+                    )));
+                }
+            }
+        }
+        let into = into.ok_or_else(|| {
+            UiError::bad_input(format!(
+                "Cannot find a free folder name beside {}.",
+                source.display()
+            ))
+        })?;
         let shown = into.display().to_string();
         self.log(
             Level::Info,

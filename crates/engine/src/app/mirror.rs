@@ -88,6 +88,9 @@ pub struct Overrides {
     pub stall_timeout: Duration,
     /// `None` allows a sync to delete any share of a target's files.
     pub max_delete_share: Option<f64>,
+    /// A deletion a person confirmed: on this target, up to this many files (see
+    /// [`PushOptions::confirmed_delete`]).
+    pub confirmed_delete: Option<(String, usize)>,
     /// With continuous mirroring, how often to rescan anyway.
     pub watch_rescan: Duration,
     /// In place of the index folder under the data folder.
@@ -105,6 +108,7 @@ impl Default for Overrides {
             compress: Compress::Auto,
             stall_timeout: STALL_TIMEOUT,
             max_delete_share: Some(MASS_DELETE_SHARE),
+            confirmed_delete: None,
             watch_rescan: WATCH_RESCAN,
             state_dir: None,
             gate: None,
@@ -170,6 +174,7 @@ impl Mirror {
             .or(folder.bwlimit)
             .map(|rate| Arc::new(crate::rate::RateLimit::new(rate)));
         options.max_delete_share = overrides.max_delete_share;
+        options.confirmed_delete = overrides.confirmed_delete;
         options.exclude = Exclude::new(exclude)?;
         if let Some(gate) = overrides.gate {
             options.gate = gate;

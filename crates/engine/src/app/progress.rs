@@ -88,6 +88,11 @@ impl Tracker {
         }
     }
 
+    /// Forgets the transfer to `url` (it ended without a last event).
+    pub fn forget(&mut self, url: &str) {
+        self.targets.remove(url);
+    }
+
     /// The transfer to `url`, while one is under way.
     pub fn get(&self, url: &str) -> Option<&Progress> {
         self.targets.get(url).map(|(_, p)| p)

@@ -49,6 +49,10 @@ pub enum SuperviseError {
     NothingToConfirm(String),
     #[error("{0} is not a configured folder")]
     UnknownFolder(String),
+    #[error("sync is paused; resume it first")]
+    Paused,
+    #[error("{0} is not mirrored until the next Sync: its backups were kept as they were")]
+    Kept(String),
 }
 
 /// Why a folder's sync is held.
@@ -145,13 +149,18 @@ struct Supervised {
     mass_delete: Option<MassDelete>,
     /// Not mirrored until the next Sync now: the user kept the backups as they were.
     kept: bool,
+    /// The deletion the user confirmed (the target, how many files), for the push it starts.
+    confirmed: Option<(String, u64)>,
     problem: Option<String>,
     events: broadcast::Sender<Event>,
 }
 
-/// The folder of `source`, its question about a mass deletion taken as answered; refused when
-/// there is no such folder, or no question.
-fn answered<'a>(state: &'a mut State, source: &Path) -> Result<&'a mut Supervised, SuperviseError> {
+/// The folder of `source` and its question about a mass deletion, taken as answered; refused
+/// when there is no such folder, or no question.
+fn answered<'a>(
+    state: &'a mut State,
+    source: &Path,
+) -> Result<(&'a mut Supervised, MassDelete), SuperviseError> {
     let shown = || source.display().to_string();
     let s = state
         .folders
@@ -159,7 +168,7 @@ fn answered<'a>(state: &'a mut State, source: &Path) -> Result<&'a mut Supervise
         .find(|s| s.folder.source == source)
         .ok_or_else(|| SuperviseError::UnknownFolder(shown()))?;
     match s.mass_delete.take() {
-        Some(_) => Ok(s),
+        Some(question) => Ok((s, question)),
         None => Err(SuperviseError::NothingToConfirm(shown())),
     }
 }
@@ -330,6 +339,7 @@ impl Supervisor {
             sync_now: Arc::new(Notify::new()),
             mass_delete: None,
             kept: false,
+            confirmed: None,
             problem: None,
             events,
         }
@@ -409,7 +419,14 @@ impl Supervisor {
     /// target: one push that deletes them, then the folder's own mode again.
     pub fn allow_mass_delete(self: &Arc<Self>, source: &Path) -> Result<(), SuperviseError> {
         let mut state = self.unheld()?;
-        let id = answered(&mut state, source)?.id;
+        let (s, question) = answered(&mut state, source)?;
+        // What the question counted; when it did not say, what stopped is at least the floor.
+        let doomed = match question.doomed {
+            0 => crate::mirror::plan::MASS_DELETE_MIN as u64,
+            n => n,
+        };
+        s.confirmed = Some((question.target, doomed));
+        let id = s.id;
         // The yes lifts a pause made by the user for every folder, as Sync does.
         let was_paused = std::mem::replace(&mut state.paused_by_user, false);
         self.start(&mut state, id, How::OnceDeleting);
@@ -429,13 +446,44 @@ impl Supervisor {
         Ok(())
     }
 
+    /// Syncs the folder `source` now, as Retry does for one server that failed: never past a
+    /// pause the user made, a hold, or the user's choice to keep its backups as they were (each
+    /// is refused with its reason), and a deletion waiting for a yes stays asked.
+    pub fn retry(self: &Arc<Self>, source: &Path) -> Result<(), SuperviseError> {
+        let mut state = self.unheld()?;
+        if state.paused_by_user {
+            return Err(SuperviseError::Paused);
+        }
+        let shown = source.display().to_string();
+        let s = state
+            .folders
+            .iter_mut()
+            .find(|s| s.folder.source == source)
+            .ok_or_else(|| SuperviseError::UnknownFolder(shown.clone()))?;
+        if s.kept {
+            return Err(SuperviseError::Kept(shown));
+        }
+        if s.mass_delete.is_some() {
+            return Ok(());
+        }
+        let id = s.id;
+        match &s.run {
+            Some(run) if !run.once => s.sync_now.notify_one(),
+            Some(_) => {}
+            None => self.start(&mut state, id, How::Once),
+        }
+        drop(state);
+        self.touch();
+        Ok(())
+    }
+
     /// Answers the stop of a sync of `source` that would delete many files on a target with
     /// "keep the backups as they are": nothing is deleted, and the folder is not mirrored
     /// until the next [`Supervisor::sync_now`] (the source is likely unmounted or emptied: fix
     /// it first).
     pub fn keep_backup(self: &Arc<Self>, source: &Path) -> Result<(), SuperviseError> {
         let mut state = self.lock();
-        let s = answered(&mut state, source)?;
+        let (s, _) = answered(&mut state, source)?;
         s.kept = true;
         if let Some(run) = s.run.take() {
             run.cancel.cancel();
@@ -588,10 +636,13 @@ impl Supervisor {
         let overrides = Overrides {
             gate: Some(gate),
             mode: once.then_some(Mode::Manual),
-            max_delete_share: if how == How::OnceDeleting {
-                None
-            } else {
-                Overrides::default().max_delete_share
+            // The yes is for the server and the deletion the user was shown, no more.
+            confirmed_delete: match how {
+                How::OnceDeleting => s
+                    .confirmed
+                    .take()
+                    .map(|(target, doomed)| (target, doomed as usize)),
+                _ => None,
             },
             ..Overrides::default()
         };

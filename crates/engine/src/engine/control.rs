@@ -144,7 +144,9 @@ impl Agent {
             crate::trash::list(&dir)
                 .into_iter()
                 .rev()
-                .take(crate::protocol::MAX_PUSH_TARGETS * 16)
+                // A week of syncs every few minutes at most: the reply stays well under the
+                // largest message.
+                .take(200)
                 .map(|b| crate::protocol::TrashBatch {
                     files: b.files.len() as u64,
                     paths: b.files.into_iter().take(20).collect(),

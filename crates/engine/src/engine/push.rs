@@ -277,8 +277,15 @@ pub(super) async fn session(
         .map_err(|_| SendError::Protocol("the source could not be scanned".into()))?
         .expect("waited for a tree");
     let tree = &tree;
+    let confirmed = |doomed: usize| {
+        options
+            .confirmed_delete
+            .as_ref()
+            .is_some_and(|(url, most)| *url == target.url && doomed <= *most)
+    };
     if let Some(share) = options.max_delete_share
         && let Some((doomed, held)) = plan::mass_delete(tree, &theirs, share)
+        && !confirmed(doomed)
     {
         let error = SendError::MassDelete {
             doomed,
