@@ -128,6 +128,70 @@ async fn add_server(client: &Client, name: &str, address: &str, admin: Option<&s
     shown
 }
 
+/// What keeps a WebDriver session with the tray app going: its display and its driver.
+struct Session {
+    _xvfb: common::Group,
+    _driver: common::Group,
+}
+
+/// Starts the real tray app under its own Xvfb display, with its configuration and data in
+/// `dir` and `env` besides, and a WebDriver session with it.
+async fn open_dashboard(dir: &Path, env: &[(&str, &Path)]) -> (Session, Client) {
+    let (xvfb, display) = xvfb();
+    let (port, native) = (free_port(), free_port());
+    let driver = spawn_group(
+        Command::new("dbus-run-session")
+            .args([
+                "--",
+                "tauri-driver",
+                "--port",
+                &port.to_string(),
+                "--native-port",
+                &native.to_string(),
+            ])
+            .env("DISPLAY", &display)
+            .env("RAINMAKER_CONFIG", dir.join("config/rainmaker.toml"))
+            .env("RAINMAKER_DATA_DIR", dir.join("data"))
+            .env("RUST_LOG", "info")
+            .envs(env.iter().map(|(k, v)| (*k, *v)))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    // tauri-driver listens before WebKitWebDriver does; a session asked for too early fails.
+    wait_port(port, Duration::from_secs(30));
+    wait_port(native, Duration::from_secs(30));
+    let mut caps = serde_json::Map::new();
+    caps.insert("browserName".into(), json!("wry"));
+    caps.insert(
+        "tauri:options".into(),
+        json!({ "application": env!("CARGO_BIN_EXE_rainmaker-tray") }),
+    );
+    let client = ClientBuilder::native()
+        .capabilities(caps)
+        .connect(&format!("http://127.0.0.1:{port}"))
+        .await
+        .expect("a WebDriver session with the tray app");
+    (
+        Session {
+            _xvfb: xvfb,
+            _driver: driver,
+        },
+        client,
+    )
+}
+
+/// A screenshot of the dashboard, kept in the test's temporary folder and, when
+/// `RAINMAKER_SCREENSHOTS` names a folder, there too (`docs/` for the README).
+async fn screenshot(client: &Client, file: &str) {
+    let png = client.screenshot().await.unwrap();
+    let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join(file);
+    std::fs::write(&shot, &png).unwrap();
+    if let Some(dir) = std::env::var_os("RAINMAKER_SCREENSHOTS") {
+        std::fs::write(Path::new(&dir).join(file), &png).unwrap();
+    }
+    eprintln!("screenshot: {}", shot.display());
+}
+
 /// Waits until the dashboard says server `name` is in sync; fails on a shown error.
 async fn wait_in_sync(client: &Client, name: &str) {
     let start = Instant::now();
@@ -170,40 +234,7 @@ async fn the_dashboard_adds_servers_and_syncs_two_folders_to_them() {
     let stop = CancellationToken::new();
     let (address, fingerprint) = agent(&root, "cloud-e2e", TOKEN, None, &stop).await;
 
-    let (_xvfb, display) = xvfb();
-    let (port, native) = (free_port(), free_port());
-    let _driver = spawn_group(
-        Command::new("dbus-run-session")
-            .args([
-                "--",
-                "tauri-driver",
-                "--port",
-                &port.to_string(),
-                "--native-port",
-                &native.to_string(),
-            ])
-            .env("DISPLAY", &display)
-            .env("RAINMAKER_CONFIG", dir.path().join("config/rainmaker.toml"))
-            .env("RAINMAKER_DATA_DIR", dir.path().join("data"))
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    );
-    // tauri-driver listens before WebKitWebDriver does; a session asked for too early fails.
-    wait_port(port, Duration::from_secs(30));
-    wait_port(native, Duration::from_secs(30));
-
-    let mut caps = serde_json::Map::new();
-    caps.insert("browserName".into(), json!("wry"));
-    caps.insert(
-        "tauri:options".into(),
-        json!({ "application": env!("CARGO_BIN_EXE_rainmaker-tray") }),
-    );
-    let client = ClientBuilder::native()
-        .capabilities(caps)
-        .connect(&format!("http://127.0.0.1:{port}"))
-        .await
-        .expect("a WebDriver session with the tray app");
+    let (_session, client) = open_dashboard(dir.path(), &[]).await;
 
     // A fresh PC opens on the first-run guide; this test fills in the forms by hand.
     css(&client, "[data-test=guide]").await;
@@ -378,14 +409,126 @@ async fn the_dashboard_adds_servers_and_syncs_two_folders_to_them() {
                 .collect::<Vec<_>>()
                 .join("\n")
         );
-        let png = client.screenshot().await.unwrap();
-        let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join(file);
-        std::fs::write(&shot, &png).unwrap();
-        if let Some(dir) = std::env::var_os("RAINMAKER_SCREENSHOTS") {
-            std::fs::write(Path::new(&dir).join(file), &png).unwrap();
-        }
-        eprintln!("screenshot at {width}x{height}: {}", shot.display());
+        screenshot(&client, file).await;
     }
+    let _ = client.close().await;
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_pc_is_set_up_from_the_guide_and_a_mass_deletion_waits_for_a_yes() {
+    let dir = tempfile::tempdir().unwrap();
+    // NinjaTrader 8 where it lives: under Documents (as this desktop's user-dirs names it).
+    let documents = dir.path().join("Documents");
+    let source = documents.join("NinjaTrader 8");
+    let config_home = dir.path().join("config-home");
+    std::fs::create_dir_all(&config_home).unwrap();
+    std::fs::write(
+        config_home.join("user-dirs.dirs"),
+        format!("XDG_DOCUMENTS_DIR=\"{}\"\n", documents.display()),
+    )
+    .unwrap();
+    std::fs::create_dir_all(source.join("workspaces")).unwrap();
+    std::fs::create_dir_all(source.join("db/tick/ES 12-26")).unwrap();
+    std::fs::write(source.join("db/tick/ES 12-26/20261127.Last.ncd"), vec![5u8; 300_000]).unwrap();
+    for i in 0..12 {
+        std::fs::write(
+            source.join(format!("workspaces/Untitled {i}.xml")),
+            format!("<NinjaTrader><Workspace n='{i}'/></NinjaTrader>"),
+        )
+        .unwrap();
+    }
+    let root = dir.path().join("backup");
+    let stop = CancellationToken::new();
+    let (address, fingerprint) = agent(&root, "cloud-e2e", TOKEN, None, &stop).await;
+    let code = format!("rainmaker://{address}#{fingerprint}/{TOKEN}");
+    let (_session, client) =
+        open_dashboard(dir.path(), &[("XDG_CONFIG_HOME", config_home.as_path())]).await;
+
+    // The guide: the platform's folder found, the server from its code, sync when asked.
+    css(&client, "[data-test=guide]").await;
+    let found = css(&client, "[data-test=guide]").await.text().await.unwrap();
+    assert!(
+        found.contains("NinjaTrader 8") && found.contains(&source.display().to_string()),
+        "the guide offers NinjaTrader 8 where it lives: {found}"
+    );
+    css(&client, "[data-test=guide-found-0]")
+        .await
+        .click()
+        .await
+        .unwrap();
+    css(&client, "[data-test=guide-add-server]")
+        .await
+        .click()
+        .await
+        .unwrap();
+    css(&client, "input[name=server-address]")
+        .await
+        .send_keys(&code)
+        .await
+        .unwrap();
+    css(&client, "[data-test=check-server]")
+        .await
+        .click()
+        .await
+        .unwrap();
+    css(&client, "[data-test=guide-server-cloud-e2e]").await;
+    css(&client, "[data-test=guide-mode-manual]")
+        .await
+        .click()
+        .await
+        .unwrap();
+    screenshot(&client, "first-run.png").await;
+    css(&client, "[data-test=guide-start]")
+        .await
+        .click()
+        .await
+        .unwrap();
+    let next = css(&client, "[data-test=next]").await.text().await.unwrap();
+    assert!(next.contains("ready to trade from"), "{next}");
+    wait_in_sync(&client, "cloud-e2e").await;
+    assert!(identical(
+        &source.join("db/tick/ES 12-26/20261127.Last.ncd"),
+        &root.join("db/tick/ES 12-26/20261127.Last.ncd")
+    ));
+
+    // The workspaces vanish from the PC (a mistake): Sync stops, shows them, asks.
+    std::fs::remove_dir_all(source.join("workspaces")).unwrap();
+    css(&client, "[data-test=sync]")
+        .await
+        .click()
+        .await
+        .unwrap();
+    let listed = css(&client, "[data-test=mass-delete] [data-test=doomed]")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(listed.contains("workspaces/Untitled 0.xml"), "{listed}");
+    screenshot(&client, "mass-delete.png").await;
+    assert!(
+        root.join("workspaces/Untitled 0.xml").exists(),
+        "nothing is deleted before the yes"
+    );
+    css(&client, "[data-test=allow-mass-delete]")
+        .await
+        .click()
+        .await
+        .unwrap();
+    css(&client, "[data-test=dialog-delete]")
+        .await
+        .click()
+        .await
+        .unwrap();
+    let start = Instant::now();
+    while root.join("workspaces/Untitled 0.xml").exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the confirmed deletion never happened"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    wait_in_sync(&client, "cloud-e2e").await;
     let _ = client.close().await;
     stop.cancel();
 }

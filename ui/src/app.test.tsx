@@ -1,6 +1,6 @@
 import { fireEvent, render, screen, waitFor } from "@testing-library/preact";
 import { App } from "./app";
-import { emptyDashboard, fakeBackend } from "./fake";
+import { emptyDashboard, fakeBackend, SCENARIOS, scenario } from "./fake";
 
 /** The dashboard on a fresh PC; unless `guide`, past the first-run guide ("Set it up by hand"). */
 async function setup({ guide = false } = {}) {
@@ -281,11 +281,19 @@ describe("a server in sync", () => {
     });
     await found(q, '[data-test="ready-cloud-1"]');
     expect(q('[data-test="ready-cloud-1"]').textContent).toContain("ready to trade from");
+    expect(q('[data-test="not-ready-cloud-1"]')).toBeNull();
     fireEvent.click(q('[data-test="history-cloud-1"]'));
     const rows = await found(q, '[data-test="history-rows-cloud-1"]');
     expect(rows.querySelectorAll("li").length).toBe(2);
     expect(rows.textContent).toContain("3 files, 1.2 MB sent");
     expect(rows.textContent).not.toContain("cloud-10");
+    // Behind: how far, and since when.
+    backend.update((d) => {
+      d.servers = d.servers.map((s) => ({ ...s, state: "offline", lag_seconds: 240 }));
+    });
+    await found(q, '[data-test="not-ready-cloud-1"]');
+    expect(q('[data-test="not-ready-cloud-1"]').textContent).toMatch(/^not up to date: offline, 4 min behind; last in sync/);
+    expect(q('[data-test="ready-cloud-1"]')).toBeNull();
     backend.update((d) => {
       d.bringing_back = {
         from: "cloud-1",
@@ -459,4 +467,26 @@ describe("any server to any servers", () => {
     confirm.mockRestore();
     prompt.mockRestore();
   });
+});
+
+describe("every state of the fake", () => {
+  // What each state must show: the element a trader reads it by.
+  const hallmark: Record<(typeof SCENARIOS)[number], string> = {
+    fresh: '[data-test="guide"]',
+    synced: '[data-test="ready-cloud-1"]',
+    "guard-pause": '[data-test="sync-anyway"]',
+    offline: '[data-test="retry-cloud-1"]',
+    "mass-delete": '[data-test="keep-backup"]',
+    failover: '[data-test="bring-back-cloud-1"]',
+    "bringing-back": '[data-test="bringing-back"]',
+  };
+  for (const name of SCENARIOS) {
+    it(`shows ${name}`, async () => {
+      const backend = fakeBackend(scenario(name));
+      const view = render(<App backend={backend} />);
+      const q = (selector: string) => view.container.querySelector(selector) as HTMLElement;
+      await found(q, hallmark[name]);
+      expect(q('[data-test="error"]')).toBeNull();
+    });
+  }
 });

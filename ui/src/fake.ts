@@ -64,6 +64,88 @@ export function emptyDashboard(): Dashboard {
   };
 }
 
+/** The states the dashboard can be in, by name: `npm run dev` shows one with `?state=NAME`,
+ * and the tests render every one. */
+export const SCENARIOS = ["fresh", "synced", "guard-pause", "offline", "mass-delete", "failover", "bringing-back"] as const;
+export type Scenario = (typeof SCENARIOS)[number];
+
+/** A dashboard in state `name`: one folder of NinjaTrader 8 mirrored to cloud-1 (with its
+ * admin code), as the real app would show it in that state. */
+export function scenario(name: Scenario): Dashboard {
+  const d = emptyDashboard();
+  if (name === "fresh") return d;
+  const now = Date.now() / 1000;
+  const source = "C:\\Users\\trader\\Documents\\NinjaTrader 8";
+  const server: ServerView = {
+    name: "cloud-1",
+    url: "wss://203.0.113.5:7878",
+    fingerprint: "SHA256:" + "ab".repeat(32),
+    role: "target",
+    folder: source,
+    online: true,
+    remote_name: "cloud-1",
+    state: "in sync",
+    reason: null,
+    last_sync: now - 40,
+    lag_seconds: 0,
+    progress: null,
+    admin: true,
+    remote_role: "target",
+    fed_by: "TRADING-PC",
+    remote_files: 2043,
+    newest_change: now - 40,
+    this_pc_newest: now - 40,
+    pushes: [],
+    feeds: [],
+    subscription: null,
+  };
+  d.servers = [server];
+  d.folders = [
+    {
+      form: { source, preset: "ninjatrader8", exclude: PRESETS[0].exclude, targets: ["cloud-1"], mode: "watch", every_minutes: null, bwlimit_mbit: null },
+      state: "in_sync",
+      pushing: false,
+      problem: null,
+      mass_delete: null,
+      kept: false,
+      interval_warning: null,
+    },
+  ];
+  d.overall = "in_sync";
+  d.summary = "RainMaker: all 1 targets in sync";
+  d.activity = [{ at: now - 40, level: "info", text: "cloud-1 is in sync: 12 files, 3.4 MB sent in 0.6 s" }];
+  switch (name) {
+    case "guard-pause":
+      d.paused = { by: "guard", reason: "CPU 93% above 85% for 10 s" };
+      d.overall = "paused";
+      break;
+    case "offline":
+      d.servers[0] = { ...server, online: false, state: "offline", reason: "Cannot reach 203.0.113.5:7878: connection refused.", lag_seconds: 300 };
+      d.overall = "error";
+      break;
+    case "mass-delete":
+      d.folders[0].mass_delete = {
+        server: "cloud-1",
+        reason: "this sync would delete 1900 of 2043 files on it",
+        doomed: 1900,
+        paths: Array.from({ length: 50 }, (_, i) => `db/tick/ES 12-26/202611${String(i % 30).padStart(2, "0")}.Last.ncd`),
+      };
+      d.overall = "error";
+      break;
+    case "failover":
+      d.servers[0] = { ...server, remote_role: "source", newest_change: now - 5 };
+      break;
+    case "bringing-back":
+      d.servers[0] = { ...server, remote_role: "source", newest_change: now - 5 };
+      d.bringing_back = {
+        from: "cloud-1",
+        progress: { files_done: 800, files_total: 2043, bytes_done: 400_000_000, bytes_total: 1_000_000_000, rate: 25_000_000, eta_seconds: 24 },
+      };
+      break;
+  }
+  return d;
+}
+
 function fail(code: UiCode, message: string): never {
   throw { code, message } satisfies UiError;
 }

@@ -4,11 +4,14 @@
 import { render } from "preact";
 import { App } from "./app";
 import { inTauri, tauriBackend, type Backend } from "./backend";
-import { fakeBackend } from "./fake";
+import { fakeBackend, SCENARIOS, scenario, type Scenario } from "./fake";
 import "./style.css";
 
 async function start() {
-  const backend: Backend = inTauri() ? await tauriBackend() : fakeBackend();
+  // In a browser, `?state=NAME` shows one of the fake's states (see SCENARIOS).
+  const asked = new URLSearchParams(location.search).get("state") as Scenario | null;
+  const state = asked && SCENARIOS.includes(asked) ? asked : "fresh";
+  const backend: Backend = inTauri() ? await tauriBackend() : fakeBackend(scenario(state));
   render(<App backend={backend} />, document.getElementById("app")!);
 }
 

@@ -255,6 +255,13 @@ function ServerRow({
                   ✓ ready to trade from{s.last_sync ? `, as of ${ago(s.last_sync)}` : ""}
                 </div>
               )}
+              {s.state !== null && s.state !== "in sync" && s.remote_role !== "source" && (
+                <div class="not-ready" data-test={`not-ready-${s.name}`} title={s.reason ?? ""}>
+                  not up to date: {stateLabel(s.state).toLowerCase()}
+                  {s.lag_seconds > 0 ? `, ${duration(s.lag_seconds)} behind` : ""}
+                  {s.last_sync ? `; last in sync ${ago(s.last_sync)}` : "; never in sync yet"}
+                </div>
+              )}
               {(s.fed_by || s.remote_files !== null) && (
                 <div class="muted chain" data-test={`chain-${s.name}`}>
                   {s.fed_by ? `receives from ${s.fed_by}` : ""}
