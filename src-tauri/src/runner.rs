@@ -403,7 +403,9 @@ impl Runner {
                 reason,
                 refusal,
             } => {
-                self.mark_online(target, false, Some(reason.clone()));
+                // A server that stopped a mass deletion answered: it is online, and waits for
+                // the user.
+                self.mark_online(target, *refusal == Refusal::MassDelete, Some(reason.clone()));
                 let first = self.lock().failing.insert(target.clone());
                 if first && *refusal != Refusal::MassDelete {
                     self.notify("Sync failed", format!("{}: {reason}", name(target)));

@@ -430,7 +430,11 @@ async fn a_fresh_pc_is_set_up_from_the_guide_and_a_mass_deletion_waits_for_a_yes
     .unwrap();
     std::fs::create_dir_all(source.join("workspaces")).unwrap();
     std::fs::create_dir_all(source.join("db/tick/ES 12-26")).unwrap();
-    std::fs::write(source.join("db/tick/ES 12-26/20261127.Last.ncd"), vec![5u8; 300_000]).unwrap();
+    std::fs::write(
+        source.join("db/tick/ES 12-26/20261127.Last.ncd"),
+        vec![5u8; 300_000],
+    )
+    .unwrap();
     for i in 0..12 {
         std::fs::write(
             source.join(format!("workspaces/Untitled {i}.xml")),
@@ -446,8 +450,12 @@ async fn a_fresh_pc_is_set_up_from_the_guide_and_a_mass_deletion_waits_for_a_yes
         open_dashboard(dir.path(), &[("XDG_CONFIG_HOME", config_home.as_path())]).await;
 
     // The guide: the platform's folder found, the server from its code, sync when asked.
-    css(&client, "[data-test=guide]").await;
-    let found = css(&client, "[data-test=guide]").await.text().await.unwrap();
+    css(&client, "[data-test=guide-found-0]").await;
+    let found = css(&client, "[data-test=guide]")
+        .await
+        .text()
+        .await
+        .unwrap();
     assert!(
         found.contains("NinjaTrader 8") && found.contains(&source.display().to_string()),
         "the guide offers NinjaTrader 8 where it lives: {found}"

@@ -27,11 +27,12 @@ export function Guide({
   /** The folder was saved: what happens next, in words. */
   onStarted: (next: string) => void;
 }) {
-  const [presets, setPresets] = useState<Preset[]>([]);
+  // Null while the platforms are still being looked for.
+  const [presets, setPresets] = useState<Preset[] | null>(null);
   useEffect(() => {
     backend.presets().then(setPresets, () => setPresets([]));
   }, [backend]);
-  const found: Choice[] = presets.flatMap((p) => p.found.map((f) => ({ path: f.path, preset: p, label: f.label })));
+  const found: Choice[] = (presets ?? []).flatMap((p) => p.found.map((f) => ({ path: f.path, preset: p, label: f.label })));
   const [choice, setChoice] = useState<Choice | null>(null);
   const [adding, setAdding] = useState(false);
   const [targets, setTargets] = useState<string[] | null>(null);
@@ -83,7 +84,8 @@ export function Guide({
       <ol class="steps">
         <li>
           <h3>Your trading platform's folder</h3>
-          {found.length === 0 && (
+          {presets === null && <p class="muted">Looking for your trading platforms…</p>}
+          {presets !== null && found.length === 0 && (
             <p class="muted" data-test="guide-none-found">
               No platform was found where they keep their data (NinjaTrader 8 in Documents, MetaTrader's data folders, Sierra
               Chart in C:\SierraChart): pick its folder.

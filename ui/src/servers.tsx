@@ -570,7 +570,6 @@ export function AddServer({
             setFingerprint(null);
           }}
           required
-          autoFocus
         />
       </label>
       {code ? (
