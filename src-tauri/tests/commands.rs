@@ -281,6 +281,26 @@ fn agent_with_admin(root: &Path, name: &str, stop: &CancellationToken) -> (Strin
 
 const ADMIN: &str = "admin-token-for-tests";
 
+/// Adds cloud-a (an agent with its admin token, serving a folder beside this PC's) as the
+/// target of this PC's folder, synced once; returns cloud-a's folder.
+fn admin_server_in_sync(h: &Harness) -> std::path::PathBuf {
+    let cloud = h.source.parent().unwrap().join("cloud-a");
+    let (url, fp) = agent_with_admin(&cloud, "cloud-a", &h.stop);
+    call(
+        h,
+        "add_server",
+        json!({ "name": "cloud-a", "url": url, "token": TOKEN, "fingerprint": fp, "adminToken": ADMIN }),
+    )
+    .unwrap();
+    call(h, "save_folder", folder(h, &["cloud-a"], "manual")).unwrap();
+    call(h, "sync_now", json!({})).unwrap();
+    wait_for("cloud-a is in sync", Duration::from_secs(30), || {
+        let d = call(h, "dashboard", json!({})).unwrap();
+        server(&d, "cloud-a")["state"] == "in sync"
+    });
+    cloud
+}
+
 #[test]
 fn two_folders_are_mirrored_each_to_its_own_server() {
     let h = harness();
@@ -657,21 +677,7 @@ fn servers_whose_names_look_alike_keep_a_token_file_each() {
 #[test]
 fn bring_back_takes_the_folder_from_a_promoted_server_over_a_connection_this_pc_opens() {
     let h = harness();
-    let dir = h.source.parent().unwrap().to_path_buf();
-    let cloud = dir.join("cloud-a");
-    let (url, fp) = agent_with_admin(&cloud, "cloud-a", &h.stop);
-    call(
-        &h,
-        "add_server",
-        json!({ "name": "cloud-a", "url": url, "token": TOKEN, "fingerprint": fp, "adminToken": ADMIN }),
-    )
-    .unwrap();
-    call(&h, "save_folder", folder(&h, &["cloud-a"], "manual")).unwrap();
-    call(&h, "sync_now", json!({})).unwrap();
-    wait_for("cloud-a is in sync", Duration::from_secs(30), || {
-        let d = call(&h, "dashboard", json!({})).unwrap();
-        server(&d, "cloud-a")["state"] == "in sync"
-    });
+    let cloud = admin_server_in_sync(&h);
 
     // Failover: cloud-a becomes the source and trades on.
     call(
@@ -864,21 +870,7 @@ fn a_server_reinstalled_elsewhere_is_retried_then_paired_again_and_its_folder_fo
 #[test]
 fn a_batch_of_a_server_s_trash_comes_back_to_this_pc_in_a_new_folder() {
     let h = harness();
-    let dir = h.source.parent().unwrap().to_path_buf();
-    let cloud = dir.join("cloud-a");
-    let (url, fp) = agent_with_admin(&cloud, "cloud-a", &h.stop);
-    call(
-        &h,
-        "add_server",
-        json!({ "name": "cloud-a", "url": url, "token": TOKEN, "fingerprint": fp, "adminToken": ADMIN }),
-    )
-    .unwrap();
-    call(&h, "save_folder", folder(&h, &["cloud-a"], "manual")).unwrap();
-    call(&h, "sync_now", json!({})).unwrap();
-    wait_for("cloud-a is in sync", Duration::from_secs(30), || {
-        let d = call(&h, "dashboard", json!({})).unwrap();
-        server(&d, "cloud-a")["state"] == "in sync"
-    });
+    let cloud = admin_server_in_sync(&h);
     // A sync that replaces the workspace: the old one goes to cloud-a's trash.
     std::fs::write(h.source.join("workspace.xml"), b"<changed/>").unwrap();
     call(&h, "sync_now", json!({})).unwrap();

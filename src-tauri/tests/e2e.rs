@@ -61,6 +61,11 @@ async fn css(client: &Client, selector: &str) -> fantoccini::elements::Element {
         .unwrap_or_else(|e| panic!("the dashboard shows no {selector}: {e}"))
 }
 
+/// Clicks the element `selector` names, once the dashboard shows it.
+async fn click(client: &Client, selector: &str) {
+    css(client, selector).await.click().await.unwrap();
+}
+
 async fn text_of(client: &Client, selector: &str) -> String {
     match client.find(Locator::Css(selector)).await {
         Ok(el) => el.text().await.unwrap_or_default(),
@@ -71,11 +76,7 @@ async fn text_of(client: &Client, selector: &str) -> String {
 /// Adds a server through the dashboard's form (with `admin`, its admin token); returns the
 /// fingerprint it showed to confirm.
 async fn add_server(client: &Client, name: &str, address: &str, admin: Option<&str>) -> String {
-    css(client, "[data-test=add-server]")
-        .await
-        .click()
-        .await
-        .unwrap();
+    click(client, "[data-test=add-server]").await;
     css(client, "input[name=server-name]")
         .await
         .send_keys(name)
@@ -98,11 +99,7 @@ async fn add_server(client: &Client, name: &str, address: &str, admin: Option<&s
             .await
             .unwrap();
     }
-    css(client, "[data-test=check-server]")
-        .await
-        .click()
-        .await
-        .unwrap();
+    click(client, "[data-test=check-server]").await;
     // The certificate to confirm, or (failing the test with it) the error the dashboard shows.
     let start = Instant::now();
     let shown = loop {
@@ -119,11 +116,7 @@ async fn add_server(client: &Client, name: &str, address: &str, admin: Option<&s
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    css(client, "[data-test=trust-server]")
-        .await
-        .click()
-        .await
-        .unwrap();
+    click(client, "[data-test=trust-server]").await;
     css(client, &format!("[data-test=server-{name}]")).await;
     shown
 }
@@ -238,11 +231,7 @@ async fn the_dashboard_adds_servers_and_syncs_two_folders_to_them() {
 
     // A fresh PC opens on the first-run guide; this test fills in the forms by hand.
     css(&client, "[data-test=guide]").await;
-    css(&client, "[data-test=guide-manual]")
-        .await
-        .click()
-        .await
-        .unwrap();
+    click(&client, "[data-test=guide-manual]").await;
     let shown = add_server(&client, "cloud-1", &address, None).await;
     assert_eq!(
         shown, fingerprint,
@@ -265,25 +254,13 @@ async fn the_dashboard_adds_servers_and_syncs_two_folders_to_them() {
         .select_by_value("manual")
         .await
         .unwrap();
-    css(&client, "[data-test=target-cloud-1]")
-        .await
-        .click()
-        .await
-        .unwrap();
-    css(&client, "[data-test=save-folder]")
-        .await
-        .click()
-        .await
-        .unwrap();
+    click(&client, "[data-test=target-cloud-1]").await;
+    click(&client, "[data-test=save-folder]").await;
     assert!(
         !root.join("workspaces").exists(),
         "in manual mode nothing is sent before Sync"
     );
-    css(&client, "[data-test=sync]")
-        .await
-        .click()
-        .await
-        .unwrap();
+    click(&client, "[data-test=sync]").await;
 
     wait_in_sync(&client, "cloud-1").await;
     for file in [
@@ -324,11 +301,7 @@ async fn the_dashboard_adds_servers_and_syncs_two_folders_to_them() {
     .unwrap();
     let (address2, _) = agent(&mt5_root, "cloud-e2e-2", TOKEN, Some(ADMIN), &stop).await;
     add_server(&client, "cloud-2", &address2, Some(ADMIN)).await;
-    css(&client, "[data-test=add-folder]")
-        .await
-        .click()
-        .await
-        .unwrap();
+    click(&client, "[data-test=add-folder]").await;
     let new = "[data-test=folder-new]";
     css(&client, &format!("{new} input[name=source]"))
         .await
@@ -360,11 +333,7 @@ async fn the_dashboard_adds_servers_and_syncs_two_folders_to_them() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    css(&client, "[data-test=sync]")
-        .await
-        .click()
-        .await
-        .unwrap();
+    click(&client, "[data-test=sync]").await;
     wait_in_sync(&client, "cloud-2").await;
     wait_in_sync(&client, "cloud-1").await;
     assert!(identical(
@@ -460,38 +429,18 @@ async fn a_fresh_pc_is_set_up_from_the_guide_and_a_mass_deletion_waits_for_a_yes
         found.contains("NinjaTrader 8") && found.contains(&source.display().to_string()),
         "the guide offers NinjaTrader 8 where it lives: {found}"
     );
-    css(&client, "[data-test=guide-found-0]")
-        .await
-        .click()
-        .await
-        .unwrap();
-    css(&client, "[data-test=guide-add-server]")
-        .await
-        .click()
-        .await
-        .unwrap();
+    click(&client, "[data-test=guide-found-0]").await;
+    click(&client, "[data-test=guide-add-server]").await;
     css(&client, "input[name=server-address]")
         .await
         .send_keys(&code)
         .await
         .unwrap();
-    css(&client, "[data-test=check-server]")
-        .await
-        .click()
-        .await
-        .unwrap();
+    click(&client, "[data-test=check-server]").await;
     css(&client, "[data-test=guide-server-cloud-e2e]").await;
-    css(&client, "[data-test=guide-mode-manual]")
-        .await
-        .click()
-        .await
-        .unwrap();
+    click(&client, "[data-test=guide-mode-manual]").await;
     screenshot(&client, "first-run.png").await;
-    css(&client, "[data-test=guide-start]")
-        .await
-        .click()
-        .await
-        .unwrap();
+    click(&client, "[data-test=guide-start]").await;
     let next = css(&client, "[data-test=next]").await.text().await.unwrap();
     assert!(next.contains("ready to trade from"), "{next}");
     wait_in_sync(&client, "cloud-e2e").await;
@@ -502,11 +451,7 @@ async fn a_fresh_pc_is_set_up_from_the_guide_and_a_mass_deletion_waits_for_a_yes
 
     // The workspaces vanish from the PC (a mistake): Sync stops, shows them, asks.
     std::fs::remove_dir_all(source.join("workspaces")).unwrap();
-    css(&client, "[data-test=sync]")
-        .await
-        .click()
-        .await
-        .unwrap();
+    click(&client, "[data-test=sync]").await;
     let listed = css(&client, "[data-test=mass-delete] [data-test=doomed]")
         .await
         .text()
@@ -518,16 +463,8 @@ async fn a_fresh_pc_is_set_up_from_the_guide_and_a_mass_deletion_waits_for_a_yes
         root.join("workspaces/Untitled 0.xml").exists(),
         "nothing is deleted before the yes"
     );
-    css(&client, "[data-test=allow-mass-delete]")
-        .await
-        .click()
-        .await
-        .unwrap();
-    css(&client, "[data-test=dialog-delete]")
-        .await
-        .click()
-        .await
-        .unwrap();
+    click(&client, "[data-test=allow-mass-delete]").await;
+    click(&client, "[data-test=dialog-delete]").await;
     let start = Instant::now();
     while root.join("workspaces/Untitled 0.xml").exists() {
         assert!(

@@ -61,6 +61,24 @@ fn options(cloud: &Cloud, token: &str) -> ConnectOptions {
     }
 }
 
+/// Pulls `cloud`'s folder (or, with `batch`, that batch of its trash) into `root` with
+/// `token`, keeping what it replaces for `trash_retention`.
+async fn pull(
+    cloud: &Cloud,
+    token: &str,
+    root: &Path,
+    trash_retention: Option<Duration>,
+    batch: Option<String>,
+) -> Result<rainmaker_engine::engine::Pulled, rainmaker_engine::engine::EngineError> {
+    let options = PullOptions {
+        root: root.to_path_buf(),
+        trash_retention,
+        from: options(cloud, token),
+        trash_batch: batch,
+    };
+    pull_once(&options, &CancellationToken::new()).await
+}
+
 fn write(root: &Path, rel: &str, bytes: &[u8]) {
     let path = root.join(rel);
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -100,14 +118,12 @@ async fn a_puller_receives_the_folder_over_its_own_connection_and_each_role_only
     write(&home, "only-at-home.txt", b"gone after the pull");
 
     // The subscribe token pulls: the folder arrives whole, what it replaced is in the trash.
-    let pulled = pull_once(
-        &PullOptions {
-            root: home.clone(),
-            trash_retention: Some(Duration::from_secs(3600)),
-            from: options(&cloud, SUBSCRIBE),
-            trash_batch: None,
-        },
-        &CancellationToken::new(),
+    let pulled = pull(
+        &cloud,
+        SUBSCRIBE,
+        &home,
+        Some(Duration::from_secs(3600)),
+        None,
     )
     .await
     .expect("the pull runs");
@@ -129,17 +145,7 @@ async fn a_puller_receives_the_folder_over_its_own_connection_and_each_role_only
         "db/tick/ES/20261201.Last.ncd",
         &vec![8u8; 310_000],
     );
-    let pulled = pull_once(
-        &PullOptions {
-            root: home.clone(),
-            trash_retention: None,
-            from: options(&cloud, ADMIN),
-            trash_batch: None,
-        },
-        &CancellationToken::new(),
-    )
-    .await
-    .unwrap();
+    let pulled = pull(&cloud, ADMIN, &home, None, None).await.unwrap();
     assert!(pulled.in_sync, "{pulled:?}");
     assert_eq!(files(&home), files(&cloud_root));
 
@@ -196,17 +202,7 @@ async fn with_push_to_the_admin_token_cannot_pull_the_folder_elsewhere_and_the_s
         matches!(&refused, Message::Refused { refusal: Refusal::NotAllowed, reason } if reason.contains("push_to")),
         "an admin pull is refused where push_to limits where the folder goes: {refused:?}"
     );
-    let pulled = pull_once(
-        &PullOptions {
-            root: home.clone(),
-            trash_retention: None,
-            from: options(&cloud, SUBSCRIBE),
-            trash_batch: None,
-        },
-        &CancellationToken::new(),
-    )
-    .await
-    .unwrap();
+    let pulled = pull(&cloud, SUBSCRIBE, &home, None, None).await.unwrap();
     assert!(pulled.in_sync, "{pulled:?}");
     assert_eq!(files(&home), files(&cloud_root));
 }
@@ -254,19 +250,10 @@ async fn the_admin_takes_back_a_trash_batch_over_its_own_connection_and_nobody_e
     );
 
     let restore = |token: &'static str, name: String, into: std::path::PathBuf| {
-        let from = options(&cloud, token);
+        let cloud = &cloud;
         async move {
             std::fs::create_dir_all(&into).unwrap();
-            pull_once(
-                &PullOptions {
-                    root: into,
-                    trash_retention: None,
-                    from,
-                    trash_batch: Some(name),
-                },
-                &CancellationToken::new(),
-            )
-            .await
+            pull(cloud, token, &into, None, Some(name)).await
         }
     };
     // Only the admin code takes the trash back.

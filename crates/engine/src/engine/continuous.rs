@@ -252,19 +252,27 @@ impl TargetLoop {
     /// Whether this target dialed in and its connection, which it alone can renew, is lost
     /// (`conn` is its connection kept between syncs): it is then gone for this push.
     fn lost_dialed_in(&self, conn: &Option<crate::transport::Connection>) -> bool {
-        let Some(dialed) = &self.target.dialed_in else {
-            return false;
-        };
-        if conn.is_some() {
+        if self.target.dialed_in.is_none() || conn.is_some() {
             return false;
         }
+        self.dialed_in_gone(
+            "its connection went silent or closed; it dials again".into(),
+            crate::protocol::Refusal::Other,
+        );
+        true
+    }
+
+    /// A target that dialed in is gone (why, and what a user can do): said, and its push told
+    /// to end; it is never dialed, it comes back on a connection of its own.
+    fn dialed_in_gone(&self, reason: String, refusal: crate::protocol::Refusal) {
         let _ = self.events.send(Event::TargetFailed {
             target: self.target.url.clone(),
-            reason: "its connection went silent or closed; it dials again".into(),
-            refusal: crate::protocol::Refusal::Other,
+            reason,
+            refusal,
         });
-        dialed.gone.cancel();
-        true
+        if let Some(dialed) = &self.target.dialed_in {
+            dialed.gone.cancel();
+        }
     }
 
     async fn run(mut self) {
@@ -373,16 +381,7 @@ impl TargetLoop {
                     let _ = self.rescan.try_send(());
                 }
                 Err(error) if self.target.dialed_in.is_some() => {
-                    // A target that dialed in and is gone is not dialed: it comes back on a
-                    // connection of its own, with a push of its own.
-                    let _ = self.events.send(Event::TargetFailed {
-                        target: url.clone(),
-                        reason: error.to_string(),
-                        refusal: error.refusal(),
-                    });
-                    if let Some(dialed) = &self.target.dialed_in {
-                        dialed.gone.cancel();
-                    }
+                    self.dialed_in_gone(error.to_string(), error.refusal());
                     return;
                 }
                 Err(error) => {

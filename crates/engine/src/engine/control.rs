@@ -104,7 +104,8 @@ fn role_file(root: &Path) -> PathBuf {
     root.join(STATE_DIR).join("role")
 }
 
-fn unix_now() -> u64 {
+/// Now, in Unix seconds.
+pub(super) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())

@@ -240,49 +240,21 @@ impl Server {
                                 agent.serve(conn, first, role).await;
                                 return;
                             }
-                            Message::Pull { once } => {
-                                if let Err(reason) = agent.may_pull(role) {
-                                    refuse(conn, &source, peer, reason).await;
-                                    return;
+                            Message::Pull { .. } | Message::PullTrash { .. } => {
+                                match agent.pull_asked(role, &first) {
+                                    Ok((once, trash)) => {
+                                        let pull = control::Pull {
+                                            conn,
+                                            peer,
+                                            name: source,
+                                            once,
+                                            quiet: limits.idle,
+                                            trash,
+                                        };
+                                        agent.feed(pull, cancel).await;
+                                    }
+                                    Err(reason) => refuse(conn, &source, peer, reason).await,
                                 }
-                                let pull = control::Pull {
-                                    conn,
-                                    peer,
-                                    name: source,
-                                    once,
-                                    quiet: limits.idle,
-                                    trash: None,
-                                };
-                                agent.feed(pull, cancel).await;
-                                return;
-                            }
-                            // What sessions deleted or replaced: the admin's to take back.
-                            Message::PullTrash { batch } => {
-                                let allowed = match role {
-                                    transport::Role::Admin => agent.may_pull(role),
-                                    _ => Err(format!(
-                                        "only {name}'s admin code may take back what its trash holds"
-                                    )),
-                                };
-                                if let Err(reason) = allowed {
-                                    refuse(conn, &source, peer, reason).await;
-                                    return;
-                                }
-                                let Some(dir) = agent.trash_batch(&batch) else {
-                                    refuse(conn, &source, peer, format!(
-                                        "{name}'s trash holds no batch {batch:?} (batches are kept for a week)"
-                                    )).await;
-                                    return;
-                                };
-                                let pull = control::Pull {
-                                    conn,
-                                    peer,
-                                    name: source,
-                                    once: true,
-                                    quiet: limits.idle,
-                                    trash: Some((batch, dir)),
-                                };
-                                agent.feed(pull, cancel).await;
                                 return;
                             }
                             _ if !role.may_write() => {

@@ -14,8 +14,9 @@
 //! up, within a few seconds. While this agent is promoted (the source of its folder after a
 //! failover) the subscription waits: a source never receives.
 
+use super::EngineError;
+use super::control::{Agent, unix_now};
 use super::server::{Aborted, Session, Verdict, serve_session};
-use super::{EngineError, control::Agent};
 use crate::mirror::receive::Receiver;
 use crate::pairing::Pairing;
 use crate::protocol::{Message, Refusal, SubscriptionStatus};
@@ -24,7 +25,7 @@ use crate::transport::{self, ConnectOptions, Limits, TransportError, Trust};
 use rand::SeedableRng;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// A subscription's connection that carries nothing, not even an answer to a ping, for this
@@ -84,12 +85,6 @@ pub(super) struct Receiving {
     pub agent: Arc<Agent>,
     /// This agent's name, as the other one logs it.
     pub name: String,
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// Keeps the agent's folder a mirror of `subscription`'s until `cancel` fires.

@@ -19,7 +19,7 @@ use crate::engine::{DialedIn, TargetSpec};
 use crate::event::Event;
 use crate::path::STATE_DIR;
 use crate::protocol::{FeedStatus, MAX_TEXT_BYTES, Message};
-use crate::transport::{Connection, Trust};
+use crate::transport::{Connection, Role, Trust};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -147,10 +147,6 @@ fn feed_dir(root: &Path, key: &str) -> PathBuf {
     root.join(STATE_DIR).join("feeds").join(&id[..16])
 }
 
-fn unix_now() -> u64 {
-    super::unix_now()
-}
-
 /// A peer's connection that asked for the folder.
 #[derive(Debug)]
 pub(in crate::engine) struct Pull {
@@ -166,6 +162,36 @@ pub(in crate::engine) struct Pull {
 }
 
 impl Agent {
+    /// What a peer of `role` that sent `asked` (`Pull`, or `PullTrash`, the admin's way to
+    /// take back what sessions deleted or replaced) is fed: once or not, and the trash batch
+    /// (its name and folder) in place of the folder; else why it is refused.
+    pub(in crate::engine) fn pull_asked(
+        &self,
+        role: Role,
+        asked: &Message,
+    ) -> Result<(bool, Option<(String, PathBuf)>), String> {
+        match asked {
+            Message::Pull { once } => self.may_pull(role).map(|()| (*once, None)),
+            Message::PullTrash { batch } => {
+                if role != Role::Admin {
+                    return Err(format!(
+                        "only {}'s admin code may take back what its trash holds",
+                        self.name
+                    ));
+                }
+                self.may_pull(role)?;
+                let dir = self.trash_batch(batch).ok_or_else(|| {
+                    format!(
+                        "{}'s trash holds no batch {batch:?} (batches are kept for a week)",
+                        self.name
+                    )
+                })?;
+                Ok((true, Some((batch.clone(), dir))))
+            }
+            other => Err(format!("{} is not a pull", other.name())),
+        }
+    }
+
     /// Mirrors the folder to a peer over the connection it opened, until the mirror is done
     /// (`once`), the connection is lost, a newer connection from the same peer takes over, or
     /// `stop` fires.
@@ -324,7 +350,7 @@ impl Agent {
             };
             match &event {
                 Event::InSync { .. } => self.feeds.update(&key, generation, |s| {
-                    s.in_sync_at = Some(unix_now());
+                    s.in_sync_at = Some(super::unix_now());
                     s.error = None;
                 }),
                 Event::TargetFailed { reason, .. } => self.feeds.update(&key, generation, |s| {
