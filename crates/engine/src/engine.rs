@@ -44,7 +44,9 @@ mod subscribe;
 mod trigger;
 pub use continuous::{Schedule, push_continuous, start_guard};
 pub use control::{PushRefusal, Remote, RemoteError, check_target};
-use manifest_cache::{cached_manifest_path, load_cached_manifest, save_cached_manifest};
+use manifest_cache::{
+    cached_digest, cached_manifest_path, load_cached_manifest, save_cached_manifest,
+};
 pub use paths::{data_dir, default_known_peers, default_state_dir, state_dir_in};
 pub use push::push_once;
 use push::{keep_alive_while, session};

@@ -438,6 +438,16 @@ pub enum Keep {
 /// place and, unless `keep` is [`Keep::Volatile`], synced with its folder. Makes the folder if
 /// it is missing.
 pub fn write_atomic(path: &Path, bytes: &[u8], keep: Keep) -> io::Result<()> {
+    write_atomic_with(path, keep, |file| file.write_all(bytes))
+}
+
+/// [`write_atomic`] of what `write` writes, through a buffer: a large file is streamed, never
+/// held whole in memory.
+pub fn write_atomic_with(
+    path: &Path,
+    keep: Keep,
+    write: impl FnOnce(&mut dyn io::Write) -> io::Result<()>,
+) -> io::Result<()> {
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
@@ -462,8 +472,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8], keep: Keep) -> io::Result<()> {
         options.mode(0o600);
     }
     let written = (|| {
-        let mut file = options.open(&temp)?;
-        io::Write::write_all(&mut file, bytes)?;
+        let mut file = io::BufWriter::with_capacity(1 << 16, options.open(&temp)?);
+        write(&mut file)?;
+        let file = file.into_inner().map_err(io::IntoInnerError::into_error)?;
         if keep != Keep::Volatile {
             file.sync_all()?;
         }

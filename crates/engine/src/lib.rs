@@ -24,6 +24,7 @@
 //!   and the limits a listener keeps before and after authentication.
 //! - [`pairing`]: the pairing code that carries an agent's address, fingerprint and token.
 //! - `secret`: warnings about short tokens and secret files other users can read.
+//! - `memory`: freed memory given back to the system when a session ends.
 //! - [`mirror`]: the plan (pure), the sender and the receiver of a session.
 //! - `watch`: the change feed from the file system (notify), with rescan as the fallback.
 //! - [`schedule`]: backoff, interval advice, sleep detection: when to sync.
@@ -49,6 +50,7 @@ pub mod fs;
 pub mod guard;
 pub mod hash;
 pub(crate) mod index;
+pub(crate) mod memory;
 pub mod mirror;
 pub mod pairing;
 pub mod path;

@@ -110,15 +110,18 @@ pub struct ScanError {
 }
 
 /// Scans `root` against the `previous` records of its index, proving every record.
-pub fn scan(root: &Path, previous: &BTreeMap<String, FileRecord>) -> Result<Scan, ScanError> {
+pub fn scan(root: &Path, previous: BTreeMap<String, FileRecord>) -> Result<Scan, ScanError> {
     scan_excluding(root, previous, &Exclude::none(), Growth::Prove, None)
 }
 
 /// [`scan`], leaving out what `exclude` matches (neither listed nor hashed), treating grown
 /// files as `growth` says, and reading databases through `databases` when given (the source).
+///
+/// `previous` is taken, not borrowed: the record of an unchanged file moves from it into the
+/// tree, so a large folder's records are held once, not twice.
 pub fn scan_excluding(
     root: &Path,
-    previous: &BTreeMap<String, FileRecord>,
+    mut previous: BTreeMap<String, FileRecord>,
     exclude: &Exclude,
     growth: Growth,
     databases: Option<&Snapshots>,
@@ -160,7 +163,7 @@ pub fn scan_excluding(
                 }
                 // What cannot be read is not gone: keep what the index knew below it, so
                 // the targets keep their copies instead of deleting them.
-                keep_previous(&path, previous, &mut out.tree);
+                keep_previous(&path, &previous, &mut out.tree);
                 out.problems.push(Problem {
                     path,
                     reason: format!("cannot read it: {e}"),
@@ -208,21 +211,22 @@ pub fn scan_excluding(
                 continue;
             }
             // The quick check, once: one stat per unchanged file.
-            if let Some(old) = previous
+            if previous
                 .get(&rel)
-                .filter(|old| unchanged(entry.path(), old))
+                .is_some_and(|old| unchanged(entry.path(), old))
+                && let Some(old) = previous.remove(&rel)
             {
-                out.tree.files.insert(rel, old.clone());
+                out.tree.files.insert(rel, old);
                 continue;
             }
             if let Some(snapshots) = databases {
                 if snapshot::is_database(entry.path()) {
-                    scan_database(snapshots, entry.path(), rel, previous, &mut out);
+                    scan_database(snapshots, entry.path(), rel, &previous, &mut out);
                     continue;
                 }
                 if snapshots.is_unstable(&rel) {
                     let taking = snapshots.copy_stable(entry.path(), &rel, RACY_WINDOW_NS);
-                    list_copy(taking, KEEPS_CHANGING, rel, previous, &mut out);
+                    list_copy(taking, KEEPS_CHANGING, rel, &previous, &mut out);
                     continue;
                 }
             }
@@ -240,21 +244,21 @@ pub fn scan_excluding(
             });
         }
     }
-    let hashed = hash_all(&to_hash, previous, growth);
+    let hashed = hash_all(&to_hash, &previous, growth);
     for ((full, rel), result) in to_hash.into_iter().zip(hashed) {
         let can_copy = databases.is_some();
         match (
-            list_hashed(rel, previous, result, can_copy, &mut out),
+            list_hashed(rel, &previous, result, can_copy, &mut out),
             databases,
         ) {
             (Err(ReadBy::StableCopy(rel)), Some(snapshots)) => {
                 snapshots.mark_unstable([rel.clone()]);
                 let taking = snapshots.copy_stable(&full, &rel, RACY_WINDOW_NS);
-                list_copy(taking, KEEPS_CHANGING, rel, previous, &mut out);
+                list_copy(taking, KEEPS_CHANGING, rel, &previous, &mut out);
             }
             (Err(ReadBy::ShadowCopy(rel)), Some(snapshots)) => {
                 let taking = snapshots.copy_from_shadow(&full, &rel, RACY_WINDOW_NS);
-                list_copy(taking, HELD, rel, previous, &mut out);
+                list_copy(taking, HELD, rel, &previous, &mut out);
             }
             _ => {}
         }
@@ -635,7 +639,7 @@ mod tests {
         write(root, ".rainmaker/index.redb", b"state");
 
         let mut index = BTreeMap::new();
-        let first = scan(root, &index).unwrap();
+        let first = scan(root, index.clone()).unwrap();
         assert_eq!(first.bytes_hashed, big.len() as u64 + 4);
         assert!(first.tree.dirs.contains("empty") && first.tree.dirs.contains("db"));
         assert!(
@@ -644,7 +648,7 @@ mod tests {
         );
         apply(&mut index, &first);
 
-        let again = scan(root, &index).unwrap();
+        let again = scan(root, index.clone()).unwrap();
         assert_eq!(again.bytes_hashed, 0, "unchanged files must not be read");
         assert!(again.changes.is_empty());
 
@@ -656,7 +660,8 @@ mod tests {
             .write_all(&appended)
             .unwrap();
         fs::set_mtime(&root.join("db/tick.ncd"), 1_600_000_001_000_000_000).unwrap();
-        let grown = scan_excluding(root, &index, &Exclude::none(), Growth::Defer, None).unwrap();
+        let grown =
+            scan_excluding(root, index.clone(), &Exclude::none(), Growth::Defer, None).unwrap();
         assert!(
             grown.bytes_hashed <= 2 * BLOCK_SIZE + 1100,
             "an append must cost the tail, not the file: read {}",
@@ -682,7 +687,7 @@ mod tests {
         );
         assert!(prove(&root.join("db/tick.ncd"), record, 5).unwrap());
 
-        let proven = scan(root, &index).unwrap();
+        let proven = scan(root, index.clone()).unwrap();
         assert_eq!(
             proven.bytes_hashed,
             whole.len() as u64,
@@ -698,7 +703,7 @@ mod tests {
         let root = dir.path();
         let mut bytes: Vec<u8> = (0..(8u64 << 20)).map(|i| (i % 251) as u8).collect();
         write(root, "tick.ncd", &bytes);
-        let first = scan(root, &BTreeMap::new()).unwrap();
+        let first = scan(root, BTreeMap::new()).unwrap();
         // 4 KiB rewritten at 3 MiB and 17 bytes appended, between two scans.
         bytes[3 << 20..(3 << 20) + 4096].fill(0xEE);
         bytes.extend(b"seventeen bytes!!");
@@ -706,7 +711,7 @@ mod tests {
         let (truth, _) = hash::hash_blocks(&mut &bytes[..], bytes.len() as u64).unwrap();
         let truth = hash::file_hash(bytes.len() as u64, &truth);
 
-        let proven = scan(root, &first.tree.files).unwrap();
+        let proven = scan(root, first.tree.files.clone()).unwrap();
         assert_eq!(
             proven.tree.files["tick.ncd"].hash, truth,
             "a proving scan records what the disk holds"
@@ -714,7 +719,7 @@ mod tests {
 
         let deferred = scan_excluding(
             root,
-            &first.tree.files,
+            first.tree.files.clone(),
             &Exclude::none(),
             Growth::Defer,
             None,
@@ -741,9 +746,9 @@ mod tests {
     fn a_file_written_just_before_its_scan_is_hashed_again() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("f"), b"fresh").unwrap();
-        let first = scan(dir.path(), &BTreeMap::new()).unwrap();
+        let first = scan(dir.path(), BTreeMap::new()).unwrap();
         assert!(first.tree.files["f"].racy);
-        let second = scan(dir.path(), &first.tree.files).unwrap();
+        let second = scan(dir.path(), first.tree.files.clone()).unwrap();
         assert_eq!(
             second.bytes_hashed, 5,
             "a same-tick rewrite could hide behind the same stamp"
@@ -755,11 +760,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
         write(root, "f", &vec![1u8; (BLOCK_SIZE * 2) as usize]);
-        let first = scan(root, &BTreeMap::new()).unwrap();
+        let first = scan(root, BTreeMap::new()).unwrap();
         let mut changed = vec![1u8; (BLOCK_SIZE * 3) as usize];
         changed[(BLOCK_SIZE * 2 - 1) as usize] = 7;
         write(root, "f", &changed);
-        let second = scan(root, &first.tree.files).unwrap();
+        let second = scan(root, first.tree.files.clone()).unwrap();
         assert_eq!(
             second.bytes_hashed,
             BLOCK_SIZE * 3,
@@ -774,11 +779,11 @@ mod tests {
         let root = dir.path();
         write(root, "a", b"1");
         std::os::unix::fs::symlink("/etc/passwd", root.join("link")).unwrap();
-        let first = scan(root, &BTreeMap::new()).unwrap();
+        let first = scan(root, BTreeMap::new()).unwrap();
         assert_eq!(first.problems.len(), 1);
         assert_eq!(first.problems[0].path, "link");
         std::fs::remove_file(root.join("a")).unwrap();
-        let second = scan(root, &first.tree.files).unwrap();
+        let second = scan(root, first.tree.files.clone()).unwrap();
         assert!(matches!(&second.changes[..], [Change::RemoveFile(p)] if p == "a"));
     }
 
@@ -791,7 +796,7 @@ mod tests {
         write(dir.path(), "ok.txt", b"1");
         write(dir.path(), "notes?.txt", b"2");
         write(dir.path(), "aux/inside.txt", b"3");
-        let scanned = scan(dir.path(), &BTreeMap::new()).unwrap();
+        let scanned = scan(dir.path(), BTreeMap::new()).unwrap();
         assert_eq!(scanned.tree.files.keys().collect::<Vec<_>>(), ["ok.txt"]);
         let skipped: Vec<&str> = scanned.problems.iter().map(|p| p.path.as_str()).collect();
         assert_eq!(
@@ -831,7 +836,7 @@ mod tests {
 
     #[test]
     fn a_missing_root_is_a_clear_error() {
-        let error = scan(Path::new("/no/such/folder"), &BTreeMap::new()).unwrap_err();
+        let error = scan(Path::new("/no/such/folder"), BTreeMap::new()).unwrap_err();
         assert!(error.to_string().contains("/no/such/folder"));
     }
 
@@ -849,8 +854,7 @@ mod tests {
             write(root, path, body.as_bytes());
         }
         let exclude = Exclude::new(&["cache", "log", "*.lock"]).unwrap();
-        let scanned =
-            scan_excluding(root, &BTreeMap::new(), &exclude, Growth::Prove, None).unwrap();
+        let scanned = scan_excluding(root, BTreeMap::new(), &exclude, Growth::Prove, None).unwrap();
         assert_eq!(
             scanned.tree.files.keys().collect::<Vec<_>>(),
             ["db/ES.ncd", "workspace.xml"],

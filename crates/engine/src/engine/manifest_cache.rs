@@ -1,7 +1,18 @@
 //! The manifest a target had at the end of its last session, kept by the source so the next
 //! session with an unchanged target skips the listing (its digest proves it still holds).
+//!
+//! The file is the digest, then the entries one by one (each a little-endian `u32` length and
+//! its postcard bytes), so it is written and read as a stream. A session reads only the digest
+//! to offer it to the target. When the target and the source are both unchanged, the plan is
+//! empty and the entries are never read; only a target that is unchanged while the source
+//! changed has them read back into a tree.
 
 use super::*;
+use std::io::Read;
+
+/// The most bytes one entry may take in the file (a file's block hashes: 64 MiB covers a file
+/// of about 250 GiB); a longer length means the file is damaged.
+const MAX_ENTRY_BYTES: usize = 64 << 20;
 
 /// Where the source keeps the manifest a target had at the end of their last session.
 pub(super) fn cached_manifest_path(state_dir: &Path, url: &str) -> PathBuf {
@@ -11,17 +22,119 @@ pub(super) fn cached_manifest_path(state_dir: &Path, url: &str) -> PathBuf {
         .join(format!("{}.manifest", &key[..16]))
 }
 
-pub(super) fn load_cached_manifest(path: &Path) -> Option<(Hash, Tree)> {
-    let bytes = std::fs::read(path).ok()?;
-    let (digest, entries): (Hash, Vec<crate::protocol::Entry>) =
-        postcard::from_bytes(&bytes).ok()?;
-    let mut tree = Tree::default();
-    plan::add_entries(&mut tree, entries);
-    (plan::digest(&tree) == digest).then_some((digest, tree))
+/// The digest of the kept manifest, if there is one (its entries are not read).
+pub(super) fn cached_digest(path: &Path) -> Option<Hash> {
+    let mut digest = [0u8; 32];
+    std::fs::File::open(path)
+        .ok()?
+        .read_exact(&mut digest)
+        .ok()?;
+    Some(digest)
 }
 
+/// The kept manifest as a tree, if it is the one whose digest is `digest` and every file's
+/// block hashes make its hash (a damaged or older file is not).
+pub(super) fn load_cached_manifest(path: &Path, digest: Hash) -> Option<Tree> {
+    let mut file = std::io::BufReader::new(std::fs::File::open(path).ok()?);
+    let mut header = [0u8; 32];
+    file.read_exact(&mut header).ok()?;
+    if header != digest {
+        return None;
+    }
+    let mut tree = Tree::default();
+    let mut bytes = Vec::new();
+    loop {
+        let mut len = [0u8; 4];
+        match file.read_exact(&mut len) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+            Err(_) => return None,
+        }
+        let len = u32::from_le_bytes(len) as usize;
+        if len > MAX_ENTRY_BYTES {
+            return None;
+        }
+        bytes.resize(len, 0);
+        file.read_exact(&mut bytes).ok()?;
+        let entry: crate::protocol::Entry = postcard::from_bytes(&bytes).ok()?;
+        // The digest covers each file's hash, and the hash covers its block hashes.
+        if let crate::protocol::EntryKind::File(meta) = &entry.kind
+            && crate::hash::file_hash(meta.size, &meta.blocks) != meta.hash
+        {
+            return None;
+        }
+        plan::add_entry(&mut tree, entry);
+    }
+    (plan::digest(&tree) == digest).then_some(tree)
+}
+
+/// Keeps `tree`, the target's manifest, whose digest is `digest`.
 pub(super) fn save_cached_manifest(path: &Path, digest: Hash, tree: &Tree) -> std::io::Result<()> {
-    let bytes =
-        postcard::to_stdvec(&(digest, plan::to_entries(tree))).map_err(std::io::Error::other)?;
-    crate::fs::write_atomic(path, &bytes, crate::fs::Keep::Volatile)
+    crate::fs::write_atomic_with(path, crate::fs::Keep::Volatile, |file| {
+        file.write_all(&digest)?;
+        for entry in plan::entries(tree) {
+            let bytes = postcard::to_stdvec(&entry).map_err(std::io::Error::other)?;
+            file.write_all(&(bytes.len() as u32).to_le_bytes())?;
+            file.write_all(&bytes)?;
+        }
+        Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fs::Stamp;
+    use crate::index::FileRecord;
+
+    fn tree() -> Tree {
+        let mut tree = Tree::default();
+        tree.dirs.insert("db".into());
+        for (i, size) in [0u64, 5, 300_000].into_iter().enumerate() {
+            let blocks = vec![[i as u8; 32]; size.div_ceil(crate::protocol::BLOCK_SIZE) as usize];
+            tree.files.insert(
+                format!("db/{i}.ncd"),
+                FileRecord {
+                    stamp: Stamp {
+                        size,
+                        mtime_ns: 1_700_000_000_000_000_000 + i as i128,
+                        file_id: 0,
+                        executable: i == 1,
+                    },
+                    hash: crate::hash::file_hash(size, &blocks),
+                    blocks,
+                    racy: false,
+                },
+            );
+        }
+        tree
+    }
+
+    #[test]
+    fn a_kept_manifest_reads_back_only_under_its_own_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = cached_manifest_path(dir.path(), "wss://a:1");
+        let tree = tree();
+        let digest = plan::digest(&tree);
+        assert_eq!(cached_digest(&path), None);
+        save_cached_manifest(&path, digest, &tree).unwrap();
+        assert_eq!(cached_digest(&path), Some(digest));
+        assert_eq!(load_cached_manifest(&path, digest), Some(tree.clone()));
+        assert_eq!(load_cached_manifest(&path, [9; 32]), None, "another digest");
+
+        // Damaged entries (a byte flipped, the file cut short) are not taken for the tree.
+        let bytes = std::fs::read(&path).unwrap();
+        let mut flipped = bytes.clone();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 1;
+        std::fs::write(&path, &flipped).unwrap();
+        assert_eq!(load_cached_manifest(&path, digest), None);
+        std::fs::write(&path, &bytes[..bytes.len() - 10]).unwrap();
+        assert_eq!(load_cached_manifest(&path, digest), None);
+        // A length past the limit is refused before anything is allocated for it.
+        let mut huge = bytes[..32].to_vec();
+        huge.extend(u32::MAX.to_le_bytes());
+        std::fs::write(&path, &huge).unwrap();
+        assert_eq!(load_cached_manifest(&path, digest), None);
+    }
 }

@@ -267,8 +267,8 @@ pub(super) async fn session(
                 .load(std::sync::atomic::Ordering::Relaxed)
     };
     let base = if reused { counted(&conn) } else { 0 };
-    let cached = load_cached_manifest(cache);
-    let (theirs, partials) = send::fetch_manifest(&mut conn, cached, stall).await?;
+    let cached = cached_digest(cache);
+    let (listed, mut partials) = send::fetch_manifest(&mut conn, cached, stall).await?;
     // While the source still scans, the connection answers the target's pings.
     let scanned = conn
         .idle_until(async { tree_rx.wait_for(Option::is_some).await.map(|t| t.clone()) })
@@ -277,6 +277,30 @@ pub(super) async fn session(
         .map_err(|_| SendError::Protocol("the source could not be scanned".into()))?
         .expect("waited for a tree");
     let tree = &tree;
+    // The target's tree; none when it is the source's own (both unchanged since the target's
+    // kept manifest: the digests say every path, size, time and hash is the same).
+    let theirs = match listed {
+        send::Theirs::Listed(theirs) => Some(theirs),
+        send::Theirs::Same(kept) if kept == digest => None,
+        send::Theirs::Same(kept) => match load_cached_manifest(cache, kept) {
+            Some(theirs) => Some(theirs),
+            None => {
+                // The kept entries are damaged: list the target after all.
+                let _ = std::fs::remove_file(cache);
+                let (listed, again) = send::fetch_manifest(&mut conn, None, stall).await?;
+                partials = again;
+                match listed {
+                    send::Theirs::Listed(theirs) => Some(theirs),
+                    send::Theirs::Same(_) => {
+                        return Err(SendError::Protocol(
+                            "the target said its manifest was unchanged, but none was offered"
+                                .into(),
+                        ));
+                    }
+                }
+            }
+        },
+    };
     let confirmed = |doomed: usize| {
         options
             .confirmed_delete
@@ -284,7 +308,8 @@ pub(super) async fn session(
             .is_some_and(|(url, most)| *url == target.url && doomed <= *most)
     };
     if let Some(share) = options.max_delete_share
-        && let Some((doomed, held)) = plan::mass_delete(tree, &theirs, share)
+        && let Some(theirs) = &theirs
+        && let Some((doomed, held)) = plan::mass_delete(tree, theirs, share)
         && !confirmed(doomed)
     {
         let error = SendError::MassDelete {
@@ -313,14 +338,19 @@ pub(super) async fn session(
         conn.close().await;
         return Err(error);
     }
-    let (tree2, blocks2) = (tree.clone(), blocks.clone());
-    let plan = tokio::task::spawn_blocking(move || {
-        plan::plan(&tree2, &theirs, &partials, &mut |path, len| {
-            blocks2.tail_hash(path, len)
-        })
-    })
-    .await
-    .map_err(|e| SendError::Protocol(format!("planning failed: {e}")))?;
+    let plan = match theirs {
+        None => Plan::default(),
+        Some(theirs) => {
+            let (tree2, blocks2) = (tree.clone(), blocks.clone());
+            tokio::task::spawn_blocking(move || {
+                plan::plan(&tree2, &theirs, &partials, &mut |path, len| {
+                    blocks2.tail_hash(path, len)
+                })
+            })
+            .await
+            .map_err(|e| SendError::Protocol(format!("planning failed: {e}")))?
+        }
+    };
     tracing::debug!(elapsed = ?started.elapsed(), target = %target.url, "manifest and plan ready");
     let _ = events.send(Event::Planned {
         target: target.url.clone(),
@@ -350,7 +380,9 @@ pub(super) async fn session(
     let (outcome, conn) = outcome;
     *open = Some(conn);
     if outcome.digest == digest {
-        if let Err(e) = save_cached_manifest(cache, digest, tree) {
+        if cached != Some(digest)
+            && let Err(e) = save_cached_manifest(cache, digest, tree)
+        {
             tracing::warn!("cannot keep the manifest of {}: {e}", target.url);
         }
     } else {

@@ -252,6 +252,7 @@ impl Server {
                                             trash,
                                         };
                                         agent.feed(pull, cancel).await;
+                                        crate::memory::release_freed();
                                     }
                                     Err(reason) => refuse(conn, &source, peer, reason).await,
                                 }
@@ -431,6 +432,7 @@ pub(super) async fn serve_session(
         let result = work(&mut guard, &mut in_rx, &out_tx);
         let clean = result.is_ok() && source_closed.load(std::sync::atomic::Ordering::SeqCst);
         guard.close(clean);
+        crate::memory::release_freed();
         if let Err(aborted) = &result {
             let _ = out_tx.blocking_send(Message::Refused {
                 reason: aborted.reason.clone(),
@@ -600,14 +602,14 @@ fn work(
             }
             Message::GetManifest { cached } => {
                 listed = true;
-                let (entries, partials) = receiver.manifest().map_err(|e| e.to_string())?;
+                let partials = receiver.manifest().map_err(|e| e.to_string())?;
                 if cached == Some(receiver.digest()) {
                     reply(Message::ManifestSame { partials })?;
                     continue;
                 }
                 let mut part = Vec::new();
                 let mut bytes = 0;
-                for entry in entries {
+                for entry in receiver.entries() {
                     let size = entry_size(&entry);
                     if !part.is_empty()
                         && (part.len() == MAX_ENTRIES_PER_PART
@@ -637,6 +639,7 @@ fn work(
                 }
                 if finish {
                     tracing::info!(root = %receiver.root().display(), "mirror finished and verified");
+                    crate::memory::release_freed();
                 }
             }
         }

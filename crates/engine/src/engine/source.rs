@@ -52,7 +52,7 @@ pub(super) fn scan_source(
             record.racy = true;
         }
     }
-    let scanned = scan::scan_excluding(source, &previous, exclude, growth, Some(databases))
+    let scanned = scan::scan_excluding(source, previous, exclude, growth, Some(databases))
         .map_err(|e| EngineError::Source {
             path: e.path,
             reason: e.reason,

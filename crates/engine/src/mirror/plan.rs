@@ -355,8 +355,8 @@ pub fn digest(tree: &Tree) -> Hash {
     *hasher.finalize().as_bytes()
 }
 
-/// Converts a tree to the entries of a manifest.
-pub fn to_entries(tree: &Tree) -> Vec<crate::protocol::Entry> {
+/// The entries of a tree's manifest, made one at a time as they are sent.
+pub fn entries(tree: &Tree) -> impl Iterator<Item = crate::protocol::Entry> + '_ {
     use crate::protocol::{Entry, EntryKind, FileMeta};
     let dirs = tree.dirs.iter().map(|d| Entry {
         path: d.clone(),
@@ -372,33 +372,38 @@ pub fn to_entries(tree: &Tree) -> Vec<crate::protocol::Entry> {
             blocks: r.blocks.clone(),
         }),
     });
-    dirs.chain(files).collect()
+    dirs.chain(files)
 }
 
 /// Adds manifest entries to a tree (the source's view of a target).
 pub fn add_entries(tree: &mut Tree, entries: Vec<crate::protocol::Entry>) {
-    use crate::protocol::EntryKind;
     for entry in entries {
-        match entry.kind {
-            EntryKind::Dir => {
-                tree.dirs.insert(entry.path);
-            }
-            EntryKind::File(meta) => {
-                tree.files.insert(
-                    entry.path,
-                    FileRecord {
-                        stamp: crate::fs::Stamp {
-                            size: meta.size,
-                            mtime_ns: meta.mtime_ns,
-                            file_id: 0,
-                            executable: meta.executable,
-                        },
-                        hash: meta.hash,
-                        blocks: meta.blocks,
-                        racy: false,
+        add_entry(tree, entry);
+    }
+}
+
+/// Adds one manifest entry to a tree.
+pub fn add_entry(tree: &mut Tree, entry: crate::protocol::Entry) {
+    use crate::protocol::EntryKind;
+    match entry.kind {
+        EntryKind::Dir => {
+            tree.dirs.insert(entry.path);
+        }
+        EntryKind::File(meta) => {
+            tree.files.insert(
+                entry.path,
+                FileRecord {
+                    stamp: crate::fs::Stamp {
+                        size: meta.size,
+                        mtime_ns: meta.mtime_ns,
+                        file_id: 0,
+                        executable: meta.executable,
                     },
-                );
-            }
+                    hash: meta.hash,
+                    blocks: meta.blocks,
+                    racy: false,
+                },
+            );
         }
     }
 }

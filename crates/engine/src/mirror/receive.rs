@@ -120,7 +120,8 @@ pub struct Receiver {
     /// Verified files waiting for the next group sync.
     ready: Vec<Ready>,
     ready_bytes: u64,
-    /// Whether this session changed anything on disk (else its finish needs no rescan).
+    /// Whether the folder may differ from `tree`: this session changed it, or it was not listed
+    /// since the receiver opened or the last session closed (else a finish needs no rescan).
     changed: bool,
     /// Bytes of file data written (after decompression), for reports and tests.
     pub bytes_written: u64,
@@ -191,7 +192,7 @@ impl Receiver {
             flight: HashMap::new(),
             ready: Vec::new(),
             ready_bytes: 0,
-            changed: false,
+            changed: true,
             bytes_written: 0,
             names: Names::new(Folding::default()),
         };
@@ -258,15 +259,16 @@ impl Receiver {
         self.committer.trash.purge(std::time::SystemTime::now());
     }
 
-    /// Quick-checks the folder and lists it, with the resumable temporary files.
-    pub fn manifest(&mut self) -> Result<(Vec<Entry>, Vec<Partial>), ReceiveError> {
+    /// Quick-checks the folder and lists it (see [`Receiver::entries`]); returns the resumable
+    /// temporary files.
+    pub fn manifest(&mut self) -> Result<Vec<Partial>, ReceiveError> {
         self.changed = false;
         // Only a session's end applies what it staged; its temporary files must stay until
         // then, and the stray ones are removed below.
         self.discard_staged();
         self.flush(Durability::Immediate)?;
         let previous = self.index.files()?;
-        let scanned = scan::scan(&self.root, &previous).map_err(|e| ReceiveError::Root {
+        let scanned = scan::scan(&self.root, previous).map_err(|e| ReceiveError::Root {
             path: self.root.clone(),
             reason: e.reason,
         })?;
@@ -277,8 +279,12 @@ impl Receiver {
         self.tree = scanned.tree;
         self.names
             .reset(self.tree.files.keys().chain(self.tree.dirs.iter()));
-        let partials = self.verify_partials()?;
-        Ok((plan::to_entries(&self.tree), partials))
+        self.verify_partials()
+    }
+
+    /// The entries of the folder as the last manifest or finish listed it, for the source.
+    pub fn entries(&self) -> impl Iterator<Item = Entry> + '_ {
+        plan::entries(&self.tree)
     }
 
     /// The digest of the folder as the last manifest or finish saw it.
@@ -524,6 +530,12 @@ impl Receiver {
         if let Err(e) = self.flush(Durability::Immediate) {
             tracing::warn!("{e}");
         }
+        // The folder's listing is not kept between sessions (it is the bulk of an idle agent's
+        // memory with a large folder): the next session lists the folder again, and a finish
+        // that comes before any listing lists it then.
+        self.tree = Tree::default();
+        self.names.reset(std::iter::empty());
+        self.changed = true;
     }
 
     fn flush(&mut self, durability: Durability) -> Result<(), ReceiveError> {

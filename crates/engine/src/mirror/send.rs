@@ -17,7 +17,7 @@ use crate::scan::Tree;
 use crate::transport::{Connection, ConnectionReceiver, TransportError};
 pub use blocks::BlockSource;
 use futures_util::StreamExt;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -84,14 +84,23 @@ impl SendError {
     }
 }
 
-/// Asks the target for its manifest. With `cached`, the manifest this source saw at the end
-/// of its last session with the target, the target answers in a few bytes when nothing
+/// A target's manifest, as [`fetch_manifest`] found it.
+#[derive(Debug)]
+pub enum Theirs {
+    /// Listed in full.
+    Listed(Tree),
+    /// The one whose digest the source offered: unchanged since the source kept it.
+    Same(Hash),
+}
+
+/// Asks the target for its manifest. With `cached`, the digest of the manifest this source
+/// kept from its last session with the target, the target answers in a few bytes when nothing
 /// changed on its side since.
 pub async fn fetch_manifest(
     conn: &mut Connection,
-    cached: Option<(Hash, Tree)>,
+    cached: Option<Hash>,
     stall: Duration,
-) -> Result<(Tree, Vec<Partial>), SendError> {
+) -> Result<(Theirs, Vec<Partial>), SendError> {
     tokio::time::timeout(stall, fetch(conn, cached))
         .await
         .map_err(|_| SendError::Stalled(stall))?
@@ -99,16 +108,15 @@ pub async fn fetch_manifest(
 
 async fn fetch(
     conn: &mut Connection,
-    cached: Option<(Hash, Tree)>,
-) -> Result<(Tree, Vec<Partial>), SendError> {
-    let digest = cached.as_ref().map(|(d, _)| *d);
-    conn.send(&Message::GetManifest { cached: digest }).await?;
+    cached: Option<Hash>,
+) -> Result<(Theirs, Vec<Partial>), SendError> {
+    conn.send(&Message::GetManifest { cached }).await?;
     let mut tree = Tree::default();
     let mut entries = 0usize;
     loop {
         match conn.recv().await? {
             Some(Message::ManifestSame { partials }) => match cached {
-                Some((_, tree)) => return Ok((tree, partials)),
+                Some(digest) => return Ok((Theirs::Same(digest), partials)),
                 None => {
                     return Err(SendError::Protocol(
                         "the target said its manifest was unchanged, but none was offered".into(),
@@ -124,7 +132,7 @@ async fn fetch(
                 }
                 crate::mirror::plan::add_entries(&mut tree, part)
             }
-            Some(Message::ManifestEnd { partials }) => return Ok((tree, partials)),
+            Some(Message::ManifestEnd { partials }) => return Ok((Theirs::Listed(tree), partials)),
             Some(Message::Refused { reason, refusal }) => {
                 return Err(SendError::Refused { reason, refusal });
             }
@@ -156,13 +164,119 @@ enum Item {
     Block { id: u64, file: usize, offset: u64 },
 }
 
+/// The outgoing stream of a plan, made one operation at a time, then `Finish`.
+struct Items<'a> {
+    ops: std::slice::Iter<'a, Op>,
+    next_id: u64,
+    pending: std::vec::IntoIter<Item>,
+    finished: bool,
+}
+
+impl Iterator for Items<'_> {
+    type Item = Item;
+
+    fn next(&mut self) -> Option<Item> {
+        loop {
+            if let Some(item) = self.pending.next() {
+                return Some(item);
+            }
+            match self.ops.next() {
+                Some(op) => {
+                    self.pending = op_items(op, self.next_id).into_iter();
+                    if matches!(op, Op::Send(_) | Op::Append(_)) {
+                        self.next_id += 1;
+                    }
+                }
+                None if self.finished => return None,
+                None => {
+                    self.finished = true;
+                    return Some(Item::Message(Message::Finish));
+                }
+            }
+        }
+    }
+}
+
+/// The messages and blocks of one operation of a plan; `id` is the file's, for a send or an
+/// append.
+fn op_items(op: &Op, id: u64) -> Vec<Item> {
+    let mut items = Vec::new();
+    match op {
+        Op::Delete(path) => items.push(Item::Message(Message::Delete { path: path.clone() })),
+        Op::Mkdir(path) => items.push(Item::Message(Message::Mkdir { path: path.clone() })),
+        Op::SetMeta {
+            path,
+            mtime_ns,
+            executable,
+        } => items.push(Item::Message(Message::SetMeta {
+            path: path.clone(),
+            mtime_ns: *mtime_ns,
+            executable: *executable,
+        })),
+        Op::Send(send) => {
+            let r = &send.record;
+            let mut chunks = r.blocks.chunks(MAX_BLOCKS_PER_MESSAGE);
+            items.push(Item::Message(Message::FileBegin(FileBegin {
+                id,
+                path: send.path.clone(),
+                size: r.stamp.size,
+                mtime_ns: r.stamp.mtime_ns,
+                executable: r.stamp.executable,
+                hash: r.hash,
+                blocks: chunks.next().unwrap_or_default().to_vec(),
+                reuse: send.reuse.clone(),
+                resume_blocks: send.resume_blocks,
+            })));
+            for chunk in chunks {
+                items.push(Item::Message(Message::BlockList {
+                    id,
+                    blocks: chunk.to_vec(),
+                }));
+            }
+            for index in &send.send {
+                items.push(Item::Block {
+                    id,
+                    file: id as usize,
+                    offset: index * BLOCK_SIZE,
+                });
+            }
+            items.push(Item::Message(Message::FileEnd { id }));
+        }
+        Op::Append(append) => {
+            let r = &append.record;
+            items.push(Item::Message(Message::Append(Append {
+                id,
+                path: append.path.clone(),
+                from_len: append.from_len,
+                from_hash: append.from_hash,
+                size: r.stamp.size,
+                mtime_ns: r.stamp.mtime_ns,
+                executable: r.stamp.executable,
+                hash: r.hash,
+                tail_blocks: append.tail_blocks().to_vec(),
+            })));
+            let mut offset = append.from_len;
+            while offset < r.stamp.size {
+                items.push(Item::Block {
+                    id,
+                    file: id as usize,
+                    offset,
+                });
+                offset = (offset / BLOCK_SIZE + 1) * BLOCK_SIZE;
+            }
+            items.push(Item::Message(Message::FileEnd { id }));
+        }
+    }
+    items
+}
+
 /// Collects the target's replies until it reports its digest.
 async fn collect_replies(
     receiver: &mut ConnectionReceiver,
     done: &AtomicU64,
     events: &broadcast::Sender<Event>,
     target: &str,
-    paths: &HashMap<u64, String>,
+    files: &[(&str, &FileRecord)],
 ) -> Result<(Hash, Vec<(String, String)>), SendError> {
     let mut failed = Vec::new();
     loop {
@@ -171,10 +285,9 @@ async fn collect_replies(
                 done.fetch_add(1, Ordering::Relaxed);
             }
             Some(Message::FileFailed { id, reason }) => {
-                let path = paths
-                    .get(&id)
-                    .cloned()
-                    .unwrap_or_else(|| "(a folder or a delete)".into());
+                let path = files
+                    .get(id as usize)
+                    .map_or_else(|| "(a folder or a delete)".into(), |f| f.0.to_string());
                 let _ = events.send(Event::FileFailed {
                     target: target.to_string(),
                     path: path.clone(),
@@ -225,84 +338,24 @@ pub async fn send_plan(
         mut gate,
         stop,
     } = pace;
-    let mut files: Vec<(&str, &FileRecord)> = Vec::new();
-    let mut paths: HashMap<u64, String> = HashMap::new();
-    let mut items = Vec::new();
-    for op in &plan.ops {
-        match op {
-            Op::Delete(path) => items.push(Item::Message(Message::Delete { path: path.clone() })),
-            Op::Mkdir(path) => items.push(Item::Message(Message::Mkdir { path: path.clone() })),
-            Op::SetMeta {
-                path,
-                mtime_ns,
-                executable,
-            } => items.push(Item::Message(Message::SetMeta {
-                path: path.clone(),
-                mtime_ns: *mtime_ns,
-                executable: *executable,
-            })),
-            Op::Send(send) => {
-                let id = files.len() as u64;
-                files.push((&send.path, &send.record));
-                paths.insert(id, send.path.clone());
-                let r = &send.record;
-                let mut chunks = r.blocks.chunks(MAX_BLOCKS_PER_MESSAGE);
-                items.push(Item::Message(Message::FileBegin(FileBegin {
-                    id,
-                    path: send.path.clone(),
-                    size: r.stamp.size,
-                    mtime_ns: r.stamp.mtime_ns,
-                    executable: r.stamp.executable,
-                    hash: r.hash,
-                    blocks: chunks.next().unwrap_or_default().to_vec(),
-                    reuse: send.reuse.clone(),
-                    resume_blocks: send.resume_blocks,
-                })));
-                for chunk in chunks {
-                    items.push(Item::Message(Message::BlockList {
-                        id,
-                        blocks: chunk.to_vec(),
-                    }));
-                }
-                for index in &send.send {
-                    items.push(Item::Block {
-                        id,
-                        file: id as usize,
-                        offset: index * BLOCK_SIZE,
-                    });
-                }
-                items.push(Item::Message(Message::FileEnd { id }));
-            }
-            Op::Append(append) => {
-                let id = files.len() as u64;
-                files.push((&append.path, &append.record));
-                paths.insert(id, append.path.clone());
-                let r = &append.record;
-                items.push(Item::Message(Message::Append(Append {
-                    id,
-                    path: append.path.clone(),
-                    from_len: append.from_len,
-                    from_hash: append.from_hash,
-                    size: r.stamp.size,
-                    mtime_ns: r.stamp.mtime_ns,
-                    executable: r.stamp.executable,
-                    hash: r.hash,
-                    tail_blocks: append.tail_blocks().to_vec(),
-                })));
-                let mut offset = append.from_len;
-                while offset < r.stamp.size {
-                    items.push(Item::Block {
-                        id,
-                        file: id as usize,
-                        offset,
-                    });
-                    offset = (offset / BLOCK_SIZE + 1) * BLOCK_SIZE;
-                }
-                items.push(Item::Message(Message::FileEnd { id }));
-            }
-        }
-    }
-    items.push(Item::Message(Message::Finish));
+    // The files whose content is sent, by id (their place in this list); the messages are
+    // made from the plan as the stream reaches them, not all at once: with a large folder
+    // they would be a second copy of every path and block hash.
+    let files: Vec<(&str, &FileRecord)> = plan
+        .ops
+        .iter()
+        .filter_map(|op| match op {
+            Op::Send(send) => Some((send.path.as_str(), &send.record)),
+            Op::Append(append) => Some((append.path.as_str(), &append.record)),
+            _ => None,
+        })
+        .collect();
+    let items = Items {
+        ops: plan.ops.iter(),
+        next_id: 0,
+        pending: Vec::new().into_iter(),
+        finished: false,
+    };
 
     let (mut sender, mut receiver) = conn.split();
     let files_total = plan.files;
@@ -312,7 +365,7 @@ pub async fn send_plan(
     let mut abandoned = Vec::new();
     let mut data_bytes = 0u64;
     let (digest, failed) = {
-        let replies = collect_replies(&mut receiver, &done, events, target, &paths);
+        let replies = collect_replies(&mut receiver, &done, events, target, &files);
         let sending = async {
             let mut stream = futures_util::stream::iter(items)
                 .map(|item| async {
@@ -381,8 +434,8 @@ pub async fn send_plan(
                     Err(reason) => {
                         let id = block_of.expect("only blocks fail");
                         aborted.insert(id);
-                        let path = paths[&id].clone();
-                        abandoned.push((path.clone(), reason.clone()));
+                        let path = files[id as usize].0.to_string();
+                        abandoned.push((path, reason.clone()));
                         sender
                             .send(&Message::FileAbort {
                                 id,
