@@ -31,6 +31,16 @@ const BATCH: TableDefinition<&str, &[u8]> = TableDefinition::new("batch");
 /// The one key of the batch table: at most one batch is recorded at a time.
 const BATCH_KEY: &str = "steps";
 
+/// The most memory redb may keep of the index's pages (its default is 1 GiB, which a folder of
+/// 300,000 files fills and an idle agent then keeps). Pages beyond it are read again, from the
+/// system's file cache as a rule.
+const CACHE_BYTES: usize = 16 << 20;
+
+/// Opens (or creates) the store at `path` with the index's cache size.
+fn open_store(path: &Path) -> Result<Database, redb::DatabaseError> {
+    Database::builder().set_cache_size(CACHE_BYTES).create(path)
+}
+
 /// What the index knows about one file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileRecord {
@@ -145,7 +155,7 @@ impl Index {
             std::fs::create_dir_all(parent)
                 .map_err(|e| fail(format!("cannot create its folder: {e}")))?;
         }
-        let db = Database::create(path).map_err(|e| {
+        let db = open_store(path).map_err(|e| {
             fail(format!(
                 "cannot open it ({e}); if it is damaged, delete it and RainMaker will rebuild it"
             ))
@@ -185,7 +195,7 @@ impl Index {
                         "reopening the index {} after an I/O error",
                         self.path.display()
                     );
-                    let reopened = Database::create(&self.path).map_err(|e| {
+                    let reopened = open_store(&self.path).map_err(|e| {
                         self.error(format!("cannot open it again after an I/O error: {e}"))
                     })?;
                     *db = (generation + 1, Some(reopened));
@@ -244,12 +254,60 @@ impl Index {
     /// Applies `changes` in one atomic transaction. With no changes, nothing is written,
     /// unless a durable commit must make earlier lazy ones durable.
     pub fn apply(&self, changes: &[Change], durability: Durability) -> Result<(), IndexError> {
+        self.apply_if(!changes.is_empty(), durability, || {
+            self.commit(changes, durability)
+        })
+    }
+
+    /// Puts the records of the files `put` (taken from `records`) and removes the files
+    /// `remove`, in one atomic transaction, as [`Index::apply`] does (each record is encoded
+    /// as it is written, never copied).
+    pub fn apply_files(
+        &self,
+        put: &[String],
+        records: &BTreeMap<String, FileRecord>,
+        remove: &[String],
+        durability: Durability,
+    ) -> Result<(), IndexError> {
+        let any = !put.is_empty() || !remove.is_empty();
+        self.apply_if(any, durability, || {
+            let mut write = self.begin(Database::begin_write)?;
+            write
+                .set_durability(durability)
+                .map_err(|e| self.error(e))?;
+            {
+                let mut files = write.open_table(FILES).map_err(|e| self.error(e))?;
+                for (path, record) in put.iter().filter_map(|p| Some((p, records.get(p)?))) {
+                    files
+                        .insert(path.as_str(), encode(record).as_slice())
+                        .map_err(|e| self.error(e))?;
+                }
+                for path in remove {
+                    files.remove(path.as_str()).map_err(|e| self.error(e))?;
+                }
+            }
+            write.commit().map_err(|e| self.error(e))
+        })
+    }
+
+    /// Runs `commit` when there is something to write, or when a durable commit must make
+    /// earlier lazy ones durable; keeps the lazy flag.
+    fn apply_if(
+        &self,
+        any: bool,
+        durability: Durability,
+        commit: impl FnOnce() -> Result<(), IndexError>,
+    ) -> Result<(), IndexError> {
         let durable = matches!(durability, Durability::Immediate);
         let mut lazy = self.lazy.lock().unwrap_or_else(|e| e.into_inner());
-        if changes.is_empty() && !(durable && *lazy) {
+        if !(any || durable && *lazy) {
             return Ok(());
         }
-        self.commit(changes, durability)?;
+        if any {
+            commit()?;
+        } else {
+            self.commit(&[], durability)?;
+        }
         *lazy = !durable;
         Ok(())
     }

@@ -25,7 +25,7 @@
 use crate::exclude::Exclude;
 use crate::fs::{self, Stamp};
 use crate::hash;
-use crate::index::{Change, FileRecord};
+use crate::index::FileRecord;
 use crate::path::STATE_DIR;
 use crate::protocol::BLOCK_SIZE;
 use crate::snapshot::{self, Snapshots};
@@ -81,8 +81,11 @@ pub struct Unproven {
 #[derive(Debug, Default)]
 pub struct Scan {
     pub tree: Tree,
-    /// Index changes that bring the index in line with `tree`.
-    pub changes: Vec<Change>,
+    /// Files whose record in `tree` is new or differs from the index's: the index takes them
+    /// from the tree ([`Scan::apply_to`]), so a record is held once.
+    pub changed: Vec<String>,
+    /// Files the index knew that are gone.
+    pub removed: Vec<String>,
     /// Files whose records rest on blocks that were not read ([`Growth::Defer`] only).
     pub unproven: Vec<Unproven>,
     /// The consistent copies whose content the records of databases describe, by path: what
@@ -99,6 +102,17 @@ pub struct Scan {
     pub problems: Vec<Problem>,
     pub files_hashed: u64,
     pub bytes_hashed: u64,
+}
+
+impl Scan {
+    /// Brings `index` in line with the tree, in one transaction.
+    pub fn apply_to(
+        &self,
+        index: &crate::index::Index,
+        durability: crate::index::Durability,
+    ) -> Result<(), crate::index::IndexError> {
+        index.apply_files(&self.changed, &self.tree.files, &self.removed, durability)
+    }
 }
 
 /// The root itself could not be scanned.
@@ -268,7 +282,7 @@ pub fn scan_excluding(
     }
     for path in previous.keys() {
         if !out.tree.files.contains_key(path) {
-            out.changes.push(Change::RemoveFile(path.clone()));
+            out.removed.push(path.clone());
         }
     }
     Ok(out)
@@ -360,8 +374,7 @@ fn list_copy(
                 worst.bytes += taken.bytes;
             }
             if previous.get(&rel) != Some(&record) {
-                out.changes
-                    .push(Change::PutFile(rel.clone(), record.clone()));
+                out.changed.push(rel.clone());
             }
             out.copies.insert(rel.clone(), copy);
             out.tree.files.insert(rel, record);
@@ -454,8 +467,7 @@ fn list_hashed(
                 });
             }
             if old != Some(&record) {
-                out.changes
-                    .push(Change::PutFile(rel.clone(), record.clone()));
+                out.changed.push(rel.clone());
             }
             out.tree.files.insert(rel, record);
         }
@@ -650,7 +662,7 @@ mod tests {
 
         let again = scan(root, index.clone()).unwrap();
         assert_eq!(again.bytes_hashed, 0, "unchanged files must not be read");
-        assert!(again.changes.is_empty());
+        assert!(again.changed.is_empty() && again.removed.is_empty());
 
         let appended = vec![9u8; 1000];
         std::fs::OpenOptions::new()
@@ -784,7 +796,8 @@ mod tests {
         assert_eq!(first.problems[0].path, "link");
         std::fs::remove_file(root.join("a")).unwrap();
         let second = scan(root, first.tree.files.clone()).unwrap();
-        assert!(matches!(&second.changes[..], [Change::RemoveFile(p)] if p == "a"));
+        assert_eq!(second.removed, ["a"]);
+        assert!(second.changed.is_empty());
     }
 
     // Not on Windows: Windows itself refuses to make these names (`?`, the device name

@@ -61,7 +61,7 @@ pub(super) fn scan_source(
     // still hold wherever the quick check accepts them; the rest is hashed again. An fsync
     // here would wait for every dirty page of the file system (ext4 orders data before
     // metadata), which is what a push of an unchanged folder must not do.
-    index.apply(&scanned.changes, Durability::None)?;
+    scanned.apply_to(index, Durability::None)?;
     databases.retain(|path| scanned.databases.contains(path));
     if let Some(copied) = &scanned.copied {
         tracing::debug!(

@@ -34,30 +34,36 @@ pub enum Op {
     },
 }
 
-/// A new version of a file, built in a temporary file on the target.
+/// A new version of a file, built in a temporary file on the target. Its record is the
+/// source tree's (not copied into the plan: with a first mirror of a large folder, that would
+/// be a second copy of every record).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SendFile {
     pub path: String,
-    pub record: FileRecord,
     pub reuse: Vec<Reuse>,
     pub resume_blocks: u64,
     /// Indexes of the blocks whose data must be sent, in order.
     pub send: Vec<u64>,
 }
 
-/// Growth of a file the target holds a prefix of.
+/// Growth of a file the target holds a prefix of (to its size in the source tree's record).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppendFile {
     pub path: String,
-    pub record: FileRecord,
     pub from_len: u64,
     pub from_hash: Hash,
+    /// The size it grows to.
+    pub size: u64,
 }
 
 impl AppendFile {
-    /// Block hashes from the block holding `from_len` to the end.
-    pub fn tail_blocks(&self) -> &[Hash] {
-        &self.record.blocks[(self.from_len / BLOCK_SIZE) as usize..]
+    /// Block hashes of `record` (the file's in the source tree) from the block holding
+    /// `from_len` to the end.
+    pub fn tail_blocks<'a>(&self, record: &'a FileRecord) -> &'a [Hash] {
+        record
+            .blocks
+            .get((self.from_len / BLOCK_SIZE) as usize..)
+            .unwrap_or_default()
     }
 }
 
@@ -201,9 +207,9 @@ pub fn plan(
             plan.data_bytes += record.stamp.size - theirs.stamp.size;
             plan.ops.push(Op::Append(AppendFile {
                 path: path.clone(),
-                record: record.clone(),
                 from_len: theirs.stamp.size,
                 from_hash: theirs.hash,
+                size: record.stamp.size,
             }));
             continue;
         }
@@ -256,7 +262,6 @@ pub fn plan(
         send.sort_unstable();
         plan.ops.push(Op::Send(SendFile {
             path: path.clone(),
-            record: record.clone(),
             reuse,
             resume_blocks,
             send,
@@ -418,7 +423,7 @@ fn sent_paths(plan: &Plan) -> std::collections::BTreeMap<String, u64> {
                 out.insert(s.path.clone(), s.send.len() as u64);
             }
             Op::Append(a) => {
-                out.insert(a.path.clone(), a.record.stamp.size - a.from_len);
+                out.insert(a.path.clone(), a.size - a.from_len);
             }
             _ => {}
         }

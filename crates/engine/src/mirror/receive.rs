@@ -275,7 +275,7 @@ impl Receiver {
         for problem in &scanned.problems {
             tracing::warn!(path = %problem.path, "{}", problem.reason);
         }
-        self.index.apply(&scanned.changes, Durability::Immediate)?;
+        scanned.apply_to(&self.index, Durability::Immediate)?;
         self.tree = scanned.tree;
         self.names
             .reset(self.tree.files.keys().chain(self.tree.dirs.iter()));

@@ -8,7 +8,7 @@ mod blocks;
 use crate::event::Event;
 use crate::guard::Gate;
 use crate::index::FileRecord;
-use crate::mirror::plan::{Op, Plan};
+use crate::mirror::plan::{AppendFile, Op, Plan, SendFile};
 use crate::protocol::{
     Append, BLOCK_SIZE, FileBegin, Hash, MAX_BLOCKS_PER_MESSAGE, Message, Partial, Refusal,
 };
@@ -166,6 +166,7 @@ enum Item {
 
 /// The outgoing stream of a plan, made one operation at a time, then `Finish`.
 struct Items<'a> {
+    files: &'a [(&'a str, &'a FileRecord)],
     ops: std::slice::Iter<'a, Op>,
     next_id: u64,
     pending: std::vec::IntoIter<Item>,
@@ -182,7 +183,8 @@ impl Iterator for Items<'_> {
             }
             match self.ops.next() {
                 Some(op) => {
-                    self.pending = op_items(op, self.next_id).into_iter();
+                    let record = self.files.get(self.next_id as usize).map(|f| f.1);
+                    self.pending = op_items(op, self.next_id, record).into_iter();
                     if matches!(op, Op::Send(_) | Op::Append(_)) {
                         self.next_id += 1;
                     }
@@ -197,9 +199,9 @@ impl Iterator for Items<'_> {
     }
 }
 
-/// The messages and blocks of one operation of a plan; `id` is the file's, for a send or an
-/// append.
-fn op_items(op: &Op, id: u64) -> Vec<Item> {
+/// The messages and blocks of one operation of a plan; `id` and `record` are the file's, for
+/// a send or an append.
+fn op_items(op: &Op, id: u64, record: Option<&FileRecord>) -> Vec<Item> {
     let mut items = Vec::new();
     match op {
         Op::Delete(path) => items.push(Item::Message(Message::Delete { path: path.clone() })),
@@ -214,7 +216,7 @@ fn op_items(op: &Op, id: u64) -> Vec<Item> {
             executable: *executable,
         })),
         Op::Send(send) => {
-            let r = &send.record;
+            let Some(r) = record else { return items };
             let mut chunks = r.blocks.chunks(MAX_BLOCKS_PER_MESSAGE);
             items.push(Item::Message(Message::FileBegin(FileBegin {
                 id,
@@ -243,7 +245,7 @@ fn op_items(op: &Op, id: u64) -> Vec<Item> {
             items.push(Item::Message(Message::FileEnd { id }));
         }
         Op::Append(append) => {
-            let r = &append.record;
+            let Some(r) = record else { return items };
             items.push(Item::Message(Message::Append(Append {
                 id,
                 path: append.path.clone(),
@@ -253,7 +255,7 @@ fn op_items(op: &Op, id: u64) -> Vec<Item> {
                 mtime_ns: r.stamp.mtime_ns,
                 executable: r.stamp.executable,
                 hash: r.hash,
-                tail_blocks: append.tail_blocks().to_vec(),
+                tail_blocks: append.tail_blocks(r).to_vec(),
             })));
             let mut offset = append.from_len;
             while offset < r.stamp.size {
@@ -323,10 +325,11 @@ pub struct Pace<'a> {
     pub stop: tokio_util::sync::CancellationToken,
 }
 
-/// Streams `plan` to the target and waits for its verdict.
+/// Streams `plan`, made from the tree `source`, to the target and waits for its verdict.
 pub async fn send_plan(
     conn: Connection,
     target: &str,
+    source: &Tree,
     plan: &Plan,
     pace: Pace<'_>,
     blocks: &Arc<BlockSource>,
@@ -345,12 +348,18 @@ pub async fn send_plan(
         .ops
         .iter()
         .filter_map(|op| match op {
-            Op::Send(send) => Some((send.path.as_str(), &send.record)),
-            Op::Append(append) => Some((append.path.as_str(), &append.record)),
+            Op::Send(SendFile { path, .. }) | Op::Append(AppendFile { path, .. }) => Some(path),
             _ => None,
         })
-        .collect();
+        .map(|path| match source.files.get(path) {
+            Some(record) => Ok((path.as_str(), record)),
+            None => Err(SendError::Protocol(format!(
+                "the plan sends {path}, which the source's scan did not list"
+            ))),
+        })
+        .collect::<Result<_, _>>()?;
     let items = Items {
+        files: &files,
         ops: plan.ops.iter(),
         next_id: 0,
         pending: Vec::new().into_iter(),
