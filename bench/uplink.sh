@@ -56,6 +56,7 @@ SRC="$WORK/src"
 TOTAL=$(BENCH_SCALE=$SCALE python3 "$BENCH_DIR/gen.py" init "$SRC")
 mkdir -p "$WORK/dst-rm" "$WORK/dst-rsync"
 head -c 32 /dev/urandom | base64 > "$WORK/token"
+chmod 600 "$WORK/token"
 ip netns exec "$DST_NS" "$RM" serve --root "$WORK/dst-rm" --listen 10.78.0.2:7878 --token-file "$WORK/token" \
     > /dev/null 2> "$WORK/serve.log" &
 PIDS+=($!)
@@ -71,6 +72,13 @@ ip netns exec "$DST_NS" rsync --daemon --no-detach --config="$WORK/rsyncd.conf" 
     --address=10.78.0.2 > /dev/null 2> "$WORK/rsyncd.log" &
 PIDS+=($!)
 sleep 1
+FP=
+for _ in $(seq 100); do
+    FP=$(sed -n 's/.*certificate fingerprint \(SHA256:[0-9a-f]*\).*/\1/p' "$WORK/serve.log" | head -1)
+    [ -n "$FP" ] && break
+    sleep 0.05
+done
+[ -n "$FP" ] || { echo "the agent printed no fingerprint: $(cat "$WORK/serve.log")" >&2; exit 1; }
 
 link_bytes() { src cat /sys/class/net/rmlinkA/statistics/tx_bytes; }
 # run NAME CMD...: time a command in the source namespace; sets T (seconds) and LINK (IP bytes up)
@@ -85,8 +93,10 @@ run() {
     T=$(python3 -c "print(f'{$end - $start:.2f}')")
     LINK=$((after - before))
 }
-push() { run "$1" "$RM" push "$SRC" --to wss://10.78.0.2:7878 --token-file "$WORK/token" \
-    --known-peers "$WORK/known" --state-dir "$WORK/state" --once --json; }
+push() { run "$1" env RUST_LOG=rainmaker_engine=info "$RM" push "$SRC" --to wss://10.78.0.2:7878 \
+    --fingerprint "$FP" --token-file "$WORK/token" --state-dir "$WORK/state" --once --json; }
+# The compression levels the push used (its log line "sent ... B raw, ... B at zstd N").
+levels() { sed 's/\x1b\[[0-9;]*m//g' "$WORK/$1.err" | grep -o 'sent [0-9][^=]*' | head -1 || true; }
 sync_rsync() { run "$1" rsync -az --delete --stats "$SRC/" rsync://10.78.0.2:8873/mod/; }
 limit() { python3 -c "print(f'{$1 * 8 / $(python3 -c "
 r='$RATE'.lower()
@@ -123,6 +133,8 @@ OUT="$BENCH_DIR/last-uplink.md"
     echo "| scenario | bytes to cross | limit s | rainmaker s | vs limit | rainmaker link bytes | rsync -z s | vs limit | rsync link bytes |"
     echo "|---|---|---|---|---|---|---|---|---|"
     printf '%s\n' "${ROWS[@]}"
+    echo
+    echo "rainmaker's compression: S1 $(levels s1-rm); S2 $(levels s2-rm)"
     echo
     echo "rainmaker S2 report: $(tr -d '\n ' < "$WORK/s2-rm.out" | head -c 600)"
     echo

@@ -220,22 +220,30 @@ impl PushOptions {
 /// Whether blocks are compressed with zstd.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Compress {
-    /// Unless every target is on loopback, where the link is faster than the compressor.
+    /// Per target, at the level that moves data fastest to it, measured as it goes
+    /// ([`send::Adapt`]): starting uncompressed on loopback, where the link is faster than the
+    /// compressor, and at zstd level 1 elsewhere.
     #[default]
     Auto,
+    /// Always zstd level 1.
     Always,
     Never,
 }
 
 impl Compress {
-    fn wanted(self, targets: &[TargetSpec]) -> bool {
+    /// How blocks are compressed for `target`.
+    fn adapt_for(self, target: &TargetSpec) -> send::Adapt {
+        use send::{Adapt, Level};
         match self {
-            Compress::Always => true,
-            Compress::Never => false,
-            Compress::Auto => !targets.iter().all(|t| match &t.dialed_in {
-                Some(dialed) => dialed.loopback,
-                None => is_loopback_url(&t.url),
-            }),
+            Compress::Always => Adapt::fixed(Level::Zstd(1)),
+            Compress::Never => Adapt::fixed(Level::Raw),
+            Compress::Auto => {
+                let loopback = match &target.dialed_in {
+                    Some(dialed) => dialed.loopback,
+                    None => is_loopback_url(&target.url),
+                };
+                Adapt::adaptive(if loopback { Level::Raw } else { Level::Zstd(1) })
+            }
         }
     }
 }

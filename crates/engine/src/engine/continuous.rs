@@ -70,7 +70,6 @@ pub async fn push_continuous(
 ) -> Result<(), EngineError> {
     let index = Arc::new(Index::open(&options.state_dir.join("index.redb"))?);
     let databases = Arc::new(super::snapshots(&options.state_dir)?.every(COPY_EVERY));
-    let compress = options.compress.wanted(&options.targets);
     let (trigger_tx, triggers) = mpsc::channel::<()>(1);
     let _watch = match schedule.watch {
         true => Some(
@@ -155,7 +154,7 @@ pub async fn push_continuous(
             digest,
             tree,
             blocks: Arc::new(
-                BlockSource::new(options.source.clone(), compress).reading_copies(scanned.copies),
+                BlockSource::new(options.source.clone()).reading_copies(scanned.copies),
             ),
             unproven: scanned.unproven,
         };

@@ -15,8 +15,7 @@ pub async fn push_once(
     let started = Instant::now();
     let index = Arc::new(Index::open(&options.state_dir.join("index.redb"))?);
     let databases = Arc::new(snapshots(&options.state_dir)?);
-    let compress = options.compress.wanted(&options.targets);
-    let blocks = Arc::new(BlockSource::new(options.source.clone(), compress));
+    let blocks = Arc::new(BlockSource::new(options.source.clone()));
     let mut reports: Vec<TargetReport> = options
         .targets
         .iter()
@@ -369,6 +368,7 @@ pub(super) async fn session(
             limit: limit.as_deref(),
             gate: options.gate.clone(),
             stop: stop.clone(),
+            adapt: options.compress.adapt_for(target),
         },
         blocks,
         events,

@@ -3,6 +3,7 @@
 //! every target of the push, at the target's own pace with a bounded read-ahead, under the
 //! bandwidth cap and the resource guard's gate.
 
+mod adapt;
 mod blocks;
 
 use crate::event::Event;
@@ -15,6 +16,7 @@ use crate::protocol::{
 use crate::rate::RateLimit;
 use crate::scan::Tree;
 use crate::transport::{Connection, ConnectionReceiver, TransportError};
+pub use adapt::{Adapt, Level};
 pub use blocks::BlockSource;
 use futures_util::StreamExt;
 use std::collections::HashSet;
@@ -26,6 +28,8 @@ use tokio::sync::broadcast;
 
 /// Blocks each target reads ahead of what it sends.
 const READ_AHEAD: usize = 8;
+/// A wait at the guard's gate longer than this was a pause.
+const PAUSED: Duration = Duration::from_millis(20);
 /// Most entries a target's manifest may have (files and folders).
 const MAX_MANIFEST_ENTRIES: usize = 10_000_000;
 
@@ -323,6 +327,8 @@ pub struct Pace<'a> {
     /// connection is closed cleanly: the target commits every file that arrived whole and
     /// keeps the verified blocks of the others for the next run.
     pub stop: tokio_util::sync::CancellationToken,
+    /// How hard blocks are compressed for this target.
+    pub adapt: Adapt,
 }
 
 /// Streams `plan`, made from the tree `source`, to the target and waits for its verdict.
@@ -340,6 +346,7 @@ pub async fn send_plan(
         limit,
         mut gate,
         stop,
+        mut adapt,
     } = pace;
     // The files whose content is sent, by id (their place in this list); the messages are
     // made from the plan as the stream reaches them, not all at once: with a large folder
@@ -375,6 +382,8 @@ pub async fn send_plan(
     let mut data_bytes = 0u64;
     let (digest, failed) = {
         let replies = collect_replies(&mut receiver, &done, events, target, &files);
+        // The level of the blocks read from now on (a place on the ladder), as `adapt` moves.
+        let level_now = std::sync::atomic::AtomicUsize::new(adapt.rung());
         let sending = async {
             let mut stream = futures_util::stream::iter(items)
                 .map(|item| async {
@@ -382,16 +391,15 @@ pub async fn send_plan(
                         Item::Message(m) => (None, Ok(m)),
                         Item::Block { id, file, offset } => {
                             let (path, record) = files[file];
-                            let payload = blocks.get(path, record, offset).await;
+                            let level = adapt::LADDER[level_now.load(Ordering::Relaxed)];
+                            let payload = blocks.get(path, record, offset, level).await;
                             (
                                 Some(id),
-                                payload
-                                    .map(|p| (offset, p))
-                                    .map(|(offset, p)| Message::Data {
-                                        id,
-                                        offset,
-                                        payload: (*p).clone(),
-                                    }),
+                                payload.map(|payload| Message::Data {
+                                    id,
+                                    offset,
+                                    payload,
+                                }),
                             )
                         }
                     }
@@ -399,11 +407,13 @@ pub async fn send_plan(
                 .buffered(READ_AHEAD);
             let mut last_event = Instant::now();
             loop {
+                let asked = Instant::now();
                 let next = tokio::select! {
                     biased;
                     () = stop.cancelled() => return Err(SendError::Stopped),
                     next = stream.next() => next,
                 };
+                let waited_blocks = asked.elapsed();
                 let Some((block_of, message)) = next else {
                     break;
                 };
@@ -418,16 +428,23 @@ pub async fn send_plan(
                 }
                 match message {
                     Ok(message) => {
+                        let mut raw = 0;
                         if let Message::Data { id, offset, .. } = &message {
                             let (_, record) = files[*id as usize];
                             let block_end = ((offset / BLOCK_SIZE) + 1) * BLOCK_SIZE;
-                            data_bytes += block_end.min(record.stamp.size) - offset;
+                            raw = block_end.min(record.stamp.size) - offset;
+                            data_bytes += raw;
                         }
                         // The block in flight finishes; nothing else starts while paused.
+                        let gated = Instant::now();
                         tokio::select! {
                             biased;
                             () = stop.cancelled() => return Err(SendError::Stopped),
                             () = gate.pass() => {}
+                        }
+                        if gated.elapsed() > PAUSED {
+                            // A pause is not the link's speed, nor the compressor's.
+                            adapt.restart_window();
                         }
                         if let Some(limit) = limit {
                             let bytes = match &message {
@@ -436,9 +453,15 @@ pub async fn send_plan(
                             };
                             limit.take(bytes).await;
                         }
+                        let writing = Instant::now();
                         tokio::time::timeout(stall, sender.send(&message))
                             .await
                             .map_err(|_| SendError::Stalled(stall))??;
+                        adapt.waited(writing.elapsed(), waited_blocks);
+                        if raw > 0 {
+                            adapt.sent(raw, Instant::now());
+                            level_now.store(adapt.rung(), Ordering::Relaxed);
+                        }
                     }
                     Err(reason) => {
                         let id = block_of.expect("only blocks fail");
@@ -489,6 +512,9 @@ pub async fn send_plan(
         }
     };
     let conn = sender.reunite(receiver)?;
+    if data_bytes > 0 {
+        tracing::info!(target, "sent {}", adapt.summary());
+    }
     let files_done = done.load(Ordering::Relaxed);
     let _ = events.send(Event::Progress {
         target: target.to_string(),

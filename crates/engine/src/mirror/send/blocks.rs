@@ -1,9 +1,11 @@
 //! The blocks of a push, read once for every target: a block is read from the source (or
 //! from a live file's copy), checked against the hash the scan recorded (a file truncated
-//! since is abandoned for this pass), compressed once when that makes it smaller, and kept in
-//! a bounded cache so every other target that needs it gets the same bytes without reading
-//! the disk again. A slow target falls out of the cache window and reads for itself.
+//! since is abandoned for this pass), and kept in a bounded cache so every other target that
+//! needs it gets the same bytes without reading the disk again; compressed once for each level
+//! a target asks (targets choose their own, [`super::adapt`]), when that makes it smaller. A
+//! slow target falls out of the cache window and reads for itself.
 
+use super::adapt::{LADDER, Level};
 use crate::fs;
 use crate::hash;
 use crate::index::FileRecord;
@@ -14,15 +16,21 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::OnceCell;
 
-/// Blocks kept for other targets (128 KiB each: 64 MiB).
-const CACHE_BLOCKS: usize = 512;
+/// Blocks kept for other targets (128 KiB each: 32 MiB, with their compressed forms).
+const CACHE_BLOCKS: usize = 256;
 /// After this many blocks of a file that did not compress, stop trying for that file.
 const GIVE_UP_COMPRESSING: u32 = 3;
-/// zstd level: fast, because the link is rarely slower than this on a trading PC's CPU.
-const ZSTD_LEVEL: i32 = 1;
 
 type Key = (String, Hash, u64);
-type Slot = Arc<OnceCell<Arc<Payload>>>;
+
+/// A block in the cache: its bytes once read, and each level's compression of them once made
+/// (none when it did not make them smaller).
+#[derive(Debug, Default)]
+struct Block {
+    raw: OnceCell<Arc<Vec<u8>>>,
+    packed: [std::sync::OnceLock<Option<Arc<Vec<u8>>>>; LADDER.len()],
+}
+type Slot = Arc<Block>;
 
 /// Reads, verifies and compresses source blocks once for every target.
 #[derive(Debug)]
@@ -33,16 +41,14 @@ pub struct BlockSource {
     cache: Mutex<(HashMap<Key, Slot>, VecDeque<Key>)>,
     incompressible: Mutex<HashMap<(String, Hash), u32>>,
     bytes_read: AtomicU64,
-    compress: bool,
 }
 
 impl BlockSource {
-    /// A block source for the folder `root`; `compress` says whether zstd is tried.
-    pub fn new(root: PathBuf, compress: bool) -> BlockSource {
+    /// A block source for the folder `root`.
+    pub fn new(root: PathBuf) -> BlockSource {
         BlockSource {
             root,
             copies: Mutex::new(BTreeMap::new()),
-            compress,
             cache: Mutex::new((HashMap::new(), VecDeque::new())),
             incompressible: Mutex::new(HashMap::new()),
             bytes_read: AtomicU64::new(0),
@@ -84,13 +90,15 @@ impl BlockSource {
         (n == buffer.len()).then(|| hash::block_hash(&buffer))
     }
 
-    /// The payload of `record`'s bytes from `offset` to the end of their block.
+    /// The payload of `record`'s bytes from `offset` to the end of their block, compressed at
+    /// `level` when that makes them smaller.
     pub async fn get(
         self: &Arc<Self>,
         path: &str,
         record: &FileRecord,
         offset: u64,
-    ) -> Result<Arc<Payload>, String> {
+        level: Level,
+    ) -> Result<Payload, String> {
         let key = (path.to_string(), record.hash, offset);
         let slot = {
             let mut guard = self.cache.lock().expect("cache lock");
@@ -111,19 +119,60 @@ impl BlockSource {
             }
         };
         let this = self.clone();
-        let path = path.to_string();
-        let record = record.clone();
+        let (path, record) = (path.to_string(), record.clone());
+        let file = (path.clone(), record.hash);
         // Errors are not kept: the next pass, or the next target, tries the disk again.
-        slot.get_or_try_init(|| async move {
-            tokio::task::spawn_blocking(move || this.read(&path, &record, offset))
-                .await
-                .unwrap_or_else(|e| Err(format!("reader failed: {e}")))
+        let raw = slot
+            .raw
+            .get_or_try_init(|| async move {
+                tokio::task::spawn_blocking(move || this.read(&path, &record, offset))
+                    .await
+                    .unwrap_or_else(|e| Err(format!("reader failed: {e}")))
+            })
+            .await?
+            .clone();
+        let Level::Zstd(zstd_level) = level else {
+            return Ok(Payload::Raw(raw.to_vec()));
+        };
+        if raw.len() < 64 || self.gave_up(&file) {
+            return Ok(Payload::Raw(raw.to_vec()));
+        }
+        let rung = LADDER.iter().position(|l| *l == level).unwrap_or(0);
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let packed = slot.packed[rung].get_or_init(|| {
+                let packed = zstd::bulk::compress(&raw, zstd_level)
+                    .ok()
+                    .filter(|p| p.len() < raw.len() - raw.len() / 16);
+                if packed.is_none() {
+                    *this
+                        .incompressible
+                        .lock()
+                        .expect("lock")
+                        .entry(file)
+                        .or_default() += 1;
+                }
+                packed.map(Arc::new)
+            });
+            match packed {
+                Some(packed) => Payload::Zstd(packed.to_vec()),
+                None => Payload::Raw(raw.to_vec()),
+            }
         })
         .await
-        .cloned()
+        .map_err(|e| format!("compressor failed: {e}"))
     }
 
-    fn read(&self, path: &str, record: &FileRecord, offset: u64) -> Result<Arc<Payload>, String> {
+    /// Whether enough blocks of this version of a file failed to compress to stop trying.
+    fn gave_up(&self, file: &(String, Hash)) -> bool {
+        self.incompressible
+            .lock()
+            .expect("lock")
+            .get(file)
+            .is_some_and(|n| *n >= GIVE_UP_COMPRESSING)
+    }
+
+    fn read(&self, path: &str, record: &FileRecord, offset: u64) -> Result<Arc<Vec<u8>>, String> {
         let index = offset / BLOCK_SIZE;
         let start = index * BLOCK_SIZE;
         let len = hash::block_len(record.stamp.size, index) as usize;
@@ -141,32 +190,6 @@ impl BlockSource {
                 "it was truncated while being sent; the next pass sends the new version".into(),
             );
         }
-        let bytes = buffer.split_off((offset - start) as usize);
-        Ok(Arc::new(self.compress(path, record.hash, bytes)))
-    }
-
-    fn compress(&self, path: &str, hash: Hash, bytes: Vec<u8>) -> Payload {
-        let key = (path.to_string(), hash);
-        let failures = *self
-            .incompressible
-            .lock()
-            .expect("lock")
-            .get(&key)
-            .unwrap_or(&0);
-        if !self.compress || failures >= GIVE_UP_COMPRESSING || bytes.len() < 64 {
-            return Payload::Raw(bytes);
-        }
-        match zstd::bulk::compress(&bytes, ZSTD_LEVEL) {
-            Ok(packed) if packed.len() < bytes.len() - bytes.len() / 16 => Payload::Zstd(packed),
-            _ => {
-                *self
-                    .incompressible
-                    .lock()
-                    .expect("lock")
-                    .entry(key)
-                    .or_default() += 1;
-                Payload::Raw(bytes)
-            }
-        }
+        Ok(Arc::new(buffer.split_off((offset - start) as usize)))
     }
 }

@@ -1,0 +1,328 @@
+//! How hard to compress for one target: the level that moves the most source bytes a second
+//! to it, found by measuring.
+//!
+//! Compression pays only while the link is slower than the compressor: over a 20 Mbit/s home
+//! uplink zstd turns tick data into a third of the bytes, on a LAN it is the compressor that
+//! holds the transfer back. Which one holds for a target is not known in advance (the link, the
+//! CPU's other work and the data all change it), so each target's sender measures, as zstd's
+//! `--adapt` does, two things about each window of a few MiB of source data:
+//! - where it waited: for the link (its writes blocked: the socket is full) or for the blocks
+//!   (read and compressed ahead on other threads, not ready). Only a window that clearly
+//!   waited for the link asks for a stronger level; any other asks for a lighter one (as fast
+//!   for less CPU is better);
+//! - how fast it went. The level asked for is tried for one window and kept unless it was
+//!   clearly slower (the data may not compress, or the CPU the sender's TLS shares may be the
+//!   limit); a try that lost makes the next one in that direction wait twice as long (up to 16
+//!   windows), so a level that fits costs few tries.
+//!
+//! The levels run from none, through zstd's fast level -4 (below level 1), to 1 and 3.
+
+use std::time::{Duration, Instant};
+
+/// How a block is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    /// As it is.
+    Raw,
+    /// zstd at this level (negative: zstd's fast levels).
+    Zstd(i32),
+}
+
+/// The levels a target moves between, from the cheapest to the strongest.
+pub(super) const LADDER: [Level; 4] = [Level::Raw, Level::Zstd(-4), Level::Zstd(1), Level::Zstd(3)];
+
+/// Source bytes in a window: enough blocks that one slow block does not decide.
+const WINDOW_BYTES: u64 = 4 << 20;
+/// A window lasts at least this long (on a LAN 4 MiB can take a few milliseconds).
+const WINDOW_TIME: Duration = Duration::from_millis(100);
+/// The most windows between two tries in one direction.
+const MAX_WAIT: u64 = 16;
+/// Windows before trying the level just left for being slower.
+const CAME_FROM_WAIT: u64 = 8;
+/// A stronger level must be this much faster to be kept: compressing takes the trading PC's
+/// CPU, so it has to pay (and the measurements are noisy).
+const UP_IF_FASTER_BY: f64 = 1.03;
+/// A window asks for a stronger level when it waited for the link this many times as long as
+/// for the blocks, and for a lighter one otherwise.
+const LOPSIDED: f64 = 2.0;
+/// A lighter level is kept unless it is this much slower: as fast for less CPU is better.
+const DOWN_UNLESS_SLOWER_BY: f64 = 0.97;
+
+/// One target's choice of level, and what it measured.
+#[derive(Debug, Clone)]
+pub struct Adapt {
+    /// The level in use, as a place on [`LADDER`].
+    rung: usize,
+    /// The level it comes back to after a probe.
+    home: usize,
+    /// Fixed by the user: never moves.
+    fixed: bool,
+    /// The last rate measured at each level, source bytes a second.
+    rates: [Option<f64>; LADDER.len()],
+    window: Option<(Instant, u64)>,
+    /// Time the window waited for the link (writes) and for the blocks (reads, compression).
+    waited_link: Duration,
+    waited_blocks: Duration,
+    /// Windows to spend at home before trying the level below (0) and above (1).
+    wait: [u64; 2],
+    /// Windows spent at home since the last try.
+    since: u64,
+    /// The direction of the try in progress (1: up).
+    trying: usize,
+    /// Source bytes sent at each level, for the report.
+    pub bytes_at: [u64; LADDER.len()],
+}
+
+impl Adapt {
+    /// Always `level`.
+    pub fn fixed(level: Level) -> Adapt {
+        let rung = LADDER.iter().position(|l| *l == level).unwrap_or(0);
+        Adapt {
+            fixed: true,
+            ..Adapt::starting_at(rung)
+        }
+    }
+
+    /// Measures, starting at `level`.
+    pub fn adaptive(level: Level) -> Adapt {
+        Adapt::starting_at(LADDER.iter().position(|l| *l == level).unwrap_or(0))
+    }
+
+    fn starting_at(rung: usize) -> Adapt {
+        Adapt {
+            rung,
+            home: rung,
+            fixed: false,
+            rates: [None; LADDER.len()],
+            window: None,
+            waited_link: Duration::ZERO,
+            waited_blocks: Duration::ZERO,
+            wait: [1, 1],
+            since: 0,
+            trying: 0,
+            bytes_at: [0; LADDER.len()],
+        }
+    }
+
+    /// The level the next block is sent at.
+    pub fn level(&self) -> Level {
+        LADDER[self.rung]
+    }
+
+    /// The level the next block is sent at, as its place on [`LADDER`].
+    pub fn rung(&self) -> usize {
+        self.rung
+    }
+
+    /// Source bytes sent at each level, in words (for the log).
+    pub fn summary(&self) -> String {
+        let parts: Vec<String> = LADDER
+            .iter()
+            .zip(self.bytes_at)
+            .filter(|(_, bytes)| *bytes > 0)
+            .map(|(level, bytes)| match level {
+                Level::Raw => format!("{bytes} B raw"),
+                Level::Zstd(l) => format!("{bytes} B at zstd {l}"),
+            })
+            .collect();
+        parts.join(", ")
+    }
+
+    /// Time that must not count against the level in use (the guard's pause, a bandwidth
+    /// cap's wait is the link's and does count): the window in progress starts over.
+    pub fn restart_window(&mut self) {
+        self.window = None;
+        self.waited_link = Duration::ZERO;
+        self.waited_blocks = Duration::ZERO;
+    }
+
+    /// Records time spent waiting for the link (a write) and for the blocks (the next one to
+    /// send was not ready).
+    pub fn waited(&mut self, link: Duration, blocks: Duration) {
+        self.waited_link += link;
+        self.waited_blocks += blocks;
+    }
+
+    /// Records that `bytes` of source data were sent at `now`; at the end of a window, may
+    /// change the level.
+    pub fn sent(&mut self, bytes: u64, now: Instant) {
+        self.bytes_at[self.rung] += bytes;
+        if self.fixed {
+            return;
+        }
+        let (start, total) = self.window.get_or_insert((now, 0));
+        *total += bytes;
+        let elapsed = now.duration_since(*start);
+        if *total < WINDOW_BYTES || elapsed < WINDOW_TIME {
+            return;
+        }
+        let rate = *total as f64 / elapsed.as_secs_f64();
+        self.window = Some((now, 0));
+        let (link, blocks) = (self.waited_link, self.waited_blocks);
+        self.waited_link = Duration::ZERO;
+        self.waited_blocks = Duration::ZERO;
+        // Only a window that clearly waited for the link asks for more compression; any
+        // other asks for less (as fast for less CPU is better).
+        let up = link.as_secs_f64() > LOPSIDED * blocks.as_secs_f64();
+        self.decide(rate, usize::from(up));
+    }
+
+    /// Takes the rate of the window that just ended at the current level, and the direction
+    /// it asked for (1: a stronger level, 0: a lighter one).
+    fn decide(&mut self, rate: f64, asks: usize) {
+        self.rates[self.rung] = Some(rate);
+        if self.rung != self.home {
+            // A try ended: keep it unless it did not pay.
+            let home_rate = self.rates[self.home].unwrap_or(0.0);
+            let bar = match self.rung > self.home {
+                true => UP_IF_FASTER_BY,
+                false => DOWN_UNLESS_SLOWER_BY,
+            };
+            if rate > home_rate * bar {
+                tracing::debug!(from = ?LADDER[self.home], to = ?LADDER[self.rung], rate, home_rate, "compression level changed");
+                self.home = self.rung;
+                // The level it came from was just measured slower: going back waits longer.
+                self.wait = [1, 1];
+                self.wait[1 - self.trying] = CAME_FROM_WAIT;
+            } else {
+                self.wait[self.trying] = (self.wait[self.trying] * 2).min(MAX_WAIT);
+            }
+            self.rung = self.home;
+            self.since = 0;
+            return;
+        }
+        self.since += 1;
+        let open = match asks {
+            1 => self.home < LADDER.len() - 1,
+            _ => self.home > 0,
+        };
+        if open && self.since >= self.wait[asks] {
+            self.trying = asks;
+            self.rung = if asks == 1 {
+                self.home + 1
+            } else {
+                self.home - 1
+            };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs `adapt` where, at level `l`, the blocks are ready at `producer(l)` source bytes a
+    /// second and the link takes `link(l)` (its wire rate over the level's ratio): each block
+    /// waits for the slower of the two. Runs `windows` windows' worth of blocks twice; returns
+    /// the level it settled on and the share of the second half's bytes sent there.
+    fn run(
+        mut adapt: Adapt,
+        windows: u32,
+        mut rates: impl FnMut(Level) -> (f64, f64),
+    ) -> (Level, f64) {
+        let mut now = Instant::now();
+        let block = 128 << 10;
+        let mut half = [0; LADDER.len()];
+        for round in 0..2 {
+            if round == 1 {
+                half = adapt.bytes_at;
+            }
+            for _ in 0..windows * 64 {
+                let (producer, link) = rates(adapt.level());
+                let (ready, sent) = (block as f64 / producer, block as f64 / link);
+                let seconds = ready.max(sent);
+                // The slower side makes the other wait.
+                let wait = |s: f64| Duration::from_secs_f64(s.max(0.0));
+                adapt.waited(wait(sent - ready), wait(ready - sent));
+                now += Duration::from_secs_f64(seconds);
+                adapt.sent(block, now);
+            }
+        }
+        let second: Vec<u64> = adapt
+            .bytes_at
+            .iter()
+            .zip(half)
+            .map(|(a, b)| a - b)
+            .collect();
+        // Where it settled: the level a try comes back to.
+        let at = adapt.home;
+        (
+            LADDER[at],
+            second[at] as f64 / second.iter().sum::<u64>() as f64,
+        )
+    }
+
+    /// Source bytes a second the blocks are ready at, per level (reading from the page cache,
+    /// then zstd on this kind of CPU).
+    fn producer(l: Level) -> f64 {
+        match l {
+            Level::Raw => 1.5e9,
+            Level::Zstd(-4) => 300e6,
+            Level::Zstd(1) => 200e6,
+            _ => 60e6,
+        }
+    }
+
+    /// The share of the bytes left after compression at each level (tick data).
+    fn ratio(l: Level) -> f64 {
+        match l {
+            Level::Raw => 1.0,
+            Level::Zstd(-4) => 0.5,
+            Level::Zstd(1) => 0.4,
+            _ => 0.33,
+        }
+    }
+
+    #[test]
+    fn on_a_fast_link_it_stops_compressing() {
+        // A LAN: 400 MB/s of wire; the compressor is the limit at every level.
+        let (level, share) = run(Adapt::adaptive(Level::Zstd(1)), 60, |l| {
+            (producer(l), 400e6 / ratio(l))
+        });
+        assert_eq!(level, Level::Raw);
+        assert!(share > 0.75, "most bytes go raw once found: {share}");
+    }
+
+    #[test]
+    fn where_the_link_waits_for_tls_it_still_sends_raw() {
+        // The writes block (TLS on a shared CPU), but every zstd level delivers less.
+        let (level, share) = run(Adapt::adaptive(Level::Raw), 60, |l| match l {
+            Level::Raw => (producer(l), 400e6),
+            _ => (producer(l).min(250e6), 1e9),
+        });
+        assert_eq!(level, Level::Raw);
+        assert!(share > 0.75, "tries are few once they lose: {share}");
+    }
+
+    #[test]
+    fn on_a_slow_link_with_compressible_data_it_compresses_harder() {
+        // A home uplink: 2.5 MB/s of wire.
+        let (level, share) = run(Adapt::adaptive(Level::Raw), 40, |l| {
+            (producer(l), 2.5e6 / ratio(l))
+        });
+        assert_eq!(level, Level::Zstd(3));
+        assert!(share > 0.95, "{share}");
+    }
+
+    #[test]
+    fn a_fixed_level_never_moves() {
+        let (level, share) = run(Adapt::fixed(Level::Zstd(1)), 20, |l| {
+            (producer(l), 400e6 / ratio(l))
+        });
+        assert_eq!((level, share), (Level::Zstd(1), 1.0));
+    }
+
+    #[test]
+    fn where_both_sides_wait_alike_it_goes_lighter() {
+        // Blocks and link equally fast, within 3% of noise: no stronger level pays, and a
+        // lighter one is as fast for less CPU.
+        let mut n = 0u32;
+        let (level, share) = run(Adapt::adaptive(Level::Zstd(1)), 40, move |_| {
+            n += 1;
+            let rate = 100e6 * (1.0 + 0.03 * f64::from(n % 3) / 2.0);
+            (rate, rate)
+        });
+        assert_eq!(level, Level::Raw);
+        assert!(share > 0.9, "{share}");
+    }
+}
