@@ -114,11 +114,13 @@ timed() {
     local name=$1 start end
     shift
     start=$(date +%s.%N)
-    src /usr/bin/time -f %M -o "$WORK/$name.rss" "$@" > "$WORK/$name.out" 2> "$WORK/$name.err" \
+    src /usr/bin/time -f '%M %U %S' -o "$WORK/$name.rss" "$@" > "$WORK/$name.out" 2> "$WORK/$name.err" \
         || { tail -20 "$WORK/$name.err" >&2; die "$name failed"; }
     end=$(date +%s.%N)
     T=$(python3 -c "print(f'{$end - $start:.2f}')")
-    PEAK=$(($(tail -1 "$WORK/$name.rss") / 1024))
+    read -r kib user sys < <(tail -1 "$WORK/$name.rss")
+    PEAK=$((kib / 1024))
+    CPU=$(python3 -c "print(f'{$user + $sys:.2f}')")
 }
 targets() { # the --to arguments for the first N agents
     local i
@@ -145,6 +147,7 @@ rsync3() { # three rsyncs at once, one per module
     end=$(date +%s.%N)
     T=$(python3 -c "print(f'{$end - $start:.2f}')")
     PEAK="—"
+    CPU="—"
 }
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR + 1) / 2)]}'; }
 
@@ -162,7 +165,8 @@ measure() {
             rsync1) same "$label" "$WORK/rs1" ;;
             rsync3) same "$label" "$WORK/rs1" "$WORK/rs2" "$WORK/rs3" ;;
         esac
-        echo "   $label run $r: $T s, peak ${PEAK} MiB" >&2
+        echo "   $label run $r: $T s, peak ${PEAK} MiB, CPU ${CPU} s" >&2
+        CPUS="${CPUS:-}$label run $r: $T s wall, $CPU s of CPU in the source; "
     done
     CELL="$(median "${times[@]}") s"
     [ "${peaks[0]}" != "—" ] && CELL="$CELL, $(median "${peaks[@]}") MiB"
@@ -197,4 +201,6 @@ OUT="$BENCH_DIR/last-lan.md"
     echo "RainMaker's compression in S1: ${S1_RM_LOG:-none logged}"
     echo
     echo "In S5: ${S5_RM_LOG:-none logged}"
+    echo
+    echo "The source's CPU time (user + system) in each run: $CPUS"
 } | tee "$OUT"

@@ -66,6 +66,26 @@ async fn click(client: &Client, selector: &str) {
     css(client, selector).await.click().await.unwrap();
 }
 
+/// Clicks Save (the one `selector` names) and waits until the folder is saved: its button is
+/// disabled again (Sync refuses a folder with unsaved changes).
+async fn save(client: &Client, selector: &str) {
+    click(client, selector).await;
+    let start = Instant::now();
+    while client
+        .find(Locator::Css(&format!("{selector}:not([disabled])")))
+        .await
+        .is_ok()
+    {
+        let error = text_of(client, "[data-test=error]").await;
+        assert!(error.is_empty(), "saving a folder: {error}");
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the folder was not saved after 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn text_of(client: &Client, selector: &str) -> String {
     match client.find(Locator::Css(selector)).await {
         Ok(el) => el.text().await.unwrap_or_default(),
@@ -255,7 +275,7 @@ async fn the_dashboard_adds_servers_and_syncs_two_folders_to_them() {
         .await
         .unwrap();
     click(&client, "[data-test=target-cloud-1]").await;
-    click(&client, "[data-test=save-folder]").await;
+    save(&client, "[data-test=save-folder]").await;
     assert!(
         !root.join("workspaces").exists(),
         "in manual mode nothing is sent before Sync"

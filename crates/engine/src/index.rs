@@ -36,6 +36,9 @@ const BATCH_KEY: &str = "steps";
 /// system's file cache as a rule.
 const CACHE_BYTES: usize = 16 << 20;
 
+/// Most files one transaction of [`Index::apply_files`] writes.
+const FILES_PER_COMMIT: usize = 16_384;
+
 /// Opens (or creates) the store at `path` with the index's cache size.
 fn open_store(path: &Path) -> Result<Database, redb::DatabaseError> {
     Database::builder().set_cache_size(CACHE_BYTES).create(path)
@@ -260,8 +263,11 @@ impl Index {
     }
 
     /// Puts the records of the files `put` (taken from `records`) and removes the files
-    /// `remove`, in one atomic transaction, as [`Index::apply`] does (each record is encoded
-    /// as it is written, never copied).
+    /// `remove`, as [`Index::apply`] does, in transactions of at most [`FILES_PER_COMMIT`]
+    /// files (each record is encoded as it is written, never copied): a transaction holds its
+    /// pages in memory until it commits. Each record stands alone (the quick check decides
+    /// whether it still holds), so a crash between two of them loses nothing but a re-hash;
+    /// only the last is made durable as `durability` says, and it makes the others durable.
     pub fn apply_files(
         &self,
         put: &[String],
@@ -269,24 +275,36 @@ impl Index {
         remove: &[String],
         durability: Durability,
     ) -> Result<(), IndexError> {
-        let any = !put.is_empty() || !remove.is_empty();
-        self.apply_if(any, durability, || {
-            let mut write = self.begin(Database::begin_write)?;
-            write
-                .set_durability(durability)
-                .map_err(|e| self.error(e))?;
-            {
-                let mut files = write.open_table(FILES).map_err(|e| self.error(e))?;
-                for (path, record) in put.iter().filter_map(|p| Some((p, records.get(p)?))) {
-                    files
-                        .insert(path.as_str(), encode(record).as_slice())
-                        .map_err(|e| self.error(e))?;
+        let none: &[String] = &[];
+        let mut batches: Vec<(&[String], &[String])> = put
+            .chunks(FILES_PER_COMMIT)
+            .map(|chunk| (chunk, none))
+            .collect();
+        batches.extend(remove.chunks(FILES_PER_COMMIT).map(|chunk| (none, chunk)));
+        let last = batches.len().saturating_sub(1);
+        self.apply_if(!batches.is_empty(), durability, || {
+            for (i, (put, remove)) in batches.into_iter().enumerate() {
+                let mut write = self.begin(Database::begin_write)?;
+                let this = if i == last {
+                    durability
+                } else {
+                    Durability::None
+                };
+                write.set_durability(this).map_err(|e| self.error(e))?;
+                {
+                    let mut files = write.open_table(FILES).map_err(|e| self.error(e))?;
+                    for (path, record) in put.iter().filter_map(|p| Some((p, records.get(p)?))) {
+                        files
+                            .insert(path.as_str(), encode(record).as_slice())
+                            .map_err(|e| self.error(e))?;
+                    }
+                    for path in remove {
+                        files.remove(path.as_str()).map_err(|e| self.error(e))?;
+                    }
                 }
-                for path in remove {
-                    files.remove(path.as_str()).map_err(|e| self.error(e))?;
-                }
+                write.commit().map_err(|e| self.error(e))?;
             }
-            write.commit().map_err(|e| self.error(e))
+            Ok(())
         })
     }
 
@@ -304,7 +322,11 @@ impl Index {
             return Ok(());
         }
         if any {
-            commit()?;
+            if let Err(e) = commit() {
+                // Part of it may have committed lazily.
+                *lazy = true;
+                return Err(e);
+            }
         } else {
             self.commit(&[], durability)?;
         }
@@ -377,6 +399,32 @@ mod tests {
             blocks: vec![[2; 32]],
             racy: false,
         }
+    }
+
+    #[test]
+    fn many_files_are_written_and_removed_over_several_transactions() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(&dir.path().join("index.redb")).unwrap();
+        let n = FILES_PER_COMMIT * 2 + 5;
+        let records: BTreeMap<String, FileRecord> = (0..n)
+            .map(|i| (format!("db/{i:06}"), record(i as u64)))
+            .collect();
+        let paths: Vec<String> = records.keys().cloned().collect();
+        index
+            .apply_files(&paths, &records, &[], Durability::Immediate)
+            .unwrap();
+        assert_eq!(index.files().unwrap(), records);
+        let (gone, kept) = paths.split_at(FILES_PER_COMMIT + 3);
+        index
+            .apply_files(&[], &records, gone, Durability::None)
+            .unwrap();
+        let left = index.files().unwrap();
+        assert_eq!(left.len(), kept.len());
+        assert!(kept.iter().all(|p| left[p] == records[p]));
+        drop(index);
+        // Reopened after a clean drop, all of it reads back.
+        let index = Index::open(&dir.path().join("index.redb")).unwrap();
+        assert_eq!(index.files().unwrap().len(), kept.len());
     }
 
     #[test]
