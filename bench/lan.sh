@@ -55,7 +55,6 @@ done
 ip -n "$SRC_NS" link set rmlanA up
 ip -n "$DST_NS" link set rmlanB up
 src() { ip netns exec "$SRC_NS" "$@"; }
-dst() { ip netns exec "$DST_NS" "$@"; }
 
 echo "== generating the folder (scale $SCALE)" >&2
 SRC="$WORK/src"
@@ -67,7 +66,9 @@ chmod 600 "$WORK/token"
 # Three rainmaker agents and one rsync daemon with three modules, in the target namespace.
 for i in 1 2 3; do
     mkdir -p "$WORK/rm$i" "$WORK/rs$i"
-    dst env RAINMAKER_DATA_DIR="$WORK/data$i" "$RM" serve --root "$WORK/rm$i" \
+    # Not through dst(): a function run in the background is a subshell, and killing it
+    # would leave the agent running. `ip netns exec` execs, so $! is the agent.
+    ip netns exec "$DST_NS" env RAINMAKER_DATA_DIR="$WORK/data$i" "$RM" serve --root "$WORK/rm$i" \
         --listen "10.79.0.2:787$i" --token-file "$WORK/token" > /dev/null 2> "$WORK/serve$i.log" &
     PIDS+=($!)
 done
@@ -77,7 +78,7 @@ done
         printf '[m%s]\npath = %s\nread only = false\nuid = 0\ngid = 0\n' "$i" "$WORK/rs$i"
     done
 } > "$WORK/rsyncd.conf"
-dst rsync --daemon --no-detach --config="$WORK/rsyncd.conf" --port=8873 --address=10.79.0.2 \
+ip netns exec "$DST_NS" rsync --daemon --no-detach --config="$WORK/rsyncd.conf" --port=8873 --address=10.79.0.2 \
     > /dev/null 2> "$WORK/rsyncd.log" &
 PIDS+=($!)
 sleep 1

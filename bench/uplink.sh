@@ -10,6 +10,7 @@
 #   sudo bench/uplink.sh            (root: it creates network namespaces and TUN devices)
 #   UPLINK_SCALE=0.25 ...           a smaller folder (default 1.0, about 1 GiB: S1 takes minutes)
 #   UPLINK_RATE=20mbit UPLINK_DELAY=15ms UPLINK_LOSS=0.1   the link (delay is one way)
+#   RAINMAKER_BIN=path ...         a given rainmaker binary (else the release build, built)
 #
 # Results go to stdout as a markdown table and to bench/last-uplink.md.
 set -euo pipefail
@@ -37,8 +38,10 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-cargo build --release --quiet --manifest-path "$REPO/Cargo.toml" -p rainmaker
-RM="$CARGO_TARGET_DIR/release/rainmaker"
+if [ -z "${RAINMAKER_BIN:-}" ]; then
+    cargo build --release --quiet --manifest-path "$REPO/Cargo.toml" -p rainmaker
+fi
+RM=${RAINMAKER_BIN:-$CARGO_TARGET_DIR/release/rainmaker}
 src() { ip netns exec "$SRC_NS" "$@"; }
 
 ip netns del "$SRC_NS" 2> /dev/null || true

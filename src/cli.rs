@@ -186,7 +186,9 @@ pub struct PushArgs {
     /// Allow plain ws:// targets (loopback tests only).
     #[arg(long)]
     pub insecure: bool,
-    /// Compress blocks with zstd: `auto` does unless every target is on loopback.
+    /// Compress blocks with zstd: `auto` chooses per target, measuring as it sends (none, zstd
+    /// -4, 1 or 3: whatever moves the data fastest; uncompressed on loopback to start with);
+    /// `always` is zstd 1.
     #[arg(long, value_enum, default_value_t = CompressArg::Auto)]
     pub compress: CompressArg,
     /// Cap RainMaker's own traffic to all targets together, e.g. 20Mbit, 2MB, 500KiB (per
