@@ -15,6 +15,7 @@
 set -euo pipefail
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(dirname "$BENCH_DIR")
+source "$BENCH_DIR/lib.sh"
 SCALE=${LAN_SCALE:-1.0}
 RUNS=${LAN_RUNS:-1}
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/rainmaker-target}"
@@ -26,21 +27,10 @@ command -v rsync > /dev/null || die "rsync is not installed: apt-get install rsy
 SRC_NS=rm-lan-src DST_NS=rm-lan-dst
 WORK=$(mktemp -d /tmp/rainmaker-lan.XXXXXX)
 PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2> /dev/null || true; done
-    sleep 0.5
-    for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2> /dev/null || true; done
-    ip netns del "$SRC_NS" 2> /dev/null || true
-    ip netns del "$DST_NS" 2> /dev/null || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
+trap netns_cleanup EXIT
 trap 'exit 130' INT TERM
 
-if [ -z "${RAINMAKER_BIN:-}" ]; then
-    cargo build --release --quiet --manifest-path "$REPO/Cargo.toml" -p rainmaker
-fi
-RM=${RAINMAKER_BIN:-$CARGO_TARGET_DIR/release/rainmaker}
+RM=$(rainmaker_bin "$REPO")
 
 ip netns del "$SRC_NS" 2> /dev/null || true
 ip netns del "$DST_NS" 2> /dev/null || true
@@ -84,13 +74,7 @@ PIDS+=($!)
 sleep 1
 FP=()
 for i in 1 2 3; do
-    for _ in $(seq 100); do
-        fp=$(sed -n 's/.*certificate fingerprint \(SHA256:[0-9a-f]*\).*/\1/p' "$WORK/serve$i.log" | head -1)
-        [ -n "$fp" ] && break
-        sleep 0.05
-    done
-    [ -n "$fp" ] || die "agent $i printed no fingerprint: $(cat "$WORK/serve$i.log")"
-    FP+=("$fp")
+    FP+=("$(fingerprint_of "$WORK/serve$i.log")")
 done
 
 # empty: the targets start from nothing (and their indexes too)

@@ -28,3 +28,26 @@ fingerprint_of() {
     done
     die "no certificate fingerprint in $log"
 }
+
+# netns_cleanup: stops the processes in PIDS, deletes the namespaces SRC_NS and DST_NS and the
+# folder WORK (the scripts that join two network namespaces trap EXIT with it)
+netns_cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do kill "$pid" 2> /dev/null || true; done
+    sleep 0.5
+    for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2> /dev/null || true; done
+    ip netns del "$SRC_NS" 2> /dev/null || true
+    ip netns del "$DST_NS" 2> /dev/null || true
+    rm -rf "$WORK"
+}
+
+# rainmaker_bin REPO: the rainmaker to measure: RAINMAKER_BIN if set, else the release build
+# (built first) under CARGO_TARGET_DIR
+rainmaker_bin() {
+    if [ -n "${RAINMAKER_BIN:-}" ]; then
+        echo "$RAINMAKER_BIN"
+        return 0
+    fi
+    cargo build --release --quiet --manifest-path "$1/Cargo.toml" -p rainmaker >&2
+    echo "$CARGO_TARGET_DIR/release/rainmaker"
+}

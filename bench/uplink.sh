@@ -16,32 +16,23 @@
 set -euo pipefail
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(dirname "$BENCH_DIR")
+source "$BENCH_DIR/lib.sh"
 SCALE=${UPLINK_SCALE:-1.0}
 RATE=${UPLINK_RATE:-20mbit}
 DELAY=${UPLINK_DELAY:-15ms}
 LOSS=${UPLINK_LOSS:-0.1}
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/rainmaker-target}"
-[ "$(id -u)" = 0 ] || { echo "uplink.sh needs root (network namespaces, TUN devices)" >&2; exit 1; }
-command -v rsync > /dev/null || { echo "rsync is not installed: apt-get install rsync" >&2; exit 1; }
+die() { echo "uplink.sh: $*" >&2; exit 1; }
+[ "$(id -u)" = 0 ] || die "needs root (network namespaces, TUN devices)"
+command -v rsync > /dev/null || die "rsync is not installed: apt-get install rsync"
 
 SRC_NS=rm-up-src DST_NS=rm-up-dst
 WORK=$(mktemp -d /tmp/rainmaker-uplink.XXXXXX)
 PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2> /dev/null || true; done
-    sleep 0.5
-    for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2> /dev/null || true; done
-    ip netns del "$SRC_NS" 2> /dev/null || true
-    ip netns del "$DST_NS" 2> /dev/null || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
+trap netns_cleanup EXIT
 trap 'exit 130' INT TERM
 
-if [ -z "${RAINMAKER_BIN:-}" ]; then
-    cargo build --release --quiet --manifest-path "$REPO/Cargo.toml" -p rainmaker
-fi
-RM=${RAINMAKER_BIN:-$CARGO_TARGET_DIR/release/rainmaker}
+RM=$(rainmaker_bin "$REPO")
 src() { ip netns exec "$SRC_NS" "$@"; }
 
 ip netns del "$SRC_NS" 2> /dev/null || true
@@ -75,13 +66,7 @@ ip netns exec "$DST_NS" rsync --daemon --no-detach --config="$WORK/rsyncd.conf" 
     --address=10.78.0.2 > /dev/null 2> "$WORK/rsyncd.log" &
 PIDS+=($!)
 sleep 1
-FP=
-for _ in $(seq 100); do
-    FP=$(sed -n 's/.*certificate fingerprint \(SHA256:[0-9a-f]*\).*/\1/p' "$WORK/serve.log" | head -1)
-    [ -n "$FP" ] && break
-    sleep 0.05
-done
-[ -n "$FP" ] || { echo "the agent printed no fingerprint: $(cat "$WORK/serve.log")" >&2; exit 1; }
+FP=$(fingerprint_of "$WORK/serve.log")
 
 link_bytes() { src cat /sys/class/net/rmlinkA/statistics/tx_bytes; }
 # run NAME CMD...: time a command in the source namespace; sets T (seconds) and LINK (IP bytes up)

@@ -70,17 +70,22 @@ async fn click(client: &Client, selector: &str) {
 /// disabled again (Sync refuses a folder with unsaved changes).
 async fn save(client: &Client, selector: &str) {
     click(client, selector).await;
+    let enabled = format!("{selector}:not([disabled])");
+    wait_until(client, "saving a folder", async || {
+        client.find(Locator::Css(&enabled)).await.is_err()
+    })
+    .await;
+}
+
+/// Waits until `done` holds, for 20 s at most; fails on an error the dashboard shows.
+async fn wait_until(client: &Client, what: &str, mut done: impl AsyncFnMut() -> bool) {
     let start = Instant::now();
-    while client
-        .find(Locator::Css(&format!("{selector}:not([disabled])")))
-        .await
-        .is_ok()
-    {
+    while !done().await {
         let error = text_of(client, "[data-test=error]").await;
-        assert!(error.is_empty(), "saving a folder: {error}");
+        assert!(error.is_empty(), "{what}: {error}");
         assert!(
             start.elapsed() < Duration::from_secs(20),
-            "the folder was not saved after 20 s"
+            "{what}: not done after 20 s"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -343,16 +348,10 @@ async fn the_dashboard_adds_servers_and_syncs_two_folders_to_them() {
         .click()
         .await
         .unwrap();
-    let start = Instant::now();
-    while text_of(&client, "[data-test=folder-1] h2").await.is_empty() {
-        let error = text_of(&client, "[data-test=error]").await;
-        assert!(error.is_empty(), "saving the second folder: {error}");
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "the second folder is not shown"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until(&client, "saving the second folder", async || {
+        !text_of(&client, "[data-test=folder-1] h2").await.is_empty()
+    })
+    .await;
     click(&client, "[data-test=sync]").await;
     wait_in_sync(&client, "cloud-2").await;
     wait_in_sync(&client, "cloud-1").await;

@@ -284,14 +284,12 @@ impl Index {
         let last = batches.len().saturating_sub(1);
         self.apply_if(!batches.is_empty(), durability, || {
             for (i, (put, remove)) in batches.into_iter().enumerate() {
-                let mut write = self.begin(Database::begin_write)?;
                 let this = if i == last {
                     durability
                 } else {
                     Durability::None
                 };
-                write.set_durability(this).map_err(|e| self.error(e))?;
-                {
+                self.transaction(this, |write| {
                     let mut files = write.open_table(FILES).map_err(|e| self.error(e))?;
                     for (path, record) in put.iter().filter_map(|p| Some((p, records.get(p)?))) {
                         files
@@ -301,8 +299,8 @@ impl Index {
                     for path in remove {
                         files.remove(path.as_str()).map_err(|e| self.error(e))?;
                     }
-                }
-                write.commit().map_err(|e| self.error(e))?;
+                    Ok(())
+                })?;
             }
             Ok(())
         })
@@ -335,11 +333,7 @@ impl Index {
     }
 
     fn commit(&self, changes: &[Change], durability: Durability) -> Result<(), IndexError> {
-        let mut write = self.begin(Database::begin_write)?;
-        write
-            .set_durability(durability)
-            .map_err(|e| self.error(e))?;
-        {
+        self.transaction(durability, |write| {
             let mut files = write.open_table(FILES).map_err(|e| self.error(e))?;
             let mut partials = write.open_table(PARTIALS).map_err(|e| self.error(e))?;
             let mut appends = write.open_table(APPENDS).map_err(|e| self.error(e))?;
@@ -365,7 +359,21 @@ impl Index {
                 };
                 result.map_err(|e| self.error(e))?;
             }
-        }
+            Ok(())
+        })
+    }
+
+    /// One write transaction with `durability`: `body` writes, then it commits.
+    fn transaction(
+        &self,
+        durability: Durability,
+        body: impl FnOnce(&redb::WriteTransaction) -> Result<(), IndexError>,
+    ) -> Result<(), IndexError> {
+        let mut write = self.begin(Database::begin_write)?;
+        write
+            .set_durability(durability)
+            .map_err(|e| self.error(e))?;
+        body(&write)?;
         write.commit().map_err(|e| self.error(e))
     }
 }

@@ -105,7 +105,7 @@ pub struct Scan {
 }
 
 impl Scan {
-    /// Brings `index` in line with the tree, in one transaction.
+    /// Brings `index` in line with the tree ([`crate::index::Index::apply_files`]).
     pub fn apply_to(
         &self,
         index: &crate::index::Index,

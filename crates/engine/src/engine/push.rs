@@ -286,17 +286,9 @@ pub(super) async fn session(
             None => {
                 // The kept entries are damaged: list the target after all.
                 let _ = std::fs::remove_file(cache);
-                let (listed, again) = send::fetch_manifest(&mut conn, None, stall).await?;
+                let (theirs, again) = send::list_manifest(&mut conn, stall).await?;
                 partials = again;
-                match listed {
-                    send::Theirs::Listed(theirs) => Some(theirs),
-                    send::Theirs::Same(_) => {
-                        return Err(SendError::Protocol(
-                            "the target said its manifest was unchanged, but none was offered"
-                                .into(),
-                        ));
-                    }
-                }
+                Some(theirs)
             }
         },
     };

@@ -110,6 +110,20 @@ pub async fn fetch_manifest(
         .map_err(|_| SendError::Stalled(stall))?
 }
 
+/// Asks the target for its whole manifest, offering none.
+pub async fn list_manifest(
+    conn: &mut Connection,
+    stall: Duration,
+) -> Result<(Tree, Vec<Partial>), SendError> {
+    match fetch_manifest(conn, None, stall).await? {
+        (Theirs::Listed(tree), partials) => Ok((tree, partials)),
+        (Theirs::Same(_), _) => Err(SendError::Protocol(UNOFFERED.into())),
+    }
+}
+
+/// A target that answered "unchanged" when the source offered no manifest.
+const UNOFFERED: &str = "the target said its manifest was unchanged, but none was offered";
+
 async fn fetch(
     conn: &mut Connection,
     cached: Option<Hash>,
@@ -121,11 +135,7 @@ async fn fetch(
         match conn.recv().await? {
             Some(Message::ManifestSame { partials }) => match cached {
                 Some(digest) => return Ok((Theirs::Same(digest), partials)),
-                None => {
-                    return Err(SendError::Protocol(
-                        "the target said its manifest was unchanged, but none was offered".into(),
-                    ));
-                }
+                None => return Err(SendError::Protocol(UNOFFERED.into())),
             },
             Some(Message::ManifestPart { entries: part }) => {
                 entries += part.len();

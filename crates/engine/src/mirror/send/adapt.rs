@@ -28,6 +28,13 @@ pub enum Level {
     Zstd(i32),
 }
 
+impl Level {
+    /// Its place on [`LADDER`] (a level not on it: the first).
+    pub(super) fn rung(self) -> usize {
+        LADDER.iter().position(|l| *l == self).unwrap_or(0)
+    }
+}
+
 /// The levels a target moves between, from the cheapest to the strongest.
 pub(super) const LADDER: [Level; 4] = [Level::Raw, Level::Zstd(-4), Level::Zstd(1), Level::Zstd(3)];
 
@@ -76,16 +83,15 @@ pub struct Adapt {
 impl Adapt {
     /// Always `level`.
     pub fn fixed(level: Level) -> Adapt {
-        let rung = LADDER.iter().position(|l| *l == level).unwrap_or(0);
         Adapt {
             fixed: true,
-            ..Adapt::starting_at(rung)
+            ..Adapt::starting_at(level.rung())
         }
     }
 
     /// Measures, starting at `level`.
     pub fn adaptive(level: Level) -> Adapt {
-        Adapt::starting_at(LADDER.iter().position(|l| *l == level).unwrap_or(0))
+        Adapt::starting_at(level.rung())
     }
 
     fn starting_at(rung: usize) -> Adapt {

@@ -137,7 +137,7 @@ impl BlockSource {
         if raw.len() < 64 || self.gave_up(&file) {
             return Ok(Payload::Raw(raw.to_vec()));
         }
-        let rung = LADDER.iter().position(|l| *l == level).unwrap_or(0);
+        let rung = level.rung();
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
             let packed = slot.packed[rung].get_or_init(|| {
