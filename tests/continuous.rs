@@ -67,6 +67,88 @@ fn watch_mode_delivers_appends_new_files_and_deletes() {
     );
 }
 
+/// Between safety rescans, each change is a scan of the paths the watcher named: folders
+/// created whole, renamed, deleted and replaced by a file must all arrive as they are.
+#[test]
+fn watch_mode_follows_folders_created_renamed_deleted_and_replaced() {
+    let sandbox = Sandbox::new();
+    let src = sandbox.dir("src");
+    let dst = sandbox.dir("dst");
+    for (i, rel) in [
+        "db/tick/ES/01.ncd",
+        "db/tick/NQ/01.ncd",
+        "db/tick/NQ/deep/02.ncd",
+        "keep.xml",
+    ]
+    .iter()
+    .enumerate()
+    {
+        write_random(&src.join(rel), i as u64, 5_000);
+    }
+    let agent = sandbox.serve(&dst);
+    let push = sandbox
+        .push(&src)
+        .target(&agent)
+        .arg("--watch")
+        .arg("--rescan-every")
+        .arg("1h")
+        .env(
+            "RUST_LOG",
+            "info,rainmaker_engine::engine::continuous=debug",
+        )
+        .spawn_continuous();
+    let log = || push.log();
+    wait_identical(&src, &dst, Duration::from_secs(20), &log);
+    // A folder made whole elsewhere and moved in: the watcher names the folder alone.
+    let outside = sandbox.dir("outside");
+    write_random(&outside.join("CL/01.ncd"), 10, 3_000);
+    write_random(&outside.join("CL/02/03.ncd"), 11, 3_000);
+    std::fs::rename(&outside, src.join("db/tick/CL")).unwrap();
+    wait_identical(&src, &dst, Duration::from_secs(5), &log);
+    std::fs::rename(src.join("db/tick/NQ"), src.join("db/tick/NQ2")).unwrap();
+    wait_identical(&src, &dst, Duration::from_secs(5), &log);
+    std::fs::remove_dir_all(src.join("db/tick/NQ2")).unwrap();
+    wait_identical(&src, &dst, Duration::from_secs(5), &log);
+    std::fs::remove_file(src.join("keep.xml")).unwrap();
+    write_random(&src.join("keep.xml/now-a-folder"), 12, 100);
+    wait_identical(&src, &dst, Duration::from_secs(5), &log);
+    assert!(
+        log().contains("scanned the changed paths"),
+        "the changes were scanned by their paths\n{}",
+        log()
+    );
+}
+
+/// Within a continuous push's session the agent lists its folder by the paths its own feed
+/// named: an edit made on the target between two syncs is still seen, and undone, by the
+/// next sync (which a change on the source starts).
+#[test]
+fn an_edit_on_the_target_between_syncs_is_seen_by_the_next_one() {
+    let sandbox = Sandbox::new();
+    let src = sandbox.dir("src");
+    let dst = sandbox.dir("dst");
+    write_random(&src.join("db/tick/ES/01.ncd"), 1, 20_000);
+    write_random(&src.join("workspaces/a.xml"), 2, 900);
+    let agent = sandbox.serve(&dst);
+    let push = sandbox
+        .push(&src)
+        .target(&agent)
+        .arg("--watch")
+        .arg("--rescan-every")
+        .arg("1h")
+        .spawn_continuous();
+    let log = || push.log();
+    wait_identical(&src, &dst, Duration::from_secs(20), &log);
+    // A second sync on the same connection, so the agent's next listing is by paths.
+    write_random(&src.join("db/tick/ES/02.ncd"), 3, 5_000);
+    wait_identical(&src, &dst, Duration::from_secs(5), &log);
+    write_random(&dst.join("workspaces/a.xml"), 4, 700);
+    write_random(&dst.join("stray/left.txt"), 5, 10);
+    std::thread::sleep(Duration::from_millis(200));
+    write_random(&src.join("db/tick/ES/03.ncd"), 6, 5_000);
+    wait_identical(&src, &dst, Duration::from_secs(5), &log);
+}
+
 #[test]
 fn a_target_that_returns_is_caught_up_within_five_seconds() {
     let sandbox = Sandbox::new();
@@ -273,6 +355,10 @@ fn watch_mode_proves_what_an_append_took_on_trust() {
         .arg("--watch")
         .arg("--rescan-every")
         .arg("1h")
+        .env(
+            "RUST_LOG",
+            "info,rainmaker_engine::engine::continuous=debug",
+        )
         .spawn_continuous();
     let log = || push.log();
     wait_identical(&src, &dst, Duration::from_secs(20), &log);

@@ -651,6 +651,12 @@ impl Push {
         self
     }
 
+    /// Sets an environment variable of the push (`RUST_LOG` replaces the default `info`).
+    pub fn env(mut self, key: &str, value: &str) -> Push {
+        self.command.env(key, value);
+        self
+    }
+
     pub fn timeout(mut self, timeout: Duration) -> Push {
         self.timeout = timeout;
         self
@@ -673,7 +679,9 @@ impl Push {
             .arg("--state-dir")
             .arg(&self.state_dir);
         if self.extra.iter().any(|a| a == "--watch" || a == "--every") {
-            command.env("RUST_LOG", "info");
+            if !command.get_envs().any(|(key, _)| key == "RUST_LOG") {
+                command.env("RUST_LOG", "info");
+            }
         } else {
             command.arg("--once").arg("--json");
         }

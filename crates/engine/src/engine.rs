@@ -44,14 +44,14 @@ mod subscribe;
 mod trigger;
 pub use continuous::{Schedule, push_continuous, start_guard};
 pub use control::{PushRefusal, Remote, RemoteError, check_target};
-use manifest_cache::{
-    cached_digest, cached_manifest_path, load_cached_manifest, save_cached_manifest,
-};
+use manifest_cache::{Kept, cached_manifest_path};
 pub use paths::{data_dir, default_known_peers, default_state_dir, state_dir_in};
 pub use push::push_once;
 use push::{keep_alive_while, session};
 pub use server::{ServeOptions, Server, identity_dir};
-use source::{announce_scan, low_priority, read_failed_through_copies, scan_source, snapshots};
+use source::{
+    announce_scan, low_priority, read_failed_through_copies, rescan_source, scan_source, snapshots,
+};
 pub use subscribe::{DIAL_LIMIT, PullOptions, Pulled, SUBSCRIBER_IDLE, Subscription, pull_once};
 
 /// How long a session that ended reads what its source still sends, before closing.

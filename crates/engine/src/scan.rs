@@ -35,6 +35,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use thiserror::Error;
 
+mod region;
+pub use region::{Region, scan_region};
+
 /// A file modified less than this before it was hashed is hashed again on the next scan if its
 /// stamp did not change: a write in the same tick of the file system's clock would keep its
 /// time. Half a second covers the coarse clocks of ext4, XFS, NTFS and APFS (milliseconds at
@@ -135,10 +138,24 @@ pub fn scan(root: &Path, previous: BTreeMap<String, FileRecord>) -> Result<Scan,
 /// tree, so a large folder's records are held once, not twice.
 pub fn scan_excluding(
     root: &Path,
+    previous: BTreeMap<String, FileRecord>,
+    exclude: &Exclude,
+    growth: Growth,
+    databases: Option<&Snapshots>,
+) -> Result<Scan, ScanError> {
+    walk(root, previous, exclude, growth, databases, None)
+}
+
+/// The walk of [`scan_excluding`]; with `region`, only the region's paths, what is below
+/// them and the folders on the way to them are looked at (`previous` then holds the records
+/// of the region alone).
+fn walk(
+    root: &Path,
     mut previous: BTreeMap<String, FileRecord>,
     exclude: &Exclude,
     growth: Growth,
     databases: Option<&Snapshots>,
+    region: Option<&Region>,
 ) -> Result<Scan, ScanError> {
     let meta = std::fs::metadata(root).map_err(|e| ScanError {
         path: root.to_path_buf(),
@@ -161,7 +178,12 @@ pub fn scan_excluding(
             if e.depth() == 1 && e.file_name() == STATE_DIR {
                 return false;
             }
-            e.depth() == 0 || exclude.is_empty() || !exclude.matches(&relative(root, e.path()))
+            if e.depth() == 0 {
+                return true;
+            }
+            let rel = relative(root, e.path());
+            region.is_none_or(|r| r.covers(&rel) || (e.file_type().is_dir() && r.leads_to(&rel)))
+                && (exclude.is_empty() || !exclude.matches(&rel))
         });
     let mut walker = walker;
     while let Some(entry) = walker.next() {

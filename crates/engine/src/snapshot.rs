@@ -318,6 +318,16 @@ impl Snapshots {
         })
     }
 
+    /// The files read through copies (databases, and files that kept changing under a read).
+    pub fn paths(&self) -> Vec<String> {
+        self.known
+            .lock()
+            .expect("the snapshot list is never poisoned")
+            .keys()
+            .cloned()
+            .collect()
+    }
+
     /// Forgets copies of files that are no longer in the folder or no longer copied.
     pub fn retain(&self, keep: impl Fn(&str) -> bool) {
         self.known

@@ -1,17 +1,29 @@
 //! A change feed from the file system (notify): every change under the source folder becomes
-//! a trigger for a scan.
+//! a trigger for a scan, and the paths it names are kept for that scan.
 //!
-//! The feed only says *that* something changed; the scan that follows quick-checks the whole
-//! folder, so an event that is lost, merged or overflowed can never make a change go unseen.
 //! Triggers go into a channel of capacity one: a burst of events while a scan is pending
-//! coalesces into that one scan. The watcher's own errors (a watch that was lost, a folder
-//! that was unmounted) are logged and also trigger a scan; the continuous loop adds a
-//! periodic rescan for watches that fail silently.
+//! coalesces into that one scan. The paths since the last scan are [`Watch::take`]n by it, as
+//! [`Changes::Paths`], so the scan looks at them alone ([`crate::scan::scan_region`]). When
+//! the feed may have lost something, it says [`Changes::Everything`] and the scan walks the
+//! whole folder: at the start, after one of the watcher's own errors (a watch that was lost,
+//! a folder that was unmounted, an overflowed kernel queue), for a name that is not Unicode,
+//! and past [`MOST_PATHS`] paths. The continuous loop adds a periodic whole rescan for watches
+//! that fail silently.
+//!
+//! This is the interface a change journal serves as well: on Windows, NTFS's USN journal
+//! names the changed files of a volume since a position, and says when that position is gone
+//! from the journal (everything, then).
 
 use notify::{RecursiveMode, Watcher as _};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use thiserror::Error;
 use tokio::sync::mpsc;
+
+/// Past this many changed paths between two scans, the next scan walks the whole folder
+/// (which costs less than looking at so many one by one, and holds no list).
+pub const MOST_PATHS: usize = 10_000;
 
 /// The source folder cannot be watched.
 #[derive(Debug, Error)]
@@ -21,30 +33,72 @@ pub struct WatchError {
     pub reason: String,
 }
 
+/// What changed since the last [`Watch::take`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Changes {
+    /// Anything may have: scan the whole folder.
+    Everything,
+    /// These paths (relative, `/`-separated) and what is below them; nothing else.
+    Paths(BTreeSet<String>),
+}
+
 /// A running watch; dropping it stops it.
 #[derive(Debug)]
 pub struct Watch {
     _watcher: notify::RecommendedWatcher,
+    changes: Arc<Mutex<Changes>>,
 }
 
-/// Watches `root` recursively; sends a trigger into `triggers` on every change.
+impl Watch {
+    /// What changed since the last call (since the start, the first time: everything).
+    pub fn take(&self) -> Changes {
+        std::mem::replace(
+            &mut *self
+                .changes
+                .lock()
+                .expect("the change list is never poisoned"),
+            Changes::Paths(BTreeSet::new()),
+        )
+    }
+}
+
+/// Watches `root` recursively; on every change, notes its paths and sends a trigger into
+/// `triggers`.
 pub fn start(root: &Path, triggers: mpsc::Sender<()>) -> Result<Watch, WatchError> {
     let fail = |e: notify::Error| WatchError {
         path: root.to_path_buf(),
         reason: e.to_string(),
     };
+    let changes = Arc::new(Mutex::new(Changes::Everything));
+    let noted = changes.clone();
     let state = root.join(crate::path::STATE_DIR);
+    // Some feeds name paths through the folder's canonical path (FSEvents: /private/var for
+    // /var); either prefix is the root.
+    let bases = [
+        root.to_path_buf(),
+        std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf()),
+    ];
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        match event {
+        let paths = match event {
             Ok(event) if event.kind.is_access() => return,
             Ok(event)
                 if !event.paths.is_empty() && event.paths.iter().all(|p| p.starts_with(&state)) =>
             {
                 return;
             }
-            Ok(_) => {}
-            Err(e) => tracing::warn!("file watch: {e}; rescanning"),
-        }
+            Ok(event) if event.need_rescan() || event.paths.is_empty() => None,
+            Ok(event) => Some(event.paths),
+            Err(e) => {
+                tracing::warn!("file watch: {e}; rescanning");
+                None
+            }
+        };
+        note(
+            &mut noted.lock().expect("the change list is never poisoned"),
+            &bases,
+            &state,
+            paths,
+        );
         // Full means a scan is already pending, and it will see this change too.
         let _ = triggers.try_send(());
     })
@@ -52,7 +106,45 @@ pub fn start(root: &Path, triggers: mpsc::Sender<()>) -> Result<Watch, WatchErro
     watcher
         .watch(root, RecursiveMode::Recursive)
         .map_err(fail)?;
-    Ok(Watch { _watcher: watcher })
+    Ok(Watch {
+        _watcher: watcher,
+        changes,
+    })
+}
+
+/// Adds an event's `paths` (under one of `roots`, the folder's two names) to `changes`; `None` is an event that names no
+/// path it can be trusted for.
+fn note(changes: &mut Changes, roots: &[PathBuf], state: &Path, paths: Option<Vec<PathBuf>>) {
+    let Changes::Paths(noted) = changes else {
+        return;
+    };
+    let Some(paths) = paths else {
+        *changes = Changes::Everything;
+        return;
+    };
+    for path in paths {
+        if path.starts_with(state) {
+            continue;
+        }
+        let relative = roots
+            .iter()
+            .find_map(|root| path.strip_prefix(root).ok())
+            .and_then(Path::to_str)
+            .map(|p| p.replace(std::path::MAIN_SEPARATOR, "/"));
+        match relative {
+            Some(rel) if !rel.is_empty() => {
+                noted.insert(rel);
+            }
+            // The root itself, a path outside it, a name that is not Unicode.
+            _ => {
+                *changes = Changes::Everything;
+                return;
+            }
+        }
+    }
+    if noted.len() > MOST_PATHS {
+        *changes = Changes::Everything;
+    }
 }
 
 #[cfg(test)]
@@ -81,5 +173,55 @@ mod tests {
             pending <= 1,
             "fifty writes coalesce into at most one more scan"
         );
+    }
+
+    #[tokio::test]
+    async fn the_feed_names_what_changed_after_a_first_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("db")).unwrap();
+        let (tx, mut rx) = mpsc::channel(1);
+        let watch = start(dir.path(), tx).unwrap();
+        assert_eq!(watch.take(), Changes::Everything, "the first scan is whole");
+        assert_eq!(watch.take(), Changes::Paths(BTreeSet::new()));
+        std::fs::write(dir.path().join("db/tick.ncd"), b"x").unwrap();
+        tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("a write must trigger a scan")
+            .unwrap();
+        let Changes::Paths(paths) = watch.take() else {
+            panic!("one write is not everything");
+        };
+        assert!(paths.contains("db/tick.ncd"), "{paths:?}");
+        assert!(paths.iter().all(|p| p.starts_with("db")), "{paths:?}");
+    }
+
+    #[test]
+    fn a_feed_that_loses_track_says_everything() {
+        let root = PathBuf::from("/data/src");
+        let roots = [root.clone(), root.clone()];
+        let state = root.join(crate::path::STATE_DIR);
+        let fresh = || Changes::Paths(BTreeSet::new());
+        let mut changes = fresh();
+        note(&mut changes, &roots, &state, Some(vec![root.join("a/b")]));
+        note(
+            &mut changes,
+            &roots,
+            &state,
+            Some(vec![state.join("index.redb")]),
+        );
+        assert_eq!(changes, Changes::Paths(["a/b".to_string()].into()));
+        note(&mut changes, &roots, &state, None);
+        assert_eq!(changes, Changes::Everything, "an error or an overflow");
+        for outside in [PathBuf::from("/elsewhere/x"), root.clone()] {
+            let mut changes = fresh();
+            note(&mut changes, &roots, &state, Some(vec![outside]));
+            assert_eq!(changes, Changes::Everything);
+        }
+        let mut changes = fresh();
+        let many: Vec<PathBuf> = (0..=MOST_PATHS)
+            .map(|i| root.join(format!("f{i}")))
+            .collect();
+        note(&mut changes, &roots, &state, Some(many));
+        assert_eq!(changes, Changes::Everything, "past MOST_PATHS");
     }
 }

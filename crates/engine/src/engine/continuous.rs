@@ -12,18 +12,19 @@
 //! once; the [`super::proof`] task proves the rest in the background, and a target is said
 //! to be in sync only once the snapshot it holds is proven ("verifying" until then).
 
+use super::manifest_cache::Kept;
 use super::proof::Prover;
 use super::trigger::{Triggers, Why};
 use super::{
     EngineError, PushOptions, announce_scan, cached_manifest_path, keep_alive_while, low_priority,
-    scan_source, session,
+    rescan_source, scan_source, session,
 };
 use crate::event::Event;
 use crate::guard::{Gate, GateState, Guard, Sampler, Thresholds, Transition};
 use crate::index::Index;
 use crate::mirror::send::{BlockSource, SendError};
 use crate::protocol::Hash;
-use crate::scan::{Growth, Tree, Unproven};
+use crate::scan::{Growth, Region, Tree, Unproven};
 use crate::schedule::Backoff;
 use crate::transport::WIRE_TOTAL;
 use crate::watch;
@@ -33,6 +34,10 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc, watch as latest};
 use tokio_util::sync::CancellationToken;
+
+/// A target's kept manifest is written at most this often in continuous mode (the target
+/// loop holds the last one in memory; the file serves the next run).
+const KEEP_MANIFEST_EVERY: Duration = Duration::from_secs(60);
 
 /// A live database is copied at most this often; its targets lag it by about this much.
 const COPY_EVERY: Duration = Duration::from_secs(1);
@@ -61,6 +66,16 @@ pub(super) struct Snapshot {
     pub unproven: Vec<Unproven>,
 }
 
+/// What one scan of the continuous loop gave.
+enum Scanned {
+    /// The whole folder.
+    Whole(crate::scan::Scan),
+    /// The region named (as scanned), merged into the tree of the snapshot given.
+    Region(crate::scan::Scan, Region, Arc<Snapshot>),
+    /// Nothing to look at: this snapshot stands.
+    Same(Arc<Snapshot>),
+}
+
 /// Mirrors the source to every target until `cancel` fires.
 pub async fn push_continuous(
     options: &PushOptions,
@@ -71,7 +86,7 @@ pub async fn push_continuous(
     let index = Arc::new(Index::open(&options.state_dir.join("index.redb"))?);
     let databases = Arc::new(super::snapshots(&options.state_dir)?.every(COPY_EVERY));
     let (trigger_tx, triggers) = mpsc::channel::<()>(1);
-    let _watch = match schedule.watch {
+    let watch = match schedule.watch {
         true => Some(
             watch::start(&options.source, trigger_tx.clone())
                 .map_err(|e| EngineError::Setup(e.to_string()))?,
@@ -113,50 +128,136 @@ pub async fn push_continuous(
     }
     let mut triggers = Triggers::new(triggers, schedule.every, schedule.sync_now.clone());
     let mut generation = 0;
+    // A scan failed after it took the feed's changes: the next scan is whole.
+    let mut whole_next = false;
     while let Some(why) = triggers.next(cancel).await {
         match why {
             Why::Asked => tracing::info!("sync asked for; scanning now"),
             Why::Woke => tracing::info!("the machine woke from sleep; syncing now"),
             Why::Change | Why::Tick | Why::CopyDue => {}
         }
+        let distrusted = std::mem::take(
+            &mut *distrust
+                .lock()
+                .expect("the distrust list is never poisoned"),
+        );
+        // A change is a scan of the paths the feed named, merged into the last tree; the
+        // first scan, each safety rescan, a feed that lost track and a distrusted record are
+        // whole scans.
+        let changes = watch.as_ref().map(watch::Watch::take);
+        let last = snapshot_tx.borrow().clone();
+        let region = match (why, changes, &last) {
+            (Why::Change | Why::CopyDue, Some(watch::Changes::Paths(mut paths)), Some(last))
+                if distrusted.is_empty() && !whole_next =>
+            {
+                if why == Why::CopyDue {
+                    paths.extend(databases.paths());
+                }
+                Some((last.clone(), Region::new(paths)))
+            }
+            _ => None,
+        };
+        let started = Instant::now();
         let (source, exclude, idx, dbs) = (
             options.source.clone(),
             options.exclude.clone(),
             index.clone(),
             databases.clone(),
         );
-        let distrusted = std::mem::take(
-            &mut *distrust
-                .lock()
-                .expect("the distrust list is never poisoned"),
-        );
-        let started = Instant::now();
-        let scanned = match low_priority(move || {
-            scan_source(&source, &exclude, &idx, Growth::Defer, &distrusted, &dbs)
-        })
-        .await
-        {
+        let scanned = match &region {
+            // Nothing named (a target asked for a rescan, or the named paths were
+            // RainMaker's own): the last tree stands, as a new generation.
+            Some((last, region)) if region.is_empty() => Ok(Ok(Scanned::Same(last.clone()))),
+            Some((last, region)) => {
+                let (last, region) = (last.clone(), region.clone());
+                low_priority(move || {
+                    rescan_source(
+                        &source,
+                        &exclude,
+                        &idx,
+                        Growth::Defer,
+                        &dbs,
+                        &last.tree,
+                        &region,
+                    )
+                    .map(|(scan, region)| Scanned::Region(scan, region, last))
+                })
+                .await
+            }
+            None => {
+                low_priority(move || {
+                    scan_source(&source, &exclude, &idx, Growth::Defer, &distrusted, &dbs)
+                        .map(Scanned::Whole)
+                })
+                .await
+            }
+        };
+        let scanned = match scanned {
             Ok(Ok(scanned)) => scanned,
             Ok(Err(e)) | Err(e) => {
                 tracing::warn!("{e}; retrying at the next change or tick");
+                // What this scan took from the feed is not lost: the next one is whole.
+                whole_next = true;
                 continue;
             }
         };
-        if let Some(wait) = scanned.copy_again_in {
-            triggers.copy_again_in(wait);
-        }
         generation += 1;
-        tracing::debug!(generation, elapsed = ?started.elapsed(), hashed = scanned.bytes_hashed, "scanned");
-        let digest = announce_scan(&scanned, events);
-        let tree = Arc::new(scanned.tree);
-        let snapshot = Snapshot {
-            generation,
-            digest,
-            tree,
-            blocks: Arc::new(
-                BlockSource::new(options.source.clone()).reading_copies(scanned.copies),
-            ),
-            unproven: scanned.unproven,
+        whole_next = false;
+        let snapshot = match scanned {
+            Scanned::Same(last) => Snapshot {
+                generation,
+                digest: last.digest,
+                tree: last.tree.clone(),
+                blocks: last.blocks.clone(),
+                unproven: last.unproven.clone(),
+            },
+            Scanned::Whole(scanned) => {
+                tracing::debug!(generation, elapsed = ?started.elapsed(), hashed = scanned.bytes_hashed, "scanned");
+                if let Some(wait) = scanned.copy_again_in {
+                    triggers.copy_again_in(wait);
+                }
+                let digest = announce_scan(&scanned, events);
+                Snapshot {
+                    generation,
+                    digest,
+                    tree: Arc::new(scanned.tree),
+                    blocks: Arc::new(
+                        BlockSource::new(options.source.clone()).reading_copies(scanned.copies),
+                    ),
+                    unproven: scanned.unproven,
+                }
+            }
+            Scanned::Region(mut scanned, region, last) => {
+                tracing::debug!(generation, elapsed = ?started.elapsed(), hashed = scanned.bytes_hashed, paths = region.paths().count(), "scanned the changed paths");
+                if let Some(wait) = scanned.copy_again_in {
+                    triggers.copy_again_in(wait);
+                }
+                let digest = announce_scan(&scanned, events);
+                // What lies outside the region is as the last scan left it: its copies, and
+                // its records that still wait for their proof.
+                let mut copies = last.blocks.copies();
+                copies.retain(|path, _| !region.covers(path));
+                copies.append(&mut scanned.copies);
+                let mut unproven = Vec::new();
+                if !last.proven(*proven.borrow()) {
+                    unproven.extend(
+                        last.unproven
+                            .iter()
+                            .filter(|u| !region.covers(&u.path))
+                            .cloned(),
+                    );
+                }
+                unproven.append(&mut scanned.unproven);
+                Snapshot {
+                    generation,
+                    digest,
+                    tree: Arc::new(scanned.tree),
+                    blocks: Arc::new(
+                        BlockSource::new(options.source.clone()).reading_copies(copies),
+                    ),
+                    unproven,
+                }
+            }
         };
         let _ = snapshot_tx.send(Some(Arc::new(snapshot)));
     }
@@ -276,7 +377,10 @@ impl TargetLoop {
 
     async fn run(mut self) {
         let url = self.target.url.clone();
-        let cache = cached_manifest_path(&self.options.state_dir, &url);
+        let mut kept = Kept::continuous(
+            cached_manifest_path(&self.options.state_dir, &url),
+            KEEP_MANIFEST_EVERY,
+        );
         let mut verified: Option<Hash> = None;
         let mut online: Option<bool> = None;
         let mut backoff = Backoff::for_targets();
@@ -342,7 +446,7 @@ impl TargetLoop {
             };
             let result = tokio::select! {
                 () = grace => return,
-                r = session(&self.target, &self.options, &self.cancel, &mut conn, tree, &snapshot.blocks, &self.events, &cache) => r,
+                r = session(&self.target, &self.options, &self.cancel, &mut conn, tree, &snapshot.blocks, &self.events, &mut kept) => r,
             };
             match result {
                 Err(SendError::Stopped) => return,

@@ -14,6 +14,81 @@ use std::io::Read;
 /// of about 250 GiB); a longer length means the file is damaged.
 const MAX_ENTRY_BYTES: usize = 64 << 20;
 
+/// What a source keeps of one target's manifest between sessions.
+#[derive(Debug)]
+pub(super) struct Kept {
+    /// The file, for the sessions of a later run.
+    pub path: PathBuf,
+    /// In continuous mode, the tree the target verified last and its digest: the next
+    /// session offers it and plans against it without reading the file.
+    tree: Option<(Hash, Arc<Tree>)>,
+    /// In continuous mode the file is written at most this often (a large manifest each
+    /// sync would cost more than the sync); `None` writes it after every session.
+    save_every: Option<Duration>,
+    saved_at: Option<Instant>,
+}
+
+impl Kept {
+    /// For one session (`push --once`): the file alone.
+    pub fn file(path: PathBuf) -> Kept {
+        Kept {
+            path,
+            tree: None,
+            save_every: None,
+            saved_at: None,
+        }
+    }
+
+    /// For a continuous push: the last verified tree in memory, the file written at most
+    /// every `save_every`.
+    pub fn continuous(path: PathBuf, save_every: Duration) -> Kept {
+        Kept {
+            save_every: Some(save_every),
+            ..Kept::file(path)
+        }
+    }
+
+    /// The digest to offer the target: the last verified tree's, else the file's.
+    pub fn digest(&self) -> Option<Hash> {
+        match &self.tree {
+            Some((digest, _)) => Some(*digest),
+            None => cached_digest(&self.path),
+        }
+    }
+
+    /// The kept tree whose digest is `digest`, from memory or from the file.
+    pub fn tree(&self, digest: Hash) -> Option<Arc<Tree>> {
+        match &self.tree {
+            Some((kept, tree)) if *kept == digest => Some(tree.clone()),
+            _ => load_cached_manifest(&self.path, digest).map(Arc::new),
+        }
+    }
+
+    /// The target verified `tree` (whose digest is `digest`) at the end of a session.
+    pub fn verified(&mut self, digest: Hash, tree: &Arc<Tree>) {
+        let on_disk = cached_digest(&self.path);
+        let due = match (self.save_every, self.saved_at) {
+            (Some(every), Some(at)) => at.elapsed() >= every,
+            _ => true,
+        };
+        if self.save_every.is_some() {
+            self.tree = Some((digest, tree.clone()));
+        }
+        if on_disk != Some(digest) && due {
+            match save_cached_manifest(&self.path, digest, tree) {
+                Ok(()) => self.saved_at = Some(Instant::now()),
+                Err(e) => tracing::warn!("cannot keep a target's manifest: {e}"),
+            }
+        }
+    }
+
+    /// The target is not known to hold anything kept.
+    pub fn forget(&mut self) {
+        self.tree = None;
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 /// Where the source keeps the manifest a target had at the end of their last session.
 pub(super) fn cached_manifest_path(state_dir: &Path, url: &str) -> PathBuf {
     let key = hex::encode(crate::hash::block_hash(url.as_bytes()));
@@ -23,7 +98,7 @@ pub(super) fn cached_manifest_path(state_dir: &Path, url: &str) -> PathBuf {
 }
 
 /// The digest of the kept manifest, if there is one (its entries are not read).
-pub(super) fn cached_digest(path: &Path) -> Option<Hash> {
+fn cached_digest(path: &Path) -> Option<Hash> {
     let mut digest = [0u8; 32];
     std::fs::File::open(path)
         .ok()?
@@ -34,7 +109,7 @@ pub(super) fn cached_digest(path: &Path) -> Option<Hash> {
 
 /// The kept manifest as a tree, if it is the one whose digest is `digest` and every file's
 /// block hashes make its hash (a damaged or older file is not).
-pub(super) fn load_cached_manifest(path: &Path, digest: Hash) -> Option<Tree> {
+fn load_cached_manifest(path: &Path, digest: Hash) -> Option<Tree> {
     let mut file = std::io::BufReader::new(std::fs::File::open(path).ok()?);
     let mut header = [0u8; 32];
     file.read_exact(&mut header).ok()?;
@@ -69,7 +144,7 @@ pub(super) fn load_cached_manifest(path: &Path, digest: Hash) -> Option<Tree> {
 }
 
 /// Keeps `tree`, the target's manifest, whose digest is `digest`.
-pub(super) fn save_cached_manifest(path: &Path, digest: Hash, tree: &Tree) -> std::io::Result<()> {
+fn save_cached_manifest(path: &Path, digest: Hash, tree: &Tree) -> std::io::Result<()> {
     crate::fs::write_atomic_with(path, crate::fs::Keep::Volatile, |file| {
         file.write_all(&digest)?;
         for entry in plan::entries(tree) {

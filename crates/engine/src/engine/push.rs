@@ -48,13 +48,13 @@ pub async fn push_once(
                 events.clone(),
             );
             let options = options.clone();
-            let cache = cached_manifest_path(&options.state_dir, &target.url);
+            let mut kept = Kept::file(cached_manifest_path(&options.state_dir, &target.url));
             let stop = cancel.clone();
             sessions.spawn(async move {
                 let started = Instant::now();
                 let mut conn = None;
                 let result = session(
-                    &target, &options, &stop, &mut conn, tree_rx, &blocks, &events, &cache,
+                    &target, &options, &stop, &mut conn, tree_rx, &blocks, &events, &mut kept,
                 )
                 .await;
                 match (conn, &target.dialed_in) {
@@ -234,7 +234,7 @@ pub(super) async fn session(
     mut tree_rx: tokio::sync::watch::Receiver<Option<(Arc<Tree>, Hash)>>,
     blocks: &Arc<BlockSource>,
     events: &broadcast::Sender<Event>,
-    cache: &Path,
+    kept: &mut Kept,
 ) -> Result<(send::Outcome, Plan, u64), SendError> {
     let (source_name, stall, limit) = (
         &options.source_name,
@@ -266,7 +266,7 @@ pub(super) async fn session(
                 .load(std::sync::atomic::Ordering::Relaxed)
     };
     let base = if reused { counted(&conn) } else { 0 };
-    let cached = cached_digest(cache);
+    let cached = kept.digest();
     let (listed, mut partials) = send::fetch_manifest(&mut conn, cached, stall).await?;
     // While the source still scans, the connection answers the target's pings.
     let scanned = conn
@@ -279,16 +279,16 @@ pub(super) async fn session(
     // The target's tree; none when it is the source's own (both unchanged since the target's
     // kept manifest: the digests say every path, size, time and hash is the same).
     let theirs = match listed {
-        send::Theirs::Listed(theirs) => Some(theirs),
-        send::Theirs::Same(kept) if kept == digest => None,
-        send::Theirs::Same(kept) => match load_cached_manifest(cache, kept) {
+        send::Theirs::Listed(theirs) => Some(Arc::new(theirs)),
+        send::Theirs::Same(same) if same == digest => None,
+        send::Theirs::Same(same) => match kept.tree(same) {
             Some(theirs) => Some(theirs),
             None => {
                 // The kept entries are damaged: list the target after all.
-                let _ = std::fs::remove_file(cache);
+                kept.forget();
                 let (theirs, again) = send::list_manifest(&mut conn, stall).await?;
                 partials = again;
-                Some(theirs)
+                Some(Arc::new(theirs))
             }
         },
     };
@@ -373,13 +373,9 @@ pub(super) async fn session(
     let (outcome, conn) = outcome;
     *open = Some(conn);
     if outcome.digest == digest {
-        if cached != Some(digest)
-            && let Err(e) = save_cached_manifest(cache, digest, tree)
-        {
-            tracing::warn!("cannot keep the manifest of {}: {e}", target.url);
-        }
+        kept.verified(digest, tree);
     } else {
-        let _ = std::fs::remove_file(cache);
+        kept.forget();
     }
     Ok((outcome, plan, wire))
 }

@@ -75,6 +75,35 @@ pub(super) fn scan_source(
     Ok(scanned)
 }
 
+/// Scans only `region` of the source (the paths a change feed named) against `tree`, the
+/// whole tree of the last scan, and records what changed in the index; the scan's tree is
+/// whole. Returns the region as scanned ([`scan::scan_region`] widens it).
+pub(super) fn rescan_source(
+    source: &Path,
+    exclude: &crate::exclude::Exclude,
+    index: &Index,
+    growth: scan::Growth,
+    databases: &Snapshots,
+    tree: &Tree,
+    region: &scan::Region,
+) -> Result<(scan::Scan, scan::Region), EngineError> {
+    let (scanned, region) = scan::scan_region(
+        source,
+        tree.clone(),
+        region,
+        exclude,
+        growth,
+        Some(databases),
+    )
+    .map_err(|e| EngineError::Source {
+        path: e.path,
+        reason: e.reason,
+    })?;
+    scanned.apply_to(index, Durability::None)?;
+    databases.retain(|path| !region.covers(path) || scanned.databases.contains(path));
+    Ok((scanned, region))
+}
+
 /// Files no larger than this that failed on a target are read through a stable copy from
 /// then on: a file that keeps changing fails its check on every target otherwise.
 const COPY_FAILED_UP_TO: u64 = 64 << 20;

@@ -127,6 +127,13 @@ pub struct Receiver {
     pub bytes_written: u64,
     /// The names here, as this file system compares them (case, normalization).
     names: Names,
+    /// The folder's change feed while a session is open: a listing after the first looks at
+    /// the paths it names (and those this session touched) instead of walking the folder.
+    watch: Option<crate::watch::Watch>,
+    /// Whether `tree` is the folder as this session listed it (then kept up to date).
+    listed: bool,
+    /// The paths this session's messages named since the last listing.
+    touched: std::collections::BTreeSet<String>,
 }
 
 impl Receiver {
@@ -195,6 +202,9 @@ impl Receiver {
             changed: true,
             bytes_written: 0,
             names: Names::new(Folding::default()),
+            watch: None,
+            listed: false,
+            touched: Default::default(),
         };
         let folding = Folding::probe(&receiver.tmp);
         if folding.any() {
@@ -257,6 +267,11 @@ impl Receiver {
         self.discard_staged();
         self.committer.trash.start_batch();
         self.committer.trash.purge(std::time::SystemTime::now());
+        // Without a feed (the watch could not be set up) every listing walks the folder.
+        let (triggers, _) = tokio::sync::mpsc::channel(1);
+        self.watch = crate::watch::start(&self.root, triggers)
+            .inspect_err(|e| tracing::debug!("{e}; every listing walks the folder"))
+            .ok();
     }
 
     /// Quick-checks the folder and lists it (see [`Receiver::entries`]); returns the resumable
@@ -267,19 +282,60 @@ impl Receiver {
         // then, and the stray ones are removed below.
         self.discard_staged();
         self.flush(Durability::Immediate)?;
-        let previous = self.index.files()?;
-        let scanned = scan::scan(&self.root, previous).map_err(|e| ReceiveError::Root {
+        self.list()?;
+        self.verify_partials()
+    }
+
+    /// Lists the folder into `tree`, checked against the disk: the first time in a session
+    /// (or when the feed lost track) by a walk of the whole folder, then by the paths the
+    /// feed named and this session touched ([`scan::scan_region`], which gives the tree a
+    /// whole walk gives).
+    fn list(&mut self) -> Result<(), ReceiveError> {
+        let root_error = |e: scan::ScanError| ReceiveError::Root {
             path: self.root.clone(),
             reason: e.reason,
-        })?;
+        };
+        let started = std::time::Instant::now();
+        let changes = self.watch.as_ref().map(crate::watch::Watch::take);
+        let touched = std::mem::take(&mut self.touched);
+        // Until this listing succeeds, the tree is not one (a failed one left it partial).
+        let listed = std::mem::replace(&mut self.listed, false);
+        let (scanned, whole) = match changes {
+            Some(crate::watch::Changes::Paths(mut paths)) if listed => {
+                paths.extend(touched);
+                let region = scan::Region::new(paths);
+                let tree = std::mem::take(&mut self.tree);
+                let scanned = scan::scan_region(
+                    &self.root,
+                    tree,
+                    &region,
+                    &crate::exclude::Exclude::none(),
+                    scan::Growth::Prove,
+                    None,
+                )
+                .map_err(root_error)?;
+                (scanned.0, false)
+            }
+            _ => (
+                scan::scan(&self.root, self.index.files()?).map_err(root_error)?,
+                true,
+            ),
+        };
         for problem in &scanned.problems {
             tracing::warn!(path = %problem.path, "{}", problem.reason);
         }
+        tracing::debug!(
+            whole,
+            elapsed = ?started.elapsed(),
+            files = scanned.tree.files.len(),
+            "listed the folder"
+        );
         scanned.apply_to(&self.index, Durability::Immediate)?;
         self.tree = scanned.tree;
+        self.listed = true;
         self.names
             .reset(self.tree.files.keys().chain(self.tree.dirs.iter()));
-        self.verify_partials()
+        Ok(())
     }
 
     /// The entries of the folder as the last manifest or finish listed it, for the source.
@@ -328,6 +384,17 @@ impl Receiver {
     pub fn handle(&mut self, message: Message) -> Result<Vec<Message>, ReceiveError> {
         if !matches!(message, Message::Finish) {
             self.changed = true;
+        }
+        let touched = match &message {
+            Message::Mkdir { path } | Message::Delete { path } | Message::SetMeta { path, .. } => {
+                Some(path)
+            }
+            Message::FileBegin(begin) => Some(&begin.path),
+            Message::Append(append) => Some(&append.path),
+            _ => None,
+        };
+        if let Some(path) = touched {
+            self.touched.insert(path.clone());
         }
         match self.apply(message) {
             // A folder that cannot be made or a file that cannot be deleted fails that step
@@ -536,6 +603,9 @@ impl Receiver {
         self.tree = Tree::default();
         self.names.reset(std::iter::empty());
         self.changed = true;
+        self.listed = false;
+        self.touched.clear();
+        self.watch = None;
     }
 
     fn flush(&mut self, durability: Durability) -> Result<(), ReceiveError> {

@@ -66,6 +66,11 @@ impl BlockSource {
         *self.copies.lock().expect("copies lock") = copies;
     }
 
+    /// The copies files are read from, by path.
+    pub fn copies(&self) -> BTreeMap<String, Arc<crate::snapshot::Copy>> {
+        self.copies.lock().expect("copies lock").clone()
+    }
+
     /// Where the bytes of `path` are read from.
     fn location(&self, path: &str) -> PathBuf {
         match self.copies.lock().expect("copies lock").get(path) {
