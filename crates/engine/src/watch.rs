@@ -183,16 +183,31 @@ mod tests {
         let watch = start(dir.path(), tx).unwrap();
         assert_eq!(watch.take(), Changes::Everything, "the first scan is whole");
         assert_eq!(watch.take(), Changes::Paths(BTreeSet::new()));
-        std::fs::write(dir.path().join("db/tick.ncd"), b"x").unwrap();
-        tokio::time::timeout(Duration::from_secs(5), rx.recv())
-            .await
-            .expect("a write must trigger a scan")
-            .unwrap();
+        // Wine 8 reports no change below a subfolder of a watched folder to a program that
+        // watches it recursively (Windows does): there the file is written at the root.
+        let name = match crate::win32::under_wine() {
+            true => "tick.ncd",
+            false => "db/tick.ncd",
+        };
+        // Some feeds are armed a moment after `start` returns (ReadDirectoryChangesW on its
+        // thread; what came before is the first scan's, which is whole): write until heard.
+        let mut heard = false;
+        for i in 0..25u8 {
+            std::fs::write(dir.path().join(name), [i]).unwrap();
+            if tokio::time::timeout(Duration::from_millis(200), rx.recv())
+                .await
+                .is_ok()
+            {
+                heard = true;
+                break;
+            }
+        }
+        assert!(heard, "a write must trigger a scan");
         let Changes::Paths(paths) = watch.take() else {
             panic!("one write is not everything");
         };
-        assert!(paths.contains("db/tick.ncd"), "{paths:?}");
-        assert!(paths.iter().all(|p| p.starts_with("db")), "{paths:?}");
+        assert!(paths.contains(name), "{paths:?}");
+        assert!(paths.iter().all(|p| p.starts_with(name)), "{paths:?}");
     }
 
     #[test]
