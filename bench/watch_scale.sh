@@ -6,7 +6,7 @@
 # plus one live tick file (`gen.py tick`, 10 MiB), brings a `rainmaker serve` in sync with
 # `push --once` (timed), then runs `push --watch` while bench/s4_probe.py appends a batch of
 # 1,200 bytes to the live file every WATCH_INTERVAL s for WATCH_SECONDS s and polls the target
-# for it. Prints the probe's delays (p50, p95, max, missed), the CPU each process used over the
+# for it, once the watching push has said its first "in sync". Prints the probe's delays (p50, p95, max, missed), the CPU each process used over the
 # writing period (% of one core) and the peak RSS of the watching push and of the agent.
 #
 #   bench/watch_scale.sh                 # 300,000 files, 10 s of appends
@@ -49,8 +49,9 @@ cleanup() {
 trap cleanup EXIT
 /usr/bin/time -f "%e s, peak %M KiB" -o "$W/once.time" "$RM" push "$SRC" "${ARGS[@]}" --once > /dev/null 2> "$W/once.err"
 echo "initial push --once: $(cat "$W/once.time")"
-/usr/bin/time -f "%M" -o "$W/watch.time" "$RM" push "$SRC" "${ARGS[@]}" --watch > /dev/null 2> "$W/watch.err" &
-sleep 1
+/usr/bin/time -f "%M" -o "$W/watch.time" "$RM" push "$SRC" "${ARGS[@]}" --watch --json > "$W/watch.out" 2> "$W/watch.err" &
+# The delays are of a running mirror: its first sync (a whole scan and listing) comes first.
+for _ in $(seq 1200); do grep -q '"in_sync"' "$W/watch.out" 2> /dev/null && break; sleep 0.1; done
 WATCH_PID=$(pgrep -f "push $SRC .*--watch" | grep -vx "$!" | tail -1)
 cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 c0=$(cpu "$WATCH_PID"); s0=$(cpu "$SERVE_PID"); t0=$(date +%s.%N)
