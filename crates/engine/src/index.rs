@@ -271,7 +271,7 @@ impl Index {
     pub fn apply_files(
         &self,
         put: &[String],
-        records: &BTreeMap<String, FileRecord>,
+        records: &imbl::OrdMap<String, FileRecord>,
         remove: &[String],
         durability: Durability,
     ) -> Result<(), IndexError> {
@@ -418,13 +418,14 @@ mod tests {
             .map(|i| (format!("db/{i:06}"), record(i as u64)))
             .collect();
         let paths: Vec<String> = records.keys().cloned().collect();
+        let tree: imbl::OrdMap<String, FileRecord> = records.clone().into_iter().collect();
         index
-            .apply_files(&paths, &records, &[], Durability::Immediate)
+            .apply_files(&paths, &tree, &[], Durability::Immediate)
             .unwrap();
         assert_eq!(index.files().unwrap(), records);
         let (gone, kept) = paths.split_at(FILES_PER_COMMIT + 3);
         index
-            .apply_files(&[], &records, gone, Durability::None)
+            .apply_files(&[], &tree, gone, Durability::None)
             .unwrap();
         let left = index.files().unwrap();
         assert_eq!(left.len(), kept.len());

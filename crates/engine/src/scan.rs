@@ -45,12 +45,27 @@ pub use region::{Region, scan_region};
 const RACY_WINDOW_NS: i128 = 500_000_000;
 
 /// The state of a folder after a scan.
+///
+/// Its maps are persistent ([`imbl`]): a clone costs nothing and shares every node with the
+/// original until one of them changes, so the snapshots continuous mode keeps of a large
+/// folder (the one being sent, the one a target verified, the one being proven) hold what
+/// differs between them, not a copy of the folder each.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Tree {
     /// Every folder below the root, as a `/`-separated relative path.
-    pub dirs: BTreeSet<String>,
+    pub dirs: imbl::OrdSet<String>,
     /// Every regular file below the root, with its record.
-    pub files: BTreeMap<String, FileRecord>,
+    pub files: imbl::OrdMap<String, FileRecord>,
+}
+
+impl Tree {
+    /// The files' records, as a scan takes the previous ones.
+    pub fn records(&self) -> BTreeMap<String, FileRecord> {
+        self.files
+            .iter()
+            .map(|(path, record)| (path.clone(), record.clone()))
+            .collect()
+    }
 }
 
 /// A path the scan skipped, and why; the rest of the scan goes on.
@@ -656,7 +671,7 @@ mod tests {
     }
 
     fn apply(previous: &mut BTreeMap<String, FileRecord>, scan: &Scan) {
-        *previous = scan.tree.files.clone();
+        *previous = scan.tree.records();
     }
 
     #[test]
@@ -745,7 +760,7 @@ mod tests {
         let (truth, _) = hash::hash_blocks(&mut &bytes[..], bytes.len() as u64).unwrap();
         let truth = hash::file_hash(bytes.len() as u64, &truth);
 
-        let proven = scan(root, first.tree.files.clone()).unwrap();
+        let proven = scan(root, first.tree.records()).unwrap();
         assert_eq!(
             proven.tree.files["tick.ncd"].hash, truth,
             "a proving scan records what the disk holds"
@@ -753,7 +768,7 @@ mod tests {
 
         let deferred = scan_excluding(
             root,
-            first.tree.files.clone(),
+            first.tree.records(),
             &Exclude::none(),
             Growth::Defer,
             None,
@@ -782,7 +797,7 @@ mod tests {
         std::fs::write(dir.path().join("f"), b"fresh").unwrap();
         let first = scan(dir.path(), BTreeMap::new()).unwrap();
         assert!(first.tree.files["f"].racy);
-        let second = scan(dir.path(), first.tree.files.clone()).unwrap();
+        let second = scan(dir.path(), first.tree.records()).unwrap();
         assert_eq!(
             second.bytes_hashed, 5,
             "a same-tick rewrite could hide behind the same stamp"
@@ -798,7 +813,7 @@ mod tests {
         let mut changed = vec![1u8; (BLOCK_SIZE * 3) as usize];
         changed[(BLOCK_SIZE * 2 - 1) as usize] = 7;
         write(root, "f", &changed);
-        let second = scan(root, first.tree.files.clone()).unwrap();
+        let second = scan(root, first.tree.records()).unwrap();
         assert_eq!(
             second.bytes_hashed,
             BLOCK_SIZE * 3,
@@ -817,7 +832,7 @@ mod tests {
         assert_eq!(first.problems.len(), 1);
         assert_eq!(first.problems[0].path, "link");
         std::fs::remove_file(root.join("a")).unwrap();
-        let second = scan(root, first.tree.files.clone()).unwrap();
+        let second = scan(root, first.tree.records()).unwrap();
         assert_eq!(second.removed, ["a"]);
         assert!(second.changed.is_empty());
     }

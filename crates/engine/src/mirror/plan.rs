@@ -171,13 +171,21 @@ pub fn plan(
         target
     } else {
         let mut t = target.clone();
-        t.files.retain(|p, _| {
-            !renamed.iter().any(|r| {
-                p == r
-                    || p.strip_prefix(r.as_str())
-                        .is_some_and(|rest| rest.starts_with('/'))
+        let gone: Vec<String> = t
+            .files
+            .keys()
+            .filter(|p| {
+                renamed.iter().any(|r| {
+                    *p == r
+                        || p.strip_prefix(r.as_str())
+                            .is_some_and(|rest| rest.starts_with('/'))
+                })
             })
-        });
+            .cloned()
+            .collect();
+        for path in gone {
+            t.files.remove(&path);
+        }
         without_renamed = t;
         &without_renamed
     };

@@ -134,6 +134,8 @@ pub struct Receiver {
     listed: bool,
     /// The paths this session's messages named since the last listing.
     touched: std::collections::BTreeSet<String>,
+    /// The digest of `tree` while it is the last listing as it was made.
+    digest: Option<Hash>,
 }
 
 impl Receiver {
@@ -205,6 +207,7 @@ impl Receiver {
             watch: None,
             listed: false,
             touched: Default::default(),
+            digest: None,
         };
         let folding = Folding::probe(&receiver.tmp);
         if folding.any() {
@@ -301,6 +304,13 @@ impl Receiver {
         // Until this listing succeeds, the tree is not one (a failed one left it partial).
         let listed = std::mem::replace(&mut self.listed, false);
         let (scanned, whole) = match changes {
+            // Nothing named, nothing touched: the last listing stands, digest and all.
+            Some(crate::watch::Changes::Paths(paths))
+                if listed && paths.is_empty() && touched.is_empty() && self.digest.is_some() =>
+            {
+                self.listed = true;
+                return Ok(());
+            }
             Some(crate::watch::Changes::Paths(mut paths)) if listed => {
                 paths.extend(touched);
                 let region = scan::Region::new(paths);
@@ -332,6 +342,7 @@ impl Receiver {
         );
         scanned.apply_to(&self.index, Durability::Immediate)?;
         self.tree = scanned.tree;
+        self.digest = Some(plan::digest(&self.tree));
         self.listed = true;
         self.names
             .reset(self.tree.files.keys().chain(self.tree.dirs.iter()));
@@ -345,7 +356,7 @@ impl Receiver {
 
     /// The digest of the folder as the last manifest or finish saw it.
     pub fn digest(&self) -> Hash {
-        plan::digest(&self.tree)
+        self.digest.unwrap_or_else(|| plan::digest(&self.tree))
     }
 
     /// Re-verifies every resumable temporary file and removes stray ones.
@@ -384,6 +395,7 @@ impl Receiver {
     pub fn handle(&mut self, message: Message) -> Result<Vec<Message>, ReceiveError> {
         if !matches!(message, Message::Finish) {
             self.changed = true;
+            self.digest = None;
         }
         let touched = match &message {
             Message::Mkdir { path } | Message::Delete { path } | Message::SetMeta { path, .. } => {
@@ -504,14 +516,17 @@ impl Receiver {
             self.tree.files.remove(&path);
             self.pending.push(Change::RemoveFile(path));
         }
-        let names = &mut self.names;
-        self.tree.dirs.retain(|d| {
-            let gone = d == rel || d.starts_with(&prefix);
-            if gone {
-                names.remove(d);
-            }
-            !gone
-        });
+        let gone: Vec<String> = self
+            .tree
+            .dirs
+            .iter()
+            .filter(|d| *d == rel || d.starts_with(&prefix))
+            .cloned()
+            .collect();
+        for dir in gone {
+            self.names.remove(&dir);
+            self.tree.dirs.remove(&dir);
+        }
         Ok(())
     }
 
@@ -606,6 +621,7 @@ impl Receiver {
         self.listed = false;
         self.touched.clear();
         self.watch = None;
+        self.digest = None;
     }
 
     fn flush(&mut self, durability: Durability) -> Result<(), ReceiveError> {
@@ -627,7 +643,7 @@ impl Receiver {
             // Verify against the disk, not against what we believe we wrote.
             self.manifest()?;
         }
-        Ok(plan::digest(&self.tree))
+        Ok(self.digest())
     }
 }
 

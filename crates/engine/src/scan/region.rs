@@ -15,6 +15,7 @@ use super::{Growth, Scan, ScanError, Tree, walk};
 use crate::exclude::Exclude;
 use crate::index::FileRecord;
 use crate::snapshot::{self, Snapshots};
+use imbl::{OrdMap, OrdSet};
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 use std::path::Path;
@@ -66,7 +67,7 @@ impl Region {
     }
 
     /// The records of `files` this region covers.
-    fn records_in(&self, files: &BTreeMap<String, FileRecord>) -> BTreeMap<String, FileRecord> {
+    fn records_in(&self, files: &OrdMap<String, FileRecord>) -> BTreeMap<String, FileRecord> {
         let mut out = BTreeMap::new();
         for path in &self.paths {
             for (file, record) in below(files, path) {
@@ -78,19 +79,19 @@ impl Region {
 }
 
 /// The entries of `map` at or below `path`.
-fn below<'a, V>(
-    map: &'a BTreeMap<String, V>,
+fn below<'a, V: Clone>(
+    map: &'a OrdMap<String, V>,
     path: &'a str,
 ) -> impl Iterator<Item = (&'a String, &'a V)> + 'a {
     let prefix = format!("{path}/");
-    map.range::<str, _>((Bound::Included(path), Bound::Unbounded))
+    map.range::<_, str>((Bound::Included(path), Bound::Unbounded))
         .take_while(move |(k, _)| k.as_str() == path || k.starts_with(&prefix))
 }
 
 /// The folders of `dirs` at or below `path`.
-fn dirs_below<'a>(dirs: &'a BTreeSet<String>, path: &'a str) -> impl Iterator<Item = &'a String> {
+fn dirs_below<'a>(dirs: &'a OrdSet<String>, path: &'a str) -> impl Iterator<Item = &'a String> {
     let prefix = format!("{path}/");
-    dirs.range::<str, _>((Bound::Included(path), Bound::Unbounded))
+    dirs.range::<_, str>((Bound::Included(path), Bound::Unbounded))
         .take_while(move |k| k.as_str() == path || k.starts_with(&prefix))
 }
 
@@ -121,8 +122,9 @@ pub fn scan_region(
             whole.dirs.remove(&dir);
         }
     }
-    whole.dirs.append(&mut scanned.tree.dirs);
-    whole.files.append(&mut scanned.tree.files);
+    // One insert each: `append` would rebuild the whole tree.
+    whole.dirs.extend(std::mem::take(&mut scanned.tree.dirs));
+    whole.files.extend(std::mem::take(&mut scanned.tree.files));
     scanned.tree = whole;
     Ok((scanned, region))
 }
@@ -232,7 +234,7 @@ mod tests {
         )
         .unwrap()
         .0;
-        let whole = scan(root, before.files.clone()).unwrap();
+        let whole = scan(root, before.records()).unwrap();
         assert_eq!(partial.tree, whole.tree);
         let sorted = |mut v: Vec<String>| {
             v.sort();
