@@ -33,8 +33,9 @@ const BATCH_KEY: &str = "steps";
 
 /// The most memory redb may keep of the index's pages (its default is 1 GiB, which a folder of
 /// 300,000 files fills and an idle agent then keeps). Pages beyond it are read again, from the
-/// system's file cache as a rule.
-const CACHE_BYTES: usize = 16 << 20;
+/// system's file cache as a rule. At 300,000 files 4 MiB was as fast as 16 MiB (a one-file
+/// push, 5.1 to 5.6 s either way) and an agent idle after a session holds 26 MB instead of 51.
+const CACHE_BYTES: usize = 4 << 20;
 
 /// Most files one transaction of [`Index::apply_files`] writes.
 const FILES_PER_COMMIT: usize = 16_384;
