@@ -136,7 +136,13 @@ pub struct Receiver {
     touched: std::collections::BTreeSet<String>,
     /// The digest of `tree` while it is the last listing as it was made.
     digest: Option<Hash>,
+    /// When the folder was last listed whole.
+    listed_whole: Option<std::time::Instant>,
 }
+
+/// A session lists its folder whole at least this often, whatever its feed says: a feed can
+/// drop a change without a word (the source's safety rescan is as frequent by default).
+const LIST_WHOLE_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl Receiver {
     /// Opens a target folder: it must exist and be writable. Rolls back appends and
@@ -208,6 +214,7 @@ impl Receiver {
             listed: false,
             touched: Default::default(),
             digest: None,
+            listed_whole: None,
         };
         let folding = Folding::probe(&receiver.tmp);
         if folding.any() {
@@ -289,10 +296,10 @@ impl Receiver {
         self.verify_partials()
     }
 
-    /// Lists the folder into `tree`, checked against the disk: the first time in a session
-    /// (or when the feed lost track) by a walk of the whole folder, then by the paths the
-    /// feed named and this session touched ([`scan::scan_region`], which gives the tree a
-    /// whole walk gives).
+    /// Lists the folder into `tree`, checked against the disk: the first time in a session,
+    /// when the feed lost track and every [`LIST_WHOLE_EVERY`] by a walk of the whole folder,
+    /// otherwise by the paths the feed named and this session touched
+    /// ([`scan::scan_region`], which gives the tree a whole walk gives).
     fn list(&mut self) -> Result<(), ReceiveError> {
         let root_error = |e: scan::ScanError| ReceiveError::Root {
             path: self.root.clone(),
@@ -302,7 +309,10 @@ impl Receiver {
         let changes = self.watch.as_ref().map(crate::watch::Watch::take);
         let touched = std::mem::take(&mut self.touched);
         // Until this listing succeeds, the tree is not one (a failed one left it partial).
-        let listed = std::mem::replace(&mut self.listed, false);
+        let listed = std::mem::replace(&mut self.listed, false)
+            && self
+                .listed_whole
+                .is_some_and(|at| at.elapsed() < LIST_WHOLE_EVERY);
         let (scanned, whole) = match changes {
             // Nothing named, nothing touched: the last listing stands, digest and all.
             Some(crate::watch::Changes::Paths(paths))
@@ -341,6 +351,9 @@ impl Receiver {
             "listed the folder"
         );
         scanned.apply_to(&self.index, Durability::Immediate)?;
+        if whole {
+            self.listed_whole = Some(started);
+        }
         self.tree = scanned.tree;
         self.digest = Some(plan::digest(&self.tree));
         self.listed = true;
