@@ -355,10 +355,6 @@ fn watch_mode_proves_what_an_append_took_on_trust() {
         .arg("--watch")
         .arg("--rescan-every")
         .arg("1h")
-        .env(
-            "RUST_LOG",
-            "info,rainmaker_engine::engine::continuous=debug",
-        )
         .spawn_continuous();
     let log = || push.log();
     wait_identical(&src, &dst, Duration::from_secs(20), &log);
