@@ -2,14 +2,14 @@
 //!
 //! A plan is made by walking the source's and the target's entries; an entry both hold alike
 //! (the same folder, or a file with the same record) never gives an operation. The plan
-//! therefore walks only the [`Delta`], found in one merge of the two sorted trees, and asks
-//! the whole trees what it must know about the rest (whether a path exists, where a block can
-//! be found). In continuous mode, where the target's tree is the one it verified a moment ago,
-//! a change of a few files is then planned in the time of that merge, not of the whole plan.
+//! therefore walks only the [`Delta`], found by a merge of the two sorted trees that skips the
+//! nodes they share, and asks the whole trees what it must know about the rest (whether a path
+//! exists, where a block can be found). In continuous mode, where the target's tree is the one
+//! it verified a moment ago and shares all but the changed paths with the new one, a change of
+//! a few files is planned in the time of those few files.
 
 use crate::index::FileRecord;
 use crate::scan::Tree;
-use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// What one side holds of the entries that differ.
@@ -28,36 +28,38 @@ pub struct Delta<'a> {
 }
 
 impl<'a> Delta<'a> {
-    /// The delta of `source` and `target`, in one merge of their sorted entries.
+    /// The delta of `source` and `target`. Their maps are persistent: what the two share (a
+    /// snapshot and the one a target verified before it) is skipped without being visited, so
+    /// the cost is that of what differs, not of the folder.
     pub fn between(source: &'a Tree, target: &'a Tree) -> Delta<'a> {
+        use imbl::ordmap::DiffItem;
+        use imbl::ordset::DiffItem as DirItem;
         let mut delta = Delta::default();
-        for step in merge(source.files.iter(), target.files.iter(), |a, b| {
-            a.0.cmp(b.0)
-        }) {
-            match step {
-                Step::Left((path, ours)) => {
+        for item in target.files.diff(&source.files) {
+            match item {
+                DiffItem::Add(path, ours) => {
                     delta.source.files.insert(path.as_str(), ours);
                 }
-                Step::Right((path, theirs)) => {
+                DiffItem::Remove(path, theirs) => {
                     delta.target.files.insert(path.as_str(), theirs);
                 }
-                Step::Both((path, ours), (_, theirs)) => {
-                    if ours != theirs {
-                        delta.source.files.insert(path.as_str(), ours);
-                        delta.target.files.insert(path.as_str(), theirs);
-                    }
+                DiffItem::Update {
+                    old: (path, theirs),
+                    new: (_, ours),
+                } => {
+                    delta.source.files.insert(path.as_str(), ours);
+                    delta.target.files.insert(path.as_str(), theirs);
                 }
             }
         }
-        for step in merge(source.dirs.iter(), target.dirs.iter(), |a, b| a.cmp(b)) {
-            match step {
-                Step::Left(dir) => {
+        for item in target.dirs.diff(&source.dirs) {
+            match item {
+                DirItem::Add(dir) => {
                     delta.source.dirs.insert(dir.as_str());
                 }
-                Step::Right(dir) => {
+                DirItem::Remove(dir) => {
                     delta.target.dirs.insert(dir.as_str());
                 }
-                Step::Both(..) => {}
             }
         }
         delta
@@ -69,32 +71,6 @@ impl<'a> Delta<'a> {
             && self.source.dirs.is_empty()
             && self.target.dirs.is_empty()
     }
-}
-
-/// One step of a merge of two sorted sequences.
-enum Step<T> {
-    Left(T),
-    Right(T),
-    Both(T, T),
-}
-
-/// The steps of a merge of two sequences sorted by `order`.
-fn merge<T>(
-    left: impl Iterator<Item = T>,
-    right: impl Iterator<Item = T>,
-    order: impl Fn(&T, &T) -> Ordering,
-) -> impl Iterator<Item = Step<T>> {
-    let (mut left, mut right) = (left.peekable(), right.peekable());
-    std::iter::from_fn(move || match (left.peek(), right.peek()) {
-        (Some(a), Some(b)) => Some(match order(a, b) {
-            Ordering::Less => Step::Left(left.next()?),
-            Ordering::Greater => Step::Right(right.next()?),
-            Ordering::Equal => Step::Both(left.next()?, right.next()?),
-        }),
-        (Some(_), None) => left.next().map(Step::Left),
-        (None, Some(_)) => right.next().map(Step::Right),
-        (None, None) => None,
-    })
 }
 
 #[cfg(test)]
