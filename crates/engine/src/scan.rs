@@ -37,6 +37,7 @@ use thiserror::Error;
 
 mod region;
 pub use region::{Region, scan_region};
+pub(crate) use region::{below, dirs_below};
 
 /// A file modified less than this before it was hashed is hashed again on the next scan if its
 /// stamp did not change: a write in the same tick of the file system's clock would keep its

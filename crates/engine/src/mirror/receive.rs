@@ -516,26 +516,15 @@ impl Receiver {
         self.stage(Staged::Remove {
             path: rel.to_string(),
         });
-        let prefix = format!("{rel}/");
-        let gone: Vec<String> = self
-            .tree
-            .files
-            .keys()
-            .filter(|p| *p == rel || p.starts_with(&prefix))
-            .cloned()
+        let gone: Vec<String> = scan::below(&self.tree.files, rel)
+            .map(|(path, _)| path.clone())
             .collect();
         for path in gone {
             self.names.remove(&path);
             self.tree.files.remove(&path);
             self.pending.push(Change::RemoveFile(path));
         }
-        let gone: Vec<String> = self
-            .tree
-            .dirs
-            .iter()
-            .filter(|d| *d == rel || d.starts_with(&prefix))
-            .cloned()
-            .collect();
+        let gone: Vec<String> = scan::dirs_below(&self.tree.dirs, rel).cloned().collect();
         for dir in gone {
             self.names.remove(&dir);
             self.tree.dirs.remove(&dir);

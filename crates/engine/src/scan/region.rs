@@ -78,21 +78,30 @@ impl Region {
     }
 }
 
-/// The entries of `map` at or below `path`.
-fn below<'a, V: Clone>(
+/// The entries of `map` at or below `path`: the path itself, then the run of keys that start
+/// with `path/` (contiguous when sorted; a sibling such as `path-old` or `path 2` sorts between
+/// the two, so the run starts at `path/`, not at `path`).
+pub(crate) fn below<'a, V: Clone>(
     map: &'a OrdMap<String, V>,
     path: &'a str,
 ) -> impl Iterator<Item = (&'a String, &'a V)> + 'a {
     let prefix = format!("{path}/");
-    map.range::<_, str>((Bound::Included(path), Bound::Unbounded))
-        .take_while(move |(k, _)| k.as_str() == path || k.starts_with(&prefix))
+    map.get_key_value(path).into_iter().chain(
+        map.range::<_, String>((Bound::Included(prefix.clone()), Bound::Unbounded))
+            .take_while(move |(k, _)| k.starts_with(&prefix)),
+    )
 }
 
-/// The folders of `dirs` at or below `path`.
-fn dirs_below<'a>(dirs: &'a OrdSet<String>, path: &'a str) -> impl Iterator<Item = &'a String> {
+/// The folders of `dirs` at or below `path` (as [`below`]).
+pub(crate) fn dirs_below<'a>(
+    dirs: &'a OrdSet<String>,
+    path: &'a str,
+) -> impl Iterator<Item = &'a String> {
     let prefix = format!("{path}/");
-    dirs.range::<_, str>((Bound::Included(path), Bound::Unbounded))
-        .take_while(move |k| k.as_str() == path || k.starts_with(&prefix))
+    dirs.get(path).into_iter().chain(
+        dirs.range::<_, String>((Bound::Included(prefix.clone()), Bound::Unbounded))
+            .take_while(move |k| k.starts_with(&prefix)),
+    )
 }
 
 /// Scans the part of `root` that `region` names against `tree`, the whole tree of the last
@@ -247,6 +256,38 @@ mod tests {
             !partial.tree.dirs.contains("gone"),
             "the gone folder widened the region"
         );
+    }
+
+    /// `ES 12-26` and `ES-old` sort between `ES` and `ES/...`: a region of `ES` must still
+    /// take in everything below `ES`, and leave the siblings alone.
+    #[test]
+    fn a_region_reaches_past_siblings_that_sort_between_a_folder_and_its_contents() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        for rel in [
+            "ES/01.ncd",
+            "ES/02.ncd",
+            "ES 12-26/01.ncd",
+            "ES-old/01.ncd",
+            "ES.txt",
+        ] {
+            write(root, rel, rel.as_bytes());
+        }
+        let before = scan(root, BTreeMap::new()).unwrap().tree;
+        std::fs::remove_file(root.join("ES/02.ncd")).unwrap();
+        write(root, "ES/01.ncd", b"changed");
+        let (partial, _) = scan_region(
+            root,
+            before.clone(),
+            &region(&["ES"]),
+            &Exclude::none(),
+            Growth::Prove,
+            None,
+        )
+        .unwrap();
+        let whole = scan(root, before.records()).unwrap();
+        assert_eq!(partial.tree, whole.tree);
+        assert_eq!(partial.removed, ["ES/02.ncd"]);
     }
 
     #[test]
