@@ -8,6 +8,18 @@ use common::{Sandbox, wait_identical, write_random};
 use std::io::Write;
 use std::time::{Duration, Instant};
 
+/// The safety rescan of a test that relies on the watcher's feed: an hour, so only the feed can
+/// bring a change. Wine 8's ReadDirectoryChangesW drops some changes below a subfolder of a
+/// recursive watch (a folder renamed into one, an edit of a file in one, each in a full run, never
+/// alone), so under Wine a rescan every 2 s brings what its feed missed.
+fn feed_rescan() -> &'static str {
+    if rainmaker_engine::win32::under_wine() {
+        "2s"
+    } else {
+        "1h"
+    }
+}
+
 #[test]
 fn watch_mode_delivers_appends_new_files_and_deletes() {
     let sandbox = Sandbox::new();
@@ -86,16 +98,15 @@ fn watch_mode_follows_folders_created_renamed_deleted_and_replaced() {
         write_random(&src.join(rel), i as u64, 5_000);
     }
     let agent = sandbox.serve(&dst);
-    // Wine 8's ReadDirectoryChangesW drops some changes below a subfolder of a recursive watch
-    // (a folder renamed into one went unreported in a full run): there the safety rescan,
-    // every 2 s, must bring what the feed missed, and no scan by paths is asserted.
+    // Under Wine the safety rescan brings what the feed missed (see `feed_rescan`), and no scan
+    // by paths is asserted.
     let wine = rainmaker_engine::win32::under_wine();
     let push = sandbox
         .push(&src)
         .target(&agent)
         .arg("--watch")
         .arg("--rescan-every")
-        .arg(if wine { "2s" } else { "1h" })
+        .arg(feed_rescan())
         .env(
             "RUST_LOG",
             "info,rainmaker_engine::engine::continuous=debug",
@@ -139,7 +150,7 @@ fn an_edit_on_the_target_between_syncs_is_seen_by_the_next_one() {
         .target(&agent)
         .arg("--watch")
         .arg("--rescan-every")
-        .arg("1h")
+        .arg(feed_rescan())
         .spawn_continuous();
     let log = || push.log();
     wait_identical(&src, &dst, Duration::from_secs(20), &log);
@@ -358,7 +369,7 @@ fn watch_mode_proves_what_an_append_took_on_trust() {
         .target(&agent)
         .arg("--watch")
         .arg("--rescan-every")
-        .arg("1h")
+        .arg(feed_rescan())
         .spawn_continuous();
     let log = || push.log();
     wait_identical(&src, &dst, Duration::from_secs(20), &log);
