@@ -254,6 +254,10 @@ fn a_change_the_watch_cannot_see_still_arrives_by_the_rescan() {
         .arg("--watch")
         .arg("--rescan-every")
         .arg("1s")
+        .env(
+            "RUST_LOG",
+            "info,rainmaker_engine::engine::continuous=debug,rainmaker_engine::scan=debug",
+        )
         .spawn_continuous();
     let log = || push.log();
     wait_identical(&src, &dst, Duration::from_secs(20), &log);
@@ -265,6 +269,17 @@ fn a_change_the_watch_cannot_see_still_arrives_by_the_rescan() {
     drop(file);
     let took = wait_identical(&src, &dst, Duration::from_secs(5), &log);
     eprintln!("an unseen change arrived after {took:?}");
+    // The safety rescan walked in the background and what it found was scanned by its path:
+    // the folder was scanned whole once, at the start.
+    let whole = log()
+        .lines()
+        .filter(|l| l.contains(" scanned") && !l.contains("scanned the changed paths"))
+        .count();
+    assert!(
+        log().contains("safety rescan") && whole == 1,
+        "one whole scan, then safety rescans in the background:\n{}",
+        log()
+    );
 }
 
 #[test]

@@ -35,7 +35,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use thiserror::Error;
 
+mod audit;
 mod region;
+pub use audit::Background;
 pub use region::{Region, scan_region};
 pub(crate) use region::{below, dirs_below};
 

@@ -8,6 +8,10 @@
 //! or slow never holds back the others, bursts of changes coalesce into the newest snapshot,
 //! and a target that returns is caught up as soon as it answers, not at the next tick.
 //!
+//! With a change feed, a change is a scan of the paths the feed named, and the safety rescan
+//! is a walk in the background ([`crate::scan::audit`]) whose findings are scanned as the feed's
+//! are: a large folder's walk never holds back the changes that arrive during it.
+//!
 //! Scans read only the grown end of a file that grew, so an append reaches the targets at
 //! once; the [`super::proof`] task proves the rest in the background, and a target is said
 //! to be in sync only once the snapshot it holds is proven ("verifying" until then).
@@ -130,6 +134,8 @@ pub async fn push_continuous(
     let mut generation = 0;
     // A scan failed after it took the feed's changes: the next scan is whole.
     let mut whole_next = false;
+    // The safety rescan with a change feed: a walk in the background.
+    let mut auditing: Option<crate::scan::Background> = None;
     while let Some(why) = triggers.next(cancel).await {
         match why {
             Why::Asked => tracing::info!("sync asked for; scanning now"),
@@ -141,18 +147,53 @@ pub async fn push_continuous(
                 .lock()
                 .expect("the distrust list is never poisoned"),
         );
-        // A change is a scan of the paths the feed named, merged into the last tree; the
-        // first scan, each safety rescan, a feed that lost track and a distrusted record are
+        // What the safety rescan found, once it is done; a rescan that failed makes the next
+        // scan whole.
+        let found = match auditing.as_ref().map(crate::scan::Background::done) {
+            Some(Some(found)) => {
+                auditing = None;
+                match found {
+                    Ok(paths) => paths,
+                    Err(e) => {
+                        tracing::warn!("the safety rescan failed ({e}); scanning the whole folder");
+                        whole_next = true;
+                        Vec::new()
+                    }
+                }
+            }
+            _ => Vec::new(),
+        };
+        // A change is a scan of the paths the feed named, merged into the last tree; a safety
+        // rescan starts a walk in the background whose findings are scanned the same way.
+        // The first scan, a feed that lost track, a failed scan and a distrusted record are
         // whole scans.
         let changes = watch.as_ref().map(watch::Watch::take);
         let last = snapshot_tx.borrow().clone();
         let region = match (why, changes, &last) {
-            (Why::Change | Why::CopyDue, Some(watch::Changes::Paths(mut paths)), Some(last))
-                if distrusted.is_empty() && !whole_next =>
-            {
+            (
+                Why::Change | Why::CopyDue | Why::Tick,
+                Some(watch::Changes::Paths(mut paths)),
+                Some(last),
+            ) if distrusted.is_empty() && !whole_next => {
                 if why == Why::CopyDue {
                     paths.extend(databases.paths());
                 }
+                if why == Why::Tick && auditing.is_none() {
+                    // A scan of what it found is due when it ends (a full channel has one
+                    // due already). Tried again at the next tick if it cannot start.
+                    let done = trigger_tx.clone();
+                    auditing = crate::scan::Background::start(
+                        options.source.clone(),
+                        (*last.tree).clone(),
+                        options.exclude.clone(),
+                        move || {
+                            let _ = done.try_send(());
+                        },
+                    )
+                    .inspect_err(|e| tracing::warn!("the safety rescan could not start: {e}"))
+                    .ok();
+                }
+                paths.extend(found);
                 Some((last.clone(), Region::new(paths)))
             }
             _ => None,

@@ -136,13 +136,18 @@ pub struct Receiver {
     touched: std::collections::BTreeSet<String>,
     /// The digest of `tree` while it is the last listing as it was made.
     digest: Option<Hash>,
-    /// When the folder was last listed whole.
-    listed_whole: Option<std::time::Instant>,
+    /// When the folder was last listed whole or its safety rescan started.
+    audited: Option<std::time::Instant>,
+    /// The safety rescan walking the folder in the background.
+    auditing: Option<scan::Background>,
+    /// How often it walks ([`AUDIT_EVERY`]; tests shorten it).
+    audit_every: std::time::Duration,
 }
 
-/// A session lists its folder whole at least this often, whatever its feed says: a feed can
-/// drop a change without a word (the source's safety rescan is as frequent by default).
-const LIST_WHOLE_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+/// While a session is open, its folder is walked at least this often in the background,
+/// whatever its feed says: a feed can drop a change without a word (the source's safety
+/// rescan is as frequent by default). What the walk finds is listed at the next listing.
+const AUDIT_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl Receiver {
     /// Opens a target folder: it must exist and be writable. Rolls back appends and
@@ -214,7 +219,9 @@ impl Receiver {
             listed: false,
             touched: Default::default(),
             digest: None,
-            listed_whole: None,
+            audited: None,
+            auditing: None,
+            audit_every: AUDIT_EVERY,
         };
         let folding = Folding::probe(&receiver.tmp);
         if folding.any() {
@@ -296,9 +303,9 @@ impl Receiver {
         self.verify_partials()
     }
 
-    /// Lists the folder into `tree`, checked against the disk: the first time in a session,
-    /// when the feed lost track and every [`LIST_WHOLE_EVERY`] by a walk of the whole folder,
-    /// otherwise by the paths the feed named and this session touched
+    /// Lists the folder into `tree`, checked against the disk: the first time in a session and
+    /// when the feed lost track by a walk of the whole folder, otherwise by the paths the feed
+    /// named, those this session touched and those the safety rescan found
     /// ([`scan::scan_region`], which gives the tree a whole walk gives).
     fn list(&mut self) -> Result<(), ReceiveError> {
         let root_error = |e: scan::ScanError| ReceiveError::Root {
@@ -308,21 +315,35 @@ impl Receiver {
         let started = std::time::Instant::now();
         let changes = self.watch.as_ref().map(crate::watch::Watch::take);
         let touched = std::mem::take(&mut self.touched);
+        let found = match self.auditing.as_ref().and_then(scan::Background::done) {
+            Some(found) => {
+                self.auditing = None;
+                found
+                    .inspect_err(|e| {
+                        tracing::warn!("the safety rescan failed ({}); listing whole", e.reason);
+                    })
+                    .ok()
+            }
+            None => Some(Vec::new()),
+        };
         // Until this listing succeeds, the tree is not one (a failed one left it partial).
-        let listed = std::mem::replace(&mut self.listed, false)
-            && self
-                .listed_whole
-                .is_some_and(|at| at.elapsed() < LIST_WHOLE_EVERY);
-        let (scanned, whole) = match changes {
+        let listed = std::mem::replace(&mut self.listed, false);
+        let (scanned, whole) = match (changes, found) {
             // Nothing named, nothing touched: the last listing stands, digest and all.
-            Some(crate::watch::Changes::Paths(paths))
-                if listed && paths.is_empty() && touched.is_empty() && self.digest.is_some() =>
+            (Some(crate::watch::Changes::Paths(paths)), Some(found))
+                if listed
+                    && paths.is_empty()
+                    && touched.is_empty()
+                    && found.is_empty()
+                    && self.digest.is_some() =>
             {
                 self.listed = true;
+                self.audit_if_due();
                 return Ok(());
             }
-            Some(crate::watch::Changes::Paths(mut paths)) if listed => {
+            (Some(crate::watch::Changes::Paths(mut paths)), Some(found)) if listed => {
                 paths.extend(touched);
+                paths.extend(found);
                 let region = scan::Region::new(paths);
                 let tree = std::mem::take(&mut self.tree);
                 let scanned = scan::scan_region(
@@ -352,14 +373,37 @@ impl Receiver {
         );
         scanned.apply_to(&self.index, Durability::Immediate)?;
         if whole {
-            self.listed_whole = Some(started);
+            self.audited = Some(started);
         }
         self.tree = scanned.tree;
         self.digest = Some(plan::digest(&self.tree));
         self.listed = true;
         self.names
             .reset(self.tree.files.keys().chain(self.tree.dirs.iter()));
+        self.audit_if_due();
         Ok(())
+    }
+
+    /// Starts the safety rescan against the listing just made, when one is due and the folder
+    /// has a feed (without one every listing walks the folder).
+    fn audit_if_due(&mut self) {
+        if self.watch.is_none()
+            || self.auditing.is_some()
+            || self
+                .audited
+                .is_some_and(|at| at.elapsed() < self.audit_every)
+        {
+            return;
+        }
+        self.audited = Some(std::time::Instant::now());
+        self.auditing = scan::Background::start(
+            self.root.clone(),
+            self.tree.clone(),
+            crate::exclude::Exclude::none(),
+            || {},
+        )
+        .inspect_err(|e| tracing::warn!("the safety rescan could not start: {e}"))
+        .ok();
     }
 
     /// The entries of the folder as the last manifest or finish listed it, for the source.
@@ -623,6 +667,8 @@ impl Receiver {
         self.listed = false;
         self.touched.clear();
         self.watch = None;
+        self.auditing = None;
+        self.audited = None;
         self.digest = None;
     }
 
@@ -676,6 +722,44 @@ mod tests {
             Message::FileFailed { reason, .. } => Some(reason.as_str()),
             _ => None,
         })
+    }
+
+    #[test]
+    fn a_change_the_feed_cannot_see_is_listed_once_the_safety_rescan_found_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let (root, hidden) = (dir.path(), outside.path().join("x.dat"));
+        std::fs::create_dir_all(root.join("db")).unwrap();
+        std::fs::write(root.join("db/x.dat"), [1u8; 1_000]).unwrap();
+        // A write through a hard link in another folder reaches no feed watching this one.
+        std::fs::hard_link(root.join("db/x.dat"), &hidden).unwrap();
+        let mut receiver = Receiver::open(root, None).unwrap();
+        receiver.audit_every = std::time::Duration::ZERO;
+        receiver.begin_session();
+        let size = |receiver: &Receiver| {
+            receiver.entries().find_map(|e| match e.kind {
+                crate::protocol::EntryKind::File(meta) if e.path == "db/x.dat" => Some(meta.size),
+                _ => None,
+            })
+        };
+        receiver.manifest().unwrap();
+        assert_eq!(size(&receiver), Some(1_000));
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&hidden)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, &[2u8; 500]))
+            .unwrap();
+        // Each listing takes what the last walk found and starts the next; no listing is whole
+        // after the first, so only the walk can bring the change in.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while size(&receiver) != Some(1_500) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the safety rescan never brought the change in"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            receiver.manifest().unwrap();
+        }
     }
 
     #[test]
