@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 const EXIT_PARTIAL: u8 = 3;
 
 fn main() -> ExitCode {
+    rainmaker_engine::memory::few_arenas();
     let cli = Cli::parse();
     init_logging(&cli);
     if let Command::Service(cli::ServiceCommand::Run) = cli.command {

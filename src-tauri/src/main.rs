@@ -2,5 +2,6 @@
 #![cfg_attr(not(debug_assertions), windows_subsystem = "windows")]
 
 fn main() {
+    rainmaker_engine::memory::few_arenas();
     rainmaker_tray::run();
 }

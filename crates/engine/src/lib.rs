@@ -50,7 +50,7 @@ pub mod fs;
 pub mod guard;
 pub mod hash;
 pub(crate) mod index;
-pub(crate) mod memory;
+pub mod memory;
 pub mod mirror;
 pub mod pairing;
 pub mod path;
