@@ -36,6 +36,7 @@ use std::sync::Arc;
 use thiserror::Error;
 
 mod audit;
+mod pack;
 mod region;
 pub use audit::Background;
 pub use region::{Region, scan_region};
@@ -62,6 +63,14 @@ pub struct Tree {
 }
 
 impl Tree {
+    /// The tree rebuilt with full leaves ([`pack`]): for a tree built whole, in ascending order.
+    pub fn packed(self) -> Tree {
+        Tree {
+            dirs: pack::set(self.dirs),
+            files: pack::map(self.files),
+        }
+    }
+
     /// The files' records, as a scan takes the previous ones.
     pub fn records(&self) -> BTreeMap<String, FileRecord> {
         self.files

@@ -78,7 +78,7 @@ pub fn start(root: &Path, triggers: mpsc::Sender<()>) -> Result<Watch, WatchErro
         root.to_path_buf(),
         std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf()),
     ];
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+    let handler = move |event: notify::Result<notify::Event>| {
         let paths = match event {
             Ok(event) if event.kind.is_access() => return,
             Ok(event)
@@ -101,8 +101,10 @@ pub fn start(root: &Path, triggers: mpsc::Sender<()>) -> Result<Watch, WatchErro
         );
         // Full means a scan is already pending, and it will see this change too.
         let _ = triggers.try_send(());
-    })
-    .map_err(fail)?;
+    };
+    // Links are not mirrored, so not followed: a link to a folder elsewhere is not watched.
+    let config = notify::Config::default().with_follow_symlinks(false);
+    let mut watcher = notify::RecommendedWatcher::new(handler, config).map_err(fail)?;
     watcher
         .watch(root, RecursiveMode::Recursive)
         .map_err(fail)?;

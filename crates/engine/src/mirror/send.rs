@@ -146,7 +146,9 @@ async fn fetch(
                 }
                 crate::mirror::plan::add_entries(&mut tree, part)
             }
-            Some(Message::ManifestEnd { partials }) => return Ok((Theirs::Listed(tree), partials)),
+            Some(Message::ManifestEnd { partials }) => {
+                return Ok((Theirs::Listed(tree.packed()), partials));
+            }
             Some(Message::Refused { reason, refusal }) => {
                 return Err(SendError::Refused { reason, refusal });
             }
