@@ -14,7 +14,8 @@
 //! names the changed files of a volume since a position, and says when that position is gone
 //! from the journal (everything, then).
 
-use notify::{RecursiveMode, Watcher as _};
+use notify::event::{CreateKind, ModifyKind};
+use notify::{EventKind, RecursiveMode, Watcher as _};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -45,7 +46,7 @@ pub enum Changes {
 /// A running watch; dropping it stops it.
 #[derive(Debug)]
 pub struct Watch {
-    _watcher: notify::RecommendedWatcher,
+    _watcher: Arc<Mutex<notify::RecommendedWatcher>>,
     changes: Arc<Mutex<Changes>>,
 }
 
@@ -78,7 +79,24 @@ pub fn start(root: &Path, triggers: mpsc::Sender<()>) -> Result<Watch, WatchErro
         root.to_path_buf(),
         std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf()),
     ];
+    // Folders that came into the tree, for the watch of each folder (Linux) to take in.
+    let (new_folders, folders) = std::sync::mpsc::channel::<PathBuf>();
     let handler = move |event: notify::Result<notify::Event>| {
+        if let Ok(event) = &event
+            && cfg!(target_os = "linux")
+            && matches!(
+                event.kind,
+                EventKind::Create(CreateKind::Folder) | EventKind::Modify(ModifyKind::Name(_))
+            )
+        {
+            for path in &event.paths {
+                if !path.starts_with(&state)
+                    && std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir())
+                {
+                    let _ = new_folders.send(path.clone());
+                }
+            }
+        }
         let paths = match event {
             Ok(event) if event.kind.is_access() => return,
             Ok(event)
@@ -104,14 +122,94 @@ pub fn start(root: &Path, triggers: mpsc::Sender<()>) -> Result<Watch, WatchErro
     };
     // Links are not mirrored, so not followed: a link to a folder elsewhere is not watched.
     let config = notify::Config::default().with_follow_symlinks(false);
-    let mut watcher = notify::RecommendedWatcher::new(handler, config).map_err(fail)?;
-    watcher
-        .watch(root, RecursiveMode::Recursive)
-        .map_err(fail)?;
+    let watcher = Arc::new(Mutex::new(
+        notify::RecommendedWatcher::new(handler, config).map_err(fail)?,
+    ));
+    arm(&watcher, root, folders).map_err(fail)?;
     Ok(Watch {
         _watcher: watcher,
         changes,
     })
+}
+
+/// Watches `root` and everything below it: one recursive watch where the system watches a
+/// tree at once (Windows, macOS).
+#[cfg(not(target_os = "linux"))]
+fn arm(
+    watcher: &Arc<Mutex<notify::RecommendedWatcher>>,
+    root: &Path,
+    _folders: std::sync::mpsc::Receiver<PathBuf>,
+) -> notify::Result<()> {
+    watcher
+        .lock()
+        .expect("the watcher is never poisoned")
+        .watch(root, RecursiveMode::Recursive)
+}
+
+/// Watches `root` and everything below it. inotify watches one folder at a time, and notify's
+/// recursive watch finds the folders with a stat of every entry (0.9 s for 300,000 files in
+/// 11,000 folders); here they are found by the listings' own file types, each watched before
+/// it is read, so nothing created in it after it was read goes unheard. A folder that comes in
+/// later (`folders`, from the feed itself) is watched with all below it, and so is a folder
+/// renamed within the tree, whose watches then name it by its new path.
+#[cfg(target_os = "linux")]
+fn arm(
+    watcher: &Arc<Mutex<notify::RecommendedWatcher>>,
+    root: &Path,
+    folders: std::sync::mpsc::Receiver<PathBuf>,
+) -> notify::Result<()> {
+    let weak = Arc::downgrade(watcher);
+    std::thread::Builder::new()
+        .name("rainmaker-watch".into())
+        .spawn(move || {
+            // Ends when the watch is dropped (and with it the feed that sends here).
+            while let Ok(folder) = folders.recv() {
+                let Some(watcher) = weak.upgrade() else {
+                    return;
+                };
+                let watched = watcher
+                    .lock()
+                    .expect("the watcher is never poisoned")
+                    .watch(&folder, RecursiveMode::Recursive);
+                if let Err(e) = watched {
+                    // Gone again: its removal was an event of its own.
+                    tracing::debug!("cannot watch {}: {e}", folder.display());
+                }
+            }
+        })
+        .map_err(notify::Error::io)?;
+    let state = root.join(crate::path::STATE_DIR);
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(folder) = pending.pop() {
+        let watched = watcher
+            .lock()
+            .expect("the watcher is never poisoned")
+            .watch(&folder, RecursiveMode::NonRecursive);
+        let entries =
+            match watched.and_then(|()| std::fs::read_dir(&folder).map_err(notify::Error::io)) {
+                Ok(entries) => entries,
+                Err(e) if folder == root => return Err(e),
+                // Removed since its parent was read: its removal is an event of the parent's.
+                Err(e) if is_gone(&e) => continue,
+                Err(e) => return Err(e),
+            };
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) && entry.path() != state {
+                pending.push(entry.path());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether a watch failed because its folder is no longer there.
+#[cfg(target_os = "linux")]
+fn is_gone(e: &notify::Error) -> bool {
+    match &e.kind {
+        notify::ErrorKind::PathNotFound => true,
+        notify::ErrorKind::Io(io) => io.kind() == std::io::ErrorKind::NotFound,
+        _ => false,
+    }
 }
 
 /// Adds an event's `paths` (under one of `roots`, the folder's two names) to `changes`; `None` is an event that names no
@@ -210,6 +308,46 @@ mod tests {
         };
         assert!(paths.contains(name), "{paths:?}");
         assert!(paths.iter().all(|p| p.starts_with(name)), "{paths:?}");
+    }
+
+    /// Writes `rel` under `root` until a take of `watch` names exactly it.
+    async fn heard(watch: &Watch, rx: &mut mpsc::Receiver<()>, root: &Path, rel: &str) -> bool {
+        for i in 0..25u8 {
+            std::fs::write(root.join(rel), [i]).unwrap();
+            let _ = tokio::time::timeout(Duration::from_millis(200), rx.recv()).await;
+            if let Changes::Paths(paths) = watch.take()
+                && paths.contains(rel)
+            {
+                return true;
+            }
+        }
+        false
+    }
+
+    #[tokio::test]
+    async fn folders_made_or_renamed_after_the_start_are_heard_by_their_names() {
+        if crate::win32::under_wine() {
+            // Wine 8's feed drops changes below subfolders (see the test above); Windows
+            // watches the tree at once, and the safety rescan covers what Wine misses.
+            eprintln!("skipped under Wine");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("old/deep")).unwrap();
+        let (tx, mut rx) = mpsc::channel(1);
+        let watch = start(root, tx).unwrap();
+        assert_eq!(watch.take(), Changes::Everything);
+        std::fs::create_dir_all(root.join("new/inner")).unwrap();
+        assert!(
+            heard(&watch, &mut rx, root, "new/inner/f").await,
+            "a write in a folder made after the start is named"
+        );
+        std::fs::rename(root.join("old"), root.join("renamed")).unwrap();
+        assert!(
+            heard(&watch, &mut rx, root, "renamed/deep/g").await,
+            "a write in a renamed folder is named by its new path"
+        );
     }
 
     #[test]
