@@ -184,16 +184,7 @@ fn walk(
     databases: Option<&Snapshots>,
     region: Option<&Region>,
 ) -> Result<Scan, ScanError> {
-    let meta = std::fs::metadata(root).map_err(|e| ScanError {
-        path: root.to_path_buf(),
-        reason: e.to_string(),
-    })?;
-    if !meta.is_dir() {
-        return Err(ScanError {
-            path: root.to_path_buf(),
-            reason: "it is not a folder".into(),
-        });
-    }
+    check_root(root)?;
     let mut out = Scan::default();
     // Files whose quick check failed, hashed after the walk.
     let mut to_hash: Vec<(PathBuf, String)> = Vec::new();
@@ -237,13 +228,7 @@ fn walk(
         if entry.depth() == 0 {
             continue;
         }
-        let Some(rel) = entry
-            .path()
-            .strip_prefix(root)
-            .ok()
-            .and_then(|p| p.to_str())
-            .map(|p| p.replace(std::path::MAIN_SEPARATOR, "/"))
-        else {
+        let Some(rel) = unicode_relative(root, entry.path()) else {
             out.problems.push(Problem {
                 path: entry.path().to_string_lossy().into_owned(),
                 reason: "its name is not valid Unicode; skipped".into(),
@@ -337,6 +322,21 @@ fn walk(
     Ok(out)
 }
 
+/// Fails unless `root` is a folder that can be looked at.
+fn check_root(root: &Path) -> Result<(), ScanError> {
+    let meta = std::fs::metadata(root).map_err(|e| ScanError {
+        path: root.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    if !meta.is_dir() {
+        return Err(ScanError {
+            path: root.to_path_buf(),
+            reason: "it is not a folder".into(),
+        });
+    }
+    Ok(())
+}
+
 /// Puts back into `tree` every file the index knew at or below `path`, and their folders.
 fn keep_previous(path: &str, previous: &BTreeMap<String, FileRecord>, tree: &mut Tree) {
     let prefix = format!("{path}/");
@@ -360,6 +360,14 @@ fn relative(root: &Path, path: &Path) -> String {
         .unwrap_or(path)
         .to_string_lossy()
         .replace(std::path::MAIN_SEPARATOR, "/")
+}
+
+/// `path` relative to `root`, `/`-separated, if its name is Unicode.
+fn unicode_relative(root: &Path, path: &Path) -> Option<String> {
+    path.strip_prefix(root)
+        .ok()
+        .and_then(|p| p.to_str())
+        .map(|p| p.replace(std::path::MAIN_SEPARATOR, "/"))
 }
 
 /// Whether a file's stamp is the one its record was made from (the quick check).

@@ -14,7 +14,9 @@
 //! find it. Entries a scan never lists (RainMaker's state folder, excluded paths, links, names
 //! that cannot be mirrored) are passed over as a scan passes over them.
 
-use super::{ScanError, Tree, below, dirs_below, relative, unchanged};
+use super::{
+    ScanError, Tree, below, check_root, dirs_below, relative, unchanged, unicode_relative,
+};
 use crate::exclude::Exclude;
 use crate::path::STATE_DIR;
 use std::path::{Path, PathBuf};
@@ -38,16 +40,7 @@ pub fn audit(
     exclude: &Exclude,
     stop: &AtomicBool,
 ) -> Result<Option<Audit>, ScanError> {
-    let meta = std::fs::metadata(root).map_err(|e| ScanError {
-        path: root.to_path_buf(),
-        reason: e.to_string(),
-    })?;
-    if !meta.is_dir() {
-        return Err(ScanError {
-            path: root.to_path_buf(),
-            reason: "it is not a folder".into(),
-        });
-    }
+    check_root(root)?;
     let mut out = Audit::default();
     // Entries of the tree the walk found (or could not look into): fewer than the tree holds
     // means some are gone.
@@ -85,13 +78,8 @@ pub fn audit(
             continue;
         }
         out.entries += 1;
-        let Some(rel) = entry
-            .path()
-            .strip_prefix(root)
-            .ok()
-            .and_then(|p| p.to_str())
-            .map(|p| p.replace(std::path::MAIN_SEPARATOR, "/"))
-        else {
+        // A name that is not Unicode is never listed (a scan says why).
+        let Some(rel) = unicode_relative(root, entry.path()) else {
             continue;
         };
         if crate::path::check(&rel).is_err() {
