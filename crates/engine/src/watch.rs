@@ -14,7 +14,7 @@
 //! names the changed files of a volume since a position, and says when that position is gone
 //! from the journal (everything, then).
 
-use notify::event::{CreateKind, ModifyKind};
+use notify::event::{CreateKind, ModifyKind, RenameMode};
 use notify::{EventKind, RecursiveMode, Watcher as _};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -79,14 +79,17 @@ pub fn start(root: &Path, triggers: mpsc::Sender<()>) -> Result<Watch, WatchErro
         root.to_path_buf(),
         std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf()),
     ];
-    // Folders that came into the tree, for the watch of each folder (Linux) to take in.
+    // Folders that came into the tree, for the watch of each folder (Linux) to take in: made,
+    // or moved in (inotify's "moved to" is a `To` event, then a `Both` event of the same path
+    // when the move was within the tree; the `To` alone is taken).
     let (new_folders, folders) = std::sync::mpsc::channel::<PathBuf>();
     let handler = move |event: notify::Result<notify::Event>| {
         if let Ok(event) = &event
             && cfg!(target_os = "linux")
             && matches!(
                 event.kind,
-                EventKind::Create(CreateKind::Folder) | EventKind::Modify(ModifyKind::Name(_))
+                EventKind::Create(CreateKind::Folder)
+                    | EventKind::Modify(ModifyKind::Name(RenameMode::To))
             )
         {
             for path in &event.paths {
