@@ -72,7 +72,8 @@ impl Tree {
     }
 
     /// The files' records, as a scan takes the previous ones.
-    pub fn records(&self) -> BTreeMap<String, FileRecord> {
+    #[cfg(test)]
+    pub(crate) fn records(&self) -> BTreeMap<String, FileRecord> {
         self.files
             .iter()
             .map(|(path, record)| (path.clone(), record.clone()))

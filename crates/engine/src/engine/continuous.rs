@@ -149,19 +149,14 @@ pub async fn push_continuous(
         );
         // What the safety rescan found, once it is done; a rescan that failed makes the next
         // scan whole.
-        let found = match auditing.as_ref().map(crate::scan::Background::done) {
-            Some(Some(found)) => {
-                auditing = None;
-                match found {
-                    Ok(paths) => paths,
-                    Err(e) => {
-                        tracing::warn!("the safety rescan failed ({e}); scanning the whole folder");
-                        whole_next = true;
-                        Vec::new()
-                    }
-                }
+        let found = match crate::scan::Background::take_done(&mut auditing) {
+            Some(Ok(paths)) => paths,
+            Some(Err(e)) => {
+                tracing::warn!("the safety rescan failed ({e}); scanning the whole folder");
+                whole_next = true;
+                Vec::new()
             }
-            _ => Vec::new(),
+            None => Vec::new(),
         };
         // A change is a scan of the paths the feed named, merged into the last tree; a safety
         // rescan starts a walk in the background whose findings are scanned the same way.
@@ -189,9 +184,7 @@ pub async fn push_continuous(
                         move || {
                             let _ = done.try_send(());
                         },
-                    )
-                    .inspect_err(|e| tracing::warn!("the safety rescan could not start: {e}"))
-                    .ok();
+                    );
                 }
                 paths.extend(found);
                 Some((last.clone(), Region::new(paths)))

@@ -315,14 +315,11 @@ impl Receiver {
         let started = std::time::Instant::now();
         let changes = self.watch.as_ref().map(crate::watch::Watch::take);
         let touched = std::mem::take(&mut self.touched);
-        let found = match self.auditing.as_ref().and_then(scan::Background::done) {
-            Some(found) => {
-                self.auditing = None;
-                found
-                    .inspect_err(|e| {
-                        tracing::warn!("the safety rescan failed ({}); listing whole", e.reason);
-                    })
-                    .ok()
+        let found = match scan::Background::take_done(&mut self.auditing) {
+            Some(Ok(paths)) => Some(paths),
+            Some(Err(e)) => {
+                tracing::warn!("the safety rescan failed ({}); listing whole", e.reason);
+                None
             }
             None => Some(Vec::new()),
         };
@@ -401,9 +398,7 @@ impl Receiver {
             self.tree.clone(),
             crate::exclude::Exclude::none(),
             || {},
-        )
-        .inspect_err(|e| tracing::warn!("the safety rescan could not start: {e}"))
-        .ok();
+        );
     }
 
     /// The entries of the folder as the last manifest or finish listed it, for the source.

@@ -144,13 +144,14 @@ pub struct Background {
 }
 
 impl Background {
-    /// Starts [`audit`] of `root` against `tree`; `then` runs when the walk ends.
+    /// Starts [`audit`] of `root` against `tree`; `then` runs when the walk ends. `None`
+    /// (said in the log) when no thread could be started: the caller tries again later.
     pub fn start(
         root: PathBuf,
         tree: Tree,
         exclude: Exclude,
         then: impl FnOnce() + Send + 'static,
-    ) -> std::io::Result<Background> {
+    ) -> Option<Background> {
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, found) = std::sync::mpsc::sync_channel(1);
         let halt = stop.clone();
@@ -174,20 +175,25 @@ impl Background {
                     }
                 }
                 then();
-            })?;
-        Ok(Background { found, stop })
+            })
+            .inspect_err(|e| tracing::warn!("the safety rescan could not start: {e}"))
+            .ok()?;
+        Some(Background { found, stop })
     }
 
-    /// What the walk found, once it ended: the paths to scan again, or why it failed.
-    pub fn done(&self) -> Option<Result<Vec<String>, ScanError>> {
-        match self.found.try_recv() {
-            Ok(found) => Some(found.map(|a| a.paths)),
-            Err(std::sync::mpsc::TryRecvError::Empty) => None,
-            Err(std::sync::mpsc::TryRecvError::Disconnected) => Some(Err(ScanError {
+    /// What the walk in `slot` found, once it ended (the slot is then emptied for the next
+    /// one): the paths to scan again, or why it failed.
+    pub fn take_done(slot: &mut Option<Background>) -> Option<Result<Vec<String>, ScanError>> {
+        let found = match slot.as_ref()?.found.try_recv() {
+            Ok(found) => found.map(|a| a.paths),
+            Err(std::sync::mpsc::TryRecvError::Empty) => return None,
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => Err(ScanError {
                 path: PathBuf::new(),
                 reason: "the safety rescan stopped unexpectedly".into(),
-            })),
-        }
+            }),
+        };
+        *slot = None;
+        Some(found)
     }
 }
 
@@ -210,12 +216,7 @@ mod tests {
 
     fn older(root: &Path, rel: &str) {
         // Out of the racy window, so the quick check trusts the record.
-        let file = std::fs::File::options()
-            .write(true)
-            .open(root.join(rel))
-            .unwrap();
-        file.set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(10))
-            .unwrap();
+        crate::fs::set_mtime(&root.join(rel), 1_600_000_000_000_000_000).unwrap();
     }
 
     fn look(root: &Path, tree: &Tree) -> Vec<String> {
