@@ -39,6 +39,7 @@ mod audit;
 mod pack;
 mod region;
 pub use audit::Background;
+pub(crate) use pack::Filling;
 pub use region::{Region, scan_region};
 pub(crate) use region::{below, dirs_below};
 
@@ -63,14 +64,6 @@ pub struct Tree {
 }
 
 impl Tree {
-    /// The tree rebuilt with full leaves ([`pack`]): for a tree built whole, in ascending order.
-    pub fn packed(self) -> Tree {
-        Tree {
-            dirs: pack::set(self.dirs),
-            files: pack::map(self.files),
-        }
-    }
-
     /// The files' records, as a scan takes the previous ones.
     #[cfg(test)]
     pub(crate) fn records(&self) -> BTreeMap<String, FileRecord> {
@@ -78,6 +71,33 @@ impl Tree {
             .iter()
             .map(|(path, record)| (path.clone(), record.clone()))
             .collect()
+    }
+}
+
+/// A tree built from a listing in about ascending order (a manifest), its leaves filled as it
+/// goes ([`pack::Filling`]): never half empty, and never held twice.
+#[derive(Debug, Default)]
+pub struct TreeBuilder {
+    tree: Tree,
+    files: pack::Filling<String, FileRecord>,
+}
+
+impl TreeBuilder {
+    pub fn dir(&mut self, path: String) {
+        self.tree.dirs.insert(path);
+    }
+
+    pub fn file(&mut self, path: String, record: FileRecord) {
+        self.files.add(&mut self.tree.files, path, record);
+    }
+
+    /// The tree of everything added.
+    pub fn finish(mut self) -> Tree {
+        self.files.flush(&mut self.tree.files);
+        Tree {
+            dirs: pack::set(self.tree.dirs),
+            files: self.tree.files,
+        }
     }
 }
 
@@ -133,9 +153,16 @@ pub struct Scan {
     pub problems: Vec<Problem>,
     pub files_hashed: u64,
     pub bytes_hashed: u64,
+    /// Files listed by the walk and not yet in `tree` ([`pack::Filling`]).
+    filling: pack::Filling<String, FileRecord>,
 }
 
 impl Scan {
+    /// Lists a file; it is in `tree` once the walk is over.
+    fn put_file(&mut self, rel: String, record: FileRecord) {
+        self.filling.add(&mut self.tree.files, rel, record);
+    }
+
     /// Brings `index` in line with the tree ([`crate::index::Index::apply_files`]).
     pub fn apply_to(
         &self,
@@ -187,8 +214,9 @@ fn walk(
 ) -> Result<Scan, ScanError> {
     check_root(root)?;
     let mut out = Scan::default();
-    // Files whose quick check failed, hashed after the walk.
-    let mut to_hash: Vec<(PathBuf, String)> = Vec::new();
+    // Files whose quick check failed, hashed after the walk (by their relative paths alone:
+    // at 300,000 new files the full paths would take another 25 MB).
+    let mut to_hash: Vec<String> = Vec::new();
     let walker = walkdir::WalkDir::new(root)
         .follow_links(false)
         .sort_by_file_name()
@@ -265,7 +293,7 @@ fn walk(
                 .is_some_and(|old| unchanged(entry.path(), old))
                 && let Some(old) = previous.remove(&rel)
             {
-                out.tree.files.insert(rel, old);
+                out.put_file(rel, old);
                 continue;
             }
             if let Some(snapshots) = databases {
@@ -280,7 +308,7 @@ fn walk(
                 }
             }
             // Hashed after the walk, on a few threads.
-            to_hash.push((entry.path().to_path_buf(), rel));
+            to_hash.push(rel);
         } else if file_type.is_symlink() {
             out.problems.push(Problem {
                 path: rel,
@@ -293,34 +321,57 @@ fn walk(
             });
         }
     }
-    let hashed = hash_all(&to_hash, &previous, growth);
-    for ((full, rel), result) in to_hash.into_iter().zip(hashed) {
-        let can_copy = databases.is_some();
-        match (
-            list_hashed(rel, &previous, result, can_copy, &mut out),
-            databases,
-        ) {
-            (Err(ReadBy::StableCopy(rel)), Some(snapshots)) => {
-                snapshots.mark_unstable([rel.clone()]);
-                let taking = snapshots.copy_stable(&full, &rel, RACY_WINDOW_NS);
-                list_copy(taking, KEEPS_CHANGING, rel, &previous, &mut out);
-            }
-            (Err(ReadBy::ShadowCopy(rel)), Some(snapshots)) => {
-                let taking = snapshots.copy_from_shadow(&full, &rel, RACY_WINDOW_NS);
-                list_copy(taking, HELD, rel, &previous, &mut out);
-            }
-            _ => {}
-        }
+    // A chunk at a time, so the records wait in the tree and not in a list of them all.
+    let mut to_hash = to_hash.into_iter().peekable();
+    while to_hash.peek().is_some() {
+        let chunk: Vec<(PathBuf, String)> = to_hash
+            .by_ref()
+            .take(HASH_CHUNK)
+            .map(|rel| (full_path(root, &rel), rel))
+            .collect();
+        let hashed = hash_all(&chunk, &previous, growth);
+        list_all_hashed(chunk, hashed, &previous, databases, &mut out);
     }
     if let Some(snapshots) = databases {
         snapshots.release_shadows();
     }
+    out.filling.flush(&mut out.tree.files);
+    out.tree.dirs = pack::set(std::mem::take(&mut out.tree.dirs));
     for path in previous.keys() {
         if !out.tree.files.contains_key(path) {
             out.removed.push(path.clone());
         }
     }
     Ok(out)
+}
+
+/// Files hashed at once: a chunk's records are held in a list until they go into the tree.
+const HASH_CHUNK: usize = 4_096;
+
+/// Lists the hashed files of a chunk ([`list_hashed`]); a file that changed while it was read,
+/// or that another program holds, is read through a copy when `databases` can take one.
+fn list_all_hashed(
+    chunk: Vec<(PathBuf, String)>,
+    hashed: Vec<std::io::Result<Hashed>>,
+    previous: &BTreeMap<String, FileRecord>,
+    databases: Option<&Snapshots>,
+    out: &mut Scan,
+) {
+    for ((full, rel), result) in chunk.into_iter().zip(hashed) {
+        let can_copy = databases.is_some();
+        match (list_hashed(rel, previous, result, can_copy, out), databases) {
+            (Err(ReadBy::StableCopy(rel)), Some(snapshots)) => {
+                snapshots.mark_unstable([rel.clone()]);
+                let taking = snapshots.copy_stable(&full, &rel, RACY_WINDOW_NS);
+                list_copy(taking, KEEPS_CHANGING, rel, previous, out);
+            }
+            (Err(ReadBy::ShadowCopy(rel)), Some(snapshots)) => {
+                let taking = snapshots.copy_from_shadow(&full, &rel, RACY_WINDOW_NS);
+                list_copy(taking, HELD, rel, previous, out);
+            }
+            _ => {}
+        }
+    }
 }
 
 /// Fails unless `root` is a folder that can be looked at.
@@ -353,6 +404,15 @@ fn keep_previous(path: &str, previous: &BTreeMap<String, FileRecord>, tree: &mut
     }
     if previous.keys().any(|f| f.starts_with(&prefix)) {
         tree.dirs.insert(path.to_string());
+    }
+}
+
+/// The full path of `rel` (as [`unicode_relative`] made it) below `root`.
+fn full_path(root: &Path, rel: &str) -> PathBuf {
+    if std::path::MAIN_SEPARATOR == '/' {
+        root.join(rel)
+    } else {
+        root.join(rel.replace('/', std::path::MAIN_SEPARATOR_STR))
     }
 }
 
@@ -435,7 +495,7 @@ fn list_copy(
                 out.changed.push(rel.clone());
             }
             out.copies.insert(rel.clone(), copy);
-            out.tree.files.insert(rel, record);
+            out.put_file(rel, record);
         }
         Err(reason) => {
             out.problems.push(Problem {
@@ -443,7 +503,7 @@ fn list_copy(
                 reason: format!("{failed} ({reason}); the backups keep their last copy"),
             });
             if let Some(old) = previous.get(&rel) {
-                out.tree.files.insert(rel, old.clone());
+                out.put_file(rel, old.clone());
             }
         }
     }
@@ -527,7 +587,7 @@ fn list_hashed(
             if old != Some(&record) {
                 out.changed.push(rel.clone());
             }
-            out.tree.files.insert(rel, record);
+            out.put_file(rel, record);
         }
         Err(e) if can_copy && e.get_ref().is_some_and(|e| e.is::<Changed>()) => {
             return Err(ReadBy::StableCopy(rel));
@@ -540,7 +600,7 @@ fn list_hashed(
             });
             // Keep what we knew so the file is neither deleted on targets nor forgotten.
             if let Some(old) = old {
-                out.tree.files.insert(rel, old.clone());
+                out.put_file(rel, old.clone());
             }
         }
     }

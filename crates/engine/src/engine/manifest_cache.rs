@@ -116,7 +116,7 @@ fn load_cached_manifest(path: &Path, digest: Hash) -> Option<Tree> {
     if header != digest {
         return None;
     }
-    let mut tree = Tree::default();
+    let mut tree = crate::scan::TreeBuilder::default();
     let mut bytes = Vec::new();
     loop {
         let mut len = [0u8; 4];
@@ -140,7 +140,8 @@ fn load_cached_manifest(path: &Path, digest: Hash) -> Option<Tree> {
         }
         plan::add_entry(&mut tree, entry);
     }
-    (plan::digest(&tree) == digest).then(|| tree.packed())
+    let tree = tree.finish();
+    (plan::digest(&tree) == digest).then_some(tree)
 }
 
 /// Keeps `tree`, the target's manifest, whose digest is `digest`.

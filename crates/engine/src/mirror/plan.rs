@@ -140,25 +140,39 @@ pub fn plan(
         }
         .key(p)
     };
-    let new_names: std::collections::HashSet<String> = delta
-        .source
-        .files
-        .keys()
-        .filter(|p| !target.files.contains_key(**p))
-        .chain(delta.source.dirs.iter())
-        .map(|p| fold(p))
-        .collect();
+    // The names deleted are folded and looked for among the new ones, not the other way: a
+    // first mirror of 300,000 files deletes nothing, and a folded copy of every new name would
+    // be 25 MB.
     let mut renamed = Vec::new();
-    if !new_names.is_empty() {
+    if !deletes_last.is_empty() {
+        let deleted: std::collections::HashSet<String> =
+            deletes_last.iter().map(|p| fold(p)).collect();
+        let taken: std::collections::HashSet<String> = delta
+            .source
+            .files
+            .keys()
+            .filter(|p| !target.files.contains_key(**p))
+            .chain(delta.source.dirs.iter())
+            .map(|p| fold(p))
+            .filter(|folded| deleted.contains(folded))
+            .collect();
         let (early, late): (Vec<String>, Vec<String>) = deletes_last
             .into_iter()
-            .partition(|p| new_names.contains(&fold(p)));
+            .partition(|p| taken.contains(&fold(p)));
         deletes_last = late;
         renamed = early;
         deletes_first.extend(renamed.iter().cloned());
     }
     deletes_first.sort();
     deletes_first.dedup();
+    // At most one operation an entry in which the trees differ, and the deletes: sized once,
+    // the list is not copied as it grows (at 300,000 new files it would peak at twice its size).
+    plan.ops.reserve_exact(
+        deletes_first.len()
+            + delta.source.dirs.len()
+            + delta.source.files.len()
+            + deletes_last.len(),
+    );
     plan.ops
         .extend(deletes_first.iter().cloned().map(Op::Delete));
 
@@ -416,35 +430,31 @@ pub fn entries(tree: &Tree) -> impl Iterator<Item = crate::protocol::Entry> + '_
 }
 
 /// Adds manifest entries to a tree (the source's view of a target).
-pub fn add_entries(tree: &mut Tree, entries: Vec<crate::protocol::Entry>) {
+pub fn add_entries(tree: &mut crate::scan::TreeBuilder, entries: Vec<crate::protocol::Entry>) {
     for entry in entries {
         add_entry(tree, entry);
     }
 }
 
 /// Adds one manifest entry to a tree.
-pub fn add_entry(tree: &mut Tree, entry: crate::protocol::Entry) {
+pub fn add_entry(tree: &mut crate::scan::TreeBuilder, entry: crate::protocol::Entry) {
     use crate::protocol::EntryKind;
     match entry.kind {
-        EntryKind::Dir => {
-            tree.dirs.insert(entry.path);
-        }
-        EntryKind::File(meta) => {
-            tree.files.insert(
-                entry.path,
-                FileRecord {
-                    stamp: crate::fs::Stamp {
-                        size: meta.size,
-                        mtime_ns: meta.mtime_ns,
-                        file_id: 0,
-                        executable: meta.executable,
-                    },
-                    hash: meta.hash,
-                    blocks: meta.blocks,
-                    racy: false,
+        EntryKind::Dir => tree.dir(entry.path),
+        EntryKind::File(meta) => tree.file(
+            entry.path,
+            FileRecord {
+                stamp: crate::fs::Stamp {
+                    size: meta.size,
+                    mtime_ns: meta.mtime_ns,
+                    file_id: 0,
+                    executable: meta.executable,
                 },
-            );
-        }
+                hash: meta.hash,
+                blocks: meta.blocks,
+                racy: false,
+            },
+        ),
     }
 }
 

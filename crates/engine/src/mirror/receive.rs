@@ -354,10 +354,17 @@ impl Receiver {
                 .map_err(root_error)?;
                 (scanned.0, false)
             }
-            _ => (
-                scan::scan(&self.root, self.index.files()?).map_err(root_error)?,
-                true,
-            ),
+            _ => {
+                // The walk takes its records from the index: the last tree (and a safety
+                // rescan's share of it) would only double what the walk builds.
+                self.tree = Tree::default();
+                self.digest = None;
+                self.auditing = None;
+                (
+                    scan::scan(&self.root, self.index.files()?).map_err(root_error)?,
+                    true,
+                )
+            }
         };
         for problem in &scanned.problems {
             tracing::warn!(path = %problem.path, "{}", problem.reason);

@@ -129,7 +129,7 @@ async fn fetch(
     cached: Option<Hash>,
 ) -> Result<(Theirs, Vec<Partial>), SendError> {
     conn.send(&Message::GetManifest { cached }).await?;
-    let mut tree = Tree::default();
+    let mut tree = crate::scan::TreeBuilder::default();
     let mut entries = 0usize;
     loop {
         match conn.recv().await? {
@@ -147,7 +147,7 @@ async fn fetch(
                 crate::mirror::plan::add_entries(&mut tree, part)
             }
             Some(Message::ManifestEnd { partials }) => {
-                return Ok((Theirs::Listed(tree.packed()), partials));
+                return Ok((Theirs::Listed(tree.finish()), partials));
             }
             Some(Message::Refused { reason, refusal }) => {
                 return Err(SendError::Refused { reason, refusal });

@@ -1,7 +1,10 @@
 //! The entries in which two trees differ, borrowed from them.
 //!
 //! A plan is made by walking the source's and the target's entries; an entry both hold alike
-//! (the same folder, or a file with the same record) never gives an operation. The plan
+//! (the same folder, or a file with the same content, size, time and executable bit: what
+//! [`super::digest`] covers) never gives an operation. Records that differ only in what the
+//! mirror does not carry (the file id of a local stamp, whether a local record is trusted) are
+//! alike: a source's scan and a target's listing differ there in every file. The plan
 //! therefore walks only the [`Delta`], found by a merge of the two sorted trees that skips the
 //! nodes they share, and asks the whole trees what it must know about the rest (whether a path
 //! exists, where a block can be found). In continuous mode, where the target's tree is the one
@@ -46,10 +49,11 @@ impl<'a> Delta<'a> {
                 DiffItem::Update {
                     old: (path, theirs),
                     new: (_, ours),
-                } => {
+                } if !alike(ours, theirs) => {
                     delta.source.files.insert(path.as_str(), ours);
                     delta.target.files.insert(path.as_str(), theirs);
                 }
+                DiffItem::Update { .. } => {}
             }
         }
         for item in target.dirs.diff(&source.dirs) {
@@ -71,6 +75,14 @@ impl<'a> Delta<'a> {
             && self.source.dirs.is_empty()
             && self.target.dirs.is_empty()
     }
+}
+
+/// Whether two records of a file are the same for the mirror.
+fn alike(ours: &FileRecord, theirs: &FileRecord) -> bool {
+    ours.hash == theirs.hash
+        && ours.stamp.size == theirs.stamp.size
+        && ours.stamp.executable == theirs.stamp.executable
+        && super::coarse_mtime(ours.stamp.mtime_ns) == super::coarse_mtime(theirs.stamp.mtime_ns)
 }
 
 #[cfg(test)]
@@ -131,5 +143,28 @@ mod tests {
             4,
             "a first mirror differs in everything"
         );
+    }
+
+    #[test]
+    fn records_that_differ_only_in_what_the_mirror_does_not_carry_are_alike() {
+        let source = tree(&[("a", 1, 1), ("b", 1, 1), ("c", 1, 1), ("d", 1, 1)], &[]);
+        let mut target = source.clone();
+        // A target's listing: another file id, trusted or not.
+        for path in ["a", "b", "c", "d"] {
+            let record = target.files.get_mut(path).unwrap();
+            record.stamp.file_id = 7;
+            record.racy = true;
+        }
+        // Below 100 ns, a time is the same on every file system.
+        target.files.get_mut("a").unwrap().stamp.mtime_ns += 99;
+        target.files.get_mut("b").unwrap().stamp.mtime_ns += 100;
+        target.files.get_mut("c").unwrap().stamp.executable = true;
+        target.files.get_mut("d").unwrap().hash = [9; 32];
+        let delta = Delta::between(&source, &target);
+        fn keys<'a>(side: &Side<'a>) -> Vec<&'a str> {
+            side.files.keys().copied().collect()
+        }
+        assert_eq!(keys(&delta.source), ["b", "c", "d"]);
+        assert_eq!(keys(&delta.target), ["b", "c", "d"]);
     }
 }

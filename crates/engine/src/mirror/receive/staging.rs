@@ -74,7 +74,12 @@ impl Receiver {
         let applied = self
             .committer
             .apply(staged.into_iter().map(|(_, s)| s).collect());
-        self.tree.files.extend(applied.files);
+        // In the session's order, which is about the tree's: filled, the leaves end full.
+        let mut filling = scan::Filling::default();
+        for (path, record) in applied.files {
+            filling.add(&mut self.tree.files, path, record);
+        }
+        filling.flush(&mut self.tree.files);
         for (path, stamp) in applied.stamps {
             if let Some(record) = self.tree.files.get_mut(&path) {
                 record.stamp = fs::stamp_with_exec(stamp, record.stamp.executable);
