@@ -37,9 +37,11 @@ use thiserror::Error;
 
 mod audit;
 mod pack;
+mod previous;
 mod region;
 pub use audit::Background;
 pub(crate) use pack::Filling;
+pub use previous::Previous;
 pub use region::{Region, scan_region};
 pub(crate) use region::{below, dirs_below};
 
@@ -182,7 +184,7 @@ pub struct ScanError {
 }
 
 /// Scans `root` against the `previous` records of its index, proving every record.
-pub fn scan(root: &Path, previous: BTreeMap<String, FileRecord>) -> Result<Scan, ScanError> {
+pub fn scan(root: &Path, previous: impl Into<Previous>) -> Result<Scan, ScanError> {
     scan_excluding(root, previous, &Exclude::none(), Growth::Prove, None)
 }
 
@@ -190,15 +192,16 @@ pub fn scan(root: &Path, previous: BTreeMap<String, FileRecord>) -> Result<Scan,
 /// files as `growth` says, and reading databases through `databases` when given (the source).
 ///
 /// `previous` is taken, not borrowed: the record of an unchanged file moves from it into the
-/// tree, so a large folder's records are held once, not twice.
+/// tree, so a large folder's records are held once, not twice; from the index
+/// ([`Previous::index`]) they are read as the walk reaches their files, not held at all.
 pub fn scan_excluding(
     root: &Path,
-    previous: BTreeMap<String, FileRecord>,
+    previous: impl Into<Previous>,
     exclude: &Exclude,
     growth: Growth,
     databases: Option<&Snapshots>,
 ) -> Result<Scan, ScanError> {
-    walk(root, previous, exclude, growth, databases, None)
+    walk(root, previous.into(), exclude, growth, databases, None)
 }
 
 /// The walk of [`scan_excluding`]; with `region`, only the region's paths, what is below
@@ -206,7 +209,7 @@ pub fn scan_excluding(
 /// of the region alone).
 fn walk(
     root: &Path,
-    mut previous: BTreeMap<String, FileRecord>,
+    mut previous: Previous,
     exclude: &Exclude,
     growth: Growth,
     databases: Option<&Snapshots>,
@@ -217,9 +220,11 @@ fn walk(
     // Files whose quick check failed, hashed after the walk (by their relative paths alone:
     // at 300,000 new files the full paths would take another 25 MB).
     let mut to_hash: Vec<String> = Vec::new();
+    // The records of the files whose quick check failed.
+    let mut olds: BTreeMap<String, FileRecord> = BTreeMap::new();
     let walker = walkdir::WalkDir::new(root)
         .follow_links(false)
-        .sort_by_file_name()
+        .sort_by(path_order)
         .into_iter()
         .filter_entry(|e| {
             if e.depth() == 1 && e.file_name() == STATE_DIR {
@@ -246,7 +251,7 @@ fn walk(
                 }
                 // What cannot be read is not gone: keep what the index knew below it, so
                 // the targets keep their copies instead of deleting them.
-                keep_previous(&path, &previous, &mut out.tree);
+                previous.keep_below(&path, &mut out.tree);
                 out.problems.push(Problem {
                     path,
                     reason: format!("cannot read it: {e}"),
@@ -288,22 +293,21 @@ fn walk(
                 continue;
             }
             // The quick check, once: one stat per unchanged file.
-            if previous
-                .get(&rel)
-                .is_some_and(|old| unchanged(entry.path(), old))
-                && let Some(old) = previous.remove(&rel)
-            {
-                out.put_file(rel, old);
-                continue;
+            if let Some(old) = previous.take(&rel) {
+                if unchanged(entry.path(), &old) {
+                    out.put_file(rel, old);
+                    continue;
+                }
+                olds.insert(rel.clone(), old);
             }
             if let Some(snapshots) = databases {
                 if snapshot::is_database(entry.path()) {
-                    scan_database(snapshots, entry.path(), rel, &previous, &mut out);
+                    scan_database(snapshots, entry.path(), rel, &olds, &mut out);
                     continue;
                 }
                 if snapshots.is_unstable(&rel) {
                     let taking = snapshots.copy_stable(entry.path(), &rel, RACY_WINDOW_NS);
-                    list_copy(taking, KEEPS_CHANGING, rel, &previous, &mut out);
+                    list_copy(taking, KEEPS_CHANGING, rel, &olds, &mut out);
                     continue;
                 }
             }
@@ -329,19 +333,20 @@ fn walk(
             .take(HASH_CHUNK)
             .map(|rel| (full_path(root, &rel), rel))
             .collect();
-        let hashed = hash_all(&chunk, &previous, growth);
-        list_all_hashed(chunk, hashed, &previous, databases, &mut out);
+        let hashed = hash_all(&chunk, &olds, growth);
+        list_all_hashed(chunk, hashed, &olds, databases, &mut out);
     }
     if let Some(snapshots) = databases {
         snapshots.release_shadows();
     }
     out.filling.flush(&mut out.tree.files);
     out.tree.dirs = pack::set(std::mem::take(&mut out.tree.dirs));
-    for path in previous.keys() {
-        if !out.tree.files.contains_key(path) {
-            out.removed.push(path.clone());
-        }
-    }
+    out.removed = previous.gone(&out.tree);
+    out.removed.extend(
+        olds.into_keys()
+            .filter(|path| !out.tree.files.contains_key(path)),
+    );
+    out.removed.sort();
     Ok(out)
 }
 
@@ -389,24 +394,6 @@ fn check_root(root: &Path) -> Result<(), ScanError> {
     Ok(())
 }
 
-/// Puts back into `tree` every file the index knew at or below `path`, and their folders.
-fn keep_previous(path: &str, previous: &BTreeMap<String, FileRecord>, tree: &mut Tree) {
-    let prefix = format!("{path}/");
-    for (file, record) in previous {
-        if file == path || file.starts_with(&prefix) {
-            tree.files.insert(file.clone(), record.clone());
-            let mut dir = file.as_str();
-            while let Some(i) = dir.rfind('/') {
-                dir = &dir[..i];
-                tree.dirs.insert(dir.to_string());
-            }
-        }
-    }
-    if previous.keys().any(|f| f.starts_with(&prefix)) {
-        tree.dirs.insert(path.to_string());
-    }
-}
-
 /// The full path of `rel` (as [`unicode_relative`] made it) below `root`.
 fn full_path(root: &Path, rel: &str) -> PathBuf {
     if std::path::MAIN_SEPARATOR == '/' {
@@ -414,6 +401,20 @@ fn full_path(root: &Path, rel: &str) -> PathBuf {
     } else {
         root.join(rel.replace('/', std::path::MAIN_SEPARATOR_STR))
     }
+}
+
+/// Siblings in the order their paths have as strings, a folder's name followed by `/`: the
+/// walk then meets files in the index's order ([`Previous`]).
+fn path_order(a: &walkdir::DirEntry, b: &walkdir::DirEntry) -> std::cmp::Ordering {
+    fn key(entry: &walkdir::DirEntry) -> impl Iterator<Item = &u8> {
+        let slash: &[u8] = if entry.file_type().is_dir() {
+            b"/"
+        } else {
+            b""
+        };
+        entry.file_name().as_encoded_bytes().iter().chain(slash)
+    }
+    key(a).cmp(key(b))
 }
 
 fn relative(root: &Path, path: &Path) -> String {
@@ -957,7 +958,7 @@ mod tests {
             })
             .collect();
         let mut tree = Tree::default();
-        keep_previous("data", &previous, &mut tree);
+        Previous::from(previous).keep_below("data", &mut tree);
         assert_eq!(
             tree.files.keys().collect::<Vec<_>>(),
             ["data/a", "data/sub/b"]

@@ -43,15 +43,7 @@ pub(super) fn scan_source(
     distrust: &[String],
     databases: &Snapshots,
 ) -> Result<scan::Scan, EngineError> {
-    let mut previous = index.files()?;
-    for path in distrust {
-        if let Some(record) = previous.get_mut(path) {
-            // No block to take on trust: the file is hashed in full, its stamp (and so an
-            // executable bit the file system cannot show) kept.
-            record.blocks.clear();
-            record.racy = true;
-        }
-    }
+    let previous = scan::Previous::index(index.file_cursor()?, distrust);
     let scanned = scan::scan_excluding(source, previous, exclude, growth, Some(databases))
         .map_err(|e| EngineError::Source {
             path: e.path,

@@ -361,7 +361,11 @@ impl Receiver {
                 self.digest = None;
                 self.auditing = None;
                 (
-                    scan::scan(&self.root, self.index.files()?).map_err(root_error)?,
+                    scan::scan(
+                        &self.root,
+                        scan::Previous::index(self.index.file_cursor()?, &[]),
+                    )
+                    .map_err(root_error)?,
                     true,
                 )
             }

@@ -240,7 +240,7 @@ mod tests {
             write(root, rel, rel.as_bytes());
             older(root, rel);
         }
-        let tree = scan(root, Default::default()).unwrap().tree;
+        let tree = scan(root, std::collections::BTreeMap::new()).unwrap().tree;
         assert_eq!(look(root, &tree), Vec::<String>::new());
 
         write(root, "a.txt", b"edited, longer");
@@ -267,7 +267,7 @@ mod tests {
         let region = Region::new(look(root, &tree));
         let (merged, _) =
             scan_region(root, tree, &region, &Exclude::none(), Growth::Prove, None).unwrap();
-        let whole = scan(root, Default::default()).unwrap().tree;
+        let whole = scan(root, std::collections::BTreeMap::new()).unwrap().tree;
         assert_eq!(merged.tree, whole);
         assert_eq!(look(root, &whole), ["db/CL/01.ncd", "db/ES/02.ncd"]);
     }
@@ -278,7 +278,7 @@ mod tests {
         let root = dir.path();
         write(root, "x", b"file");
         older(root, "x");
-        let tree = scan(root, Default::default()).unwrap().tree;
+        let tree = scan(root, std::collections::BTreeMap::new()).unwrap().tree;
         std::fs::remove_file(root.join("x")).unwrap();
         write(root, "x/inner", b"now a folder");
         assert_eq!(look(root, &tree), ["x"]);

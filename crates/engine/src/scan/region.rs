@@ -119,7 +119,14 @@ pub fn scan_region(
 ) -> Result<(Scan, Region), ScanError> {
     let region = widen(root, region, databases.is_some());
     let previous = region.records_in(&tree.files);
-    let mut scanned = walk(root, previous, exclude, growth, databases, Some(&region))?;
+    let mut scanned = walk(
+        root,
+        previous.into(),
+        exclude,
+        growth,
+        databases,
+        Some(&region),
+    )?;
     let mut whole = tree;
     for path in region.paths() {
         let files: Vec<String> = below(&whole.files, path).map(|(k, _)| k.clone()).collect();

@@ -20,6 +20,9 @@ use tokio::sync::OnceCell;
 const CACHE_BLOCKS: usize = 256;
 /// After this many blocks of a file that did not compress, stop trying for that file.
 const GIVE_UP_COMPRESSING: u32 = 3;
+/// Files whose failures to compress are counted at once; past it, the count starts again (a
+/// first mirror of 300,000 small files would otherwise keep one entry each).
+const COUNTED_FILES: usize = 4_096;
 
 type Key = (String, Hash, u64);
 
@@ -124,6 +127,8 @@ impl BlockSource {
             }
         };
         let this = self.clone();
+        // Only a file with more blocks than that can be spared a try.
+        let countable = record.blocks.len() > GIVE_UP_COMPRESSING as usize;
         let (path, record) = (path.to_string(), record.clone());
         let file = (path.clone(), record.hash);
         // Errors are not kept: the next pass, or the next target, tries the disk again.
@@ -149,13 +154,8 @@ impl BlockSource {
                 let packed = zstd::bulk::compress(&raw, zstd_level)
                     .ok()
                     .filter(|p| p.len() < raw.len() - raw.len() / 16);
-                if packed.is_none() {
-                    *this
-                        .incompressible
-                        .lock()
-                        .expect("lock")
-                        .entry(file)
-                        .or_default() += 1;
+                if packed.is_none() && countable {
+                    this.count_incompressible(file);
                 }
                 packed.map(Arc::new)
             });
@@ -166,6 +166,15 @@ impl BlockSource {
         })
         .await
         .map_err(|e| format!("compressor failed: {e}"))
+    }
+
+    /// Counts a block of this version of a file that did not compress.
+    fn count_incompressible(&self, file: (String, Hash)) {
+        let mut counts = self.incompressible.lock().expect("lock");
+        if counts.len() >= COUNTED_FILES && !counts.contains_key(&file) {
+            counts.clear();
+        }
+        *counts.entry(file).or_default() += 1;
     }
 
     /// Whether enough blocks of this version of a file failed to compress to stop trying.
@@ -196,5 +205,65 @@ impl BlockSource {
             );
         }
         Ok(Arc::new(buffer.split_off((offset - start) as usize)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn random(len: usize, seed: u64) -> Vec<u8> {
+        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..len)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn only_files_of_many_blocks_are_counted_and_the_count_is_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = Arc::new(BlockSource::new(dir.path().to_path_buf()));
+        let level = Level::Zstd(1);
+        let get = |name: String, len: usize, seed: u64| {
+            let source = source.clone();
+            let full = dir.path().join(&name);
+            async move {
+                std::fs::write(&full, random(len, seed)).unwrap();
+                let record = crate::scan::hash_file(&full, None, crate::scan::Growth::Prove)
+                    .unwrap()
+                    .record;
+                let mut raw = Vec::new();
+                for i in 0..record.blocks.len() as u64 {
+                    let payload = source
+                        .get(&name, &record, i * BLOCK_SIZE, level)
+                        .await
+                        .unwrap();
+                    raw.push(matches!(payload, Payload::Raw(_)));
+                }
+                (record, raw)
+            }
+        };
+        // Files of one block that do not compress are tried each time, and never counted.
+        for i in 0..50 {
+            let (_, raw) = get(format!("small{i}"), 4_000, i).await;
+            assert_eq!(raw, [true]);
+        }
+        assert!(source.incompressible.lock().unwrap().is_empty());
+        // A file of many blocks is given up on after a few.
+        let blocks = GIVE_UP_COMPRESSING as usize + 2;
+        let (record, raw) = get("large".into(), blocks * BLOCK_SIZE as usize, 99).await;
+        assert_eq!(raw, vec![true; blocks]);
+        assert!(source.gave_up(&("large".to_string(), record.hash)));
+        assert_eq!(source.incompressible.lock().unwrap().len(), 1);
+        // Many such files: the count never holds more than its bound.
+        for i in 0..COUNTED_FILES + 10 {
+            source.count_incompressible((format!("f{i}"), [0; 32]));
+            assert!(source.incompressible.lock().unwrap().len() <= COUNTED_FILES);
+        }
     }
 }
