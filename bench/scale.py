@@ -128,6 +128,14 @@ def rainmaker_binary():
     return str(binary)
 
 
+def build_name(binary):
+    """The checkout's commit, or the binary RAINMAKER_BIN named (which may be another build)."""
+    if os.environ.get("RAINMAKER_BIN"):
+        return f"`{binary}` (RAINMAKER_BIN)"
+    rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    return rev.stdout.strip()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--files", type=int, default=300_000)
@@ -228,7 +236,7 @@ def main():
 
     lines = [
         f"- date: {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}",
-        f"- command: `bench/scale.py --files {args.files}`; rainmaker {subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=REPO, capture_output=True, text=True).stdout.strip()}",
+        f"- command: `bench/scale.py --files {args.files}`; rainmaker {build_name(rm)}",
         f"- machine: nproc {os.cpu_count()}; loopback; warm page cache; `sync` before each timed command; one run each",
         f"- data: {len(files)} files of 512 bytes in db/tick/INSTRUMENT/YYYYMM/DD.Last.ncd",
         "",
