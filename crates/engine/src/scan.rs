@@ -76,8 +76,8 @@ impl Tree {
     }
 }
 
-/// A tree built from a listing in about ascending order (a manifest), its leaves filled as it
-/// goes ([`pack::Filling`]): never half empty, and never held twice.
+/// A tree built from a listing in about ascending order (a walk's, a manifest), its leaves
+/// filled as it goes ([`pack::Filling`]): never half empty, and never held twice.
 #[derive(Debug, Default)]
 pub struct TreeBuilder {
     tree: Tree,
@@ -155,14 +155,14 @@ pub struct Scan {
     pub problems: Vec<Problem>,
     pub files_hashed: u64,
     pub bytes_hashed: u64,
-    /// Files listed by the walk and not yet in `tree` ([`pack::Filling`]).
-    filling: pack::Filling<String, FileRecord>,
+    /// What the walk listed, `tree` once it is over.
+    building: TreeBuilder,
 }
 
 impl Scan {
     /// Lists a file; it is in `tree` once the walk is over.
     fn put_file(&mut self, rel: String, record: FileRecord) {
-        self.filling.add(&mut self.tree.files, rel, record);
+        self.building.file(rel, record);
     }
 
     /// Brings `index` in line with the tree ([`crate::index::Index::apply_files`]).
@@ -251,7 +251,7 @@ fn walk(
                 }
                 // What cannot be read is not gone: keep what the index knew below it, so
                 // the targets keep their copies instead of deleting them.
-                previous.keep_below(&path, &mut out.tree);
+                previous.keep_below(&path, &mut out.building);
                 out.problems.push(Problem {
                     path,
                     reason: format!("cannot read it: {e}"),
@@ -284,7 +284,7 @@ fn walk(
         }
         let file_type = entry.file_type();
         if file_type.is_dir() {
-            out.tree.dirs.insert(rel);
+            out.building.dir(rel);
         } else if file_type.is_file() {
             if databases.is_some()
                 && snapshot::companion_of(&rel).is_some_and(|db| out.databases.contains(db))
@@ -339,8 +339,7 @@ fn walk(
     if let Some(snapshots) = databases {
         snapshots.release_shadows();
     }
-    out.filling.flush(&mut out.tree.files);
-    out.tree.dirs = pack::set(std::mem::take(&mut out.tree.dirs));
+    out.tree = std::mem::take(&mut out.building).finish();
     out.removed = previous.gone(&out.tree);
     out.removed.extend(
         olds.into_keys()
@@ -957,8 +956,9 @@ mod tests {
                 (p.to_string(), record)
             })
             .collect();
-        let mut tree = Tree::default();
+        let mut tree = TreeBuilder::default();
         Previous::from(previous).keep_below("data", &mut tree);
+        let tree = tree.finish();
         assert_eq!(
             tree.files.keys().collect::<Vec<_>>(),
             ["data/a", "data/sub/b"]

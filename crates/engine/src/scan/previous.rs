@@ -8,7 +8,7 @@
 //! order, the result is the same: a record the walk has passed is not used, and its file, if
 //! the walk meets it later, is hashed again.
 
-use super::Tree;
+use super::{Tree, TreeBuilder};
 use crate::index::{FileCursor, FileRecord};
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};
@@ -78,15 +78,15 @@ impl Previous {
 
     /// Puts into `tree` every record at or below `path` (a folder or file that could not be
     /// read: what cannot be read is not gone), with the folders on their way.
-    pub(super) fn keep_below(&mut self, path: &str, tree: &mut Tree) {
+    pub(super) fn keep_below(&mut self, path: &str, tree: &mut TreeBuilder) {
         let prefix = format!("{path}/");
         let mut keep = |file: String, record: FileRecord| {
             let mut dir = file.as_str();
             while let Some(i) = dir.rfind('/') {
                 dir = &dir[..i];
-                tree.dirs.insert(dir.to_string());
+                tree.dir(dir.to_string());
             }
-            tree.files.insert(file, record);
+            tree.file(file, record);
         };
         match &mut self.source {
             Source::Map(map) => {
@@ -212,7 +212,7 @@ mod tests {
                 if let Source::Map(_) = previous.source {
                     previous.distrust = distrust.iter().cloned().collect();
                 }
-                let mut tree = Tree::default();
+                let mut tree = TreeBuilder::default();
                 // The walk's order: `data.old` before the folder `data`, a file that is new,
                 // an unreadable folder; `gone` is not met.
                 let taken: Vec<Option<FileRecord>> = ["a", "data.old", "data/a", "data/new"]
@@ -220,11 +220,12 @@ mod tests {
                     .map(|p| previous.take(p))
                     .collect();
                 for (path, record) in ["a", "data.old", "data/a"].iter().zip(&taken) {
-                    tree.files.insert(path.to_string(), record.clone().unwrap());
+                    tree.file(path.to_string(), record.clone().unwrap());
                 }
                 previous.keep_below("data/sub", &mut tree);
                 assert!(previous.take("z").is_some());
-                tree.files.insert("z".into(), record(6));
+                tree.file("z".into(), record(6));
+                let tree = tree.finish();
                 let gone = previous.gone(&tree);
                 results.push((taken, tree, gone));
             }
