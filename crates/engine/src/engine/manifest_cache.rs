@@ -8,6 +8,7 @@
 //! changed has them read back into a tree.
 
 use super::*;
+use crate::scan::Overlay;
 use std::io::Read;
 
 /// The most bytes one entry may take in the file (a file's block hashes: 64 MiB covers a file
@@ -56,11 +57,13 @@ impl Kept {
         }
     }
 
-    /// The kept tree whose digest is `digest`, from memory or from the file.
-    pub fn tree(&self, digest: Hash) -> Option<Arc<Tree>> {
+    /// The kept tree whose digest is `digest`, from memory or from the file. The file is read
+    /// over `source` (the tree the session sends): what the two hold alike is shared, not held
+    /// twice.
+    pub fn tree(&self, digest: Hash, source: &Tree) -> Option<Arc<Tree>> {
         match &self.tree {
             Some((kept, tree)) if *kept == digest => Some(tree.clone()),
-            _ => load_cached_manifest(&self.path, digest).map(Arc::new),
+            _ => load_cached_manifest(&self.path, digest, source).map(Arc::new),
         }
     }
 
@@ -107,16 +110,16 @@ fn cached_digest(path: &Path) -> Option<Hash> {
     Some(digest)
 }
 
-/// The kept manifest as a tree, if it is the one whose digest is `digest` and every file's
-/// block hashes make its hash (a damaged or older file is not).
-fn load_cached_manifest(path: &Path, digest: Hash) -> Option<Tree> {
+/// The kept manifest as a tree laid over `over` ([`Overlay`]), if it is the one whose digest is
+/// `digest` and every file's block hashes make its hash (a damaged or older file is not).
+fn load_cached_manifest(path: &Path, digest: Hash, over: &Tree) -> Option<Tree> {
     let mut file = std::io::BufReader::new(std::fs::File::open(path).ok()?);
     let mut header = [0u8; 32];
     file.read_exact(&mut header).ok()?;
     if header != digest {
         return None;
     }
-    let mut tree = crate::scan::TreeBuilder::default();
+    let mut tree = Overlay::new(over, plan::alike);
     let mut bytes = Vec::new();
     loop {
         let mut len = [0u8; 4];
@@ -140,7 +143,9 @@ fn load_cached_manifest(path: &Path, digest: Hash) -> Option<Tree> {
         }
         plan::add_entry(&mut tree, entry);
     }
-    let tree = tree.finish();
+    // The digest is taken of the tree made, not of the file: it proves what was kept from
+    // `over` stands for what the file holds.
+    let tree = tree.finish()?;
     (plan::digest(&tree) == digest).then_some(tree)
 }
 
@@ -195,8 +200,49 @@ mod tests {
         assert_eq!(cached_digest(&path), None);
         save_cached_manifest(&path, digest, &tree).unwrap();
         assert_eq!(cached_digest(&path), Some(digest));
-        assert_eq!(load_cached_manifest(&path, digest), Some(tree.clone()));
-        assert_eq!(load_cached_manifest(&path, [9; 32]), None, "another digest");
+        let none = Tree::default();
+        assert_eq!(
+            load_cached_manifest(&path, digest, &none),
+            Some(tree.clone())
+        );
+        assert_eq!(
+            load_cached_manifest(&path, [9; 32], &none),
+            None,
+            "another digest"
+        );
+
+        // Read over a source's tree, it is the kept tree all the same, and shares what the
+        // source holds alike (a local record keeps its file id).
+        let mut source = tree.clone();
+        source.files = source
+            .files
+            .into_iter()
+            .map(|(path, mut record)| {
+                record.stamp.file_id = 42;
+                (path, record)
+            })
+            .collect();
+        source.files.remove("db/0.ncd");
+        let changed = source.files.get_mut("db/1.ncd").unwrap();
+        changed.hash = [7; 32];
+        let changed = changed.clone();
+        source.files.insert("db/new".into(), changed);
+        source.dirs.insert("other".into());
+        let laid = load_cached_manifest(&path, digest, &source).expect("read over the source");
+        assert_eq!(plan::digest(&laid), digest);
+        assert_eq!(laid.dirs, tree.dirs);
+        assert_eq!(
+            laid.files.keys().collect::<Vec<_>>(),
+            tree.files.keys().collect::<Vec<_>>()
+        );
+        assert_eq!(
+            laid.files["db/1.ncd"], tree.files["db/1.ncd"],
+            "the kept record"
+        );
+        assert_eq!(
+            laid.files["db/2.ncd"].stamp.file_id, 42,
+            "the source's record"
+        );
 
         // Damaged entries (a byte flipped, the file cut short) are not taken for the tree.
         let bytes = std::fs::read(&path).unwrap();
@@ -204,13 +250,13 @@ mod tests {
         let last = flipped.len() - 1;
         flipped[last] ^= 1;
         std::fs::write(&path, &flipped).unwrap();
-        assert_eq!(load_cached_manifest(&path, digest), None);
+        assert_eq!(load_cached_manifest(&path, digest, &none), None);
         std::fs::write(&path, &bytes[..bytes.len() - 10]).unwrap();
-        assert_eq!(load_cached_manifest(&path, digest), None);
+        assert_eq!(load_cached_manifest(&path, digest, &none), None);
         // A length past the limit is refused before anything is allocated for it.
         let mut huge = bytes[..32].to_vec();
         huge.extend(u32::MAX.to_le_bytes());
         std::fs::write(&path, &huge).unwrap();
-        assert_eq!(load_cached_manifest(&path, digest), None);
+        assert_eq!(load_cached_manifest(&path, digest, &none), None);
     }
 }

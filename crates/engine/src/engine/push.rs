@@ -281,7 +281,7 @@ pub(super) async fn session(
     let theirs = match listed {
         send::Theirs::Listed(theirs) => Some(Arc::new(theirs)),
         send::Theirs::Same(same) if same == digest => None,
-        send::Theirs::Same(same) => match kept.tree(same) {
+        send::Theirs::Same(same) => match kept.tree(same, tree) {
             Some(theirs) => Some(theirs),
             None => {
                 // The kept entries are damaged: list the target after all.

@@ -20,7 +20,7 @@ use crate::scan::Tree;
 use std::collections::HashMap;
 
 mod delta;
-pub use delta::Delta;
+pub use delta::{Delta, alike};
 
 /// One step of a plan, in the order it must be applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -430,14 +430,14 @@ pub fn entries(tree: &Tree) -> impl Iterator<Item = crate::protocol::Entry> + '_
 }
 
 /// Adds manifest entries to a tree (the source's view of a target).
-pub fn add_entries(tree: &mut crate::scan::TreeBuilder, entries: Vec<crate::protocol::Entry>) {
+pub fn add_entries(tree: &mut impl crate::scan::Sink, entries: Vec<crate::protocol::Entry>) {
     for entry in entries {
         add_entry(tree, entry);
     }
 }
 
 /// Adds one manifest entry to a tree.
-pub fn add_entry(tree: &mut crate::scan::TreeBuilder, entry: crate::protocol::Entry) {
+pub fn add_entry(tree: &mut impl crate::scan::Sink, entry: crate::protocol::Entry) {
     use crate::protocol::EntryKind;
     match entry.kind {
         EntryKind::Dir => tree.dir(entry.path),

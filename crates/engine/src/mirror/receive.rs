@@ -53,9 +53,14 @@ const READY_FILES: usize = 256;
 const READY_BYTES: u64 = 64 << 20;
 /// A session is applied as one batch up to this many changes or bytes; a larger one is applied
 /// in several batches of this size, each whole. The bound keeps the record, the memory the
-/// staged changes take and the data held back in `tmp` small (a session of 300,000 files).
-const STAGE_STEPS: usize = 10_000;
+/// staged changes take and the data held back in `tmp` small (a session of 300,000 files). A
+/// change staged takes about 1 KB until its batch is applied.
+const STAGE_STEPS: usize = 4_096;
 const STAGE_BYTES: u64 = 1 << 30;
+/// Paths a session's messages may name before the next listing walks the whole folder instead
+/// of looking at each: a first mirror of 300,000 files would keep every path (26 MB), and the
+/// walk costs about what looking at as many paths one by one does.
+const MAX_TOUCHED: usize = 16_384;
 
 /// Why a target cannot receive, or why a session was aborted.
 #[derive(Debug, Error)]
@@ -132,8 +137,9 @@ pub struct Receiver {
     watch: Option<crate::watch::Watch>,
     /// Whether `tree` is the folder as this session listed it (then kept up to date).
     listed: bool,
-    /// The paths this session's messages named since the last listing.
-    touched: std::collections::BTreeSet<String>,
+    /// The paths this session's messages named since the last listing; `None` once they were
+    /// more than [`MAX_TOUCHED`] (the next listing walks the whole folder).
+    touched: Option<std::collections::BTreeSet<String>>,
     /// The digest of `tree` while it is the last listing as it was made.
     digest: Option<Hash>,
     /// When the folder was last listed whole or its safety rescan started.
@@ -142,6 +148,8 @@ pub struct Receiver {
     auditing: Option<scan::Background>,
     /// How often it walks ([`AUDIT_EVERY`]; tests shorten it).
     audit_every: std::time::Duration,
+    /// [`MAX_TOUCHED`], but for tests.
+    max_touched: usize,
 }
 
 /// While a session is open, its folder is walked at least this often in the background,
@@ -217,11 +225,12 @@ impl Receiver {
             names: Names::new(Folding::default()),
             watch: None,
             listed: false,
-            touched: Default::default(),
+            touched: Some(Default::default()),
             digest: None,
             audited: None,
             auditing: None,
             audit_every: AUDIT_EVERY,
+            max_touched: MAX_TOUCHED,
         };
         let folding = Folding::probe(&receiver.tmp);
         if folding.any() {
@@ -303,8 +312,9 @@ impl Receiver {
         self.verify_partials()
     }
 
-    /// Lists the folder into `tree`, checked against the disk: the first time in a session and
-    /// when the feed lost track by a walk of the whole folder, otherwise by the paths the feed
+    /// Lists the folder into `tree`, checked against the disk: the first time in a session,
+    /// when the feed lost track and after more than [`MAX_TOUCHED`] paths were named by a walk
+    /// of the whole folder, otherwise by the paths the feed
     /// named, those this session touched and those the safety rescan found
     /// ([`scan::scan_region`], which gives the tree a whole walk gives).
     fn list(&mut self) -> Result<(), ReceiveError> {
@@ -314,7 +324,7 @@ impl Receiver {
         };
         let started = std::time::Instant::now();
         let changes = self.watch.as_ref().map(crate::watch::Watch::take);
-        let touched = std::mem::take(&mut self.touched);
+        let touched = self.touched.replace(Default::default());
         let found = match scan::Background::take_done(&mut self.auditing) {
             Some(Ok(paths)) => Some(paths),
             Some(Err(e)) => {
@@ -330,7 +340,7 @@ impl Receiver {
             (Some(crate::watch::Changes::Paths(paths)), Some(found))
                 if listed
                     && paths.is_empty()
-                    && touched.is_empty()
+                    && touched.as_ref().is_some_and(|t| t.is_empty())
                     && found.is_empty()
                     && self.digest.is_some() =>
             {
@@ -338,8 +348,10 @@ impl Receiver {
                 self.audit_if_due();
                 return Ok(());
             }
-            (Some(crate::watch::Changes::Paths(mut paths)), Some(found)) if listed => {
-                paths.extend(touched);
+            (Some(crate::watch::Changes::Paths(mut paths)), Some(found))
+                if listed && touched.is_some() =>
+            {
+                paths.extend(touched.into_iter().flatten());
                 paths.extend(found);
                 let region = scan::Region::new(paths);
                 let tree = std::mem::take(&mut self.tree);
@@ -468,8 +480,14 @@ impl Receiver {
             Message::Append(append) => Some(&append.path),
             _ => None,
         };
-        if let Some(path) = touched {
-            self.touched.insert(path.clone());
+        if let Some(path) = touched
+            && let Some(paths) = &mut self.touched
+        {
+            if paths.len() < self.max_touched {
+                paths.insert(path.clone());
+            } else {
+                self.touched = None;
+            }
         }
         match self.apply(message) {
             // A folder that cannot be made or a file that cannot be deleted fails that step
@@ -671,7 +689,7 @@ impl Receiver {
         self.names.reset(std::iter::empty());
         self.changed = true;
         self.listed = false;
-        self.touched.clear();
+        self.touched = Some(Default::default());
         self.watch = None;
         self.auditing = None;
         self.audited = None;
@@ -766,6 +784,40 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(20));
             receiver.manifest().unwrap();
         }
+    }
+
+    #[test]
+    fn a_session_that_names_too_many_paths_to_keep_is_listed_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut receiver = Receiver::open(dir.path(), None).unwrap();
+        receiver.max_touched = 3;
+        receiver.begin_session();
+        receiver.manifest().unwrap();
+        let folders = ["a", "b", "c", "d", "e"];
+        for (i, path) in folders.iter().enumerate() {
+            receiver
+                .handle(Message::Mkdir {
+                    path: path.to_string(),
+                })
+                .unwrap();
+            assert_eq!(
+                receiver.touched.is_some(),
+                i < 3,
+                "the paths are kept up to the bound, then none"
+            );
+        }
+        receiver.handle(Message::Finish).unwrap();
+        assert_eq!(
+            receiver.touched.as_ref().map(|t| t.len()),
+            Some(0),
+            "the listing starts keeping them again"
+        );
+        let listed: Vec<_> = receiver.entries().map(|e| e.path).collect();
+        assert_eq!(listed, folders, "the whole folder was listed");
+        let walked = scan::scan(dir.path(), std::collections::BTreeMap::new())
+            .unwrap()
+            .tree;
+        assert_eq!(receiver.digest(), crate::mirror::plan::digest(&walked));
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! order, the result is the same: a record the walk has passed is not used, and its file, if
 //! the walk meets it later, is hashed again.
 
-use super::{Tree, TreeBuilder};
+use super::{Sink, Tree, TreeBuilder};
 use crate::index::{FileCursor, FileRecord};
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};

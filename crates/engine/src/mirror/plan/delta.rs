@@ -77,8 +77,9 @@ impl<'a> Delta<'a> {
     }
 }
 
-/// Whether two records of a file are the same for the mirror.
-fn alike(ours: &FileRecord, theirs: &FileRecord) -> bool {
+/// Whether two records of a file are the same for the mirror: a plan made with either is the
+/// same.
+pub fn alike(ours: &FileRecord, theirs: &FileRecord) -> bool {
     ours.hash == theirs.hash
         && ours.stamp.size == theirs.stamp.size
         && ours.stamp.executable == theirs.stamp.executable
