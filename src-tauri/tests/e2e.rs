@@ -77,6 +77,20 @@ async fn save(client: &Client, selector: &str) {
     .await;
 }
 
+/// Clicks Sync once no form shows unsaved changes (as a person would: Sync refuses while one
+/// does, and a form can show them for a moment while the dashboard's snapshot catches up with a
+/// save).
+async fn sync(client: &Client) {
+    wait_until(client, "the forms to show no unsaved changes", async || {
+        client
+            .find(Locator::Css("[data-test=unsaved]"))
+            .await
+            .is_err()
+    })
+    .await;
+    click(client, "[data-test=sync]").await;
+}
+
 /// Waits until `done` holds, for 20 s at most; fails on an error the dashboard shows.
 async fn wait_until(client: &Client, what: &str, mut done: impl AsyncFnMut() -> bool) {
     let start = Instant::now();
@@ -285,7 +299,7 @@ async fn the_dashboard_adds_servers_and_syncs_two_folders_to_them() {
         !root.join("workspaces").exists(),
         "in manual mode nothing is sent before Sync"
     );
-    click(&client, "[data-test=sync]").await;
+    sync(&client).await;
 
     wait_in_sync(&client, "cloud-1").await;
     for file in [
@@ -352,7 +366,7 @@ async fn the_dashboard_adds_servers_and_syncs_two_folders_to_them() {
         !text_of(&client, "[data-test=folder-1] h2").await.is_empty()
     })
     .await;
-    click(&client, "[data-test=sync]").await;
+    sync(&client).await;
     wait_in_sync(&client, "cloud-2").await;
     wait_in_sync(&client, "cloud-1").await;
     assert!(identical(
@@ -470,7 +484,7 @@ async fn a_fresh_pc_is_set_up_from_the_guide_and_a_mass_deletion_waits_for_a_yes
 
     // The workspaces vanish from the PC (a mistake): Sync stops, shows them, asks.
     std::fs::remove_dir_all(source.join("workspaces")).unwrap();
-    click(&client, "[data-test=sync]").await;
+    sync(&client).await;
     let listed = css(&client, "[data-test=mass-delete] [data-test=doomed]")
         .await
         .text()

@@ -277,7 +277,7 @@ function FolderForm({
         <button class="primary" data-test="save-folder" onClick={save} disabled={!dirty}>
           Save
         </button>
-        {dirty && <span class="muted">Unsaved changes</span>}
+        {dirty && <span class="muted" data-test="unsaved">Unsaved changes</span>}
       </div>
     </section>
   );

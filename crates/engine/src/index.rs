@@ -45,12 +45,25 @@ fn open_store(path: &Path) -> Result<Database, redb::DatabaseError> {
     Database::builder().set_cache_size(CACHE_BYTES).create(path)
 }
 
+/// A file's block hashes: one is held in the record itself (most files of a tick history are
+/// one block: a list of their own would take 48 bytes more each). Stored as a list is.
+pub type Blocks = smallvec::SmallVec<[Hash; 1]>;
+
+/// `list` as [`Blocks`]: one hash goes into the record, whatever room the list had.
+pub fn blocks(list: Vec<Hash>) -> Blocks {
+    if list.len() <= 1 {
+        Blocks::from_slice(&list)
+    } else {
+        Blocks::from_vec(list)
+    }
+}
+
 /// What the index knows about one file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileRecord {
     pub stamp: Stamp,
     pub hash: Hash,
-    pub blocks: Vec<Hash>,
+    pub blocks: Blocks,
     /// The file was modified so shortly before it was hashed that a later write could keep
     /// the same size and time (file system clocks are coarse); such a record is not trusted by
     /// the quick check and the file is hashed again on the next scan.
@@ -450,7 +463,7 @@ mod tests {
                 executable: false,
             },
             hash: [1; 32],
-            blocks: vec![[2; 32]],
+            blocks: smallvec::smallvec![[2; 32]],
             racy: false,
         }
     }

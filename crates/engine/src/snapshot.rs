@@ -289,7 +289,7 @@ impl Snapshots {
                 executable: false,
             },
             hash: hash::file_hash(size, &blocks),
-            blocks,
+            blocks: crate::index::blocks(blocks),
             // Never trusted by the quick check: the scan asks for a copy every time, and
             // the stamps above say whether the last one still holds.
             racy: true,

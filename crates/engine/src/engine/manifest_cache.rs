@@ -183,7 +183,7 @@ mod tests {
                         executable: i == 1,
                     },
                     hash: crate::hash::file_hash(size, &blocks),
-                    blocks,
+                    blocks: crate::index::blocks(blocks),
                     racy: false,
                 },
             );

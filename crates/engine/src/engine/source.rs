@@ -44,7 +44,7 @@ pub(super) fn scan_source(
     databases: &Snapshots,
 ) -> Result<scan::Scan, EngineError> {
     let previous = scan::Previous::index(index.file_cursor()?, distrust);
-    let scanned = scan::scan_excluding(source, previous, exclude, growth, Some(databases))
+    let mut scanned = scan::scan_excluding(source, previous, exclude, growth, Some(databases))
         .map_err(|e| EngineError::Source {
             path: e.path,
             reason: e.reason,
@@ -79,7 +79,7 @@ pub(super) fn rescan_source(
     tree: &Tree,
     region: &scan::Region,
 ) -> Result<(scan::Scan, scan::Region), EngineError> {
-    let (scanned, region) = scan::scan_region(
+    let (mut scanned, region) = scan::scan_region(
         source,
         tree.clone(),
         region,

@@ -494,7 +494,7 @@ impl Committer {
                 let record = FileRecord {
                     stamp: fs::stamp_with_exec(fs::stamp_of_meta(&meta), outcome.executable),
                     hash: outcome.hash,
-                    blocks: outcome.blocks,
+                    blocks: crate::index::blocks(outcome.blocks),
                     racy: false,
                 };
                 applied.files.push((rel.clone(), record.clone()));
@@ -877,7 +877,7 @@ mod tests {
         FileRecord {
             stamp: fs::stamp_of_meta(&std::fs::metadata(path).unwrap()),
             hash: hash::file_hash(content.len() as u64, &blocks),
-            blocks,
+            blocks: crate::index::blocks(blocks),
             racy: false,
         }
     }

@@ -46,7 +46,48 @@ pub struct SendFile {
     pub reuse: Vec<Reuse>,
     pub resume_blocks: u64,
     /// Indexes of the blocks whose data must be sent, in order.
-    pub send: Vec<u64>,
+    pub send: Blocks,
+}
+
+/// Indexes of blocks of a file in ascending order: a run (every block of a new file, those after
+/// a resumed prefix) is held without a list (a first mirror of 300,000 files would hold one
+/// list a file).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Blocks {
+    Run(std::ops::Range<u64>),
+    List(Vec<u64>),
+}
+
+impl Blocks {
+    /// The blocks of `sorted`, a list in ascending order.
+    pub fn from_sorted(sorted: Vec<u64>) -> Blocks {
+        match (sorted.first(), sorted.last()) {
+            (Some(&first), Some(&last)) if last - first + 1 == sorted.len() as u64 => {
+                Blocks::Run(first..last + 1)
+            }
+            (None, _) | (_, None) => Blocks::Run(0..0),
+            _ => Blocks::List(sorted),
+        }
+    }
+
+    pub fn len(&self) -> u64 {
+        match self {
+            Blocks::Run(run) => run.end - run.start,
+            Blocks::List(list) => list.len() as u64,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = u64> + '_ {
+        let (run, list) = match self {
+            Blocks::Run(run) => (run.clone(), &[][..]),
+            Blocks::List(list) => (0..0, &list[..]),
+        };
+        run.chain(list.iter().copied())
+    }
 }
 
 /// Growth of a file the target holds a prefix of (to its size in the source tree's record).
@@ -114,7 +155,7 @@ pub fn plan(
     // Type conflicts must go before anything is created in their place, and so must a
     // journal or WAL beside a database the source sends whole: SQLite would apply it to the new
     // copy, which it does not belong to.
-    for &path in delta.target.files.keys() {
+    for &(path, _) in &delta.target.files {
         let stale_companion = crate::snapshot::companion_of(path)
             .is_some_and(|db| source.files.contains_key(db) && !source.files.contains_key(path));
         if source.dirs.contains(path) || stale_companion {
@@ -150,7 +191,8 @@ pub fn plan(
         let taken: std::collections::HashSet<String> = delta
             .source
             .files
-            .keys()
+            .iter()
+            .map(|f| &f.0)
             .filter(|p| !target.files.contains_key(**p))
             .chain(delta.source.dirs.iter())
             .map(|p| fold(p))
@@ -207,7 +249,7 @@ pub fn plan(
     // change of time needs none).
     let mut located = None;
     let partials: HashMap<&str, &Partial> = partials.iter().map(|p| (p.path.as_str(), p)).collect();
-    for (&path, &record) in &delta.source.files {
+    for &(path, record) in &delta.source.files {
         let theirs = target
             .files
             .get(path)
@@ -298,7 +340,7 @@ pub fn plan(
             path: path.to_string(),
             reuse,
             resume_blocks,
-            send,
+            send: Blocks::from_sorted(send),
         }));
     }
     plan.ops.extend(deletes_last.into_iter().map(Op::Delete));
@@ -368,8 +410,8 @@ pub fn mass_delete(source: &Tree, target: &Tree, share: f64) -> Option<(usize, u
     let doomed = Delta::between(source, target)
         .target
         .files
-        .keys()
-        .filter(|p| !source.files.contains_key(**p))
+        .iter()
+        .filter(|(p, _)| !source.files.contains_key(*p))
         .count();
     (doomed >= MASS_DELETE_MIN && doomed as f64 > share * held as f64).then_some((doomed, held))
 }
@@ -423,7 +465,7 @@ pub fn entries(tree: &Tree) -> impl Iterator<Item = crate::protocol::Entry> + '_
             mtime_ns: r.stamp.mtime_ns,
             executable: r.stamp.executable,
             hash: r.hash,
-            blocks: r.blocks.clone(),
+            blocks: r.blocks.to_vec(),
         }),
     });
     dirs.chain(files)
@@ -451,7 +493,7 @@ pub fn add_entry(tree: &mut impl crate::scan::Sink, entry: crate::protocol::Entr
                     executable: meta.executable,
                 },
                 hash: meta.hash,
-                blocks: meta.blocks,
+                blocks: crate::index::blocks(meta.blocks),
                 racy: false,
             },
         ),
@@ -465,7 +507,7 @@ fn sent_paths(plan: &Plan) -> std::collections::BTreeMap<String, u64> {
     for op in &plan.ops {
         match op {
             Op::Send(s) => {
-                out.insert(s.path.clone(), s.send.len() as u64);
+                out.insert(s.path.clone(), s.send.len());
             }
             Op::Append(a) => {
                 out.insert(a.path.clone(), a.size - a.from_len);
@@ -491,7 +533,7 @@ mod tests {
                 executable: false,
             },
             hash: hash::file_hash(n, &blocks),
-            blocks,
+            blocks: crate::index::blocks(blocks),
             racy: false,
         }
     }
@@ -597,7 +639,7 @@ mod tests {
                         executable: i % 5 == 0,
                     },
                     hash: [(i % 251) as u8; 32],
-                    blocks: Vec::new(),
+                    blocks: Default::default(),
                     racy: false,
                 },
             );
@@ -728,7 +770,27 @@ mod tests {
             verified_blocks: 3,
         };
         let p = plan(&source, &Tree::default(), &[partial], &mut no_tail);
-        assert!(matches!(&p.ops[..], [Op::Send(s)] if s.resume_blocks == 3 && s.send == vec![3]));
+        assert!(
+            matches!(&p.ops[..], [Op::Send(s)] if s.resume_blocks == 3 && s.send == Blocks::Run(3..4))
+        );
+    }
+
+    #[test]
+    fn blocks_in_a_run_are_held_as_one_and_others_as_a_list() {
+        let run = Blocks::from_sorted(vec![2, 3, 4]);
+        assert_eq!(run, Blocks::Run(2..5));
+        assert_eq!(
+            (run.len(), run.iter().collect::<Vec<_>>()),
+            (3, vec![2, 3, 4])
+        );
+        let list = Blocks::from_sorted(vec![0, 2, 3]);
+        assert_eq!(list, Blocks::List(vec![0, 2, 3]));
+        assert_eq!(
+            (list.len(), list.iter().collect::<Vec<_>>()),
+            (3, vec![0, 2, 3])
+        );
+        let none = Blocks::from_sorted(Vec::new());
+        assert!(none.is_empty() && none.iter().next().is_none());
     }
 
     #[test]

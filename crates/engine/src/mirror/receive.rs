@@ -335,7 +335,7 @@ impl Receiver {
         };
         // Until this listing succeeds, the tree is not one (a failed one left it partial).
         let listed = std::mem::replace(&mut self.listed, false);
-        let (scanned, whole) = match (changes, found) {
+        let (mut scanned, whole) = match (changes, found) {
             // Nothing named, nothing touched: the last listing stands, digest and all.
             (Some(crate::watch::Changes::Paths(paths)), Some(found))
                 if listed

@@ -251,7 +251,7 @@ fn op_items(op: &Op, id: u64, record: Option<&FileRecord>) -> Vec<Item> {
                     blocks: chunk.to_vec(),
                 }));
             }
-            for index in &send.send {
+            for index in send.send.iter() {
                 items.push(Item::Block {
                     id,
                     file: id as usize,

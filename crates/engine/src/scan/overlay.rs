@@ -115,7 +115,7 @@ mod tests {
                 executable: false,
             },
             hash: [seed; 32],
-            blocks: vec![[seed; 32]],
+            blocks: smallvec::smallvec![[seed; 32]],
             racy: false,
         }
     }

@@ -165,7 +165,7 @@ mod tests {
                 executable: true,
             },
             hash: [seed; 32],
-            blocks: vec![[seed; 32]],
+            blocks: smallvec::smallvec![[seed; 32]],
             racy: false,
         }
     }

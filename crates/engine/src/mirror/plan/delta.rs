@@ -13,13 +13,12 @@
 
 use crate::index::FileRecord;
 use crate::scan::Tree;
-use std::collections::{BTreeMap, BTreeSet};
-
-/// What one side holds of the entries that differ.
+/// What one side holds of the entries that differ, each list in ascending order of path (a
+/// list, not a map: at a first mirror it holds every file).
 #[derive(Debug, Default)]
 pub struct Side<'a> {
-    pub files: BTreeMap<&'a str, &'a FileRecord>,
-    pub dirs: BTreeSet<&'a str>,
+    pub files: Vec<(&'a str, &'a FileRecord)>,
+    pub dirs: Vec<&'a str>,
 }
 
 /// The entries of a source and a target tree that are not alike: a file on one side only or
@@ -41,30 +40,32 @@ impl<'a> Delta<'a> {
         for item in target.files.diff(&source.files) {
             match item {
                 DiffItem::Add(path, ours) => {
-                    delta.source.files.insert(path.as_str(), ours);
+                    delta.source.files.push((path.as_str(), ours));
                 }
                 DiffItem::Remove(path, theirs) => {
-                    delta.target.files.insert(path.as_str(), theirs);
+                    delta.target.files.push((path.as_str(), theirs));
                 }
                 DiffItem::Update {
                     old: (path, theirs),
                     new: (_, ours),
                 } if !alike(ours, theirs) => {
-                    delta.source.files.insert(path.as_str(), ours);
-                    delta.target.files.insert(path.as_str(), theirs);
+                    delta.source.files.push((path.as_str(), ours));
+                    delta.target.files.push((path.as_str(), theirs));
                 }
                 DiffItem::Update { .. } => {}
             }
         }
         for item in target.dirs.diff(&source.dirs) {
             match item {
-                DirItem::Add(dir) => {
-                    delta.source.dirs.insert(dir.as_str());
-                }
-                DirItem::Remove(dir) => {
-                    delta.target.dirs.insert(dir.as_str());
-                }
+                DirItem::Add(dir) => delta.source.dirs.push(dir.as_str()),
+                DirItem::Remove(dir) => delta.target.dirs.push(dir.as_str()),
             }
+        }
+        // The merge gives each list in order already (a sort of a sorted list is one pass);
+        // the plan relies on it.
+        for side in [&mut delta.source, &mut delta.target] {
+            side.files.sort_by(|a, b| a.0.cmp(b.0));
+            side.dirs.sort();
         }
         delta
     }
@@ -100,7 +101,7 @@ mod tests {
                 executable: false,
             },
             hash: [seed; 32],
-            blocks: vec![[seed; 32]],
+            blocks: smallvec::smallvec![[seed; 32]],
             racy: false,
         }
     }
@@ -127,15 +128,12 @@ mod tests {
         );
         let delta = Delta::between(&source, &target);
         fn keys<'a>(side: &Side<'a>) -> Vec<&'a str> {
-            side.files.keys().copied().collect()
+            side.files.iter().map(|f| f.0).collect()
         }
         assert_eq!(keys(&delta.source), ["b", "d/new"]);
         assert_eq!(keys(&delta.target), ["b", "gone"]);
-        assert_eq!(delta.source.dirs.iter().copied().collect::<Vec<_>>(), ["d"]);
-        assert_eq!(
-            delta.target.dirs.iter().copied().collect::<Vec<_>>(),
-            ["old"]
-        );
+        assert_eq!(delta.source.dirs.to_vec(), ["d"]);
+        assert_eq!(delta.target.dirs.to_vec(), ["old"]);
         assert!(Delta::between(&source, &source.clone()).is_empty());
         let empty = Tree::default();
         let first = Delta::between(&source, &empty);
@@ -163,7 +161,7 @@ mod tests {
         target.files.get_mut("d").unwrap().hash = [9; 32];
         let delta = Delta::between(&source, &target);
         fn keys<'a>(side: &Side<'a>) -> Vec<&'a str> {
-            side.files.keys().copied().collect()
+            side.files.iter().map(|f| f.0).collect()
         }
         assert_eq!(keys(&delta.source), ["b", "c", "d"]);
         assert_eq!(keys(&delta.target), ["b", "c", "d"]);
