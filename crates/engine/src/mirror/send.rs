@@ -363,20 +363,28 @@ pub async fn send_plan(
     // The files whose content is sent, by id (their place in this list); the messages are
     // made from the plan as the stream reaches them, not all at once: with a large folder
     // they would be a second copy of every path and block hash.
-    let files: Vec<(&str, &FileRecord)> = plan
-        .ops
-        .iter()
-        .filter_map(|op| match op {
+    fn sent(op: &Op) -> Option<&String> {
+        match op {
             Op::Send(SendFile { path, .. }) | Op::Append(AppendFile { path, .. }) => Some(path),
             _ => None,
-        })
+        }
+    }
+    // Sized once (grown by doubling, at 300,000 files it would take 12.6 MB instead of 7.2).
+    let mut files: Vec<(&str, &FileRecord)> =
+        Vec::with_capacity(plan.ops.iter().filter_map(sent).count());
+    for entry in plan
+        .ops
+        .iter()
+        .filter_map(sent)
         .map(|path| match source.files.get(path) {
             Some(record) => Ok((path.as_str(), record)),
             None => Err(SendError::Protocol(format!(
                 "the plan sends {path}, which the source's scan did not list"
             ))),
         })
-        .collect::<Result<_, _>>()?;
+    {
+        files.push(entry?);
+    }
     let items = Items {
         files: &files,
         ops: plan.ops.iter(),
