@@ -175,9 +175,9 @@ impl Scan {
         self.building.file(rel, record);
     }
 
-    /// Brings `index` in line with the tree ([`crate::index::Index::apply_files`]).
-    /// Records what changed in `index`, and forgets the lists of it (at a first scan, every
-    /// path again: 23 MB at 300,000 files, which a push would hold while it plans and sends).
+    /// Brings `index` in line with the tree ([`crate::index::Index::apply_files`]), then
+    /// forgets the lists of what changed (at a first scan, every path again: 23 MB at 300,000
+    /// files, which a push would hold while it plans and sends).
     pub fn apply_to(
         &mut self,
         index: &crate::index::Index,

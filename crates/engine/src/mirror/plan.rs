@@ -46,34 +46,34 @@ pub struct SendFile {
     pub reuse: Vec<Reuse>,
     pub resume_blocks: u64,
     /// Indexes of the blocks whose data must be sent, in order.
-    pub send: Blocks,
+    pub send: BlockIndexes,
 }
 
 /// Indexes of blocks of a file in ascending order: a run (every block of a new file, those after
 /// a resumed prefix) is held without a list (a first mirror of 300,000 files would hold one
 /// list a file).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Blocks {
+pub enum BlockIndexes {
     Run(std::ops::Range<u64>),
     List(Vec<u64>),
 }
 
-impl Blocks {
+impl BlockIndexes {
     /// The blocks of `sorted`, a list in ascending order.
-    pub fn from_sorted(sorted: Vec<u64>) -> Blocks {
+    pub fn from_sorted(sorted: Vec<u64>) -> BlockIndexes {
         match (sorted.first(), sorted.last()) {
             (Some(&first), Some(&last)) if last - first + 1 == sorted.len() as u64 => {
-                Blocks::Run(first..last + 1)
+                BlockIndexes::Run(first..last + 1)
             }
-            (None, _) | (_, None) => Blocks::Run(0..0),
-            _ => Blocks::List(sorted),
+            (None, _) | (_, None) => BlockIndexes::Run(0..0),
+            _ => BlockIndexes::List(sorted),
         }
     }
 
     pub fn len(&self) -> u64 {
         match self {
-            Blocks::Run(run) => run.end - run.start,
-            Blocks::List(list) => list.len() as u64,
+            BlockIndexes::Run(run) => run.end - run.start,
+            BlockIndexes::List(list) => list.len() as u64,
         }
     }
 
@@ -83,8 +83,8 @@ impl Blocks {
 
     pub fn iter(&self) -> impl Iterator<Item = u64> + '_ {
         let (run, list) = match self {
-            Blocks::Run(run) => (run.clone(), &[][..]),
-            Blocks::List(list) => (0..0, &list[..]),
+            BlockIndexes::Run(run) => (run.clone(), &[][..]),
+            BlockIndexes::List(list) => (0..0, &list[..]),
         };
         run.chain(list.iter().copied())
     }
@@ -251,10 +251,7 @@ pub fn plan(
     let wanted = || wanted_blocks(&delta, target);
     let partials: HashMap<&str, &Partial> = partials.iter().map(|p| (p.path.as_str(), p)).collect();
     for &(path, record) in &delta.source.files {
-        let theirs = target
-            .files
-            .get(path)
-            .filter(|_| !target.dirs.contains(path));
+        let theirs = their_file(target, path);
         if let Some(theirs) = theirs
             && theirs.hash == record.hash
             && theirs.stamp.size == record.stamp.size
@@ -341,11 +338,19 @@ pub fn plan(
             path: path.to_string(),
             reuse,
             resume_blocks,
-            send: Blocks::from_sorted(send),
+            send: BlockIndexes::from_sorted(send),
         }));
     }
     plan.ops.extend(deletes_last.into_iter().map(Op::Delete));
     plan
+}
+
+/// The target's file at `path`, if it holds a file there (not a folder).
+fn their_file<'t>(target: &'t Tree, path: &str) -> Option<&'t FileRecord> {
+    target
+        .files
+        .get(path)
+        .filter(|_| !target.dirs.contains(path))
 }
 
 fn under_deleted(deleted: &[String], path: &str) -> bool {
@@ -363,10 +368,7 @@ fn wanted_blocks<'a>(delta: &Delta<'a>, target: &Tree) -> HashSet<&'a Hash> {
     }
     let mut wanted = HashSet::new();
     for &(path, record) in &delta.source.files {
-        let theirs = target
-            .files
-            .get(path)
-            .filter(|_| !target.dirs.contains(path));
+        let theirs = their_file(target, path);
         if theirs.is_some_and(|t| t.hash == record.hash && t.stamp.size == record.stamp.size) {
             continue;
         }
@@ -826,25 +828,25 @@ mod tests {
         };
         let p = plan(&source, &Tree::default(), &[partial], &mut no_tail);
         assert!(
-            matches!(&p.ops[..], [Op::Send(s)] if s.resume_blocks == 3 && s.send == Blocks::Run(3..4))
+            matches!(&p.ops[..], [Op::Send(s)] if s.resume_blocks == 3 && s.send == BlockIndexes::Run(3..4))
         );
     }
 
     #[test]
     fn blocks_in_a_run_are_held_as_one_and_others_as_a_list() {
-        let run = Blocks::from_sorted(vec![2, 3, 4]);
-        assert_eq!(run, Blocks::Run(2..5));
+        let run = BlockIndexes::from_sorted(vec![2, 3, 4]);
+        assert_eq!(run, BlockIndexes::Run(2..5));
         assert_eq!(
             (run.len(), run.iter().collect::<Vec<_>>()),
             (3, vec![2, 3, 4])
         );
-        let list = Blocks::from_sorted(vec![0, 2, 3]);
-        assert_eq!(list, Blocks::List(vec![0, 2, 3]));
+        let list = BlockIndexes::from_sorted(vec![0, 2, 3]);
+        assert_eq!(list, BlockIndexes::List(vec![0, 2, 3]));
         assert_eq!(
             (list.len(), list.iter().collect::<Vec<_>>()),
             (3, vec![0, 2, 3])
         );
-        let none = Blocks::from_sorted(Vec::new());
+        let none = BlockIndexes::from_sorted(Vec::new());
         assert!(none.is_empty() && none.iter().next().is_none());
     }
 

@@ -312,11 +312,11 @@ impl Receiver {
         self.verify_partials()
     }
 
-    /// Lists the folder into `tree`, checked against the disk: the first time in a session,
-    /// when the feed lost track and after more than [`MAX_TOUCHED`] paths were named by a walk
-    /// of the whole folder, otherwise by the paths the feed
-    /// named, those this session touched and those the safety rescan found
-    /// ([`scan::scan_region`], which gives the tree a whole walk gives).
+    /// Lists the folder into `tree`, checked against the disk: by a walk of the whole folder
+    /// the first time in a session, when the feed lost track, and after more than
+    /// [`MAX_TOUCHED`] paths were named; otherwise by the paths the feed named, those this
+    /// session touched and those the safety rescan found ([`scan::scan_region`], which gives
+    /// the tree a whole walk gives).
     fn list(&mut self) -> Result<(), ReceiveError> {
         let root_error = |e: scan::ScanError| ReceiveError::Root {
             path: self.root.clone(),
