@@ -548,6 +548,56 @@ fn an_emptied_source_does_not_empty_the_backup_without_confirmation() {
 }
 
 #[test]
+fn a_source_emptied_a_few_files_per_sync_is_stopped_at_the_same_share() {
+    let sandbox = Sandbox::new();
+    let src = sandbox.dir("src");
+    let dst = sandbox.dir("dst");
+    for i in 0..30 {
+        write_random(&src.join(format!("db/tick/{i:02}.ncd")), 40 + i, 2_000);
+    }
+    let agent = sandbox.serve(&dst);
+    sandbox.push(&src).target(&agent).run().assert_ok();
+    // Explorer deletes one file after another and syncs run between: 5 files per sync, each
+    // far under the guard's 50% and its 10 files, but 20 of 30 within the hour.
+    for (deleted, allowed) in [(5, true), (10, true), (15, true), (20, false)] {
+        for i in deleted - 5..deleted {
+            std::fs::remove_file(src.join(format!("db/tick/{i:02}.ncd"))).unwrap();
+        }
+        let run = sandbox.push(&src).target(&agent).run();
+        let why = run.describe();
+        if allowed {
+            run.assert_ok();
+            assert_same_tree(&src, &dst);
+        } else {
+            assert_eq!(
+                run.code, 1,
+                "the fourth sync would bring it past half\n{why}"
+            );
+            assert!(
+                run.stderr.contains("20 of the target's 30 files"),
+                "it counts what the earlier syncs deleted\n{why}"
+            );
+            assert_eq!(
+                common::file_count(&dst),
+                15,
+                "the fourth sync deletes nothing"
+            );
+        }
+    }
+    // Confirmed, it goes through, and later deletions count from there.
+    sandbox
+        .push(&src)
+        .target(&agent)
+        .arg("--allow-mass-delete")
+        .run()
+        .assert_ok();
+    assert_same_tree(&src, &dst);
+    std::fs::remove_file(src.join("db/tick/20.ncd")).unwrap();
+    sandbox.push(&src).target(&agent).run().assert_ok();
+    assert_same_tree(&src, &dst);
+}
+
+#[test]
 fn deleted_and_rewritten_files_can_be_taken_back_from_the_trash() {
     let sandbox = Sandbox::new();
     let src = sandbox.dir("src");

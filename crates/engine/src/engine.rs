@@ -34,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 mod continuous;
 mod control;
+mod deletions;
 mod manifest_cache;
 mod paths;
 mod proof;
@@ -44,6 +45,7 @@ mod subscribe;
 mod trigger;
 pub use continuous::{Schedule, push_continuous, start_guard};
 pub use control::{PushRefusal, Remote, RemoteError, check_target};
+use deletions::Deletions;
 use manifest_cache::{Kept, cached_manifest_path};
 pub use paths::{data_dir, default_known_peers, default_state_dir, state_dir_in};
 pub use push::push_once;

@@ -43,7 +43,9 @@ mod listener;
 mod pin;
 
 pub use address::{Address, authority_of};
-pub use client::{ConnectOptions, Trust, connect, connect_within, peek_fingerprint};
+pub use client::{
+    ConnectOptions, Trust, connect, connect_asking, connect_within, peek_fingerprint,
+};
 pub use error::TransportError;
 pub use listener::{Incoming, Listener, Role, Tokens};
 
@@ -483,6 +485,46 @@ mod tests {
             matches!(server_err, TransportError::WrongToken { .. }),
             "{server_err:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_request_sent_with_the_hello_waits_for_it_and_a_refusal_still_arrives() {
+        let identity = Identity::generate().unwrap();
+        let pin = Trust::Pinned(identity.fingerprint());
+        let ask = Message::GetManifest { cached: None };
+        // Accepted: the request is the first message the target reads after the hello.
+        let listener = Arc::new(
+            Listener::bind("127.0.0.1:0", Some(identity.clone()))
+                .await
+                .unwrap(),
+        );
+        let server = echo_one(&listener);
+        let mut client = connect_asking(&options(wss(&listener), pin.clone(), TOKEN), &ask)
+            .await
+            .unwrap();
+        assert_eq!(client.remote_name(), "backup-1");
+        assert_eq!(client.recv().await.unwrap(), Some(ask.clone()));
+        client.close().await;
+        assert_eq!(server.await.unwrap().unwrap(), "source-pc");
+        // Refused, with the request unread behind the hello: the target reads it while it
+        // closes, so the source gets the refusal rather than a reset (which would drop it).
+        for _ in 0..10 {
+            let listener = Arc::new(
+                Listener::bind("127.0.0.1:0", Some(identity.clone()))
+                    .await
+                    .unwrap(),
+            );
+            let server = serve_one(&listener);
+            let wrong = options(wss(&listener), pin.clone(), "not the token");
+            match connect_asking(&wrong, &ask).await {
+                Err(TransportError::Refused { refusal, .. }) => {
+                    assert_eq!(refusal, Refusal::WrongToken)
+                }
+                other => panic!("expected the refusal, got {other:?}"),
+            }
+            let err = server.await.unwrap().unwrap_err();
+            assert!(matches!(err, TransportError::WrongToken { .. }), "{err:?}");
+        }
     }
 
     #[tokio::test]

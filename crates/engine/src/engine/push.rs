@@ -221,6 +221,49 @@ pub(super) async fn keep_alive_while<T>(
     Some(until.await)
 }
 
+/// What a session does with the target's record of recent deletions ([`Deletions`]).
+enum Window {
+    /// Nothing was planned (the target holds the source's tree).
+    Keep,
+    /// The sync deleted this many of the files the target held, under the guard.
+    Record(usize, usize),
+    /// The deletions were allowed: the user confirmed them or the guard is off.
+    Clear,
+}
+
+/// Tells the tray (which files) and the target (why) that a sync stopped before deleting most
+/// of the target's files, and closes the connection.
+async fn refuse_mass_delete(
+    target: &TargetSpec,
+    tree: &Tree,
+    theirs: &Tree,
+    events: &broadcast::Sender<Event>,
+    mut conn: transport::Connection,
+    error: &SendError,
+) {
+    if let SendError::MassDelete { doomed, held, .. } = error {
+        let _ = events.send(Event::WouldDelete {
+            target: target.url.clone(),
+            doomed: *doomed as u64,
+            held: *held as u64,
+            paths: theirs
+                .files
+                .keys()
+                .filter(|p| !tree.files.contains_key(*p))
+                .take(WOULD_DELETE_SHOWN)
+                .cloned()
+                .collect(),
+        });
+    }
+    // The target hears why (a subscriber waits for a person instead of asking again).
+    let refused = Message::Refused {
+        reason: format!("the source stopped: {error}"),
+        refusal: Refusal::MassDelete,
+    };
+    let _ = tokio::time::timeout(transport::CLOSE_TIMEOUT, conn.send(&refused)).await;
+    conn.close().await;
+}
+
 /// One session with one target: connect, fetch its manifest, plan, send.
 #[allow(
     clippy::too_many_arguments,
@@ -243,31 +286,40 @@ pub(super) async fn session(
     );
     // A connection kept from the last round is used again: no new TLS handshake per sync.
     let reused = open.is_some();
-    let mut conn = match (open.take(), &target.dialed_in) {
-        (Some(conn), _) => conn,
-        // A target that dialed in is reached over its connection only.
-        (None, Some(dialed)) => dialed.take().ok_or(SendError::Closed)?,
-        (None, None) => {
-            transport::connect(&ConnectOptions {
-                url: target.url.clone(),
-                trust: target.trust.clone(),
-                token: target.token.clone(),
-                source_name: source_name.clone(),
-            })
-            .await?
-        }
-    };
-    let started = Instant::now();
-    tracing::debug!(target = %target.url, reused, "connected");
     // Bytes of this round only: a kept connection's counters run on from earlier rounds.
     let counted = |c: &transport::Connection| {
         c.wire_counter().load(std::sync::atomic::Ordering::Relaxed)
             + c.received_counter()
                 .load(std::sync::atomic::Ordering::Relaxed)
     };
-    let base = if reused { counted(&conn) } else { 0 };
+    let base = open.as_ref().map_or(0, counted);
     let cached = kept.digest();
-    let (listed, mut partials) = send::fetch_manifest(&mut conn, cached, stall).await?;
+    let ask = send::ask_manifest(cached);
+    let mut conn = match (open.take(), &target.dialed_in) {
+        (Some(mut conn), _) => {
+            conn.send(&ask).await?;
+            conn
+        }
+        // A target that dialed in is reached over its connection only.
+        (None, Some(dialed)) => {
+            let mut conn = dialed.take().ok_or(SendError::Closed)?;
+            conn.send(&ask).await?;
+            conn
+        }
+        // A new connection asks for the manifest with its hello.
+        (None, None) => {
+            let options = ConnectOptions {
+                url: target.url.clone(),
+                trust: target.trust.clone(),
+                token: target.token.clone(),
+                source_name: source_name.clone(),
+            };
+            transport::connect_asking(&options, &ask).await?
+        }
+    };
+    let started = Instant::now();
+    tracing::debug!(target = %target.url, reused, "connected");
+    let (listed, mut partials) = send::manifest_asked(&mut conn, cached, stall).await?;
     // While the source still scans, the connection answers the target's pings.
     let scanned = conn
         .idle_until(async { tree_rx.wait_for(Option::is_some).await.map(|t| t.clone()) })
@@ -298,36 +350,27 @@ pub(super) async fn session(
             .as_ref()
             .is_some_and(|(url, most)| *url == target.url && doomed <= *most)
     };
-    if let Some(share) = options.max_delete_share
-        && let Some(theirs) = &theirs
-        && let Some((doomed, held)) = plan::mass_delete(tree, theirs, share)
-        && !confirmed(doomed)
-    {
-        let error = SendError::MassDelete {
-            doomed,
-            held,
-            percent: share * 100.0,
-        };
-        let _ = events.send(Event::WouldDelete {
-            target: target.url.clone(),
-            doomed: doomed as u64,
-            held: held as u64,
-            paths: theirs
-                .files
-                .keys()
-                .filter(|p| !tree.files.contains_key(*p))
-                .take(WOULD_DELETE_SHOWN)
-                .cloned()
-                .collect(),
-        });
-        // The target hears why (a subscriber waits for a person instead of asking again).
-        let refused = Message::Refused {
-            reason: format!("the source stopped: {error}"),
-            refusal: Refusal::MassDelete,
-        };
-        let _ = tokio::time::timeout(transport::CLOSE_TIMEOUT, conn.send(&refused)).await;
-        conn.close().await;
-        return Err(error);
+    // Deletions count over the guard's window: what this sync deletes is recorded once it is
+    // sent; one the user allowed (or that ran without the guard) clears the earlier ones.
+    let deletions = Deletions::beside(&kept.path);
+    let mut window = Window::Keep;
+    if let Some(theirs) = &theirs {
+        window = Window::Clear;
+        if let Some(share) = options.max_delete_share {
+            match plan::mass_delete(tree, theirs, share, deletions.earlier()) {
+                Some((doomed, _)) if confirmed(doomed) => {}
+                Some((doomed, held)) => {
+                    let error = SendError::MassDelete {
+                        doomed,
+                        held,
+                        percent: share * 100.0,
+                    };
+                    refuse_mass_delete(target, tree, theirs, events, conn, &error).await;
+                    return Err(error);
+                }
+                None => window = Window::Record(plan::doomed(tree, theirs), theirs.files.len()),
+            }
+        }
     }
     let plan = match theirs {
         None => Plan::default(),
@@ -376,6 +419,11 @@ pub(super) async fn session(
         kept.verified(digest, tree);
     } else {
         kept.forget();
+    }
+    match window {
+        Window::Record(deleted, held) => deletions.record(deleted, held),
+        Window::Clear => deletions.clear(),
+        Window::Keep => {}
     }
     Ok((outcome, plan, wire))
 }

@@ -439,18 +439,41 @@ fn is_prefix(
 /// Deleting fewer files than this never needs a confirmation, whatever their share.
 pub const MASS_DELETE_MIN: usize = 10;
 
-/// Whether mirroring `source` would delete more than `share` of the target's files (and at
-/// least [`MASS_DELETE_MIN`]): the sign of a wiped or unmounted source, which must not wipe
-/// every backup. Returns (files that would go, files the target holds).
-pub fn mass_delete(source: &Tree, target: &Tree, share: f64) -> Option<(usize, usize)> {
-    let held = target.files.len();
-    let doomed = Delta::between(source, target)
+/// What earlier syncs within the guard's window deleted on a target (see
+/// `engine::deletions`): the files they deleted, and the most the target held before any of
+/// them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Earlier {
+    pub deleted: usize,
+    pub held: usize,
+}
+
+/// The files of `target` that mirroring `source` deletes.
+pub fn doomed(source: &Tree, target: &Tree) -> usize {
+    Delta::between(source, target)
         .target
         .files
         .iter()
         .filter(|(p, _)| !source.files.contains_key(*p))
-        .count();
-    (doomed >= MASS_DELETE_MIN && doomed as f64 > share * held as f64).then_some((doomed, held))
+        .count()
+}
+
+/// Whether mirroring `source` would bring the files deleted on the target, with what
+/// `earlier` syncs of the window deleted, to more than `share` of the files it held (and at
+/// least [`MASS_DELETE_MIN`]): the sign of a wiped or unmounted source, which must not wipe
+/// every backup, at once or a few files per sync. Returns (files deleted within the window
+/// with this sync's, files the target held before them).
+pub fn mass_delete(
+    source: &Tree,
+    target: &Tree,
+    share: f64,
+    earlier: Earlier,
+) -> Option<(usize, usize)> {
+    let now = doomed(source, target);
+    let held = target.files.len().max(earlier.held);
+    let doomed = now + earlier.deleted;
+    (now > 0 && doomed >= MASS_DELETE_MIN && doomed as f64 > share * held as f64)
+        .then_some((doomed, held))
 }
 
 /// A digest of a tree: folders, and files with size, time (at 100 ns), executable bit and hash.
@@ -621,24 +644,65 @@ mod tests {
             .collect();
         let target = tree(&all, &[]);
         assert_eq!(
-            mass_delete(&Tree::default(), &target, 0.5),
+            mass_delete(&Tree::default(), &target, 0.5, Earlier::default()),
             Some((40, 40)),
             "an empty source"
         );
         assert_eq!(
-            mass_delete(&tree(&all[..25], &[]), &target, 0.5),
+            mass_delete(&tree(&all[..25], &[]), &target, 0.5, Earlier::default()),
             None,
             "15 of 40 go: fine"
         );
         assert_eq!(
-            mass_delete(&tree(&all[..15], &[]), &target, 0.5),
+            mass_delete(&tree(&all[..15], &[]), &target, 0.5, Earlier::default()),
             Some((25, 40))
         );
         let few = tree(&all[..3], &[]);
         assert_eq!(
-            mass_delete(&Tree::default(), &few, 0.5),
+            mass_delete(&Tree::default(), &few, 0.5, Earlier::default()),
             None,
             "a tiny folder may be emptied"
+        );
+        // Emptied a few files per sync: the deletions of the window add up.
+        let earlier = Earlier {
+            deleted: 12,
+            held: 40,
+        };
+        let left = tree(&all[..28], &[]);
+        assert_eq!(
+            mass_delete(&tree(&all[..20], &[]), &left, 0.5, earlier),
+            None,
+            "20 of 40 within the window: not more than half"
+        );
+        assert_eq!(
+            mass_delete(&tree(&all[..19], &[]), &left, 0.5, earlier),
+            Some((21, 40))
+        );
+        assert_eq!(
+            mass_delete(
+                &left,
+                &left,
+                0.5,
+                Earlier {
+                    deleted: 39,
+                    held: 40
+                }
+            ),
+            None,
+            "a sync that deletes nothing is never held back"
+        );
+        assert_eq!(
+            mass_delete(
+                &tree(&all[..1], &[]),
+                &few,
+                0.5,
+                Earlier {
+                    deleted: 8,
+                    held: 11
+                }
+            ),
+            Some((10, 11)),
+            "a folder emptied to its last files: the minimum counts the window too"
         );
     }
 

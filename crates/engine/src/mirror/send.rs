@@ -47,9 +47,9 @@ pub enum SendError {
     #[error("the target made no progress for {0:?} (stalled or overloaded); the others went on")]
     Stalled(Duration),
     #[error(
-        "this would delete {doomed} of the target's {held} files (more than {percent:.0}%): is the \
-         source folder on a drive that is not mounted, or was it emptied by mistake? Nothing was \
-         changed"
+        "this would delete {doomed} of the target's {held} files, with what syncs of the last hour \
+         deleted (more than {percent:.0}%): is the source folder on a drive that is not mounted, or \
+         was it emptied by mistake? Nothing was changed"
     )]
     MassDelete {
         doomed: usize,
@@ -105,7 +105,23 @@ pub async fn fetch_manifest(
     cached: Option<Hash>,
     stall: Duration,
 ) -> Result<(Theirs, Vec<Partial>), SendError> {
-    tokio::time::timeout(stall, fetch(conn, cached))
+    conn.send(&ask_manifest(cached)).await?;
+    manifest_asked(conn, cached, stall).await
+}
+
+/// The request [`fetch_manifest`] sends; sent with the hello instead
+/// ([`crate::transport::connect_asking`]), the answer is read with [`manifest_asked`].
+pub fn ask_manifest(cached: Option<Hash>) -> Message {
+    Message::GetManifest { cached }
+}
+
+/// The target's answer to [`ask_manifest`]`(cached)`, already sent.
+pub async fn manifest_asked(
+    conn: &mut Connection,
+    cached: Option<Hash>,
+    stall: Duration,
+) -> Result<(Theirs, Vec<Partial>), SendError> {
+    tokio::time::timeout(stall, read_manifest(conn, cached))
         .await
         .map_err(|_| SendError::Stalled(stall))?
 }
@@ -124,11 +140,10 @@ pub async fn list_manifest(
 /// A target that answered "unchanged" when the source offered no manifest.
 const UNOFFERED: &str = "the target said its manifest was unchanged, but none was offered";
 
-async fn fetch(
+async fn read_manifest(
     conn: &mut Connection,
     cached: Option<Hash>,
 ) -> Result<(Theirs, Vec<Partial>), SendError> {
-    conn.send(&Message::GetManifest { cached }).await?;
     let mut tree = crate::scan::TreeBuilder::default();
     let mut entries = 0usize;
     loop {
@@ -404,6 +419,10 @@ pub async fn send_plan(
         let replies = collect_replies(&mut receiver, &done, events, target, &files);
         // The level of the blocks read from now on (a place on the ladder), as `adapt` moves.
         let level_now = std::sync::atomic::AtomicUsize::new(adapt.rung());
+        // Blocks compressed at once for this target: its read-ahead, on as many cores.
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(READ_AHEAD) as f64;
         let sending = async {
             let mut stream = futures_util::stream::iter(items)
                 .map(|item| async {
@@ -479,6 +498,11 @@ pub async fn send_plan(
                             .map_err(|_| SendError::Stalled(stall))??;
                         adapt.waited(writing.elapsed(), waited_blocks);
                         if raw > 0 {
+                            adapt.compressors(
+                                blocks
+                                    .packing_speeds()
+                                    .map(|speed| speed.map(|s| s * threads)),
+                            );
                             adapt.sent(raw, Instant::now());
                             level_now.store(adapt.rung(), Ordering::Relaxed);
                         }

@@ -59,22 +59,52 @@ pub async fn connect(opts: &ConnectOptions) -> Result<Connection, TransportError
     connect_within(opts, HANDSHAKE_TIMEOUT).await
 }
 
+/// [`connect`], sending `first` right behind the hello instead of after the welcome: one
+/// round trip fewer before the session's first answer (30 ms on a home uplink). A target that
+/// refuses the hello reads `first` and drops it while it closes (it reads until the source's
+/// close, [`Connection::close`]), so the refusal is not lost to a reset of unread data.
+pub async fn connect_asking(
+    opts: &ConnectOptions,
+    first: &Message,
+) -> Result<Connection, TransportError> {
+    let target = Address::parse(&opts.url)?;
+    bounded(
+        &target,
+        HANDSHAKE_TIMEOUT,
+        connect_to(opts, &target, Some(first)),
+    )
+    .await
+}
+
 /// [`connect`] with another bound than [`HANDSHAKE_TIMEOUT`].
 pub async fn connect_within(
     opts: &ConnectOptions,
     limit: Duration,
 ) -> Result<Connection, TransportError> {
     let target = Address::parse(&opts.url)?;
-    match tokio::time::timeout(limit, connect_to(opts, &target)).await {
+    bounded(&target, limit, connect_to(opts, &target, None)).await
+}
+
+/// `connecting`, given up after `limit`.
+async fn bounded(
+    target: &Address,
+    limit: Duration,
+    connecting: impl Future<Output = Result<Connection, TransportError>>,
+) -> Result<Connection, TransportError> {
+    match tokio::time::timeout(limit, connecting).await {
         Ok(result) => result,
         Err(_) => Err(TransportError::Timeout {
-            peer: target.key,
+            peer: target.key.clone(),
             stage: "connection and handshake",
         }),
     }
 }
 
-async fn connect_to(opts: &ConnectOptions, target: &Address) -> Result<Connection, TransportError> {
+async fn connect_to(
+    opts: &ConnectOptions,
+    target: &Address,
+    first: Option<&Message>,
+) -> Result<Connection, TransportError> {
     let peer = target.key.clone();
     let bad_url = |reason: &str| TransportError::BadUrl {
         url: opts.url.clone(),
@@ -181,6 +211,9 @@ async fn connect_to(opts: &ConnectOptions, target: &Address) -> Result<Connectio
             source_name: opts.source_name.clone(),
         })
         .await?;
+    if let Some(first) = first {
+        connection.send(first).await?;
+    }
     match connection.recv().await? {
         Some(Message::Welcome { target_name }) => connection.remote_name = target_name,
         Some(Message::Refused { reason, refusal }) => {

@@ -24,6 +24,9 @@ const GIVE_UP_COMPRESSING: u32 = 3;
 /// first mirror of 300,000 small files would otherwise keep one entry each).
 const COUNTED_FILES: usize = 4_096;
 
+/// Source bytes a level must have compressed before its speed is reported.
+const MEASURED_BYTES: u64 = 1 << 20;
+
 type Key = (String, Hash, u64);
 
 /// A block in the cache: its bytes once read, and each level's compression of them once made
@@ -44,6 +47,9 @@ pub struct BlockSource {
     cache: Mutex<(HashMap<Key, Slot>, VecDeque<Key>)>,
     incompressible: Mutex<HashMap<(String, Hash), u32>>,
     bytes_read: AtomicU64,
+    /// Per level: source bytes compressed, and the nanoseconds that took (wall time on the
+    /// compressing thread, so a CPU shared with other work counts as a slower compressor).
+    packing: [(AtomicU64, AtomicU64); LADDER.len()],
 }
 
 impl BlockSource {
@@ -55,6 +61,7 @@ impl BlockSource {
             cache: Mutex::new((HashMap::new(), VecDeque::new())),
             incompressible: Mutex::new(HashMap::new()),
             bytes_read: AtomicU64::new(0),
+            packing: Default::default(),
         }
     }
 
@@ -85,6 +92,16 @@ impl BlockSource {
     /// Bytes read from source files to be sent (each block counts once per read).
     pub fn bytes_read(&self) -> u64 {
         self.bytes_read.load(Ordering::Relaxed)
+    }
+
+    /// How fast one thread compressed at each level so far, source bytes a second (none for a
+    /// level that compressed less than a few blocks).
+    pub fn packing_speeds(&self) -> [Option<f64>; LADDER.len()] {
+        std::array::from_fn(|rung| {
+            let (bytes, nanos) = &self.packing[rung];
+            let (bytes, nanos) = (bytes.load(Ordering::Relaxed), nanos.load(Ordering::Relaxed));
+            (bytes >= MEASURED_BYTES && nanos > 0).then(|| bytes as f64 * 1e9 / nanos as f64)
+        })
     }
 
     /// The hash of the source file's bytes from the start of the block holding `len` to
@@ -151,9 +168,12 @@ impl BlockSource {
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
             let packed = slot.packed[rung].get_or_init(|| {
-                let packed = zstd::bulk::compress(&raw, zstd_level)
-                    .ok()
-                    .filter(|p| p.len() < raw.len() - raw.len() / 16);
+                let started = std::time::Instant::now();
+                let packed = zstd::bulk::compress(&raw, zstd_level);
+                let (bytes, nanos) = &this.packing[rung];
+                bytes.fetch_add(raw.len() as u64, Ordering::Relaxed);
+                nanos.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                let packed = packed.ok().filter(|p| p.len() < raw.len() - raw.len() / 16);
                 if packed.is_none() && countable {
                     this.count_incompressible(file);
                 }
