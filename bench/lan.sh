@@ -9,6 +9,8 @@
 #   sudo bench/lan.sh              (root: it creates network namespaces)
 #   LAN_SCALE=0.25 ...             a smaller folder (default 1.0, about 1 GiB)
 #   LAN_RUNS=3 ...                 runs of each command (the median is reported; default 1)
+#   LAN_LOG=filter LAN_KEEP_LOGS=dir   the pushes' log filter (RUST_LOG), and a folder to copy
+#                                  each command's output and log to
 #
 # Every target is compared with the source after each command. Results go to stdout as a
 # markdown table and to bench/last-lan.md.
@@ -116,7 +118,7 @@ targets() { # the --to arguments for the first N agents
 push() { # push NAME N COMPRESS
     local args
     mapfile -t args < <(targets "$2")
-    timed "$1" env RUST_LOG=rainmaker_engine=info "$RM" push "$SRC" "${args[@]}" \
+    timed "$1" env RUST_LOG="${LAN_LOG:-rainmaker_engine=info}" "$RM" push "$SRC" "${args[@]}" \
         --token-file "$WORK/token" --state-dir "$WORK/state" --once --json --compress "$3"
 }
 rsync1() { timed "$1" rsync -a --delete "${@:3}" "$SRC/" "rsync://10.79.0.2:8873/m$2/"; }
@@ -172,6 +174,7 @@ measure "rainmaker x3" push s5-rm 3 auto; S5_RM=$CELL
 S5_RM_LOG=$(sed 's/\x1b\[[0-9;]*m//g' "$WORK/s5-rm.err" | grep -o 'sent [0-9][^=]*' | tr '\n' ';' || true)
 measure "rainmaker never x3" push s5-never 3 never; S5_NEVER=$CELL
 
+[ -z "${LAN_KEEP_LOGS:-}" ] || { mkdir -p "$LAN_KEEP_LOGS" && cp "$WORK"/*.err "$WORK"/*.out "$LAN_KEEP_LOGS/"; }
 OUT="$BENCH_DIR/last-lan.md"
 {
     echo "- date: $(date -u '+%Y-%m-%d %H:%M:%S UTC'); command: \`sudo LAN_SCALE=$SCALE LAN_RUNS=$RUNS bench/lan.sh\`; rainmaker $(git -C "$REPO" rev-parse --short HEAD)"

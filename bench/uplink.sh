@@ -11,6 +11,7 @@
 #   UPLINK_SCALE=0.25 ...           a smaller folder (default 1.0, about 1 GiB: S1 takes minutes)
 #   UPLINK_RATE=20mbit UPLINK_DELAY=15ms UPLINK_LOSS=0.1   the link (delay is one way)
 #   RAINMAKER_BIN=path ...         a given rainmaker binary (else the release build, built)
+#   UPLINK_KEEP_LOGS=dir ...       copy each command's output and log there
 #
 # Results go to stdout as a markdown table and to bench/last-uplink.md.
 set -euo pipefail
@@ -113,6 +114,48 @@ row "S2 one session" "$CHANGED" "$S2_RM" "$S2_RM_LINK" "$T" "$LINK"
 diff -r --exclude=.rainmaker "$SRC" "$WORK/dst-rm" > /dev/null || { echo "S2: the target differs" >&2; exit 1; }
 diff -r "$SRC" "$WORK/dst-rsync" > /dev/null || { echo "S2: the rsync target differs" >&2; exit 1; }
 
+echo "== S2 again, the connection kept: push --watch, a second session" >&2
+# A continuous push keeps its connection between syncs (pinged while idle), as a scheduled one
+# (--every) does: no TCP, TLS or WebSocket handshake per sync. The watcher syncs the session
+# while it is being written (gen.py takes about a second), so what is timed is the lag: from
+# the end of the session's writes to the arrival of the last "synced" event on the push's
+# stdout (each line stamped as it arrives), once no event came for 3 s and the target is
+# identical; as rsync -z is timed from the end of the writes to the target identical.
+ip netns exec "$SRC_NS" env RUST_LOG=rainmaker_engine=info "$RM" push "$SRC" \
+    --to wss://10.78.0.2:7878 --fingerprint "$FP" --token-file "$WORK/token" \
+    --state-dir "$WORK/state" --watch --json \
+    2> "$WORK/s2w-rm.err" > >(python3 -u -c 'import sys, time
+for line in sys.stdin: print(f"{time.time():.4f} {line}", end="", flush=True)' > "$WORK/s2w-rm.out") &
+PIDS+=($!)
+for _ in $(seq 300); do grep -q '"in_sync"' "$WORK/s2w-rm.out" 2> /dev/null && break; sleep 0.1; done
+grep -q '"in_sync"' "$WORK/s2w-rm.out" || { echo "push --watch never got in sync" >&2; cat "$WORK/s2w-rm.err" >&2; exit 1; }
+sleep 2
+START=$(date +%s.%N)
+BEFORE=$(link_bytes)
+CHANGED2=$(python3 "$BENCH_DIR/gen.py" session "$SRC")
+WRITTEN=$(date +%s.%N)
+LAST=
+for _ in $(seq 600); do
+    sleep 0.1
+    NOW=$(grep '"synced"' "$WORK/s2w-rm.out" | tail -1 | cut -d' ' -f1)
+    if [ -n "$NOW" ] && [ "$(python3 -c "print(int($NOW > $START))")" = 1 ]; then
+        if [ "$NOW" = "$LAST" ] && [ "$(python3 -c "import time; print(int(time.time() - $NOW > 3))")" = 1 ]; then
+            break
+        fi
+        LAST=$NOW
+    fi
+done
+[ -n "$LAST" ] || { echo "S2 with the connection kept: no sync after the session" >&2; exit 1; }
+S2W_RM_LINK=$(($(link_bytes) - BEFORE))
+S2W_RM=$(python3 -c "print(f'{max(0.0, $LAST - $WRITTEN):.2f}')")
+S2W_SPAN=$(python3 -c "print(f'{$LAST - $START:.2f} s from the start of the writes ({$WRITTEN - $START:.2f} s of writing), in $(awk -v t="$START" '/"synced"/ && $1 > t' "$WORK/s2w-rm.out" | wc -l) syncs')")
+diff -r --exclude=.rainmaker "$SRC" "$WORK/dst-rm" > /dev/null || { echo "S2 (kept): the target differs" >&2; exit 1; }
+sync_rsync s2w-rsync
+row "S2 with the connection kept (push --watch): lag after the last write" "$CHANGED2" "$S2W_RM" "$S2W_RM_LINK" "$T" "$LINK"
+diff -r "$SRC" "$WORK/dst-rsync" > /dev/null || { echo "S2 (kept): the rsync target differs" >&2; exit 1; }
+
+[ -z "${UPLINK_KEEP_LOGS:-}" ] || { mkdir -p "$UPLINK_KEEP_LOGS" && cp "$WORK"/*.err "$WORK"/*.out "$WORK/serve.log" "$UPLINK_KEEP_LOGS/"; }
+
 OUT="$BENCH_DIR/last-uplink.md"
 {
     echo "Link: $RATE, ${DELAY} each way, ${LOSS}% loss (bench/link.py between two network namespaces); folder scale $SCALE."
@@ -123,6 +166,8 @@ OUT="$BENCH_DIR/last-uplink.md"
     printf '%s\n' "${ROWS[@]}"
     echo
     echo "rainmaker's compression: S1 $(levels s1-rm); S2 $(levels s2-rm)"
+    echo
+    echo "rainmaker S2 with the connection kept: $S2W_SPAN"
     echo
     echo "rainmaker S2 report: $(tr -d '\n ' < "$WORK/s2-rm.out" | head -c 600)"
     echo

@@ -41,6 +41,7 @@ mod identity;
 mod known_peers;
 mod listener;
 mod pin;
+mod tcp_info;
 
 pub use address::{Address, authority_of};
 pub use client::{
@@ -48,6 +49,7 @@ pub use client::{
 };
 pub use error::TransportError;
 pub use listener::{Incoming, Listener, Role, Tokens};
+pub use tcp_info::SendTimes;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};

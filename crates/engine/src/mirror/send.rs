@@ -419,10 +419,11 @@ pub async fn send_plan(
         let replies = collect_replies(&mut receiver, &done, events, target, &files);
         // The level of the blocks read from now on (a place on the ladder), as `adapt` moves.
         let level_now = std::sync::atomic::AtomicUsize::new(adapt.rung());
-        // Blocks compressed at once for this target: its read-ahead, on as many cores.
-        let threads = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(READ_AHEAD) as f64;
+        // Blocks compressed at once for this target: its read-ahead, on as many cores as the
+        // targets sending at the same time leave it (three targets on two cores: two thirds).
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let _sending = blocks.sending();
+        let threads = || (cores.min(READ_AHEAD) as f64).min(cores as f64 / blocks.senders() as f64);
         let sending = async {
             let mut stream = futures_util::stream::iter(items)
                 .map(|item| async {
@@ -445,6 +446,9 @@ pub async fn send_plan(
                 })
                 .buffered(READ_AHEAD);
             let mut last_event = Instant::now();
+            // The socket's times at the last write: what of a write's wait the target's window
+            // caused (its disk or CPU not keeping up) is not the link's.
+            let mut times = sender.send_times();
             loop {
                 let asked = Instant::now();
                 let next = tokio::select! {
@@ -496,12 +500,20 @@ pub async fn send_plan(
                         tokio::time::timeout(stall, sender.send(&message))
                             .await
                             .map_err(|_| SendError::Stalled(stall))??;
-                        adapt.waited(writing.elapsed(), waited_blocks);
+                        let mut link = writing.elapsed();
+                        let now = sender.send_times();
+                        if let (Some(now), Some(before)) = (now, times)
+                            && let Some(share) = now.receiver_share_since(before)
+                        {
+                            link = link.mul_f64(1.0 - share);
+                        }
+                        times = now;
+                        adapt.waited(link, waited_blocks);
                         if raw > 0 {
                             adapt.compressors(
                                 blocks
                                     .packing_speeds()
-                                    .map(|speed| speed.map(|s| s * threads)),
+                                    .map(|speed| speed.map(|s| s * threads())),
                             );
                             adapt.sent(raw, Instant::now());
                             level_now.store(adapt.rung(), Ordering::Relaxed);

@@ -171,6 +171,7 @@ async fn connect_to(
         source,
     })?;
     let _ = tcp.set_nodelay(true);
+    let probe = super::tcp_info::SocketProbe::of(&tcp);
 
     let (stream, fingerprint): (Box<dyn ByteStream>, Option<Fingerprint>) = match accepted {
         None => (Box::new(tcp), None),
@@ -202,7 +203,7 @@ async fn connect_to(
         tokio_tungstenite::client_async_with_config(request, stream, Some(ws_config()))
             .await
             .map_err(|e| ws_error(&peer, e))?;
-    let mut connection = Connection::new(ws, peer.clone());
+    let mut connection = Connection::new(ws, peer.clone()).with_probe(probe);
     connection
         .send(&Message::Hello {
             magic: MAGIC,

@@ -21,6 +21,8 @@ use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, Stream, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::WebSocketStream;
+
+use super::tcp_info::{SendTimes, SocketProbe};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{
     self, Bytes, Error as WsError, Message as WsMessage, error::CapacityError,
@@ -99,6 +101,7 @@ pub struct Connection {
     /// While waiting ([`Connection::idle_until`]), a peer silent for this long is taken for
     /// gone (`None`: never).
     quiet_limit: Option<Duration>,
+    probe: SocketProbe,
 }
 
 impl fmt::Debug for Connection {
@@ -122,7 +125,14 @@ impl Connection {
             sent: Arc::new(AtomicU64::new(0)),
             received: Arc::new(AtomicU64::new(0)),
             quiet_limit: None,
+            probe: SocketProbe::default(),
         }
+    }
+
+    /// This connection over the socket `probe` asks about.
+    pub(super) fn with_probe(mut self, probe: SocketProbe) -> Connection {
+        self.probe = probe;
+        self
     }
 
     /// Makes [`Connection::idle_until`] fail with [`TransportError::Idle`] when the peer sends
@@ -200,6 +210,7 @@ impl Connection {
                 peer: self.peer.clone(),
                 sent: self.sent,
                 quiet_limit: self.quiet_limit,
+                probe: self.probe,
             },
             ConnectionReceiver {
                 stream,
@@ -269,6 +280,7 @@ pub struct ConnectionSender {
     sent: Arc<AtomicU64>,
     /// The whole connection's, kept for [`ConnectionSender::reunite`].
     quiet_limit: Option<Duration>,
+    probe: SocketProbe,
 }
 
 impl fmt::Debug for ConnectionSender {
@@ -281,6 +293,12 @@ impl fmt::Debug for ConnectionSender {
 }
 
 impl ConnectionSender {
+    /// How long the socket had data to send, and how much of it the peer's window held it
+    /// back, if the system tells ([`SocketProbe`]).
+    pub fn send_times(&self) -> Option<SendTimes> {
+        self.probe.send_times()
+    }
+
     /// Encodes and sends one message.
     pub async fn send(&mut self, message: &Message) -> Result<(), TransportError> {
         self.send_encoded(Bytes::from(protocol::encode(message)))
@@ -336,6 +354,7 @@ impl ConnectionSender {
             sent: self.sent,
             received: receiver.received,
             quiet_limit: self.quiet_limit,
+            probe: self.probe,
         })
     }
 }

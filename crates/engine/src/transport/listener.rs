@@ -212,10 +212,11 @@ impl Incoming {
             }
         };
         let deadline = Instant::now() + limit;
+        let probe = super::tcp_info::SocketProbe::of(&self.tcp);
         let (tcp, lift) = budget::budgeted(self.tcp, admission.limits.pre_auth_bytes);
         let upgraded = tokio::time::timeout_at(deadline, upgrade(tcp, self.tls, &peer)).await;
         let mut connection = match upgraded {
-            Ok(Ok(connection)) => connection,
+            Ok(Ok(connection)) => connection.with_probe(probe),
             Ok(Err(e)) => {
                 log_refusal("connection", &e);
                 return Err(e);

@@ -9,14 +9,17 @@
 //! - where it waited: for the link (its writes blocked: the socket is full) or for the blocks
 //!   (read and compressed ahead on other threads, not ready). Only a window that clearly
 //!   waited for the link asks for a stronger level; any other asks for a lighter one (as fast
-//!   for less CPU is better);
+//!   for less CPU is better). Where the system tells (Linux's `TCP_INFO`,
+//!   `transport::SendTimes`), the part of a write's wait the target's receive window caused
+//!   (its disk or CPU not keeping up with what arrives) is not the link's: compressing harder
+//!   cannot help a target that writes the same bytes to its disk whatever crossed the link;
 //! - how fast it went. The level asked for is tried for one window and kept unless it was
 //!   clearly slower (the data may not compress, or the CPU the sender's TLS shares may be the
 //!   limit); a try that lost makes the next one in that direction wait twice as long (up to 16
 //!   windows), so a level that fits costs few tries.
 //! - whether a stronger level could pay at all: a level whose compressor (as measured on this
-//!   push's blocks, threads sharing the CPU counted as slower) delivers fewer bytes a second
-//!   than the target already takes is not tried. A target held back by its own disk looks like
+//!   push's blocks, threads sharing the CPU counted as slower, the cores shared by the targets
+//!   sending at once) delivers fewer bytes a second than the target already takes is not tried. A target held back by its own disk looks like
 //!   a slow link (the writes block), but compressing harder cannot speed it up, and on a
 //!   source feeding three such targets the tries that won by noise took the CPU the others
 //!   needed.
@@ -215,6 +218,7 @@ impl Adapt {
         // Only a window that clearly waited for the link asks for more compression; any
         // other asks for less (as fast for less CPU is better).
         let up = link.as_secs_f64() > LOPSIDED * blocks.as_secs_f64();
+        tracing::trace!(level = ?LADDER[self.rung], rate, ?link, ?blocks, up, "compression window");
         self.decide(rate, usize::from(up));
     }
 

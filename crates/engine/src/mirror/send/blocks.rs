@@ -12,7 +12,7 @@ use crate::index::FileRecord;
 use crate::protocol::{BLOCK_SIZE, Hash, Payload};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::OnceCell;
 
@@ -50,6 +50,18 @@ pub struct BlockSource {
     /// Per level: source bytes compressed, and the nanoseconds that took (wall time on the
     /// compressing thread, so a CPU shared with other work counts as a slower compressor).
     packing: [(AtomicU64, AtomicU64); LADDER.len()],
+    /// Targets sending from it now: their compressors share the cores.
+    senders: Arc<AtomicUsize>,
+}
+
+/// One target sending from a [`BlockSource`] ([`BlockSource::sending`]), until dropped.
+#[derive(Debug)]
+pub struct Sending(Arc<AtomicUsize>);
+
+impl Drop for Sending {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl BlockSource {
@@ -62,7 +74,20 @@ impl BlockSource {
             incompressible: Mutex::new(HashMap::new()),
             bytes_read: AtomicU64::new(0),
             packing: Default::default(),
+            senders: Arc::default(),
         }
+    }
+
+    /// A target starts sending from this source; it counts in [`BlockSource::senders`] until
+    /// the returned guard is dropped.
+    pub fn sending(&self) -> Sending {
+        self.senders.fetch_add(1, Ordering::Relaxed);
+        Sending(self.senders.clone())
+    }
+
+    /// Targets sending now (at least 1 for the one that asks).
+    pub fn senders(&self) -> usize {
+        self.senders.load(Ordering::Relaxed).max(1)
     }
 
     /// This block source, reading the files of `copies` from their copies.
