@@ -252,12 +252,14 @@ impl Adapt {
             _ => self.home > 0,
         };
         // A stronger level whose compressor is slower than this target already goes cannot
-        // make it faster.
-        let could_pay = asks == 0
-            || self
-                .compressor(self.home + 1)
-                .is_none_or(|speed| speed > rate * UP_IF_FASTER_BY);
-        if open && could_pay && self.since >= self.wait[asks] {
+        // make it faster (asked only below the top: there is no stronger level there).
+        let could_pay = || {
+            asks == 0
+                || self
+                    .compressor(self.home + 1)
+                    .is_none_or(|speed| speed > rate * UP_IF_FASTER_BY)
+        };
+        if open && self.since >= self.wait[asks] && could_pay() {
             self.trying = asks;
             self.rung = if asks == 1 {
                 self.home + 1
@@ -374,6 +376,25 @@ mod tests {
         // Level 9 makes 1% fewer bytes than 6 for twice the CPU: under the bar a stronger
         // level must clear.
         assert_eq!(level, Level::Zstd(6));
+        assert!(share > 0.9, "{share}");
+    }
+
+    #[test]
+    fn at_the_strongest_level_a_window_that_asks_for_more_keeps_it() {
+        // Text on a very slow link: every level pays, the strongest most; at the top, windows
+        // still wait for the link and ask for a level there is none of.
+        let text = |l: Level| match l {
+            Level::Raw => 1.0,
+            Level::Zstd(-4) => 0.40,
+            Level::Zstd(1) => 0.30,
+            Level::Zstd(4) => 0.24,
+            Level::Zstd(6) => 0.20,
+            _ => 0.15,
+        };
+        let (level, share) = run(Adapt::adaptive(Level::Zstd(1)), 60, |l| {
+            (producer(l), 0.5e6 / text(l))
+        });
+        assert_eq!(level, Level::Zstd(9));
         assert!(share > 0.9, "{share}");
     }
 
