@@ -28,10 +28,14 @@ fn watch_mode_delivers_appends_new_files_and_deletes() {
     write_random(&src.join("db/tick/ES.ncd"), 1, 300_000);
     write_random(&src.join("workspaces/a.xml"), 2, 900);
     let agent = sandbox.serve(&dst);
+    // Under Wine the safety rescan brings a new file its feed dropped (a CI run lost
+    // workspaces/new.xml; see `feed_rescan`).
     let push = sandbox
         .push(&src)
         .target(&agent)
         .arg("--watch")
+        .arg("--rescan-every")
+        .arg(feed_rescan())
         .spawn_continuous();
     let log = || push.log();
     wait_identical(&src, &dst, Duration::from_secs(20), &log);

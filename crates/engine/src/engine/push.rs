@@ -37,6 +37,8 @@ pub async fn push_once(
         // Targets connect and scan their side while the source scans its own.
         let (tree_tx, tree_rx) = tokio::sync::watch::channel(None::<(Arc<Tree>, Hash)>);
         let mut sessions = tokio::task::JoinSet::new();
+        // Which target each session's task is for: a task that panicked returns no index.
+        let mut task_of = std::collections::HashMap::new();
         for (i, target) in options.targets.iter().enumerate() {
             if done[i] {
                 continue;
@@ -50,7 +52,7 @@ pub async fn push_once(
             let options = options.clone();
             let mut kept = Kept::file(cached_manifest_path(&options.state_dir, &target.url));
             let stop = cancel.clone();
-            sessions.spawn(async move {
+            let task = sessions.spawn(async move {
                 let started = Instant::now();
                 let mut conn = None;
                 let result = session(
@@ -66,6 +68,7 @@ pub async fn push_once(
                 }
                 (i, result, started.elapsed().as_secs_f64())
             });
+            task_of.insert(task.id(), i);
         }
         let (source, exclude, idx, dbs) = (
             options.source.clone(),
@@ -96,9 +99,20 @@ pub async fn push_once(
         let mut joined = Vec::new();
         {
             let all = async {
-                while let Some(result) = sessions.join_next().await {
-                    if let Ok(result) = result {
-                        joined.push(result);
+                while let Some(result) = sessions.join_next_with_id().await {
+                    match result {
+                        Ok((_, result)) => joined.push(result),
+                        Err(e) if e.is_panic() => {
+                            let i = task_of[&e.id()];
+                            let panic = e.into_panic();
+                            let what = panic
+                                .downcast_ref::<&str>()
+                                .map(|s| s.to_string())
+                                .or_else(|| panic.downcast_ref::<String>().cloned())
+                                .unwrap_or_else(|| "a panic".into());
+                            joined.push((i, Err(SendError::Internal(what)), 0.0));
+                        }
+                        Err(_) => {}
                     }
                 }
             };

@@ -58,6 +58,10 @@ pub enum SendError {
     },
     #[error("stopped before the mirror finished; the next run resumes where it stopped")]
     Stopped,
+    /// A bug on this side ended the session (a panic in its task): the next pass or run starts
+    /// it again from what the target verified.
+    #[error("the session with this target stopped on an internal error ({0}); please report it")]
+    Internal(String),
 }
 
 impl SendError {
@@ -71,11 +75,12 @@ impl SendError {
         }
     }
 
-    /// Whether the connection was up and then cut: worth another pass, which resumes what was
-    /// verified. A target that cannot be reached, refuses or stalls is not.
+    /// Whether the connection was up and then cut (or a bug on this side ended the session):
+    /// worth another pass, which resumes what was verified. A target that cannot be reached,
+    /// refuses or stalls is not.
     pub fn is_cut(&self) -> bool {
         match self {
-            SendError::Closed => true,
+            SendError::Closed | SendError::Internal(_) => true,
             SendError::Transport(e) => matches!(
                 e,
                 TransportError::Io { .. }
