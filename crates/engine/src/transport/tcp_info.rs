@@ -97,11 +97,11 @@ impl SocketProbe {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[cfg(target_os = "linux")]
     #[tokio::test]
     async fn a_receiver_that_reads_slowly_is_seen_holding_the_sender_back() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let reader = tokio::spawn(async move {
