@@ -371,7 +371,8 @@ pub(super) async fn session(
     if let Some(theirs) = &theirs {
         window = Window::Clear;
         if let Some(share) = options.max_delete_share {
-            match plan::mass_delete(tree, theirs, share, deletions.earlier()) {
+            let (now, held) = (plan::doomed(tree, theirs), theirs.files.len());
+            match plan::mass_delete(now, held, share, deletions.earlier()) {
                 Some((doomed, _)) if confirmed(doomed) => {}
                 Some((doomed, held)) => {
                     let error = SendError::MassDelete {
@@ -382,7 +383,7 @@ pub(super) async fn session(
                     refuse_mass_delete(target, tree, theirs, events, conn, &error).await;
                     return Err(error);
                 }
-                None => window = Window::Record(plan::doomed(tree, theirs), theirs.files.len()),
+                None => window = Window::Record(now, held),
             }
         }
     }

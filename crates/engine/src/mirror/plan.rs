@@ -458,19 +458,19 @@ pub fn doomed(source: &Tree, target: &Tree) -> usize {
         .count()
 }
 
-/// Whether mirroring `source` would bring the files deleted on the target, with what
-/// `earlier` syncs of the window deleted, to more than `share` of the files it held (and at
-/// least [`MASS_DELETE_MIN`]): the sign of a wiped or unmounted source, which must not wipe
-/// every backup, at once or a few files per sync. Returns (files deleted within the window
-/// with this sync's, files the target held before them).
+/// Whether a sync that deletes `now` of the `held` files a target holds ([`doomed`]) would
+/// bring the files deleted on it, with what `earlier` syncs of the window deleted, to more than
+/// `share` of the files it held (and at least [`MASS_DELETE_MIN`]): the sign of a wiped or
+/// unmounted source, which must not wipe every backup, at once or a few files per sync.
+/// Returns (files deleted within the window with this sync's, files the target held before
+/// them).
 pub fn mass_delete(
-    source: &Tree,
-    target: &Tree,
+    now: usize,
+    held: usize,
     share: f64,
     earlier: Earlier,
 ) -> Option<(usize, usize)> {
-    let now = doomed(source, target);
-    let held = target.files.len().max(earlier.held);
+    let held = held.max(earlier.held);
     let doomed = now + earlier.deleted;
     (now > 0 && doomed >= MASS_DELETE_MIN && doomed as f64 > share * held as f64)
         .then_some((doomed, held))
@@ -643,23 +643,27 @@ mod tests {
             .map(|(p, b)| (p.as_str(), b.as_slice()))
             .collect();
         let target = tree(&all, &[]);
+        // The guard as a session asks it, at the default share.
+        let guard = |source: &Tree, target: &Tree, earlier: Earlier| {
+            mass_delete(doomed(source, target), target.files.len(), 0.5, earlier)
+        };
         assert_eq!(
-            mass_delete(&Tree::default(), &target, 0.5, Earlier::default()),
+            guard(&Tree::default(), &target, Earlier::default()),
             Some((40, 40)),
             "an empty source"
         );
         assert_eq!(
-            mass_delete(&tree(&all[..25], &[]), &target, 0.5, Earlier::default()),
+            guard(&tree(&all[..25], &[]), &target, Earlier::default()),
             None,
             "15 of 40 go: fine"
         );
         assert_eq!(
-            mass_delete(&tree(&all[..15], &[]), &target, 0.5, Earlier::default()),
+            guard(&tree(&all[..15], &[]), &target, Earlier::default()),
             Some((25, 40))
         );
         let few = tree(&all[..3], &[]);
         assert_eq!(
-            mass_delete(&Tree::default(), &few, 0.5, Earlier::default()),
+            guard(&Tree::default(), &few, Earlier::default()),
             None,
             "a tiny folder may be emptied"
         );
@@ -670,19 +674,18 @@ mod tests {
         };
         let left = tree(&all[..28], &[]);
         assert_eq!(
-            mass_delete(&tree(&all[..20], &[]), &left, 0.5, earlier),
+            guard(&tree(&all[..20], &[]), &left, earlier),
             None,
             "20 of 40 within the window: not more than half"
         );
         assert_eq!(
-            mass_delete(&tree(&all[..19], &[]), &left, 0.5, earlier),
+            guard(&tree(&all[..19], &[]), &left, earlier),
             Some((21, 40))
         );
         assert_eq!(
-            mass_delete(
+            guard(
                 &left,
                 &left,
-                0.5,
                 Earlier {
                     deleted: 39,
                     held: 40
@@ -692,10 +695,9 @@ mod tests {
             "a sync that deletes nothing is never held back"
         );
         assert_eq!(
-            mass_delete(
+            guard(
                 &tree(&all[..1], &[]),
                 &few,
-                0.5,
                 Earlier {
                     deleted: 8,
                     held: 11
