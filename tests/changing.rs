@@ -74,7 +74,7 @@ fn a_file_truncated_or_replaced_while_it_is_sent_converges_to_a_real_version() {
     let replaced = random_bytes(92, 20 << 20);
     let aside = sandbox.path("data.bin.new");
     std::fs::write(&aside, &replaced).unwrap();
-    std::fs::rename(&aside, &path).unwrap();
+    replace_file(&aside, &path);
     let _ = common::wait_bounded(&mut push, Duration::from_secs(60)).expect("the push ends");
     if let Ok(mirrored) = std::fs::read(dst.join("data.bin")) {
         assert!(
@@ -85,4 +85,25 @@ fn a_file_truncated_or_replaced_while_it_is_sent_converges_to_a_real_version() {
     }
     sandbox.push(&src).target(&agent).run().assert_ok();
     assert_same_tree(&src, &dst);
+}
+
+/// Renames `from` over `to` the way a program saves a file. The source reads with delete
+/// sharing, so Windows' POSIX rename replaces the file even while RainMaker holds it open. Wine 8
+/// has no such rename: a file with any handle open cannot be replaced ("Access denied"), so under
+/// Wine the save is retried until the source has let go of the file, as a saving program would.
+fn replace_file(from: &std::path::Path, to: &std::path::Path) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match std::fs::rename(from, to) {
+            Ok(()) => return,
+            Err(error)
+                if error.kind() == std::io::ErrorKind::PermissionDenied
+                    && rainmaker_engine::win32::under_wine()
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(error) => panic!("renaming {} over {}: {error}", from.display(), to.display()),
+        }
+    }
 }
