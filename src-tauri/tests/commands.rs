@@ -719,15 +719,20 @@ fn bring_back_takes_the_folder_from_a_promoted_server_over_a_connection_this_pc_
             "{file} came back"
         );
     }
-    let d = call(&h, "dashboard", json!({})).unwrap();
-    let a = server(&d, "cloud-a");
-    let feeds = a["feeds"].as_array().unwrap();
-    assert!(
-        feeds
-            .iter()
-            .any(|f| f["once"] == true && f["in_sync_at"].is_number()),
-        "cloud-a reports this PC's pull, in sync: {a}"
+    // The line is logged first, and then every server is asked for its state again.
+    wait_for(
+        "cloud-a reports this PC's pull, in sync",
+        Duration::from_secs(30),
+        || {
+            let d = call(&h, "dashboard", json!({})).unwrap();
+            server(&d, "cloud-a")["feeds"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|f| f["once"] == true && f["in_sync_at"].is_number())
+        },
     );
+    let d = call(&h, "dashboard", json!({})).unwrap();
     assert_eq!(
         d["paused"]["by"], "you",
         "sync from this PC stays paused until the user resumes: {d}"
