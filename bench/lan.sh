@@ -11,6 +11,9 @@
 #   LAN_RUNS=3 ...                 runs of each command (the median is reported; default 1)
 #   LAN_LOG=filter LAN_KEEP_LOGS=dir   the pushes' log filter (RUST_LOG), and a folder to copy
 #                                  each command's output and log to
+#   LAN_PERF=dir ...               profile every push to three targets system-wide (source and
+#                                  agents, perf record -a) into dir/NAME.perf.data, with a
+#                                  flat report of the hottest symbols per program in dir/NAME.txt
 #
 # Every target is compared with the source after each command. Results go to stdout as a
 # markdown table and to bench/last-lan.md.
@@ -118,8 +121,21 @@ targets() { # the --to arguments for the first N agents
 push() { # push NAME N COMPRESS
     local args
     mapfile -t args < <(targets "$2")
+    local perf=""
+    if [ -n "${LAN_PERF:-}" ] && [ "$2" = 3 ]; then
+        mkdir -p "$LAN_PERF"
+        perf record -a -F 499 -o "$LAN_PERF/$1.perf.data" > /dev/null 2>&1 &
+        perf=$!
+        sleep 1
+    fi
     timed "$1" env RUST_LOG="${LAN_LOG:-rainmaker_engine=info}" "$RM" push "$SRC" "${args[@]}" \
         --token-file "$WORK/token" --state-dir "$WORK/state" --once --json --compress "$3"
+    if [ -n "$perf" ]; then
+        kill -INT "$perf"
+        wait "$perf" || true
+        perf report -i "$LAN_PERF/$1.perf.data" --no-children --sort comm,dso,sym --stdio \
+            --percent-limit 0.5 2> /dev/null > "$LAN_PERF/$1.txt" || true
+    fi
 }
 rsync1() { timed "$1" rsync -a --delete "${@:3}" "$SRC/" "rsync://10.79.0.2:8873/m$2/"; }
 rsync3() { # three rsyncs at once, one per module

@@ -12,6 +12,7 @@
 #   UPLINK_RATE=20mbit UPLINK_DELAY=15ms UPLINK_LOSS=0.1   the link (delay is one way)
 #   RAINMAKER_BIN=path ...         a given rainmaker binary (else the release build, built)
 #   UPLINK_KEEP_LOGS=dir ...       copy each command's output and log there
+#   UPLINK_LOG=filter ...          the log filter (RUST_LOG) of the pushes and the agent
 #
 # Results go to stdout as a markdown table and to bench/last-uplink.md.
 set -euo pipefail
@@ -52,7 +53,7 @@ TOTAL=$(BENCH_SCALE=$SCALE python3 "$BENCH_DIR/gen.py" init "$SRC")
 mkdir -p "$WORK/dst-rm" "$WORK/dst-rsync"
 head -c 32 /dev/urandom | base64 > "$WORK/token"
 chmod 600 "$WORK/token"
-ip netns exec "$DST_NS" "$RM" serve --root "$WORK/dst-rm" --listen 10.78.0.2:7878 --token-file "$WORK/token" \
+ip netns exec "$DST_NS" env ${UPLINK_LOG:+RUST_LOG=$UPLINK_LOG} "$RM" serve --root "$WORK/dst-rm" --listen 10.78.0.2:7878 --token-file "$WORK/token" \
     > /dev/null 2> "$WORK/serve.log" &
 PIDS+=($!)
 cat > "$WORK/rsyncd.conf" << CONF
@@ -82,7 +83,7 @@ run() {
     T=$(python3 -c "print(f'{$end - $start:.2f}')")
     LINK=$((after - before))
 }
-push() { run "$1" env RUST_LOG=rainmaker_engine=info "$RM" push "$SRC" --to wss://10.78.0.2:7878 \
+push() { run "$1" env RUST_LOG="${UPLINK_LOG:-rainmaker_engine=info}" "$RM" push "$SRC" --to wss://10.78.0.2:7878 \
     --fingerprint "$FP" --token-file "$WORK/token" --state-dir "$WORK/state" --once --json; }
 # The compression levels the push used (its log line "sent ... B raw, ... B at zstd N").
 levels() { sed 's/\x1b\[[0-9;]*m//g' "$WORK/$1.err" | grep -o 'sent [0-9][^=]*' | head -1 || true; }
