@@ -41,6 +41,7 @@ mod identity;
 mod known_peers;
 mod listener;
 mod pin;
+mod pipeline;
 mod tcp_info;
 
 pub use address::{Address, authority_of};
@@ -530,6 +531,94 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_hello_and_the_request_ride_behind_the_upgrade_request() {
+        use tokio::io::AsyncReadExt;
+        let ask = Message::GetManifest { cached: None };
+        let opts = |port: u16| options(format!("ws://127.0.0.1:{port}/"), Trust::Insecure, TOKEN);
+        // A server that reads and never answers the upgrade: whatever it got came without
+        // waiting for it.
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = tcp.local_addr().unwrap().port();
+        let client = tokio::spawn(async move { connect_asking(&opts(port), &ask).await });
+        let (mut socket, _) = tcp.accept().await.unwrap();
+        let ours: usize = [
+            hello_of(TOKEN),
+            protocol::encode(&Message::GetManifest { cached: None }),
+        ]
+        .iter()
+        .map(|payload| payload.len() + 2 + 4) // a short frame's header and its mask
+        .sum();
+        let mut got = Vec::new();
+        let whole = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                let mut buf = [0u8; 4096];
+                let n = socket.read(&mut buf).await.unwrap();
+                assert!(n > 0, "the client closed early");
+                got.extend_from_slice(&buf[..n]);
+                if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n")
+                    && got.len() >= end + 4 + ours
+                {
+                    return got.len() - end - 4;
+                }
+            }
+        })
+        .await
+        .expect("the hello comes before the upgrade is answered");
+        assert_eq!(whole, ours, "the hello and the request, and nothing else");
+        client.abort();
+
+        // An agent from before pipelining drops the connection on bytes behind the upgrade
+        // request; the source connects again and says hello after the upgrade.
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = tcp.local_addr().unwrap().port();
+        let old_agent = tokio::spawn(async move {
+            let mut dropped = 0;
+            loop {
+                let (socket, _) = tcp.accept().await.unwrap();
+                let Ok(mut ws) = tokio_tungstenite::accept_async(socket).await else {
+                    dropped += 1;
+                    continue;
+                };
+                let Some(Ok(WsMessage::Binary(first))) = ws.next().await else {
+                    panic!("the hello comes first");
+                };
+                assert!(matches!(
+                    protocol::decode(&first),
+                    Ok(Message::Hello { .. })
+                ));
+                let welcome = Message::Welcome {
+                    target_name: "old".into(),
+                };
+                ws.send(WsMessage::Binary(protocol::encode(&welcome).into()))
+                    .await
+                    .unwrap();
+                let Some(Ok(WsMessage::Binary(asked))) = ws.next().await else {
+                    panic!("then the request");
+                };
+                return (dropped, protocol::decode(&asked).unwrap());
+            }
+        });
+        let ask = Message::GetManifest { cached: None };
+        let connected = connect_asking(&opts(port), &ask).await.unwrap();
+        assert_eq!(connected.remote_name(), "old");
+        let (dropped, asked) = old_agent.await.unwrap();
+        assert_eq!(
+            dropped, 1,
+            "the first attempt was dropped, the second went through"
+        );
+        assert_eq!(asked, ask);
+    }
+
+    fn hello_of(token: &str) -> Vec<u8> {
+        protocol::encode(&Message::Hello {
+            magic: MAGIC,
+            version: PROTOCOL_VERSION,
+            token: token.to_owned(),
+            source_name: "source-pc".to_owned(),
+        })
+    }
+
+    #[tokio::test]
     async fn another_protocol_version_is_refused_with_both_numbers() {
         let listener = Arc::new(Listener::bind("127.0.0.1:0", None).await.unwrap());
         let theirs = PROTOCOL_VERSION + 1;
@@ -840,8 +929,21 @@ mod tests {
         for expected in &messages {
             assert_eq!(receiver.recv().await.unwrap().as_ref(), Some(expected));
         }
-        let sender = sending.await.unwrap();
-        let payload: usize = messages.iter().map(|m| protocol::encode(m).len()).sum();
+        let mut sender = sending.await.unwrap();
+        // Replies that waited together go out in one flush, in order, each counted.
+        let batch: Vec<Message> = (10..50)
+            .map(|id| Message::FileDone { id })
+            .chain([Message::Finished { digest: [7; 32] }])
+            .collect();
+        sender.send_many(&batch).await.unwrap();
+        for expected in &batch {
+            assert_eq!(receiver.recv().await.unwrap().as_ref(), Some(expected));
+        }
+        let payload: usize = messages
+            .iter()
+            .chain(&batch)
+            .map(|m| protocol::encode(m).len())
+            .sum();
         assert_eq!(sender.wire_bytes_sent(), after_hello + payload as u64);
         assert_eq!(
             counter.load(std::sync::atomic::Ordering::Relaxed),

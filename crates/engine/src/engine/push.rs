@@ -63,7 +63,10 @@ pub async fn push_once(
                     // The target's own connection stays open for the next pass, and for the
                     // last word of whoever handed it over.
                     (Some(conn), Some(dialed)) => dialed.give_back(conn),
-                    (Some(conn), None) => conn.close().await,
+                    // A connection is handed back only by a session that ended with the
+                    // target's `Finished`: nothing more is coming, so its answer to the close
+                    // is not waited for.
+                    (Some(conn), None) => conn.close_now().await,
                     (None, _) => {}
                 }
                 (i, result, started.elapsed().as_secs_f64())

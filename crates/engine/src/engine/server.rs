@@ -3,6 +3,9 @@
 
 use super::*;
 
+/// Most replies a session's writer sends in one flush (the worker's channel holds 64).
+const REPLY_BATCH: usize = 64;
+
 /// What a target agent serves.
 #[derive(Debug)]
 pub struct ServeOptions {
@@ -518,7 +521,16 @@ pub(super) async fn serve_session(
         loop {
             let sent = tokio::select! {
                 message = out_rx.recv() => match message {
-                    Some(message) => tokio::time::timeout(idle, sender.send(&message)).await,
+                    // What else is waiting goes with it, in one flush.
+                    Some(message) => {
+                        let mut batch = vec![message];
+                        while batch.len() < REPLY_BATCH
+                            && let Ok(more) = out_rx.try_recv()
+                        {
+                            batch.push(more);
+                        }
+                        tokio::time::timeout(idle, sender.send_many(&batch)).await
+                    }
                     None => break,
                 },
                 _ = ping.tick() => tokio::time::timeout(idle, sender.ping()).await,

@@ -68,12 +68,42 @@ pub async fn connect_asking(
     first: &Message,
 ) -> Result<Connection, TransportError> {
     let target = Address::parse(&opts.url)?;
-    bounded(
-        &target,
-        HANDSHAKE_TIMEOUT,
-        connect_to(opts, &target, Some(first)),
-    )
+    bounded(&target, HANDSHAKE_TIMEOUT, async {
+        match connect_to(opts, &target, Some(first), true).await {
+            // An agent from before pipelining refuses bytes behind its upgrade request and
+            // drops the connection: once more, the hello after the upgrade.
+            Err(Upgrade::Refused(e)) => {
+                tracing::debug!(peer = %target.key, "the upgrade with the hello behind it was dropped ({e}); connecting again without");
+                connect_to(opts, &target, Some(first), false)
+                    .await
+                    .map_err(Upgrade::into_error)
+            }
+            done => done.map_err(Upgrade::into_error),
+        }
+    })
     .await
+}
+
+/// How a connection attempt failed.
+enum Upgrade {
+    /// The connection ended during a WebSocket upgrade that had the hello behind it.
+    Refused(TransportError),
+    /// Any other way.
+    Failed(TransportError),
+}
+
+impl Upgrade {
+    fn into_error(self) -> TransportError {
+        match self {
+            Upgrade::Refused(e) | Upgrade::Failed(e) => e,
+        }
+    }
+}
+
+impl From<TransportError> for Upgrade {
+    fn from(e: TransportError) -> Upgrade {
+        Upgrade::Failed(e)
+    }
 }
 
 /// [`connect`] with another bound than [`HANDSHAKE_TIMEOUT`].
@@ -82,7 +112,12 @@ pub async fn connect_within(
     limit: Duration,
 ) -> Result<Connection, TransportError> {
     let target = Address::parse(&opts.url)?;
-    bounded(&target, limit, connect_to(opts, &target, None)).await
+    bounded(&target, limit, async {
+        connect_to(opts, &target, None, false)
+            .await
+            .map_err(Upgrade::into_error)
+    })
+    .await
 }
 
 /// `connecting`, given up after `limit`.
@@ -100,11 +135,14 @@ async fn bounded(
     }
 }
 
+/// Connects, upgrades and says hello (with `first` behind it). With `pipelined`, the hello
+/// and `first` go right behind the upgrade request, a round trip sooner.
 async fn connect_to(
     opts: &ConnectOptions,
     target: &Address,
     first: Option<&Message>,
-) -> Result<Connection, TransportError> {
+    pipelined: bool,
+) -> Result<Connection, Upgrade> {
     let peer = target.key.clone();
     let bad_url = |reason: &str| TransportError::BadUrl {
         url: opts.url.clone(),
@@ -125,21 +163,21 @@ async fn connect_to(
                 })?
                 .collect();
             if addrs.is_empty() || addrs.iter().any(|a| !is_loopback(a.ip())) {
-                return Err(TransportError::InsecureRemote { peer });
+                return Err(Upgrade::Failed(TransportError::InsecureRemote { peer }));
             }
             (None, None)
         }
         (Trust::Insecure, true) => {
-            return Err(bad_url(
+            return Err(Upgrade::Failed(bad_url(
                 "plain ws:// trust goes with a ws:// address; a wss:// target is checked \
                  by its pinned fingerprint or the known-peers file",
-            ));
+            )));
         }
         (_, false) => {
-            return Err(bad_url(
+            return Err(Upgrade::Failed(bad_url(
                 "ws:// is neither encrypted nor authenticated; use wss:// (plain ws:// is for \
                  tests on one machine)",
-            ));
+            )));
         }
         (Trust::Pinned(value), true) => {
             let pin = parse_fingerprint(value).ok_or_else(|| TransportError::BadFingerprint {
@@ -151,7 +189,7 @@ async fn connect_to(
             let known = KnownPeers::load(path)?;
             let pins = known.fingerprints(&peer);
             if pins.is_empty() {
-                return Err(TransportError::NotPinned { peer });
+                return Err(Upgrade::Failed(TransportError::NotPinned { peer }));
             }
             (Some(pins), Some(path.clone()))
         }
@@ -181,14 +219,14 @@ async fn connect_to(
                 Ok(tls) => (Box::new(tls), verifier.seen()),
                 Err(e) => {
                     if let (true, Some(got)) = (verifier.rejected(), verifier.seen()) {
-                        return Err(TransportError::FingerprintChanged {
+                        return Err(Upgrade::Failed(TransportError::FingerprintChanged {
                             peer,
                             expected: accepted[0].clone(),
                             got,
                             known_peers,
-                        });
+                        }));
                     }
-                    return Err(tls_error(&peer, e));
+                    return Err(Upgrade::Failed(tls_error(&peer, e)));
                 }
             }
         }
@@ -199,41 +237,60 @@ async fn connect_to(
         if target.tls { "wss" } else { "ws" },
         target.key
     );
+    let hello = Message::Hello {
+        magic: MAGIC,
+        version: PROTOCOL_VERSION,
+        token: opts.token.clone(),
+        source_name: opts.source_name.clone(),
+    };
+    let payloads: Vec<Vec<u8>> = std::iter::once(&hello)
+        .chain(first)
+        .map(protocol::encode)
+        .collect();
+    // The hello is written only once the certificate was checked (the TLS handshake above).
+    let preface = pipelined
+        .then(|| pipeline::client_frames(&payloads))
+        .flatten();
+    let stream: Box<dyn ByteStream> = match &preface {
+        Some(frames) => Box::new(pipeline::Preface::new(stream, frames.clone())),
+        None => stream,
+    };
     let (ws, _response) =
         tokio_tungstenite::client_async_with_config(request, stream, Some(ws_config()))
             .await
-            .map_err(|e| ws_error(&peer, e))?;
+            .map_err(|e| match (preface.is_some(), ws_error(&peer, e)) {
+                (true, e @ (TransportError::Closed { .. } | TransportError::WebSocket { .. })) => {
+                    Upgrade::Refused(e)
+                }
+                (_, e) => Upgrade::Failed(e),
+            })?;
     let mut connection = Connection::new(ws, peer.clone()).with_probe(probe);
-    connection
-        .send(&Message::Hello {
-            magic: MAGIC,
-            version: PROTOCOL_VERSION,
-            token: opts.token.clone(),
-            source_name: opts.source_name.clone(),
-        })
-        .await?;
-    if let Some(first) = first {
-        connection.send(first).await?;
+    if preface.is_some() {
+        connection.count_sent(payloads.iter().map(Vec::len).sum());
+    } else {
+        for payload in payloads {
+            connection.send_encoded(payload.into()).await?;
+        }
     }
     match connection.recv().await? {
         Some(Message::Welcome { target_name }) => connection.remote_name = target_name,
         Some(Message::Refused { reason, refusal }) => {
-            return Err(TransportError::Refused {
+            return Err(Upgrade::Failed(TransportError::Refused {
                 peer,
                 reason: printable(&reason),
                 refusal,
-            });
+            }));
         }
         Some(other) => {
-            return Err(TransportError::Protocol {
+            return Err(Upgrade::Failed(TransportError::Protocol {
                 peer,
                 source: ProtocolError::Malformed(format!(
                     "expected Welcome or Refused, got {}",
                     Message::name(&other)
                 )),
-            });
+            }));
         }
-        None => return Err(TransportError::Closed { peer }),
+        None => return Err(Upgrade::Failed(TransportError::Closed { peer })),
     }
 
     // First use: the target proved it holds the key and accepted our token; remember it.

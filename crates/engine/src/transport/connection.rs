@@ -148,6 +148,12 @@ impl Connection {
             .await
     }
 
+    /// Counts `bytes` of messages sent before the connection was made (a pipelined hello).
+    pub(super) fn count_sent(&self, bytes: usize) {
+        self.sent.fetch_add(bytes as u64, Ordering::Relaxed);
+        WIRE_TOTAL.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
     /// Sends a message already encoded with [`protocol::encode`] (encode once, send to many
     /// targets: cloning `Bytes` does not copy).
     pub async fn send_encoded(&mut self, bytes: Bytes) -> Result<(), TransportError> {
@@ -261,6 +267,19 @@ impl Connection {
         self.shutdown().await;
     }
 
+    /// Closes without waiting for the peer's answer: sends a WebSocket close and shuts the
+    /// stream down (TLS `close_notify`, then TCP's end of stream). For a session that is over
+    /// when nothing waits on the connection's end: a `push --once` about to exit saves the
+    /// round trip the peer's answer takes. The peer reads the close as a clean one.
+    pub async fn close_now(mut self) {
+        let ws = &mut self.ws;
+        let closing = async {
+            let _ = ws.close(None).await;
+            let _ = ws.get_mut().shutdown().await;
+        };
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, closing).await;
+    }
+
     pub(super) async fn shutdown(&mut self) {
         let ws = &mut self.ws;
         let closing = async {
@@ -308,6 +327,26 @@ impl ConnectionSender {
     /// Sends a message already encoded with [`protocol::encode`].
     pub async fn send_encoded(&mut self, bytes: Bytes) -> Result<(), TransportError> {
         send_on(&mut self.sink, &self.peer, &self.sent, bytes).await
+    }
+
+    /// Sends `messages` in order with one flush at the end, so replies that were waiting
+    /// together leave in as few segments as they fit. Sent one flush each, a burst of small
+    /// replies (a session's acknowledgements, then its `Finished`) is a burst of small
+    /// segments: past TCP's congestion window, which counts segments, the last of them
+    /// waits a round trip for the peer's acknowledgements.
+    pub async fn send_many(&mut self, messages: &[Message]) -> Result<(), TransportError> {
+        use futures_util::SinkExt;
+        for message in messages {
+            let bytes = Bytes::from(protocol::encode(message));
+            let len = checked_len(&self.peer, &bytes)?;
+            self.sink
+                .feed(WsMessage::Binary(bytes))
+                .await
+                .map_err(|e| ws_error(&self.peer, e))?;
+            self.sent.fetch_add(len, Ordering::Relaxed);
+            WIRE_TOTAL.fetch_add(len, Ordering::Relaxed);
+        }
+        self.sink.flush().await.map_err(|e| ws_error(&self.peer, e))
     }
 
     /// Payload bytes of the binary messages sent on this connection so far.
@@ -401,6 +440,17 @@ async fn send_on<S>(
 where
     S: futures_util::Sink<WsMessage, Error = WsError> + Unpin,
 {
+    let len = checked_len(peer, &bytes)?;
+    sink.send(WsMessage::Binary(bytes))
+        .await
+        .map_err(|e| ws_error(peer, e))?;
+    sent.fetch_add(len, Ordering::Relaxed);
+    WIRE_TOTAL.fetch_add(len, Ordering::Relaxed);
+    Ok(())
+}
+
+/// The length of an encoded message, which must not be larger than the peer accepts.
+fn checked_len(peer: &str, bytes: &[u8]) -> Result<u64, TransportError> {
     let len = bytes.len();
     if len > MAX_MESSAGE_BYTES {
         // The peer would refuse it; fail here, where the bug is.
@@ -409,12 +459,7 @@ where
             source: ProtocolError::TooLarge(len),
         });
     }
-    sink.send(WsMessage::Binary(bytes))
-        .await
-        .map_err(|e| ws_error(peer, e))?;
-    sent.fetch_add(len as u64, Ordering::Relaxed);
-    WIRE_TOTAL.fetch_add(len as u64, Ordering::Relaxed);
-    Ok(())
+    Ok(len as u64)
 }
 
 async fn recv_from<S>(

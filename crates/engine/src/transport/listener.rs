@@ -277,6 +277,8 @@ async fn upgrade(
         Some(acceptor) => Box::new(acceptor.accept(tcp).await.map_err(|e| tls_error(peer, e))?),
         None => Box::new(tcp),
     };
+    // A pipelining source's hello may come in the same read as its upgrade request.
+    let stream: Box<dyn ByteStream> = Box::new(super::pipeline::HeadersFirst::new(stream));
     let ws = tokio_tungstenite::accept_async_with_config(stream, Some(ws_config()))
         .await
         .map_err(|e| ws_error(peer, e))?;
