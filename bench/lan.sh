@@ -11,6 +11,9 @@
 #   LAN_RUNS=3 ...                 runs of each command (the median is reported; default 1)
 #   LAN_LOG=filter LAN_KEEP_LOGS=dir   the pushes' log filter (RUST_LOG), and a folder to copy
 #                                  each command's output and log to
+#   LAN_SETTLE=40 ...              seconds to wait after emptying the targets before each run:
+#                                  ext4 skips the inodes freed in the last half minute or so
+#                                  when it makes new ones, which slows creating files at once
 #   LAN_PERF=dir ...               profile every push to three targets system-wide (source and
 #                                  agents, perf record -a) into dir/NAME.perf.data, with a
 #                                  flat report of the hottest symbols per program in dir/NAME.txt
@@ -91,6 +94,7 @@ empty() {
     done
     rm -rf "$WORK/state"
     sync
+    sleep "${LAN_SETTLE:-0}"
 }
 same() { # same NAME DIR...: every DIR is identical to the source
     local name=$1 d

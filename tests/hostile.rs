@@ -193,7 +193,7 @@ async fn expect_refused(ws: &mut Ws, case: &str) -> String {
                 println!("{case}: refused: {reason}");
                 return reason;
             }
-            Reply::Message(Message::FileFailed { .. }) => continue,
+            Reply::Message(Message::FileFailed { .. } | Message::Load { .. }) => continue,
             Reply::Message(other) => panic!("{case} must be refused, the agent answered {other:?}"),
             Reply::Closed(how) => {
                 panic!("{case} must be refused with a reason, the connection just ended: {how}")
@@ -210,7 +210,7 @@ async fn expect_refused_or_closed(ws: &mut Ws, case: &str) -> String {
                 println!("{case}: refused: {reason}");
                 return reason;
             }
-            Reply::Message(Message::FileFailed { .. }) => continue,
+            Reply::Message(Message::FileFailed { .. } | Message::Load { .. }) => continue,
             Reply::Message(other) => panic!("{case} must be refused, the agent answered {other:?}"),
             Reply::Closed(how) => {
                 println!("{case}: closed: {how}");
@@ -691,7 +691,9 @@ async fn send_and_finish(ws: &mut Ws, messages: Vec<Message>, case: &str) {
     loop {
         match reply(ws).await {
             Reply::Message(Message::Finished { .. }) => return,
-            Reply::Message(Message::FileDone { .. } | Message::FileFailed { .. }) => continue,
+            Reply::Message(
+                Message::FileDone { .. } | Message::FileFailed { .. } | Message::Load { .. },
+            ) => continue,
             other => panic!("{case}: the session must finish, got {other:?}"),
         }
     }
@@ -779,4 +781,57 @@ async fn a_session_that_never_asks_for_the_manifest_has_a_batch_of_its_own() {
         batch_of("y.txt"),
         "{case}: each session's deletes go into a batch of its own: {kept:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_tells_how_busy_it_is_while_data_arrives_and_only_then() {
+    let target = Target::start();
+    let mut ws = connect(target.agent.addr).await;
+    send(&mut ws, &hello(PROTOCOL_VERSION, &target.sandbox.token())).await;
+    assert!(matches!(
+        reply(&mut ws).await,
+        Reply::Message(Message::Welcome { .. })
+    ));
+    // Twelve small files, 40 ms apart: the agent waits for data most of the time.
+    let mut loads = Vec::new();
+    let mut replies = Vec::new();
+    for id in 0..12u64 {
+        for message in file_messages(id, &format!("f{id}.bin"), &[id as u8; 1000]) {
+            send(&mut ws, &message).await;
+        }
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    send(&mut ws, &Message::Finish).await;
+    loop {
+        match reply(&mut ws).await {
+            Reply::Message(Message::Load { busy_permille }) => loads.push(busy_permille),
+            Reply::Message(Message::Finished { .. }) => break,
+            Reply::Message(other) => replies.push(other),
+            Reply::Closed(how) => panic!("the session must finish, it ended: {how}"),
+        }
+    }
+    assert_eq!(
+        replies
+            .iter()
+            .filter(|r| matches!(r, Message::FileDone { .. }))
+            .count(),
+        12,
+        "{replies:?}"
+    );
+    assert!(
+        !loads.is_empty(),
+        "a target tells how busy it is while data arrives"
+    );
+    assert!(
+        loads.iter().all(|busy| *busy < 500),
+        "a target that waited for data most of the time is not busy: {loads:?}"
+    );
+    // Nothing follows the session's Finished until the source speaks again: a source that
+    // reads the manifest next must not find a Load in it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    send(&mut ws, &Message::GetManifest { cached: None }).await;
+    match reply(&mut ws).await {
+        Reply::Message(Message::ManifestPart { .. } | Message::ManifestEnd { .. }) => {}
+        other => panic!("the manifest comes first, got {other:?}"),
+    }
 }

@@ -16,6 +16,7 @@
 //!                                 | ManifestPart{entries}* ManifestEnd{partials}
 //! Mkdir / FileBegin, Data*, FileEnd / Append, Data*, FileEnd / Delete / SetMeta ...
 //!                              <- FileDone{id} | FileFailed{id, reason}   (as files finish)
+//!                              <- Load{busy_permille}   (now and then, while data arrives)
 //! Finish                       ->
 //!                              <- Finished{digest, failed}
 //! ```
@@ -36,7 +37,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 /// The version this build speaks. A peer that speaks another one is refused with both numbers.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 /// The first bytes of every `Hello`, so a stray client is told apart from an old RainMaker.
 pub const MAGIC: [u8; 8] = *b"RAINMKR\0";
 /// A block is the unit of hashing, transfer and resume; a hash is BLAKE3's (both are the
@@ -144,6 +145,11 @@ pub enum Message {
     /// batch `batch` (what one session deleted or replaced in the folder) to me over this
     /// connection, once, as `Pull{once}` does the folder.
     PullTrash { batch: String },
+    /// Target → source, now and then while data arrives: the share of the time since the last
+    /// one (in thousandths) the target spent working on what arrived rather than waiting for
+    /// more. A target that is the bottleneck (its CPU or disk) gains nothing from stronger
+    /// compression, which only costs it decompression.
+    Load { busy_permille: u16 },
 }
 
 /// What an admin client can ask an agent (see `engine::control`).
@@ -434,6 +440,7 @@ impl Message {
             Message::Pull { .. } => "Pull",
             Message::Pulled { .. } => "Pulled",
             Message::PullTrash { .. } => "PullTrash",
+            Message::Load { .. } => "Load",
         }
     }
 }
@@ -765,6 +772,7 @@ fn check_limits(message: &Message) -> Result<(), ProtocolError> {
         Message::PullTrash { batch } => {
             limit("batch name length", batch.len(), MAX_COMPONENT_BYTES)
         }
+        Message::Load { busy_permille } => limit("busy share", usize::from(*busy_permille), 1000),
     }
 }
 
@@ -878,6 +886,7 @@ mod tests {
             any::<bool>().prop_map(|once| Message::Pull { once }),
             (prop::option::of(hash()), "[a-z ]{0,40}")
                 .prop_map(|(digest, reason)| Message::Pulled { digest, reason }),
+            (0u16..=1000).prop_map(|busy_permille| Message::Load { busy_permille }),
         ]
     }
 

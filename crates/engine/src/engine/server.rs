@@ -1,6 +1,7 @@
 //! A target agent: [`Server`] binds, accepts sources and admin clients, and runs each mirror
 //! session with its receiver on a blocking worker.
 
+use super::load::Load;
 use super::*;
 
 /// Most replies a session's writer sends in one flush (the worker's channel holds 64).
@@ -579,7 +580,13 @@ fn work(
     // this folder, and just had its last `Finish` answered with the digest it now names.
     let mut listed = false;
     let mut finished: Option<crate::protocol::Hash> = None;
-    while let Some(message) = incoming.blocking_recv() {
+    let mut load = Load::new(Instant::now());
+    loop {
+        let asked = Instant::now();
+        let Some(message) = incoming.blocking_recv() else {
+            break;
+        };
+        load.waited(asked.elapsed());
         let just_finished = finished.take();
         match message {
             Message::Pulled {
@@ -614,6 +621,7 @@ fn work(
             }
             Message::GetManifest { cached } => {
                 listed = true;
+                load.restart(Instant::now());
                 let partials = receiver.manifest().map_err(|e| e.to_string())?;
                 if cached == Some(receiver.digest()) {
                     reply(Message::ManifestSame { partials })?;
@@ -643,11 +651,29 @@ fn work(
             Message::Refused { reason, refusal } => return Err(Aborted { reason, refusal }),
             message => {
                 let finish = matches!(message, Message::Finish);
+                // How busy this side is, told while data arrives; the time between two
+                // transfers is the source's.
+                let data = matches!(
+                    message,
+                    Message::Data { .. }
+                        | Message::FileBegin(_)
+                        | Message::Append(_)
+                        | Message::BlockList { .. }
+                        | Message::FileEnd { .. }
+                );
                 for r in receiver.handle(message).map_err(|e| e.to_string())? {
                     if let (true, Message::Finished { digest }) = (finish, &r) {
                         finished = Some(*digest);
                     }
                     reply(r)?;
+                }
+                match data {
+                    true => {
+                        if let Some(busy_permille) = load.report(Instant::now()) {
+                            reply(Message::Load { busy_permille })?;
+                        }
+                    }
+                    false => load.restart(Instant::now()),
                 }
                 if finish {
                     tracing::info!(root = %receiver.root().display(), "mirror finished and verified");

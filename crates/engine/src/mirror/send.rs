@@ -30,6 +30,8 @@ use tokio::sync::broadcast;
 const READ_AHEAD: usize = 8;
 /// A wait at the guard's gate longer than this was a pause.
 const PAUSED: Duration = Duration::from_millis(20);
+/// No report of the target's load since the last one was taken.
+const NO_LOAD: u32 = u32::MAX;
 /// Most entries a target's manifest may have (files and folders).
 const MAX_MANIFEST_ENTRIES: usize = 10_000_000;
 
@@ -312,6 +314,7 @@ fn op_items(op: &Op, id: u64, record: Option<&FileRecord>) -> Vec<Item> {
 async fn collect_replies(
     receiver: &mut ConnectionReceiver,
     done: &AtomicU64,
+    load: &std::sync::atomic::AtomicU32,
     events: &broadcast::Sender<Event>,
     target: &str,
     files: &[(&str, &FileRecord)],
@@ -321,6 +324,9 @@ async fn collect_replies(
         match receiver.recv().await? {
             Some(Message::FileDone { .. }) => {
                 done.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(Message::Load { busy_permille }) => {
+                load.store(u32::from(busy_permille), Ordering::Relaxed);
             }
             Some(Message::FileFailed { id, reason }) => {
                 let path = files
@@ -420,8 +426,10 @@ pub async fn send_plan(
     let mut aborted: HashSet<u64> = HashSet::new();
     let mut abandoned = Vec::new();
     let mut data_bytes = 0u64;
+    // The target's last word on how busy it is (thousandths; none yet: `NO_LOAD`).
+    let load = std::sync::atomic::AtomicU32::new(NO_LOAD);
     let (digest, failed) = {
-        let replies = collect_replies(&mut receiver, &done, events, target, &files);
+        let replies = collect_replies(&mut receiver, &done, &load, events, target, &files);
         // The level of the blocks read from now on (a place on the ladder), as `adapt` moves.
         let level_now = std::sync::atomic::AtomicUsize::new(adapt.rung());
         // Blocks compressed at once for this target: its read-ahead, on as many cores as the
@@ -514,6 +522,9 @@ pub async fn send_plan(
                         }
                         times = now;
                         adapt.waited(link, waited_blocks);
+                        if let busy @ 0..=1000 = load.swap(NO_LOAD, Ordering::Relaxed) {
+                            adapt.target_busy(f64::from(busy) / 1000.0);
+                        }
                         if raw > 0 {
                             adapt.compressors(
                                 blocks

@@ -12,7 +12,12 @@
 //!   for less CPU is better). Where the system tells (Linux's `TCP_INFO`,
 //!   `transport::SendTimes`), the part of a write's wait the target's receive window caused
 //!   (its disk or CPU not keeping up with what arrives) is not the link's: compressing harder
-//!   cannot help a target that writes the same bytes to its disk whatever crossed the link;
+//!   cannot help a target that writes the same bytes to its disk whatever crossed the link.
+//!   And a target that says it is busy (`Message::Load`: the share of its time it worked on
+//!   what arrived rather than waited for more) is what holds the transfer back: a window in
+//!   which it was busy asks for a lighter level, as stronger compression would only give it
+//!   more to decompress (three targets sharing the source's two cores took zstd -4 for two
+//!   thirds of their blocks without it);
 //! - how fast it went. The level asked for is tried for one window and kept unless it was
 //!   clearly slower (the data may not compress, or the CPU the sender's TLS shares may be the
 //!   limit); a try that lost makes the next one in that direction wait twice as long (up to 16
@@ -78,6 +83,9 @@ const UP_IF_FASTER_BY: f64 = 1.03;
 const LOPSIDED: f64 = 2.0;
 /// A lighter level is kept unless it is this much slower: as fast for less CPU is better.
 const DOWN_UNLESS_SLOWER_BY: f64 = 0.97;
+/// A target busy this share of a window (its own reports, `Message::Load`) is what holds the
+/// transfer back: the window asks for a lighter level, whatever the link did.
+const TARGET_BUSY: f64 = 0.8;
 
 /// One target's choice of level, and what it measured.
 #[derive(Debug, Clone)]
@@ -94,6 +102,8 @@ pub struct Adapt {
     /// Time the window waited for the link (writes) and for the blocks (reads, compression).
     waited_link: Duration,
     waited_blocks: Duration,
+    /// The target's reports of how busy it was during the window: their sum and count.
+    target_busy: (f64, u32),
     /// Windows to spend at home before trying the level below (0) and above (1).
     wait: [u64; 2],
     /// Windows spent at home since the last try.
@@ -130,6 +140,7 @@ impl Adapt {
             window: None,
             waited_link: Duration::ZERO,
             waited_blocks: Duration::ZERO,
+            target_busy: (0.0, 0),
             wait: [1, 1],
             since: 0,
             trying: 0,
@@ -168,6 +179,14 @@ impl Adapt {
         self.window = None;
         self.waited_link = Duration::ZERO;
         self.waited_blocks = Duration::ZERO;
+        self.target_busy = (0.0, 0);
+    }
+
+    /// Takes the target's report of the share of its time it was busy (its CPU or disk
+    /// working on what arrived rather than waiting for more).
+    pub fn target_busy(&mut self, share: f64) {
+        self.target_busy.0 += share;
+        self.target_busy.1 += 1;
     }
 
     /// Records time spent waiting for the link (a write) and for the blocks (the next one to
@@ -215,10 +234,16 @@ impl Adapt {
         let (link, blocks) = (self.waited_link, self.waited_blocks);
         self.waited_link = Duration::ZERO;
         self.waited_blocks = Duration::ZERO;
-        // Only a window that clearly waited for the link asks for more compression; any
-        // other asks for less (as fast for less CPU is better).
-        let up = link.as_secs_f64() > LOPSIDED * blocks.as_secs_f64();
-        tracing::trace!(level = ?LADDER[self.rung], rate, ?link, ?blocks, up, "compression window");
+        let busy = match std::mem::take(&mut self.target_busy) {
+            (_, 0) => None,
+            (sum, n) => Some(sum / f64::from(n)),
+        };
+        // Only a window that clearly waited for the link asks for more compression, and only
+        // while the target keeps up; any other asks for less (as fast for less CPU is better,
+        // and a busy target would only have more to decompress).
+        let up = link.as_secs_f64() > LOPSIDED * blocks.as_secs_f64()
+            && busy.is_none_or(|busy| busy < TARGET_BUSY);
+        tracing::trace!(level = ?LADDER[self.rung], rate, ?link, ?blocks, ?busy, up, "compression window");
         self.decide(rate, usize::from(up));
     }
 
@@ -278,9 +303,16 @@ mod tests {
     /// second and the link takes `link(l)` (its wire rate over the level's ratio): each block
     /// waits for the slower of the two. Runs `windows` windows' worth of blocks twice; returns
     /// the level it settled on and the share of the second half's bytes sent there.
-    fn run(
+    fn run(adapt: Adapt, windows: u32, rates: impl FnMut(Level) -> (f64, f64)) -> (Level, f64) {
+        run_reporting(adapt, windows, None, rates)
+    }
+
+    /// [`run`], where the target reports after every block that it was busy `busy` of the
+    /// time (none: it never reports, as an older peer).
+    fn run_reporting(
         mut adapt: Adapt,
         windows: u32,
+        busy: Option<f64>,
         mut rates: impl FnMut(Level) -> (f64, f64),
     ) -> (Level, f64) {
         let mut now = Instant::now();
@@ -303,6 +335,9 @@ mod tests {
                 // The slower side makes the other wait.
                 let wait = |s: f64| Duration::from_secs_f64(s.max(0.0));
                 adapt.waited(wait(sent - ready), wait(ready - sent));
+                if let Some(busy) = busy {
+                    adapt.target_busy(busy);
+                }
                 now += Duration::from_secs_f64(seconds);
                 adapt.sent(block, now);
             }
@@ -430,6 +465,44 @@ mod tests {
         });
         // Levels 6 and 9 compress at 47 and 23 MB/s here: never worth a try.
         assert_eq!(sent_at[4..], [0, 0], "{sent_at:?}");
+    }
+
+    #[test]
+    fn a_target_that_says_it_is_busy_gets_its_blocks_raw() {
+        // Three targets and the source on two cores (bench/lan.sh's S5): a target takes 125
+        // MB/s of source data whatever the level, its CPU the limit, give or take 10% from one
+        // window's worth of blocks to the next; the source's compressor is faster than that.
+        // The writes block as on a slow link, and tries of zstd win by noise.
+        let noisy = || {
+            let (mut n, mut blocks, mut noise) = (0u64, 0u64, 1.0);
+            move |l: Level| {
+                if blocks % 32 == 0 {
+                    n = n
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    noise = 1.0 + 0.2 * ((n >> 33) as f64 / (1u64 << 31) as f64 - 0.5);
+                }
+                blocks += 1;
+                (producer(l), 125e6 * noise)
+            }
+        };
+        let (level, share) = run_reporting(Adapt::adaptive(Level::Raw), 200, None, noisy());
+        assert!(
+            (level, share) != (Level::Raw, 1.0),
+            "without the target's word, noise wins some tries: {level:?}, {share}"
+        );
+        // The target says it is busy 95% of the time: compressing harder cannot help it.
+        let (level, share) = run_reporting(Adapt::adaptive(Level::Raw), 200, Some(0.95), noisy());
+        assert_eq!((level, share), (Level::Raw, 1.0));
+        // One that waits for data half of the time is not held back by itself.
+        let (level, _) = run_reporting(Adapt::adaptive(Level::Raw), 40, Some(0.5), |l| {
+            (producer(l), 2.5e6 / ratio(l))
+        });
+        assert_eq!(
+            level,
+            Level::Zstd(6),
+            "an idle target on a slow link still climbs"
+        );
     }
 
     #[test]
