@@ -444,15 +444,11 @@ mod tests {
         assert!(share > 0.85, "{share}");
     }
 
-    #[test]
-    fn a_target_held_back_by_its_disk_is_not_fed_levels_slower_than_it() {
-        // One of three targets on one slow disk: it takes 125 MB/s of source data whatever the
-        // level (its writes block, as on a slow link), give or take 10% from one window's
-        // worth of blocks to the next (the disk's flushes); its share of two cores compresses
-        // at half the speed of one thread.
+    /// A factor within 10% of 1 (the same sequence every run), new every 32 blocks: a window's
+    /// worth of blocks goes faster or slower than the next.
+    fn noise() -> impl FnMut() -> f64 {
         let (mut n, mut blocks, mut noise) = (0u64, 0u64, 1.0);
-        let mut sent_at = [0; LADDER.len()];
-        let (_, _) = run(Adapt::adaptive(Level::Zstd(1)), 200, |l| {
+        move || {
             if blocks % 32 == 0 {
                 n = n
                     .wrapping_mul(6364136223846793005)
@@ -460,8 +456,21 @@ mod tests {
                 noise = 1.0 + 0.2 * ((n >> 33) as f64 / (1u64 << 31) as f64 - 0.5);
             }
             blocks += 1;
+            noise
+        }
+    }
+
+    #[test]
+    fn a_target_held_back_by_its_disk_is_not_fed_levels_slower_than_it() {
+        // One of three targets on one slow disk: it takes 125 MB/s of source data whatever the
+        // level (its writes block, as on a slow link), give or take 10% from one window's
+        // worth of blocks to the next (the disk's flushes); its share of two cores compresses
+        // at half the speed of one thread.
+        let mut noise = noise();
+        let mut sent_at = [0; LADDER.len()];
+        let (_, _) = run(Adapt::adaptive(Level::Zstd(1)), 200, |l| {
             sent_at[l.rung()] += 1;
-            (producer(l) / 2.0, 125e6 * noise)
+            (producer(l) / 2.0, 125e6 * noise())
         });
         // Levels 6 and 9 compress at 47 and 23 MB/s here: never worth a try.
         assert_eq!(sent_at[4..], [0, 0], "{sent_at:?}");
@@ -474,17 +483,8 @@ mod tests {
         // window's worth of blocks to the next; the source's compressor is faster than that.
         // The writes block as on a slow link, and tries of zstd win by noise.
         let noisy = || {
-            let (mut n, mut blocks, mut noise) = (0u64, 0u64, 1.0);
-            move |l: Level| {
-                if blocks % 32 == 0 {
-                    n = n
-                        .wrapping_mul(6364136223846793005)
-                        .wrapping_add(1442695040888963407);
-                    noise = 1.0 + 0.2 * ((n >> 33) as f64 / (1u64 << 31) as f64 - 0.5);
-                }
-                blocks += 1;
-                (producer(l), 125e6 * noise)
-            }
+            let mut noise = noise();
+            move |l: Level| (producer(l), 125e6 * noise())
         };
         let (level, share) = run_reporting(Adapt::adaptive(Level::Raw), 200, None, noisy());
         assert!(
