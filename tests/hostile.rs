@@ -792,14 +792,14 @@ async fn a_target_tells_how_busy_it_is_while_data_arrives_and_only_then() {
         reply(&mut ws).await,
         Reply::Message(Message::Welcome { .. })
     ));
-    // Twelve small files, 40 ms apart: the agent waits for data most of the time.
+    // Twelve small files, 50 ms apart: the agent waits for data most of the time.
     let mut loads = Vec::new();
     let mut replies = Vec::new();
     for id in 0..12u64 {
         for message in file_messages(id, &format!("f{id}.bin"), &[id as u8; 1000]) {
             send(&mut ws, &message).await;
         }
-        tokio::time::sleep(Duration::from_millis(40)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     send(&mut ws, &Message::Finish).await;
     loop {
@@ -823,7 +823,7 @@ async fn a_target_tells_how_busy_it_is_while_data_arrives_and_only_then() {
         "a target tells how busy it is while data arrives"
     );
     assert!(
-        loads.iter().all(|busy| *busy < 500),
+        loads.iter().all(|busy| *busy < 700),
         "a target that waited for data most of the time is not busy: {loads:?}"
     );
     // Nothing follows the session's Finished until the source speaks again: a source that
