@@ -309,6 +309,40 @@ impl Sampler {
     }
 }
 
+/// How often [`machine_cpu_share`] reads the machine (sysinfo's shortest interval is 200 ms).
+const CPU_EVERY: Duration = Duration::from_millis(250);
+
+/// System-wide CPU use, 0 to 1, over the last quarter second or so; `None` until two readings
+/// were far enough apart. Shared by every caller in the process and cheap enough to ask for
+/// every block sent: the machine is read at most every [`CPU_EVERY`].
+pub fn machine_cpu_share() -> Option<f64> {
+    struct Meter {
+        system: sysinfo::System,
+        cpu: Cpu,
+        read_at: std::time::Instant,
+        share: Option<f64>,
+    }
+    static METER: std::sync::Mutex<Option<Meter>> = std::sync::Mutex::new(None);
+    let mut meter = METER.lock().ok()?;
+    let now = std::time::Instant::now();
+    let meter = meter.get_or_insert_with(|| {
+        let mut system = sysinfo::System::new();
+        let cpu = Cpu::new(&mut system);
+        Meter {
+            system,
+            cpu,
+            read_at: now,
+            share: None,
+        }
+    });
+    if now.duration_since(meter.read_at) >= CPU_EVERY {
+        let percent = meter.cpu.percent(&mut meter.system);
+        meter.share = Some(f64::from(percent.clamp(0.0, 100.0)) / 100.0);
+        meter.read_at = now;
+    }
+    meter.share
+}
+
 /// Where sync waits while the guard has it paused. Cloned into every target's loop.
 #[derive(Debug, Clone)]
 pub struct Gate(tokio::sync::watch::Receiver<GateState>);
@@ -450,6 +484,23 @@ mod tests {
             guard.observe(&sample(0, 0.5)),
             Some(Transition::Paused(_))
         ));
+    }
+
+    #[test]
+    fn the_machine_s_cpu_share_is_there_once_two_readings_are_apart() {
+        // Busy on one thread meanwhile, so there is something to read.
+        let spin = std::thread::spawn(|| {
+            let end = std::time::Instant::now() + Duration::from_millis(700);
+            let mut x = 0u64;
+            while std::time::Instant::now() < end {
+                x = std::hint::black_box(x.wrapping_add(1));
+            }
+        });
+        let _ = machine_cpu_share();
+        std::thread::sleep(CPU_EVERY + Duration::from_millis(50));
+        let share = machine_cpu_share().expect("two readings a quarter second apart");
+        assert!((0.0..=1.0).contains(&share), "{share}");
+        spin.join().unwrap();
     }
 
     #[test]

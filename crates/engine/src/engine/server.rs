@@ -669,8 +669,10 @@ fn work(
                 }
                 match data {
                     true => {
+                        // Advisory: a source that closed meanwhile does not make the
+                        // session fail (it would drop what arrived whole).
                         if let Some(busy_permille) = load.report(Instant::now()) {
-                            reply(Message::Load { busy_permille })?;
+                            let _ = out.blocking_send(Message::Load { busy_permille });
                         }
                     }
                     false => load.restart(Instant::now()),

@@ -525,6 +525,9 @@ pub async fn send_plan(
                         if let busy @ 0..=1000 = load.swap(NO_LOAD, Ordering::Relaxed) {
                             adapt.target_busy(f64::from(busy) / 1000.0);
                         }
+                        if let Some(share) = crate::guard::machine_cpu_share() {
+                            adapt.machine_busy(share);
+                        }
                         if raw > 0 {
                             adapt.compressors(
                                 blocks

@@ -17,7 +17,9 @@
 //!   what arrived rather than waited for more) is what holds the transfer back: a window in
 //!   which it was busy asks for a lighter level, as stronger compression would only give it
 //!   more to decompress (three targets sharing the source's two cores took zstd -4 for two
-//!   thirds of their blocks without it);
+//!   thirds of their blocks without it). Nor is a stronger level tried while the source's
+//!   machine has no CPU to spare (85% busy, all programs): it would take it from the
+//!   trading platform, or, where the targets run on the same machine, from them;
 //! - how fast it went. The level asked for is tried for one window and kept unless it was
 //!   clearly slower (the data may not compress, or the CPU the sender's TLS shares may be the
 //!   limit); a try that lost makes the next one in that direction wait twice as long (up to 16
@@ -86,6 +88,10 @@ const DOWN_UNLESS_SLOWER_BY: f64 = 0.97;
 /// A target busy this share of a window (its own reports, `Message::Load`) is what holds the
 /// transfer back: the window asks for a lighter level, whatever the link did.
 const TARGET_BUSY: f64 = 0.8;
+/// While the source's machine is this busy (its CPU, all programs), no stronger level is
+/// tried: compressing harder would take the CPU from the trading platform, or, where the
+/// targets run on the same machine, from the targets.
+const MACHINE_BUSY: f64 = 0.85;
 
 /// One target's choice of level, and what it measured.
 #[derive(Debug, Clone)]
@@ -104,6 +110,8 @@ pub struct Adapt {
     waited_blocks: Duration,
     /// The target's reports of how busy it was during the window: their sum and count.
     target_busy: (f64, u32),
+    /// The source machine's CPU use, 0 to 1, as last read.
+    machine_busy: Option<f64>,
     /// Windows to spend at home before trying the level below (0) and above (1).
     wait: [u64; 2],
     /// Windows spent at home since the last try.
@@ -141,6 +149,7 @@ impl Adapt {
             waited_link: Duration::ZERO,
             waited_blocks: Duration::ZERO,
             target_busy: (0.0, 0),
+            machine_busy: None,
             wait: [1, 1],
             since: 0,
             trying: 0,
@@ -180,6 +189,11 @@ impl Adapt {
         self.waited_link = Duration::ZERO;
         self.waited_blocks = Duration::ZERO;
         self.target_busy = (0.0, 0);
+    }
+
+    /// Takes the source machine's CPU use (0 to 1, all programs), as last read.
+    pub fn machine_busy(&mut self, share: f64) {
+        self.machine_busy = Some(share);
     }
 
     /// Takes the target's report of the share of its time it was busy (its CPU or disk
@@ -241,9 +255,11 @@ impl Adapt {
         // Only a window that clearly waited for the link asks for more compression, and only
         // while the target keeps up; any other asks for less (as fast for less CPU is better,
         // and a busy target would only have more to decompress).
+        let machine = self.machine_busy;
         let up = link.as_secs_f64() > LOPSIDED * blocks.as_secs_f64()
-            && busy.is_none_or(|busy| busy < TARGET_BUSY);
-        tracing::trace!(level = ?LADDER[self.rung], rate, ?link, ?blocks, ?busy, up, "compression window");
+            && busy.is_none_or(|busy| busy < TARGET_BUSY)
+            && machine.is_none_or(|machine| machine < MACHINE_BUSY);
+        tracing::trace!(level = ?LADDER[self.rung], rate, ?link, ?blocks, ?busy, ?machine, up, "compression window");
         self.decide(rate, usize::from(up));
     }
 
@@ -503,6 +519,12 @@ mod tests {
             Level::Zstd(6),
             "an idle target on a slow link still climbs"
         );
+        // On a source whose CPU is taken by other programs, not even a slow link makes it
+        // compress harder.
+        let mut adapt = Adapt::adaptive(Level::Raw);
+        adapt.machine_busy(0.95);
+        let (level, share) = run(adapt, 40, |l| (producer(l), 2.5e6 / ratio(l)));
+        assert_eq!((level, share), (Level::Raw, 1.0));
     }
 
     #[test]
