@@ -92,6 +92,9 @@ const TARGET_BUSY: f64 = 0.8;
 /// tried: compressing harder would take the CPU from the trading platform, or, where the
 /// targets run on the same machine, from the targets.
 const MACHINE_BUSY: f64 = 0.85;
+/// Under that pressure (a busy target, a busy machine) a lighter level is kept unless it is
+/// this much slower for this target: the CPU it saves is another's.
+const PRESSED_DOWN_UNLESS_SLOWER_BY: f64 = 0.8;
 
 /// One target's choice of level, and what it measured.
 #[derive(Debug, Clone)]
@@ -256,23 +259,26 @@ impl Adapt {
         // while the target keeps up; any other asks for less (as fast for less CPU is better,
         // and a busy target would only have more to decompress).
         let machine = self.machine_busy;
-        let up = link.as_secs_f64() > LOPSIDED * blocks.as_secs_f64()
-            && busy.is_none_or(|busy| busy < TARGET_BUSY)
-            && machine.is_none_or(|machine| machine < MACHINE_BUSY);
+        let pressed = busy.is_some_and(|busy| busy >= TARGET_BUSY)
+            || machine.is_some_and(|machine| machine >= MACHINE_BUSY);
+        let up = link.as_secs_f64() > LOPSIDED * blocks.as_secs_f64() && !pressed;
         tracing::trace!(level = ?LADDER[self.rung], rate, ?link, ?blocks, ?busy, ?machine, up, "compression window");
-        self.decide(rate, usize::from(up));
+        self.decide(rate, usize::from(up), pressed);
     }
 
     /// Takes the rate of the window that just ended at the current level, and the direction
-    /// it asked for (1: a stronger level, 0: a lighter one).
-    fn decide(&mut self, rate: f64, asks: usize) {
+    /// it asked for (1: a stronger level, 0: a lighter one); `pressed`: the target or the
+    /// source's machine had no CPU to spare, so lighter levels are tried at once and kept
+    /// unless clearly slower.
+    fn decide(&mut self, rate: f64, asks: usize, pressed: bool) {
         self.rates[self.rung] = Some(rate);
         if self.rung != self.home {
             // A try ended: keep it unless it did not pay.
             let home_rate = self.rates[self.home].unwrap_or(0.0);
-            let bar = match self.rung > self.home {
-                true => UP_IF_FASTER_BY,
-                false => DOWN_UNLESS_SLOWER_BY,
+            let bar = match (self.rung > self.home, pressed) {
+                (true, _) => UP_IF_FASTER_BY,
+                (false, false) => DOWN_UNLESS_SLOWER_BY,
+                (false, true) => PRESSED_DOWN_UNLESS_SLOWER_BY,
             };
             if rate > home_rate * bar {
                 tracing::debug!(from = ?LADDER[self.home], to = ?LADDER[self.rung], rate, home_rate, "compression level changed");
@@ -300,7 +306,8 @@ impl Adapt {
                     .compressor(self.home + 1)
                     .is_none_or(|speed| speed > rate * UP_IF_FASTER_BY)
         };
-        if open && self.since >= self.wait[asks] && could_pay() {
+        let waited = self.since >= self.wait[asks] || (pressed && asks == 0);
+        if open && waited && could_pay() {
             self.trying = asks;
             self.rung = if asks == 1 {
                 self.home + 1
@@ -510,6 +517,19 @@ mod tests {
         // The target says it is busy 95% of the time: compressing harder cannot help it.
         let (level, share) = run_reporting(Adapt::adaptive(Level::Raw), 200, Some(0.95), noisy());
         assert_eq!((level, share), (Level::Raw, 1.0));
+        // Started at zstd 1, a busy target is brought down to raw even where raw measures a
+        // little slower for it (more bytes through its TLS): the CPU the source saves goes to
+        // the others.
+        let slightly = |l: Level| match l {
+            Level::Raw => (producer(l), 118e6),
+            _ => (producer(l), 125e6),
+        };
+        let (level, _) = run_reporting(Adapt::adaptive(Level::Zstd(1)), 100, None, slightly);
+        assert_ne!(level, Level::Raw, "unpressed, the faster level wins");
+        let (level, share) =
+            run_reporting(Adapt::adaptive(Level::Zstd(1)), 100, Some(0.95), slightly);
+        assert_eq!(level, Level::Raw);
+        assert!(share > 0.95, "{share}");
         // One that waits for data half of the time is not held back by itself.
         let (level, _) = run_reporting(Adapt::adaptive(Level::Raw), 40, Some(0.5), |l| {
             (producer(l), 2.5e6 / ratio(l))
