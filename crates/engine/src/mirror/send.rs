@@ -525,10 +525,12 @@ pub async fn send_plan(
                         if let busy @ 0..=1000 = load.swap(NO_LOAD, Ordering::Relaxed) {
                             adapt.target_busy(f64::from(busy) / 1000.0);
                         }
-                        if let Some(share) = crate::guard::machine_cpu_share() {
-                            adapt.machine_busy(share);
-                        }
                         if raw > 0 {
+                            // Read for data only: a file's begin and end messages, one each
+                            // of 300,000 small files, need no reading of the machine.
+                            if let Some(share) = crate::guard::machine_cpu_share() {
+                                adapt.machine_busy(share);
+                            }
                             adapt.compressors(
                                 blocks
                                     .packing_speeds()

@@ -251,21 +251,22 @@ async fn connect_to(
     let preface = pipelined
         .then(|| pipeline::client_frames(&payloads))
         .flatten();
-    let stream: Box<dyn ByteStream> = match &preface {
-        Some(frames) => Box::new(pipeline::Preface::new(stream, frames.clone())),
+    let prefaced = preface.is_some();
+    let stream: Box<dyn ByteStream> = match preface {
+        Some(frames) => Box::new(pipeline::Preface::new(stream, frames)),
         None => stream,
     };
     let (ws, _response) =
         tokio_tungstenite::client_async_with_config(request, stream, Some(ws_config()))
             .await
-            .map_err(|e| match (preface.is_some(), ws_error(&peer, e)) {
+            .map_err(|e| match (prefaced, ws_error(&peer, e)) {
                 (true, e @ (TransportError::Closed { .. } | TransportError::WebSocket { .. })) => {
                     Upgrade::Refused(e)
                 }
                 (_, e) => Upgrade::Failed(e),
             })?;
     let mut connection = Connection::new(ws, peer.clone()).with_probe(probe);
-    if preface.is_some() {
+    if prefaced {
         connection.count_sent(payloads.iter().map(Vec::len).sum());
     } else {
         for payload in payloads {

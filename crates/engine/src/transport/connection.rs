@@ -150,8 +150,7 @@ impl Connection {
 
     /// Counts `bytes` of messages sent before the connection was made (a pipelined hello).
     pub(super) fn count_sent(&self, bytes: usize) {
-        self.sent.fetch_add(bytes as u64, Ordering::Relaxed);
-        WIRE_TOTAL.fetch_add(bytes as u64, Ordering::Relaxed);
+        count(&self.sent, bytes as u64);
     }
 
     /// Sends a message already encoded with [`protocol::encode`] (encode once, send to many
@@ -335,7 +334,6 @@ impl ConnectionSender {
     /// segments: past TCP's congestion window, which counts segments, the last of them
     /// waits a round trip for the peer's acknowledgements.
     pub async fn send_many(&mut self, messages: &[Message]) -> Result<(), TransportError> {
-        use futures_util::SinkExt;
         for message in messages {
             let bytes = Bytes::from(protocol::encode(message));
             let len = checked_len(&self.peer, &bytes)?;
@@ -343,8 +341,7 @@ impl ConnectionSender {
                 .feed(WsMessage::Binary(bytes))
                 .await
                 .map_err(|e| ws_error(&self.peer, e))?;
-            self.sent.fetch_add(len, Ordering::Relaxed);
-            WIRE_TOTAL.fetch_add(len, Ordering::Relaxed);
+            count(&self.sent, len);
         }
         self.sink.flush().await.map_err(|e| ws_error(&self.peer, e))
     }
@@ -444,9 +441,14 @@ where
     sink.send(WsMessage::Binary(bytes))
         .await
         .map_err(|e| ws_error(peer, e))?;
+    count(sent, len);
+    Ok(())
+}
+
+/// Counts `len` bytes of messages sent, on the connection's counter and the process's.
+fn count(sent: &AtomicU64, len: u64) {
     sent.fetch_add(len, Ordering::Relaxed);
     WIRE_TOTAL.fetch_add(len, Ordering::Relaxed);
-    Ok(())
 }
 
 /// The length of an encoded message, which must not be larger than the peer accepts.
