@@ -4,21 +4,9 @@
 
 mod common;
 
-use common::{Sandbox, wait_identical, write_random};
+use common::{Sandbox, feed_rescan, wait_identical, write_random};
 use std::io::Write;
 use std::time::{Duration, Instant};
-
-/// The safety rescan of a test that relies on the watcher's feed: an hour, so only the feed can
-/// bring a change. Wine 8's ReadDirectoryChangesW drops some changes below a subfolder of a
-/// recursive watch (a folder renamed into one, an edit of a file in one, each in a full run, never
-/// alone), so under Wine a rescan every 2 s brings what its feed missed.
-fn feed_rescan() -> &'static str {
-    if rainmaker_engine::win32::under_wine() {
-        "2s"
-    } else {
-        "1h"
-    }
-}
 
 #[test]
 fn watch_mode_delivers_appends_new_files_and_deletes() {
@@ -198,10 +186,16 @@ fn a_target_that_returns_is_caught_up_within_five_seconds() {
     let _agent = sandbox.serve_on(&dst, port);
     let took = wait_identical(&src, &dst, Duration::from_secs(5), &log);
     eprintln!("caught up {took:?} after the agent came back");
+    // Wine 8 keeps a killed program's socket open while a read of it is pending (its server
+    // holds the socket; CI's object dumps show them): the push sees no reset, only silence,
+    // and finds the kept connection dead when its ping goes unanswered.
+    let log = push.log();
+    let noticed = log.contains("offline")
+        || (rainmaker_engine::win32::under_wine()
+            && log.contains("the connection kept from the last sync failed"));
     assert!(
-        push.log().contains("offline"),
-        "the push reports the target offline while it is down:\n{}",
-        push.log()
+        noticed,
+        "the push reports the target offline while it is down:\n{log}"
     );
 }
 

@@ -1,20 +1,22 @@
 //! A connection cut in the middle of a transfer: a TCP proxy between the push and the agent
 //! drops the first connection after a set number of bytes. The push must reconnect, resume,
-//! and send again at most about one block of what the target had already received.
+//! and send again at most about one block of what the target had already received. And a
+//! connection kept between syncs that goes silent without a reset (a target whose power was
+//! cut) is given up within seconds, not after the stall timeout.
 
 mod common;
 
-use common::{Sandbox, assert_same_tree, write_random};
+use common::{Sandbox, assert_same_tree, feed_rescan, wait_identical, write_random};
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 const BLOCK: u64 = 128 * 1024;
 
 /// What the proxy does to the first connection, from the client to the server.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 enum Fault {
     /// Cut it after this many bytes.
     Cut(u64),
@@ -22,6 +24,9 @@ enum Fault {
     Stall(u64, Duration),
     /// Forward at most this many bytes per second.
     Throttle(u64),
+    /// Once the flag is set, forward nothing more either way and keep both sockets open: the
+    /// link is gone without a word.
+    Vanish(Arc<AtomicBool>),
 }
 
 /// A proxy that forwards to `upstream`, with a fault on the first connection. Counts the bytes
@@ -47,10 +52,12 @@ impl Proxy {
                 let first = connections.fetch_add(1, Ordering::SeqCst) == 0;
                 let count = Arc::new(AtomicU64::new(0));
                 counts.lock().unwrap().push(count.clone());
-                let fault = first.then_some(fault);
+                let fault = first.then(|| fault.clone());
+                // A vanished link carries nothing back either.
+                let back = fault.clone().filter(|f| matches!(f, Fault::Vanish(_)));
                 let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
                 std::thread::spawn(move || pump(client, server, fault, count));
-                std::thread::spawn(move || pump(s2, c2, None, Arc::default()));
+                std::thread::spawn(move || pump(s2, c2, back, Arc::default()));
             }
         });
         Proxy { port, forwarded }
@@ -73,17 +80,17 @@ fn pump(mut from: TcpStream, mut to: TcpStream, fault: Option<Fault>, count: Arc
     let mut stalled = false;
     loop {
         let done = count.load(Ordering::SeqCst);
-        let want = match fault {
-            Some(Fault::Cut(limit)) if done >= limit => break,
+        let want = match &fault {
+            Some(Fault::Cut(limit)) if done >= *limit => break,
             Some(Fault::Cut(limit)) => buffer.len().min((limit - done) as usize),
-            Some(Fault::Stall(after, pause)) if done >= after && !stalled => {
-                std::thread::sleep(pause);
+            Some(Fault::Stall(after, pause)) if done >= *after && !stalled => {
+                std::thread::sleep(*pause);
                 stalled = true;
                 buffer.len()
             }
             Some(Fault::Stall(after, _)) if !stalled => buffer.len().min((after - done) as usize),
             Some(Fault::Throttle(rate)) => {
-                let allowed = (started.elapsed().as_secs_f64() * rate as f64) as u64;
+                let allowed = (started.elapsed().as_secs_f64() * *rate as f64) as u64;
                 if done >= allowed {
                     std::thread::sleep(Duration::from_millis(2));
                     continue;
@@ -94,6 +101,12 @@ fn pump(mut from: TcpStream, mut to: TcpStream, fault: Option<Fault>, count: Arc
         };
         match from.read(&mut buffer[..want]) {
             Ok(0) | Err(_) => break,
+            Ok(_) if matches!(&fault, Some(Fault::Vanish(gone)) if gone.load(Ordering::SeqCst)) => {
+                // What was read is lost, and both sockets stay open for as long as the test.
+                loop {
+                    std::thread::sleep(Duration::from_secs(3600));
+                }
+            }
             Ok(n) => {
                 if to.write_all(&buffer[..n]).is_err() {
                     break;
@@ -181,4 +194,57 @@ fn a_stalled_then_throttled_link_still_delivers() {
         "the proxy really throttled"
     );
     assert_same_tree(&src, &dst);
+}
+
+#[test]
+fn a_kept_connection_that_went_silent_is_dialed_again_within_seconds() {
+    let sandbox = Sandbox::new();
+    let (src, dst) = (sandbox.dir("src"), sandbox.dir("dst"));
+    write_random(&src.join("a.dat"), 80, 200_000);
+    let agent = sandbox.serve(&dst);
+    let gone = Arc::new(AtomicBool::new(false));
+    let proxy = Proxy::start(agent.port(), Fault::Vanish(gone.clone()));
+    let url = format!("wss://127.0.0.1:{}", proxy.port);
+    // A stall timeout far longer than the test waits: only the kept connection's own check
+    // can bring the next change in time.
+    let push = sandbox
+        .push(&src)
+        .to(&url)
+        .fingerprint(agent.fp())
+        .arg("--watch")
+        .arg("--rescan-every")
+        .arg(feed_rescan())
+        .arg("--stall-timeout")
+        .arg("3600")
+        .spawn_continuous();
+    let log = || format!("{}\nagent:\n{}", push.log(), agent.log());
+    wait_identical(&src, &dst, Duration::from_secs(20), &log);
+    // The session is over for the push too (it heard the target's verdict): what follows
+    // goes over the connection kept between syncs.
+    assert!(
+        push.wait_for_log("in sync", Duration::from_secs(20)),
+        "{}",
+        log()
+    );
+    assert_eq!(
+        proxy.forwarded().len(),
+        1,
+        "the first sync took one connection"
+    );
+
+    // The link behind the kept connection goes silent: no reset, no close, no answer.
+    gone.store(true, Ordering::SeqCst);
+    write_random(&src.join("b.dat"), 81, 300_000);
+    let took = wait_identical(&src, &dst, Duration::from_secs(20), &log);
+    println!("the change arrived {took:?} after the link went silent");
+    assert!(
+        proxy.forwarded().len() >= 2,
+        "the change came over a new connection"
+    );
+    assert!(
+        push.log()
+            .contains("the connection kept from the last sync failed"),
+        "the push says why it dialed again:\n{}",
+        push.log()
+    );
 }

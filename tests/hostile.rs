@@ -548,6 +548,51 @@ async fn data_for_an_unknown_file_is_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_that_went_silent_gives_the_folder_up_to_one_that_waits() {
+    let mut target = Target::start();
+    let case = "a session whose source answers nothing while another waits";
+    // The first source stops reading and sending, as one whose link was cut without a reset.
+    let mut first = target.session().await;
+    send(
+        &mut first,
+        &Message::Mkdir {
+            path: "half".into(),
+        },
+    )
+    .await;
+    let waited = Instant::now();
+    let mut second = target.session().await;
+    println!(
+        "{case}: the second source had the folder after {:.1} s",
+        waited.elapsed().as_secs_f64()
+    );
+    send(&mut second, &Message::Mkdir { path: "ok".into() }).await;
+    send(&mut second, &Message::Finish).await;
+    match reply(&mut second).await {
+        Reply::Message(Message::Finished { .. }) => {}
+        other => panic!("{case}: the second session must finish, got {other:?}"),
+    }
+    // The first one was ended: what it says now changes nothing.
+    send(
+        &mut first,
+        &Message::Mkdir {
+            path: "late".into(),
+        },
+    )
+    .await;
+    match reply(&mut first).await {
+        Reply::Message(Message::Refused { .. }) | Reply::Closed(_) => {}
+        other => panic!("{case}: the silent session must have been ended, got {other:?}"),
+    }
+    drop((first, second));
+    assert!(
+        !target.root.join("late").exists(),
+        "{case}: nothing from the ended session"
+    );
+    target.assert_intact(case, &["ok", "half"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_source_is_refused_while_one_mirrors() {
     let mut target = Target::start();
     let mut first = target.session().await;
@@ -559,13 +604,23 @@ async fn a_second_source_is_refused_while_one_mirrors() {
     )
     .await;
     send(&mut second, &Message::GetManifest { cached: None }).await;
-    let reason = loop {
-        match reply(&mut second).await {
-            Reply::Message(Message::Welcome { .. }) => continue,
-            Reply::Message(Message::Refused { reason, .. }) => break reason,
-            other => {
-                panic!("{case}: two sources must never write into one root at once, got {other:?}")
+    let refused = async {
+        loop {
+            match reply(&mut second).await {
+                Reply::Message(Message::Welcome { .. }) => continue,
+                Reply::Message(Message::Refused { reason, .. }) => break reason,
+                other => panic!(
+                    "{case}: two sources must never write into one root at once, got {other:?}"
+                ),
             }
+        }
+    };
+    // The first source is alive: it reads meanwhile, so it answers the ping the agent sends it
+    // when the second one waits for the folder.
+    let reason = tokio::select! {
+        reason = refused => reason,
+        other = reply(&mut first) => {
+            panic!("{case}: a live first session must keep the folder, got {other:?}")
         }
     };
     println!("{case}: refused: {reason}");

@@ -512,6 +512,18 @@ impl Drop for Agent {
     }
 }
 
+/// The safety rescan of a test that relies on the watcher's feed: an hour, so only the feed can
+/// bring a change. Wine 8's ReadDirectoryChangesW drops some changes below a subfolder of a
+/// recursive watch (a folder renamed into one, an edit of a file in one, each in a full run, never
+/// alone), so under Wine a rescan every 2 s brings what its feed missed.
+pub fn feed_rescan() -> &'static str {
+    if rainmaker_engine::win32::under_wine() {
+        "2s"
+    } else {
+        "1h"
+    }
+}
+
 /// Waits until `target` mirrors `source`; returns how long it took, or fails with the
 /// differences and the push's log.
 pub fn wait_identical(

@@ -35,12 +35,14 @@ pub fn tree(root: &Path) -> BTreeMap<String, Node> {
 /// Walks `dir`. An entry that goes away between the listing and its reading (the tree is
 /// changing: a receiver moving a file into its trash) is left out, as if listed a moment later;
 /// so is, on Windows, a folder that is being moved at that moment (Wine answered a listing of
-/// one with ERROR_SHARING_VIOLATION). Left out, it can only make two trees differ: a wait for
-/// them to match lists again.
+/// one with ERROR_SHARING_VIOLATION), and a file being replaced (Windows refuses to open a file
+/// whose delete is pending with ERROR_ACCESS_DENIED; a full Wine run hit one). Left out, it can
+/// only make two trees differ: a wait for them to match lists again.
 fn walk(dir: &Path, prefix: &str, out: &mut BTreeMap<String, Node>) {
     let gone = |e: &std::io::Error| {
         e.kind() == std::io::ErrorKind::NotFound || (cfg!(windows) && e.raw_os_error() == Some(32))
     };
+    let replaced = |e: &std::io::Error| cfg!(windows) && e.raw_os_error() == Some(5);
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if gone(&e) && !prefix.is_empty() => return,
@@ -71,7 +73,7 @@ fn walk(dir: &Path, prefix: &str, out: &mut BTreeMap<String, Node>) {
         } else if kind.is_file() {
             let bytes = match std::fs::read(entry.path()) {
                 Ok(bytes) => bytes,
-                Err(e) if gone(&e) => continue,
+                Err(e) if gone(&e) || replaced(&e) => continue,
                 Err(e) => panic!("cannot read {}: {e}", entry.path().display()),
             };
             Node::File {

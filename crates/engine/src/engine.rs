@@ -35,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 mod continuous;
 mod control;
 mod deletions;
+mod folder;
 mod load;
 mod manifest_cache;
 mod paths;

@@ -281,6 +281,33 @@ async fn refuse_mass_delete(
     conn.close().await;
 }
 
+/// How soon a connection kept between syncs must answer the ping sent with the next request
+/// (its pong comes back within a round trip on a live connection). One that does not was cut
+/// without a word (a target whose power went off): it is dropped and the target dialed again,
+/// where waiting for its answer would take the stall timeout.
+pub(super) const KEPT_ANSWER: Duration = Duration::from_secs(3);
+
+/// Asks for the target's manifest over the connection kept from the last sync. Any failure
+/// before the answer (no pong within [`KEPT_ANSWER`], a reset, a close) means the connection
+/// died between syncs.
+async fn ask_kept(
+    mut conn: transport::Connection,
+    ask: &Message,
+    cached: Option<Hash>,
+    stall: Duration,
+) -> Result<
+    (
+        transport::Connection,
+        (send::Theirs, Vec<crate::protocol::Partial>),
+    ),
+    SendError,
+> {
+    conn.send_probing(ask, KEPT_ANSWER).await?;
+    tracing::debug!(peer = %conn.peer(), "asked over the kept connection");
+    let listed = send::manifest_asked(&mut conn, cached, stall).await?;
+    Ok((conn, listed))
+}
+
 /// One session with one target: connect, fetch its manifest, plan, send.
 #[allow(
     clippy::too_many_arguments,
@@ -301,42 +328,52 @@ pub(super) async fn session(
         options.stall_timeout,
         &options.bwlimit,
     );
-    // A connection kept from the last round is used again: no new TLS handshake per sync.
-    let reused = open.is_some();
     // Bytes of this round only: a kept connection's counters run on from earlier rounds.
     let counted = |c: &transport::Connection| {
         c.wire_counter().load(std::sync::atomic::Ordering::Relaxed)
             + c.received_counter()
                 .load(std::sync::atomic::Ordering::Relaxed)
     };
-    let base = open.as_ref().map_or(0, counted);
+    let kept_base = open.as_ref().map_or(0, counted);
     let cached = kept.digest();
     let ask = send::ask_manifest(cached);
-    let mut conn = match (open.take(), &target.dialed_in) {
-        (Some(mut conn), _) => {
-            conn.send(&ask).await?;
-            conn
-        }
-        // A target that dialed in is reached over its connection only.
+    // A new connection asks for the manifest with its hello.
+    let dial = || async {
+        let options = ConnectOptions {
+            url: target.url.clone(),
+            trust: target.trust.clone(),
+            token: target.token.clone(),
+            source_name: source_name.clone(),
+        };
+        let mut conn = transport::connect_asking(&options, &ask).await?;
+        tracing::debug!(target = %target.url, "connected");
+        let listed = send::manifest_asked(&mut conn, cached, stall).await?;
+        Ok::<_, SendError>((conn, listed))
+    };
+    let started = Instant::now();
+    // A connection kept from the last round is used again: no new TLS handshake per sync.
+    let (mut conn, base, (listed, mut partials)) = match (open.take(), &target.dialed_in) {
+        (Some(kept), dialed_in) => match ask_kept(kept, &ask, cached, stall).await {
+            Ok((conn, listed)) => (conn, kept_base, listed),
+            // One that dialed in is reached over its connection only.
+            Err(error) if dialed_in.is_some() => return Err(error),
+            Err(error) => {
+                tracing::info!(target = %target.url, "the connection kept from the last sync failed ({error}); dialing again");
+                let (conn, listed) = dial().await?;
+                (conn, 0, listed)
+            }
+        },
         (None, Some(dialed)) => {
             let mut conn = dialed.take().ok_or(SendError::Closed)?;
             conn.send(&ask).await?;
-            conn
+            let listed = send::manifest_asked(&mut conn, cached, stall).await?;
+            (conn, 0, listed)
         }
-        // A new connection asks for the manifest with its hello.
         (None, None) => {
-            let options = ConnectOptions {
-                url: target.url.clone(),
-                trust: target.trust.clone(),
-                token: target.token.clone(),
-                source_name: source_name.clone(),
-            };
-            transport::connect_asking(&options, &ask).await?
+            let (conn, listed) = dial().await?;
+            (conn, 0, listed)
         }
     };
-    let started = Instant::now();
-    tracing::debug!(target = %target.url, reused, "connected");
-    let (listed, mut partials) = send::manifest_asked(&mut conn, cached, stall).await?;
     // While the source still scans, the connection answers the target's pings.
     let scanned = conn
         .idle_until(async { tree_rx.wait_for(Option::is_some).await.map(|t| t.clone()) })
@@ -394,13 +431,16 @@ pub(super) async fn session(
         None => Plan::default(),
         Some(theirs) => {
             let (tree2, blocks2) = (tree.clone(), blocks.clone());
-            tokio::task::spawn_blocking(move || {
+            // The target's pings are answered meanwhile: a big plan takes a while, and a
+            // session that waits for the folder asks this one to show it is there.
+            let planning = tokio::task::spawn_blocking(move || {
                 plan::plan(&tree2, &theirs, &partials, &mut |path, len| {
                     blocks2.tail_hash(path, len)
                 })
-            })
-            .await
-            .map_err(|e| SendError::Protocol(format!("planning failed: {e}")))?
+            });
+            conn.idle_until(planning)
+                .await?
+                .map_err(|e| SendError::Protocol(format!("planning failed: {e}")))?
         }
     };
     tracing::debug!(elapsed = ?started.elapsed(), target = %target.url, "manifest and plan ready");

@@ -1,6 +1,7 @@
 //! A target agent: [`Server`] binds, accepts sources and admin clients, and runs each mirror
 //! session with its receiver on a blocking worker.
 
+use super::folder::{Folder, HOLDER_ANSWER};
 use super::load::Load;
 use super::*;
 
@@ -67,7 +68,7 @@ pub fn identity_dir(root: &Path) -> PathBuf {
 #[derive(Debug)]
 pub struct Server {
     listener: Listener,
-    receiver: Arc<tokio::sync::Mutex<Receiver>>,
+    receiver: Folder,
     tokens: Arc<transport::Tokens>,
     name: Arc<str>,
     fingerprint: Option<String>,
@@ -139,7 +140,7 @@ impl Server {
         let pushes = CancellationToken::new();
         Ok(Server {
             listener,
-            receiver: Arc::new(tokio::sync::Mutex::new(receiver)),
+            receiver: Folder::new(receiver),
             agent: control::Agent::new(&options.root, &options.name, push_to, pushes.clone()),
             tokens: Arc::new(transport::Tokens {
                 receive: options.token,
@@ -316,7 +317,7 @@ impl Server {
             .wait_for_pushes(STOP_GRACE + std::time::Duration::from_secs(2))
             .await;
         // Let a session in flight close its files cleanly.
-        let _ = self.receiver.lock().await;
+        let _ = self.receiver.wait_free().await;
         Ok(())
     }
 }
@@ -334,7 +335,7 @@ async fn refuse(mut conn: transport::Connection, source: &str, peer: SocketAddr,
 
 /// What a mirror session into the folder runs with.
 pub(super) struct Session {
-    pub receiver: Arc<tokio::sync::Mutex<Receiver>>,
+    pub receiver: Folder,
     /// The agent stops.
     pub cancel: CancellationToken,
     /// The agent ends this session (a forced promotion).
@@ -399,7 +400,7 @@ pub(super) async fn serve_session(
     // A source that reconnects after a cut may arrive while its old session is still closing:
     // wait a moment for the folder before turning anyone away.
     let waited = tokio::select! {
-        waited = tokio::time::timeout(SESSION_WAIT, receiver.lock_owned()) => waited.ok(),
+        waited = receiver.take(SESSION_WAIT) => waited,
         () = end.cancelled() => None,
     };
     let Some(mut guard) = waited else {
@@ -422,6 +423,9 @@ pub(super) async fn serve_session(
         sender.close().await;
         return Err(reason.into());
     };
+    // Another session that waits for the folder asks this one to show its source is there.
+    let mut waiting = receiver.waiting();
+    let mut waiting_to_ping = waiting.clone();
     let (in_tx, mut in_rx) = mpsc::channel::<Message>(64);
     let (out_tx, out_rx) = mpsc::channel::<Message>(64);
     if let Some(first) = first {
@@ -463,6 +467,12 @@ pub(super) async fn serve_session(
                 () = end.cancelled() => Err(ReadEnd::Failed(
                     "the agent was promoted to be the source of this folder; its mirror session was ended".to_string(),
                 )),
+                // The writer pings; a source that sends nothing back, not even the pong, in
+                // time is gone without a word and gives the folder up.
+                Ok(()) = waiting.changed() => {
+                    incoming.expect_answer_within(HOLDER_ANSWER);
+                    continue;
+                }
             };
             let reason = match next {
                 Ok(Some(message)) => {
@@ -535,6 +545,7 @@ pub(super) async fn serve_session(
                     None => break,
                 },
                 _ = ping.tick() => tokio::time::timeout(idle, sender.ping()).await,
+                Ok(()) = waiting_to_ping.changed() => tokio::time::timeout(idle, sender.ping()).await,
             };
             if !matches!(sent, Ok(Ok(()))) {
                 break;

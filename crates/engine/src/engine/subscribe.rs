@@ -81,7 +81,7 @@ impl Subscription {
 
 /// What a subscription receives into: the agent's folder, shared with the sessions it serves.
 pub(super) struct Receiving {
-    pub receiver: Arc<tokio::sync::Mutex<Receiver>>,
+    pub receiver: super::folder::Folder,
     pub agent: Arc<Agent>,
     /// This agent's name, as the other one logs it.
     pub name: String,
@@ -247,7 +247,7 @@ pub async fn pull_once(
     };
     conn.send(&ask).await?;
     let session = Session {
-        receiver: Arc::new(tokio::sync::Mutex::new(receiver)),
+        receiver: super::folder::Folder::new(receiver),
         cancel: cancel.clone(),
         end: CancellationToken::new(),
         limits: Limits::default(),

@@ -10,6 +10,8 @@
 //! frame, a pong too, restarts the clock; a peer silent for longer is
 //! [`TransportError::Idle`]) and pings it with [`ConnectionSender::ping`]; a side with nothing
 //! to say for a while waits in [`Connection::idle_until`], which answers the peer's pings.
+//! A connection that lay idle speaks again with [`Connection::send_probing`]: a peer that
+//! died without a word (its power cut) is found out within a bound, not after a stall.
 
 use std::fmt;
 use std::future::Future;
@@ -101,6 +103,9 @@ pub struct Connection {
     /// While waiting ([`Connection::idle_until`]), a peer silent for this long is taken for
     /// gone (`None`: never).
     quiet_limit: Option<Duration>,
+    /// Set by [`Connection::expect_answer_within`]: the next read fails unless the peer sends
+    /// some frame by then.
+    answer_by: Option<tokio::time::Instant>,
     probe: SocketProbe,
 }
 
@@ -125,6 +130,7 @@ impl Connection {
             sent: Arc::new(AtomicU64::new(0)),
             received: Arc::new(AtomicU64::new(0)),
             quiet_limit: None,
+            answer_by: None,
             probe: SocketProbe::default(),
         }
     }
@@ -148,6 +154,32 @@ impl Connection {
             .await
     }
 
+    /// Sends `message` behind a ping, on a connection that lay idle and may have died without
+    /// a word (a target whose power was cut, a link cut behind a router: no reset ever comes,
+    /// and what is sent waits in the socket's buffer). The next read then fails with
+    /// [`TransportError::Idle`] unless the peer sends some frame, its pong included, within
+    /// `within`; how long the answer itself takes (a big folder to list) does not count.
+    pub async fn send_probing(
+        &mut self,
+        message: &Message,
+        within: Duration,
+    ) -> Result<(), TransportError> {
+        self.expect_answer_within(within);
+        // Fed, not flushed: the ping and the message go out in one write.
+        self.ws
+            .feed(WsMessage::Ping(Bytes::new()))
+            .await
+            .map_err(|e| ws_error(&self.peer, e))?;
+        self.send(message).await
+    }
+
+    /// Makes the next read fail with [`TransportError::Idle`] unless the peer sends some frame
+    /// (a message, a ping, the pong to a ping sent) within `within` from now. Kept by
+    /// [`Connection::split`] for the receiving half.
+    pub fn expect_answer_within(&mut self, within: Duration) {
+        self.answer_by = Some(tokio::time::Instant::now() + within);
+    }
+
     /// Counts `bytes` of messages sent before the connection was made (a pipelined hello).
     pub(super) fn count_sent(&self, bytes: usize) {
         count(&self.sent, bytes as u64);
@@ -161,13 +193,22 @@ impl Connection {
 
     /// The next message, or `None` once the peer closed the connection cleanly.
     pub async fn recv(&mut self) -> Result<Option<Message>, TransportError> {
-        recv_from(&mut self.ws, &self.peer, &self.received, None).await
+        let first_by = self.answer_by.take();
+        recv_from(&mut self.ws, &self.peer, &self.received, first_by, None).await
     }
 
     /// [`Connection::recv`], failing with [`TransportError::Idle`] when the peer sends no
     /// frame at all (no message, ping or pong) for `idle`.
     pub async fn recv_within(&mut self, idle: Duration) -> Result<Option<Message>, TransportError> {
-        recv_from(&mut self.ws, &self.peer, &self.received, Some(idle)).await
+        let first_by = self.answer_by.take();
+        recv_from(
+            &mut self.ws,
+            &self.peer,
+            &self.received,
+            first_by,
+            Some(idle),
+        )
+        .await
     }
 
     /// Waits for `until` while the connection has nothing to carry, reading meanwhile so the
@@ -187,7 +228,10 @@ impl Connection {
                     return Err(TransportError::Idle { peer: self.peer.clone(), after: quiet });
                 }
                 frame = self.ws.next() => match frame {
-                    Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_))) => {}
+                    // Any frame is the answer [`Connection::send_probing`] waits for.
+                    Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_))) => {
+                        self.answer_by = None;
+                    }
                     Some(Ok(WsMessage::Close(_))) | None => {
                         return Err(TransportError::Closed { peer: self.peer.clone() });
                     }
@@ -221,6 +265,7 @@ impl Connection {
                 stream,
                 received: self.received,
                 peer: self.peer,
+                answer_by: self.answer_by,
             },
         )
     }
@@ -390,6 +435,7 @@ impl ConnectionSender {
             sent: self.sent,
             received: receiver.received,
             quiet_limit: self.quiet_limit,
+            answer_by: None,
             probe: self.probe,
         })
     }
@@ -400,6 +446,8 @@ pub struct ConnectionReceiver {
     stream: SplitStream<Ws>,
     received: Arc<AtomicU64>,
     peer: String,
+    /// As [`Connection`]'s: the next read fails unless some frame comes by then.
+    answer_by: Option<tokio::time::Instant>,
 }
 
 impl fmt::Debug for ConnectionReceiver {
@@ -413,13 +461,27 @@ impl fmt::Debug for ConnectionReceiver {
 impl ConnectionReceiver {
     /// The next message, or `None` once the peer closed the connection cleanly.
     pub async fn recv(&mut self) -> Result<Option<Message>, TransportError> {
-        recv_from(&mut self.stream, &self.peer, &self.received, None).await
+        let first_by = self.answer_by.take();
+        recv_from(&mut self.stream, &self.peer, &self.received, first_by, None).await
     }
 
     /// [`ConnectionReceiver::recv`], failing with [`TransportError::Idle`] when the peer
     /// sends no frame at all for `idle`.
     pub async fn recv_within(&mut self, idle: Duration) -> Result<Option<Message>, TransportError> {
-        recv_from(&mut self.stream, &self.peer, &self.received, Some(idle)).await
+        let first_by = self.answer_by.take();
+        recv_from(
+            &mut self.stream,
+            &self.peer,
+            &self.received,
+            first_by,
+            Some(idle),
+        )
+        .await
+    }
+
+    /// [`Connection::expect_answer_within`], for this half.
+    pub fn expect_answer_within(&mut self, within: Duration) {
+        self.answer_by = Some(tokio::time::Instant::now() + within);
     }
 
     /// The peer as `host:port`.
@@ -464,17 +526,27 @@ fn checked_len(peer: &str, bytes: &[u8]) -> Result<u64, TransportError> {
     Ok(len as u64)
 }
 
+/// The next message on `stream`. The first frame (any frame) must come by `first_by`; each
+/// frame within `idle` of the one before.
 async fn recv_from<S>(
     stream: &mut S,
     peer: &str,
     received: &AtomicU64,
+    mut first_by: Option<tokio::time::Instant>,
     idle: Option<Duration>,
 ) -> Result<Option<Message>, TransportError>
 where
     S: Stream<Item = Result<WsMessage, WsError>> + Unpin,
 {
     loop {
-        let frame = match idle {
+        let first = first_by
+            .take()
+            .map(|by| by.saturating_duration_since(tokio::time::Instant::now()));
+        let limit = match (first, idle) {
+            (Some(first), Some(idle)) => Some(first.min(idle)),
+            (first, idle) => first.or(idle),
+        };
+        let frame = match limit {
             None => stream.next().await,
             Some(after) => tokio::time::timeout(after, stream.next())
                 .await
