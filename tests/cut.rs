@@ -248,3 +248,56 @@ fn a_kept_connection_that_went_silent_is_dialed_again_within_seconds() {
         push.log()
     );
 }
+
+#[test]
+fn a_link_that_goes_silent_mid_transfer_is_given_up_and_the_push_resumes() {
+    let sandbox = Sandbox::new();
+    let (src, dst) = (sandbox.dir("src"), sandbox.dir("dst"));
+    write_random(&src.join("big.dat"), 82, 24 << 20);
+    let agent = sandbox.serve(&dst);
+    let gone = Arc::new(AtomicBool::new(false));
+    let proxy = Proxy::start(agent.port(), Fault::Vanish(gone.clone()));
+    // The link goes silent a third of the way through the first connection.
+    let counts = proxy.forwarded.clone();
+    let cut = gone.clone();
+    std::thread::spawn(move || {
+        while !cut.load(Ordering::SeqCst) {
+            let first = counts
+                .lock()
+                .unwrap()
+                .first()
+                .map(|c| c.load(Ordering::SeqCst));
+            if first.is_some_and(|bytes| bytes >= 8 << 20) {
+                cut.store(true, Ordering::SeqCst);
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    });
+    let url = format!("wss://127.0.0.1:{}", proxy.port);
+    // A stall timeout longer than the push is given: only the silence of the target, which
+    // pings while it is there, can end the dead session in time.
+    let started = std::time::Instant::now();
+    let result = sandbox
+        .push(&src)
+        .to(&url)
+        .fingerprint(agent.fp())
+        .arg("--stall-timeout")
+        .arg("3600")
+        .timeout(Duration::from_secs(120))
+        .run();
+    let why = result.describe();
+    println!(
+        "the push ended {:.1} s after it started (the link went silent after 8 MiB)",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(gone.load(Ordering::SeqCst), "the link went silent\n{why}");
+    assert_eq!(
+        result.code, 0,
+        "the push resumes on a new connection\n{why}"
+    );
+    assert!(
+        result.target_u64(&url, "passes") >= 2,
+        "a second pass made the mirror\n{why}"
+    );
+    assert_same_tree(&src, &dst);
+}

@@ -896,6 +896,52 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_probed_request_needs_a_sign_of_life_in_time_not_a_quick_answer() {
+        let listener = Arc::new(Listener::bind("127.0.0.1:0", None).await.unwrap());
+        let url = format!("ws://{}", listener.local_addr());
+        let within = Duration::from_millis(300);
+        // A peer that reads (so its pong goes back at once) and answers after three times the
+        // bound: the answer is waited for.
+        let server = serve_one(&listener);
+        let mut client = connect(&options(url.clone(), Trust::Insecure, TOKEN))
+            .await
+            .unwrap();
+        let (mut conn, _) = server.await.unwrap().unwrap();
+        let answering = tokio::spawn(async move {
+            let asked = conn.recv().await.unwrap();
+            tokio::time::sleep(within * 3).await;
+            conn.send(&Message::Finish).await.unwrap();
+            (conn, asked)
+        });
+        client
+            .send_probing(&Message::GetManifest { cached: None }, within)
+            .await
+            .unwrap();
+        assert_eq!(client.recv().await.unwrap(), Some(Message::Finish));
+        let (conn, asked) = answering.await.unwrap();
+        assert_eq!(asked, Some(Message::GetManifest { cached: None }));
+        drop((conn, client));
+
+        // A peer that reads nothing, as one whose link is gone: no pong, and the wait ends at
+        // the bound, not at some later timeout.
+        let server = serve_one(&listener);
+        let mut client = connect(&options(url, Trust::Insecure, TOKEN))
+            .await
+            .unwrap();
+        let (silent, _) = server.await.unwrap().unwrap();
+        client
+            .send_probing(&Message::GetManifest { cached: None }, within)
+            .await
+            .unwrap();
+        let err = tokio::time::timeout(Duration::from_secs(10), client.recv())
+            .await
+            .expect("the bound ends the wait")
+            .unwrap_err();
+        assert_eq!(err.code(), "idle", "{err:?}");
+        drop(silent);
+    }
+
+    #[tokio::test]
     async fn plain_ws_works_on_loopback_and_split_halves_share_the_counter() {
         let listener = Arc::new(Listener::bind("127.0.0.1:0", None).await.unwrap());
         assert!(!listener.is_tls());

@@ -77,9 +77,9 @@ impl SendError {
         }
     }
 
-    /// Whether the connection was up and then cut (or a bug on this side ended the session):
-    /// worth another pass, which resumes what was verified. A target that cannot be reached,
-    /// refuses or stalls is not.
+    /// Whether the connection was up and then cut, or went silent (its link lost without a
+    /// word), or a bug on this side ended the session: worth another pass, which resumes what
+    /// was verified. A target that cannot be reached, refuses or stalls is not.
     pub fn is_cut(&self) -> bool {
         match self {
             SendError::Closed | SendError::Internal(_) => true,
@@ -89,6 +89,7 @@ impl SendError {
                     | TransportError::WebSocket { .. }
                     | TransportError::Closed { .. }
                     | TransportError::Timeout { .. }
+                    | TransportError::Idle { .. }
             ),
             _ => false,
         }
@@ -310,9 +311,21 @@ fn op_items(op: &Op, id: u64, record: Option<&FileRecord>) -> Vec<Item> {
     items
 }
 
-/// Collects the target's replies until it reports its digest.
+/// How long a target that is still there can be silent in a session: whatever else it does,
+/// it pings the source every [`Limits::ping_every`](crate::transport::Limits) (10 s). A session
+/// that hears nothing at all for two and a half times that lost its link without a word (an
+/// address that changed, a router that restarted): it ends there, as a cut that another pass
+/// may get past, not at the stall timeout. A stall timeout as short is the user's bound, and
+/// its error says the target stalled.
+fn reply_silence(stall: Duration) -> Duration {
+    (crate::transport::Limits::default().ping_every * 5 / 2).min(stall)
+}
+
+/// Collects the target's replies until it reports its digest; a target silent for
+/// [`reply_silence`] is taken for gone.
 async fn collect_replies(
     receiver: &mut ConnectionReceiver,
+    stall: Duration,
     done: &AtomicU64,
     load: &std::sync::atomic::AtomicU32,
     events: &broadcast::Sender<Event>,
@@ -320,8 +333,13 @@ async fn collect_replies(
     files: &[(&str, &FileRecord)],
 ) -> Result<(Hash, Vec<(String, String)>), SendError> {
     let mut failed = Vec::new();
+    let silence = reply_silence(stall);
     loop {
-        match receiver.recv().await? {
+        let reply = receiver.recv_within(silence).await.map_err(|e| match e {
+            TransportError::Idle { .. } if silence >= stall => SendError::Stalled(stall),
+            other => SendError::from(other),
+        })?;
+        match reply {
             Some(Message::FileDone { .. }) => {
                 done.fetch_add(1, Ordering::Relaxed);
             }
@@ -429,7 +447,7 @@ pub async fn send_plan(
     // The target's last word on how busy it is (thousandths; none yet: `NO_LOAD`).
     let load = std::sync::atomic::AtomicU32::new(NO_LOAD);
     let (digest, failed) = {
-        let replies = collect_replies(&mut receiver, &done, &load, events, target, &files);
+        let replies = collect_replies(&mut receiver, stall, &done, &load, events, target, &files);
         // The level of the blocks read from now on (a place on the ladder), as `adapt` moves.
         let level_now = std::sync::atomic::AtomicUsize::new(adapt.rung());
         // Blocks compressed at once for this target: its read-ahead, on as many cores as the

@@ -177,7 +177,7 @@ impl Connection {
     /// (a message, a ping, the pong to a ping sent) within `within` from now. Kept by
     /// [`Connection::split`] for the receiving half.
     pub fn expect_answer_within(&mut self, within: Duration) {
-        self.answer_by = Some(tokio::time::Instant::now() + within);
+        answer_within(&mut self.answer_by, within);
     }
 
     /// Counts `bytes` of messages sent before the connection was made (a pipelined hello).
@@ -193,19 +193,24 @@ impl Connection {
 
     /// The next message, or `None` once the peer closed the connection cleanly.
     pub async fn recv(&mut self) -> Result<Option<Message>, TransportError> {
-        let first_by = self.answer_by.take();
-        recv_from(&mut self.ws, &self.peer, &self.received, first_by, None).await
+        recv_from(
+            &mut self.ws,
+            &self.peer,
+            &self.received,
+            &mut self.answer_by,
+            None,
+        )
+        .await
     }
 
     /// [`Connection::recv`], failing with [`TransportError::Idle`] when the peer sends no
     /// frame at all (no message, ping or pong) for `idle`.
     pub async fn recv_within(&mut self, idle: Duration) -> Result<Option<Message>, TransportError> {
-        let first_by = self.answer_by.take();
         recv_from(
             &mut self.ws,
             &self.peer,
             &self.received,
-            first_by,
+            &mut self.answer_by,
             Some(idle),
         )
         .await
@@ -435,7 +440,7 @@ impl ConnectionSender {
             sent: self.sent,
             received: receiver.received,
             quiet_limit: self.quiet_limit,
-            answer_by: None,
+            answer_by: receiver.answer_by,
             probe: self.probe,
         })
     }
@@ -461,19 +466,24 @@ impl fmt::Debug for ConnectionReceiver {
 impl ConnectionReceiver {
     /// The next message, or `None` once the peer closed the connection cleanly.
     pub async fn recv(&mut self) -> Result<Option<Message>, TransportError> {
-        let first_by = self.answer_by.take();
-        recv_from(&mut self.stream, &self.peer, &self.received, first_by, None).await
+        recv_from(
+            &mut self.stream,
+            &self.peer,
+            &self.received,
+            &mut self.answer_by,
+            None,
+        )
+        .await
     }
 
     /// [`ConnectionReceiver::recv`], failing with [`TransportError::Idle`] when the peer
     /// sends no frame at all for `idle`.
     pub async fn recv_within(&mut self, idle: Duration) -> Result<Option<Message>, TransportError> {
-        let first_by = self.answer_by.take();
         recv_from(
             &mut self.stream,
             &self.peer,
             &self.received,
-            first_by,
+            &mut self.answer_by,
             Some(idle),
         )
         .await
@@ -481,7 +491,7 @@ impl ConnectionReceiver {
 
     /// [`Connection::expect_answer_within`], for this half.
     pub fn expect_answer_within(&mut self, within: Duration) {
-        self.answer_by = Some(tokio::time::Instant::now() + within);
+        answer_within(&mut self.answer_by, within);
     }
 
     /// The peer as `host:port`.
@@ -526,22 +536,27 @@ fn checked_len(peer: &str, bytes: &[u8]) -> Result<u64, TransportError> {
     Ok(len as u64)
 }
 
-/// The next message on `stream`. The first frame (any frame) must come by `first_by`; each
-/// frame within `idle` of the one before.
+/// Asks for an answer within `within` from now, or by the deadline already pending if that is
+/// sooner (a second request does not give a silent peer more time).
+fn answer_within(answer_by: &mut Option<tokio::time::Instant>, within: Duration) {
+    let by = tokio::time::Instant::now() + within;
+    *answer_by = Some(answer_by.map_or(by, |pending| pending.min(by)));
+}
+
+/// The next message on `stream`. While an answer is asked for (`answer_by`), some frame must
+/// come by then, and the first that does clears it; each frame within `idle` of the one before.
 async fn recv_from<S>(
     stream: &mut S,
     peer: &str,
     received: &AtomicU64,
-    mut first_by: Option<tokio::time::Instant>,
+    answer_by: &mut Option<tokio::time::Instant>,
     idle: Option<Duration>,
 ) -> Result<Option<Message>, TransportError>
 where
     S: Stream<Item = Result<WsMessage, WsError>> + Unpin,
 {
     loop {
-        let first = first_by
-            .take()
-            .map(|by| by.saturating_duration_since(tokio::time::Instant::now()));
+        let first = answer_by.map(|by| by.saturating_duration_since(tokio::time::Instant::now()));
         let limit = match (first, idle) {
             (Some(first), Some(idle)) => Some(first.min(idle)),
             (first, idle) => first.or(idle),
@@ -555,6 +570,7 @@ where
                     after,
                 })?,
         };
+        *answer_by = None;
         match frame {
             None => return Ok(None),
             Some(Ok(WsMessage::Binary(bytes))) => {
@@ -660,5 +676,16 @@ mod tests {
             read.is_empty() && error.is_some(),
             "an absurd length is refused"
         );
+    }
+
+    #[test]
+    fn a_second_request_for_an_answer_gives_a_silent_peer_no_more_time() {
+        let mut by = None;
+        answer_within(&mut by, Duration::from_secs(3));
+        let first = by.expect("asked");
+        answer_within(&mut by, Duration::from_secs(30));
+        assert_eq!(by, Some(first), "the pending deadline stands");
+        answer_within(&mut by, Duration::ZERO);
+        assert!(by.expect("asked") < first, "a sooner one replaces it");
     }
 }

@@ -44,8 +44,9 @@ pub enum TransportError {
         refusal: Refusal,
     },
     #[error(
-        "{peer} sent nothing for {} s, not even the answer to a ping; the session was ended so \
-         it does not hold the folder (a frozen or cut-off source reconnects when it is back)",
+        "{peer} sent nothing for {:.1} s, not even the answer to a ping: the connection was \
+         taken for lost (cut without a word, or the peer froze) and ended; a new one is made \
+         once the peer is back",
         after.as_secs_f64()
     )]
     Idle { peer: String, after: Duration },
