@@ -17,6 +17,9 @@ use crate::mirror::receive::Receiver;
 /// and its files closed, before the newcomer gives up.
 pub(super) const HOLDER_ANSWER: Duration = Duration::from_secs(3);
 
+/// How often a session waiting for the folder asks the holder again.
+const ASK_AGAIN: Duration = Duration::from_secs(1);
+
 /// The folder's receiver behind its lock, with the signal that someone waits for it.
 #[derive(Debug, Clone)]
 pub(super) struct Folder {
@@ -34,15 +37,25 @@ impl Folder {
     }
 
     /// Takes the folder, waiting at most `within` for the session holding it (which is asked
-    /// to prove its peer is there) to end. `None` when it did not.
+    /// to prove its peer is there) to end. `None` when it did not. The holder is asked again
+    /// every [`ASK_AGAIN`]: one that took the folder from another while this one waited has
+    /// not heard the first request (it asks the same bound again, never a longer one).
     pub async fn take(&self, within: Duration) -> Option<OwnedMutexGuard<Receiver>> {
         if let Ok(free) = self.receiver.clone().try_lock_owned() {
             return Some(free);
         }
-        self.waiting.send_modify(|n| *n = n.wrapping_add(1));
-        tokio::time::timeout(within, self.receiver.clone().lock_owned())
-            .await
-            .ok()
+        let taken = self.receiver.clone().lock_owned();
+        tokio::pin!(taken);
+        let given_up = tokio::time::sleep(within);
+        tokio::pin!(given_up);
+        let mut ask = tokio::time::interval(ASK_AGAIN);
+        loop {
+            tokio::select! {
+                guard = &mut taken => return Some(guard),
+                () = &mut given_up => return None,
+                _ = ask.tick() => self.waiting.send_modify(|n| *n = n.wrapping_add(1)),
+            }
+        }
     }
 
     /// What a holder watches: it changes whenever another session waits for the folder.

@@ -285,11 +285,11 @@ async fn refuse_mass_delete(
 /// (its pong comes back within a round trip on a live connection). One that does not was cut
 /// without a word (a target whose power went off): it is dropped and the target dialed again,
 /// where waiting for its answer would take the stall timeout.
-pub(super) const KEPT_ANSWER: Duration = Duration::from_secs(3);
+const KEPT_ANSWER: Duration = Duration::from_secs(3);
 
-/// Asks for the target's manifest over the connection kept from the last sync. Any failure
-/// before the answer (no pong within [`KEPT_ANSWER`], a reset, a close) means the connection
-/// died between syncs.
+/// Asks for the target's manifest over the connection kept from the last sync. A cut before
+/// the answer (no pong within [`KEPT_ANSWER`], a reset, a close) means the connection died
+/// between syncs; a refusal or a stall is the target's own answer.
 async fn ask_kept(
     mut conn: transport::Connection,
     ask: &Message,
@@ -356,7 +356,7 @@ pub(super) async fn session(
         (Some(kept), dialed_in) => match ask_kept(kept, &ask, cached, stall).await {
             Ok((conn, listed)) => (conn, kept_base, listed),
             // One that dialed in is reached over its connection only.
-            Err(error) if dialed_in.is_some() => return Err(error),
+            Err(error) if dialed_in.is_some() || !error.is_cut() => return Err(error),
             Err(error) => {
                 tracing::info!(target = %target.url, "the connection kept from the last sync failed ({error}); dialing again");
                 let (conn, listed) = dial().await?;

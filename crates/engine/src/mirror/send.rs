@@ -155,7 +155,7 @@ async fn read_manifest(
     let mut tree = crate::scan::TreeBuilder::default();
     let mut entries = 0usize;
     loop {
-        match conn.recv().await? {
+        match conn.recv_within(SILENCE).await? {
             Some(Message::ManifestSame { partials }) => match cached {
                 Some(digest) => return Ok((Theirs::Same(digest), partials)),
                 None => return Err(SendError::Protocol(UNOFFERED.into())),
@@ -311,21 +311,19 @@ fn op_items(op: &Op, id: u64, record: Option<&FileRecord>) -> Vec<Item> {
     items
 }
 
-/// How long a target that is still there can be silent in a session: whatever else it does,
-/// it pings the source every [`Limits::ping_every`](crate::transport::Limits) (10 s). A session
-/// that hears nothing at all for two and a half times that lost its link without a word (an
-/// address that changed, a router that restarted): it ends there, as a cut that another pass
-/// may get past, not at the stall timeout. A stall timeout as short is the user's bound, and
-/// its error says the target stalled.
-fn reply_silence(stall: Duration) -> Duration {
-    (crate::transport::Limits::default().ping_every * 5 / 2).min(stall)
-}
+/// How long a target that is still there can be silent in a session: whatever else it does
+/// (listing a large folder, committing), it pings the source every
+/// [`Limits::ping_every`](crate::transport::Limits) (10 s). A session that hears nothing at all
+/// for two and a half times that lost its link without a word (an address that changed, a
+/// router that restarted): it ends there, as a cut another pass may get past, not at the stall
+/// timeout. Not shortened by a short stall timeout, which bounds what the source waits on
+/// (a write, the verdict), not how often a target has something to say.
+pub const SILENCE: Duration = Duration::from_secs(25);
 
 /// Collects the target's replies until it reports its digest; a target silent for
-/// [`reply_silence`] is taken for gone.
+/// [`SILENCE`] is taken for gone.
 async fn collect_replies(
     receiver: &mut ConnectionReceiver,
-    stall: Duration,
     done: &AtomicU64,
     load: &std::sync::atomic::AtomicU32,
     events: &broadcast::Sender<Event>,
@@ -333,13 +331,8 @@ async fn collect_replies(
     files: &[(&str, &FileRecord)],
 ) -> Result<(Hash, Vec<(String, String)>), SendError> {
     let mut failed = Vec::new();
-    let silence = reply_silence(stall);
     loop {
-        let reply = receiver.recv_within(silence).await.map_err(|e| match e {
-            TransportError::Idle { .. } if silence >= stall => SendError::Stalled(stall),
-            other => SendError::from(other),
-        })?;
-        match reply {
+        match receiver.recv_within(SILENCE).await? {
             Some(Message::FileDone { .. }) => {
                 done.fetch_add(1, Ordering::Relaxed);
             }
@@ -447,7 +440,7 @@ pub async fn send_plan(
     // The target's last word on how busy it is (thousandths; none yet: `NO_LOAD`).
     let load = std::sync::atomic::AtomicU32::new(NO_LOAD);
     let (digest, failed) = {
-        let replies = collect_replies(&mut receiver, stall, &done, &load, events, target, &files);
+        let replies = collect_replies(&mut receiver, &done, &load, events, target, &files);
         // The level of the blocks read from now on (a place on the ladder), as `adapt` moves.
         let level_now = std::sync::atomic::AtomicUsize::new(adapt.rung());
         // Blocks compressed at once for this target: its read-ahead, on as many cores as the

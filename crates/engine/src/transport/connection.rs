@@ -105,7 +105,7 @@ pub struct Connection {
     quiet_limit: Option<Duration>,
     /// Set by [`Connection::expect_answer_within`]: the next read fails unless the peer sends
     /// some frame by then.
-    answer_by: Option<tokio::time::Instant>,
+    answer_by: Asked,
     probe: SocketProbe,
 }
 
@@ -239,6 +239,26 @@ impl Connection {
                     }
                     Some(Ok(WsMessage::Close(_))) | None => {
                         return Err(TransportError::Closed { peer: self.peer.clone() });
+                    }
+                    // A refusal (this agent was promoted, say) says why.
+                    Some(Ok(WsMessage::Binary(bytes))) => {
+                        let mut message = protocol::decode(&bytes).ok();
+                        if let Some(message) = &mut message {
+                            message.escape_text();
+                        }
+                        let peer = self.peer.clone();
+                        return Err(match message {
+                            Some(Message::Refused { reason, refusal }) => {
+                                TransportError::Refused { peer, reason, refusal }
+                            }
+                            _ => TransportError::Protocol {
+                                peer,
+                                source: ProtocolError::Malformed(format!(
+                                    "a message of {} bytes while nothing was asked",
+                                    bytes.len()
+                                )),
+                            },
+                        });
                     }
                     Some(Ok(other)) => {
                         return Err(TransportError::Protocol {
@@ -452,7 +472,7 @@ pub struct ConnectionReceiver {
     received: Arc<AtomicU64>,
     peer: String,
     /// As [`Connection`]'s: the next read fails unless some frame comes by then.
-    answer_by: Option<tokio::time::Instant>,
+    answer_by: Asked,
 }
 
 impl fmt::Debug for ConnectionReceiver {
@@ -536,11 +556,15 @@ fn checked_len(peer: &str, bytes: &[u8]) -> Result<u64, TransportError> {
     Ok(len as u64)
 }
 
+/// An answer asked for: the deadline, and the time it was asked within (what a peer that
+/// misses it is reported silent for).
+type Asked = Option<(tokio::time::Instant, Duration)>;
+
 /// Asks for an answer within `within` from now, or by the deadline already pending if that is
 /// sooner (a second request does not give a silent peer more time).
-fn answer_within(answer_by: &mut Option<tokio::time::Instant>, within: Duration) {
-    let by = tokio::time::Instant::now() + within;
-    *answer_by = Some(answer_by.map_or(by, |pending| pending.min(by)));
+fn answer_within(answer_by: &mut Asked, within: Duration) {
+    let asked = (tokio::time::Instant::now() + within, within);
+    *answer_by = Some(answer_by.map_or(asked, |pending| pending.min(asked)));
 }
 
 /// The next message on `stream`. While an answer is asked for (`answer_by`), some frame must
@@ -549,26 +573,34 @@ async fn recv_from<S>(
     stream: &mut S,
     peer: &str,
     received: &AtomicU64,
-    answer_by: &mut Option<tokio::time::Instant>,
+    answer_by: &mut Asked,
     idle: Option<Duration>,
 ) -> Result<Option<Message>, TransportError>
 where
     S: Stream<Item = Result<WsMessage, WsError>> + Unpin,
 {
     loop {
-        let first = answer_by.map(|by| by.saturating_duration_since(tokio::time::Instant::now()));
+        // How long to wait for the next frame, and how long the peer was silent if none comes.
+        let first = answer_by.map(|(by, asked)| {
+            let left = by.saturating_duration_since(tokio::time::Instant::now());
+            (left, asked)
+        });
         let limit = match (first, idle) {
-            (Some(first), Some(idle)) => Some(first.min(idle)),
-            (first, idle) => first.or(idle),
+            (Some((left, asked)), Some(idle)) if left < idle => Some((left, asked)),
+            (Some(first), None) => Some(first),
+            (_, Some(idle)) => Some((idle, idle)),
+            (None, None) => None,
         };
         let frame = match limit {
             None => stream.next().await,
-            Some(after) => tokio::time::timeout(after, stream.next())
-                .await
-                .map_err(|_| TransportError::Idle {
-                    peer: peer.to_owned(),
-                    after,
-                })?,
+            Some((wait, silent)) => {
+                tokio::time::timeout(wait, stream.next())
+                    .await
+                    .map_err(|_| TransportError::Idle {
+                        peer: peer.to_owned(),
+                        after: silent,
+                    })?
+            }
         };
         *answer_by = None;
         match frame {
@@ -686,6 +718,12 @@ mod tests {
         answer_within(&mut by, Duration::from_secs(30));
         assert_eq!(by, Some(first), "the pending deadline stands");
         answer_within(&mut by, Duration::ZERO);
-        assert!(by.expect("asked") < first, "a sooner one replaces it");
+        let sooner = by.expect("asked");
+        assert!(sooner.0 < first.0, "a sooner one replaces it");
+        assert_eq!(
+            sooner.1,
+            Duration::ZERO,
+            "with the bound it was asked within"
+        );
     }
 }

@@ -44,9 +44,9 @@ pub enum TransportError {
         refusal: Refusal,
     },
     #[error(
-        "{peer} sent nothing for {:.1} s, not even the answer to a ping: the connection was \
-         taken for lost (cut without a word, or the peer froze) and ended; a new one is made \
-         once the peer is back",
+        "{peer} sent nothing for {:.1} s (no message, no ping, no answer to one): the \
+         connection was taken for lost (cut without a word, or the peer froze) and ended; a new \
+         one is made once the peer is back",
         after.as_secs_f64()
     )]
     Idle { peer: String, after: Duration },
