@@ -755,6 +755,50 @@ async fn send_and_finish(ws: &mut Ws, messages: Vec<Message>, case: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whole_files_a_source_sent_before_its_clean_close_are_kept_though_no_reply_got_out() {
+    let mut target = Target::start();
+    let case = "a batch of files and a few more in one burst, then a clean close, no reply read";
+    let mut ws = target.session().await;
+    // The agent applies a batch of changes behind its reader, then tells the source each file
+    // done; the few files after the batch and the close are read meanwhile, and once the close
+    // is read, those replies can no longer go out.
+    let files = rainmaker_engine::mirror::receive::STAGE_STEPS + 8;
+    let names: Vec<String> = (0..files).map(|i| format!("f{i:05}")).collect();
+    let content = |name: &str| name.as_bytes().to_vec();
+    for (id, name) in names.iter().enumerate() {
+        for message in file_messages(id as u64, name, &content(name)) {
+            send(&mut ws, &message).await;
+        }
+    }
+    ws.close(None).await.unwrap();
+    // Read on, as a source that closes does, until the agent answers the close.
+    let _ = tokio::time::timeout(REPLY_TIMEOUT, async {
+        while let Some(Ok(_)) = ws.next().await {}
+    })
+    .await;
+    // Applying a batch of 4,096 files takes a while (under Wine, tens of seconds).
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let missing = loop {
+        let missing: Vec<&String> = names
+            .iter()
+            .filter(|n| std::fs::read(target.root.join(n)).ok() != Some(content(n)))
+            .collect();
+        if missing.is_empty() || Instant::now() > deadline {
+            break missing.len();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        missing,
+        0,
+        "{case}: every file that arrived whole before the clean close is applied; agent log:\n{}",
+        target.agent.log()
+    );
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    target.assert_intact(case, &names).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_trash_keeps_every_version_whatever_order_a_source_sends() {
     let target = Target::start();
     std::fs::create_dir_all(target.root.join("a")).unwrap();

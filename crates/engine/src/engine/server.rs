@@ -583,9 +583,11 @@ fn work(
     incoming: &mut mpsc::Receiver<Message>,
     out: &mpsc::Sender<Message>,
 ) -> Result<Option<Verdict>, Aborted> {
+    // A reply that cannot go out (the writer ended: the source closed, or stopped reading) is
+    // dropped, and what already arrived is still handled: whether the session ended clean, and
+    // so whether what arrived whole is applied, is the reader's to say when the messages end.
     let reply = |m: Message| {
-        out.blocking_send(m)
-            .map_err(|_| "connection lost".to_string())
+        let _ = out.blocking_send(m);
     };
     // What a source must have done before it may say a pull left this side in sync: listed
     // this folder, and just had its last `Finish` answered with the digest it now names.
@@ -635,7 +637,7 @@ fn work(
                 load.restart(Instant::now());
                 let partials = receiver.manifest().map_err(|e| e.to_string())?;
                 if cached == Some(receiver.digest()) {
-                    reply(Message::ManifestSame { partials })?;
+                    reply(Message::ManifestSame { partials });
                     continue;
                 }
                 let mut part = Vec::new();
@@ -648,16 +650,16 @@ fn work(
                     {
                         reply(Message::ManifestPart {
                             entries: std::mem::take(&mut part),
-                        })?;
+                        });
                         bytes = 0;
                     }
                     bytes += size;
                     part.push(entry);
                 }
                 if !part.is_empty() {
-                    reply(Message::ManifestPart { entries: part })?;
+                    reply(Message::ManifestPart { entries: part });
                 }
-                reply(Message::ManifestEnd { partials })?;
+                reply(Message::ManifestEnd { partials });
             }
             Message::Refused { reason, refusal } => return Err(Aborted { reason, refusal }),
             message => {
@@ -676,14 +678,12 @@ fn work(
                     if let (true, Message::Finished { digest }) = (finish, &r) {
                         finished = Some(*digest);
                     }
-                    reply(r)?;
+                    reply(r);
                 }
                 match data {
                     true => {
-                        // Advisory: a source that closed meanwhile does not make the
-                        // session fail (it would drop what arrived whole).
                         if let Some(busy_permille) = load.report(Instant::now()) {
-                            let _ = out.blocking_send(Message::Load { busy_permille });
+                            reply(Message::Load { busy_permille });
                         }
                     }
                     false => load.restart(Instant::now()),
@@ -703,5 +703,68 @@ fn entry_size(entry: &crate::protocol::Entry) -> usize {
     match &entry.kind {
         crate::protocol::EntryKind::Dir => entry.path.len() + 8,
         crate::protocol::EntryKind::File(meta) => entry.path.len() + 80 + 33 * meta.blocks.len(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hash::{block_hash, file_hash};
+    use crate::protocol::{FileBegin, Payload};
+
+    /// The messages of a complete one-block file.
+    fn file(id: u64, path: &str, content: &[u8]) -> [Message; 3] {
+        let blocks = vec![block_hash(content)];
+        [
+            Message::FileBegin(FileBegin {
+                id,
+                path: path.to_string(),
+                size: content.len() as u64,
+                mtime_ns: 1_600_000_000_000_000_000,
+                executable: false,
+                hash: file_hash(content.len() as u64, &blocks),
+                blocks,
+                reuse: Vec::new(),
+                resume_blocks: 0,
+            }),
+            Message::Data {
+                id,
+                offset: 0,
+                payload: Payload::Raw(content.to_vec()),
+            },
+            Message::FileEnd { id },
+        ]
+    }
+
+    #[test]
+    fn a_worker_whose_replies_cannot_go_out_still_handles_what_arrived() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut receiver = Receiver::open(dir.path(), None).unwrap();
+        receiver.begin_session();
+        // Past one batch of changes: the batch applied on the way has replies to give.
+        let files = crate::mirror::receive::STAGE_STEPS as u64 + 8;
+        let (in_tx, mut in_rx) = mpsc::channel(3 * files as usize);
+        for id in 0..files {
+            for message in file(id, &format!("f{id}"), format!("content {id}").as_bytes()) {
+                in_tx.try_send(message).unwrap();
+            }
+        }
+        drop(in_tx);
+        // The writer ended (the source closed): none of the worker's replies can go out.
+        let (out_tx, out_rx) = mpsc::channel(64);
+        drop(out_rx);
+        let worked = work(&mut receiver, &mut in_rx, &out_tx);
+        assert!(
+            matches!(worked, Ok(None)),
+            "the reader, not a lost reply, says how the session ended: {worked:?}"
+        );
+        // The source closed cleanly: what arrived whole is applied.
+        receiver.close(true);
+        for id in 0..files {
+            assert_eq!(
+                std::fs::read(dir.path().join(format!("f{id}"))).unwrap(),
+                format!("content {id}").as_bytes()
+            );
+        }
     }
 }
