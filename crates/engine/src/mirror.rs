@@ -11,3 +11,5 @@ pub mod fold;
 pub mod plan;
 pub mod receive;
 pub mod send;
+#[cfg(test)]
+pub(crate) mod test_messages;

@@ -709,32 +709,7 @@ fn entry_size(entry: &crate::protocol::Entry) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hash::{block_hash, file_hash};
-    use crate::protocol::{FileBegin, Payload};
-
-    /// The messages of a complete one-block file.
-    fn file(id: u64, path: &str, content: &[u8]) -> [Message; 3] {
-        let blocks = vec![block_hash(content)];
-        [
-            Message::FileBegin(FileBegin {
-                id,
-                path: path.to_string(),
-                size: content.len() as u64,
-                mtime_ns: 1_600_000_000_000_000_000,
-                executable: false,
-                hash: file_hash(content.len() as u64, &blocks),
-                blocks,
-                reuse: Vec::new(),
-                resume_blocks: 0,
-            }),
-            Message::Data {
-                id,
-                offset: 0,
-                payload: Payload::Raw(content.to_vec()),
-            },
-            Message::FileEnd { id },
-        ]
-    }
+    use crate::mirror::test_messages::send_file;
 
     #[test]
     fn a_worker_whose_replies_cannot_go_out_still_handles_what_arrived() {
@@ -745,7 +720,7 @@ mod tests {
         let files = crate::mirror::receive::STAGE_STEPS as u64 + 8;
         let (in_tx, mut in_rx) = mpsc::channel(3 * files as usize);
         for id in 0..files {
-            for message in file(id, &format!("f{id}"), format!("content {id}").as_bytes()) {
+            for message in send_file(id, &format!("f{id}"), format!("content {id}").as_bytes()) {
                 in_tx.try_send(message).unwrap();
             }
         }

@@ -660,33 +660,9 @@ mod tests {
     use crate::hash;
     use crate::index::AppendRecord;
     use crate::mirror::receive::Receiver;
+    use crate::mirror::test_messages::send_file;
     use crate::path::STATE_DIR;
-    use crate::protocol::Payload;
     use std::io::Write;
-
-    /// The messages that send `content` as file `path` (at most one block).
-    fn send_file(id: u64, path: &str, content: &[u8]) -> Vec<Message> {
-        let blocks = vec![hash::block_hash(content)];
-        vec![
-            Message::FileBegin(FileBegin {
-                id,
-                path: path.into(),
-                size: content.len() as u64,
-                mtime_ns: 1_700_000_000_000_000_000,
-                executable: false,
-                hash: hash::file_hash(content.len() as u64, &blocks),
-                blocks,
-                reuse: Vec::new(),
-                resume_blocks: 0,
-            }),
-            Message::Data {
-                id,
-                offset: 0,
-                payload: Payload::Raw(content.to_vec()),
-            },
-            Message::FileEnd { id },
-        ]
-    }
 
     /// Every file under `root` but the state folder, with its content.
     fn visible(root: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
