@@ -140,7 +140,8 @@ fn killed_transfer_resumes(victim: Victim) {
             while std::fs::read(dst.join("small.txt")).ok() != small {
                 assert!(
                     Instant::now() < deadline,
-                    "a file that arrived whole before the stop is committed on the target"
+                    "a file that arrived whole before the stop is committed on the target; agent log:\n{}",
+                    agent.log()
                 );
                 std::thread::sleep(Duration::from_millis(10));
             }
