@@ -439,7 +439,8 @@ pub async fn send_plan(
     let mut data_bytes = 0u64;
     // The target's last word on how busy it is (thousandths; none yet: `NO_LOAD`).
     let load = std::sync::atomic::AtomicU32::new(NO_LOAD);
-    let (digest, failed) = {
+    // `None`: stopped; the connection is closed below, once the replies let go of it.
+    let verdict = {
         let replies = collect_replies(&mut receiver, &done, &load, events, target, &files);
         // The level of the blocks read from now on (a place on the ladder), as `adapt` moves.
         let level_now = std::sync::atomic::AtomicUsize::new(adapt.rung());
@@ -580,24 +581,33 @@ pub async fn send_plan(
         tokio::pin!(replies);
         // The replies decide: a target that refuses mid-stream explains why the stream broke.
         tokio::select! {
-            reply = &mut replies => reply?,
+            reply = &mut replies => Some(reply?),
             sent = sending => {
                 if let Err(SendError::Stopped) = sent {
-                    // A clean close: the target commits what arrived whole, keeps the rest.
-                    sender.close().await;
-                    return Err(SendError::Stopped);
+                    None
+                } else {
+                    if let Err(error) = sent {
+                        return Err(match tokio::time::timeout(Duration::from_secs(2), replies).await {
+                            Ok(Err(refusal @ SendError::Refused { .. })) => refusal,
+                            _ => error,
+                        });
+                    }
+                    Some(tokio::time::timeout(stall, replies)
+                        .await
+                        .map_err(|_| SendError::Stalled(stall))??)
                 }
-                if let Err(error) = sent {
-                    return Err(match tokio::time::timeout(Duration::from_secs(2), replies).await {
-                        Ok(Err(refusal @ SendError::Refused { .. })) => refusal,
-                        _ => error,
-                    });
-                }
-                tokio::time::timeout(stall, replies)
-                    .await
-                    .map_err(|_| SendError::Stalled(stall))??
             }
         }
+    };
+    let Some((digest, failed)) = verdict else {
+        // A clean close: the target commits what arrived whole, keeps the rest. The close
+        // waits for the target's answer and reads what it sent meanwhile: a socket closed
+        // with replies unread is reset by the kernel, which drops what was still queued to
+        // send, the close itself included, and the target would see a cut.
+        if let Ok(conn) = sender.reunite(receiver) {
+            conn.close().await;
+        }
+        return Err(SendError::Stopped);
     };
     let conn = sender.reunite(receiver)?;
     if data_bytes > 0 {
