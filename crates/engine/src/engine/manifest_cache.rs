@@ -59,16 +59,26 @@ impl Kept {
 
     /// The kept tree whose digest is `digest`, from memory or from the file. The file is read
     /// over `source` (the tree the session sends): what the two hold alike is shared, not held
-    /// twice.
-    pub fn tree(&self, digest: Hash, source: &Tree) -> Option<Arc<Tree>> {
+    /// twice. The file is read on a blocking thread (about a second at 300,000 files): the
+    /// task's other work, a kept connection's answers to pings, goes on meanwhile.
+    pub async fn tree(&self, digest: Hash, source: &Arc<Tree>) -> Option<Arc<Tree>> {
         match &self.tree {
             Some((kept, tree)) if *kept == digest => Some(tree.clone()),
-            _ => load_cached_manifest(&self.path, digest, source).map(Arc::new),
+            _ => {
+                let (path, source) = (self.path.clone(), source.clone());
+                tokio::task::spawn_blocking(move || {
+                    load_cached_manifest(&path, digest, &source).map(Arc::new)
+                })
+                .await
+                .ok()
+                .flatten()
+            }
         }
     }
 
-    /// The target verified `tree` (whose digest is `digest`) at the end of a session.
-    pub fn verified(&mut self, digest: Hash, tree: &Arc<Tree>) {
+    /// The target verified `tree` (whose digest is `digest`) at the end of a session. The file
+    /// is written on a blocking thread, as [`Kept::tree`] reads it.
+    pub async fn verified(&mut self, digest: Hash, tree: &Arc<Tree>) {
         let on_disk = cached_digest(&self.path);
         let due = match (self.save_every, self.saved_at) {
             (Some(every), Some(at)) => at.elapsed() >= every,
@@ -78,8 +88,12 @@ impl Kept {
             self.tree = Some((digest, tree.clone()));
         }
         if on_disk != Some(digest) && due {
-            match save_cached_manifest(&self.path, digest, tree) {
-                Ok(()) => self.saved_at = Some(Instant::now()),
+            let (path, tree) = (self.path.clone(), tree.clone());
+            let saving =
+                tokio::task::spawn_blocking(move || save_cached_manifest(&path, digest, &tree));
+            match saving.await {
+                Ok(Ok(())) => self.saved_at = Some(Instant::now()),
+                Ok(Err(e)) => tracing::warn!("cannot keep a target's manifest: {e}"),
                 Err(e) => tracing::warn!("cannot keep a target's manifest: {e}"),
             }
         }

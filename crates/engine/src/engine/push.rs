@@ -387,7 +387,7 @@ pub(super) async fn session(
     let theirs = match listed {
         send::Theirs::Listed(theirs) => Some(Arc::new(theirs)),
         send::Theirs::Same(same) if same == digest => None,
-        send::Theirs::Same(same) => match kept.tree(same, tree) {
+        send::Theirs::Same(same) => match conn.idle_until(kept.tree(same, tree)).await? {
             Some(theirs) => Some(theirs),
             None => {
                 // The kept entries are damaged: list the target after all.
@@ -474,7 +474,7 @@ pub(super) async fn session(
     let (outcome, conn) = outcome;
     *open = Some(conn);
     if outcome.digest == digest {
-        kept.verified(digest, tree);
+        keep_alive_while(open, kept.verified(digest, tree), false).await;
     } else {
         kept.forget();
     }
