@@ -454,7 +454,6 @@ pub(super) async fn session(
     let outcome = send::send_plan(
         conn,
         &target.url,
-        tree,
         &plan,
         send::Pace {
             stall,

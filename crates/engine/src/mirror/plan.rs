@@ -20,7 +20,7 @@ use crate::scan::Tree;
 use std::collections::{HashMap, HashSet};
 
 mod delta;
-pub use delta::{Delta, alike};
+pub use delta::{Delta, alike, changed_files};
 
 /// One step of a plan, in the order it must be applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,18 +112,134 @@ impl AppendFile {
 }
 
 /// A plan and what it will cost.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+///
+/// Its operations are made again as they are sent ([`Plan::ops`]), not held: a first mirror of
+/// 300,000 files would hold 300,000 operations and a copy of every path (36 MB). What the plan
+/// keeps is a step of one byte for each of the source's changed files ([`changed_files`]), and
+/// the operations of the few that are more than a whole send or a new time.
+#[derive(Debug, Clone, Default)]
 pub struct Plan {
-    pub ops: Vec<Op>,
+    /// The trees it was made from (a clone shares every node of the original).
+    source: Tree,
+    target: Tree,
+    /// The deletes that must come first, then the new folders.
+    head: Vec<Op>,
+    /// How each of the source's changed files goes, in the order of [`changed_files`].
+    steps: Vec<Step>,
+    /// The operations of the steps [`Step::Kept`], in order.
+    kept: Vec<Op>,
+    /// The deletes that come last.
+    tail: Vec<Op>,
     /// Bytes of file data that must cross (before compression).
     pub data_bytes: u64,
     /// Files whose content will be written.
     pub files: u64,
 }
 
+/// What becomes of one of the source's changed files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// Nothing: the target's copy is the same to 100 ns.
+    Nothing,
+    /// Its time or executable bit, from the source's record ([`Op::SetMeta`]).
+    Meta,
+    /// Its every block, as data ([`Op::Send`] with nothing reused or resumed).
+    Whole,
+    /// The next of [`Plan::kept`].
+    Kept,
+}
+
+/// One operation of a plan, as [`Plan::ops`] makes it.
+#[derive(Debug)]
+pub struct Planned<'a> {
+    pub op: std::borrow::Cow<'a, Op>,
+    /// For a send or an append, the file's path and record in the source's tree.
+    pub file: Option<(&'a str, &'a FileRecord)>,
+}
+
 impl Plan {
     pub fn is_empty(&self) -> bool {
-        self.ops.is_empty()
+        self.head.is_empty()
+            && self.tail.is_empty()
+            && self.steps.iter().all(|s| *s == Step::Nothing)
+    }
+
+    /// The operations, in the order they must be applied, made from the steps as they are
+    /// asked for.
+    pub fn ops(&self) -> impl Iterator<Item = Planned<'_>> + '_ {
+        use std::borrow::Cow;
+        fn unfiled(op: &Op) -> Planned<'_> {
+            Planned {
+                op: Cow::Borrowed(op),
+                file: None,
+            }
+        }
+        let mut kept = self.kept.iter();
+        // With no step, the trees are not walked (a plan against an unchanged target).
+        let changed = (!self.steps.is_empty())
+            .then(|| changed_files(&self.source, &self.target))
+            .into_iter()
+            .flatten();
+        let files = self
+            .steps
+            .iter()
+            .zip(changed)
+            .filter_map(move |(step, (path, record))| {
+                let op = match step {
+                    Step::Nothing => return None,
+                    Step::Meta => Cow::Owned(Op::SetMeta {
+                        path: path.to_string(),
+                        mtime_ns: record.stamp.mtime_ns,
+                        executable: record.stamp.executable,
+                    }),
+                    Step::Whole => Cow::Owned(Op::Send(SendFile {
+                        path: path.to_string(),
+                        reuse: Vec::new(),
+                        resume_blocks: 0,
+                        send: BlockIndexes::Run(0..record.blocks.len() as u64),
+                    })),
+                    Step::Kept => Cow::Borrowed(kept.next().expect("a kept operation a step")),
+                };
+                let file = matches!(&*op, Op::Send(_) | Op::Append(_)).then_some((path, record));
+                Some(Planned { op, file })
+            });
+        self.head
+            .iter()
+            .map(unfiled)
+            .chain(files)
+            .chain(self.tail.iter().map(unfiled))
+    }
+
+    /// Every operation, made whole.
+    #[cfg(test)]
+    pub fn op_list(&self) -> Vec<Op> {
+        self.ops().map(|p| p.op.into_owned()).collect()
+    }
+
+    /// Adds the operation of the next changed file (`None`: nothing to do).
+    fn step(&mut self, op: Option<Op>, record: &FileRecord) {
+        let step = match &op {
+            None => Step::Nothing,
+            Some(Op::SetMeta {
+                mtime_ns,
+                executable,
+                ..
+            }) if *mtime_ns == record.stamp.mtime_ns && *executable == record.stamp.executable => {
+                Step::Meta
+            }
+            Some(Op::Send(send))
+                if send.reuse.is_empty()
+                    && send.resume_blocks == 0
+                    && send.send == BlockIndexes::Run(0..record.blocks.len() as u64) =>
+            {
+                Step::Whole
+            }
+            Some(_) => Step::Kept,
+        };
+        if step == Step::Kept {
+            self.kept.extend(op);
+        }
+        self.steps.push(step);
     }
 }
 
@@ -148,7 +264,11 @@ pub fn plan(
     tail_hash: &mut dyn FnMut(&str, u64) -> Option<Hash>,
 ) -> Plan {
     let delta = Delta::between(source, target);
-    let mut plan = Plan::default();
+    let mut plan = Plan {
+        source: source.clone(),
+        target: target.clone(),
+        ..Plan::default()
+    };
     let mut deletes_first = Vec::new();
     let mut deletes_last = Vec::new();
 
@@ -189,13 +309,11 @@ pub fn plan(
         let deleted: std::collections::HashSet<String> =
             deletes_last.iter().map(|p| fold(p)).collect();
         let taken: std::collections::HashSet<String> = delta
-            .source
-            .files
-            .iter()
-            .map(|f| &f.0)
-            .filter(|p| !target.files.contains_key(**p))
-            .chain(delta.source.dirs.iter())
-            .map(|p| fold(p))
+            .source_files()
+            .map(|f| f.0)
+            .filter(|p| !target.files.contains_key(*p))
+            .chain(delta.source_dirs.iter().copied())
+            .map(fold)
             .filter(|folded| deleted.contains(folded))
             .collect();
         let (early, late): (Vec<String>, Vec<String>) = deletes_last
@@ -207,19 +325,12 @@ pub fn plan(
     }
     deletes_first.sort();
     deletes_first.dedup();
-    // At most one operation an entry in which the trees differ, and the deletes: sized once,
-    // the list is not copied as it grows (at 300,000 new files it would peak at twice its size).
-    plan.ops.reserve_exact(
-        deletes_first.len()
-            + delta.source.dirs.len()
-            + delta.source.files.len()
-            + deletes_last.len(),
-    );
-    plan.ops
+    plan.head
+        .reserve_exact(deletes_first.len() + delta.source_dirs.len());
+    plan.head
         .extend(deletes_first.iter().cloned().map(Op::Delete));
-
-    for &dir in &delta.source.dirs {
-        plan.ops.push(Op::Mkdir(dir.to_string()));
+    for &dir in &delta.source_dirs {
+        plan.head.push(Op::Mkdir(dir.to_string()));
     }
 
     let without_renamed;
@@ -250,21 +361,20 @@ pub fn plan(
     let mut located = None;
     let wanted = || wanted_blocks(&delta, target);
     let partials: HashMap<&str, &Partial> = partials.iter().map(|p| (p.path.as_str(), p)).collect();
-    for &(path, record) in &delta.source.files {
+    for (path, record) in delta.source_files() {
         let theirs = their_file(target, path);
         if let Some(theirs) = theirs
             && theirs.hash == record.hash
             && theirs.stamp.size == record.stamp.size
         {
-            if coarse_mtime(theirs.stamp.mtime_ns) != coarse_mtime(record.stamp.mtime_ns)
-                || theirs.stamp.executable != record.stamp.executable
-            {
-                plan.ops.push(Op::SetMeta {
+            let op = (coarse_mtime(theirs.stamp.mtime_ns) != coarse_mtime(record.stamp.mtime_ns)
+                || theirs.stamp.executable != record.stamp.executable)
+                .then(|| Op::SetMeta {
                     path: path.to_string(),
                     mtime_ns: record.stamp.mtime_ns,
                     executable: record.stamp.executable,
                 });
-            }
+            plan.step(op, record);
             continue;
         }
         plan.files += 1;
@@ -276,12 +386,13 @@ pub fn plan(
             && is_prefix(path, record, theirs, tail_hash)
         {
             plan.data_bytes += record.stamp.size - theirs.stamp.size;
-            plan.ops.push(Op::Append(AppendFile {
+            let op = Op::Append(AppendFile {
                 path: path.to_string(),
                 from_len: theirs.stamp.size,
                 from_hash: theirs.hash,
                 size: record.stamp.size,
-            }));
+            });
+            plan.step(Some(op), record);
             continue;
         }
         let resume_blocks = partials
@@ -334,14 +445,15 @@ pub fn plan(
             send.push(extra.index);
         }
         send.sort_unstable();
-        plan.ops.push(Op::Send(SendFile {
+        let op = Op::Send(SendFile {
             path: path.to_string(),
             reuse,
             resume_blocks,
             send: BlockIndexes::from_sorted(send),
-        }));
+        });
+        plan.step(Some(op), record);
     }
-    plan.ops.extend(deletes_last.into_iter().map(Op::Delete));
+    plan.tail = deletes_last.into_iter().map(Op::Delete).collect();
     plan
 }
 
@@ -367,7 +479,7 @@ fn wanted_blocks<'a>(delta: &Delta<'a>, target: &Tree) -> HashSet<&'a Hash> {
         return HashSet::new();
     }
     let mut wanted = HashSet::new();
-    for &(path, record) in &delta.source.files {
+    for (path, record) in delta.source_files() {
         let theirs = their_file(target, path);
         if theirs.is_some_and(|t| t.hash == record.hash && t.stamp.size == record.stamp.size) {
             continue;
@@ -564,7 +676,7 @@ pub fn add_entry(tree: &mut impl crate::scan::Sink, entry: crate::protocol::Entr
 #[cfg(test)]
 fn sent_paths(plan: &Plan) -> std::collections::BTreeMap<String, u64> {
     let mut out = std::collections::BTreeMap::new();
-    for op in &plan.ops {
+    for op in plan.op_list() {
         match op {
             Op::Send(s) => {
                 out.insert(s.path.clone(), s.send.len());
@@ -776,7 +888,113 @@ mod tests {
             (full.len() - old_len) as u64,
             "append costs what was appended"
         );
-        assert!(matches!(&plan.ops[..], [Op::Append(a)] if a.from_len == old_len as u64));
+        assert!(matches!(&plan.op_list()[..], [Op::Append(a)] if a.from_len == old_len as u64));
+    }
+
+    #[test]
+    fn a_plan_keeps_one_step_a_file_and_makes_its_operations_again_in_order() {
+        // A first mirror: every file is a whole send, kept as a step, not as an operation.
+        let contents: Vec<(String, Vec<u8>)> = (0..40)
+            .map(|i| (format!("d{}/f{i:02}", i % 3), data(10 + i, i as u8)))
+            .collect();
+        let files: Vec<(&str, &[u8])> = contents
+            .iter()
+            .map(|(p, b)| (p.as_str(), b.as_slice()))
+            .collect();
+        let source = tree(&files, &["d0", "d1", "d2"]);
+        let first = plan(&source, &Tree::default(), &[], &mut no_tail);
+        assert!(first.kept.is_empty(), "nothing but whole sends: {first:?}");
+        assert_eq!(first.steps, vec![Step::Whole; 40]);
+        assert_eq!(first.files, 40);
+        let ops = first.op_list();
+        assert_eq!(ops[..3], ["d0", "d1", "d2"].map(|d| Op::Mkdir(d.into())));
+        let mut sent: Vec<&str> = files.iter().map(|f| f.0).collect();
+        sent.sort();
+        for (op, path) in ops[3..].iter().zip(&sent) {
+            assert_eq!(
+                op,
+                &Op::Send(SendFile {
+                    path: path.to_string(),
+                    reuse: vec![],
+                    resume_blocks: 0,
+                    send: BlockIndexes::Run(0..1),
+                })
+            );
+        }
+        assert_eq!(ops.len(), 3 + 40);
+
+        // Every kind at once, the kept operations among the steps in the order of the paths.
+        let grown = data((BLOCK_SIZE * 2 + 300) as usize, 9);
+        let old_len = (BLOCK_SIZE + 50) as usize;
+        let moved = data((BLOCK_SIZE * 2) as usize, 4);
+        let mut source = tree(
+            &[
+                ("a-new", b"new"),
+                ("b-grown", &grown),
+                ("c-same", b"same"),
+                ("d-moved", &moved),
+                ("e-touched", b"touched"),
+                ("f-new", b"new too"),
+            ],
+            &[],
+        );
+        source.files.get_mut("e-touched").unwrap().stamp.mtime_ns = 5_000;
+        let target = tree(
+            &[
+                ("b-grown", &grown[..old_len]),
+                ("c-same", b"same"),
+                ("e-touched", b"touched"),
+                ("old-name", &moved),
+                ("z-gone", b"gone"),
+            ],
+            &[],
+        );
+        let mut tail = |_: &str, len: u64| {
+            let start = (len - len % BLOCK_SIZE) as usize;
+            Some(hash::block_hash(&grown[start..len as usize]))
+        };
+        let p = plan(&source, &target, &[], &mut tail);
+        assert_eq!(
+            p.steps,
+            [Step::Whole, Step::Kept, Step::Kept, Step::Meta, Step::Whole]
+        );
+        let planned: Vec<(Op, Option<&str>)> = p
+            .ops()
+            .map(|planned| (planned.op.into_owned(), planned.file.map(|f| f.0)))
+            .collect();
+        let names: Vec<(&str, Option<&str>)> = planned
+            .iter()
+            .map(|(op, file)| {
+                let kind = match op {
+                    Op::Send(s) if s.reuse.is_empty() => "send",
+                    Op::Send(_) => "copy",
+                    Op::Append(_) => "append",
+                    Op::SetMeta { .. } => "time",
+                    Op::Delete(_) => "delete",
+                    Op::Mkdir(_) => "mkdir",
+                };
+                (kind, *file)
+            })
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("send", Some("a-new")),
+                ("append", Some("b-grown")),
+                ("copy", Some("d-moved")),
+                ("time", None),
+                ("send", Some("f-new")),
+                ("delete", None),
+                ("delete", None),
+            ]
+        );
+        assert!(
+            matches!(&planned[3].0, Op::SetMeta { path, mtime_ns: 5_000, .. } if path == "e-touched")
+        );
+        assert!(matches!(&planned[5].0, Op::Delete(p) if p == "old-name"));
+        assert!(matches!(&planned[6].0, Op::Delete(p) if p == "z-gone"));
+        // Made again, the operations are the same.
+        assert_eq!(p.op_list(), p.op_list());
     }
 
     #[test]
@@ -787,11 +1005,11 @@ mod tests {
         let plan = plan(&source, &target, &[], &mut no_tail);
         assert_eq!(plan.data_bytes, 0, "a renamed file costs no data");
         assert_eq!(
-            plan.ops.last(),
+            plan.op_list().last(),
             Some(&Op::Delete("old".into())),
             "deletes come last"
         );
-        assert_eq!(plan.ops[0], Op::Mkdir("new".into()));
+        assert_eq!(plan.op_list()[0], Op::Mkdir("new".into()));
     }
 
     #[test]
@@ -805,8 +1023,8 @@ mod tests {
         let plan = plan(&source, &target, &[], &mut no_tail);
         assert_eq!(plan.data_bytes, 0, "every block is on the target already");
         let Some(Op::Send(copy)) = plan
-            .ops
-            .iter()
+            .op_list()
+            .into_iter()
             .find(|op| matches!(op, Op::Send(s) if s.path == "copy"))
         else {
             panic!("the copy is made on the target: {plan:?}");
@@ -826,9 +1044,13 @@ mod tests {
             &["Data"],
         );
         let p = plan(&source, &target, &[], &mut no_tail);
-        assert_eq!(p.ops[0], Op::Delete("Data/Report.docx".into()), "{p:?}");
+        assert_eq!(
+            p.op_list()[0],
+            Op::Delete("Data/Report.docx".into()),
+            "{p:?}"
+        );
         assert!(
-            p.ops.iter().all(|op| !matches!(op, Op::Send(s) if s.reuse.iter().any(|r| r.from_path == "Data/Report.docx"))),
+            p.op_list().iter().all(|op| !matches!(op, Op::Send(s) if s.reuse.iter().any(|r| r.from_path == "Data/Report.docx"))),
             "nothing is copied from the old name: {p:?}"
         );
         assert_eq!(
@@ -840,7 +1062,7 @@ mod tests {
         let target = tree(&[("Data/x", &a)], &["Data"]);
         let p = plan(&source, &target, &[], &mut no_tail);
         assert_eq!(
-            p.ops[0],
+            p.op_list()[0],
             Op::Delete("Data".into()),
             "a renamed folder goes first: {p:?}"
         );
@@ -848,7 +1070,7 @@ mod tests {
         let both = tree(&[("Data.txt", &a), ("data.txt", &a)], &[]);
         let p = plan(&both, &tree(&[("Data.txt", &a)], &[]), &[], &mut no_tail);
         assert!(
-            !p.ops.contains(&Op::Delete("Data.txt".into())),
+            !p.op_list().contains(&Op::Delete("Data.txt".into())),
             "a name the source still has is never deleted: {p:?}"
         );
     }
@@ -868,7 +1090,7 @@ mod tests {
         );
         let p = plan(&source, &target, &[], &mut no_tail);
         assert_eq!(
-            &p.ops[..2],
+            &p.op_list()[..2],
             [
                 Op::Delete("db/nt.sqlite-journal".into()),
                 Op::Delete("db/nt.sqlite-wal".into())
@@ -894,7 +1116,7 @@ mod tests {
         };
         let p = plan(&source, &Tree::default(), &[partial], &mut no_tail);
         assert!(
-            matches!(&p.ops[..], [Op::Send(s)] if s.resume_blocks == 3 && s.send == BlockIndexes::Run(3..4))
+            matches!(&p.op_list()[..], [Op::Send(s)] if s.resume_blocks == 3 && s.send == BlockIndexes::Run(3..4))
         );
     }
 
@@ -923,13 +1145,13 @@ mod tests {
         let mut target = tree(&[("y", &a)], &["x"]);
         target.files.get_mut("y").unwrap().stamp.mtime_ns = 5;
         let p = plan(&source, &target, &[], &mut no_tail);
-        assert_eq!(p.ops[0], Op::Delete("x".into()));
-        assert_eq!(p.ops[1], Op::Delete("y".into()));
-        assert_eq!(p.ops[2], Op::Mkdir("y".into()));
+        assert_eq!(p.op_list()[0], Op::Delete("x".into()));
+        assert_eq!(p.op_list()[1], Op::Delete("y".into()));
+        assert_eq!(p.op_list()[2], Op::Mkdir("y".into()));
 
         let mut target = source.clone();
         target.files.get_mut("x").unwrap().stamp.mtime_ns = 99_999;
         let p = plan(&source, &target, &[], &mut no_tail);
-        assert!(matches!(&p.ops[..], [Op::SetMeta { .. }]), "{p:?}");
+        assert!(matches!(&p.op_list()[..], [Op::SetMeta { .. }]), "{p:?}");
     }
 }

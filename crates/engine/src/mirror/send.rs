@@ -9,7 +9,7 @@ mod blocks;
 use crate::event::Event;
 use crate::guard::Gate;
 use crate::index::FileRecord;
-use crate::mirror::plan::{AppendFile, Op, Plan, SendFile};
+use crate::mirror::plan::{Op, Plan, Planned};
 use crate::protocol::{
     Append, BLOCK_SIZE, FileBegin, Hash, MAX_BLOCKS_PER_MESSAGE, Message, Partial, Refusal,
 };
@@ -19,7 +19,7 @@ use crate::transport::{Connection, ConnectionReceiver, TransportError};
 pub use adapt::{Adapt, Level};
 pub use blocks::BlockSource;
 use futures_util::StreamExt;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -197,22 +197,117 @@ pub struct Outcome {
     pub data_bytes: u64,
 }
 
-/// One unit of the outgoing stream.
+/// A block read for the stream: its file's id and its length before compression.
+struct Block {
+    id: u64,
+    raw: u64,
+}
+
+/// The message of one unit of the stream: a block is read and packed at the level the
+/// session is at (`level_now`, a place on [`adapt::LADDER`]).
+async fn read_item(
+    item: Item,
+    open: &Open<'_>,
+    blocks: &Arc<BlockSource>,
+    level_now: &std::sync::atomic::AtomicUsize,
+) -> (Option<Block>, Result<Message, String>) {
+    match item {
+        Item::Message(m) => (None, Ok(m)),
+        Item::Block { id, offset } => {
+            let Some((path, record)) = open.file(id) else {
+                // Given up (a read of one of its blocks failed): it is not sent.
+                return (Some(Block { id, raw: 0 }), Err("given up".into()));
+            };
+            let level = adapt::LADDER[level_now.load(Ordering::Relaxed)];
+            let payload = blocks.get(path, record, offset, level).await;
+            let block_end = ((offset / BLOCK_SIZE) + 1) * BLOCK_SIZE;
+            let raw = block_end.min(record.stamp.size) - offset;
+            let message = payload.map(|payload| Message::Data {
+                id,
+                offset,
+                payload,
+            });
+            (Some(Block { id, raw }), message)
+        }
+    }
+}
+
+/// One unit of the outgoing stream. A block names its file by id: its path and record are in
+/// the session's [`Open`] files.
 enum Item {
     Message(Message),
-    Block { id: u64, file: usize, offset: u64 },
+    Block { id: u64, offset: u64 },
+}
+
+/// The files of a session from their first message until both their last message went out
+/// and the target's verdict came in (a failure can come before the last block): their paths
+/// and records in the source's tree, by id. It holds what is in flight, not every file sent
+/// (300,000 at a first mirror).
+#[derive(Default)]
+struct Open<'a>(std::sync::Mutex<HashMap<u64, OpenFile<'a>>>);
+
+struct OpenFile<'a> {
+    path: &'a str,
+    record: &'a FileRecord,
+    /// Its last message went out (or it was given up).
+    sent: bool,
+    /// The target's verdict came.
+    judged: bool,
+}
+
+impl<'a> Open<'a> {
+    fn files(&self) -> std::sync::MutexGuard<'_, HashMap<u64, OpenFile<'a>>> {
+        self.0.lock().expect("the open files are never poisoned")
+    }
+
+    fn add(&self, id: u64, path: &'a str, record: &'a FileRecord) {
+        let file = OpenFile {
+            path,
+            record,
+            sent: false,
+            judged: false,
+        };
+        self.files().insert(id, file);
+    }
+
+    fn file(&self, id: u64) -> Option<(&'a str, &'a FileRecord)> {
+        self.files().get(&id).map(|f| (f.path, f.record))
+    }
+
+    /// The file's last message went out, or it was given up.
+    fn sent(&self, id: u64) {
+        let mut files = self.files();
+        if let Some(file) = files.get_mut(&id) {
+            file.sent = true;
+            if file.judged {
+                files.remove(&id);
+            }
+        }
+    }
+
+    /// The target's verdict on the file came: its path.
+    fn judged(&self, id: u64) -> Option<&'a str> {
+        let mut files = self.files();
+        let file = files.get_mut(&id)?;
+        file.judged = true;
+        let path = file.path;
+        if file.sent {
+            files.remove(&id);
+        }
+        Some(path)
+    }
 }
 
 /// The outgoing stream of a plan, made one operation at a time, then `Finish`.
 struct Items<'a> {
-    files: &'a [(&'a str, &'a FileRecord)],
-    ops: std::slice::Iter<'a, Op>,
+    ops: Box<dyn Iterator<Item = Planned<'a>> + Send + 'a>,
     next_id: u64,
     pending: std::vec::IntoIter<Item>,
     finished: bool,
+    open: &'a Open<'a>,
 }
 
-impl Iterator for Items<'_> {
+impl<'a> Iterator for Items<'a> {
     type Item = Item;
 
     fn next(&mut self) -> Option<Item> {
@@ -221,10 +316,10 @@ impl Iterator for Items<'_> {
                 return Some(item);
             }
             match self.ops.next() {
-                Some(op) => {
-                    let record = self.files.get(self.next_id as usize).map(|f| f.1);
-                    self.pending = op_items(op, self.next_id, record).into_iter();
-                    if matches!(op, Op::Send(_) | Op::Append(_)) {
+                Some(Planned { op, file }) => {
+                    self.pending = op_items(&op, self.next_id, file.map(|f| f.1)).into_iter();
+                    if let Some((path, record)) = file {
+                        self.open.add(self.next_id, path, record);
                         self.next_id += 1;
                     }
                 }
@@ -277,7 +372,6 @@ fn op_items(op: &Op, id: u64, record: Option<&FileRecord>) -> Vec<Item> {
             for index in send.send.iter() {
                 items.push(Item::Block {
                     id,
-                    file: id as usize,
                     offset: index * BLOCK_SIZE,
                 });
             }
@@ -298,11 +392,7 @@ fn op_items(op: &Op, id: u64, record: Option<&FileRecord>) -> Vec<Item> {
             })));
             let mut offset = append.from_len;
             while offset < r.stamp.size {
-                items.push(Item::Block {
-                    id,
-                    file: id as usize,
-                    offset,
-                });
+                items.push(Item::Block { id, offset });
                 offset = (offset / BLOCK_SIZE + 1) * BLOCK_SIZE;
             }
             items.push(Item::Message(Message::FileEnd { id }));
@@ -328,21 +418,22 @@ async fn collect_replies(
     load: &std::sync::atomic::AtomicU32,
     events: &broadcast::Sender<Event>,
     target: &str,
-    files: &[(&str, &FileRecord)],
+    open: &Open<'_>,
 ) -> Result<(Hash, Vec<(String, String)>), SendError> {
     let mut failed = Vec::new();
     loop {
         match receiver.recv_within(SILENCE).await? {
-            Some(Message::FileDone { .. }) => {
+            Some(Message::FileDone { id }) => {
+                open.judged(id);
                 done.fetch_add(1, Ordering::Relaxed);
             }
             Some(Message::Load { busy_permille }) => {
                 load.store(u32::from(busy_permille), Ordering::Relaxed);
             }
             Some(Message::FileFailed { id, reason }) => {
-                let path = files
-                    .get(id as usize)
-                    .map_or_else(|| "(a folder or a delete)".into(), |f| f.0.to_string());
+                let path = open
+                    .judged(id)
+                    .map_or_else(|| "(a folder or a delete)".into(), str::to_string);
                 let _ = events.send(Event::FileFailed {
                     target: target.to_string(),
                     path: path.clone(),
@@ -380,11 +471,10 @@ pub struct Pace<'a> {
     pub adapt: Adapt,
 }
 
-/// Streams `plan`, made from the tree `source`, to the target and waits for its verdict.
+/// Streams `plan` to the target and waits for its verdict.
 pub async fn send_plan(
     conn: Connection,
     target: &str,
-    source: &Tree,
     plan: &Plan,
     pace: Pace<'_>,
     blocks: &Arc<BlockSource>,
@@ -397,37 +487,15 @@ pub async fn send_plan(
         stop,
         mut adapt,
     } = pace;
-    // The files whose content is sent, by id (their place in this list); the messages are
-    // made from the plan as the stream reaches them, not all at once: with a large folder
-    // they would be a second copy of every path and block hash.
-    fn sent(op: &Op) -> Option<&String> {
-        match op {
-            Op::Send(SendFile { path, .. }) | Op::Append(AppendFile { path, .. }) => Some(path),
-            _ => None,
-        }
-    }
-    // Sized once (grown by doubling, at 300,000 files it would take 12.6 MB instead of 7.2).
-    let mut files: Vec<(&str, &FileRecord)> =
-        Vec::with_capacity(plan.ops.iter().filter_map(sent).count());
-    for entry in plan
-        .ops
-        .iter()
-        .filter_map(sent)
-        .map(|path| match source.files.get(path) {
-            Some(record) => Ok((path.as_str(), record)),
-            None => Err(SendError::Protocol(format!(
-                "the plan sends {path}, which the source's scan did not list"
-            ))),
-        })
-    {
-        files.push(entry?);
-    }
+    // The messages are made from the plan as the stream reaches them, not all at once: with a
+    // large folder they would be a second copy of every path and block hash.
+    let open = Open::default();
     let items = Items {
-        files: &files,
-        ops: plan.ops.iter(),
+        ops: Box::new(plan.ops()),
         next_id: 0,
         pending: Vec::new().into_iter(),
         finished: false,
+        open: &open,
     };
 
     let (mut sender, mut receiver) = conn.split();
@@ -441,7 +509,7 @@ pub async fn send_plan(
     let load = std::sync::atomic::AtomicU32::new(NO_LOAD);
     // `None`: stopped; the connection is closed below, once the replies let go of it.
     let verdict = {
-        let replies = collect_replies(&mut receiver, &done, &load, events, target, &files);
+        let replies = collect_replies(&mut receiver, &done, &load, events, target, &open);
         // The level of the blocks read from now on (a place on the ladder), as `adapt` moves.
         let level_now = std::sync::atomic::AtomicUsize::new(adapt.rung());
         // Blocks compressed at once for this target: its read-ahead, on as many cores as the
@@ -451,24 +519,7 @@ pub async fn send_plan(
         let threads = || (cores.min(READ_AHEAD) as f64).min(cores as f64 / blocks.senders() as f64);
         let sending = async {
             let mut stream = futures_util::stream::iter(items)
-                .map(|item| async {
-                    match item {
-                        Item::Message(m) => (None, Ok(m)),
-                        Item::Block { id, file, offset } => {
-                            let (path, record) = files[file];
-                            let level = adapt::LADDER[level_now.load(Ordering::Relaxed)];
-                            let payload = blocks.get(path, record, offset, level).await;
-                            (
-                                Some(id),
-                                payload.map(|payload| Message::Data {
-                                    id,
-                                    offset,
-                                    payload,
-                                }),
-                            )
-                        }
-                    }
-                })
+                .map(|item| read_item(item, &open, blocks, &level_now))
                 .buffered(READ_AHEAD);
             let mut last_event = Instant::now();
             // The socket's times at the last write: what of a write's wait the target's window
@@ -486,8 +537,11 @@ pub async fn send_plan(
                     break;
                 };
                 let id = match &message {
-                    Ok(Message::FileEnd { id }) => Some(*id),
-                    _ => block_of,
+                    Ok(Message::FileEnd { id }) => {
+                        open.sent(*id);
+                        Some(*id)
+                    }
+                    _ => block_of.as_ref().map(|b| b.id),
                 };
                 if let Some(id) = id
                     && aborted.contains(&id)
@@ -496,13 +550,8 @@ pub async fn send_plan(
                 }
                 match message {
                     Ok(message) => {
-                        let mut raw = 0;
-                        if let Message::Data { id, offset, .. } = &message {
-                            let (_, record) = files[*id as usize];
-                            let block_end = ((offset / BLOCK_SIZE) + 1) * BLOCK_SIZE;
-                            raw = block_end.min(record.stamp.size) - offset;
-                            data_bytes += raw;
-                        }
+                        let raw = block_of.as_ref().map_or(0, |b| b.raw);
+                        data_bytes += raw;
                         // The block in flight finishes; nothing else starts while paused.
                         let gated = Instant::now();
                         tokio::select! {
@@ -553,10 +602,14 @@ pub async fn send_plan(
                         }
                     }
                     Err(reason) => {
-                        let id = block_of.expect("only blocks fail");
+                        let Block { id, .. } = block_of.expect("only blocks fail");
                         aborted.insert(id);
-                        let path = files[id as usize].0.to_string();
-                        abandoned.push((path, reason.clone()));
+                        if let Some((path, _)) = open.file(id) {
+                            abandoned.push((path.to_string(), reason.clone()));
+                        }
+                        // No verdict comes for a file given up.
+                        open.judged(id);
+                        open.sent(id);
                         sender
                             .send(&Message::FileAbort {
                                 id,
@@ -632,4 +685,56 @@ pub async fn send_plan(
         },
         conn,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(size: u64) -> FileRecord {
+        FileRecord {
+            stamp: crate::fs::Stamp {
+                size,
+                mtime_ns: 0,
+                file_id: 0,
+                executable: false,
+            },
+            hash: [1; 32],
+            blocks: crate::index::blocks(vec![[2; 32]]),
+            racy: false,
+        }
+    }
+
+    #[test]
+    fn an_open_file_stays_readable_until_both_its_last_message_and_its_verdict() {
+        let (a, b) = (record(10), record(20));
+        let open = Open::default();
+        open.add(0, "a", &a);
+        open.add(1, "b", &b);
+
+        // A target can fail a file at its first message, while its blocks are still read.
+        assert_eq!(open.judged(0), Some("a"));
+        assert_eq!(
+            open.file(0).map(|f| f.0),
+            Some("a"),
+            "its blocks are still read"
+        );
+        open.sent(0);
+        assert_eq!(open.file(0), None, "gone once sent and judged");
+
+        // The usual order: sent, then judged.
+        open.sent(1);
+        assert_eq!(open.file(1).map(|f| f.1.stamp.size), Some(20));
+        assert_eq!(open.judged(1), Some("b"));
+        assert_eq!(open.file(1), None);
+        assert!(
+            open.files().is_empty(),
+            "nothing is held after the verdicts"
+        );
+
+        // A verdict on an id the session never opened names nothing.
+        assert_eq!(open.judged(7), None);
+        open.sent(7);
+        assert!(open.files().is_empty());
+    }
 }
