@@ -12,7 +12,8 @@
 //!
 //! This is the interface a change journal serves as well: on Windows, NTFS's USN journal
 //! names the changed files of a volume since a position, and says when that position is gone
-//! from the journal (everything, then).
+//! from the journal (everything, then). How it would be built is in docs/ARCHITECTURE.md,
+//! "Windows' change journal".
 
 use notify::event::{CreateKind, ModifyKind, RenameMode};
 use notify::{EventKind, RecursiveMode, Watcher as _};
