@@ -327,41 +327,45 @@ impl Index {
     /// pages in memory until it commits. Each record stands alone (the quick check decides
     /// whether it still holds), so a crash between two of them loses nothing but a re-hash;
     /// only the last is made durable as `durability` says, and it makes the others durable.
-    pub fn apply_files(
+    pub fn apply_files<P: AsRef<str>>(
         &self,
-        put: &[String],
+        put: impl IntoIterator<Item = P>,
         records: &imbl::OrdMap<String, FileRecord>,
         remove: &[String],
         durability: Durability,
     ) -> Result<(), IndexError> {
-        let none: &[String] = &[];
-        let mut batches: Vec<(&[String], &[String])> = put
-            .chunks(FILES_PER_COMMIT)
-            .map(|chunk| (chunk, none))
-            .collect();
-        batches.extend(remove.chunks(FILES_PER_COMMIT).map(|chunk| (none, chunk)));
-        let last = batches.len().saturating_sub(1);
-        self.apply_if(!batches.is_empty(), durability, || {
-            for (i, (put, remove)) in batches.into_iter().enumerate() {
-                let this = if i == last {
-                    durability
+        let mut put = put.into_iter().peekable();
+        let mut remove = remove.chunks(FILES_PER_COMMIT).peekable();
+        let any = put.peek().is_some() || remove.peek().is_some();
+        self.apply_if(any, durability, || {
+            loop {
+                let puts: Vec<P> = put.by_ref().take(FILES_PER_COMMIT).collect();
+                let removes: &[String] = if puts.is_empty() {
+                    match remove.next() {
+                        Some(chunk) => chunk,
+                        None => return Ok(()),
+                    }
                 } else {
-                    Durability::None
+                    &[]
                 };
+                let last = put.peek().is_none() && remove.peek().is_none();
+                let this = if last { durability } else { Durability::None };
                 self.transaction(this, |write| {
                     let mut files = write.open_table(FILES).map_err(|e| self.error(e))?;
-                    for (path, record) in put.iter().filter_map(|p| Some((p, records.get(p)?))) {
-                        files
-                            .insert(path.as_str(), encode(record).as_slice())
-                            .map_err(|e| self.error(e))?;
+                    for path in &puts {
+                        let path = path.as_ref();
+                        if let Some(record) = records.get(path) {
+                            files
+                                .insert(path, encode(record).as_slice())
+                                .map_err(|e| self.error(e))?;
+                        }
                     }
-                    for path in remove {
+                    for path in removes {
                         files.remove(path.as_str()).map_err(|e| self.error(e))?;
                     }
                     Ok(())
                 })?;
             }
-            Ok(())
         })
     }
 
@@ -484,7 +488,7 @@ mod tests {
         assert_eq!(index.files().unwrap(), records);
         let (gone, kept) = paths.split_at(FILES_PER_COMMIT + 3);
         index
-            .apply_files(&[], &tree, gone, Durability::None)
+            .apply_files(std::iter::empty::<&str>(), &tree, gone, Durability::None)
             .unwrap();
         let left = index.files().unwrap();
         assert_eq!(left.len(), kept.len());

@@ -29,6 +29,7 @@ use crate::index::FileRecord;
 use crate::path::STATE_DIR;
 use crate::protocol::BLOCK_SIZE;
 use crate::snapshot::{self, Snapshots};
+pub use path_list::PathList;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -38,6 +39,7 @@ use thiserror::Error;
 mod audit;
 mod overlay;
 mod pack;
+mod path_list;
 mod previous;
 mod region;
 pub use audit::Background;
@@ -146,7 +148,7 @@ pub struct Scan {
     pub tree: Tree,
     /// Files whose record in `tree` is new or differs from the index's: the index takes them
     /// from the tree ([`Scan::apply_to`]), so a record is held once.
-    pub changed: Vec<String>,
+    pub changed: PathList,
     /// Files the index knew that are gone.
     pub removed: Vec<String>,
     /// Files whose records rest on blocks that were not read ([`Growth::Defer`] only).
@@ -183,8 +185,13 @@ impl Scan {
         index: &crate::index::Index,
         durability: crate::index::Durability,
     ) -> Result<(), crate::index::IndexError> {
-        index.apply_files(&self.changed, &self.tree.files, &self.removed, durability)?;
-        self.changed = Vec::new();
+        index.apply_files(
+            self.changed.iter(),
+            &self.tree.files,
+            &self.removed,
+            durability,
+        )?;
+        self.changed = PathList::default();
         self.removed = Vec::new();
         Ok(())
     }
@@ -232,9 +239,9 @@ fn walk(
 ) -> Result<Scan, ScanError> {
     check_root(root)?;
     let mut out = Scan::default();
-    // Files whose quick check failed, hashed after the walk (by their relative paths alone:
-    // at 300,000 new files the full paths would take another 25 MB).
-    let mut to_hash: Vec<String> = Vec::new();
+    // Files whose quick check failed, to be hashed (by their relative paths alone: the full
+    // paths are made a chunk at a time).
+    let mut to_hash: Vec<String> = Vec::with_capacity(HASH_CHUNK);
     // The records of the files whose quick check failed.
     let mut olds: BTreeMap<String, FileRecord> = BTreeMap::new();
     let walker = walkdir::WalkDir::new(root)
@@ -326,8 +333,12 @@ fn walk(
                     continue;
                 }
             }
-            // Hashed after the walk, on a few threads.
+            // Hashed on a few threads, a chunk at a time as the walk goes: the paths of a
+            // first scan's every file would wait in a list (12 MB at 300,000 files).
             to_hash.push(rel);
+            if to_hash.len() == HASH_CHUNK {
+                hash_chunk(root, &mut to_hash, &olds, growth, databases, &mut out);
+            }
         } else if file_type.is_symlink() {
             out.problems.push(Problem {
                 path: rel,
@@ -340,17 +351,7 @@ fn walk(
             });
         }
     }
-    // A chunk at a time, so the records wait in the tree and not in a list of them all.
-    let mut to_hash = to_hash.into_iter().peekable();
-    while to_hash.peek().is_some() {
-        let chunk: Vec<(PathBuf, String)> = to_hash
-            .by_ref()
-            .take(HASH_CHUNK)
-            .map(|rel| (full_path(root, &rel), rel))
-            .collect();
-        let hashed = hash_all(&chunk, &olds, growth);
-        list_all_hashed(chunk, hashed, &olds, databases, &mut out);
-    }
+    hash_chunk(root, &mut to_hash, &olds, growth, databases, &mut out);
     if let Some(snapshots) = databases {
         snapshots.release_shadows();
     }
@@ -366,6 +367,26 @@ fn walk(
 
 /// Files hashed at once: a chunk's records are held in a list until they go into the tree.
 const HASH_CHUNK: usize = 4_096;
+
+/// Hashes the files of `to_hash` (relative paths) and lists them; leaves it empty.
+fn hash_chunk(
+    root: &Path,
+    to_hash: &mut Vec<String>,
+    previous: &BTreeMap<String, FileRecord>,
+    growth: Growth,
+    databases: Option<&Snapshots>,
+    out: &mut Scan,
+) {
+    if to_hash.is_empty() {
+        return;
+    }
+    let chunk: Vec<(PathBuf, String)> = to_hash
+        .drain(..)
+        .map(|rel| (full_path(root, &rel), rel))
+        .collect();
+    let hashed = hash_all(&chunk, previous, growth);
+    list_all_hashed(chunk, hashed, previous, databases, out);
+}
 
 /// Lists the hashed files of a chunk ([`list_hashed`]); a file that changed while it was read,
 /// or that another program holds, is read through a copy when `databases` can take one.
@@ -507,7 +528,7 @@ fn list_copy(
                 worst.bytes += taken.bytes;
             }
             if previous.get(&rel) != Some(&record) {
-                out.changed.push(rel.clone());
+                out.changed.push(&rel);
             }
             out.copies.insert(rel.clone(), copy);
             out.put_file(rel, record);
@@ -600,7 +621,7 @@ fn list_hashed(
                 });
             }
             if old != Some(&record) {
-                out.changed.push(rel.clone());
+                out.changed.push(&rel);
             }
             out.put_file(rel, record);
         }
@@ -848,6 +869,46 @@ mod tests {
         );
         assert!(proven.unproven.is_empty());
         assert_eq!(proven.tree.files["db/tick.ncd"].hash, record.hash);
+    }
+
+    #[test]
+    fn files_hashed_a_chunk_at_a_time_during_the_walk_are_listed_whole() {
+        // More files than one chunk, with unchanged ones walked between the changed ones.
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let n = HASH_CHUNK * 2 + 37;
+        let name = |i: usize| format!("d{:02}/{i:05}.ncd", i % 17);
+        for i in 0..n {
+            write(root, &name(i), format!("v1 {i}").as_bytes());
+        }
+        let mut index = BTreeMap::new();
+        let first = scan(root, index.clone()).unwrap();
+        assert_eq!(first.tree.files.len(), n);
+        assert_eq!(first.changed.len(), n, "a first scan lists every file");
+        let mut listed: Vec<String> = first.changed.iter().collect();
+        listed.sort();
+        let mut all: Vec<String> = (0..n).map(name).collect();
+        all.sort();
+        assert_eq!(listed, all);
+        apply(&mut index, &first);
+
+        let rewritten: Vec<usize> = (0..n).filter(|i| i % 3 == 0).collect();
+        for &i in &rewritten {
+            write(root, &name(i), format!("version two {i}").as_bytes());
+        }
+        let second = scan(root, index.clone()).unwrap();
+        let mut changed: Vec<String> = second.changed.iter().collect();
+        changed.sort();
+        let mut expected: Vec<String> = rewritten.iter().map(|&i| name(i)).collect();
+        expected.sort();
+        assert_eq!(changed, expected);
+        assert_eq!(second.files_hashed, rewritten.len() as u64);
+        for i in 0..n {
+            let bytes = std::fs::read(root.join(name(i))).unwrap();
+            let record = &second.tree.files[&name(i)];
+            let (blocks, size) = hash::hash_blocks(&mut &bytes[..], bytes.len() as u64).unwrap();
+            assert_eq!(record.hash, hash::file_hash(size, &blocks), "{}", name(i));
+        }
     }
 
     #[test]

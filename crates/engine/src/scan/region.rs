@@ -256,7 +256,10 @@ mod tests {
             v.sort();
             v
         };
-        assert_eq!(sorted(partial.changed), sorted(whole.changed));
+        assert_eq!(
+            sorted(partial.changed.iter().collect()),
+            sorted(whole.changed.iter().collect())
+        );
         assert_eq!(sorted(partial.removed), sorted(whole.removed));
         assert!(partial.tree.files.contains_key("workspaces/Default.xml"));
         assert!(
