@@ -485,7 +485,7 @@ impl TargetLoop {
             };
             match result {
                 Err(SendError::Stopped) => return,
-                Ok((outcome, _plan, wire)) if outcome.digest == snapshot.digest => {
+                Ok((outcome, _files, wire)) if outcome.digest == snapshot.digest => {
                     verified = Some(snapshot.digest);
                     backoff.reset();
                     if online != Some(true) {

@@ -61,17 +61,21 @@ impl Kept {
     /// over `source` (the tree the session sends): what the two hold alike is shared, not held
     /// twice. The file is read on a blocking thread (about a second at 300,000 files): the
     /// task's other work, a kept connection's answers to pings, goes on meanwhile.
-    pub async fn tree(&self, digest: Hash, source: &Arc<Tree>) -> Option<Arc<Tree>> {
+    /// `Ok(None)`: the file is not the one of `digest`, or is damaged; `Err`: it could not be
+    /// read for another reason (the reading thread panicked), which says nothing of the file.
+    pub async fn tree(
+        &self,
+        digest: Hash,
+        source: &Arc<Tree>,
+    ) -> Result<Option<Arc<Tree>>, tokio::task::JoinError> {
         match &self.tree {
-            Some((kept, tree)) if *kept == digest => Some(tree.clone()),
+            Some((kept, tree)) if *kept == digest => Ok(Some(tree.clone())),
             _ => {
                 let (path, source) = (self.path.clone(), source.clone());
                 tokio::task::spawn_blocking(move || {
                     load_cached_manifest(&path, digest, &source).map(Arc::new)
                 })
                 .await
-                .ok()
-                .flatten()
             }
         }
     }

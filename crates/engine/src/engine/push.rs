@@ -137,7 +137,7 @@ pub async fn push_once(
             report.passes = pass;
             report.seconds += seconds;
             match result {
-                Ok((outcome, plan, wire)) => {
+                Ok((outcome, planned_files, wire)) => {
                     report.files_sent += outcome.files_done;
                     report.bytes_changed += outcome.data_bytes;
                     report.wire_bytes += wire;
@@ -165,7 +165,7 @@ pub async fn push_once(
                         report.error = Some(format!(
                             "not identical after pass {pass} ({} of {} files failed; first: {why})",
                             outcome.failed.len(),
-                            plan.files
+                            planned_files
                         ));
                         report.refusal = Some(Refusal::Other);
                     }
@@ -322,7 +322,7 @@ pub(super) async fn session(
     blocks: &Arc<BlockSource>,
     events: &broadcast::Sender<Event>,
     kept: &mut Kept,
-) -> Result<(send::Outcome, Plan, u64), SendError> {
+) -> Result<(send::Outcome, u64, u64), SendError> {
     let (source_name, stall, limit) = (
         &options.source_name,
         options.stall_timeout,
@@ -388,10 +388,16 @@ pub(super) async fn session(
         send::Theirs::Listed(theirs) => Some(Arc::new(theirs)),
         send::Theirs::Same(same) if same == digest => None,
         send::Theirs::Same(same) => match conn.idle_until(kept.tree(same, tree)).await? {
-            Some(theirs) => Some(theirs),
-            None => {
-                // The kept entries are damaged: list the target after all.
-                kept.forget();
+            Ok(Some(theirs)) => Some(theirs),
+            loaded => {
+                match loaded {
+                    // The reading itself failed (a bug): the file may be sound, and is kept.
+                    Err(e) => {
+                        tracing::warn!("cannot read the kept manifest ({e}); listing the target")
+                    }
+                    // The kept entries are damaged: list the target after all.
+                    Ok(_) => kept.forget(),
+                }
                 let (theirs, again) = send::list_manifest(&mut conn, stall).await?;
                 partials = again;
                 Some(Arc::new(theirs))
@@ -482,5 +488,6 @@ pub(super) async fn session(
         Window::Clear => deletions.clear(),
         Window::Keep => {}
     }
-    Ok((outcome, plan, wire))
+    // The count alone: the plan holds both trees, which would wait for the other targets.
+    Ok((outcome, plan.files, wire))
 }

@@ -117,7 +117,7 @@ impl AppendFile {
 /// 300,000 files would hold 300,000 operations and a copy of every path (36 MB). What the plan
 /// keeps is a step of one byte for each of the source's changed files ([`changed_files`]), and
 /// the operations of the few that are more than a whole send or a new time.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct Plan {
     /// The trees it was made from (a clone shares every node of the original).
     source: Tree,
@@ -134,6 +134,20 @@ pub struct Plan {
     pub data_bytes: u64,
     /// Files whose content will be written.
     pub files: u64,
+}
+
+/// Without the trees: a plan's debug output is its operations and counts, not every record.
+impl std::fmt::Debug for Plan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plan")
+            .field("head", &self.head)
+            .field("steps", &self.steps.len())
+            .field("kept", &self.kept)
+            .field("tail", &self.tail)
+            .field("data_bytes", &self.data_bytes)
+            .field("files", &self.files)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What becomes of one of the source's changed files.

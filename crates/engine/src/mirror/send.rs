@@ -253,6 +253,9 @@ struct OpenFile<'a> {
     sent: bool,
     /// The target's verdict came.
     judged: bool,
+    /// A read of one of its blocks failed: nothing more of it is read or sent. The target
+    /// gives no verdict on a file given up, unless it failed the file before.
+    given_up: bool,
 }
 
 impl<'a> Open<'a> {
@@ -266,12 +269,31 @@ impl<'a> Open<'a> {
             record,
             sent: false,
             judged: false,
+            given_up: false,
         };
         self.files().insert(id, file);
     }
 
+    /// The file's path and record, unless it was given up.
     fn file(&self, id: u64) -> Option<(&'a str, &'a FileRecord)> {
-        self.files().get(&id).map(|f| (f.path, f.record))
+        self.files()
+            .get(&id)
+            .filter(|f| !f.given_up)
+            .map(|f| (f.path, f.record))
+    }
+
+    /// A read of the file failed: its path, the first time. It stays until a verdict the
+    /// target may have sent before it heard of the give-up, so that verdict names it.
+    fn give_up(&self, id: u64) -> Option<&'a str> {
+        let mut files = self.files();
+        let file = files.get_mut(&id).filter(|f| !f.given_up)?;
+        file.given_up = true;
+        file.sent = true;
+        let path = file.path;
+        if file.judged {
+            files.remove(&id);
+        }
+        Some(path)
     }
 
     /// The file's last message went out, or it was given up.
@@ -604,12 +626,9 @@ pub async fn send_plan(
                     Err(reason) => {
                         let Block { id, .. } = block_of.expect("only blocks fail");
                         aborted.insert(id);
-                        if let Some((path, _)) = open.file(id) {
+                        if let Some(path) = open.give_up(id) {
                             abandoned.push((path.to_string(), reason.clone()));
                         }
-                        // No verdict comes for a file given up.
-                        open.judged(id);
-                        open.sent(id);
                         sender
                             .send(&Message::FileAbort {
                                 id,
@@ -731,6 +750,16 @@ mod tests {
             open.files().is_empty(),
             "nothing is held after the verdicts"
         );
+
+        // A file given up is read no more; a verdict the target sent before it heard of the
+        // give-up still names it.
+        let c = record(30);
+        open.add(2, "c", &c);
+        assert_eq!(open.give_up(2), Some("c"));
+        assert_eq!(open.file(2), None, "nothing more of it is read");
+        assert_eq!(open.give_up(2), None, "given up once");
+        assert_eq!(open.judged(2), Some("c"));
+        assert!(open.files().is_empty());
 
         // A verdict on an id the session never opened names nothing.
         assert_eq!(open.judged(7), None);
