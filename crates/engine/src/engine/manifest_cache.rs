@@ -61,6 +61,7 @@ impl Kept {
     /// over `source` (the tree the session sends): what the two hold alike is shared, not held
     /// twice. The file is read on a blocking thread (about a second at 300,000 files): the
     /// task's other work, a kept connection's answers to pings, goes on meanwhile.
+    ///
     /// `Ok(None)`: the file is not the one of `digest`, or is damaged; `Err`: it could not be
     /// read for another reason (the reading thread panicked), which says nothing of the file.
     pub async fn tree(

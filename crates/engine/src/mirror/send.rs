@@ -285,43 +285,46 @@ impl<'a> Open<'a> {
     /// A read of the file failed: its path, the first time. It stays until a verdict the
     /// target may have sent before it heard of the give-up, so that verdict names it.
     fn give_up(&self, id: u64) -> Option<&'a str> {
-        let mut files = self.files();
-        let file = files.get_mut(&id).filter(|f| !f.given_up)?;
-        file.given_up = true;
-        file.sent = true;
-        let path = file.path;
-        if file.judged {
-            files.remove(&id);
-        }
-        Some(path)
+        self.settle(id, |f| {
+            let first = !f.given_up;
+            (f.given_up, f.sent) = (true, true);
+            first
+        })
     }
 
-    /// The file's last message went out, or it was given up.
+    /// The file's last message went out.
     fn sent(&self, id: u64) {
-        let mut files = self.files();
-        if let Some(file) = files.get_mut(&id) {
-            file.sent = true;
-            if file.judged {
-                files.remove(&id);
-            }
-        }
+        self.settle(id, |f| {
+            f.sent = true;
+            true
+        });
     }
 
     /// The target's verdict on the file came: its path.
     fn judged(&self, id: u64) -> Option<&'a str> {
+        self.settle(id, |f| {
+            f.judged = true;
+            true
+        })
+    }
+
+    /// Marks the file `id` with `mark` and lets it go once both sent and judged; its path if
+    /// it is open and `mark` says so.
+    fn settle(&self, id: u64, mark: impl FnOnce(&mut OpenFile<'a>) -> bool) -> Option<&'a str> {
         let mut files = self.files();
         let file = files.get_mut(&id)?;
-        file.judged = true;
-        let path = file.path;
-        if file.sent {
+        let named = mark(file).then_some(file.path);
+        if file.sent && file.judged {
             files.remove(&id);
         }
-        Some(path)
+        named
     }
 }
 
 /// The outgoing stream of a plan, made one operation at a time, then `Finish`.
 struct Items<'a> {
+    /// Boxed: the plan's iterator is made of closures, and a session's future holding them
+    /// across an await is not proven `Send` for every lifetime (rust-lang/rust#102211).
     ops: Box<dyn Iterator<Item = Planned<'a>> + Send + 'a>,
     next_id: u64,
     pending: std::vec::IntoIter<Item>,
@@ -654,20 +657,19 @@ pub async fn send_plan(
         // The replies decide: a target that refuses mid-stream explains why the stream broke.
         tokio::select! {
             reply = &mut replies => Some(reply?),
-            sent = sending => {
-                if let Err(SendError::Stopped) = sent {
-                    None
-                } else {
-                    if let Err(error) = sent {
-                        return Err(match tokio::time::timeout(Duration::from_secs(2), replies).await {
-                            Ok(Err(refusal @ SendError::Refused { .. })) => refusal,
-                            _ => error,
-                        });
-                    }
-                    Some(tokio::time::timeout(stall, replies)
-                        .await
-                        .map_err(|_| SendError::Stalled(stall))??)
+            sent = sending => match sent {
+                Err(SendError::Stopped) => None,
+                Err(error) => {
+                    return Err(match tokio::time::timeout(Duration::from_secs(2), replies).await {
+                        Ok(Err(refusal @ SendError::Refused { .. })) => refusal,
+                        _ => error,
+                    });
                 }
+                Ok(()) => Some(
+                    tokio::time::timeout(stall, replies)
+                        .await
+                        .map_err(|_| SendError::Stalled(stall))??,
+                ),
             }
         }
     };
