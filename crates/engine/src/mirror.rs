@@ -5,9 +5,11 @@
 //! - [`receive`]: the target's side: verifies and applies what arrives, atomically.
 //! - [`fold`]: names the target's file system would merge (case, Unicode normalization).
 //! - [`commit`]: the batch that applies a session on the target as one recorded step.
+//! - [`listing`]: a target's listing, held until the source has a tree to lay it over.
 
 pub mod commit;
 pub mod fold;
+pub mod listing;
 pub mod plan;
 pub mod receive;
 pub mod send;

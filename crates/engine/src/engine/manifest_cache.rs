@@ -2,18 +2,16 @@
 //! session with an unchanged target skips the listing (its digest proves it still holds).
 //!
 //! The file is the digest, then the entries one by one (each a little-endian `u32` length and
-//! its postcard bytes), so it is written and read as a stream. A session reads only the digest
+//! its postcard bytes: [`crate::mirror::listing::write_entry`]), so it is written and read as
+//! a stream. A session reads only the digest
 //! to offer it to the target. When the target and the source are both unchanged, the plan is
 //! empty and the entries are never read; only a target that is unchanged while the source
 //! changed has them read back into a tree.
 
 use super::*;
+use crate::mirror::listing::{read_entry, write_entry};
 use crate::scan::Overlay;
 use std::io::Read;
-
-/// The most bytes one entry may take in the file (a file's block hashes: 64 MiB covers a file
-/// of about 250 GiB); a longer length means the file is damaged.
-const MAX_ENTRY_BYTES: usize = 64 << 20;
 
 /// What a source keeps of one target's manifest between sessions.
 #[derive(Debug)]
@@ -140,20 +138,7 @@ fn load_cached_manifest(path: &Path, digest: Hash, over: &Tree) -> Option<Tree> 
     }
     let mut tree = Overlay::new(over, plan::alike);
     let mut bytes = Vec::new();
-    loop {
-        let mut len = [0u8; 4];
-        match file.read_exact(&mut len) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
-            Err(_) => return None,
-        }
-        let len = u32::from_le_bytes(len) as usize;
-        if len > MAX_ENTRY_BYTES {
-            return None;
-        }
-        bytes.resize(len, 0);
-        file.read_exact(&mut bytes).ok()?;
-        let entry: crate::protocol::Entry = postcard::from_bytes(&bytes).ok()?;
+    while let Some(entry) = read_entry(&mut file, &mut bytes).ok()? {
         // The digest covers each file's hash, and the hash covers its block hashes.
         if let crate::protocol::EntryKind::File(meta) = &entry.kind
             && crate::hash::file_hash(meta.size, &meta.blocks) != meta.hash
@@ -173,9 +158,7 @@ fn save_cached_manifest(path: &Path, digest: Hash, tree: &Tree) -> std::io::Resu
     crate::fs::write_atomic_with(path, crate::fs::Keep::Volatile, |file| {
         file.write_all(&digest)?;
         for entry in plan::entries(tree) {
-            let bytes = postcard::to_stdvec(&entry).map_err(std::io::Error::other)?;
-            file.write_all(&(bytes.len() as u32).to_le_bytes())?;
-            file.write_all(&bytes)?;
+            write_entry(file, &entry)?;
         }
         Ok(())
     })

@@ -1,6 +1,7 @@
 //! A push: every pass over every target ([`push_once`]), and one session with one target.
 
 use super::*;
+use crate::mirror::listing::Spool;
 
 /// How many of the files a stopped mass delete would remove are named in its event.
 const WOULD_DELETE_SHOWN: usize = 50;
@@ -287,6 +288,12 @@ async fn refuse_mass_delete(
 /// where waiting for its answer would take the stall timeout.
 const KEPT_ANSWER: Duration = Duration::from_secs(3);
 
+/// A connection and the target's answer to the manifest asked over it.
+type Asked = (
+    transport::Connection,
+    (send::Theirs, Vec<crate::protocol::Partial>),
+);
+
 /// Asks for the target's manifest over the connection kept from the last sync. A cut before
 /// the answer (no pong within [`KEPT_ANSWER`], a reset, a close) means the connection died
 /// between syncs; a refusal or a stall is the target's own answer.
@@ -295,17 +302,57 @@ async fn ask_kept(
     ask: &Message,
     cached: Option<Hash>,
     stall: Duration,
-) -> Result<
-    (
-        transport::Connection,
-        (send::Theirs, Vec<crate::protocol::Partial>),
-    ),
-    SendError,
-> {
+    into: &mut Spool,
+) -> Result<Asked, SendError> {
     conn.send_probing(ask, KEPT_ANSWER).await?;
     tracing::debug!(peer = %conn.peer(), "asked over the kept connection");
-    let listed = send::manifest_asked(&mut conn, cached, stall).await?;
+    let listed = send::manifest_asked(&mut conn, cached, stall, into).await?;
     Ok((conn, listed))
+}
+
+/// Dials `target`, asking with the hello ([`transport::connect_asking`]); the answer's entries,
+/// if it lists them, go to `into`.
+async fn dial(
+    target: &TargetSpec,
+    source_name: &str,
+    ask: &Message,
+    cached: Option<Hash>,
+    stall: Duration,
+    into: &mut Spool,
+) -> Result<Asked, SendError> {
+    let options = ConnectOptions {
+        url: target.url.clone(),
+        trust: target.trust.clone(),
+        token: target.token.clone(),
+        source_name: source_name.to_string(),
+    };
+    let mut conn = transport::connect_asking(&options, ask).await?;
+    tracing::debug!(target = %target.url, "connected");
+    let listed = send::manifest_asked(&mut conn, cached, stall, into).await?;
+    Ok((conn, listed))
+}
+
+/// The target's listing laid over the source's `tree`, read on a blocking thread (about a
+/// second at 300,000 files) while the connection answers the target's pings.
+async fn lay_over(
+    conn: &mut transport::Connection,
+    spool: Spool,
+    tree: &Arc<Tree>,
+) -> Result<Arc<Tree>, SendError> {
+    let (on_disk, entries) = (spool.on_disk(), spool.len());
+    let tree = tree.clone();
+    let reading = tokio::task::spawn_blocking(move || spool.read_over(&tree));
+    let theirs = conn
+        .idle_until(reading)
+        .await?
+        .map_err(|e| SendError::Internal(format!("reading the target's listing: {e}")))?
+        .map_err(|e| SendError::Listing(e.to_string()))?;
+    tracing::debug!(
+        entries,
+        on_disk,
+        "the target's listing is laid over the source's tree"
+    );
+    Ok(Arc::new(theirs))
 }
 
 /// One session with one target: connect, fetch its manifest, plan, send.
@@ -337,40 +384,33 @@ pub(super) async fn session(
     let kept_base = open.as_ref().map_or(0, counted);
     let cached = kept.digest();
     let ask = send::ask_manifest(cached);
-    // A new connection asks for the manifest with its hello.
-    let dial = || async {
-        let options = ConnectOptions {
-            url: target.url.clone(),
-            trust: target.trust.clone(),
-            token: target.token.clone(),
-            source_name: source_name.clone(),
-        };
-        let mut conn = transport::connect_asking(&options, &ask).await?;
-        tracing::debug!(target = %target.url, "connected");
-        let listed = send::manifest_asked(&mut conn, cached, stall).await?;
-        Ok::<_, SendError>((conn, listed))
-    };
+    // A listing arrives while the source scans: it is held encoded until there is a tree to
+    // lay it over (a second tree built as it came would double the memory of a large folder).
+    let mut spool = Spool::new(&options.state_dir);
     let started = Instant::now();
-    // A connection kept from the last round is used again: no new TLS handshake per sync.
+    // A connection kept from the last round is used again: no new TLS handshake per sync. A
+    // new one asks for the manifest with its hello.
     let (mut conn, base, (listed, mut partials)) = match (open.take(), &target.dialed_in) {
-        (Some(kept), dialed_in) => match ask_kept(kept, &ask, cached, stall).await {
+        (Some(kept), dialed_in) => match ask_kept(kept, &ask, cached, stall, &mut spool).await {
             Ok((conn, listed)) => (conn, kept_base, listed),
             // One that dialed in is reached over its connection only.
             Err(error) if dialed_in.is_some() || !error.is_cut() => return Err(error),
             Err(error) => {
                 tracing::info!(target = %target.url, "the connection kept from the last sync failed ({error}); dialing again");
-                let (conn, listed) = dial().await?;
+                spool = Spool::new(&options.state_dir);
+                let (conn, listed) =
+                    dial(target, source_name, &ask, cached, stall, &mut spool).await?;
                 (conn, 0, listed)
             }
         },
         (None, Some(dialed)) => {
             let mut conn = dialed.take().ok_or(SendError::Closed)?;
             conn.send(&ask).await?;
-            let listed = send::manifest_asked(&mut conn, cached, stall).await?;
+            let listed = send::manifest_asked(&mut conn, cached, stall, &mut spool).await?;
             (conn, 0, listed)
         }
         (None, None) => {
-            let (conn, listed) = dial().await?;
+            let (conn, listed) = dial(target, source_name, &ask, cached, stall, &mut spool).await?;
             (conn, 0, listed)
         }
     };
@@ -385,7 +425,7 @@ pub(super) async fn session(
     // The target's tree; none when it is the source's own (both unchanged since the target's
     // kept manifest: the digests say every path, size, time and hash is the same).
     let theirs = match listed {
-        send::Theirs::Listed(theirs) => Some(Arc::new(theirs)),
+        send::Theirs::Listed => Some(lay_over(&mut conn, spool, tree).await?),
         send::Theirs::Same(same) if same == digest => None,
         send::Theirs::Same(same) => match conn.idle_until(kept.tree(same, tree)).await? {
             Ok(Some(theirs)) => Some(theirs),
@@ -398,9 +438,9 @@ pub(super) async fn session(
                     // The kept entries are damaged: list the target after all.
                     Ok(_) => kept.forget(),
                 }
-                let (theirs, again) = send::list_manifest(&mut conn, stall).await?;
-                partials = again;
-                Some(Arc::new(theirs))
+                let mut listing = Spool::new(&options.state_dir);
+                partials = send::list_manifest(&mut conn, stall, &mut listing).await?;
+                Some(lay_over(&mut conn, listing, tree).await?)
             }
         },
     };
@@ -490,4 +530,94 @@ pub(super) async fn session(
     }
     // The count alone: the plan holds both trees, which would wait for the other targets.
     Ok((outcome, plan.files, wire))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{Entry, EntryKind, FileMeta};
+
+    const TOKEN: &str = "a token long enough for the test";
+
+    fn file(path: &str) -> Entry {
+        Entry {
+            path: path.into(),
+            kind: EntryKind::File(FileMeta {
+                size: 1,
+                mtime_ns: 1_700_000_000_000_000_000,
+                executable: false,
+                hash: crate::hash::file_hash(1, &[[1; 32]]),
+                blocks: vec![[1; 32]],
+            }),
+        }
+    }
+
+    /// A target that lists its files in an order no target sends is told apart from one whose
+    /// listing is the tree it holds: the push names it and sends nothing.
+    #[tokio::test]
+    async fn a_target_that_lists_out_of_order_is_named_and_sent_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("source");
+        std::fs::create_dir_all(&source).unwrap();
+        std::fs::write(source.join("a"), b"the source's own").unwrap();
+        let listener = Listener::bind("127.0.0.1:0", None).await.unwrap();
+        let url = format!("ws://{}", listener.local_addr());
+        let target = tokio::spawn(async move {
+            let (mut conn, _) = listener
+                .accept()
+                .await
+                .unwrap()
+                .handshake(TOKEN, "disordered")
+                .await
+                .unwrap();
+            assert_eq!(
+                conn.recv().await.unwrap(),
+                Some(Message::GetManifest { cached: None })
+            );
+            conn.send(&Message::ManifestPart {
+                entries: vec![file("b"), file("a")],
+            })
+            .await
+            .unwrap();
+            conn.send(&Message::ManifestEnd { partials: vec![] })
+                .await
+                .unwrap();
+            // Whatever comes next: nothing may.
+            let mut after = Vec::new();
+            while let Ok(Some(message)) = conn.recv().await {
+                after.push(message);
+            }
+            after
+        });
+        let mut options = PushOptions::new(
+            source,
+            vec![TargetSpec::dial(&url, Trust::Insecure, TOKEN)],
+            dir.path().join("state"),
+        );
+        options.passes = 1;
+        let (events, _) = broadcast::channel(64);
+        let report = push_once(&options, &events, &CancellationToken::new())
+            .await
+            .unwrap();
+        assert!(!report.ok);
+        let error = report.targets[0].error.clone().unwrap_or_default();
+        assert!(error.contains("out of order"), "{error}");
+        let after = target.await.unwrap();
+        let writes = |m: &Message| {
+            matches!(
+                m,
+                Message::Mkdir { .. }
+                    | Message::FileBegin(_)
+                    | Message::Append(_)
+                    | Message::Data { .. }
+                    | Message::Delete { .. }
+                    | Message::SetMeta { .. }
+                    | Message::Finish
+            )
+        };
+        assert!(
+            !after.iter().any(writes),
+            "nothing is sent to such a target: {after:?}"
+        );
+    }
 }

@@ -9,12 +9,12 @@ mod blocks;
 use crate::event::Event;
 use crate::guard::Gate;
 use crate::index::FileRecord;
+use crate::mirror::listing::Spool;
 use crate::mirror::plan::{Op, Plan, Planned};
 use crate::protocol::{
     Append, BLOCK_SIZE, FileBegin, Hash, MAX_BLOCKS_PER_MESSAGE, Message, Partial, Refusal,
 };
 use crate::rate::RateLimit;
-use crate::scan::Tree;
 use crate::transport::{Connection, ConnectionReceiver, TransportError};
 pub use adapt::{Adapt, Level};
 pub use blocks::BlockSource;
@@ -64,6 +64,10 @@ pub enum SendError {
     /// it again from what the target verified.
     #[error("the session with this target stopped on an internal error ({0}); please report it")]
     Internal(String),
+    /// The target's listing could not be held here (the state folder's disk is full), or was
+    /// out of order.
+    #[error("cannot take the target's listing: {0}")]
+    Listing(String),
 }
 
 impl SendError {
@@ -97,24 +101,25 @@ impl SendError {
 }
 
 /// A target's manifest, as [`fetch_manifest`] found it.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub enum Theirs {
-    /// Listed in full.
-    Listed(Tree),
+    /// Listed in full, into the [`Spool`] given.
+    Listed,
     /// The one whose digest the source offered: unchanged since the source kept it.
     Same(Hash),
 }
 
 /// Asks the target for its manifest. With `cached`, the digest of the manifest this source
 /// kept from its last session with the target, the target answers in a few bytes when nothing
-/// changed on its side since.
+/// changed on its side since; otherwise its entries go to `into`.
 pub async fn fetch_manifest(
     conn: &mut Connection,
     cached: Option<Hash>,
     stall: Duration,
+    into: &mut Spool,
 ) -> Result<(Theirs, Vec<Partial>), SendError> {
     conn.send(&ask_manifest(cached)).await?;
-    manifest_asked(conn, cached, stall).await
+    manifest_asked(conn, cached, stall, into).await
 }
 
 /// The request [`fetch_manifest`] sends; sent with the hello instead
@@ -128,19 +133,21 @@ pub async fn manifest_asked(
     conn: &mut Connection,
     cached: Option<Hash>,
     stall: Duration,
+    into: &mut Spool,
 ) -> Result<(Theirs, Vec<Partial>), SendError> {
-    tokio::time::timeout(stall, read_manifest(conn, cached))
+    tokio::time::timeout(stall, read_manifest(conn, cached, into))
         .await
         .map_err(|_| SendError::Stalled(stall))?
 }
 
-/// Asks the target for its whole manifest, offering none.
+/// Asks the target for its whole manifest, offering none; its entries go to `into`.
 pub async fn list_manifest(
     conn: &mut Connection,
     stall: Duration,
-) -> Result<(Tree, Vec<Partial>), SendError> {
-    match fetch_manifest(conn, None, stall).await? {
-        (Theirs::Listed(tree), partials) => Ok((tree, partials)),
+    into: &mut Spool,
+) -> Result<Vec<Partial>, SendError> {
+    match fetch_manifest(conn, None, stall, into).await? {
+        (Theirs::Listed, partials) => Ok(partials),
         (Theirs::Same(_), _) => Err(SendError::Protocol(UNOFFERED.into())),
     }
 }
@@ -151,8 +158,8 @@ const UNOFFERED: &str = "the target said its manifest was unchanged, but none wa
 async fn read_manifest(
     conn: &mut Connection,
     cached: Option<Hash>,
+    into: &mut Spool,
 ) -> Result<(Theirs, Vec<Partial>), SendError> {
-    let mut tree = crate::scan::TreeBuilder::default();
     let mut entries = 0usize;
     loop {
         match conn.recv_within(SILENCE).await? {
@@ -167,10 +174,11 @@ async fn read_manifest(
                         "the manifest has more than {MAX_MANIFEST_ENTRIES} entries"
                     )));
                 }
-                crate::mirror::plan::add_entries(&mut tree, part)
+                into.add(&part)
+                    .map_err(|e| SendError::Listing(e.to_string()))?
             }
             Some(Message::ManifestEnd { partials }) => {
-                return Ok((Theirs::Listed(tree.finish()), partials));
+                return Ok((Theirs::Listed, partials));
             }
             Some(Message::Refused { reason, refusal }) => {
                 return Err(SendError::Refused { reason, refusal });
