@@ -6,9 +6,10 @@
 # For each round and each build given: a fresh `rainmaker serve` (of that build) in an empty
 # folder, then `push --once` into it (S1), then a second `push --once` with no state folder
 # into the now full target (a source that lost its kept manifest: the target is listed
-# whole). Prints for each: wall time, peak RSS (GNU time), user and system CPU. With
-# PUSH_HEAPTRACK=1 the S1 push runs under heaptrack, its file kept as bench/work/heaptrack-BUILD-ROUND
-# (read it with `heaptrack_print -F x.fg --flamegraph-cost-type peak`).
+# whole). Prints for each: wall time, peak RSS (GNU time), user and system CPU, then the agent's
+# peak RSS over both. With PUSH_HEAPTRACK=1 the S1 push runs under heaptrack, its file kept as
+# bench/work/heaptrack-BUILD-ROUND (read it with `heaptrack_print -F x.fg
+# --flamegraph-cost-type peak`).
 #
 #   bench/push_memory.sh /tmp/rm-new /tmp/rm-old        # 300,000 files, 1 round
 #   PUSH_FILES=50000 PUSH_ROUNDS=2 bench/push_memory.sh  # the release build, twice
@@ -64,6 +65,9 @@ for ((round = 1; round <= ROUNDS; round++)); do
         }
         push s1 "$W/state"
         push no-state "$W/state-none"
+        # The agent's own peak over both, from the kernel (Linux).
+        printf 'round %s %s serve      peak RSS %6.1f MiB\n' "$round" "$name" \
+            "$(awk '/VmHWM/ {print $2 / 1024}' "/proc/$serve/status")"
         kill "$serve"
         wait "$serve" 2> /dev/null || true
     done

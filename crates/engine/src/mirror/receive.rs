@@ -607,19 +607,50 @@ impl Receiver {
         }
     }
 
-    /// Marks a file failed, undoes what it wrote, and returns the reply for the source.
     /// Why `path` (or a folder on its way) cannot be written here: a name this file system
     /// would take for another one already here.
     fn clash(&self, path: &str) -> Option<String> {
         let mut end = 0;
         while end < path.len() {
             end = path[end..].find('/').map_or(path.len(), |i| end + i);
-            if let Some(why) = self.names.clash(&path[..end]) {
+            let name = &path[..end];
+            if let Some(why) = self.names.clash(name, |key| self.twin(name, key)) {
                 return Some(why);
             }
             end += 1;
         }
         None
+    }
+
+    /// The name in the tree, beside `name` (the folders on its way are the tree's own, or
+    /// new), whose key is `key` and that is not `name`.
+    fn twin(&self, name: &str, key: &str) -> Option<String> {
+        let folding = self.names.folding();
+        let twin = |held: &&String| held.as_str() != name && folding.key(held) == key;
+        match name.rfind('/') {
+            Some(i) => {
+                let parent = &name[..i];
+                let files = scan::below(&self.tree.files, parent).map(|(path, _)| path);
+                scan::dirs_below(&self.tree.dirs, parent)
+                    .chain(files)
+                    .find(twin)
+            }
+            None => self
+                .tree
+                .dirs
+                .iter()
+                .chain(self.tree.files.keys())
+                .find(twin),
+        }
+        .cloned()
+    }
+
+    /// The paths of the new files still arriving (begun, not yet verified).
+    fn arriving(&self) -> impl Iterator<Item = &str> {
+        self.flight.values().filter_map(|flight| match flight {
+            InFlight::New { begin, .. } => Some(begin.path.as_str()),
+            _ => None,
+        })
     }
 
     /// Compares names as a file system that ignores what `folding` says would (tests).
@@ -628,6 +659,7 @@ impl Receiver {
         self.names = Names::new(folding);
     }
 
+    /// Marks a file failed, undoes what it wrote, and returns the reply for the source.
     fn fail(&mut self, id: u64, path: &str, reason: String) -> Vec<Message> {
         tracing::warn!(%path, %reason, "file failed");
         self.discard(id, true);
@@ -818,6 +850,50 @@ mod tests {
             .unwrap()
             .tree;
         assert_eq!(receiver.digest(), crate::mirror::plan::digest(&walked));
+    }
+
+    #[test]
+    fn a_twin_of_a_name_listed_before_the_session_is_named_from_the_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("db/Sub")).unwrap();
+        std::fs::write(dir.path().join("Data.txt"), b"held").unwrap();
+        std::fs::write(dir.path().join("db/Notes.txt"), b"held").unwrap();
+        for i in 0..100 {
+            std::fs::write(dir.path().join(format!("db/other-{i}.txt")), b"x").unwrap();
+        }
+        let mut receiver = Receiver::open(dir.path(), None).unwrap();
+        receiver.set_folding(Folding {
+            case: true,
+            unicode: false,
+        });
+        receiver.manifest().unwrap();
+        assert!(receiver.names.clash("db/other-1.txt", |_| None).is_none());
+        for (id, twin, held) in [
+            (1, "data.txt", "Data.txt"),
+            (2, "db/NOTES.txt", "db/Notes.txt"),
+            (3, "db/sub/new.txt", "db/Sub"),
+            (4, "DB/Notes.txt", "db"),
+        ] {
+            let replies = receiver.handle(empty_file(id, twin)).unwrap();
+            let why = failure(&replies).unwrap_or_else(|| panic!("{twin} is refused"));
+            assert!(
+                why.starts_with(&format!("{twin}: {held} is already on this server")),
+                "{why}"
+            );
+            receiver.handle(Message::FileEnd { id }).unwrap();
+        }
+        for (id, path) in [(5, "db/Sub/new.txt"), (6, "db/notes.txt.bak")] {
+            let replies = receiver.handle(empty_file(id, path)).unwrap();
+            assert!(failure(&replies).is_none(), "{path}: {replies:?}");
+            receiver.handle(Message::FileEnd { id }).unwrap();
+        }
+        receiver.handle(Message::Finish).unwrap();
+        assert_eq!(
+            std::fs::read(dir.path().join("Data.txt")).unwrap(),
+            b"held",
+            "the name held is kept"
+        );
+        assert!(dir.path().join("db/Sub/new.txt").exists());
     }
 
     #[test]
