@@ -67,7 +67,7 @@ impl Folding {
 ///
 /// Every name is held as two hashes, of its key and of itself: 300,000 paths of 44 bytes take
 /// 8.9 MB from the allocator, where the two strings of each took 52.6 MB (a Windows target's
-/// whole folder, during every session). A name's twin, whose
+/// whole folder, during every session; `examples/names_memory.rs`). A name's twin, whose
 /// key is the same and the name not, is found from its hashes, then named from where it is:
 /// the names of this session not yet in the receiver's tree are kept whole ([`Names::settle`]
 /// keeps them few); for the others the tree is searched ([`Names::clash`]'s `search`), which
