@@ -15,6 +15,10 @@
 //! from the journal (everything, then). How it would be built is in docs/ARCHITECTURE.md,
 //! "Windows' change journal".
 
+mod hot;
+
+use hot::POLLS;
+
 use notify::event::{CreateKind, ModifyKind, RenameMode};
 use notify::{EventKind, RecursiveMode, Watcher as _};
 use std::collections::BTreeSet;
@@ -49,6 +53,8 @@ pub enum Changes {
 pub struct Watch {
     _watcher: Arc<Mutex<notify::RecommendedWatcher>>,
     changes: Arc<Mutex<Changes>>,
+    /// Files stat'ed every [`hot::POLL`] where the feed hears writes late ([`POLLS`]).
+    hot: Arc<hot::Hot>,
 }
 
 impl Watch {
@@ -62,6 +68,15 @@ impl Watch {
             Changes::Paths(BTreeSet::new()),
         )
     }
+
+    /// These files changed in a scan, with the stamps it saw. Where the feed hears writes late
+    /// ([`POLLS`]: Windows), they are stat'ed every [`hot::POLL`] until they stay the same for
+    /// [`hot::HOT_FOR`], and a change is noted as the feed's are; elsewhere this does nothing.
+    pub fn changed_files(&self, files: impl IntoIterator<Item = (String, crate::fs::Stamp)>) {
+        if POLLS {
+            self.hot.mark(files);
+        }
+    }
 }
 
 /// Watches `root` recursively; on every change, notes its paths and sends a trigger into
@@ -73,6 +88,15 @@ pub fn start(root: &Path, triggers: mpsc::Sender<()>) -> Result<Watch, WatchErro
     };
     let changes = Arc::new(Mutex::new(Changes::Everything));
     let noted = changes.clone();
+    let hot = Arc::new(hot::Hot::default());
+    if POLLS {
+        hot::start(root.to_path_buf(), &hot, changes.clone(), triggers.clone()).map_err(|e| {
+            WatchError {
+                path: root.to_path_buf(),
+                reason: format!("cannot start the thread that polls growing files: {e}"),
+            }
+        })?;
+    }
     let state = root.join(crate::path::STATE_DIR);
     // Some feeds name paths through the folder's canonical path (FSEvents: /private/var for
     // /var); either prefix is the root.
@@ -133,6 +157,7 @@ pub fn start(root: &Path, triggers: mpsc::Sender<()>) -> Result<Watch, WatchErro
     Ok(Watch {
         _watcher: watcher,
         changes,
+        hot,
     })
 }
 

@@ -268,6 +268,15 @@ pub async fn push_continuous(
                     triggers.copy_again_in(wait);
                 }
                 let digest = announce_scan(&scanned, events);
+                // The files that changed are the ones likely to change again (a platform's
+                // tick files): where the feed hears writes late they are polled.
+                if let Some(watch) = &watch {
+                    watch.changed_files(region.paths().filter_map(|path| {
+                        let now = scanned.tree.files.get(path)?;
+                        (last.tree.files.get(path) != Some(now))
+                            .then(|| (path.to_string(), now.stamp))
+                    }));
+                }
                 // What lies outside the region is as the last scan left it: its copies, and
                 // its records that still wait for their proof.
                 let mut copies = last.blocks.copies();
