@@ -467,7 +467,10 @@ fn unicode_relative(root: &Path, path: &Path) -> Option<String> {
         .map(|p| p.replace(std::path::MAIN_SEPARATOR, "/"))
 }
 
-/// Whether a file's stamp is the one its record was made from (the quick check).
+/// Whether a file's stamp is the one its record was made from (the quick check). On Windows
+/// this opens the file and asks its handle: the walk's entry (read from the folder) would cost
+/// nothing, but NTFS updates a folder's entry for a file only when the file is closed, so a
+/// file a platform keeps open and appends to would look unchanged.
 fn unchanged(full: &Path, old: &FileRecord) -> bool {
     !old.racy
         && std::fs::symlink_metadata(full)
