@@ -430,7 +430,7 @@ fn check_root(root: &Path) -> Result<(), ScanError> {
 }
 
 /// The full path of `rel` (as [`unicode_relative`] made it) below `root`.
-fn full_path(root: &Path, rel: &str) -> PathBuf {
+pub(crate) fn full_path(root: &Path, rel: &str) -> PathBuf {
     if std::path::MAIN_SEPARATOR == '/' {
         root.join(rel)
     } else {

@@ -132,18 +132,11 @@ impl Names {
         }
     }
 
-    /// The receiver's tree now holds every name added but `pending` (files still arriving):
-    /// only those stay recent.
-    pub fn settle<'a>(&mut self, pending: impl IntoIterator<Item = &'a str>) {
-        self.recent.clear();
-        if self.folding.any() {
-            for name in pending {
-                let key = hash(&self.folding.key(name));
-                if self.held.get(&key) == Some(&hash(name)) {
-                    self.recent.insert(key, name.to_owned());
-                }
-            }
-        }
+    /// The receiver's tree took in a batch: the recent names it holds (`in_tree`) are found by
+    /// the search from now on; the others (files still arriving, a file whose batch did not
+    /// list it) stay recent.
+    pub fn settle(&mut self, in_tree: impl Fn(&str) -> bool) {
+        self.recent.retain(|_, name| !in_tree(name));
     }
 
     /// Why `name` cannot be written here: another name the file system would take for it.
@@ -240,7 +233,7 @@ mod tests {
         let why = names.clash("notes.TXT", no_search).unwrap();
         assert!(why.starts_with("Notes.txt is already"), "{why}");
         // Applied into the tree: found by the search from then on. One still arriving stays.
-        names.settle(["Flying.txt"]);
+        names.settle(|name| name == "Notes.txt");
         assert!(names.recent.len() == 1);
         let why = names
             .clash("NOTES.txt", among(folding, &["Notes.txt"], "NOTES.txt"))

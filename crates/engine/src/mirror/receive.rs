@@ -645,14 +645,6 @@ impl Receiver {
         .cloned()
     }
 
-    /// The paths of the new files still arriving (begun, not yet verified).
-    fn arriving(&self) -> impl Iterator<Item = &str> {
-        self.flight.values().filter_map(|flight| match flight {
-            InFlight::New { begin, .. } => Some(begin.path.as_str()),
-            _ => None,
-        })
-    }
-
     /// Compares names as a file system that ignores what `folding` says would (tests).
     #[cfg(test)]
     pub(crate) fn set_folding(&mut self, folding: Folding) {

@@ -67,27 +67,53 @@ impl Hot {
 
     /// Stats every hot file under `root` once; returns the paths whose stamps changed (and
     /// keeps their new stamps). A file that stayed the same for [`HOT_FOR`] cools; one that is
-    /// gone or no longer a file is returned once and forgotten.
+    /// gone or no longer a file is returned once and forgotten; one that cannot be stat'ed for
+    /// another reason (a scanner holding it a moment) is kept and asked again. The files are
+    /// stat'ed with the list unlocked: on Windows a stat opens the file, and this thread, at the
+    /// lowest priority, may wait long on a busy machine while [`Hot::mark`] must not.
     fn poll(&self, root: &Path) -> Vec<String> {
+        let hot: Vec<(String, Stamp)> = self
+            .files()
+            .iter()
+            .map(|(path, (stamp, _))| (path.clone(), *stamp))
+            .collect();
+        let mut seen = Vec::with_capacity(hot.len());
+        for (path, stamp) in hot {
+            let now = match std::fs::symlink_metadata(crate::scan::full_path(root, &path)) {
+                Ok(meta) if meta.is_file() => Some(stamp_of_meta(&meta)),
+                Ok(_) => None,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(_) => continue,
+            };
+            seen.push((path, stamp, now));
+        }
         let now = Instant::now();
         let mut changed = Vec::new();
-        self.files().retain(
-            |path, (stamp, at)| match std::fs::symlink_metadata(root.join(path)) {
-                Ok(meta) if meta.is_file() => {
-                    let seen = stamp_of_meta(&meta);
-                    if same_stamp(stamp, &seen) {
-                        return now.duration_since(*at) < HOT_FOR;
+        let mut files = self.files();
+        for (path, polled, stamp) in seen {
+            let Some((held, at)) = files.get_mut(&path) else {
+                continue;
+            };
+            // Marked again meanwhile: the scan's stamp is newer than this poll's.
+            if *held != polled {
+                continue;
+            }
+            match stamp {
+                Some(stamp) if same_stamp(held, &stamp) => {
+                    if now.duration_since(*at) >= HOT_FOR {
+                        files.remove(&path);
                     }
-                    (*stamp, *at) = (seen, now);
-                    changed.push(path.clone());
-                    true
                 }
-                _ => {
-                    changed.push(path.clone());
-                    false
+                Some(stamp) => {
+                    (*held, *at) = (stamp, now);
+                    changed.push(path);
                 }
-            },
-        );
+                None => {
+                    files.remove(&path);
+                    changed.push(path);
+                }
+            }
+        }
         changed
     }
 }

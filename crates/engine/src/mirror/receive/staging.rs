@@ -87,10 +87,10 @@ impl Receiver {
             }
         }
         replies.extend(applied.replies);
-        // The tree holds every name of the batch now: only the files still arriving are
-        // named from memory.
-        let arriving: Vec<String> = self.arriving().map(str::to_owned).collect();
-        self.names.settle(arriving.iter().map(String::as_str));
+        // The tree holds the names of the batch now: only the others are named from memory.
+        let tree = &self.tree;
+        self.names
+            .settle(|name| tree.files.contains_key(name) || tree.dirs.contains(name));
         replies
     }
 
