@@ -244,13 +244,11 @@ fn is_gone(e: &notify::Error) -> bool {
 /// Adds an event's `paths` (under one of `roots`, the folder's two names) to `changes`; `None` is an event that names no
 /// path it can be trusted for.
 fn note(changes: &mut Changes, roots: &[PathBuf], state: &Path, paths: Option<Vec<PathBuf>>) {
-    let Changes::Paths(noted) = changes else {
-        return;
-    };
     let Some(paths) = paths else {
         *changes = Changes::Everything;
         return;
     };
+    let mut noted = Vec::with_capacity(paths.len());
     for path in paths {
         if path.starts_with(state) {
             continue;
@@ -261,9 +259,7 @@ fn note(changes: &mut Changes, roots: &[PathBuf], state: &Path, paths: Option<Ve
             .and_then(Path::to_str)
             .map(|p| p.replace(std::path::MAIN_SEPARATOR, "/"));
         match relative {
-            Some(rel) if !rel.is_empty() => {
-                noted.insert(rel);
-            }
+            Some(rel) if !rel.is_empty() => noted.push(rel),
             // The root itself, a path outside it, a name that is not Unicode.
             _ => {
                 *changes = Changes::Everything;
@@ -271,6 +267,15 @@ fn note(changes: &mut Changes, roots: &[PathBuf], state: &Path, paths: Option<Ve
             }
         }
     }
+    note_relative(changes, noted);
+}
+
+/// Adds `paths` (relative, `/`-separated) to `changes`; past [`MOST_PATHS`] it says everything.
+fn note_relative(changes: &mut Changes, paths: impl IntoIterator<Item = String>) {
+    let Changes::Paths(noted) = changes else {
+        return;
+    };
+    noted.extend(paths);
     if noted.len() > MOST_PATHS {
         *changes = Changes::Everything;
     }

@@ -11,7 +11,7 @@
 //! Linux's inotify reports every write as it happens, and there the feed alone is heard
 //! ([`POLLS`]). macOS's FSEvents is not known to hold writes back; it was not tried here.
 
-use super::{Changes, MOST_PATHS};
+use super::{Changes, note_relative};
 use crate::fs::{Stamp, same_stamp, stamp_of_meta};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -161,15 +161,10 @@ pub fn start(
                     continue;
                 }
                 tracing::trace!(?changed, "hot files changed");
-                {
-                    let mut changes = changes.lock().unwrap_or_else(|e| e.into_inner());
-                    if let Changes::Paths(noted) = &mut *changes {
-                        noted.extend(changed);
-                        if noted.len() > MOST_PATHS {
-                            *changes = Changes::Everything;
-                        }
-                    }
-                }
+                note_relative(
+                    &mut changes.lock().unwrap_or_else(|e| e.into_inner()),
+                    changed,
+                );
                 // Full means a scan is pending already, and it takes these paths too.
                 let _ = triggers.try_send(());
             }
