@@ -81,7 +81,15 @@ fn pump(mut from: TcpStream, mut to: TcpStream, fault: Option<Fault>, count: Arc
     loop {
         let done = count.load(Ordering::SeqCst);
         let want = match &fault {
-            Some(Fault::Cut(limit)) if done >= *limit => break,
+            Some(Fault::Cut(limit)) if done >= *limit => {
+                // The source sees its link gone; the agent reads what was forwarded, then
+                // the end. (Closing the agent's side whole would reset it as soon as it
+                // writes, and a reset throws away what it had not read yet: bytes that were
+                // forwarded but that the target never had.)
+                let _ = from.shutdown(Shutdown::Both);
+                let _ = to.shutdown(Shutdown::Write);
+                return;
+            }
             Some(Fault::Cut(limit)) => buffer.len().min((limit - done) as usize),
             Some(Fault::Stall(after, pause)) if done >= *after && !stalled => {
                 std::thread::sleep(*pause);
@@ -109,6 +117,9 @@ fn pump(mut from: TcpStream, mut to: TcpStream, fault: Option<Fault>, count: Arc
             }
             Ok(n) => {
                 if to.write_all(&buffer[..n]).is_err() {
+                    // The other end is gone: read and drop until this one ends too, so it is
+                    // not reset under data it has not read.
+                    while matches!(from.read(&mut buffer), Ok(n) if n > 0) {}
                     break;
                 }
                 count.fetch_add(n as u64, Ordering::SeqCst);
