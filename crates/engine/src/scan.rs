@@ -140,6 +140,9 @@ pub struct Unproven {
     /// The whole-file hash of the version whose blocks are unproven.
     pub hash: crate::protocol::Hash,
     pub blocks: u64,
+    /// The file was written so shortly before it was read that its record stays racy once
+    /// proven (see [`FileRecord::racy`]).
+    pub recent: bool,
 }
 
 /// What a scan found and did.
@@ -557,13 +560,24 @@ fn hash_all(
     previous: &BTreeMap<String, FileRecord>,
     growth: Growth,
 ) -> Vec<std::io::Result<Hashed>> {
-    let hash = |(full, rel): &(PathBuf, String)| hash_file(full, previous.get(rel), growth);
-    let workers = HASH_WORKERS.min(jobs.len());
+    in_parallel(jobs, HASH_WORKERS, |(full, rel)| {
+        hash_file(full, previous.get(rel), growth)
+    })
+}
+
+/// Does `work` on each of `jobs` on up to `workers` threads of the lowest priority; the
+/// results in `jobs`' order.
+pub(crate) fn in_parallel<T: Sync, R: Send>(
+    jobs: &[T],
+    workers: usize,
+    work: impl Fn(&T) -> R + Sync,
+) -> Vec<R> {
+    let workers = workers.min(jobs.len());
     if workers <= 1 {
-        return jobs.iter().map(hash).collect();
+        return jobs.iter().map(work).collect();
     }
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let slots: Vec<std::sync::Mutex<Option<std::io::Result<Hashed>>>> =
+    let slots: Vec<std::sync::Mutex<Option<R>>> =
         jobs.iter().map(|_| std::sync::Mutex::new(None)).collect();
     std::thread::scope(|scope| {
         for _ in 0..workers {
@@ -574,7 +588,7 @@ fn hash_all(
                 loop {
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let Some(job) = jobs.get(i) else { break };
-                    *slots[i].lock().expect("a hashing slot is never poisoned") = Some(hash(job));
+                    *slots[i].lock().expect("a work slot is never poisoned") = Some(work(job));
                 }
             });
         }
@@ -583,8 +597,8 @@ fn hash_all(
         .into_iter()
         .map(|slot| {
             slot.into_inner()
-                .expect("a hashing slot is never poisoned")
-                .expect("every job was hashed")
+                .expect("a work slot is never poisoned")
+                .expect("every job was done")
         })
         .collect()
 }
@@ -613,6 +627,7 @@ fn list_hashed(
             record,
             read: hashed,
             unproven,
+            recent,
         }) => {
             out.files_hashed += 1;
             out.bytes_hashed += hashed;
@@ -621,6 +636,7 @@ fn list_hashed(
                     path: rel.clone(),
                     hash: record.hash,
                     blocks: unproven,
+                    recent,
                 });
             }
             if old != Some(&record) {
@@ -659,6 +675,8 @@ pub struct Hashed {
     pub read: u64,
     /// Leading blocks taken from the old record without reading them (0 when proven).
     pub unproven: u64,
+    /// Written within the racy window before it was read (its record is racy either way).
+    pub recent: bool,
 }
 
 /// Hashes a file. With [`Growth::Defer`], a file that looks like `old` grown at its end has
@@ -714,11 +732,13 @@ pub fn hash_file(path: &Path, old: Option<&FileRecord>, growth: Growth) -> std::
     // Where the file system has no executable bit, the one the index knew stays.
     let stamp = fs::stamp_with_exec(stamp, old.is_some_and(|o| o.stamp.executable));
     let unproven = start / BLOCK_SIZE;
+    let recent = stamp.mtime_ns > now - RACY_WINDOW_NS;
     let record = FileRecord {
         hash: hash::file_hash(stamp.size, &blocks),
-        // An unproven record is not trusted by the quick check either: the next scan that finds
-        // the file unchanged reads it whole, which proves it.
-        racy: unproven > 0 || stamp.mtime_ns > now - RACY_WINDOW_NS,
+        // An unproven record is not trusted by the quick check either, until a proof clears
+        // the mark (a one-off push proves while it sends); else the next scan that finds the
+        // file unchanged reads it whole, which proves it.
+        racy: unproven > 0 || recent,
         stamp,
         blocks: crate::index::blocks(blocks),
     };
@@ -726,6 +746,7 @@ pub fn hash_file(path: &Path, old: Option<&FileRecord>, growth: Growth) -> std::
         record,
         read,
         unproven,
+        recent,
     })
 }
 
@@ -854,7 +875,8 @@ mod tests {
             [Unproven {
                 path: "db/tick.ncd".into(),
                 hash: record.hash,
-                blocks: 5
+                blocks: 5,
+                recent: false,
             }],
             "the blocks taken from the index are listed for the proof"
         );

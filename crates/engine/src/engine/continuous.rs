@@ -481,7 +481,8 @@ impl TargetLoop {
                 return;
             }
             let started = Instant::now();
-            let (_ready, tree) = latest::channel(Some((snapshot.tree.clone(), snapshot.digest)));
+            let (_ready, tree) =
+                latest::channel(Some((snapshot.tree.clone(), snapshot.digest, None)));
             // On a stop, a session that is sending finishes its block and closes cleanly; one
             // still connecting or listing is given a moment, then dropped.
             let grace = async {

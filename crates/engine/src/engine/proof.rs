@@ -1,4 +1,4 @@
-//! The proof of what continuous mode took on trust.
+//! The proof of what a scan took on trust.
 //!
 //! To reach the targets within milliseconds, a continuous scan reads only the grown end of a
 //! file that grew ([`crate::scan::Growth::Defer`]); the blocks before it are taken from the
@@ -7,11 +7,16 @@
 //! A target that received an unproven snapshot is "verifying" until then. A block that no
 //! longer matches (a file edited in its middle and grown between two scans) sends the file
 //! back to the scanner, to be hashed in full, and the difference goes out with the next sync.
+//!
+//! A one-off push takes the same shortcut and proves while it sends ([`prove_while_sending`]):
+//! its sessions hold their `Finish` until the proof, so a target commits nothing resting on
+//! blocks that were not read, and a failed proof ends them for another pass.
 
 use super::continuous::Snapshot;
 use super::low_priority;
-use crate::scan;
-use std::path::PathBuf;
+use crate::index::{Change, Durability, Index};
+use crate::scan::{self, Tree, Unproven};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch as latest};
@@ -54,7 +59,8 @@ impl Prover {
             tried = snapshot.generation;
             let started = Instant::now();
             let (source, checked) = (self.source.clone(), snapshot.clone());
-            let failed = match low_priority(move || failures(&source, &checked)).await {
+            let proving = move || failures(&source, &checked.tree, &checked.unproven, 1);
+            let failed = match low_priority(proving).await {
                 Ok(failed) => failed,
                 Err(e) => {
                     tracing::warn!("cannot prove the grown files: {e}");
@@ -92,18 +98,81 @@ impl Prover {
     }
 }
 
-/// The unproven files of `snapshot` whose blocks no longer match (or cannot be read).
-fn failures(source: &std::path::Path, snapshot: &Snapshot) -> Vec<String> {
-    snapshot
-        .unproven
-        .iter()
-        .filter(|unproven| {
-            let Some(record) = snapshot.tree.files.get(&unproven.path) else {
-                return false;
-            };
-            let proven = scan::prove(&source.join(&unproven.path), record, unproven.blocks);
-            !matches!(proven, Ok(true))
+/// The files of `unproven` whose blocks in `tree` no longer match the disk (or cannot be read),
+/// proved on up to `workers` threads.
+fn failures(source: &Path, tree: &Tree, unproven: &[Unproven], workers: usize) -> Vec<String> {
+    let proven = scan::in_parallel(unproven, workers, |unproven| {
+        tree.files.get(&unproven.path).is_none_or(|record| {
+            let proof = scan::prove(&source.join(&unproven.path), record, unproven.blocks);
+            matches!(proof, Ok(true))
         })
-        .map(|unproven| unproven.path.clone())
+    });
+    unproven
+        .iter()
+        .zip(proven)
+        .filter(|(_, proven)| !proven)
+        .map(|(unproven, _)| unproven.path.clone())
         .collect()
+}
+
+/// Threads a one-off push proves on: a push waits for its proof before it reports.
+const PUSH_PROOF_WORKERS: usize = 2;
+
+/// Proves the `unproven` files of a one-off push's `tree` while its sessions send, and tells
+/// them on `verdict` (they hold their `Finish` until then). Returns the files whose proof
+/// failed, to be read whole in another pass. The records proven lose the mark that kept them
+/// out of the quick check, in `index` too: the next push trusts them without reading them.
+pub(super) async fn prove_while_sending(
+    source: PathBuf,
+    tree: Arc<Tree>,
+    unproven: Vec<Unproven>,
+    index: Arc<Index>,
+    verdict: latest::Sender<crate::mirror::send::ProofVerdict>,
+) -> Vec<String> {
+    let started = Instant::now();
+    let paths: Vec<String> = unproven.iter().map(|u| u.path.clone()).collect();
+    let proving = move || {
+        let failed = failures(&source, &tree, &unproven, PUSH_PROOF_WORKERS);
+        settle(&index, &tree, &unproven, &failed);
+        failed
+    };
+    let failed = low_priority(proving).await.unwrap_or_else(|e| {
+        tracing::warn!("cannot prove the grown files: {e}");
+        paths.clone()
+    });
+    tracing::debug!(files = paths.len(), took = ?started.elapsed(), failed = failed.len(), "grown files proved");
+    let _ = verdict.send(Some(match failed.first() {
+        None => Ok(()),
+        Some(first) => {
+            tracing::info!(files = ?failed, "changed before their grown end as well; hashing them in full");
+            Err(format!(
+                "{} of the {} grown files changed before their grown end while the push ran \
+                 (first: {first}); they are read whole in another pass",
+                failed.len(),
+                paths.len()
+            ))
+        }
+    }));
+    failed
+}
+
+/// Clears the `racy` mark of the proven records of `unproven` in `index` (those written in
+/// the racy window before they were read keep it).
+fn settle(index: &Index, tree: &Tree, unproven: &[Unproven], failed: &[String]) {
+    let changes: Vec<Change> = unproven
+        .iter()
+        .filter(|u| !u.recent && !failed.contains(&u.path))
+        .filter_map(|u| {
+            let record = tree.files.get(&u.path).filter(|r| r.hash == u.hash)?;
+            let mut record = record.clone();
+            record.racy = false;
+            Some(Change::PutFile(u.path.clone(), record))
+        })
+        .collect();
+    if changes.is_empty() {
+        return;
+    }
+    if let Err(e) = index.apply(&changes, Durability::None) {
+        tracing::warn!("cannot record the proven files in the index: {e}");
+    }
 }

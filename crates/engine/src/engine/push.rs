@@ -30,13 +30,20 @@ pub async fn push_once(
     let mut last_digest = None;
     let mut done = vec![false; options.targets.len()];
     let mut stopped = false;
-    for pass in 1..=options.passes.max(1) {
+    // A grown file's old blocks are taken from the index and proved while the targets are sent
+    // to; after a failed proof, the files named are read whole, and so is everything after.
+    let mut growth = scan::Growth::Defer;
+    let mut distrust = Vec::new();
+    let mut passes = options.passes.max(1);
+    let mut pass = 0;
+    while pass < passes {
+        pass += 1;
         if cancel.is_cancelled() {
             stopped = true;
             break;
         }
         // Targets connect and scan their side while the source scans its own.
-        let (tree_tx, tree_rx) = tokio::sync::watch::channel(None::<(Arc<Tree>, Hash)>);
+        let (tree_tx, tree_rx) = tokio::sync::watch::channel(None::<Ready>);
         let mut sessions = tokio::task::JoinSet::new();
         // Which target each session's task is for: a task that panicked returns no index.
         let mut task_of = std::collections::HashMap::new();
@@ -74,17 +81,16 @@ pub async fn push_once(
             });
             task_of.insert(task.id(), i);
         }
-        let (source, exclude, idx, dbs) = (
+        let (source, exclude, idx, dbs, distrusted) = (
             options.source.clone(),
             options.exclude.clone(),
             index.clone(),
             databases.clone(),
+            std::mem::take(&mut distrust),
         );
-        // Every record is proven: a push that exits 0 has read every block it says is there.
-        let scanned = low_priority(move || {
-            scan_source(&source, &exclude, &idx, scan::Growth::Prove, &[], &dbs)
-        })
-        .await??;
+        let scanned =
+            low_priority(move || scan_source(&source, &exclude, &idx, growth, &distrusted, &dbs))
+                .await??;
         blocks.read_copies(scanned.copies.clone());
         tracing::debug!(elapsed = ?started.elapsed(), hashed = scanned.bytes_hashed, "source scanned");
         let digest = announce_scan(&scanned, events);
@@ -99,7 +105,24 @@ pub async fn push_once(
             })
             .collect();
         let tree = Arc::new(scanned.tree);
-        let _ = tree_tx.send(Some((tree.clone(), digest)));
+        // A push that exits 0 has read every block it says is there: what the scan took on
+        // trust is proved while the sessions send, and they hold their `Finish` until then.
+        let grown: Vec<String> = scanned.unproven.iter().map(|u| u.path.clone()).collect();
+        let (proof, proving) = match scanned.unproven {
+            unproven if unproven.is_empty() => (None, None),
+            unproven => {
+                let (verdict, proof) = tokio::sync::watch::channel(None);
+                let proving = tokio::spawn(proof::prove_while_sending(
+                    options.source.clone(),
+                    tree.clone(),
+                    unproven,
+                    index.clone(),
+                    verdict,
+                ));
+                (Some(proof), Some(proving))
+            }
+        };
+        let _ = tree_tx.send(Some((tree.clone(), digest, proof)));
         let mut joined = Vec::new();
         {
             let all = async {
@@ -132,6 +155,29 @@ pub async fn push_once(
         }
         if cancel.is_cancelled() {
             stopped = true;
+        }
+        // The files whose proof failed (a session that sent its `Finish` had the proof).
+        let failed_proof = match proving {
+            Some(proving) if !stopped => tokio::select! {
+                failed = proving => failed.unwrap_or_else(|e| {
+                    tracing::warn!("the proof of the grown files ended: {e}");
+                    grown
+                }),
+                () = cancel.cancelled() => {
+                    stopped = true;
+                    Vec::new()
+                }
+            },
+            _ => Vec::new(),
+        };
+        if !failed_proof.is_empty() {
+            // Another pass reads them whole (and every grown file, so it ends), even if this was
+            // meant to be the last.
+            distrust = failed_proof;
+            if growth == scan::Growth::Defer && pass == passes {
+                passes += 1;
+            }
+            growth = scan::Growth::Prove;
         }
         for (i, result, seconds) in joined {
             let report = &mut reports[i];
@@ -173,8 +219,10 @@ pub async fn push_once(
                 }
                 Err(error) => {
                     // A cut connection gets another pass, which resumes what was verified; a
-                    // target that is down or refuses will not be better on a second pass.
-                    if !error.is_cut() || pass == options.passes.max(1) {
+                    // target that is down or refuses will not be better on a second pass. One
+                    // ended by a failed proof is sent the files read whole.
+                    let again = error.is_cut() || matches!(error, SendError::Unproven(_));
+                    if !again || pass == passes {
                         done[i] = true;
                     }
                     report.error = Some(error.to_string());
@@ -355,6 +403,10 @@ async fn lay_over(
     Ok(Arc::new(theirs))
 }
 
+/// What a session is given once the source is scanned: its tree, the tree's digest, and the
+/// proof its `Finish` waits for when the tree rests on blocks the scan did not read.
+pub(super) type Ready = (Arc<Tree>, Hash, Option<send::Proof>);
+
 /// One session with one target: connect, fetch its manifest, plan, send.
 #[allow(
     clippy::too_many_arguments,
@@ -365,7 +417,7 @@ pub(super) async fn session(
     options: &PushOptions,
     stop: &CancellationToken,
     open: &mut Option<transport::Connection>,
-    mut tree_rx: tokio::sync::watch::Receiver<Option<(Arc<Tree>, Hash)>>,
+    mut tree_rx: tokio::sync::watch::Receiver<Option<Ready>>,
     blocks: &Arc<BlockSource>,
     events: &broadcast::Sender<Event>,
     kept: &mut Kept,
@@ -418,7 +470,7 @@ pub(super) async fn session(
     let scanned = conn
         .idle_until(async { tree_rx.wait_for(Option::is_some).await.map(|t| t.clone()) })
         .await?;
-    let (tree, digest): (Arc<Tree>, Hash) = scanned
+    let (tree, digest, proof): Ready = scanned
         .map_err(|_| SendError::Protocol("the source could not be scanned".into()))?
         .expect("waited for a tree");
     let tree = &tree;
@@ -507,6 +559,7 @@ pub(super) async fn session(
             gate: options.gate.clone(),
             stop: stop.clone(),
             adapt: options.compress.adapt_for(target),
+            proof,
         },
         blocks,
         events,
@@ -619,5 +672,256 @@ mod tests {
             !after.iter().any(writes),
             "nothing is sent to such a target: {after:?}"
         );
+    }
+
+    /// Bytes standing for a file's content at `len`: each block unlike the others.
+    fn content(len: usize, seed: u8) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(seed | 1) ^ ((i / 4099) as u8))
+            .collect()
+    }
+
+    /// A time long past, so no record made of a file at it is racy.
+    const LONG_AGO: i128 = 1_600_000_000_000_000_000;
+
+    /// Lists `bytes` as a target holding them at `path`.
+    fn listed(path: &str, bytes: &[u8]) -> Entry {
+        let (blocks, _) = crate::hash::hash_blocks(&mut &bytes[..], bytes.len() as u64).unwrap();
+        Entry {
+            path: path.into(),
+            kind: EntryKind::File(FileMeta {
+                size: bytes.len() as u64,
+                mtime_ns: LONG_AGO,
+                executable: false,
+                hash: crate::hash::file_hash(bytes.len() as u64, &blocks),
+                blocks,
+            }),
+        }
+    }
+
+    /// A source whose index knows `tick.ncd` as it was, and whose `tick.ncd` was then edited in
+    /// block 1 and grown: its first block and its old last one are as they were, so a scan
+    /// takes it for an append. Returns the source, the state folder and the old content.
+    fn edited_and_grown(dir: &Path) -> (PathBuf, PathBuf, Vec<u8>) {
+        let (source, state) = (dir.join("source"), dir.join("state"));
+        std::fs::create_dir_all(&source).unwrap();
+        std::fs::create_dir_all(&state).unwrap();
+        let block = crate::hash::BLOCK_SIZE as usize;
+        let old = content(3 * block + 1000, 7);
+        let file = source.join("tick.ncd");
+        std::fs::write(&file, &old).unwrap();
+        crate::fs::set_mtime(&file, LONG_AGO).unwrap();
+        {
+            let index = Index::open(&state.join("index.redb")).unwrap();
+            let databases = snapshots(&state).unwrap();
+            let none = crate::exclude::Exclude::none();
+            scan_source(&source, &none, &index, scan::Growth::Prove, &[], &databases).unwrap();
+        }
+        let mut new = old.clone();
+        new[block + 10..block + 20].copy_from_slice(b"EDITEDEDIT");
+        new.extend(content(200_000, 9));
+        std::fs::write(&file, &new).unwrap();
+        crate::fs::set_mtime(&file, LONG_AGO + 10_000_000_000).unwrap();
+        (source, state, old)
+    }
+
+    /// A fake target on loopback that holds `old` at `tick.ncd` and nothing else, for two
+    /// sessions at most; every message of each. It answers a `Finish` with a refusal (the
+    /// tests need no verdict).
+    async fn holding_the_old_version(
+        old: &[u8],
+    ) -> (String, tokio::task::JoinHandle<Vec<Vec<Message>>>) {
+        let listener = Listener::bind("127.0.0.1:0", None).await.unwrap();
+        let url = format!("ws://{}", listener.local_addr());
+        let holds = listed("tick.ncd", old);
+        let target = tokio::spawn(async move {
+            let mut sessions = Vec::new();
+            for _ in 0..2 {
+                // A push that made no second pass fails the test, not by a hang.
+                let waited = tokio::time::timeout(Duration::from_secs(20), listener.accept());
+                let Ok(accepted) = waited.await else { break };
+                let (mut conn, _) = accepted.unwrap().handshake(TOKEN, "fake").await.unwrap();
+                assert!(matches!(
+                    conn.recv().await.unwrap(),
+                    Some(Message::GetManifest { .. })
+                ));
+                conn.send(&Message::ManifestPart {
+                    entries: vec![holds.clone()],
+                })
+                .await
+                .unwrap();
+                conn.send(&Message::ManifestEnd { partials: vec![] })
+                    .await
+                    .unwrap();
+                let mut got = Vec::new();
+                while let Ok(Some(message)) = conn.recv().await {
+                    let finish = message == Message::Finish;
+                    got.push(message);
+                    if finish {
+                        let _ = conn
+                            .send(&Message::Refused {
+                                reason: "the test has seen the finish".into(),
+                                refusal: Refusal::Other,
+                            })
+                            .await;
+                        break;
+                    }
+                }
+                sessions.push(got);
+            }
+            sessions
+        });
+        (url, target)
+    }
+
+    /// Pushes `source` once (one pass, as asked) to `url`.
+    async fn push_one_pass(source: PathBuf, state: PathBuf, url: &str) -> PushReport {
+        let mut options = PushOptions::new(
+            source,
+            vec![TargetSpec::dial(url, Trust::Insecure, TOKEN)],
+            state,
+        );
+        options.passes = 1;
+        let (events, _) = broadcast::channel(256);
+        push_once(&options, &events, &CancellationToken::new())
+            .await
+            .unwrap()
+    }
+
+    /// A push whose scan took a grown file's old blocks on trust, when the file was edited
+    /// there too, never sends `Finish` (at which the target commits) for that tree: the
+    /// session ends with `Refused`, and the next pass reads the file whole and sends the edit.
+    #[tokio::test]
+    async fn a_failed_proof_ends_the_session_before_its_finish_and_the_next_pass_sends_the_edit() {
+        let dir = tempfile::tempdir().unwrap();
+        let (source, state, old) = edited_and_grown(dir.path());
+        let (url, target) = holding_the_old_version(&old).await;
+        let report = push_one_pass(source, state, &url).await;
+        let sessions = target.await.unwrap();
+        assert_eq!(
+            report.targets[0].passes, 2,
+            "a failed proof gets another pass, even past the last: {report:?}"
+        );
+        let [first, second] = &sessions[..] else {
+            panic!("two sessions: {sessions:?}")
+        };
+        assert!(
+            first.iter().any(|m| matches!(m, Message::Append(_))),
+            "the first pass sends the grown end while it proves: {first:?}"
+        );
+        assert!(
+            !first.contains(&Message::Finish),
+            "nothing resting on the failed proof is committed: {first:?}"
+        );
+        assert!(
+            matches!(first.last(), Some(Message::Refused { reason, .. }) if reason.contains("grown end")),
+            "the session ends with the reason: {:?}",
+            first.last()
+        );
+        let edited = second.iter().any(
+            |m| matches!(m, Message::Data { offset, .. } if *offset == crate::hash::BLOCK_SIZE),
+        );
+        assert!(
+            edited,
+            "the second pass reads the file whole and sends the edited block"
+        );
+        assert_eq!(second.last(), Some(&Message::Finish));
+    }
+
+    /// A session larger than one of the target's batches (which it applies at their bound,
+    /// before the `Finish`) sends nothing before the proof: after a failed one, only the
+    /// reason.
+    #[tokio::test]
+    async fn a_session_larger_than_a_batch_waits_for_the_proof_before_it_sends() {
+        let dir = tempfile::tempdir().unwrap();
+        let (source, state, old) = edited_and_grown(dir.path());
+        for i in 0..crate::mirror::receive::STAGE_STEPS {
+            let folder = source.join(format!("new/{}", i / 256));
+            std::fs::create_dir_all(&folder).unwrap();
+            std::fs::write(folder.join(format!("{i}.txt")), b"x").unwrap();
+        }
+        let (url, target) = holding_the_old_version(&old).await;
+        let report = push_one_pass(source, state, &url).await;
+        let sessions = target.await.unwrap();
+        assert_eq!(report.targets[0].passes, 2, "{report:?}");
+        assert!(
+            matches!(&sessions[0][..], [Message::Refused { .. }]),
+            "nothing but the reason before the proof: {:?}",
+            &sessions[0][..sessions[0].len().min(3)]
+        );
+    }
+
+    /// A real agent on loopback: a grown file's end alone is read for the push, its old blocks
+    /// are proved while it sends, and the next push trusts the proven record without reading.
+    #[tokio::test]
+    async fn a_grown_file_is_read_by_its_end_proved_while_sent_and_then_trusted() {
+        let dir = tempfile::tempdir().unwrap();
+        let (source, target) = (dir.path().join("source"), dir.path().join("target"));
+        std::fs::create_dir_all(&source).unwrap();
+        std::fs::create_dir_all(&target).unwrap();
+        let server = Server::bind(ServeOptions {
+            admin_token: None,
+            subscribe_token: None,
+            subscribe: None,
+            root: target.clone(),
+            listen: "127.0.0.1:0".into(),
+            token: TOKEN.into(),
+            insecure: false,
+            name: "grown".into(),
+            trash_retention: None,
+            push_to: None,
+        })
+        .await
+        .unwrap();
+        let spec = TargetSpec::dial(
+            format!("wss://{}", server.local_addr()),
+            Trust::Pinned(server.fingerprint().unwrap().to_string()),
+            TOKEN,
+        );
+        let stop = CancellationToken::new();
+        tokio::spawn(server.run(stop.clone()));
+        let options = PushOptions::new(source.clone(), vec![spec], dir.path().join("state"));
+        // Each push; the bytes its scan hashed.
+        let push = || async {
+            let (events, mut heard) = broadcast::channel(256);
+            let report = push_once(&options, &events, &CancellationToken::new())
+                .await
+                .unwrap();
+            assert!(report.ok, "{report:?}");
+            let mut hashed = None;
+            while let Ok(event) = heard.try_recv() {
+                if let Event::Scanned { bytes_hashed, .. } = event {
+                    hashed = Some(bytes_hashed);
+                }
+            }
+            hashed.expect("a push says what its scan hashed")
+        };
+        let file = source.join("tick.ncd");
+        let block = crate::hash::BLOCK_SIZE;
+        let mut bytes = content(8 * block as usize, 3);
+        std::fs::write(&file, &bytes).unwrap();
+        crate::fs::set_mtime(&file, LONG_AGO).unwrap();
+        push().await;
+
+        let end = content(1000, 5);
+        bytes.extend(&end);
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&file)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, &end))
+            .unwrap();
+        crate::fs::set_mtime(&file, LONG_AGO + 10_000_000_000).unwrap();
+        let hashed = push().await;
+        assert!(
+            hashed <= block + 1000,
+            "the grown end is read, not the file: {hashed} bytes"
+        );
+        assert_eq!(std::fs::read(target.join("tick.ncd")).unwrap(), bytes);
+        assert_eq!(
+            push().await,
+            0,
+            "the proven record is trusted by the next push's quick check"
+        );
+        stop.cancel();
     }
 }

@@ -134,6 +134,8 @@ pub struct Plan {
     pub data_bytes: u64,
     /// Files whose content will be written.
     pub files: u64,
+    /// Bytes the target writes for them: a new version whole, an append by its end.
+    pub written_bytes: u64,
 }
 
 /// Without the trees: a plan's debug output is its operations and counts, not every record.
@@ -146,6 +148,7 @@ impl std::fmt::Debug for Plan {
             .field("tail", &self.tail)
             .field("data_bytes", &self.data_bytes)
             .field("files", &self.files)
+            .field("written_bytes", &self.written_bytes)
             .finish_non_exhaustive()
     }
 }
@@ -172,6 +175,11 @@ pub struct Planned<'a> {
 }
 
 impl Plan {
+    /// Operations it holds: about the steps of the target's batch.
+    pub fn operations(&self) -> usize {
+        self.head.len() + self.steps.len() + self.tail.len()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.head.is_empty()
             && self.tail.is_empty()
@@ -400,6 +408,7 @@ pub fn plan(
             && is_prefix(path, record, theirs, tail_hash)
         {
             plan.data_bytes += record.stamp.size - theirs.stamp.size;
+            plan.written_bytes += record.stamp.size - theirs.stamp.size;
             let op = Op::Append(AppendFile {
                 path: path.to_string(),
                 from_len: theirs.stamp.size,
@@ -409,6 +418,7 @@ pub fn plan(
             plan.step(Some(op), record);
             continue;
         }
+        plan.written_bytes += record.stamp.size;
         let resume_blocks = partials
             .get(path)
             .filter(|p| p.hash == record.hash)

@@ -56,7 +56,7 @@ const READY_BYTES: u64 = 64 << 20;
 /// staged changes take and the data held back in `tmp` small (a session of 300,000 files). A
 /// change staged takes about 1 KB until its batch is applied.
 pub const STAGE_STEPS: usize = 4_096;
-const STAGE_BYTES: u64 = 1 << 30;
+pub const STAGE_BYTES: u64 = 1 << 30;
 /// Paths a session's messages may name before the next listing walks the whole folder instead
 /// of looking at each: a first mirror of 300,000 files would keep every path (26 MB), and the
 /// walk costs about what looking at as many paths one by one does.

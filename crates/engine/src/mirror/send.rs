@@ -11,11 +11,12 @@ use crate::guard::Gate;
 use crate::index::FileRecord;
 use crate::mirror::listing::Spool;
 use crate::mirror::plan::{Op, Plan, Planned};
+use crate::mirror::receive::{STAGE_BYTES, STAGE_STEPS};
 use crate::protocol::{
     Append, BLOCK_SIZE, FileBegin, Hash, MAX_BLOCKS_PER_MESSAGE, Message, Partial, Refusal,
 };
 use crate::rate::RateLimit;
-use crate::transport::{Connection, ConnectionReceiver, TransportError};
+use crate::transport::{Connection, ConnectionReceiver, ConnectionSender, TransportError};
 pub use adapt::{Adapt, Level};
 pub use blocks::BlockSource;
 use futures_util::StreamExt;
@@ -68,6 +69,10 @@ pub enum SendError {
     /// out of order.
     #[error("cannot take the target's listing: {0}")]
     Listing(String),
+    /// The blocks the source's scan took on trust failed their proof: the session ended
+    /// without its `Finish`, and the target committed nothing of it.
+    #[error("not finished: {0}")]
+    Unproven(String),
 }
 
 impl SendError {
@@ -489,6 +494,13 @@ async fn collect_replies(
     }
 }
 
+/// What a session is told of the proof of the blocks its tree took on trust (a grown file's
+/// old blocks, not read by the scan): nothing yet, proven, or why not.
+pub type ProofVerdict = Option<Result<(), String>>;
+
+/// Where a session waits for the [`ProofVerdict`] before it sends `Finish`.
+pub type Proof = tokio::sync::watch::Receiver<ProofVerdict>;
+
 /// How fast a session may go: when a stalled target is given up, the bandwidth cap, and the
 /// resource guard's gate.
 #[derive(Debug, Clone)]
@@ -502,6 +514,36 @@ pub struct Pace<'a> {
     pub stop: tokio_util::sync::CancellationToken,
     /// How hard blocks are compressed for this target.
     pub adapt: Adapt,
+    /// The proof `Finish` waits for, when the tree rests on blocks not read: the target commits
+    /// the session at its `Finish`, and must commit nothing unproven. A failed proof ends the
+    /// session with [`SendError::Unproven`] and `Refused`, so the target drops what it staged.
+    pub proof: Option<Proof>,
+}
+
+/// Waits for `proof`. A failed one ends the session: the target is told why (`Refused`), and
+/// drops what it staged of it.
+async fn proven(
+    proof: &mut Proof,
+    stop: &tokio_util::sync::CancellationToken,
+    sender: &mut ConnectionSender,
+    stall: Duration,
+) -> Result<(), SendError> {
+    let verdict = tokio::select! {
+        biased;
+        () = stop.cancelled() => return Err(SendError::Stopped),
+        verdict = proof.wait_for(Option::is_some) => verdict
+            .map(|v| v.clone().expect("waited for a verdict"))
+            .unwrap_or_else(|_| Err("the proof ended without a verdict".into())),
+    };
+    let Err(why) = verdict else { return Ok(()) };
+    let refused = Message::Refused {
+        reason: format!("the source ends this session: {why}"),
+        refusal: Refusal::Other,
+    };
+    tokio::time::timeout(stall, sender.send(&refused))
+        .await
+        .map_err(|_| SendError::Stalled(stall))??;
+    Err(SendError::Unproven(why))
 }
 
 /// Streams `plan` to the target and waits for its verdict.
@@ -519,6 +561,7 @@ pub async fn send_plan(
         mut gate,
         stop,
         mut adapt,
+        mut proof,
     } = pace;
     // The messages are made from the plan as the stream reaches them, not all at once: with a
     // large folder they would be a second copy of every path and block hash.
@@ -532,6 +575,7 @@ pub async fn send_plan(
     };
 
     let (mut sender, mut receiver) = conn.split();
+
     let files_total = plan.files;
     let bytes_total = plan.data_bytes;
     let done = Arc::new(AtomicU64::new(0));
@@ -540,7 +584,8 @@ pub async fn send_plan(
     let mut data_bytes = 0u64;
     // The target's last word on how busy it is (thousandths; none yet: `NO_LOAD`).
     let load = std::sync::atomic::AtomicU32::new(NO_LOAD);
-    // `None`: stopped; the connection is closed below, once the replies let go of it.
+    // `Err`: stopped, or a failed proof; the connection is closed below, once the replies let
+    // go of it.
     let verdict = {
         let replies = collect_replies(&mut receiver, &done, &load, events, target, &open);
         // The level of the blocks read from now on (a place on the ladder), as `adapt` moves.
@@ -551,6 +596,13 @@ pub async fn send_plan(
         let _sending = blocks.sending();
         let threads = || (cores.min(READ_AHEAD) as f64).min(cores as f64 / blocks.senders() as f64);
         let sending = async {
+            // A target applies a session larger than one batch in several, each at its bound,
+            // before the `Finish`: such a session waits for the proof before it sends anything.
+            if let Some(proof) = proof.as_mut()
+                && (plan.operations() >= STAGE_STEPS || plan.written_bytes >= STAGE_BYTES)
+            {
+                proven(proof, &stop, &mut sender, stall).await?;
+            }
             let mut stream = futures_util::stream::iter(items)
                 .map(|item| read_item(item, &open, blocks, &level_now))
                 .buffered(READ_AHEAD);
@@ -580,6 +632,10 @@ pub async fn send_plan(
                     && aborted.contains(&id)
                 {
                     continue;
+                }
+                // The target commits at `Finish`: nothing resting on blocks not read yet.
+                if let (Ok(Message::Finish), Some(proof)) = (&message, proof.as_mut()) {
+                    proven(proof, &stop, &mut sender, stall).await?;
                 }
                 match message {
                     Ok(message) => {
@@ -663,33 +719,47 @@ pub async fn send_plan(
         };
         tokio::pin!(replies);
         // The replies decide: a target that refuses mid-stream explains why the stream broke.
+        // The sending side first: a target's answer to the `Refused` of a failed proof must
+        // not stand for the reason the session ended.
         tokio::select! {
-            reply = &mut replies => Some(reply?),
+            biased;
             sent = sending => match sent {
-                Err(SendError::Stopped) => None,
+                Err(ended @ (SendError::Stopped | SendError::Unproven(_))) => Err(ended),
                 Err(error) => {
                     return Err(match tokio::time::timeout(Duration::from_secs(2), replies).await {
                         Ok(Err(refusal @ SendError::Refused { .. })) => refusal,
                         _ => error,
                     });
                 }
-                Ok(()) => Some(
-                    tokio::time::timeout(stall, replies)
-                        .await
-                        .map_err(|_| SendError::Stalled(stall))??,
-                ),
-            }
+                Ok(()) => Ok(tokio::time::timeout(stall, replies)
+                    .await
+                    .map_err(|_| SendError::Stalled(stall))??),
+            },
+            reply = &mut replies => Ok(reply?),
         }
     };
-    let Some((digest, failed)) = verdict else {
-        // A clean close: the target commits what arrived whole, keeps the rest. The close
-        // waits for the target's answer and reads what it sent meanwhile: a socket closed
-        // with replies unread is reset by the kernel, which drops what was still queued to
-        // send, the close itself included, and the target would see a cut.
-        if let Ok(conn) = sender.reunite(receiver) {
-            conn.close().await;
+    let (digest, failed) = match verdict {
+        Ok(verdict) => verdict,
+        Err(ended) => {
+            // A clean close. After a stop, the target commits what arrived whole and keeps the
+            // rest; after `Refused` (a failed proof), it commits nothing. So does a stop before
+            // the proof: what arrived may rest on blocks that were not read. The close waits
+            // for the target's answer and reads what it sent meanwhile: a socket closed with
+            // replies unread is reset by the kernel, which drops what was still queued to
+            // send, the close itself included, and the target would see a cut.
+            let unproven = proof.is_some_and(|p| !matches!(*p.borrow(), Some(Ok(()))));
+            if matches!(ended, SendError::Stopped) && unproven {
+                let refused = Message::Refused {
+                    reason: "the source stopped before it proved the grown files".into(),
+                    refusal: Refusal::Other,
+                };
+                let _ = tokio::time::timeout(stall, sender.send(&refused)).await;
+            }
+            if let Ok(conn) = sender.reunite(receiver) {
+                conn.close().await;
+            }
+            return Err(ended);
         }
-        return Err(SendError::Stopped);
     };
     let conn = sender.reunite(receiver)?;
     if data_bytes > 0 {
