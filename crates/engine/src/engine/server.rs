@@ -576,6 +576,9 @@ enum ReadEnd {
     Failed(String),
 }
 
+/// How long a session's worker waits for the next message before it syncs what arrived whole.
+const SEAL_WHEN_IDLE: Duration = Duration::from_millis(10);
+
 /// The worker's loop over the session's messages; the source's verdict, when it gave one
 /// (a one-off pull).
 fn work(
@@ -594,9 +597,29 @@ fn work(
     let mut listed = false;
     let mut finished: Option<crate::protocol::Hash> = None;
     let mut load = Load::new(Instant::now());
+    // None when called outside a runtime (a test): the worker then just waits.
+    let runtime = tokio::runtime::Handle::try_current().ok();
     loop {
         let asked = Instant::now();
-        let Some(message) = incoming.blocking_recv() else {
+        // After a moment with nothing to read, the files that arrived whole are synced now
+        // rather than at the session's end (`Receiver::seal_while_idle`).
+        let next = match incoming.try_recv() {
+            Ok(message) => Some(message),
+            Err(mpsc::error::TryRecvError::Disconnected) => None,
+            Err(mpsc::error::TryRecvError::Empty) => {
+                let soon = runtime
+                    .as_ref()
+                    .map(|r| r.block_on(tokio::time::timeout(SEAL_WHEN_IDLE, incoming.recv())));
+                match soon {
+                    Some(Ok(next)) => next,
+                    _ => {
+                        receiver.seal_while_idle().into_iter().for_each(reply);
+                        incoming.blocking_recv()
+                    }
+                }
+            }
+        };
+        let Some(message) = next else {
             break;
         };
         load.waited(asked.elapsed());

@@ -198,16 +198,16 @@ pub struct Committer {
 
 impl Committer {
     /// Syncs a group of verified files: every new version's temporary file, and the side file
-    /// of every append too long to be kept in the batch record. A file that cannot be synced
+    /// of every append too long to be kept in the batch record (of every append, with
+    /// `appends`: then the record need not hold their bytes). A file that cannot be synced
     /// fails (its temporary file goes); the others are staged.
-    pub fn seal(&self, ready: Vec<Ready>) -> Sealed {
+    pub fn seal(&self, ready: Vec<Ready>, appends: bool) -> Sealed {
+        let side_synced = |append: &Append| appends || inline_len(append) > INLINE_APPEND;
         let files: Vec<&File> = ready
             .iter()
             .filter_map(|r| match &r.kind {
                 ReadyKind::New { temp, .. } => Some(temp),
-                ReadyKind::Append(staged) if inline_len(&staged.append) > INLINE_APPEND => {
-                    Some(&staged.side)
-                }
+                ReadyKind::Append(staged) if side_synced(&staged.append) => Some(&staged.side),
                 ReadyKind::Append(_) => None,
             })
             .collect();
@@ -234,7 +234,7 @@ impl Committer {
                     before,
                     ..
                 }) => {
-                    let synced = inline_len(&append) > INLINE_APPEND;
+                    let synced = side_synced(&append);
                     Staged::Append {
                         id: r.id,
                         append,
@@ -264,6 +264,7 @@ impl Committer {
     /// folders of renamed files, then the index with the record cleared. Only then are the
     /// files reported done.
     pub fn apply(&self, staged: Vec<Staged>) -> Applied {
+        let started = std::time::Instant::now();
         let mut applied = Applied::default();
         let mut changes: Vec<Change> = Vec::new();
         let mut steps: Vec<Step> = Vec::with_capacity(staged.len());
@@ -451,6 +452,7 @@ impl Committer {
             }
             return applied;
         }
+        let recorded = started.elapsed();
         let guard = Locked::new(&self.lock);
         let mut appended: Vec<File> = Vec::new();
         let mut dirs: Vec<PathBuf> = Vec::new();
@@ -480,6 +482,7 @@ impl Committer {
                 (Err(reason), _) => applied.replies.extend(fail(&mut changes, item, reason)),
             }
         }
+        let performed = started.elapsed();
         let files: Vec<&File> = appended.iter().collect();
         if let Err(e) = fs::sync_batch(&files) {
             tracing::warn!("cannot sync appended files: {e}");
@@ -489,6 +492,7 @@ impl Committer {
             tracing::warn!("cannot sync renamed files: {e}");
         }
         drop(guard);
+        let synced = started.elapsed();
         for (rel, full, outcome) in placed {
             if let Ok(meta) = std::fs::metadata(&full) {
                 let record = FileRecord {
@@ -512,6 +516,7 @@ impl Committer {
         if let Err(e) = self.index.apply(&changes, Durability::None) {
             tracing::warn!("{e}");
         }
+        tracing::debug!(steps = steps.len(), ?recorded, ?performed, ?synced, took = ?started.elapsed(), "batch committed");
         for side in sides {
             let _ = std::fs::remove_file(side);
         }

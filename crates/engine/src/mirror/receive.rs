@@ -772,6 +772,65 @@ mod tests {
         })
     }
 
+    /// An append that arrived whole while the source sends nothing (it waits for a proof) has
+    /// its side file synced then, and its batch takes the bytes from there, not from its record.
+    #[test]
+    fn an_append_sealed_while_the_source_is_idle_is_applied_from_its_synced_side_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut receiver = Receiver::open(dir.path(), None).unwrap();
+        receiver.begin_session();
+        receiver.manifest().unwrap();
+        let old = b"ticks of the morning;".to_vec();
+        for message in crate::mirror::test_messages::send_file(0, "tick.ncd", &old) {
+            receiver.handle(message).unwrap();
+        }
+        receiver.handle(Message::Finish).unwrap();
+        let mut new = old.clone();
+        new.extend(b" and of the afternoon");
+        let blocks = vec![hash::block_hash(&new)];
+        let append = crate::protocol::Append {
+            id: 1,
+            path: "tick.ncd".into(),
+            from_len: old.len() as u64,
+            from_hash: hash::file_hash(old.len() as u64, &[hash::block_hash(&old)]),
+            size: new.len() as u64,
+            mtime_ns: 1_700_000_000_000_000_000,
+            executable: false,
+            hash: hash::file_hash(new.len() as u64, &blocks),
+            tail_blocks: blocks,
+        };
+        receiver.handle(Message::Append(append)).unwrap();
+        receiver
+            .handle(Message::Data {
+                id: 1,
+                offset: old.len() as u64,
+                payload: crate::protocol::Payload::Raw(new[old.len()..].to_vec()),
+            })
+            .unwrap();
+        receiver.handle(Message::FileEnd { id: 1 }).unwrap();
+        assert!(receiver.seal_while_idle().is_empty());
+        assert!(receiver.join_seal().is_empty());
+        assert!(
+            matches!(
+                &receiver.staged[..],
+                [(_, Staged::Append { synced: true, .. })]
+            ),
+            "the side file is synced: {:?}",
+            receiver.staged
+        );
+        assert_eq!(
+            std::fs::read(dir.path().join("tick.ncd")).unwrap(),
+            old,
+            "nothing is applied before the finish"
+        );
+        let replies = receiver.handle(Message::Finish).unwrap();
+        assert!(
+            replies.contains(&Message::FileDone { id: 1 }),
+            "{replies:?}"
+        );
+        assert_eq!(std::fs::read(dir.path().join("tick.ncd")).unwrap(), new);
+    }
+
     #[test]
     fn a_change_the_feed_cannot_see_is_listed_once_the_safety_rescan_found_it() {
         let dir = tempfile::tempdir().unwrap();

@@ -36,12 +36,27 @@ impl Receiver {
 
     /// Starts syncing the ready files on a background thread, after the previous group.
     pub(super) fn start_seal(&mut self) -> Vec<Message> {
+        self.seal_ready(false)
+    }
+
+    /// Starts syncing the ready files, appends' side files too, while the source sends nothing
+    /// (it waits for the proof of what its scan took on trust, or its link is slow): the
+    /// session's end then syncs less, and its record need not hold the appended bytes. Does
+    /// nothing while a group is still being synced.
+    pub fn seal_while_idle(&mut self) -> Vec<Message> {
+        if self.ready.is_empty() || self.sealing.as_ref().is_some_and(|s| !s.is_finished()) {
+            return vec![];
+        }
+        self.seal_ready(true)
+    }
+
+    fn seal_ready(&mut self, appends: bool) -> Vec<Message> {
         let replies = self.join_seal();
         let ready = std::mem::take(&mut self.ready);
         self.ready_bytes = 0;
         if !ready.is_empty() {
             let committer = self.committer.clone();
-            self.sealing = Some(std::thread::spawn(move || committer.seal(ready)));
+            self.sealing = Some(std::thread::spawn(move || committer.seal(ready, appends)));
         }
         replies
     }
@@ -62,8 +77,10 @@ impl Receiver {
 
     /// Syncs what is still waiting and applies every staged change as one recorded batch.
     pub(super) fn apply_staged(&mut self) -> Vec<Message> {
+        let started = std::time::Instant::now();
         let mut replies = self.start_seal();
         replies.extend(self.join_seal());
+        let sealed = started.elapsed();
         let mut staged = std::mem::take(&mut self.staged);
         self.staged_steps = 0;
         self.staged_bytes = 0;
@@ -71,9 +88,11 @@ impl Receiver {
             return replies;
         }
         staged.sort_by_key(|(seq, _)| *seq);
+        let steps = staged.len();
         let applied = self
             .committer
             .apply(staged.into_iter().map(|(_, s)| s).collect());
+        tracing::debug!(steps, ?sealed, took = ?started.elapsed(), "batch applied");
         // In the session's order, which is about the tree's: filled, the leaves end full.
         let mut filling = scan::Filling::default();
         for (path, record) in applied.files {
