@@ -704,6 +704,8 @@ pub fn hash_file(path: &Path, old: Option<&FileRecord>, growth: Growth) -> std::
         }
         None => (&[][..], 0),
     };
+    // A write in the racy window before the read began could have kept the file's time.
+    let reading = fs::mtime_now();
     file.seek(SeekFrom::Start(start))?;
     let (tail, read) = hash::hash_blocks(&mut file, stamp.size - start)?;
     if read != stamp.size - start {
@@ -728,11 +730,10 @@ pub fn hash_file(path: &Path, old: Option<&FileRecord>, growth: Growth) -> std::
             "it was rewritten while being read",
         )));
     }
-    let now = fs::mtime_now();
     // Where the file system has no executable bit, the one the index knew stays.
     let stamp = fs::stamp_with_exec(stamp, old.is_some_and(|o| o.stamp.executable));
     let unproven = start / BLOCK_SIZE;
-    let recent = stamp.mtime_ns > now - RACY_WINDOW_NS;
+    let recent = stamp.mtime_ns > reading - RACY_WINDOW_NS;
     let record = FileRecord {
         hash: hash::file_hash(stamp.size, &blocks),
         // An unproven record is not trusted by the quick check either, until a proof clears

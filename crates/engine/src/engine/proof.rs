@@ -59,7 +59,8 @@ impl Prover {
             tried = snapshot.generation;
             let started = Instant::now();
             let (source, checked) = (self.source.clone(), snapshot.clone());
-            let proving = move || failures(&source, &checked.tree, &checked.unproven, 1);
+            let stop = self.cancel.clone();
+            let proving = move || failures(&source, &checked.tree, &checked.unproven, 1, &stop);
             let failed = match low_priority(proving).await {
                 Ok(failed) => failed,
                 Err(e) => {
@@ -99,13 +100,20 @@ impl Prover {
 }
 
 /// The files of `unproven` whose blocks in `tree` no longer match the disk (or cannot be read),
-/// proved on up to `workers` threads.
-fn failures(source: &Path, tree: &Tree, unproven: &[Unproven], workers: usize) -> Vec<String> {
+/// proved on up to `workers` threads. Once `stop` fires, the files not yet read count as failed.
+fn failures(
+    source: &Path,
+    tree: &Tree,
+    unproven: &[Unproven],
+    workers: usize,
+    stop: &CancellationToken,
+) -> Vec<String> {
     let proven = scan::in_parallel(unproven, workers, |unproven| {
-        tree.files.get(&unproven.path).is_none_or(|record| {
-            let proof = scan::prove(&source.join(&unproven.path), record, unproven.blocks);
-            matches!(proof, Ok(true))
-        })
+        !stop.is_cancelled()
+            && tree.files.get(&unproven.path).is_none_or(|record| {
+                let proof = scan::prove(&source.join(&unproven.path), record, unproven.blocks);
+                matches!(proof, Ok(true))
+            })
     });
     unproven
         .iter()
@@ -122,18 +130,22 @@ const PUSH_PROOF_WORKERS: usize = 2;
 /// them on `verdict` (they hold their `Finish` until then). Returns the files whose proof
 /// failed, to be read whole in another pass. The records proven lose the mark that kept them
 /// out of the quick check, in `index` too: the next push trusts them without reading them.
+/// Once `stop` fires, it ends after the files it is reading, and lets go of the index.
 pub(super) async fn prove_while_sending(
     source: PathBuf,
     tree: Arc<Tree>,
     unproven: Vec<Unproven>,
     index: Arc<Index>,
     verdict: latest::Sender<crate::mirror::send::ProofVerdict>,
+    stop: CancellationToken,
 ) -> Vec<String> {
     let started = Instant::now();
     let paths: Vec<String> = unproven.iter().map(|u| u.path.clone()).collect();
     let proving = move || {
-        let failed = failures(&source, &tree, &unproven, PUSH_PROOF_WORKERS);
-        settle(&index, &tree, &unproven, &failed);
+        let failed = failures(&source, &tree, &unproven, PUSH_PROOF_WORKERS, &stop);
+        if !stop.is_cancelled() {
+            settle(&index, &tree, &unproven, &failed);
+        }
         failed
     };
     let failed = low_priority(proving).await.unwrap_or_else(|e| {
@@ -146,8 +158,8 @@ pub(super) async fn prove_while_sending(
         Some(first) => {
             tracing::info!(files = ?failed, "changed before their grown end as well; hashing them in full");
             Err(format!(
-                "{} of the {} grown files changed before their grown end while the push ran \
-                 (first: {first}); they are read whole in another pass",
+                "{} of the {} grown files changed before their grown end, or could not be read \
+                 again to prove it (first: {first}); they are read whole in another pass",
                 failed.len(),
                 paths.len()
             ))

@@ -118,6 +118,7 @@ pub async fn push_once(
                     unproven,
                     index.clone(),
                     verdict,
+                    cancel.clone(),
                 ));
                 (Some(proof), Some(proving))
             }
@@ -158,17 +159,21 @@ pub async fn push_once(
         }
         // The files whose proof failed (a session that sent its `Finish` had the proof).
         let failed_proof = match proving {
-            Some(proving) if !stopped => tokio::select! {
-                failed = proving => failed.unwrap_or_else(|e| {
+            Some(mut proving) => tokio::select! {
+                biased;
+                failed = &mut proving => failed.unwrap_or_else(|e| {
                     tracing::warn!("the proof of the grown files ended: {e}");
                     grown
                 }),
                 () = cancel.cancelled() => {
                     stopped = true;
+                    // It ends after the files it is reading, and lets go of the index (the
+                    // next push opens it).
+                    let _ = tokio::time::timeout(STOP_GRACE, proving).await;
                     Vec::new()
                 }
             },
-            _ => Vec::new(),
+            None => Vec::new(),
         };
         if !failed_proof.is_empty() {
             // Another pass reads them whole (and every grown file, so it ends), even if this was
@@ -525,6 +530,25 @@ pub(super) async fn session(
             }
         }
     }
+    // A target that dialed in is reached over its connection only, which a failed proof must
+    // leave open for the next pass: nothing is sent to it before the proof.
+    let proof = match (proof, &target.dialed_in) {
+        (Some(mut proof), Some(_)) => {
+            let waited = tokio::select! {
+                () = stop.cancelled() => Err(SendError::Stopped),
+                verdict = conn.idle_until(send::verdict(&mut proof)) => verdict.map_err(SendError::from),
+            };
+            match waited {
+                Ok(Ok(())) => None,
+                Ok(Err(why)) => {
+                    *open = Some(conn);
+                    return Err(SendError::Unproven(why));
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        (proof, _) => proof,
+    };
     let plan = match theirs {
         None => Plan::default(),
         Some(theirs) => {
@@ -674,6 +698,11 @@ mod tests {
         );
     }
 
+    /// The names of `messages`, for a failure's message (their data would be megabytes).
+    fn names(messages: &[Message]) -> Vec<&'static str> {
+        messages.iter().map(Message::name).collect()
+    }
+
     /// Bytes standing for a file's content at `len`: each block unlike the others.
     fn content(len: usize, seed: u8) -> Vec<u8> {
         (0..len)
@@ -803,15 +832,18 @@ mod tests {
             "a failed proof gets another pass, even past the last: {report:?}"
         );
         let [first, second] = &sessions[..] else {
+            let sessions: Vec<_> = sessions.iter().map(|s| names(s)).collect();
             panic!("two sessions: {sessions:?}")
         };
         assert!(
             first.iter().any(|m| matches!(m, Message::Append(_))),
-            "the first pass sends the grown end while it proves: {first:?}"
+            "the first pass sends the grown end while it proves: {:?}",
+            names(first)
         );
         assert!(
             !first.contains(&Message::Finish),
-            "nothing resting on the failed proof is committed: {first:?}"
+            "nothing resting on the failed proof is committed: {:?}",
+            names(first)
         );
         assert!(
             matches!(first.last(), Some(Message::Refused { reason, .. }) if reason.contains("grown end")),
@@ -847,8 +879,95 @@ mod tests {
         assert!(
             matches!(&sessions[0][..], [Message::Refused { .. }]),
             "nothing but the reason before the proof: {:?}",
-            &sessions[0][..sessions[0].len().min(3)]
+            names(&sessions[0][..sessions[0].len().min(3)])
         );
+    }
+
+    /// A target that dialed in is reached over its one connection: after a failed proof it
+    /// was sent nothing, and the next pass asks it again over the same connection.
+    #[tokio::test]
+    async fn a_target_that_dialed_in_is_sent_nothing_before_the_proof_and_keeps_its_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let (source, state, old) = edited_and_grown(dir.path());
+        let listener = Listener::bind("127.0.0.1:0", None).await.unwrap();
+        let url = format!("ws://{}", listener.local_addr());
+        let holds = listed("tick.ncd", &old);
+        // The target dials, then answers each request for its manifest; what comes between
+        // two requests is one session.
+        let target = tokio::spawn(async move {
+            let options = ConnectOptions {
+                url,
+                trust: Trust::Insecure,
+                token: TOKEN.into(),
+                source_name: "dialing".into(),
+            };
+            let mut conn = transport::connect(&options).await.unwrap();
+            let mut sessions: Vec<Vec<Message>> = Vec::new();
+            while let Ok(Some(message)) = conn.recv().await {
+                match message {
+                    Message::GetManifest { .. } => {
+                        sessions.push(Vec::new());
+                        conn.send(&Message::ManifestPart {
+                            entries: vec![holds.clone()],
+                        })
+                        .await
+                        .unwrap();
+                        conn.send(&Message::ManifestEnd { partials: vec![] })
+                            .await
+                            .unwrap();
+                    }
+                    Message::Finish => {
+                        sessions.last_mut().unwrap().push(Message::Finish);
+                        break;
+                    }
+                    other => sessions.last_mut().unwrap().push(other),
+                }
+            }
+            sessions
+        });
+        let (conn, _) = listener
+            .accept()
+            .await
+            .unwrap()
+            .handshake(TOKEN, "source")
+            .await
+            .unwrap();
+        let dialed = DialedIn::new(
+            conn,
+            "127.0.0.1:1".parse().unwrap(),
+            Duration::from_secs(30),
+        );
+        let spec = TargetSpec {
+            url: "the dialing target".into(),
+            trust: Trust::Insecure,
+            token: TOKEN.into(),
+            dialed_in: Some(dialed.clone()),
+        };
+        let mut options = PushOptions::new(source, vec![spec], state);
+        options.passes = 1;
+        let (events, _) = broadcast::channel(256);
+        let never = CancellationToken::new();
+        let pushing = push_once(&options, &events, &never);
+        // The target ends at the second session's `Finish`, with no verdict: the push is not ok.
+        let report = tokio::time::timeout(Duration::from_secs(30), pushing)
+            .await
+            .expect("the push ends")
+            .unwrap();
+        let sessions = tokio::time::timeout(Duration::from_secs(30), target)
+            .await
+            .expect("the target saw both sessions")
+            .unwrap();
+        assert_eq!(report.targets[0].passes, 2, "{report:?}");
+        let [first, second] = &sessions[..] else {
+            let sessions: Vec<_> = sessions.iter().map(|s| names(s)).collect();
+            panic!("two sessions over the one connection: {sessions:?}")
+        };
+        assert!(
+            first.is_empty(),
+            "nothing before the proof: {:?}",
+            names(first)
+        );
+        assert_eq!(second.last(), Some(&Message::Finish), "{:?}", names(second));
     }
 
     /// A real agent on loopback: a grown file's end alone is read for the push, its old blocks

@@ -211,7 +211,14 @@ impl Committer {
                 ReadyKind::Append(_) => None,
             })
             .collect();
-        let synced = fs::sync_batch(&files).map_err(|e| format!("cannot sync: {e}"));
+        // The record names these files by their names in `tmp`: the names are made durable
+        // with them.
+        let synced = fs::sync_batch(&files)
+            .and_then(|()| match files.is_empty() {
+                true => Ok(()),
+                false => fs::sync_dirs(&[&self.tmp]),
+            })
+            .map_err(|e| format!("cannot sync: {e}"));
         drop(files);
         let mut sealed = Sealed::default();
         let mut changes = Vec::new();

@@ -54,7 +54,9 @@ const READY_BYTES: u64 = 64 << 20;
 /// A session is applied as one batch up to this many changes or bytes; a larger one is applied
 /// in several batches of this size, each whole. The bound keeps the record, the memory the
 /// staged changes take and the data held back in `tmp` small (a session of 300,000 files). A
-/// change staged takes about 1 KB until its batch is applied.
+/// change staged takes about 1 KB until its batch is applied. A source reads them too: a session
+/// that could cross them waits for the proof of what its scan took on trust before it sends
+/// anything (`send::send_plan`), as nothing unproven may be applied.
 pub const STAGE_STEPS: usize = 4_096;
 pub const STAGE_BYTES: u64 = 1 << 30;
 /// Paths a session's messages may name before the next listing walks the whole folder instead

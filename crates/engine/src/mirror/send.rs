@@ -71,7 +71,7 @@ pub enum SendError {
     Listing(String),
     /// The blocks the source's scan took on trust failed their proof: the session ended
     /// without its `Finish`, and the target committed nothing of it.
-    #[error("not finished: {0}")]
+    #[error("nothing of this session was committed: {0}")]
     Unproven(String),
 }
 
@@ -510,7 +510,8 @@ pub struct Pace<'a> {
     pub gate: Gate,
     /// Once cancelled, the message in flight finishes, nothing more is sent, and the
     /// connection is closed cleanly: the target commits every file that arrived whole and
-    /// keeps the verified blocks of the others for the next run.
+    /// keeps the verified blocks of the others for the next run. (While the tree waits for
+    /// its [`Proof`], the target is told to commit nothing instead.)
     pub stop: tokio_util::sync::CancellationToken,
     /// How hard blocks are compressed for this target.
     pub adapt: Adapt,
@@ -518,6 +519,15 @@ pub struct Pace<'a> {
     /// the session at its `Finish`, and must commit nothing unproven. A failed proof ends the
     /// session with [`SendError::Unproven`] and `Refused`, so the target drops what it staged.
     pub proof: Option<Proof>,
+}
+
+/// The verdict of `proof`, once there is one.
+pub async fn verdict(proof: &mut Proof) -> Result<(), String> {
+    proof
+        .wait_for(Option::is_some)
+        .await
+        .map(|v| v.clone().expect("waited for a verdict"))
+        .unwrap_or_else(|_| Err("the proof ended without a verdict".into()))
 }
 
 /// Waits for `proof`. A failed one ends the session: the target is told why (`Refused`), and
@@ -531,9 +541,7 @@ async fn proven(
     let verdict = tokio::select! {
         biased;
         () = stop.cancelled() => return Err(SendError::Stopped),
-        verdict = proof.wait_for(Option::is_some) => verdict
-            .map(|v| v.clone().expect("waited for a verdict"))
-            .unwrap_or_else(|_| Err("the proof ended without a verdict".into())),
+        verdict = verdict(proof) => verdict,
     };
     let Err(why) = verdict else { return Ok(()) };
     let refused = Message::Refused {
@@ -753,7 +761,12 @@ pub async fn send_plan(
                     reason: "the source stopped before it proved the grown files".into(),
                     refusal: Refusal::Other,
                 };
-                let _ = tokio::time::timeout(stall, sender.send(&refused)).await;
+                let told = tokio::time::timeout(stall, sender.send(&refused)).await;
+                if !matches!(told, Ok(Ok(()))) {
+                    // Not told: no clean close either. Dropped, the connection is a cut to the
+                    // target, which commits nothing of a cut session.
+                    return Err(ended);
+                }
             }
             if let Ok(conn) = sender.reunite(receiver) {
                 conn.close().await;
