@@ -612,10 +612,11 @@ fn work(
                     .map(|r| r.block_on(tokio::time::timeout(SEAL_WHEN_IDLE, incoming.recv())));
                 match soon {
                     Some(Ok(next)) => next,
-                    _ => {
+                    Some(Err(_)) => {
                         receiver.seal_while_idle().into_iter().for_each(reply);
                         incoming.blocking_recv()
                     }
+                    None => incoming.blocking_recv(),
                 }
             }
         };
