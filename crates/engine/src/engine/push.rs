@@ -754,6 +754,18 @@ mod tests {
         (source, state, old)
     }
 
+    /// Answers a request for the manifest as a target holding `holds` and nothing else.
+    async fn answer_listing(conn: &mut transport::Connection, holds: &Entry) {
+        conn.send(&Message::ManifestPart {
+            entries: vec![holds.clone()],
+        })
+        .await
+        .unwrap();
+        conn.send(&Message::ManifestEnd { partials: vec![] })
+            .await
+            .unwrap();
+    }
+
     /// A fake target on loopback that holds `old` at `tick.ncd` and nothing else, for two
     /// sessions at most; every message of each. It answers a `Finish` with a refusal (the
     /// tests need no verdict).
@@ -774,14 +786,7 @@ mod tests {
                     conn.recv().await.unwrap(),
                     Some(Message::GetManifest { .. })
                 ));
-                conn.send(&Message::ManifestPart {
-                    entries: vec![holds.clone()],
-                })
-                .await
-                .unwrap();
-                conn.send(&Message::ManifestEnd { partials: vec![] })
-                    .await
-                    .unwrap();
+                answer_listing(&mut conn, &holds).await;
                 let mut got = Vec::new();
                 while let Ok(Some(message)) = conn.recv().await {
                     let finish = message == Message::Finish;
@@ -907,14 +912,7 @@ mod tests {
                 match message {
                     Message::GetManifest { .. } => {
                         sessions.push(Vec::new());
-                        conn.send(&Message::ManifestPart {
-                            entries: vec![holds.clone()],
-                        })
-                        .await
-                        .unwrap();
-                        conn.send(&Message::ManifestEnd { partials: vec![] })
-                            .await
-                            .unwrap();
+                        answer_listing(&mut conn, &holds).await;
                     }
                     Message::Finish => {
                         sessions.last_mut().unwrap().push(Message::Finish);
