@@ -36,6 +36,7 @@ mod continuous;
 mod control;
 mod deletions;
 mod folder;
+mod guess;
 mod load;
 mod manifest_cache;
 mod paths;

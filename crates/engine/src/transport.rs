@@ -46,7 +46,7 @@ mod tcp_info;
 
 pub use address::{Address, authority_of};
 pub use client::{
-    ConnectOptions, Trust, connect, connect_asking, connect_within, peek_fingerprint,
+    ConnectOptions, Trust, connect, connect_asking, connect_eager, connect_within, peek_fingerprint,
 };
 pub use error::TransportError;
 pub use listener::{Incoming, Listener, Role, Tokens};
@@ -74,7 +74,7 @@ use admission::{Admission, Permit};
 use crate::protocol::{
     self, MAGIC, MAX_TEXT_BYTES, Message, PROTOCOL_VERSION, ProtocolError, Refusal,
 };
-use connection::{ByteStream, ws_config, ws_error};
+use connection::{ByteStream, Unwelcomed, ws_config, ws_error};
 use pin::PinVerifier;
 
 /// How long connecting, TLS, the WebSocket upgrade and the hello may take together, on a
@@ -607,6 +607,136 @@ mod tests {
             "the first attempt was dropped, the second went through"
         );
         assert_eq!(asked, ask);
+    }
+
+    #[tokio::test]
+    async fn an_eager_connection_sends_before_the_welcome_and_takes_it_off_the_first_read() {
+        let identity = Identity::generate().unwrap();
+        let pin = Trust::Pinned(identity.fingerprint());
+        let ask = Message::GetManifest { cached: None };
+        let listener = Arc::new(
+            Listener::bind("127.0.0.1:0", Some(identity.clone()))
+                .await
+                .unwrap(),
+        );
+        let server = echo_one(&listener);
+        let mut client = connect_eager(&options(wss(&listener), pin.clone(), TOKEN), &ask)
+            .await
+            .unwrap();
+        // Sent before anything was read: the upgrade's answer and the welcome are still to come.
+        let more = Message::Delete { path: "a".into() };
+        client.send(&more).await.unwrap();
+        assert_eq!(client.recv().await.unwrap(), Some(ask.clone()));
+        assert_eq!(client.recv().await.unwrap(), Some(more));
+        client.close().await;
+        assert_eq!(server.await.unwrap().unwrap(), "source-pc");
+
+        // A wrong token: the first read is the refusal, after whatever was sent.
+        let server = serve_one(&listener);
+        let wrong = options(wss(&listener), pin.clone(), "not the token");
+        let mut client = connect_eager(&wrong, &ask).await.unwrap();
+        client.send(&Message::Finish).await.unwrap();
+        match client.recv().await {
+            Err(TransportError::Refused { refusal, .. }) => {
+                assert_eq!(refusal, Refusal::WrongToken)
+            }
+            other => panic!("expected the refusal, got {other:?}"),
+        }
+        let err = server.await.unwrap().unwrap_err();
+        assert!(matches!(err, TransportError::WrongToken { .. }), "{err:?}");
+
+        // The same, split: the receiving half takes the welcome off.
+        let server = echo_one(&listener);
+        let client = connect_eager(&options(wss(&listener), pin, TOKEN), &ask)
+            .await
+            .unwrap();
+        let (_sender, mut receiver) = client.split();
+        assert_eq!(receiver.recv().await.unwrap(), Some(ask));
+        drop((_sender, receiver));
+        let _ = server.await;
+    }
+
+    /// What an eager connection sends before its welcome (a guessed session's data) is no
+    /// stranger's first message: the target's budget before authentication covers the hello,
+    /// and what follows it is read once the token was accepted.
+    #[tokio::test]
+    async fn an_eager_connection_may_send_megabytes_before_the_welcome() {
+        let identity = Identity::generate().unwrap();
+        let pin = Trust::Pinned(identity.fingerprint());
+        let listener = Arc::new(
+            Listener::bind("127.0.0.1:0", Some(identity.clone()))
+                .await
+                .unwrap(),
+        );
+        let budget = listener.limits().pre_auth_bytes;
+        let block = Message::Data {
+            id: 0,
+            offset: 0,
+            payload: crate::protocol::Payload::Raw(vec![7; 128 * 1024]),
+        };
+        let blocks = 8 * budget / (128 * 1024) + 1;
+        let ask = Message::GetManifest { cached: None };
+        let (accepting, expected) = (Arc::clone(&listener), block.clone());
+        let server = tokio::spawn(async move {
+            let (mut conn, _) = accepting
+                .accept()
+                .await?
+                .handshake(TOKEN, "backup-1")
+                .await?;
+            let first = conn.recv().await?;
+            for _ in 0..blocks {
+                assert_eq!(conn.recv().await?.as_ref(), Some(&expected));
+            }
+            conn.send(&Message::Finished { digest: [1; 32] }).await?;
+            Ok::<_, TransportError>((conn, first))
+        });
+        let mut client = connect_eager(&options(wss(&listener), pin, TOKEN), &ask)
+            .await
+            .unwrap();
+        for _ in 0..blocks {
+            client.send(&block).await.unwrap();
+        }
+        let (_conn, first) = server.await.unwrap().unwrap();
+        assert_eq!(first, Some(ask));
+        assert_eq!(
+            client.recv().await.unwrap(),
+            Some(Message::Finished { digest: [1; 32] }),
+            "the welcome was taken off"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_eager_connection_fails_its_first_read_on_an_answer_that_is_not_an_upgrade() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let ask = Message::GetManifest { cached: None };
+        let opts = |port: u16| options(format!("ws://127.0.0.1:{port}/"), Trust::Insecure, TOKEN);
+        let answers: [&[u8]; 3] = [
+            b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n",
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: c29tZXRoaW5nIGVsc2U=\r\n\r\n",
+            b"SSH-2.0-OpenSSH_9.6\r\n\r\n",
+        ];
+        for (answer, expected) in answers.into_iter().zip(["HTTP 404", "key", "not HTTP"]) {
+            let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let port = tcp.local_addr().unwrap().port();
+            let server = tokio::spawn(async move {
+                let (mut socket, _) = tcp.accept().await.unwrap();
+                let mut buf = [0u8; 4096];
+                let _ = socket.read(&mut buf).await.unwrap();
+                socket.write_all(answer).await.unwrap();
+                // Held open: the client's read must fail on the answer, not on an end.
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            });
+            let mut client = connect_eager(&opts(port), &ask).await.unwrap();
+            let err = tokio::time::timeout(Duration::from_secs(3), client.recv())
+                .await
+                .expect("the answer alone fails the read")
+                .unwrap_err();
+            assert!(
+                err.to_string().contains(expected),
+                "{expected:?} named in: {err}"
+            );
+            server.abort();
+        }
     }
 
     fn hello_of(token: &str) -> Vec<u8> {

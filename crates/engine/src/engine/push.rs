@@ -1,5 +1,6 @@
 //! A push: every pass over every target ([`push_once`]), and one session with one target.
 
+use super::guess::{Told, kept_theirs, trusted_before_welcome};
 use super::*;
 use crate::mirror::listing::Spool;
 
@@ -364,7 +365,10 @@ async fn ask_kept(
 }
 
 /// Dials `target`, asking with the hello ([`transport::connect_asking`]); the answer's entries,
-/// if it lists them, go to `into`.
+/// if it lists them, go to `into`. With `guess` (the source's scan and the manifest kept from
+/// the last sync), and a digest `cached` to offer, the session does not wait for the answer
+/// when the scan is done by the time TLS is up ([`transport::connect_eager`]): it plans against
+/// the kept manifest and sends at once, a round trip and the target's listing sooner.
 async fn dial(
     target: &TargetSpec,
     source_name: &str,
@@ -372,17 +376,28 @@ async fn dial(
     cached: Option<Hash>,
     stall: Duration,
     into: &mut Spool,
-) -> Result<Asked, SendError> {
+    guess: Option<(&tokio::sync::watch::Receiver<Option<Ready>>, &Kept)>,
+) -> Result<(transport::Connection, Told), SendError> {
     let options = ConnectOptions {
         url: target.url.clone(),
         trust: target.trust.clone(),
         token: target.token.clone(),
         source_name: source_name.to_string(),
     };
-    let mut conn = transport::connect_asking(&options, ask).await?;
+    let mut conn = match (guess, cached) {
+        (Some((tree_rx, kept)), Some(offered)) if trusted_before_welcome(&target.trust) => {
+            let conn = transport::connect_eager(&options, ask).await?;
+            tracing::debug!(target = %target.url, "connected; the answers are still to come");
+            if let Some(theirs) = kept_theirs(tree_rx, kept, offered).await {
+                return Ok((conn, Told::Guessed(offered, theirs)));
+            }
+            conn
+        }
+        _ => transport::connect_asking(&options, ask).await?,
+    };
     tracing::debug!(target = %target.url, "connected");
-    let listed = send::manifest_asked(&mut conn, cached, stall, into).await?;
-    Ok((conn, listed))
+    let (theirs, partials) = send::manifest_asked(&mut conn, cached, stall, into).await?;
+    Ok((conn, Told::Answered(theirs, partials)))
 }
 
 /// The target's listing laid over the source's `tree`, read on a blocking thread (about a
@@ -412,7 +427,9 @@ async fn lay_over(
 /// proof its `Finish` waits for when the tree rests on blocks the scan did not read.
 pub(super) type Ready = (Arc<Tree>, Hash, Option<send::Proof>);
 
-/// One session with one target: connect, fetch its manifest, plan, send.
+/// One session with one target: connect, fetch its manifest, plan, send. A session sent
+/// against the manifest kept from the last sync, which the target turned out not to hold any
+/// more, committed nothing: it is made again, from the target's listing.
 #[allow(
     clippy::too_many_arguments,
     reason = "each is one distinct input of a session; a struct would only rename them"
@@ -422,10 +439,52 @@ pub(super) async fn session(
     options: &PushOptions,
     stop: &CancellationToken,
     open: &mut Option<transport::Connection>,
+    tree_rx: tokio::sync::watch::Receiver<Option<Ready>>,
+    blocks: &Arc<BlockSource>,
+    events: &broadcast::Sender<Event>,
+    kept: &mut Kept,
+) -> Result<(send::Outcome, u64, u64), SendError> {
+    let first = attempt(
+        target,
+        options,
+        stop,
+        open,
+        tree_rx.clone(),
+        blocks,
+        events,
+        kept,
+        true,
+    )
+    .await;
+    match first {
+        Err(SendError::Guessed(why)) => {
+            tracing::info!(target = %target.url, "{why}: asking for its manifest this time");
+            kept.forget();
+            attempt(
+                target, options, stop, open, tree_rx, blocks, events, kept, false,
+            )
+            .await
+        }
+        other => other,
+    }
+}
+
+/// [`session`], once; `guess` allows sending before the target's answer to the manifest
+/// request ([`dial`]).
+#[allow(
+    clippy::too_many_arguments,
+    reason = "each is one distinct input of a session; a struct would only rename them"
+)]
+async fn attempt(
+    target: &TargetSpec,
+    options: &PushOptions,
+    stop: &CancellationToken,
+    open: &mut Option<transport::Connection>,
     mut tree_rx: tokio::sync::watch::Receiver<Option<Ready>>,
     blocks: &Arc<BlockSource>,
     events: &broadcast::Sender<Event>,
     kept: &mut Kept,
+    guess: bool,
 ) -> Result<(send::Outcome, u64, u64), SendError> {
     let (source_name, stall, limit) = (
         &options.source_name,
@@ -447,59 +506,84 @@ pub(super) async fn session(
     let started = Instant::now();
     // A connection kept from the last round is used again: no new TLS handshake per sync. A
     // new one asks for the manifest with its hello.
-    let (mut conn, base, (listed, mut partials)) = match (open.take(), &target.dialed_in) {
+    let guess = guess.then_some((&tree_rx, &*kept));
+    let (mut conn, base, told) = match (open.take(), &target.dialed_in) {
         (Some(kept), dialed_in) => match ask_kept(kept, &ask, cached, stall, &mut spool).await {
-            Ok((conn, listed)) => (conn, kept_base, listed),
+            Ok((conn, (listed, partials))) => (conn, kept_base, Told::Answered(listed, partials)),
             // One that dialed in is reached over its connection only.
             Err(error) if dialed_in.is_some() || !error.is_cut() => return Err(error),
             Err(error) => {
                 tracing::info!(target = %target.url, "the connection kept from the last sync failed ({error}); dialing again");
                 spool = Spool::new(&options.state_dir);
-                let (conn, listed) =
-                    dial(target, source_name, &ask, cached, stall, &mut spool).await?;
-                (conn, 0, listed)
+                let (conn, told) =
+                    dial(target, source_name, &ask, cached, stall, &mut spool, guess).await?;
+                (conn, 0, told)
             }
         },
         (None, Some(dialed)) => {
             let mut conn = dialed.take().ok_or(SendError::Closed)?;
             conn.send(&ask).await?;
-            let listed = send::manifest_asked(&mut conn, cached, stall, &mut spool).await?;
-            (conn, 0, listed)
+            let (listed, partials) =
+                send::manifest_asked(&mut conn, cached, stall, &mut spool).await?;
+            (conn, 0, Told::Answered(listed, partials))
         }
         (None, None) => {
-            let (conn, listed) = dial(target, source_name, &ask, cached, stall, &mut spool).await?;
-            (conn, 0, listed)
+            let (conn, told) =
+                dial(target, source_name, &ask, cached, stall, &mut spool, guess).await?;
+            (conn, 0, told)
         }
     };
-    // While the source still scans, the connection answers the target's pings.
-    let scanned = conn
-        .idle_until(async { tree_rx.wait_for(Option::is_some).await.map(|t| t.clone()) })
-        .await?;
-    let (tree, digest, proof): Ready = scanned
-        .map_err(|_| SendError::Protocol("the source could not be scanned".into()))?
-        .expect("waited for a tree");
+    let (tree, digest, proof): Ready = match &told {
+        // A guess is made only once the source is scanned; nothing is read meanwhile (the
+        // target's answers come with the replies).
+        Told::Guessed(..) => tree_rx.borrow().clone().expect("guessed with a tree"),
+        // While the source still scans, the connection answers the target's pings.
+        Told::Answered(..) => conn
+            .idle_until(async { tree_rx.wait_for(Option::is_some).await.map(|t| t.clone()) })
+            .await?
+            .map_err(|_| SendError::Protocol("the source could not be scanned".into()))?
+            .expect("waited for a tree"),
+    };
     let tree = &tree;
+    // The digest of the manifest a guess was planned against.
+    let guessed = match &told {
+        Told::Guessed(offered, _) => Some(*offered),
+        Told::Answered(..) => None,
+    };
+    let mut partials = Vec::new();
     // The target's tree; none when it is the source's own (both unchanged since the target's
     // kept manifest: the digests say every path, size, time and hash is the same).
-    let theirs = match listed {
-        send::Theirs::Listed => Some(lay_over(&mut conn, spool, tree).await?),
-        send::Theirs::Same(same) if same == digest => None,
-        send::Theirs::Same(same) => match conn.idle_until(kept.tree(same, tree)).await? {
-            Ok(Some(theirs)) => Some(theirs),
-            loaded => {
-                match loaded {
-                    // The reading itself failed (a bug): the file may be sound, and is kept.
-                    Err(e) => {
-                        tracing::warn!("cannot read the kept manifest ({e}); listing the target")
+    let theirs = match told {
+        Told::Guessed(_, theirs) => theirs,
+        Told::Answered(send::Theirs::Listed, listed) => {
+            partials = listed;
+            Some(lay_over(&mut conn, spool, tree).await?)
+        }
+        Told::Answered(send::Theirs::Same(same), listed) if same == digest => {
+            partials = listed;
+            None
+        }
+        Told::Answered(send::Theirs::Same(same), listed) => {
+            partials = listed;
+            match conn.idle_until(kept.tree(same, tree)).await? {
+                Ok(Some(theirs)) => Some(theirs),
+                loaded => {
+                    match loaded {
+                        // The reading itself failed (a bug): the file may be sound, and is kept.
+                        Err(e) => {
+                            tracing::warn!(
+                                "cannot read the kept manifest ({e}); listing the target"
+                            )
+                        }
+                        // The kept entries are damaged: list the target after all.
+                        Ok(_) => kept.forget(),
                     }
-                    // The kept entries are damaged: list the target after all.
-                    Ok(_) => kept.forget(),
+                    let mut listing = Spool::new(&options.state_dir);
+                    partials = send::list_manifest(&mut conn, stall, &mut listing).await?;
+                    Some(lay_over(&mut conn, listing, tree).await?)
                 }
-                let mut listing = Spool::new(&options.state_dir);
-                partials = send::list_manifest(&mut conn, stall, &mut listing).await?;
-                Some(lay_over(&mut conn, listing, tree).await?)
             }
-        },
+        }
     };
     let confirmed = |doomed: usize| {
         options
@@ -517,6 +601,15 @@ pub(super) async fn session(
             let (now, held) = (plan::doomed(tree, theirs), theirs.files.len());
             match plan::mass_delete(now, held, share, deletions.earlier()) {
                 Some((doomed, _)) if confirmed(doomed) => {}
+                // Deletes held back are judged on the target's own listing, not on a guess.
+                Some(_) if guessed.is_some() => {
+                    conn.close_now().await;
+                    return Err(SendError::Guessed(
+                        "this sync would delete much of the target, which is judged on its own \
+                         listing"
+                            .into(),
+                    ));
+                }
                 Some((doomed, held)) => {
                     let error = SendError::MassDelete {
                         doomed,
@@ -560,9 +653,12 @@ pub(super) async fn session(
                     blocks2.tail_hash(path, len)
                 })
             });
-            conn.idle_until(planning)
-                .await?
-                .map_err(|e| SendError::Protocol(format!("planning failed: {e}")))?
+            // A guess reads nothing until it sends (the target's answer is a reply).
+            let planned = match guessed {
+                Some(_) => planning.await,
+                None => conn.idle_until(planning).await?,
+            };
+            planned.map_err(|e| SendError::Protocol(format!("planning failed: {e}")))?
         }
     };
     tracing::debug!(elapsed = ?started.elapsed(), target = %target.url, "manifest and plan ready");
@@ -584,6 +680,7 @@ pub(super) async fn session(
             stop: stop.clone(),
             adapt: options.compress.adapt_for(target),
             proof,
+            guess: guessed,
         },
         blocks,
         events,
@@ -592,8 +689,8 @@ pub(super) async fn session(
     let wire = sent.load(std::sync::atomic::Ordering::Relaxed)
         + received.load(std::sync::atomic::Ordering::Relaxed)
         - base;
-    tracing::debug!(elapsed = ?started.elapsed(), target = %target.url, "plan sent and verified");
     let (outcome, conn) = outcome;
+    tracing::debug!(elapsed = ?started.elapsed(), target = %target.url, guessed = outcome.guessed, "plan sent and verified");
     *open = Some(conn);
     if outcome.digest == digest {
         keep_alive_while(open, kept.verified(digest, tree), false).await;

@@ -73,6 +73,11 @@ pub enum SendError {
     /// without its `Finish`, and the target committed nothing of it.
     #[error("nothing of this session was committed: {0}")]
     Unproven(String),
+    /// The session was planned against the manifest the source kept from the last sync, and
+    /// sent before the target answered whether it still holds it; it did not: the session
+    /// ended without its `Finish`, and the target committed nothing of it.
+    #[error("{0}; nothing of this session was committed")]
+    Guessed(String),
 }
 
 impl SendError {
@@ -112,6 +117,52 @@ pub enum Theirs {
     Listed,
     /// The one whose digest the source offered: unchanged since the source kept it.
     Same(Hash),
+}
+
+/// What the target answered to a manifest request the source did not wait for
+/// ([`Pace::guess`]): whether it still holds the manifest the session was planned against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Answer {
+    /// It does.
+    Same,
+    /// It listed another one: why the guess was wrong.
+    Changed(String),
+}
+
+/// Reads the target's answer to a manifest request the session did not wait for, which comes
+/// before any reply to what the session sent; a listing is read to its end and dropped (the
+/// session ends without its `Finish`, and the next one asks again).
+async fn read_answer(receiver: &mut ConnectionReceiver) -> Result<Answer, SendError> {
+    let mut entries = 0usize;
+    loop {
+        match receiver.recv_within(SILENCE).await? {
+            Some(Message::ManifestSame { .. }) => return Ok(Answer::Same),
+            Some(Message::ManifestPart { entries: part }) => {
+                entries += part.len();
+                if entries > MAX_MANIFEST_ENTRIES {
+                    return Err(SendError::Protocol(format!(
+                        "the manifest has more than {MAX_MANIFEST_ENTRIES} entries"
+                    )));
+                }
+            }
+            Some(Message::ManifestEnd { .. }) => {
+                return Ok(Answer::Changed(format!(
+                    "the target's folder changed since the last sync: it listed {entries} \
+                     entries, not the manifest kept"
+                )));
+            }
+            Some(Message::Refused { reason, refusal }) => {
+                return Err(SendError::Refused { reason, refusal });
+            }
+            Some(other) => {
+                return Err(SendError::Protocol(format!(
+                    "expected the manifest, got {}",
+                    other.name()
+                )));
+            }
+            None => return Err(SendError::Closed),
+        }
+    }
 }
 
 /// Asks the target for its manifest. With `cached`, the digest of the manifest this source
@@ -208,6 +259,9 @@ pub struct Outcome {
     pub failed: Vec<(String, String)>,
     /// Bytes of file data sent (before compression).
     pub data_bytes: u64,
+    /// Sent before the target answered the manifest request, against the manifest kept
+    /// ([`Pace::guess`]), and the target then answered that it held it.
+    pub guessed: bool,
 }
 
 /// A block read for the stream: its file's id and its length before compression.
@@ -450,8 +504,13 @@ pub const SILENCE: Duration = Duration::from_secs(25);
 
 /// Collects the target's replies until it reports its digest; a target silent for
 /// [`SILENCE`] is taken for gone.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "each is one distinct input of the replies; a struct would only rename them"
+)]
 async fn collect_replies(
     receiver: &mut ConnectionReceiver,
+    answer: Option<&tokio::sync::watch::Sender<ProofVerdict>>,
     done: &AtomicU64,
     load: &std::sync::atomic::AtomicU32,
     events: &broadcast::Sender<Event>,
@@ -459,6 +518,14 @@ async fn collect_replies(
     open: &Open<'_>,
 ) -> Result<(Hash, Vec<(String, String)>), SendError> {
     let mut failed = Vec::new();
+    // A manifest request the session did not wait for is answered first.
+    if let Some(verdict) = answer {
+        let answered = match read_answer(receiver).await? {
+            Answer::Same => Ok(()),
+            Answer::Changed(why) => Err(why),
+        };
+        verdict.send_replace(Some(answered));
+    }
     loop {
         match receiver.recv_within(SILENCE).await? {
             Some(Message::FileDone { id }) => {
@@ -519,6 +586,12 @@ pub struct Pace<'a> {
     /// the session at its `Finish`, and must commit nothing unproven. A failed proof ends the
     /// session with [`SendError::Unproven`] and `Refused`, so the target drops what it staged.
     pub proof: Option<Proof>,
+    /// The digest of the manifest the plan was made against, when the target was asked for its
+    /// manifest and the plan sent without waiting for the answer (a guess from the manifest
+    /// kept since the last sync). The answer comes first among the replies, and `Finish` waits
+    /// for it as for the proof: any answer but "the same" ends the session with
+    /// [`SendError::Guessed`] and `Refused`, as soon as it comes.
+    pub guess: Option<Hash>,
 }
 
 /// The verdict of `proof`, once there is one.
@@ -530,13 +603,14 @@ pub async fn verdict(proof: &mut Proof) -> Result<(), String> {
         .unwrap_or_else(|_| Err("the proof ended without a verdict".into()))
 }
 
-/// Waits for `proof`. A failed one ends the session: the target is told why (`Refused`), and
-/// drops what it staged of it.
+/// Waits for `proof`. A failed one ends the session as `ended` says: the target is told why
+/// (`Refused`), and drops what it staged of it.
 async fn proven(
     proof: &mut Proof,
     stop: &tokio_util::sync::CancellationToken,
     sender: &mut ConnectionSender,
     stall: Duration,
+    ended: fn(String) -> SendError,
 ) -> Result<(), SendError> {
     let verdict = tokio::select! {
         biased;
@@ -551,7 +625,25 @@ async fn proven(
     tokio::time::timeout(stall, sender.send(&refused))
         .await
         .map_err(|_| SendError::Stalled(stall))??;
-    Err(SendError::Unproven(why))
+    Err(ended(why))
+}
+
+/// Waits for the target's answer to a manifest request the session did not wait for, then
+/// for the proof: what `Finish` (or anything past one batch) needs.
+async fn confirmed(
+    answer: &mut Option<Proof>,
+    proof: &mut Option<Proof>,
+    stop: &tokio_util::sync::CancellationToken,
+    sender: &mut ConnectionSender,
+    stall: Duration,
+) -> Result<(), SendError> {
+    if let Some(answer) = answer {
+        proven(answer, stop, sender, stall, SendError::Guessed).await?;
+    }
+    if let Some(proof) = proof {
+        proven(proof, stop, sender, stall, SendError::Unproven).await?;
+    }
+    Ok(())
 }
 
 /// Streams `plan` to the target and waits for its verdict.
@@ -570,7 +662,16 @@ pub async fn send_plan(
         stop,
         mut adapt,
         mut proof,
+        guess,
     } = pace;
+    // The target's answer to the manifest request, when the plan did not wait for it.
+    let (answer_tx, mut answer) = match guess {
+        Some(_) => {
+            let (tx, rx) = tokio::sync::watch::channel(None);
+            (Some(tx), Some(rx))
+        }
+        None => (None, None),
+    };
     // The messages are made from the plan as the stream reaches them, not all at once: with a
     // large folder they would be a second copy of every path and block hash.
     let open = Open::default();
@@ -595,7 +696,15 @@ pub async fn send_plan(
     // `Err`: stopped, or a failed proof; the connection is closed below, once the replies let
     // go of it.
     let verdict = {
-        let replies = collect_replies(&mut receiver, &done, &load, events, target, &open);
+        let replies = collect_replies(
+            &mut receiver,
+            answer_tx.as_ref(),
+            &done,
+            &load,
+            events,
+            target,
+            &open,
+        );
         // The level of the blocks read from now on (a place on the ladder), as `adapt` moves.
         let level_now = std::sync::atomic::AtomicUsize::new(adapt.rung());
         // Blocks compressed at once for this target: its read-ahead, on as many cores as the
@@ -605,11 +714,10 @@ pub async fn send_plan(
         let threads = || (cores.min(READ_AHEAD) as f64).min(cores as f64 / blocks.senders() as f64);
         let sending = async {
             // A target applies a session larger than one batch in several, each at its bound,
-            // before the `Finish`: such a session waits for the proof before it sends anything.
-            if let Some(proof) = proof.as_mut()
-                && (plan.operations() >= STAGE_STEPS || plan.written_bytes >= STAGE_BYTES)
-            {
-                proven(proof, &stop, &mut sender, stall).await?;
+            // before the `Finish`: such a session waits for the answer and the proof before it
+            // sends anything.
+            if plan.operations() >= STAGE_STEPS || plan.written_bytes >= STAGE_BYTES {
+                confirmed(&mut answer, &mut proof, &stop, &mut sender, stall).await?;
             }
             let mut stream = futures_util::stream::iter(items)
                 .map(|item| read_item(item, &open, blocks, &level_now))
@@ -641,9 +749,14 @@ pub async fn send_plan(
                 {
                     continue;
                 }
-                // The target commits at `Finish`: nothing resting on blocks not read yet.
-                if let (Ok(Message::Finish), Some(proof)) = (&message, proof.as_mut()) {
-                    proven(proof, &stop, &mut sender, stall).await?;
+                // The target commits at `Finish`: nothing resting on blocks not read yet, nor
+                // on a guess of what it holds. A wrong guess ends the session as soon as it is
+                // known.
+                let wrong = answer
+                    .as_ref()
+                    .is_some_and(|a| matches!(*a.borrow(), Some(Err(_))));
+                if matches!(message, Ok(Message::Finish)) || wrong {
+                    confirmed(&mut answer, &mut proof, &stop, &mut sender, stall).await?;
                 }
                 match message {
                     Ok(message) => {
@@ -732,7 +845,7 @@ pub async fn send_plan(
         tokio::select! {
             biased;
             sent = sending => match sent {
-                Err(ended @ (SendError::Stopped | SendError::Unproven(_))) => Err(ended),
+                Err(ended @ (SendError::Stopped | SendError::Unproven(_) | SendError::Guessed(_))) => Err(ended),
                 Err(error) => {
                     return Err(match tokio::time::timeout(Duration::from_secs(2), replies).await {
                         Ok(Err(refusal @ SendError::Refused { .. })) => refusal,
@@ -755,10 +868,13 @@ pub async fn send_plan(
             // for the target's answer and reads what it sent meanwhile: a socket closed with
             // replies unread is reset by the kernel, which drops what was still queued to
             // send, the close itself included, and the target would see a cut.
-            let unproven = proof.is_some_and(|p| !matches!(*p.borrow(), Some(Ok(()))));
+            let unproven = [proof, answer]
+                .into_iter()
+                .flatten()
+                .any(|p| !matches!(*p.borrow(), Some(Ok(()))));
             if matches!(ended, SendError::Stopped) && unproven {
                 let refused = Message::Refused {
-                    reason: "the source stopped before it proved the grown files".into(),
+                    reason: "the source stopped before it proved what this session rests on".into(),
                     refusal: Refusal::Other,
                 };
                 let told = tokio::time::timeout(stall, sender.send(&refused)).await;
@@ -794,6 +910,7 @@ pub async fn send_plan(
             files_done,
             failed,
             data_bytes,
+            guessed: guess.is_some(),
         },
         conn,
     ))

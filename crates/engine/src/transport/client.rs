@@ -1,6 +1,7 @@
 //! The source's side: how it trusts a target's certificate, and [`connect`].
 
 use super::*;
+use tokio::io::AsyncWriteExt;
 
 /// How a client checks the server's certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,6 +136,108 @@ async fn bounded(
     }
 }
 
+/// [`connect_asking`], returning as soon as the upgrade request, the hello and `first` are
+/// written, once TCP and TLS are up (the certificate checked): what the caller sends next
+/// follows them in the same flight, a round trip (and the target's answer to `first`) sooner.
+/// The target's answers come in front of the first message read: the upgrade's and the
+/// welcome are checked and taken off there, and a refusal (a wrong token, another version) is
+/// that read's error ([`TransportError::Refused`]). TCP, TLS and those answers together are
+/// bounded by [`HANDSHAKE_TIMEOUT`]. The connection's `remote_name` stays empty.
+///
+/// Only for a target this source already trusts: the caller sends file data before the
+/// target has accepted its token.
+pub async fn connect_eager(
+    opts: &ConnectOptions,
+    first: &Message,
+) -> Result<Connection, TransportError> {
+    let target = Address::parse(&opts.url)?;
+    let by = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
+    let opening = async {
+        let opened = open(opts, &target).await.map_err(Upgrade::into_error)?;
+        let (request, accept) = pipeline::upgrade_request(&upgrade_url(&target))
+            .map_err(|e| ws_error(&target.key, e))?;
+        let hello = protocol::encode(&hello(opts));
+        let asked = protocol::encode(first);
+        let frames = pipeline::client_frames(&[hello.clone(), asked.clone()]).ok_or_else(|| {
+            TransportError::Protocol {
+                peer: target.key.clone(),
+                source: ProtocolError::Malformed("the hello could not be framed".into()),
+            }
+        })?;
+        let Opened {
+            mut stream,
+            fingerprint,
+            probe,
+        } = opened;
+        let io = |e| ws_error(&target.key, tungstenite::Error::Io(e));
+        stream
+            .write_all(&[request, frames].concat())
+            .await
+            .map_err(io)?;
+        stream.flush().await.map_err(io)?;
+        let stream: Box<dyn ByteStream> = Box::new(pipeline::Answered::new(stream, accept));
+        let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            stream,
+            tungstenite::protocol::Role::Client,
+            Some(ws_config()),
+        )
+        .await;
+        let record = match (&opts.trust, &fingerprint) {
+            (Trust::FirstUse(path), Some(seen)) => Some((path.clone(), seen.clone())),
+            _ => None,
+        };
+        let mut connection = Connection::new(ws, target.key.clone())
+            .with_probe(probe)
+            .unwelcomed(Unwelcomed { by, record });
+        connection.count_sent(hello.len() + asked.len());
+        connection.fingerprint = fingerprint;
+        Ok(connection)
+    };
+    bounded(&target, HANDSHAKE_TIMEOUT, opening).await
+}
+
+/// Records `seen` as `peer`'s fingerprint in the known-peers file at `path`, unless the file
+/// names one already: trust on first use, once the peer proved it holds the key and accepted
+/// our token.
+pub(super) fn record_first_use(
+    path: &Path,
+    peer: &str,
+    seen: &Fingerprint,
+) -> Result<(), TransportError> {
+    let known = KnownPeers::load(path)?;
+    if known.fingerprints(peer).is_empty() {
+        known.append(path, peer, seen)?;
+    }
+    Ok(())
+}
+
+/// The URL of the upgrade request to `target`.
+fn upgrade_url(target: &Address) -> String {
+    format!(
+        "{}://{}/",
+        if target.tls { "wss" } else { "ws" },
+        target.key
+    )
+}
+
+/// The hello of `opts`.
+fn hello(opts: &ConnectOptions) -> Message {
+    Message::Hello {
+        magic: MAGIC,
+        version: PROTOCOL_VERSION,
+        token: opts.token.clone(),
+        source_name: opts.source_name.clone(),
+    }
+}
+
+/// A connection up to its TLS handshake: the stream to upgrade, the certificate's fingerprint
+/// (over TLS) and the socket's probe.
+struct Opened {
+    stream: Box<dyn ByteStream>,
+    fingerprint: Option<Fingerprint>,
+    probe: super::tcp_info::SocketProbe,
+}
+
 /// Connects, upgrades and says hello (with `first` behind it). With `pipelined`, the hello
 /// and `first` go right behind the upgrade request, a round trip sooner.
 async fn connect_to(
@@ -143,6 +246,76 @@ async fn connect_to(
     first: Option<&Message>,
     pipelined: bool,
 ) -> Result<Connection, Upgrade> {
+    let peer = target.key.clone();
+    let Opened {
+        stream,
+        fingerprint,
+        probe,
+    } = open(opts, target).await?;
+    let request = upgrade_url(target);
+    let hello = hello(opts);
+    let payloads: Vec<Vec<u8>> = std::iter::once(&hello)
+        .chain(first)
+        .map(protocol::encode)
+        .collect();
+    // The hello is written only once the certificate was checked (the TLS handshake above).
+    let preface = pipelined
+        .then(|| pipeline::client_frames(&payloads))
+        .flatten();
+    let prefaced = preface.is_some();
+    let stream: Box<dyn ByteStream> = match preface {
+        Some(frames) => Box::new(pipeline::Preface::new(stream, frames)),
+        None => stream,
+    };
+    let (ws, _response) =
+        tokio_tungstenite::client_async_with_config(request, stream, Some(ws_config()))
+            .await
+            .map_err(|e| match (prefaced, ws_error(&peer, e)) {
+                (true, e @ (TransportError::Closed { .. } | TransportError::WebSocket { .. })) => {
+                    Upgrade::Refused(e)
+                }
+                (_, e) => Upgrade::Failed(e),
+            })?;
+    let mut connection = Connection::new(ws, peer.clone()).with_probe(probe);
+    if prefaced {
+        connection.count_sent(payloads.iter().map(Vec::len).sum());
+    } else {
+        for payload in payloads {
+            connection.send_encoded(payload.into()).await?;
+        }
+    }
+    match connection.recv().await? {
+        Some(Message::Welcome { target_name }) => connection.remote_name = target_name,
+        Some(Message::Refused { reason, refusal }) => {
+            return Err(Upgrade::Failed(TransportError::Refused {
+                peer,
+                reason: printable(&reason),
+                refusal,
+            }));
+        }
+        Some(other) => {
+            return Err(Upgrade::Failed(TransportError::Protocol {
+                peer,
+                source: ProtocolError::Malformed(format!(
+                    "expected Welcome or Refused, got {}",
+                    Message::name(&other)
+                )),
+            }));
+        }
+        None => return Err(Upgrade::Failed(TransportError::Closed { peer })),
+    }
+
+    // First use: the target proved it holds the key and accepted our token; remember it.
+    if let (Trust::FirstUse(path), Some(seen)) = (&opts.trust, &fingerprint) {
+        record_first_use(path, &peer, seen)?;
+    }
+    connection.fingerprint = fingerprint;
+    Ok(connection)
+}
+
+/// Checks what to trust, connects and, over `wss://`, makes the TLS handshake with the
+/// certificate checked: nothing is sent before that.
+async fn open(opts: &ConnectOptions, target: &Address) -> Result<Opened, Upgrade> {
     let peer = target.key.clone();
     let bad_url = |reason: &str| TransportError::BadUrl {
         url: opts.url.clone(),
@@ -232,77 +405,11 @@ async fn connect_to(
         }
     };
 
-    let request = format!(
-        "{}://{}/",
-        if target.tls { "wss" } else { "ws" },
-        target.key
-    );
-    let hello = Message::Hello {
-        magic: MAGIC,
-        version: PROTOCOL_VERSION,
-        token: opts.token.clone(),
-        source_name: opts.source_name.clone(),
-    };
-    let payloads: Vec<Vec<u8>> = std::iter::once(&hello)
-        .chain(first)
-        .map(protocol::encode)
-        .collect();
-    // The hello is written only once the certificate was checked (the TLS handshake above).
-    let preface = pipelined
-        .then(|| pipeline::client_frames(&payloads))
-        .flatten();
-    let prefaced = preface.is_some();
-    let stream: Box<dyn ByteStream> = match preface {
-        Some(frames) => Box::new(pipeline::Preface::new(stream, frames)),
-        None => stream,
-    };
-    let (ws, _response) =
-        tokio_tungstenite::client_async_with_config(request, stream, Some(ws_config()))
-            .await
-            .map_err(|e| match (prefaced, ws_error(&peer, e)) {
-                (true, e @ (TransportError::Closed { .. } | TransportError::WebSocket { .. })) => {
-                    Upgrade::Refused(e)
-                }
-                (_, e) => Upgrade::Failed(e),
-            })?;
-    let mut connection = Connection::new(ws, peer.clone()).with_probe(probe);
-    if prefaced {
-        connection.count_sent(payloads.iter().map(Vec::len).sum());
-    } else {
-        for payload in payloads {
-            connection.send_encoded(payload.into()).await?;
-        }
-    }
-    match connection.recv().await? {
-        Some(Message::Welcome { target_name }) => connection.remote_name = target_name,
-        Some(Message::Refused { reason, refusal }) => {
-            return Err(Upgrade::Failed(TransportError::Refused {
-                peer,
-                reason: printable(&reason),
-                refusal,
-            }));
-        }
-        Some(other) => {
-            return Err(Upgrade::Failed(TransportError::Protocol {
-                peer,
-                source: ProtocolError::Malformed(format!(
-                    "expected Welcome or Refused, got {}",
-                    Message::name(&other)
-                )),
-            }));
-        }
-        None => return Err(Upgrade::Failed(TransportError::Closed { peer })),
-    }
-
-    // First use: the target proved it holds the key and accepted our token; remember it.
-    if let (Trust::FirstUse(path), Some(seen)) = (&opts.trust, &fingerprint) {
-        let known = KnownPeers::load(path)?;
-        if known.fingerprints(&peer).is_empty() {
-            known.append(path, &peer, seen)?;
-        }
-    }
-    connection.fingerprint = fingerprint;
-    Ok(connection)
+    Ok(Opened {
+        stream,
+        fingerprint,
+        probe,
+    })
 }
 
 /// A TLS client that checks the server's certificate against `accepted` (none: it accepts

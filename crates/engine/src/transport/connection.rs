@@ -107,6 +107,47 @@ pub struct Connection {
     /// some frame by then.
     answer_by: Asked,
     probe: SocketProbe,
+    /// On a client that did not wait for its target's welcome: what the first message read
+    /// must be.
+    welcome: Option<Unwelcomed>,
+}
+
+/// A client's connection whose target has not answered the hello yet
+/// ([`super::connect_eager`]): its first message must be `Welcome` (or `Refused`, which
+/// fails the read as [`TransportError::Refused`]), by `by`.
+#[derive(Debug, Clone)]
+pub(super) struct Unwelcomed {
+    pub(super) by: tokio::time::Instant,
+    /// Trust on first use: the known-peers file to record the fingerprint seen in, once the
+    /// target accepted our token.
+    pub(super) record: Option<(std::path::PathBuf, Fingerprint)>,
+}
+
+impl Unwelcomed {
+    /// Takes `message`, the first the target sent: `None` for its welcome, which is taken
+    /// off; its refusal, or anything else, as the error it is.
+    fn welcomed(self, message: Message, peer: &str) -> Result<Option<Message>, TransportError> {
+        match message {
+            Message::Welcome { .. } => {
+                if let Some((path, seen)) = &self.record {
+                    super::client::record_first_use(path, peer, seen)?;
+                }
+                Ok(None)
+            }
+            Message::Refused { reason, refusal } => Err(TransportError::Refused {
+                peer: peer.to_owned(),
+                reason,
+                refusal,
+            }),
+            other => Err(TransportError::Protocol {
+                peer: peer.to_owned(),
+                source: ProtocolError::Malformed(format!(
+                    "expected Welcome or Refused, got {}",
+                    other.name()
+                )),
+            }),
+        }
+    }
 }
 
 impl fmt::Debug for Connection {
@@ -132,7 +173,14 @@ impl Connection {
             quiet_limit: None,
             answer_by: None,
             probe: SocketProbe::default(),
+            welcome: None,
         }
+    }
+
+    /// This connection, its target's welcome still to come (see [`Unwelcomed`]).
+    pub(super) fn unwelcomed(mut self, welcome: Unwelcomed) -> Connection {
+        self.welcome = Some(welcome);
+        self
     }
 
     /// This connection over the socket `probe` asks about.
@@ -198,6 +246,7 @@ impl Connection {
             &self.peer,
             &self.received,
             &mut self.answer_by,
+            &mut self.welcome,
             None,
         )
         .await
@@ -211,6 +260,7 @@ impl Connection {
             &self.peer,
             &self.received,
             &mut self.answer_by,
+            &mut self.welcome,
             Some(idle),
         )
         .await
@@ -226,11 +276,21 @@ impl Connection {
     ) -> Result<T, TransportError> {
         tokio::pin!(until);
         let quiet = self.quiet_limit.unwrap_or(Duration::MAX);
+        let welcome_by = self
+            .welcome
+            .as_ref()
+            .map_or_else(tokio::time::Instant::now, |w| w.by);
         loop {
             tokio::select! {
                 out = &mut until => return Ok(out),
                 () = tokio::time::sleep(quiet), if self.quiet_limit.is_some() => {
                     return Err(TransportError::Idle { peer: self.peer.clone(), after: quiet });
+                }
+                () = tokio::time::sleep_until(welcome_by), if self.welcome.is_some() => {
+                    return Err(TransportError::Timeout {
+                        peer: self.peer.clone(),
+                        stage: "connection and handshake",
+                    });
                 }
                 frame = self.ws.next() => match frame {
                     // Any frame is the answer [`Connection::send_probing`] waits for.
@@ -245,6 +305,13 @@ impl Connection {
                         let mut message = protocol::decode(&bytes).ok();
                         if let Some(message) = &mut message {
                             message.escape_text();
+                        }
+                        // The welcome of a target that was not waited for is taken off.
+                        if let (Some(unwelcomed), Some(first)) = (self.welcome.take(), message.take()) {
+                            match unwelcomed.welcomed(first, &self.peer)? {
+                                None => continue,
+                                Some(first) => message = Some(first),
+                            }
                         }
                         let peer = self.peer.clone();
                         return Err(match message {
@@ -291,6 +358,7 @@ impl Connection {
                 received: self.received,
                 peer: self.peer,
                 answer_by: self.answer_by,
+                welcome: self.welcome,
             },
         )
     }
@@ -462,6 +530,7 @@ impl ConnectionSender {
             quiet_limit: self.quiet_limit,
             answer_by: receiver.answer_by,
             probe: self.probe,
+            welcome: receiver.welcome,
         })
     }
 }
@@ -473,6 +542,8 @@ pub struct ConnectionReceiver {
     peer: String,
     /// As [`Connection`]'s: the next read fails unless some frame comes by then.
     answer_by: Asked,
+    /// As [`Connection`]'s.
+    welcome: Option<Unwelcomed>,
 }
 
 impl fmt::Debug for ConnectionReceiver {
@@ -491,6 +562,7 @@ impl ConnectionReceiver {
             &self.peer,
             &self.received,
             &mut self.answer_by,
+            &mut self.welcome,
             None,
         )
         .await
@@ -504,6 +576,7 @@ impl ConnectionReceiver {
             &self.peer,
             &self.received,
             &mut self.answer_by,
+            &mut self.welcome,
             Some(idle),
         )
         .await
@@ -574,35 +647,28 @@ async fn recv_from<S>(
     peer: &str,
     received: &AtomicU64,
     answer_by: &mut Asked,
+    welcome: &mut Option<Unwelcomed>,
     idle: Option<Duration>,
 ) -> Result<Option<Message>, TransportError>
 where
     S: Stream<Item = Result<WsMessage, WsError>> + Unpin,
 {
     loop {
-        // How long to wait for the next frame, and how long the peer was silent if none comes.
-        let first = answer_by.map(|(by, asked)| {
-            let left = by.saturating_duration_since(tokio::time::Instant::now());
-            (left, asked)
-        });
-        let limit = match (first, idle) {
-            (Some((left, asked)), Some(idle)) if left < idle => Some((left, asked)),
-            (Some(first), None) => Some(first),
-            (_, Some(idle)) => Some((idle, idle)),
-            (None, None) => None,
-        };
-        let frame = match limit {
-            None => stream.next().await,
-            Some((wait, silent)) => {
-                tokio::time::timeout(wait, stream.next())
-                    .await
-                    .map_err(|_| TransportError::Idle {
-                        peer: peer.to_owned(),
-                        after: silent,
-                    })?
+        // A target that does not answer the hello in time is a handshake that timed out.
+        let frame = match welcome.as_ref().map(|w| w.by) {
+            Some(by) => {
+                match tokio::time::timeout_at(by, next_frame(stream, peer, answer_by, idle)).await {
+                    Ok(frame) => frame?,
+                    Err(_) => {
+                        return Err(TransportError::Timeout {
+                            peer: peer.to_owned(),
+                            stage: "connection and handshake",
+                        });
+                    }
+                }
             }
+            None => next_frame(stream, peer, answer_by, idle).await?,
         };
-        *answer_by = None;
         match frame {
             None => return Ok(None),
             Some(Ok(WsMessage::Binary(bytes))) => {
@@ -615,7 +681,13 @@ where
                     })?;
                 // What the peer wrote for people to read is shown, never obeyed.
                 message.escape_text();
-                return Ok(Some(message));
+                match welcome.take() {
+                    Some(unwelcomed) => match unwelcomed.welcomed(message, peer)? {
+                        Some(message) => return Ok(Some(message)),
+                        None => continue,
+                    },
+                    None => return Ok(Some(message)),
+                }
             }
             Some(Ok(WsMessage::Text(_))) => {
                 return Err(TransportError::Protocol {
@@ -638,6 +710,40 @@ where
             Some(Err(e)) => return Err(ws_error(peer, e)),
         }
     }
+}
+
+/// The next frame on `stream`, within the bounds [`recv_from`] reads by.
+async fn next_frame<S>(
+    stream: &mut S,
+    peer: &str,
+    answer_by: &mut Asked,
+    idle: Option<Duration>,
+) -> Result<Option<Result<WsMessage, WsError>>, TransportError>
+where
+    S: Stream<Item = Result<WsMessage, WsError>> + Unpin,
+{
+    // How long to wait for the next frame, and how long the peer was silent if none comes.
+    let first = answer_by.map(|(by, asked)| {
+        let left = by.saturating_duration_since(tokio::time::Instant::now());
+        (left, asked)
+    });
+    let limit = match (first, idle) {
+        (Some((left, asked)), Some(idle)) if left < idle => Some((left, asked)),
+        (Some(first), None) => Some(first),
+        (_, Some(idle)) => Some((idle, idle)),
+        (None, None) => None,
+    };
+    let frame = match limit {
+        None => stream.next().await,
+        Some((wait, silent)) => tokio::time::timeout(wait, stream.next())
+            .await
+            .map_err(|_| TransportError::Idle {
+                peer: peer.to_owned(),
+                after: silent,
+            })?,
+    };
+    *answer_by = None;
+    Ok(frame)
 }
 
 /// Sorts WebSocket errors: a cut connection is [`TransportError::Closed`], an oversize message

@@ -5,6 +5,10 @@
 //! server's WebSocket library refuses bytes that arrive behind a request it has not answered
 //! yet, so the server hands it the request alone and keeps what came behind it for the
 //! connection ([`HeadersFirst`]).
+//!
+//! A client that has more to send before the server's answers (a push that guesses what its
+//! target holds) writes the upgrade request itself ([`upgrade_request`]) and reads the
+//! server's answer to it lazily, in front of the first frames ([`Answered`]).
 
 use super::connection::ws_config;
 use std::io;
@@ -160,6 +164,135 @@ impl<S: AsyncRead + Unpin> AsyncRead for HeadersFirst<S> {
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for HeadersFirst<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Most bytes a server's answer to the upgrade may take, up to its blank line.
+const MAX_ANSWER_HEAD: usize = 16 * 1024;
+
+/// The upgrade request a client writes for `url` (`ws://host:port/` or `wss://…`), and the
+/// `Sec-WebSocket-Accept` the server's answer must carry.
+pub(super) fn upgrade_request(url: &str) -> Result<(Vec<u8>, String), tungstenite::Error> {
+    use tungstenite::client::IntoClientRequest;
+    use tungstenite::handshake::{client::generate_request, derive_accept_key};
+    let (request, key) = generate_request(url.into_client_request()?)?;
+    Ok((request, derive_accept_key(key.as_bytes())))
+}
+
+/// A client's stream whose first bytes read are the server's answer to an upgrade request
+/// written earlier: the answer is checked (status 101, the accept key) and taken off, and
+/// only what follows it is given out. An answer that is not an upgrade fails the read.
+pub(super) struct Answered<S> {
+    inner: S,
+    /// The `Sec-WebSocket-Accept` expected; `None` once the answer was checked.
+    accept: Option<String>,
+    /// Read from `inner`: the answer so far, then what came behind it.
+    held: Vec<u8>,
+    /// Given out from the start of `held` (once the answer was taken off).
+    given: usize,
+}
+
+impl<S> Answered<S> {
+    pub(super) fn new(inner: S, accept: String) -> Answered<S> {
+        Answered {
+            inner,
+            accept: Some(accept),
+            held: Vec::new(),
+            given: 0,
+        }
+    }
+}
+
+/// Checks a server's answer to the upgrade: its head's length if `head` holds a whole one,
+/// `None` if more is needed.
+fn check_answer(head: &[u8], accept: &str) -> io::Result<Option<usize>> {
+    let refused = |why: String| io::Error::new(io::ErrorKind::InvalidData, why);
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut answer = httparse::Response::new(&mut headers);
+    let len = match answer.parse(head) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if head.len() > MAX_ANSWER_HEAD => {
+            return Err(refused(format!(
+                "the answer to the WebSocket upgrade is over {MAX_ANSWER_HEAD} bytes"
+            )));
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => {
+            return Err(refused(format!(
+                "the answer to the WebSocket upgrade is not HTTP ({e})"
+            )));
+        }
+    };
+    if answer.code != Some(101) {
+        return Err(refused(format!(
+            "the WebSocket upgrade was answered with HTTP {} {}",
+            answer.code.unwrap_or(0),
+            answer.reason.unwrap_or("")
+        )));
+    }
+    let accepted = answer.headers.iter().any(|h| {
+        h.name.eq_ignore_ascii_case("sec-websocket-accept") && h.value == accept.as_bytes()
+    });
+    if !accepted {
+        return Err(refused(
+            "the answer to the WebSocket upgrade does not carry the key asked for".into(),
+        ));
+    }
+    Ok(Some(len))
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Answered<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        while let Some(accept) = &this.accept {
+            let mut chunk = [0u8; 4096];
+            let mut read = ReadBuf::new(&mut chunk);
+            ready!(Pin::new(&mut this.inner).poll_read(cx, &mut read))?;
+            if read.filled().is_empty() {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the target closed the connection before it answered the WebSocket upgrade",
+                )));
+            }
+            this.held.extend_from_slice(read.filled());
+            if let Some(len) = check_answer(&this.held, accept)? {
+                this.accept = None;
+                this.given = len;
+            }
+        }
+        if this.given == this.held.len() {
+            if !this.held.is_empty() {
+                this.held = Vec::new();
+                this.given = 0;
+            }
+            return Pin::new(&mut this.inner).poll_read(cx, buf);
+        }
+        let n = (this.held.len() - this.given).min(buf.remaining());
+        buf.put_slice(&this.held[this.given..this.given + n]);
+        this.given += n;
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Answered<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
