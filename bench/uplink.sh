@@ -71,10 +71,14 @@ sleep 1
 FP=$(fingerprint_of "$WORK/serve.log")
 
 link_bytes() { src cat /sys/class/net/rmlinkA/statistics/tx_bytes; }
-# run NAME CMD...: time a command in the source namespace; sets T (seconds) and LINK (IP bytes up)
+# run NAME CMD...: time a command in the source namespace, after a sync; sets T (seconds) and LINK
+# (IP bytes up)
 run() {
     local name=$1 before after start end
     shift
+    # As bench/run.sh: what earlier commands wrote is on disk first, so a durable write (the
+    # agent's fsync) does not wait for their writeback.
+    sync
     before=$(link_bytes)
     start=$(date +%s.%N)
     src "$@" > "$WORK/$name.out" 2> "$WORK/$name.err" || { cat "$WORK/$name.err" >&2; exit 1; }

@@ -21,6 +21,13 @@
 //!                              <- Finished{digest, failed}
 //! ```
 //!
+//! A source need not wait for an answer before it sends on: the hello and `GetManifest` ride
+//! behind the WebSocket upgrade request, and a source that kept the target's manifest (and
+//! offers its digest) may send the session's operations right behind them, planned against
+//! it. Its `Finish` then waits for `ManifestSame`; after any other answer it sends `Refused`
+//! instead, and the target drops what it staged. A target handles the messages in the order
+//! they came, so it answers `GetManifest` before it reads what follows.
+//!
 //! The side that dials is not always the source: a peer with the agent's subscribe (or admin)
 //! token asks for the agent's folder with `Pull`, and the agent then runs the source's side of
 //! the same session over that connection (so a target behind NAT dials out and still receives):
