@@ -656,6 +656,54 @@ mod tests {
         let _ = server.await;
     }
 
+    /// A peer that refuses while this side waits (an agent promoted, say) is heard with its
+    /// reason, on a connection that waited for its welcome and on one that did not.
+    #[tokio::test]
+    async fn a_refusal_while_idle_says_why() {
+        let identity = Identity::generate().unwrap();
+        let pin = Trust::Pinned(identity.fingerprint());
+        let listener = Arc::new(
+            Listener::bind("127.0.0.1:0", Some(identity.clone()))
+                .await
+                .unwrap(),
+        );
+        for eager in [false, true] {
+            let accepting = Arc::clone(&listener);
+            let server = tokio::spawn(async move {
+                let (mut conn, _) = accepting
+                    .accept()
+                    .await?
+                    .handshake(TOKEN, "backup-1")
+                    .await?;
+                conn.send(&Message::Refused {
+                    reason: "this agent was promoted".into(),
+                    refusal: Refusal::Promoted,
+                })
+                .await?;
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                Ok::<_, TransportError>(())
+            });
+            let opts = options(wss(&listener), pin.clone(), TOKEN);
+            let mut client = match eager {
+                true => connect_eager(&opts, &Message::Finish).await.unwrap(),
+                false => connect(&opts).await.unwrap(),
+            };
+            let waited = client
+                .idle_until(tokio::time::sleep(Duration::from_secs(10)))
+                .await;
+            match waited {
+                Err(TransportError::Refused {
+                    refusal, reason, ..
+                }) => {
+                    assert_eq!(refusal, Refusal::Promoted);
+                    assert!(reason.contains("promoted"), "{reason}");
+                }
+                other => panic!("expected the refusal (eager: {eager}), got {other:?}"),
+            }
+            server.abort();
+        }
+    }
+
     /// What an eager connection sends before its welcome (a guessed session's data) is no
     /// stranger's first message: the target's budget before authentication covers the hello,
     /// and what follows it is read once the token was accepted.

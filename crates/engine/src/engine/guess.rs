@@ -1,14 +1,17 @@
 //! A session that does not wait for the target's manifest: planned against the manifest the
 //! source kept from its last sync with the target, and sent right behind the request for the
-//! manifest, a round trip and the target's listing sooner (on a home uplink, where that is a
-//! sixth of a one-off push).
+//! manifest when the session dials (a one-off push, or a continuous one dialing again), a
+//! round trip and the target's listing sooner: on a home uplink, a sixth of a one-off push.
 //!
 //! The target stages what it receives and commits it at `Finish`; the source holds `Finish`
 //! until the target answered that it still holds the manifest offered
 //! ([`crate::mirror::send::Pace::guess`]). Any other answer ends the session with `Refused`
 //! (the target drops what it staged), and the session is made again from the target's
-//! listing. A session larger than one of the target's batches, which it would apply before the
-//! `Finish`, waits for the answer before it sends anything.
+//! listing; so is a guessed session that failed in any other way, waiting for the answer this
+//! time ([`super::push::session`]). A session larger than one of the target's batches, which
+//! it would apply before the `Finish`, or than 16 MiB, waits for the answer before it sends.
+//! Nothing goes before the target's welcome to a target whose certificate was not pinned
+//! before the connection ([`transport::connect_eager`]).
 
 use super::push::Ready;
 use super::*;
@@ -27,13 +30,6 @@ pub(super) enum Told {
 /// reads nothing from the connection meanwhile, and a larger tree takes long enough to read
 /// back and plan that the answer is there first anyway.
 const GUESS_MOST_FILES: usize = 100_000;
-
-/// Whether a target trusted this way may be sent a session before it welcomed the source: its
-/// certificate was checked against a fingerprint known before the connection (or it is plain
-/// `ws://` on this machine). Trust on first use may be talking to anyone.
-pub(super) fn trusted_before_welcome(trust: &transport::Trust) -> bool {
-    !matches!(trust, transport::Trust::FirstUse(_))
-}
 
 /// The target's tree as the manifest kept from the last sync (digest `offered`) has it, when
 /// the source is scanned already and not too large: `Some(None)` when it is the source's own
@@ -348,15 +344,11 @@ mod tests {
         assert_eq!(all.last(), Some(&Message::Finish), "{:?}", names(&all));
     }
 
-    /// A target that lists another manifest than the one kept is sent `Refused` instead of
-    /// `Finish`, so it commits nothing of the guess; the session is made again from its
-    /// listing, over a new connection.
+    /// A target that lists another manifest than the one kept, or holds partial files the
+    /// guess was not planned with, is sent `Refused` instead of `Finish`, so it commits nothing
+    /// of the guess; the session is made again from its listing, over a new connection.
     #[tokio::test]
     async fn a_wrong_guess_is_refused_unfinished_and_the_session_made_again_from_the_listing() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("ws://{}", listener.local_addr().unwrap());
-        let setup = setup(&url, 0).await;
-        let digest = setup.digest;
         let stray = Entry {
             path: "stray.txt".into(),
             kind: EntryKind::File(FileMeta {
@@ -367,58 +359,79 @@ mod tests {
                 blocks: vec![[1; 32]],
             }),
         };
-        let target = tokio::spawn(async move {
-            let listing = [
-                welcome(),
-                Message::ManifestPart {
-                    entries: vec![stray],
-                },
-                Message::ManifestEnd { partials: vec![] },
-            ];
-            let mut first = Raw::accept(&listener).await;
-            assert!(first.until(sent_data, Duration::from_secs(10)).await);
-            first.answer(&listing).await;
-            // The source ends the guess with its reason, then closes.
-            let ended = |m: &[Message]| m.iter().any(|m| matches!(m, Message::Refused { .. }));
-            first.until(ended, Duration::from_secs(10)).await;
-            let mut second = Raw::accept(&listener).await;
-            let asked = |m: &[Message]| m.iter().any(|m| matches!(m, Message::GetManifest { .. }));
-            assert!(second.until(asked, Duration::from_secs(10)).await);
-            second.answer(&listing).await;
-            assert!(second.until(finished, Duration::from_secs(10)).await);
-            second.answer(&[Message::Finished { digest }]).await;
-            (first.messages(), second.messages())
-        });
-        let outcome = one_session(&setup, &url).await.unwrap();
-        assert_eq!(outcome.digest, digest);
-        let (first, second) = target.await.unwrap();
-        assert!(
-            !finished(&first),
-            "nothing of the guess is committed: {:?}",
-            names(&first)
-        );
-        assert!(
-            matches!(first.last(), Some(Message::Refused { reason, .. }) if reason.contains("changed since the last sync")),
-            "the guess ends with the reason: {:?}",
-            first.last()
-        );
-        assert!(
-            matches!(
-                &second[..2],
-                [Message::Hello { .. }, Message::GetManifest { cached: None }]
-            ),
-            "the second connection asks for the listing and offers nothing: {:?}",
-            names(&second)
-        );
-        let deletes_stray = second
-            .iter()
-            .any(|m| matches!(m, Message::Delete { path } if path == "stray.txt"));
-        assert!(
-            deletes_stray,
-            "planned on the listing: {:?}",
-            names(&second)
-        );
-        assert_eq!(second.last(), Some(&Message::Finish));
+        let listing = vec![
+            welcome(),
+            Message::ManifestPart {
+                entries: vec![stray],
+            },
+            Message::ManifestEnd { partials: vec![] },
+        ];
+        let resumable = vec![
+            welcome(),
+            Message::ManifestSame {
+                partials: vec![crate::protocol::Partial {
+                    path: "c.txt".into(),
+                    hash: [7; 32],
+                    verified_blocks: 1,
+                }],
+            },
+        ];
+        for (first_answer, why) in [
+            (listing.clone(), "changed since the last sync"),
+            (resumable, "partial files to resume"),
+        ] {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let url = format!("ws://{}", listener.local_addr().unwrap());
+            let setup = setup(&url, 0).await;
+            let digest = setup.digest;
+            let listing = listing.clone();
+            let target = tokio::spawn(async move {
+                let mut first = Raw::accept(&listener).await;
+                assert!(first.until(sent_data, Duration::from_secs(10)).await);
+                first.answer(&first_answer).await;
+                // The source ends the guess with its reason, then closes.
+                let ended = |m: &[Message]| m.iter().any(|m| matches!(m, Message::Refused { .. }));
+                first.until(ended, Duration::from_secs(10)).await;
+                let mut second = Raw::accept(&listener).await;
+                let asked =
+                    |m: &[Message]| m.iter().any(|m| matches!(m, Message::GetManifest { .. }));
+                assert!(second.until(asked, Duration::from_secs(10)).await);
+                second.answer(&listing).await;
+                assert!(second.until(finished, Duration::from_secs(10)).await);
+                second.answer(&[Message::Finished { digest }]).await;
+                (first.messages(), second.messages())
+            });
+            let outcome = one_session(&setup, &url).await.unwrap();
+            assert_eq!(outcome.digest, digest);
+            let (first, second) = target.await.unwrap();
+            assert!(
+                !finished(&first),
+                "nothing of the guess is committed: {:?}",
+                names(&first)
+            );
+            assert!(
+                matches!(first.last(), Some(Message::Refused { reason, .. }) if reason.contains(why)),
+                "the guess ends with the reason ({why}): {:?}",
+                first.last()
+            );
+            assert!(
+                matches!(
+                    &second[..2],
+                    [Message::Hello { .. }, Message::GetManifest { cached: None }]
+                ),
+                "the second connection asks for the listing and offers nothing: {:?}",
+                names(&second)
+            );
+            let deletes_stray = second
+                .iter()
+                .any(|m| matches!(m, Message::Delete { path } if path == "stray.txt"));
+            assert!(
+                deletes_stray,
+                "planned on the listing: {:?}",
+                names(&second)
+            );
+            assert_eq!(second.last(), Some(&Message::Finish));
+        }
     }
 
     /// Whatever order a target answers a guessed session in, and whatever it answers, nothing
@@ -449,27 +462,44 @@ mod tests {
                 vec![Message::ManifestSame { partials: vec![] }, welcome()],
                 "expected Welcome",
             ),
+            (
+                vec![
+                    welcome(),
+                    Message::ManifestPart { entries: vec![] },
+                    Message::ManifestSame { partials: vec![] },
+                ],
+                "then said it was the same",
+            ),
         ];
         for (answer, named) in answers {
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let url = format!("ws://{}", listener.local_addr().unwrap());
             let setup = setup(&url, 0).await;
             let target = tokio::spawn(async move {
-                let mut raw = Raw::accept(&listener).await;
-                assert!(raw.until(sent_data, Duration::from_secs(10)).await);
-                raw.answer(&answer).await;
+                let mut guessed = Raw::accept(&listener).await;
+                assert!(guessed.until(sent_data, Duration::from_secs(10)).await);
+                guessed.answer(&answer).await;
                 // Whatever the source sends until it ends the connection.
-                raw.until(|_| false, Duration::from_secs(5)).await;
-                raw.messages()
+                guessed.until(|_| false, Duration::from_secs(5)).await;
+                // The session made again, waiting for the answer, meets the same.
+                let mut again = Raw::accept(&listener).await;
+                let asked =
+                    |m: &[Message]| m.iter().any(|m| matches!(m, Message::GetManifest { .. }));
+                assert!(again.until(asked, Duration::from_secs(10)).await);
+                again.answer(&answer).await;
+                again.until(|_| false, Duration::from_secs(5)).await;
+                (guessed.messages(), again.messages())
             });
             let error = one_session(&setup, &url).await.unwrap_err();
             assert!(error.to_string().contains(named), "{named:?} in: {error}");
-            let messages = target.await.unwrap();
-            assert!(
-                !finished(&messages),
-                "nothing finished after {named:?}: {:?}",
-                names(&messages)
-            );
+            let (guessed, again) = target.await.unwrap();
+            for messages in [guessed, again] {
+                assert!(
+                    !finished(&messages),
+                    "nothing finished after {named:?}: {:?}",
+                    names(&messages)
+                );
+            }
         }
     }
 

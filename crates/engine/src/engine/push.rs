@@ -1,6 +1,6 @@
 //! A push: every pass over every target ([`push_once`]), and one session with one target.
 
-use super::guess::{Told, kept_theirs, trusted_before_welcome};
+use super::guess::{Told, kept_theirs};
 use super::*;
 use crate::mirror::listing::Spool;
 
@@ -385,7 +385,7 @@ async fn dial(
         source_name: source_name.to_string(),
     };
     let mut conn = match (guess, cached) {
-        (Some((tree_rx, kept)), Some(offered)) if trusted_before_welcome(&target.trust) => {
+        (Some((tree_rx, kept)), Some(offered)) => {
             let conn = transport::connect_eager(&options, ask).await?;
             tracing::debug!(target = %target.url, "connected; the answers are still to come");
             if let Some(theirs) = kept_theirs(tree_rx, kept, offered).await {
@@ -428,8 +428,9 @@ async fn lay_over(
 pub(super) type Ready = (Arc<Tree>, Hash, Option<send::Proof>);
 
 /// One session with one target: connect, fetch its manifest, plan, send. A session sent
-/// against the manifest kept from the last sync, which the target turned out not to hold any
-/// more, committed nothing: it is made again, from the target's listing.
+/// before the target's answer ([`super::guess`]) that did not end in sync committed nothing:
+/// it is made again, waiting for the answer, and from the target's listing when the guess was
+/// wrong.
 #[allow(
     clippy::too_many_arguments,
     reason = "each is one distinct input of a session; a struct would only rename them"
@@ -444,6 +445,7 @@ pub(super) async fn session(
     events: &broadcast::Sender<Event>,
     kept: &mut Kept,
 ) -> Result<(send::Outcome, u64, u64), SendError> {
+    let mut guessed = false;
     let first = attempt(
         target,
         options,
@@ -453,24 +455,40 @@ pub(super) async fn session(
         blocks,
         events,
         kept,
-        true,
+        Some(&mut guessed),
     )
     .await;
+    let again = |why: &dyn std::fmt::Display| {
+        tracing::info!(target = %target.url, "{why}: the session is made again, waiting for the target's answer");
+    };
     match first {
         Err(SendError::Guessed(why)) => {
-            tracing::info!(target = %target.url, "{why}: asking for its manifest this time");
+            again(&why);
             kept.forget();
-            attempt(
-                target, options, stop, open, tree_rx, blocks, events, kept, false,
-            )
-            .await
         }
-        other => other,
+        // Whatever else ended a guessed session (the target refused something planned against
+        // a manifest it no longer holds, a mass delete judged on the guess, a wrong token) is
+        // met again without the guess, and reported in the usual words if it is still there.
+        // Not a stop, nor a stall or a failed proof, which another try would only repeat.
+        Err(error)
+            if guessed
+                && !matches!(
+                    error,
+                    SendError::Stopped | SendError::Stalled(_) | SendError::Unproven(_)
+                ) =>
+        {
+            again(&error)
+        }
+        other => return other,
     }
+    attempt(
+        target, options, stop, open, tree_rx, blocks, events, kept, None,
+    )
+    .await
 }
 
-/// [`session`], once; `guess` allows sending before the target's answer to the manifest
-/// request ([`dial`]).
+/// [`session`], once; with `guessing`, the session may be sent before the target's answer to
+/// the manifest request ([`dial`]), and `guessing` says whether it was.
 #[allow(
     clippy::too_many_arguments,
     reason = "each is one distinct input of a session; a struct would only rename them"
@@ -484,7 +502,7 @@ async fn attempt(
     blocks: &Arc<BlockSource>,
     events: &broadcast::Sender<Event>,
     kept: &mut Kept,
-    guess: bool,
+    guessing: Option<&mut bool>,
 ) -> Result<(send::Outcome, u64, u64), SendError> {
     let (source_name, stall, limit) = (
         &options.source_name,
@@ -506,7 +524,7 @@ async fn attempt(
     let started = Instant::now();
     // A connection kept from the last round is used again: no new TLS handshake per sync. A
     // new one asks for the manifest with its hello.
-    let guess = guess.then_some((&tree_rx, &*kept));
+    let guess = guessing.is_some().then_some((&tree_rx, &*kept));
     let (mut conn, base, told) = match (open.take(), &target.dialed_in) {
         (Some(kept), dialed_in) => match ask_kept(kept, &ask, cached, stall, &mut spool).await {
             Ok((conn, (listed, partials))) => (conn, kept_base, Told::Answered(listed, partials)),
@@ -533,6 +551,9 @@ async fn attempt(
             (conn, 0, told)
         }
     };
+    if let (Told::Guessed(..), Some(flag)) = (&told, guessing) {
+        *flag = true;
+    }
     let (tree, digest, proof): Ready = match &told {
         // A guess is made only once the source is scanned; nothing is read meanwhile (the
         // target's answers come with the replies).
@@ -601,14 +622,15 @@ async fn attempt(
             let (now, held) = (plan::doomed(tree, theirs), theirs.files.len());
             match plan::mass_delete(now, held, share, deletions.earlier()) {
                 Some((doomed, _)) if confirmed(doomed) => {}
-                // Deletes held back are judged on the target's own listing, not on a guess.
-                Some(_) if guessed.is_some() => {
+                // Deletes held back are judged on the target's answer, not on a guess: the
+                // session is made again ([`session`]).
+                Some((doomed, held)) if guessed.is_some() => {
                     conn.close_now().await;
-                    return Err(SendError::Guessed(
-                        "this sync would delete much of the target, which is judged on its own \
-                         listing"
-                            .into(),
-                    ));
+                    return Err(SendError::MassDelete {
+                        doomed,
+                        held,
+                        percent: share * 100.0,
+                    });
                 }
                 Some((doomed, held)) => {
                     let error = SendError::MassDelete {

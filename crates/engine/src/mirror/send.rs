@@ -27,6 +27,10 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 use tokio::sync::broadcast;
 
+/// The most a session writes before the target answered whether it holds the manifest the
+/// session was planned against ([`Pace::guess`]): what a guess saves is a round trip, worth it
+/// for a small session, and a wrong guess is sent for nothing. A larger one waits.
+const GUESS_MOST_BYTES: u64 = 16 << 20;
 /// Blocks each target reads ahead of what it sends.
 const READ_AHEAD: usize = 8;
 /// A wait at the guard's gate longer than this was a pause.
@@ -133,11 +137,23 @@ enum Answer {
 /// before any reply to what the session sent; a listing is read to its end and dropped (the
 /// session ends without its `Finish`, and the next one asks again).
 async fn read_answer(receiver: &mut ConnectionReceiver) -> Result<Answer, SendError> {
-    let mut entries = 0usize;
+    let (mut entries, mut listed) = (0usize, false);
     loop {
         match receiver.recv_within(SILENCE).await? {
+            Some(Message::ManifestSame { .. }) if listed => {
+                return Err(SendError::Protocol(LISTED_THEN_SAME.into()));
+            }
+            // Partial files to resume: a plan made with them would send less.
+            Some(Message::ManifestSame { partials }) if !partials.is_empty() => {
+                return Ok(Answer::Changed(format!(
+                    "the target holds {} partial files to resume, which the session was not \
+                     planned with",
+                    partials.len()
+                )));
+            }
             Some(Message::ManifestSame { .. }) => return Ok(Answer::Same),
             Some(Message::ManifestPart { entries: part }) => {
+                listed = true;
                 entries += part.len();
                 if entries > MAX_MANIFEST_ENTRIES {
                     return Err(SendError::Protocol(format!(
@@ -208,6 +224,9 @@ pub async fn list_manifest(
     }
 }
 
+/// A target that listed part of its manifest, then answered "unchanged".
+const LISTED_THEN_SAME: &str = "the target listed its manifest, then said it was the same";
+
 /// A target that answered "unchanged" when the source offered no manifest.
 const UNOFFERED: &str = "the target said its manifest was unchanged, but none was offered";
 
@@ -216,14 +235,18 @@ async fn read_manifest(
     cached: Option<Hash>,
     into: &mut Spool,
 ) -> Result<(Theirs, Vec<Partial>), SendError> {
-    let mut entries = 0usize;
+    let (mut entries, mut listed) = (0usize, false);
     loop {
         match conn.recv_within(SILENCE).await? {
+            Some(Message::ManifestSame { .. }) if listed => {
+                return Err(SendError::Protocol(LISTED_THEN_SAME.into()));
+            }
             Some(Message::ManifestSame { partials }) => match cached {
                 Some(digest) => return Ok((Theirs::Same(digest), partials)),
                 None => return Err(SendError::Protocol(UNOFFERED.into())),
             },
             Some(Message::ManifestPart { entries: part }) => {
+                listed = true;
                 entries += part.len();
                 if entries > MAX_MANIFEST_ENTRIES {
                     return Err(SendError::Protocol(format!(
@@ -511,6 +534,7 @@ pub const SILENCE: Duration = Duration::from_secs(25);
 async fn collect_replies(
     receiver: &mut ConnectionReceiver,
     answer: Option<&tokio::sync::watch::Sender<ProofVerdict>>,
+    stall: Duration,
     done: &AtomicU64,
     load: &std::sync::atomic::AtomicU32,
     events: &broadcast::Sender<Event>,
@@ -520,7 +544,10 @@ async fn collect_replies(
     let mut failed = Vec::new();
     // A manifest request the session did not wait for is answered first.
     if let Some(verdict) = answer {
-        let answered = match read_answer(receiver).await? {
+        let answered = tokio::time::timeout(stall, read_answer(receiver))
+            .await
+            .map_err(|_| SendError::Stalled(stall))??;
+        let answered = match answered {
             Answer::Same => Ok(()),
             Answer::Changed(why) => Err(why),
         };
@@ -588,9 +615,11 @@ pub struct Pace<'a> {
     pub proof: Option<Proof>,
     /// The digest of the manifest the plan was made against, when the target was asked for its
     /// manifest and the plan sent without waiting for the answer (a guess from the manifest
-    /// kept since the last sync). The answer comes first among the replies, and `Finish` waits
-    /// for it as for the proof: any answer but "the same" ends the session with
-    /// [`SendError::Guessed`] and `Refused`, as soon as it comes.
+    /// kept since the last sync). The answer comes first among the replies, within the stall
+    /// timeout, and `Finish` waits for it as for the proof: any other answer than "the same"
+    /// (with no partial files to resume) ends the session with [`SendError::Guessed`] and
+    /// `Refused`, before the next message would have gone out. A session that writes more than
+    /// [`GUESS_MOST_BYTES`] waits for the answer before it sends.
     pub guess: Option<Hash>,
 }
 
@@ -699,6 +728,7 @@ pub async fn send_plan(
         let replies = collect_replies(
             &mut receiver,
             answer_tx.as_ref(),
+            stall,
             &done,
             &load,
             events,
@@ -718,6 +748,9 @@ pub async fn send_plan(
             // sends anything.
             if plan.operations() >= STAGE_STEPS || plan.written_bytes >= STAGE_BYTES {
                 confirmed(&mut answer, &mut proof, &stop, &mut sender, stall).await?;
+            } else if plan.written_bytes > GUESS_MOST_BYTES {
+                let mut no_proof = None;
+                confirmed(&mut answer, &mut no_proof, &stop, &mut sender, stall).await?;
             }
             let mut stream = futures_util::stream::iter(items)
                 .map(|item| read_item(item, &open, blocks, &level_now))
@@ -848,7 +881,10 @@ pub async fn send_plan(
                 Err(ended @ (SendError::Stopped | SendError::Unproven(_) | SendError::Guessed(_))) => Err(ended),
                 Err(error) => {
                     return Err(match tokio::time::timeout(Duration::from_secs(2), replies).await {
-                        Ok(Err(refusal @ SendError::Refused { .. })) => refusal,
+                        Ok(Err(
+                            refusal @ (SendError::Refused { .. }
+                            | SendError::Transport(TransportError::Refused { .. })),
+                        )) => refusal,
                         _ => error,
                     });
                 }

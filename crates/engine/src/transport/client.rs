@@ -144,14 +144,18 @@ async fn bounded(
 /// that read's error ([`TransportError::Refused`]). TCP, TLS and those answers together are
 /// bounded by [`HANDSHAKE_TIMEOUT`]. The connection's `remote_name` stays empty.
 ///
-/// Only for a target this source already trusts: the caller sends file data before the
-/// target has accepted its token.
+/// What the caller sends before the welcome goes to a target whose certificate matched a
+/// fingerprint known before the connection. With trust on first use, which may be talking to
+/// anyone, this waits for the welcome (the target accepted our token and was recorded), as
+/// [`connect_asking`] does.
 pub async fn connect_eager(
     opts: &ConnectOptions,
     first: &Message,
 ) -> Result<Connection, TransportError> {
+    if matches!(opts.trust, Trust::FirstUse(_)) {
+        return connect_asking(opts, first).await;
+    }
     let target = Address::parse(&opts.url)?;
-    let by = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
     let opening = async {
         let opened = open(opts, &target).await.map_err(Upgrade::into_error)?;
         let (request, accept) = pipeline::upgrade_request(&upgrade_url(&target))
@@ -182,13 +186,11 @@ pub async fn connect_eager(
             Some(ws_config()),
         )
         .await;
-        let record = match (&opts.trust, &fingerprint) {
-            (Trust::FirstUse(path), Some(seen)) => Some((path.clone(), seen.clone())),
-            _ => None,
-        };
         let mut connection = Connection::new(ws, target.key.clone())
             .with_probe(probe)
-            .unwelcomed(Unwelcomed { by, record });
+            .unwelcomed(Unwelcomed {
+                within: HANDSHAKE_TIMEOUT,
+            });
         connection.count_sent(hello.len() + asked.len());
         connection.fingerprint = fingerprint;
         Ok(connection)
@@ -199,11 +201,7 @@ pub async fn connect_eager(
 /// Records `seen` as `peer`'s fingerprint in the known-peers file at `path`, unless the file
 /// names one already: trust on first use, once the peer proved it holds the key and accepted
 /// our token.
-pub(super) fn record_first_use(
-    path: &Path,
-    peer: &str,
-    seen: &Fingerprint,
-) -> Result<(), TransportError> {
+fn record_first_use(path: &Path, peer: &str, seen: &Fingerprint) -> Result<(), TransportError> {
     let known = KnownPeers::load(path)?;
     if known.fingerprints(peer).is_empty() {
         known.append(path, peer, seen)?;

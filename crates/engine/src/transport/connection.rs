@@ -114,13 +114,11 @@ pub struct Connection {
 
 /// A client's connection whose target has not answered the hello yet
 /// ([`super::connect_eager`]): its first message must be `Welcome` (or `Refused`, which
-/// fails the read as [`TransportError::Refused`]), by `by`.
+/// fails the read as [`TransportError::Refused`]), within `within` of the read that waits for
+/// it (the source may plan a while before it reads; the welcome waits in the socket meanwhile).
 #[derive(Debug, Clone)]
 pub(super) struct Unwelcomed {
-    pub(super) by: tokio::time::Instant,
-    /// Trust on first use: the known-peers file to record the fingerprint seen in, once the
-    /// target accepted our token.
-    pub(super) record: Option<(std::path::PathBuf, Fingerprint)>,
+    pub(super) within: Duration,
 }
 
 impl Unwelcomed {
@@ -128,12 +126,7 @@ impl Unwelcomed {
     /// off; its refusal, or anything else, as the error it is.
     fn welcomed(self, message: Message, peer: &str) -> Result<Option<Message>, TransportError> {
         match message {
-            Message::Welcome { .. } => {
-                if let Some((path, seen)) = &self.record {
-                    super::client::record_first_use(path, peer, seen)?;
-                }
-                Ok(None)
-            }
+            Message::Welcome { .. } => Ok(None),
             Message::Refused { reason, refusal } => Err(TransportError::Refused {
                 peer: peer.to_owned(),
                 reason,
@@ -276,10 +269,8 @@ impl Connection {
     ) -> Result<T, TransportError> {
         tokio::pin!(until);
         let quiet = self.quiet_limit.unwrap_or(Duration::MAX);
-        let welcome_by = self
-            .welcome
-            .as_ref()
-            .map_or_else(tokio::time::Instant::now, |w| w.by);
+        let welcome_by = tokio::time::Instant::now()
+            + self.welcome.as_ref().map_or(Duration::ZERO, |w| w.within);
         loop {
             tokio::select! {
                 out = &mut until => return Ok(out),
@@ -307,7 +298,9 @@ impl Connection {
                             message.escape_text();
                         }
                         // The welcome of a target that was not waited for is taken off.
-                        if let (Some(unwelcomed), Some(first)) = (self.welcome.take(), message.take()) {
+                        if let Some(unwelcomed) = self.welcome.take()
+                            && let Some(first) = message.take()
+                        {
                             match unwelcomed.welcomed(first, &self.peer)? {
                                 None => continue,
                                 Some(first) => message = Some(first),
@@ -655,9 +648,10 @@ where
 {
     loop {
         // A target that does not answer the hello in time is a handshake that timed out.
-        let frame = match welcome.as_ref().map(|w| w.by) {
-            Some(by) => {
-                match tokio::time::timeout_at(by, next_frame(stream, peer, answer_by, idle)).await {
+        let frame = match welcome.as_ref().map(|w| w.within) {
+            Some(within) => {
+                match tokio::time::timeout(within, next_frame(stream, peer, answer_by, idle)).await
+                {
                     Ok(frame) => frame?,
                     Err(_) => {
                         return Err(TransportError::Timeout {

@@ -267,9 +267,12 @@ impl<S: AsyncRead + Unpin> AsyncRead for Answered<S> {
             let mut read = ReadBuf::new(&mut chunk);
             ready!(Pin::new(&mut this.inner).poll_read(cx, &mut read))?;
             if read.filled().is_empty() {
+                // Not the end of a stream that was up (a cut): the reason is kept. An agent
+                // from before pipelining drops the connection here.
                 return Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "the target closed the connection before it answered the WebSocket upgrade",
+                    io::ErrorKind::InvalidData,
+                    "the target closed the connection before it answered the WebSocket upgrade \
+                     (an agent older than this source?)",
                 )));
             }
             this.held.extend_from_slice(read.filled());
