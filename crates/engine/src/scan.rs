@@ -255,7 +255,8 @@ fn walk(
             if e.depth() == 1 && e.file_name() == STATE_DIR {
                 return false;
             }
-            if e.depth() == 0 {
+            // The relative path is made only when something filters by it (a path each entry).
+            if e.depth() == 0 || (region.is_none() && exclude.is_empty()) {
                 return true;
             }
             let rel = relative(root, e.path());
