@@ -133,50 +133,77 @@ enum Answer {
     Changed(String),
 }
 
+/// One message of a target's answer to a manifest request.
+enum Step {
+    Part(Vec<crate::protocol::Entry>),
+    Same(Vec<Partial>),
+    End(Vec<Partial>),
+}
+
+/// What a target answered so far to a manifest request: [`read_manifest`]'s and
+/// [`read_answer`]'s checks of each message.
+#[derive(Default)]
+struct Answering {
+    entries: usize,
+    listed: bool,
+}
+
+impl Answering {
+    /// The next message of the answer, checked: a listing is bounded, and not followed by
+    /// "the same"; a refusal, anything else or the end of the connection ends the answer.
+    fn step(&mut self, message: Option<Message>) -> Result<Step, SendError> {
+        match message {
+            Some(Message::ManifestSame { .. }) if self.listed => {
+                Err(SendError::Protocol(LISTED_THEN_SAME.into()))
+            }
+            Some(Message::ManifestSame { partials }) => Ok(Step::Same(partials)),
+            Some(Message::ManifestPart { entries }) => {
+                self.listed = true;
+                self.entries += entries.len();
+                if self.entries > MAX_MANIFEST_ENTRIES {
+                    return Err(SendError::Protocol(format!(
+                        "the manifest has more than {MAX_MANIFEST_ENTRIES} entries"
+                    )));
+                }
+                Ok(Step::Part(entries))
+            }
+            Some(Message::ManifestEnd { partials }) => Ok(Step::End(partials)),
+            Some(Message::Refused { reason, refusal }) => {
+                Err(SendError::Refused { reason, refusal })
+            }
+            Some(other) => Err(SendError::Protocol(format!(
+                "expected the manifest, got {}",
+                other.name()
+            ))),
+            None => Err(SendError::Closed),
+        }
+    }
+}
+
 /// Reads the target's answer to a manifest request the session did not wait for, which comes
 /// before any reply to what the session sent; a listing is read to its end and dropped (the
 /// session ends without its `Finish`, and the next one asks again).
 async fn read_answer(receiver: &mut ConnectionReceiver) -> Result<Answer, SendError> {
-    let (mut entries, mut listed) = (0usize, false);
+    let mut answering = Answering::default();
     loop {
-        match receiver.recv_within(SILENCE).await? {
-            Some(Message::ManifestSame { .. }) if listed => {
-                return Err(SendError::Protocol(LISTED_THEN_SAME.into()));
-            }
+        match answering.step(receiver.recv_within(SILENCE).await?)? {
+            Step::Part(_) => {}
             // Partial files to resume: a plan made with them would send less.
-            Some(Message::ManifestSame { partials }) if !partials.is_empty() => {
+            Step::Same(partials) if !partials.is_empty() => {
                 return Ok(Answer::Changed(format!(
                     "the target holds {} partial files to resume, which the session was not \
                      planned with",
                     partials.len()
                 )));
             }
-            Some(Message::ManifestSame { .. }) => return Ok(Answer::Same),
-            Some(Message::ManifestPart { entries: part }) => {
-                listed = true;
-                entries += part.len();
-                if entries > MAX_MANIFEST_ENTRIES {
-                    return Err(SendError::Protocol(format!(
-                        "the manifest has more than {MAX_MANIFEST_ENTRIES} entries"
-                    )));
-                }
-            }
-            Some(Message::ManifestEnd { .. }) => {
+            Step::Same(_) => return Ok(Answer::Same),
+            Step::End(_) => {
                 return Ok(Answer::Changed(format!(
-                    "the target's folder changed since the last sync: it listed {entries} \
-                     entries, not the manifest kept"
+                    "the target's folder changed since the last sync: it listed {} entries, \
+                     not the manifest kept",
+                    answering.entries
                 )));
             }
-            Some(Message::Refused { reason, refusal }) => {
-                return Err(SendError::Refused { reason, refusal });
-            }
-            Some(other) => {
-                return Err(SendError::Protocol(format!(
-                    "expected the manifest, got {}",
-                    other.name()
-                )));
-            }
-            None => return Err(SendError::Closed),
         }
     }
 }
@@ -235,39 +262,17 @@ async fn read_manifest(
     cached: Option<Hash>,
     into: &mut Spool,
 ) -> Result<(Theirs, Vec<Partial>), SendError> {
-    let (mut entries, mut listed) = (0usize, false);
+    let mut answering = Answering::default();
     loop {
-        match conn.recv_within(SILENCE).await? {
-            Some(Message::ManifestSame { .. }) if listed => {
-                return Err(SendError::Protocol(LISTED_THEN_SAME.into()));
-            }
-            Some(Message::ManifestSame { partials }) => match cached {
+        match answering.step(conn.recv_within(SILENCE).await?)? {
+            Step::Same(partials) => match cached {
                 Some(digest) => return Ok((Theirs::Same(digest), partials)),
                 None => return Err(SendError::Protocol(UNOFFERED.into())),
             },
-            Some(Message::ManifestPart { entries: part }) => {
-                listed = true;
-                entries += part.len();
-                if entries > MAX_MANIFEST_ENTRIES {
-                    return Err(SendError::Protocol(format!(
-                        "the manifest has more than {MAX_MANIFEST_ENTRIES} entries"
-                    )));
-                }
-                into.add(&part)
-                    .map_err(|e| SendError::Listing(e.to_string()))?
-            }
-            Some(Message::ManifestEnd { partials }) => {
-                return Ok((Theirs::Listed, partials));
-            }
-            Some(Message::Refused { reason, refusal }) => {
-                return Err(SendError::Refused { reason, refusal });
-            }
-            Some(other) => {
-                return Err(SendError::Protocol(format!(
-                    "expected the manifest, got {other:?}"
-                )));
-            }
-            None => return Err(SendError::Closed),
+            Step::Part(part) => into
+                .add(&part)
+                .map_err(|e| SendError::Listing(e.to_string()))?,
+            Step::End(partials) => return Ok((Theirs::Listed, partials)),
         }
     }
 }
